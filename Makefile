@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Both start with `make install`,
+# which is idempotent and quick when nothing changed.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+STAMP := $(VENV)/.installed
+PYPROJECTS := pyproject.toml uv.lock contracts/pyproject.toml gateway/pyproject.toml deploy/pyproject.toml $(wildcard services/*/pyproject.toml)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install demo test test-fast asyncapi lock clean
+
+install: $(STAMP)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): $(UV) $(PYPROJECTS)
+	$(UV) sync --frozen --all-packages --python $(PYTHON)
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/portal up --demo
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+# Regenerate the committed AsyncAPI documents (a test fails while they are stale).
+asyncapi: install
+	for s in identity linking notify overview; do $(VENV)/bin/python -m $$s asyncapi --out services/$$s/asyncapi.json; done
+
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
+
+clean:
+	rm -rf $(VENV) $(TOOLS)

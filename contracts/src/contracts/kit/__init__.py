@@ -1,0 +1,1 @@
+"""The messaging and persistence kit every service uses the same way."""

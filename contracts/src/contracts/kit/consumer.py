@@ -1,0 +1,272 @@
+"""Durable, idempotent JetStream consumers with acknowledgement on purpose.
+
+- Every message is acknowledged explicitly, after its effect is committed.
+- Its effect and a processed-event record (consumer, event_id) are written in one
+  transaction, so redelivery, a replay of the stream, or the same event published again under
+  another message id changes nothing.
+- A batch is applied in one transaction (thousands of events a second); when it fails, each
+  message is retried alone so one poison message cannot hold back the rest.
+- A failure is retried with exponential backoff and jitter (FastStream's NATS default would
+  reject it for good). An infrastructure failure (the database or NATS away) is retried for as
+  long as it lasts; any other failure is retried a bounded number of times, after which the
+  message goes to `deadletter.<service>.<consumer>` for operators to inspect and replay. A
+  message that is not valid JSON for its schema goes there at once.
+"""
+
+
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from faststream import AckPolicy, Context
+from faststream.nats import JStream, PullSub
+from faststream.params import NoCast
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import insert, select
+
+from contracts.base import Event, utcnow
+from contracts.kit.logs import get_logger
+from contracts.kit.outbox import UnitOfWork
+from contracts.kit.tables import processed_events
+from contracts.streams import StreamDef
+
+log = get_logger("contracts.kit.consumer")
+
+EventHandler = Callable[[UnitOfWork, Event, str], Awaitable[None]]
+BatchHandler = Callable[[UnitOfWork, list[tuple[str, Event]]], Awaitable[None]]
+
+DL_PREFIX = "deadletter"
+H_SUBJECT = "Portal-DL-Subject"
+H_STREAM = "Portal-DL-Stream"
+H_SEQ = "Portal-DL-Seq"
+H_CONSUMER = "Portal-DL-Consumer"
+H_SERVICE = "Portal-DL-Service"
+H_ERROR = "Portal-DL-Error"
+H_DELIVERIES = "Portal-DL-Deliveries"
+H_MSG_ID = "Portal-DL-Msg-Id"
+H_AT = "Portal-DL-At"
+
+
+class Transient(Exception):
+    """Raised by a handler for a failure worth retrying for as long as it lasts."""
+
+
+TRANSIENT = (
+    Transient,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+    TimeoutError,
+    ConnectionError,
+    OSError,
+    nats.errors.Error,
+)
+
+
+class PoisonMessage(Exception):
+    """A message that can never be applied (not JSON, or not its schema)."""
+
+
+def backoff_delay(deliveries: int, *, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with jitter: about 1 s, 2 s, 4 s, … up to `cap`."""
+    return min(cap, base * 2 ** max(0, deliveries - 1)) * random.uniform(0.5, 1.0)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short description that carries no message content (validation errors echo input)."""
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors(include_input=False)[:5]]
+        return f"ValidationError: {'; '.join(parts)}"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+@dataclass
+class EventConsumer:
+    """One durable consumer: a subject (wildcards allowed) of a stream, applied idempotently."""
+
+    runtime: Any  # contracts.kit.runtime.ServiceRuntime (avoids an import cycle)
+    stream: StreamDef
+    subject: str
+    durable: str
+    schemas: Mapping[str, type[Event]]
+    handler: EventHandler | None = None
+    batch_handler: BatchHandler | None = None
+    max_deliveries: int = 5
+    batch_size: int = 200
+    batch_wait: float = 0.1
+
+    @property
+    def dead_letter_subject(self) -> str:
+        """Where this consumer's poison messages go."""
+        return f"{DL_PREFIX}.{self.runtime.name}.{self.durable}"
+
+    async def on_batch(self, raws: Sequence[Msg]) -> None:
+        """Apply a batch: parse, apply in one transaction, fall back to one at a time."""
+        items: list[tuple[Msg, Event]] = []
+        for raw in raws:
+            schema = self.schemas.get(raw.subject)
+            if schema is None:
+                # A subject this version does not know (a newer version's event): not ours.
+                await raw.ack()
+                continue
+            try:
+                items.append((raw, schema.model_validate_json(raw.data)))
+            except ValidationError as exc:
+                await self._dead_letter(raw, exc)
+        if not items:
+            return
+        try:
+            await self._apply(items)
+        except Exception as exc:  # noqa: BLE001 - sorted out message by message below
+            if len(items) == 1:
+                await self._failed(items[0][0], exc)
+                return
+            log.info("batch_failed_retrying_singly", consumer=self.durable, size=len(items), error=describe_error(exc))
+            for item in items:
+                try:
+                    await self._apply([item])
+                except Exception as one_exc:  # noqa: BLE001
+                    await self._failed(item[0], one_exc)
+            return
+        for raw, _ in items:
+            await raw.ack()
+
+    async def _apply(self, items: list[tuple[Msg, Event]]) -> None:
+        ids = {ev.event_id for _, ev in items}
+        async with self.runtime.unit_of_work() as uow:
+            done = set(
+                (
+                    await uow.session.execute(
+                        select(processed_events.c.event_id).where(
+                            processed_events.c.consumer == self.durable,
+                            processed_events.c.event_id.in_(ids),
+                        )
+                    )
+                ).scalars()
+            )
+            fresh: list[tuple[str, Event]] = []
+            for raw, ev in items:
+                if ev.event_id in done:
+                    continue
+                done.add(ev.event_id)
+                fresh.append((raw.subject, ev))
+            if not fresh:
+                return
+            if self.batch_handler is not None:
+                await self.batch_handler(uow, fresh)
+            else:
+                assert self.handler is not None
+                for subject, ev in fresh:
+                    await self.handler(uow, ev, subject)
+            now = utcnow()
+            await uow.session.execute(
+                insert(processed_events),
+                [{"consumer": self.durable, "event_id": ev.event_id, "processed_at": now} for _, ev in fresh],
+            )
+        for subject, ev in fresh:
+            log.debug("event_applied", consumer=self.durable, subject=subject, event_id=ev.event_id)
+
+    async def _failed(self, raw: Msg, exc: BaseException) -> None:
+        deliveries = raw.metadata.num_delivered or 1
+        if isinstance(exc, TRANSIENT):
+            delay = backoff_delay(deliveries)
+            log.warning(
+                "event_retry_transient",
+                consumer=self.durable,
+                subject=raw.subject,
+                deliveries=deliveries,
+                retry_in=round(delay, 2),
+                error=describe_error(exc),
+            )
+            await raw.nak(delay=delay)
+            return
+        if deliveries >= self.max_deliveries:
+            await self._dead_letter(raw, exc)
+            return
+        delay = backoff_delay(deliveries)
+        log.warning(
+            "event_retry",
+            consumer=self.durable,
+            subject=raw.subject,
+            deliveries=deliveries,
+            retry_in=round(delay, 2),
+            error=describe_error(exc),
+        )
+        await raw.nak(delay=delay)
+
+    async def _dead_letter(self, raw: Msg, exc: BaseException) -> None:
+        meta = raw.metadata
+        headers = {
+            H_SUBJECT: raw.subject,
+            H_STREAM: meta.stream or self.stream.name,
+            H_SEQ: str(meta.sequence.stream),
+            H_CONSUMER: self.durable,
+            H_SERVICE: self.runtime.name,
+            H_ERROR: describe_error(exc),
+            H_DELIVERIES: str(meta.num_delivered),
+            H_AT: utcnow().isoformat(),
+            # The same message dead-lettered twice (a crash before the ack) is stored once.
+            "Nats-Msg-Id": f"dl:{meta.stream}:{meta.sequence.stream}:{self.durable}",
+        }
+        if raw.headers and raw.headers.get("Nats-Msg-Id"):
+            headers[H_MSG_ID] = raw.headers["Nats-Msg-Id"]
+        try:
+            await self.runtime.js.publish(self.dead_letter_subject, raw.data, headers=headers, timeout=5)
+        except Exception as pub_exc:  # noqa: BLE001 - keep the message; try again later
+            log.warning("dead_letter_publish_failed", consumer=self.durable, error=describe_error(pub_exc))
+            await raw.nak(delay=backoff_delay(meta.num_delivered or 1))
+            return
+        log.error(
+            "event_dead_lettered",
+            consumer=self.durable,
+            subject=raw.subject,
+            stream_seq=meta.sequence.stream,
+            deliveries=meta.num_delivered,
+            error=headers[H_ERROR],
+        )
+        await raw.ack()
+
+    def register(self, *, title: str, description: str) -> None:
+        """Subscribe on the runtime's broker (documented in the service's AsyncAPI)."""
+        example_schema = next(iter(self.schemas.values()))
+        consumer = self
+
+        async def handle(
+            body: NoCast[list[example_schema]],  # type: ignore[valid-type]  # documents the payload
+            message: Any = Context("message"),
+        ) -> None:
+            await consumer.on_batch(message.raw_message)
+
+        handle.__doc__ = description
+        self.runtime.broker.subscriber(
+            self.subject,
+            stream=JStream(self.stream.name, declare=False),
+            durable=self.durable,
+            pull_sub=PullSub(batch_size=self.batch_size, timeout=self.batch_wait, batch=True),
+            config=ConsumerConfig(
+                durable_name=self.durable,
+                ack_policy=JsAckPolicy.EXPLICIT,
+                ack_wait=60,
+                max_deliver=-1,
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=10_000,
+            ),
+            ack_policy=AckPolicy.MANUAL,
+            decoder=_no_decode,
+            title=title,
+            description=description,
+        )(handle)
+
+
+async def _no_decode(msg: Any) -> None:
+    """The consumer parses each message itself, so that a poison one can be dead-lettered."""
+    return None
+

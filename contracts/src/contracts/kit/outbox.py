@@ -1,0 +1,226 @@
+"""Transactional outbox: an event is written in the same transaction as the change it records,
+and a relay publishes it to JetStream after commit, with `Nats-Msg-Id` set to the event id.
+
+No change without its event, no event without its change: if the process dies after commit,
+the row is still there and the next relay publishes it; if it dies after publishing but before
+deleting the row, the stream's duplicate window drops the second copy and consumers, which are
+idempotent on `event_id`, drop anything older.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from nats.js.client import JetStreamContext
+from pydantic import BaseModel
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.base import Event, utcnow
+from contracts.kit.db import Database
+from contracts.kit.logs import get_logger
+from contracts.kit.tables import outbox, outbox_lease
+
+log = get_logger("contracts.kit.outbox")
+
+
+class UnitOfWork:
+    """One database transaction, plus the events it will publish once committed."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.emitted: list[str] = []
+
+    async def emit(
+        self,
+        subject: str,
+        event: Event | BaseModel,
+        *,
+        aggregate: str = "",
+        headers: dict[str, str] | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record `event` for publication on `subject` when this transaction commits.
+
+        `aggregate` names what the event is about (a pupil, a parent); events of one
+        aggregate are published in the order they were emitted.
+        """
+        eid = event_id or getattr(event, "event_id", None) or uuid.uuid4().hex
+        await self.session.execute(
+            insert(outbox).values(
+                event_id=eid,
+                subject=subject,
+                aggregate=aggregate,
+                payload=event.model_dump_json().encode(),
+                headers=json.dumps(headers) if headers else None,
+                created_at=utcnow(),
+            )
+        )
+        self.emitted.append(eid)
+        return eid
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream, oldest first, from one replica at a time.
+
+    Replicas of a service share one outbox; a lease row elects the one that relays, so events
+    of an aggregate keep their order. The lease is renewed while the holder lives and taken
+    over by another replica once it lapses.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        js_provider: Callable[[], JetStreamContext],
+        *,
+        name: str,
+        batch_size: int = 500,
+        poll_interval: float = 0.2,
+        lease_seconds: float = 10.0,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self.db = db
+        self._js = js_provider
+        self.name = name
+        self.holder = f"{name}-{uuid.uuid4().hex[:12]}"
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.lease = timedelta(seconds=lease_seconds)
+        self.publish_timeout = publish_timeout
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self.published_total = 0
+
+    def wake(self) -> None:
+        """Tell the relay that a transaction with events just committed."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run the relay in the background."""
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop relaying; whatever is left is published by the next relay."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+            self._task = None
+        await self._release_lease()
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                more = await self.relay_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive any outage
+                failures += 1
+                delay = min(5.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
+                log.warning("outbox_relay_failed", error=type(exc).__name__, retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+            if more:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _hold_lease(self) -> bool:
+        now = utcnow()
+        async with self.db.session() as s:
+            row = (
+                await s.execute(select(outbox_lease).where(outbox_lease.c.name == self.name))
+            ).first()
+            if row is None:
+                await s.execute(
+                    insert(outbox_lease).values(name=self.name, holder=self.holder, expires_at=now + self.lease)
+                )
+                return True
+            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=now.tzinfo)
+            if row.holder != self.holder and expires > now:
+                return False
+            await s.execute(
+                update(outbox_lease)
+                .where(outbox_lease.c.name == self.name)
+                .values(holder=self.holder, expires_at=now + self.lease)
+            )
+            return True
+
+    async def _release_lease(self) -> None:
+        try:
+            async with self.db.session() as s:
+                await s.execute(
+                    delete(outbox_lease).where(
+                        outbox_lease.c.name == self.name, outbox_lease.c.holder == self.holder
+                    )
+                )
+        except Exception:  # noqa: BLE001 - the lease lapses by itself anyway
+            pass
+
+    async def relay_once(self) -> bool:
+        """Publish one batch; True when more rows may be waiting."""
+        async with self.db.reader() as s:
+            pending = (
+                await s.execute(select(outbox.c.id).order_by(outbox.c.id).limit(1))
+            ).first()
+        if pending is None:
+            return False
+        if not await self._hold_lease():
+            # Another replica relays; look again after the lease could have lapsed.
+            await asyncio.sleep(min(1.0, self.lease.total_seconds() / 4))
+            return False
+        async with self.db.reader() as s:
+            rows = (
+                await s.execute(select(outbox).order_by(outbox.c.id).limit(self.batch_size))
+            ).all()
+        js = self._js()
+        done: list[int] = []
+        try:
+            for row in rows:
+                headers = json.loads(row.headers) if row.headers else {}
+                headers["Nats-Msg-Id"] = row.event_id
+                # Sequential on purpose: a failed publish stops the batch, so nothing of an
+                # aggregate is ever published after an earlier event of it that failed.
+                await js.publish(row.subject, row.payload, headers=headers, timeout=self.publish_timeout)
+                done.append(row.id)
+        finally:
+            if done:
+                async with self.db.session() as s:
+                    await s.execute(delete(outbox).where(outbox.c.id.in_(done)))
+                self.published_total += len(done)
+        return len(rows) == self.batch_size
+
+    async def pending(self) -> int:
+        """How many events wait to be published."""
+        from sqlalchemy import func
+
+        async with self.db.reader() as s:
+            return (await s.execute(select(func.count()).select_from(outbox))).scalar_one()
+
+
+@asynccontextmanager
+async def unit_of_work(db: Database, relay: OutboxRelay | None) -> AsyncIterator[UnitOfWork]:
+    """A transaction whose emitted events are relayed as soon as it commits."""
+    async with db.session() as session:
+        uow = UnitOfWork(session)
+        yield uow
+    if uow.emitted and relay is not None:
+        relay.wake()

@@ -1,0 +1,168 @@
+"""Request/reply over NATS: `rpc.<service>.<verb>.v1`, served by a queue group.
+
+A real NATS server sends nothing back when a handler raises, so the caller would only time
+out. The server side here turns every failure into an error reply (`Portal-Error` header and
+an `ErrorReply` body); the client side turns that reply, a missing responder and a deadline
+into distinct exceptions.
+"""
+
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats.errors
+from faststream import Context
+from faststream.nats import NatsResponse
+from faststream.params import NoCast
+from nats.aio.client import Client as NatsClient
+from pydantic import BaseModel, ValidationError
+
+from contracts.base import Message
+from contracts.kit.consumer import describe_error
+from contracts.kit.logs import get_logger
+from contracts.rpc import ERROR_HEADER, ErrorReply
+
+log = get_logger("contracts.kit.rpc")
+
+Req = TypeVar("Req", bound=BaseModel)
+Rep = TypeVar("Rep", bound=BaseModel)
+
+_JSON = {"content-type": "application/json"}
+
+
+class RpcFailure(Exception):
+    """Raised by a handler to answer with an error code the caller can act on."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class RpcError(Exception):
+    """The service answered with an error."""
+
+    def __init__(self, subject: str, code: str, detail: str) -> None:
+        super().__init__(f"{subject}: {code}: {detail}")
+        self.subject = subject
+        self.code = code
+        self.detail = detail
+
+
+class RpcUnavailable(RpcError):
+    """No replica of the service is listening."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(subject, "service_unavailable", f"no service answers {subject}")
+
+
+class RpcTimeout(RpcError):
+    """The service did not answer within the deadline."""
+
+    def __init__(self, subject: str, timeout: float) -> None:
+        super().__init__(subject, "timeout", f"{subject} did not answer within {timeout:.2f}s")
+
+
+def error_response(code: str, detail: str) -> NatsResponse:
+    """An error reply as the server sends it."""
+    return NatsResponse(
+        ErrorReply(error=code, detail=detail).model_dump_json().encode(),
+        headers={**_JSON, ERROR_HEADER: code},
+    )
+
+
+def rpc_handler(
+    broker: Any,
+    subject: str,
+    *,
+    queue: str,
+    request: type[Req],
+    title: str,
+    description: str,
+    max_workers: int = 32,
+) -> Callable[[Callable[[Req], Awaitable[BaseModel]]], Callable[[Req], Awaitable[BaseModel]]]:
+    """Serve `subject` with `fn(request) -> reply`, replicas sharing load in `queue`."""
+
+    def decorator(fn: Callable[[Req], Awaitable[BaseModel]]) -> Callable[[Req], Awaitable[BaseModel]]:
+        async def handle(
+            body: NoCast[request],  # type: ignore[valid-type]  # documents the payload
+            message: Any = Context("message"),
+        ) -> NatsResponse:
+            raw = message.raw_message
+            try:
+                req = request.model_validate_json(raw.data or b"{}")
+            except ValidationError as exc:
+                return error_response("invalid_request", describe_error(exc))
+            try:
+                reply = await fn(req)
+            except RpcFailure as failure:
+                return error_response(failure.code, failure.detail)
+            except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a timeout
+                log.exception("rpc_handler_failed", subject=subject, error=describe_error(exc))
+                return error_response("internal_error", f"{subject} failed: {type(exc).__name__}")
+            return NatsResponse(reply.model_dump_json().encode(), headers=_JSON)
+
+        handle.__doc__ = description
+        broker.subscriber(
+            subject,
+            queue=queue,
+            max_workers=max_workers,
+            decoder=_no_decode,
+            title=title,
+            description=description,
+        )(handle)
+        return fn
+
+    return decorator
+
+
+async def _no_decode(msg: Any) -> None:
+    return None
+
+
+def _encode(payload: Message | BaseModel | dict | bytes | None) -> bytes:
+    if payload is None:
+        return b"{}"
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, BaseModel):
+        return payload.model_dump_json().encode()
+    import json
+
+    return json.dumps(payload).encode()
+
+
+async def call_raw(
+    nc: NatsClient,
+    subject: str,
+    payload: Message | BaseModel | dict | bytes | None = None,
+    *,
+    timeout: float = 2.0,
+) -> bytes:
+    """Ask `subject`; return the reply's body or raise an `RpcError`."""
+    try:
+        msg = await nc.request(subject, _encode(payload), timeout=timeout)
+    except nats.errors.NoRespondersError as exc:
+        raise RpcUnavailable(subject) from exc
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        raise RpcTimeout(subject, timeout) from exc
+    if msg.headers and ERROR_HEADER in msg.headers:
+        try:
+            err = ErrorReply.model_validate_json(msg.data)
+            raise RpcError(subject, err.error, err.detail)
+        except ValidationError:
+            raise RpcError(subject, msg.headers[ERROR_HEADER], "error reply without detail") from None
+    return msg.data
+
+
+async def call(
+    nc: NatsClient,
+    subject: str,
+    payload: Message | BaseModel | dict | bytes | None,
+    reply: type[Rep],
+    *,
+    timeout: float = 2.0,
+) -> Rep:
+    """Ask `subject` and parse the reply as `reply`."""
+    data = await call_raw(nc, subject, payload, timeout=timeout)
+    return reply.model_validate_json(data)

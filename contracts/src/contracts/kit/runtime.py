@@ -1,0 +1,188 @@
+"""What every service is made of: settings, a database, a NATS broker, an outbox relay,
+idempotent consumers, rpc handlers and a health request, wired by one builder.
+
+A service's `create_app(settings)` builds a `ServiceRuntime`, registers its handlers on it,
+and returns `runtime.app` (a FastStream application). Nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+
+from faststream import FastStream
+from faststream.nats import NatsBroker
+from faststream.specification import AsyncAPI
+from nats.js.client import JetStreamContext
+
+from contracts.base import Event
+from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler
+from contracts.kit.db import Database
+from contracts.kit.logs import get_logger
+from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
+from contracts.kit.rpc import rpc_handler
+from contracts.kit.settings import ServiceSettings
+from contracts.kit.streams import ensure_streams
+from contracts.rpc import HealthReply, HealthRequest, health_subject
+from contracts.streams import DEADLETTERS, StreamDef
+
+log = get_logger("contracts.kit.runtime")
+
+DEFAULT_LOCAL_NATS = "nats://127.0.0.1:4222"
+
+
+async def _quiet_error_cb(exc: Exception) -> None:
+    # nats-py's default prints a traceback per failed reconnect; one line is enough.
+    log.warning("nats_connection_error", error=type(exc).__name__)
+
+
+class ServiceRuntime:
+    """The wiring of one service replica."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        version: str,
+        description: str,
+        streams: Iterable[StreamDef],
+        nats_url: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.service_name
+        self.version = version
+        self.instance = settings.instance_id or f"{self.name}-{uuid.uuid4().hex[:8]}"
+        self.streams = tuple(dict.fromkeys([*streams, DEADLETTERS]))
+        url = nats_url or settings.nats_url
+        if url is None:
+            try:
+                url = settings.resolve_nats_url()
+            except Exception:  # noqa: BLE001 - documents can be generated without NATS
+                url = DEFAULT_LOCAL_NATS
+        self.nats_url = url
+        self.db = Database(settings.resolved_database_url())
+        self.broker = NatsBroker(
+            url,
+            name=self.instance,
+            error_cb=_quiet_error_cb,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            connect_timeout=5,
+            log_level=logging.DEBUG,
+        )
+        self.relay = OutboxRelay(self.db, lambda: self.js, name=self.name)
+        self.consumers: list[EventConsumer] = []
+        self.app = FastStream(
+            self.broker,
+            logger=logging.getLogger(f"portal.{self.name}"),
+            on_startup=[self._on_startup],
+            after_startup=[self._after_startup],
+            on_shutdown=[self._on_shutdown],
+            after_shutdown=[self._after_shutdown],
+            specification=AsyncAPI(
+                self.broker,
+                title=f"Parent Portal {self.name}",
+                version=version,
+                description=description,
+            ),
+        )
+        self._register_health()
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the broker's connection."""
+        return self.broker.connection.jetstream()
+
+    def unit_of_work(self) -> "AsyncIterator[UnitOfWork]":
+        """A transaction whose events are relayed after it commits."""
+        return unit_of_work(self.db, self.relay)
+
+    def consume(
+        self,
+        *,
+        stream: StreamDef,
+        subject: str,
+        durable: str,
+        schemas: Mapping[str, type[Event]],
+        title: str,
+        description: str,
+        handler: EventHandler | None = None,
+        batch_handler: BatchHandler | None = None,
+        max_deliveries: int = 5,
+        batch_size: int = 200,
+        batch_wait: float = 0.1,
+    ) -> EventConsumer:
+        """Register a durable idempotent consumer (see `contracts.kit.consumer`)."""
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler and batch_handler")
+        consumer = EventConsumer(
+            runtime=self,
+            stream=stream,
+            subject=subject,
+            durable=durable,
+            schemas=schemas,
+            handler=handler,
+            batch_handler=batch_handler,
+            max_deliveries=max_deliveries,
+            batch_size=batch_size,
+            batch_wait=batch_wait,
+        )
+        consumer.register(title=title, description=description)
+        self.consumers.append(consumer)
+        return consumer
+
+    def rpc(self, subject: str, *, request: type, title: str, description: str, max_workers: int = 32):
+        """Decorator: serve `subject` in this service's queue group."""
+        return rpc_handler(
+            self.broker,
+            subject,
+            queue=self.name,
+            request=request,
+            title=title,
+            description=description,
+            max_workers=max_workers,
+        )
+
+    def _register_health(self) -> None:
+        @self.rpc(
+            health_subject(self.name),
+            request=HealthRequest,
+            title=f"{self.name} health",
+            description="Answers whether this replica runs and its database answers.",
+            max_workers=4,
+        )
+        async def health(_: HealthRequest) -> HealthReply:
+            checks = {}
+            try:
+                await self.db.ping()
+                checks["database"] = "ok"
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                checks["database"] = f"failed: {type(exc).__name__}"
+            status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+            return HealthReply(service=self.name, status=status, version=self.version, checks=checks)
+
+    async def _on_startup(self) -> None:
+        await self.broker.connect()
+        await ensure_streams(self.js, self.streams, replicas=self.settings.stream_replicas)
+
+    async def _after_startup(self) -> None:
+        self.relay.start()
+        log.info("service_started", instance=self.instance, version=self.version)
+
+    async def _on_shutdown(self) -> None:
+        await self.relay.stop()
+
+    async def _after_shutdown(self) -> None:
+        await self.db.dispose()
+        log.info("service_stopped", instance=self.instance)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ServiceRuntime]:
+        """Run in the current event loop (tests, embedding) until the block ends."""
+        await self.app.start()
+        try:
+            yield self
+        finally:
+            await self.app.stop()

@@ -1,0 +1,86 @@
+"""Settings common to every part, read from `PORTAL_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NatsNotFound(RuntimeError):
+    """No NATS URL is configured and no `portal up` has written one."""
+
+
+class CommonSettings(BaseSettings):
+    """What every service and the gateway need to find each other."""
+
+    model_config = SettingsConfigDict(env_prefix="PORTAL_", extra="ignore")
+
+    nats_url: str | None = Field(
+        default=None,
+        description="An external NATS with JetStream. Unset: the URL `portal up` wrote to DATA_DIR/nats.url.",
+    )
+    data_dir: Path = Field(default=Path("./var"), description="Where SQLite files, the embedded NATS and the mail sink keep data.")
+    log_level: str = Field(default="INFO", description="Python log level name.")
+    log_format: str = Field(default="json", description="`json` (one object a line) or `console`.")
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a NATS cluster).")
+
+    def resolve_nats_url(self) -> str:
+        """The NATS URL to use: the setting, else the one `portal up` wrote."""
+        if self.nats_url:
+            return self.nats_url
+        path = self.data_dir / "nats.url"
+        try:
+            url = path.read_text().strip()
+        except FileNotFoundError:
+            url = ""
+        if not url:
+            raise NatsNotFound(
+                f"No NATS to connect to: set PORTAL_NATS_URL, or start `portal up` (it writes {path})."
+            )
+        return url
+
+
+def sqlite_url(data_dir: Path, name: str) -> str:
+    """The default database of a service: a SQLite file in the data directory."""
+    return f"sqlite+aiosqlite:///{(data_dir / f'{name}.db').resolve()}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs operators commonly write and pick the async driver for them."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite:///"):
+        url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
+
+
+def database_url_field(service: str) -> Any:
+    """The `database_url` field of a service, read from `PORTAL_<SERVICE>_DATABASE_URL`."""
+    return Field(
+        default=None,
+        validation_alias=f"PORTAL_{service.upper()}_DATABASE_URL",
+        description=f"The {service} database; a SQLite file in the data directory when unset.",
+    )
+
+
+class ServiceSettings(CommonSettings):
+    """Settings of one service; subclasses set `service_name` and declare `database_url`
+    with `database_url_field(name)`, then add their own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="PORTAL_", extra="ignore", populate_by_name=True)
+
+    service_name: ClassVar[str] = "service"
+    database_url: str | None = None
+    instance_id: str | None = Field(default=None, description="A name for this replica in logs; a random one by default.")
+
+    def resolved_database_url(self) -> str:
+        """This service's database URL, defaulting to a SQLite file in the data directory."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return sqlite_url(self.data_dir, self.service_name)

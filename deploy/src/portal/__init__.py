@@ -1,0 +1,1 @@
+"""The `portal` command: run, migrate and feed the Parent Portal."""

@@ -1,0 +1,3 @@
+"""Parent Portal gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,14 @@
+"""`python -m identity serve|migrate|asyncapi`."""
+
+from contracts.kit.service import main
+
+from identity import app
+
+
+def run() -> None:
+    """Console entry point."""
+    main(app)
+
+
+if __name__ == "__main__":
+    run()

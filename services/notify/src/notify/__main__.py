@@ -1,0 +1,14 @@
+"""`python -m notify serve|migrate|asyncapi`."""
+
+from contracts.kit.service import main
+
+from notify import app
+
+
+def run() -> None:
+    """Console entry point."""
+    main(app)
+
+
+if __name__ == "__main__":
+    run()

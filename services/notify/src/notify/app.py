@@ -1,0 +1,34 @@
+"""Builds the notify service from its settings."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from contracts import streams
+from contracts.kit.runtime import ServiceRuntime
+from contracts.kit.settings import ServiceSettings, database_url_field
+
+from notify import __version__
+
+NAME = "notify"
+MIGRATIONS = "notify:migrations"
+DESCRIPTION = "Every outbound email: rendered, sent over SMTP once, retried through outages."
+
+
+class Settings(ServiceSettings):
+    """Settings of the notify service (environment variables `PORTAL_*`)."""
+
+    service_name: ClassVar[str] = NAME
+    database_url: str | None = database_url_field(NAME)
+
+
+def build(settings: Settings | None = None) -> ServiceRuntime:
+    """Wire one replica of the service: its streams, consumers and rpc handlers."""
+    settings = settings or Settings()
+    runtime = ServiceRuntime(
+        settings,
+        version=__version__,
+        description=DESCRIPTION,
+        streams=[streams.NOTIFY, streams.NOTIFY_REQUESTS],
+    )
+    return runtime

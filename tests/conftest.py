@@ -1,0 +1,94 @@
+"""Fixtures shared by every test: real NATS servers, real PostgreSQL and SQLite databases.
+
+- `nats_server`: one private nats-server (JetStream) for the session, on a free port.
+- `fresh_nats`: a nats-server of the test's own, safe to stop, kill and restart.
+- `pg_server_url`: the machine's PostgreSQL; each test run gets databases of its own,
+  dropped at the end.
+- `database_url`: parametrised over SQLite and PostgreSQL where a test asks for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from portal.natsserver import NatsServer, free_port, start_nats
+
+PG_HOST = os.environ.get("PORTAL_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PORTAL_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("PORTAL_TEST_PG_USER", "postgres")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = start_nats(tmp_path_factory.mktemp("nats"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(port=free_port(), store_dir=tmp_path / "nats").start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[nats.NATS]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.drain()
+
+
+class PgDatabases:
+    """Creates databases on the machine's PostgreSQL for this run and drops them afterwards."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    async def _admin(self, sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def create(self, label: str) -> str:
+        name = f"portal_test_{RUN_ID}_{label}_{uuid.uuid4().hex[:6]}"
+        await self._admin(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
+    async def drop_all(self) -> None:
+        for name in self.created:
+            await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+
+@pytest.fixture(scope="session")
+async def pg() -> AsyncIterator[PgDatabases]:
+    dbs = PgDatabases()
+    try:
+        await dbs._admin("SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}")
+    yield dbs
+    await dbs.drop_all()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / f'db-{uuid.uuid4().hex[:6]}.sqlite'}"
+    dbs: PgDatabases = request.getfixturevalue("pg")
+    return await dbs.create("db")

@@ -1,0 +1,36 @@
+"""Every service answers its health request over a real NATS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contracts.kit import rpc
+from contracts.kit.service import migrate
+from contracts.rpc import SERVICES, HealthReply, health_subject
+from identity import app as identity_app
+from linking import app as linking_app
+from notify import app as notify_app
+from overview import app as overview_app
+
+MODULES = {"identity": identity_app, "linking": linking_app, "notify": notify_app, "overview": overview_app}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+async def test_service_answers_health_over_nats(name: str, nats_server, nc, tmp_path: Path) -> None:
+    module = MODULES[name]
+    settings = module.Settings(nats_url=nats_server.url, data_dir=tmp_path)
+    migrate(module, settings)
+    runtime = module.build(settings)
+    async with runtime.running():
+        reply = await rpc.call(nc, health_subject(name), {}, HealthReply, timeout=2)
+    assert reply.service == name
+    assert reply.status == "ok"
+    assert reply.checks == {"database": "ok"}
+
+
+async def test_missing_service_is_a_clear_error(nc) -> None:
+    with pytest.raises(rpc.RpcUnavailable) as err:
+        await rpc.call(nc, "rpc.nobody.health.v1", {}, HealthReply, timeout=1)
+    assert err.value.code == "service_unavailable"
