@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -53,42 +54,47 @@ class PgDatabases:
     def __init__(self) -> None:
         self.created: list[str] = []
 
-    async def _admin(self, sql: str) -> None:
+    def _admin(self, sql: str) -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
+        async def run() -> None:
+            conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
 
-    async def create(self, label: str) -> str:
+        # Synchronous on purpose: usable from any fixture, whatever loop is running.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run()).result()
+
+    def create(self, label: str) -> str:
         name = f"portal_test_{RUN_ID}_{label}_{uuid.uuid4().hex[:6]}"
-        await self._admin(f'CREATE DATABASE "{name}"')
+        self._admin(f'CREATE DATABASE "{name}"')
         self.created.append(name)
         return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
 
-    async def drop_all(self) -> None:
+    def drop_all(self) -> None:
         for name in self.created:
-            await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.created.clear()
 
 
 @pytest.fixture(scope="session")
-async def pg() -> AsyncIterator[PgDatabases]:
+def pg() -> Iterator[PgDatabases]:
     dbs = PgDatabases()
     try:
-        await dbs._admin("SELECT 1")
+        dbs._admin("SELECT 1")
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}")
     yield dbs
-    await dbs.drop_all()
+    dbs.drop_all()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database: a SQLite file, or a PostgreSQL database of its own."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / f'db-{uuid.uuid4().hex[:6]}.sqlite'}"
     dbs: PgDatabases = request.getfixturevalue("pg")
-    return await dbs.create("db")
+    return dbs.create("db")

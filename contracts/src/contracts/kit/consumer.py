@@ -14,15 +14,15 @@
 """
 
 
+import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
-from faststream import AckPolicy, Context
 from faststream.nats import JStream, PullSub
-from faststream.params import NoCast
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -99,9 +99,15 @@ class EventConsumer:
     schemas: Mapping[str, type[Event]]
     handler: EventHandler | None = None
     batch_handler: BatchHandler | None = None
+    title: str = ""
     max_deliveries: int = 5
     batch_size: int = 200
-    batch_wait: float = 0.1
+    poll_timeout: float = 5.0
+    # Messages in flight when a connection drops come back only after this long.
+    ack_wait: float = 15.0
+    _sub: Any = field(default=None, init=False, repr=False)
+    _task: asyncio.Task | None = field(default=None, init=False, repr=False)
+    _running: bool = field(default=False, init=False, repr=False)
 
     @property
     def dead_letter_subject(self) -> str:
@@ -234,39 +240,82 @@ class EventConsumer:
         )
         await raw.ack()
 
-    def register(self, *, title: str, description: str) -> None:
-        """Subscribe on the runtime's broker (documented in the service's AsyncAPI)."""
-        example_schema = next(iter(self.schemas.values()))
-        consumer = self
-
-        async def handle(
-            body: NoCast[list[example_schema]],  # type: ignore[valid-type]  # documents the payload
-            message: Any = Context("message"),
-        ) -> None:
-            await consumer.on_batch(message.raw_message)
-
-        handle.__doc__ = description
-        self.runtime.broker.subscriber(
-            self.subject,
-            stream=JStream(self.stream.name, declare=False),
-            durable=self.durable,
-            pull_sub=PullSub(batch_size=self.batch_size, timeout=self.batch_wait, batch=True),
-            config=ConsumerConfig(
+    async def start(self) -> None:
+        """Create (or update) the durable consumer and start pulling from it."""
+        js = self.runtime.js
+        await js.add_consumer(
+            self.stream.name,
+            ConsumerConfig(
                 durable_name=self.durable,
+                filter_subject=self.subject,
                 ack_policy=JsAckPolicy.EXPLICIT,
-                ack_wait=60,
+                ack_wait=self.ack_wait,
                 max_deliver=-1,
                 deliver_policy=DeliverPolicy.ALL,
                 max_ack_pending=10_000,
+                description=f"{self.runtime.name}: {self.title}",
             ),
-            ack_policy=AckPolicy.MANUAL,
-            decoder=_no_decode,
-            title=title,
+        )
+        self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream.name)
+        self._running = True
+        self._task = asyncio.create_task(self._loop(), name=f"consumer-{self.durable}")
+
+    async def stop(self) -> None:
+        """Stop pulling; unacknowledged messages are redelivered to another replica."""
+        self._running = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _loop(self) -> None:
+        failures = 0
+        while self._running:
+            try:
+                # A long poll: returns as soon as at least one message is there, so latency
+                # stays low when idle and batches fill up under load.
+                msgs = await self._sub.fetch(self.batch_size, timeout=self.poll_timeout)
+            except TimeoutError:  # nats-py raises both asyncio's and its own subclass
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS away: wait for the reconnect
+                failures += 1
+                delay = min(5.0, 0.1 * 2**failures)
+                log.info("consumer_fetch_failed", consumer=self.durable, error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            try:
+                await self.on_batch(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - unacked messages come back after ack_wait
+                log.warning("consumer_batch_failed", consumer=self.durable, error=describe_error(exc))
+
+    def document(self, spec_broker: Any, *, description: str) -> None:
+        """Describe this consumer in the service's AsyncAPI document.
+
+        The subscriber is registered on a broker that is never started: the pull loop above
+        is ours (FastStream 0.7.8's pull loop misses nats-py's `asyncio.TimeoutError` and
+        waits out its full timeout to fill a batch), the document is FastStream's.
+        """
+        schema = next(iter(self.schemas.values()))
+
+        async def handle(body: schema) -> None:  # type: ignore[valid-type]
+            """Documentation only."""
+
+        handle.__doc__ = description
+        spec_broker.subscriber(
+            self.subject,
+            stream=JStream(self.stream.name, declare=False),
+            durable=self.durable,
+            pull_sub=PullSub(batch_size=self.batch_size, batch=False),
+            title=self.title,
             description=description,
         )(handle)
-
-
-async def _no_decode(msg: Any) -> None:
-    """The consumer parses each message itself, so that a poison one can be dead-lettered."""
-    return None
-

@@ -74,6 +74,9 @@ class ServiceRuntime:
         )
         self.relay = OutboxRelay(self.db, lambda: self.js, name=self.name)
         self.consumers: list[EventConsumer] = []
+        # Never connected: it only carries the consumers' descriptions into the AsyncAPI
+        # document (the consumers pull with their own loop, see contracts.kit.consumer).
+        self._spec_broker = NatsBroker(url)
         self.app = FastStream(
             self.broker,
             logger=logging.getLogger(f"portal.{self.name}"),
@@ -83,6 +86,7 @@ class ServiceRuntime:
             after_shutdown=[self._after_shutdown],
             specification=AsyncAPI(
                 self.broker,
+                self._spec_broker,
                 title=f"Parent Portal {self.name}",
                 version=version,
                 description=description,
@@ -112,7 +116,6 @@ class ServiceRuntime:
         batch_handler: BatchHandler | None = None,
         max_deliveries: int = 5,
         batch_size: int = 200,
-        batch_wait: float = 0.1,
     ) -> EventConsumer:
         """Register a durable idempotent consumer (see `contracts.kit.consumer`)."""
         if (handler is None) == (batch_handler is None):
@@ -127,9 +130,9 @@ class ServiceRuntime:
             batch_handler=batch_handler,
             max_deliveries=max_deliveries,
             batch_size=batch_size,
-            batch_wait=batch_wait,
+            title=title,
         )
-        consumer.register(title=title, description=description)
+        consumer.document(self._spec_broker, description=description)
         self.consumers.append(consumer)
         return consumer
 
@@ -168,10 +171,14 @@ class ServiceRuntime:
         await ensure_streams(self.js, self.streams, replicas=self.settings.stream_replicas)
 
     async def _after_startup(self) -> None:
+        for consumer in self.consumers:
+            await consumer.start()
         self.relay.start()
         log.info("service_started", instance=self.instance, version=self.version)
 
     async def _on_shutdown(self) -> None:
+        for consumer in self.consumers:
+            await consumer.stop()
         await self.relay.stop()
 
     async def _after_shutdown(self) -> None:

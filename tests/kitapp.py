@@ -1,0 +1,132 @@
+"""A tiny service built with the messaging kit, for testing the kit with real processes.
+
+Run as `python tests/kitapp.py relay|consume --db URL --nats URL`: `relay` only relays the
+outbox, `consume` applies `kittest.thing.happened.v1` events to a running total (an effect
+that is *not* idempotent by itself, so double application would show).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import ClassVar
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from contracts.base import Event
+from contracts.kit.logs import configure_logging
+from contracts.kit.outbox import UnitOfWork
+from contracts.kit.runtime import ServiceRuntime
+from contracts.kit.settings import ServiceSettings, database_url_field
+from contracts.kit.tables import KIT_METADATA
+from contracts.streams import StreamDef
+
+SUBJECT = "kittest.thing.happened.v1"
+STREAM = StreamDef("KITTEST", ("kittest.>",), "Events of the kit's test service.")
+DURABLE = "kittest-totals"
+
+metadata = MetaData()
+totals = Table(
+    "totals",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("amount", Integer, nullable=False, default=0),
+    Column("applied", Integer, nullable=False, default=0),
+)
+
+
+class ThingHappened(Event):
+    """Something worth counting happened."""
+
+    key: str
+    amount: int = 1
+    poison: bool = False
+
+
+class KitSettings(ServiceSettings):
+    service_name: ClassVar[str] = "kittest"
+    database_url: str | None = database_url_field("kittest")
+
+
+async def create_schema(url: str) -> None:
+    """Create the test service's tables and the kit's (tests skip Alembic here)."""
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+        await conn.run_sync(KIT_METADATA.create_all)
+    await engine.dispose()
+
+
+# Keys the handler refuses while listed: a failure an operator can fix, then replay.
+BLOCKED: set[str] = set()
+
+
+async def apply_thing(uow: UnitOfWork, event: ThingHappened, subject: str) -> None:
+    """Add the event's amount to the total: counted twice if applied twice."""
+    if event.poison:
+        raise ValueError("this event can never be applied")
+    if event.key in BLOCKED:
+        raise LookupError(f"{event.key} is blocked")
+    s = uow.session
+    dialect = s.bind.dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(totals)
+    await s.execute(ins.values(name="all", amount=0, applied=0).on_conflict_do_nothing())
+    await s.execute(
+        update(totals)
+        .where(totals.c.name == "all")
+        .values(amount=totals.c.amount + event.amount, applied=totals.c.applied + 1)
+    )
+
+
+async def read_totals(runtime_or_url) -> tuple[int, int]:
+    """(amount, applied) so far."""
+    if isinstance(runtime_or_url, str):
+        engine = create_async_engine(runtime_or_url)
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(totals.c.amount, totals.c.applied))).first()
+        await engine.dispose()
+    else:
+        async with runtime_or_url.db.reader() as s:
+            row = (await s.execute(select(totals.c.amount, totals.c.applied))).first()
+    return (row.amount, row.applied) if row else (0, 0)
+
+
+def build(settings: KitSettings, *, consume: bool, max_deliveries: int = 3, batch_size: int = 50) -> ServiceRuntime:
+    """The test service: relays its outbox; optionally consumes its own events."""
+    runtime = ServiceRuntime(settings, version="0", description="kit test service", streams=[STREAM])
+    if consume:
+        runtime.consume(
+            stream=STREAM,
+            subject=SUBJECT,
+            durable=DURABLE,
+            schemas={SUBJECT: ThingHappened},
+            handler=apply_thing,
+            title="totals",
+            description="Adds each thing's amount to the running total.",
+            max_deliveries=max_deliveries,
+            batch_size=batch_size,
+        )
+    return runtime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["relay", "consume"])
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--nats", required=True)
+    parser.add_argument("--batch-size", type=int, default=50)
+    args = parser.parse_args()
+    configure_logging(service="kittest", level="WARNING")
+    settings = KitSettings(nats_url=args.nats, database_url=args.db)
+    runtime = build(settings, consume=args.mode == "consume", batch_size=args.batch_size)
+    print("starting", flush=True)
+    asyncio.run(runtime.app.run())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
