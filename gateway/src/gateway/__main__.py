@@ -1,0 +1,56 @@
+"""`python -m gateway serve`: one gateway replica under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from contracts.kit.logs import configure_logging, get_logger
+from contracts.kit.settings import NatsNotFound
+from gateway.settings import GatewaySettings
+
+
+def serve(settings: GatewaySettings | None = None) -> None:
+    """Run one gateway replica until SIGTERM or Ctrl-C."""
+    settings = settings or GatewaySettings()
+    configure_logging(service="gateway", level=settings.log_level, fmt=settings.log_format)
+    log = get_logger("gateway.main")
+    try:
+        settings.resolve_nats_url()
+    except NatsNotFound as exc:
+        log.error("nats_not_found", detail=str(exc))
+        sys.exit(2)
+    # Imported only now: they are slow to import, and a missing NATS is reported at once.
+    import uvicorn
+
+    from gateway.app import create_app
+
+    log.info("gateway_starting", host=settings.http_host, port=settings.http_port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        workers=1,
+        loop="uvloop",
+        lifespan="on",
+        # Our access log (gateway.edge) leaves out query strings, which may carry tokens.
+        access_log=False,
+        # None: keep configure_logging's JSON handler; uvicorn's own config would add plain text.
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+    )
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point: `portal-gateway serve` / `python -m gateway serve`."""
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="Parent Portal gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run one replica (settings from PORTAL_* variables)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve()
+
+
+if __name__ == "__main__":
+    run()

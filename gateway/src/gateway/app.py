@@ -1,0 +1,76 @@
+"""Builds the gateway's Litestar application from its settings; nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template import TemplateConfig
+from litestar.types import ControllerRouterHandler
+
+from gateway import __version__, devmail, health
+from gateway.bus import nats_lifespan
+from gateway.edge import security_headers, wrap_access_log
+from gateway.errors import exception_handlers
+from gateway.openapi import openapi_config
+from gateway.settings import GatewaySettings
+
+API_PREFIX = "/api/v1"
+PACKAGE_DIR = Path(__file__).parent
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+
+
+def api_router(route_handlers: Sequence[ControllerRouterHandler] = ()) -> Router:
+    """The public API under `/api/v1`; its routes' paths are relative to it."""
+    return Router(path=API_PREFIX, route_handlers=list(route_handlers), tags=["api"])
+
+
+def _template_engine(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["linkify"] = devmail.linkify
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    api_route_handlers: Sequence[ControllerRouterHandler] = (),
+    extra_route_handlers: Sequence[ControllerRouterHandler] = (),
+) -> Litestar:
+    """The gateway application: health and readiness, the `/api/v1` router, `/dev/mail` while
+    the local sink is in use, API.md's error format everywhere, one NATS client in `app.state.nats`.
+
+    `api_route_handlers` go under `/api/v1`; `extra_route_handlers` are mounted at the root as
+    given (tests register throw-away routes with it).
+    """
+    settings = settings or GatewaySettings()
+    handlers: list[ControllerRouterHandler] = [
+        health.health,
+        health.ready,
+        api_router(api_route_handlers),
+        create_static_files_router(path="/static", directories=[STATIC_DIR]),
+        *extra_route_handlers,
+    ]
+    if settings.dev_mail_dir is not None:
+        handlers.extend(devmail.ROUTES)
+    app = Litestar(
+        route_handlers=handlers,
+        state=State({"settings": settings}),
+        lifespan=[nats_lifespan(settings)],
+        exception_handlers=exception_handlers(),
+        before_send=[security_headers],
+        openapi_config=openapi_config(__version__),
+        template_config=TemplateConfig(
+            directory=TEMPLATES_DIR,
+            engine=JinjaTemplateEngine,
+            engine_callback=_template_engine,
+        ),
+        # Our own structlog set-up (contracts.kit.logs) is the only one; Litestar's default
+        # would replace the root logger's handlers at start-up.
+        logging_config=None,
+        debug=False,
+    )
+    return wrap_access_log(app)

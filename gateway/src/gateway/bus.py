@@ -1,0 +1,83 @@
+"""The gateway's one NATS connection, opened and closed with the application.
+
+The connection is made in the background: `/health` must answer while NATS is still starting
+or away, and `/ready` says so meanwhile. nats-py retries the first connection itself when
+`max_reconnect_attempts=-1`, so all that is left to do here is not to wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import nats
+from litestar import Litestar
+from litestar.datastructures import State
+from nats.aio.client import Client as NatsClient
+
+from contracts.kit.logs import get_logger
+from contracts.kit.settings import NatsNotFound
+from gateway.settings import GatewaySettings
+
+log = get_logger("gateway.bus")
+
+STATE_KEY = "nats"
+
+
+async def _quiet_error_cb(exc: Exception) -> None:
+    # nats-py's default prints a traceback per failed reconnect; one line is enough.
+    log.warning("nats_connection_error", error=type(exc).__name__, detail=str(exc)[:200])
+
+
+async def _connect(nc: NatsClient, settings: GatewaySettings) -> None:
+    while True:
+        try:
+            url = settings.resolve_nats_url()
+            break
+        except NatsNotFound as exc:
+            # `portal up` may not have written DATA_DIR/nats.url yet.
+            log.warning("nats_not_found", detail=str(exc))
+            await asyncio.sleep(1)
+    await nc.connect(
+        url,
+        name="gateway",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        error_cb=_quiet_error_cb,
+    )
+    log.info("nats_connected")
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    # Only a bad URL or option ends the connecting early; say so at once, not at shutdown.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("nats_connect_failed", error=type(exc).__name__, detail=str(exc)[:200])
+
+
+def nats_lifespan(settings: GatewaySettings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """A Litestar lifespan that keeps one NATS client in `app.state.nats`."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        nc = nats.NATS()
+        app.state[STATE_KEY] = nc
+        task = asyncio.create_task(_connect(nc, settings), name="gateway-nats-connect")
+        task.add_done_callback(_report_failure)
+        try:
+            yield
+        finally:
+            if not task.done():
+                task.cancel()
+            # wait() neither re-raises the task's error nor swallows our own cancellation.
+            await asyncio.wait([task])
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    return lifespan
+
+
+def get_nats(state: State) -> NatsClient:
+    """The application's NATS client (may still be connecting: check `is_connected`)."""
+    return state[STATE_KEY]

@@ -1,0 +1,210 @@
+"""API.md's error format for every 4xx and 5xx: `{"error": "<snake_case_code>", "detail": "<sentence>"}`.
+
+Routes raise `ApiError(status, code, detail)`; the handlers here turn it, Litestar's own
+exceptions (unknown path, wrong method, invalid body) and anything unexpected into that shape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from contracts.kit.logs import get_logger
+
+log = get_logger("gateway.errors")
+
+STATUS_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    409: "conflict",
+    410: "gone",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+
+# Litestar's built-in exceptions carry the bare status phrase ("Not Found") as detail;
+# API.md promises a human sentence.
+DEFAULT_DETAILS: dict[int, str] = {
+    400: "The request could not be understood.",
+    401: "You need to log in to do this.",
+    403: "You are not allowed to do this.",
+    404: "Nothing was found at this address.",
+    405: "This address does not accept that method.",
+    409: "This conflicts with the current state.",
+    413: "The request is too large.",
+    415: "The request's content type is not supported: send JSON.",
+    422: "Some fields are missing or invalid.",
+    429: "Too many attempts: please wait and try again.",
+    500: "Something went wrong on our side; please try again.",
+    503: "The service is not available right now; please try again shortly.",
+}
+
+
+class ApiError(HTTPException):
+    """An error answer in API.md's format; `extra` adds fields to the body (e.g. `missing`)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail=detail, status_code=status, headers=dict(headers or {}))
+        self.code = code
+        self.fields = dict(extra or {})
+
+
+def code_for_status(status: int) -> str:
+    """The snake_case error code of an HTTP status (`404` -> `not_found`)."""
+    if status in STATUS_CODES:
+        return STATUS_CODES[status]
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_").replace("'", "")
+    except ValueError:
+        return "internal_error" if status >= 500 else "bad_request"
+
+
+def detail_for_status(status: int) -> str:
+    """A default human sentence for a status."""
+    if status in DEFAULT_DETAILS:
+        return DEFAULT_DETAILS[status]
+    try:
+        return HTTPStatus(status).phrase + "."
+    except ValueError:
+        return DEFAULT_DETAILS[500 if status >= 500 else 400]
+
+
+def error_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Response[dict[str, Any]]:
+    """A JSON error response in API.md's format."""
+    return Response(
+        content={"error": code, "detail": detail, **(extra or {})},
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=MediaType.JSON,
+    )
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _route(request: Request) -> str:
+    # The route template, not the path: paths may carry link codes, query strings tokens.
+    return request.scope.get("path_template") or request.scope.get("path", "")
+
+
+def handle_api_error(request: Request, exc: ApiError) -> Response[dict[str, Any]]:
+    """`ApiError` -> its own status, code and detail (raised on purpose: the access log is enough)."""
+    return error_response(exc.status_code, exc.code, exc.detail, headers=exc.headers, extra=exc.fields)
+
+
+def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+    """Litestar's own exceptions (unknown path, wrong method, bad JSON...) in API.md's format."""
+    status = exc.status_code
+    if status >= 500:
+        return handle_unexpected(request, exc)
+    if isinstance(exc.__cause__, SerializationException):
+        detail = "The request body is not valid JSON."
+    elif not exc.detail or exc.detail == _phrase(status):
+        detail = detail_for_status(status)
+    else:
+        detail = exc.detail
+    return error_response(status, code_for_status(status), detail, headers=exc.headers)
+
+
+_MSGSPEC_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+_MISSING_PARAMETER = re.compile(r"Missing required (\w+) parameter '([^']+)'")
+
+
+def _field_error(item: Mapping[str, Any]) -> dict[str, str]:
+    field = item.get("key")
+    if field is None and item.get("loc"):  # pydantic's own error shape (DTOs)
+        field = ".".join(str(part) for part in item["loc"])
+    field = str(field or "data")
+    message = str(item.get("message") or item.get("msg") or "Invalid value")
+    # msgspec reports a missing field against the whole body ("data"), Litestar a missing
+    # body as the KeyError "'data'"; name the field, and call the body "body".
+    if missing := _MSGSPEC_MISSING.search(message):
+        field, message = (f"{field}.{missing[1]}" if field != "data" else missing[1]), "Field required"
+    elif message == f"'{field}'":
+        message = "Field required"
+    if field == "data":
+        field = "body"
+        if message == "Field required":
+            message = "A JSON body is required"
+    elif field.startswith("data."):
+        field = field[len("data.") :]
+    return {"field": field, "message": message}
+
+
+def handle_validation_error(request: Request, exc: ValidationException) -> Response[dict[str, Any]]:
+    """A malformed or missing field: 422 `validation_error`, naming each field."""
+    errors: list[dict[str, str]] = []
+    if isinstance(exc.extra, list):
+        for item in exc.extra:
+            if isinstance(item, Mapping):
+                errors.append(_field_error(item))
+    if errors:
+        listed = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        detail = f"Some fields are missing or invalid: {listed}."
+    else:
+        # Litestar appends "for path /p?query" to some messages: the query may carry a token.
+        detail = (exc.detail or "").split(" for path ", 1)[0].strip() or DEFAULT_DETAILS[422]
+        if not detail.endswith("."):
+            detail += "."
+        if missing := _MISSING_PARAMETER.search(detail):
+            errors.append({"field": missing[2], "message": f"Required {missing[1]} parameter"})
+    return error_response(422, "validation_error", detail, extra={"errors": errors})
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    """Anything unhandled: logged with its traceback, answered 500 `internal_error` without one."""
+    status = exc.status_code if isinstance(exc, HTTPException) and exc.status_code >= 500 else 500
+    log.error(
+        "unhandled_exception",
+        method=request.method,
+        route=_route(request),
+        error=type(exc).__name__,
+        exc_info=exc,
+    )
+    return error_response(status, code_for_status(status), detail_for_status(status))
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """The handlers to give `Litestar(exception_handlers=...)`; the most specific class wins."""
+    return {
+        ApiError: handle_api_error,
+        ValidationException: handle_validation_error,
+        HTTPException: handle_http_exception,
+        Exception: handle_unexpected,
+    }

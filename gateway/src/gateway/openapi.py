@@ -1,0 +1,132 @@
+"""The OpenAPI document at `/schema/openapi.json`, with errors documented as they are answered.
+
+Litestar documents every error as `{status_code, detail, extra}` and a malformed request as a
+400; the gateway answers `{error, detail}` (see `gateway.errors`) and 422 for a bad field. The
+document is corrected as it is rendered, so routes need not repeat it; `error_responses()`
+documents the errors a route raises on purpose.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from litestar import Request
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin
+from msgspec import Struct
+
+from gateway.errors import DEFAULT_DETAILS, code_for_status
+
+
+class ErrorBody(Struct):
+    """Every 4xx and 5xx answer; some add fields."""
+
+    error: str
+    detail: str
+
+
+class FieldError(Struct):
+    """One invalid or missing field."""
+
+    field: str
+    message: str
+
+
+class ValidationErrorBody(Struct):
+    """A 422 answer: which fields are missing or invalid."""
+
+    error: str
+    detail: str
+    errors: list[FieldError]
+
+
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ErrorBody": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+        "description": "Every 4xx and 5xx answer; some add fields.",
+    },
+    "FieldError": {
+        "type": "object",
+        "required": ["field", "message"],
+        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "ValidationErrorBody": {
+        "type": "object",
+        "required": ["error", "detail", "errors"],
+        "properties": {
+            "error": {"type": "string", "const": "validation_error"},
+            "detail": {"type": "string"},
+            "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+        },
+        "description": "A field is missing or invalid.",
+    },
+}
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """`responses=` for a route handler: the errors it answers, in API.md's format."""
+    return {
+        status: ResponseSpec(
+            data_container=ValidationErrorBody if status == 422 else ErrorBody,
+            description=DEFAULT_DETAILS.get(status, code_for_status(status)),
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+def _is_litestar_error(response: dict[str, Any]) -> bool:
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    variants = schema.get("oneOf", [schema])
+    return any({"status_code", "detail"} <= set(v.get("properties", {})) for v in variants)
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def with_error_format(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `document` whose error responses have the gateway's real shape."""
+    doc = copy.deepcopy(document)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in _SCHEMAS.items():
+        schemas.setdefault(name, schema)
+    for path_item in doc.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status, response in list(responses.items()):
+                if not _is_litestar_error(response):
+                    continue
+                if status == "400":
+                    # Litestar's automatic "validation failed": a bad field is a 422 here,
+                    # a body that is not JSON at all still a 400.
+                    responses.setdefault("422", _json("ValidationErrorBody", DEFAULT_DETAILS[422]))
+                    responses[status] = _json("ErrorBody", "The request body is not valid JSON.")
+                else:
+                    responses[status] = _json("ErrorBody", response.get("description") or code_for_status(int(status)))
+    return doc
+
+
+class GatewayJsonRenderPlugin(JsonRenderPlugin):
+    """Serves `/schema/openapi.json` with the error format corrected."""
+
+    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+        """The OpenAPI document as JSON."""
+        return self.render_json(request, with_error_format(openapi_schema))
+
+
+def openapi_config(version: str) -> OpenAPIConfig:
+    """OpenAPI at `/schema/openapi.json` only: the UI plugins load scripts from CDNs, which
+    the Content-Security-Policy forbids."""
+    return OpenAPIConfig(
+        title="Parent Portal API",
+        version=version,
+        description="The gateway's HTTP API. Errors are JSON `{\"error\": \"<code>\", \"detail\": \"<sentence>\"}`.",
+        path="/schema",
+        render_plugins=[GatewayJsonRenderPlugin()],
+    )
