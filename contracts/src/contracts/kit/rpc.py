@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import nats.errors
 from faststream import Context
 from faststream.nats import NatsResponse
-from faststream.params import NoCast
 from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel, ValidationError
 
@@ -80,14 +79,16 @@ def rpc_handler(
     title: str,
     description: str,
     max_workers: int = 32,
+    spec_broker: Any = None,
 ) -> Callable[[Callable[[Req], Awaitable[BaseModel]]], Callable[[Req], Awaitable[BaseModel]]]:
-    """Serve `subject` with `fn(request) -> reply`, replicas sharing load in `queue`."""
+    """Serve `subject` with `fn(request) -> reply`, replicas sharing load in `queue`.
+
+    The request schema is documented on `spec_broker` (never started): the serving handler
+    parses the body itself, so that a malformed request gets an error reply.
+    """
 
     def decorator(fn: Callable[[Req], Awaitable[BaseModel]]) -> Callable[[Req], Awaitable[BaseModel]]:
-        async def handle(
-            body: NoCast[request],  # type: ignore[valid-type]  # documents the payload
-            message: Any = Context("message"),
-        ) -> NatsResponse:
+        async def handle(message: Any = Context("message")) -> NatsResponse:
             raw = message.raw_message
             try:
                 req = request.model_validate_json(raw.data or b"{}")
@@ -110,7 +111,14 @@ def rpc_handler(
             decoder=_no_decode,
             title=title,
             description=description,
+            include_in_schema=spec_broker is None,
         )(handle)
+        if spec_broker is not None:
+
+            async def documented(body: request) -> None:  # type: ignore[valid-type]
+                """Documentation only."""
+
+            spec_broker.subscriber(subject, queue=queue, title=title, description=description)(documented)
         return fn
 
     return decorator

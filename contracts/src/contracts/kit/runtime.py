@@ -136,6 +136,10 @@ class ServiceRuntime:
         self.consumers.append(consumer)
         return consumer
 
+    def publishes(self, subject: str, schema: type, *, title: str, description: str) -> None:
+        """Document an event this service emits (through its outbox) in its AsyncAPI."""
+        self._spec_broker.publisher(subject, schema=schema, title=title, description=description)
+
     def rpc(self, subject: str, *, request: type, title: str, description: str, max_workers: int = 32):
         """Decorator: serve `subject` in this service's queue group."""
         return rpc_handler(
@@ -146,6 +150,7 @@ class ServiceRuntime:
             title=title,
             description=description,
             max_workers=max_workers,
+            spec_broker=self._spec_broker,
         )
 
     def _register_health(self) -> None:
