@@ -98,3 +98,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / f'db-{uuid.uuid4().hex[:6]}.sqlite'}"
     dbs: PgDatabases = request.getfixturevalue("pg")
     return dbs.create("db")
+
+
+@pytest.fixture
+def smtp_server() -> Iterator:
+    """A real SMTP server (aiosmtpd) on a free loopback port."""
+    from smtp_server import SmtpServer
+
+    server = SmtpServer(free_port()).start()
+    yield server
+    server.stop()

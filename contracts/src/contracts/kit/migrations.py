@@ -42,11 +42,11 @@ def run_env(metadata: MetaData | Sequence[MetaData]) -> None:
         return
 
     def do_run(connection) -> None:  # noqa: ANN001
-        if connection.dialect.name == "postgresql":
-            # Replicas starting together would otherwise race to create the same tables.
-            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7263541)")
         context.configure(connection=connection, target_metadata=targets, render_as_batch=batch)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together would otherwise race to create the same tables.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7263541)")
             context.run_migrations()
 
     async def run_async() -> None:

@@ -36,6 +36,11 @@ class UnitOfWork:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self.emitted: list[str] = []
+        self.on_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once this transaction has committed (not if it rolls back)."""
+        self.on_commit.append(callback)
 
     async def emit(
         self,
@@ -154,8 +159,7 @@ class OutboxRelay:
                     insert(outbox_lease).values(name=self.name, holder=self.holder, expires_at=now + self.lease)
                 )
                 return True
-            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=now.tzinfo)
-            if row.holder != self.holder and expires > now:
+            if row.holder != self.holder and row.expires_at > now:
                 return False
             await s.execute(
                 update(outbox_lease)
@@ -224,3 +228,5 @@ async def unit_of_work(db: Database, relay: OutboxRelay | None) -> AsyncIterator
         yield uow
     if uow.emitted and relay is not None:
         relay.wake()
+    for callback in uow.on_commit:
+        callback()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 from faststream import FastStream
@@ -74,6 +74,8 @@ class ServiceRuntime:
         )
         self.relay = OutboxRelay(self.db, lambda: self.js, name=self.name)
         self.consumers: list[EventConsumer] = []
+        # name -> check returning "ok" or what is wrong; reported by the health request.
+        self.extra_checks: dict[str, Callable[[], str]] = {}
         # Never connected: it only carries the consumers' descriptions into the AsyncAPI
         # document (the consumers pull with their own loop, see contracts.kit.consumer).
         self._spec_broker = NatsBroker(url)
@@ -168,6 +170,8 @@ class ServiceRuntime:
                 checks["database"] = "ok"
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 checks["database"] = f"failed: {type(exc).__name__}"
+            for name, check in self.extra_checks.items():
+                checks[name] = check()
             status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
             return HealthReply(service=self.name, status=status, version=self.version, checks=checks)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from contracts.kit.db import UtcDateTime
 from sqlalchemy import (
     BigInteger,
     Column,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -29,7 +29,7 @@ outbox = Table(
     Column("aggregate", String(255), nullable=False, default=""),
     Column("payload", LargeBinary, nullable=False),
     Column("headers", Text, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 outbox_lease = Table(
@@ -37,7 +37,7 @@ outbox_lease = Table(
     KIT_METADATA,
     Column("name", String(64), primary_key=True),
     Column("holder", String(128), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
 )
 
 processed_events = Table(
@@ -45,6 +45,6 @@ processed_events = Table(
     KIT_METADATA,
     Column("consumer", String(128), primary_key=True),
     Column("event_id", String(128), primary_key=True),
-    Column("processed_at", DateTime(timezone=True), nullable=False),
+    Column("processed_at", UtcDateTime(), nullable=False),
     Index("ix_processed_events_processed_at", "processed_at"),
 )

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from contracts import notify as contract
 from contracts import streams
+from contracts.base import utcnow
+from contracts.kit.logs import get_logger
+from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
-
 from notify import __version__
+from notify.render import Renderer
+from notify.sender import Sender
+from notify.smtp import SmtpTarget
+from notify.tables import PENDING, Email
 
 NAME = "notify"
 MIGRATIONS = "notify:migrations"
 DESCRIPTION = "Every outbound email: rendered, sent over SMTP once, retried through outages."
+
+log = get_logger("notify.app")
 
 
 class Settings(ServiceSettings):
@@ -20,10 +33,26 @@ class Settings(ServiceSettings):
 
     service_name: ClassVar[str] = NAME
     database_url: str | None = database_url_field(NAME)
+    smtp_url: str | None = Field(
+        default=None,
+        description="smtp://[user:pass@]host:port[?starttls=true] or smtps://…; `portal up` points it at its local sink.",
+    )
+    mail_from: str = Field(default="no-reply@parent-portal.localhost", description="The From address of every email.")
+    notify_daily_cap: int = Field(default=50, ge=1, description="Emails one address may receive in 24 hours.")
+    notify_retry_base_seconds: float = Field(default=5.0, gt=0, description="First retry delay; doubles each time.")
+    notify_retry_max_seconds: float = Field(default=3600.0, gt=0, description="Longest delay between two attempts.")
+    notify_give_up_hours: float = Field(default=48.0, gt=0, description="An email not delivered by then fails.")
+    notify_smtp_concurrency: int = Field(default=4, ge=1, le=64, description="SMTP connections per replica.")
+    notify_smtp_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for each SMTP reply.")
+    notify_claim_seconds: float = Field(default=15.0, gt=1, description="How long a dead replica's emails wait before another takes them.")
+
+
+def _insert(dialect: str):  # noqa: ANN202
+    return pg_insert if dialect == "postgresql" else sqlite_insert
 
 
 def build(settings: Settings | None = None) -> ServiceRuntime:
-    """Wire one replica of the service: its streams, consumers and rpc handlers."""
+    """Wire one replica: the request consumer, the SMTP sender, its outcome events."""
     settings = settings or Settings()
     runtime = ServiceRuntime(
         settings,
@@ -31,4 +60,47 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         description=DESCRIPTION,
         streams=[streams.NOTIFY, streams.NOTIFY_REQUESTS],
     )
+    renderer = Renderer(mail_from=settings.mail_from)
+    sender = Sender(runtime, settings, renderer, SmtpTarget.from_url(settings.smtp_url)) if settings.smtp_url else None
+
+    async def record_request(uow: UnitOfWork, request: contract.EmailRequest, subject: str) -> None:
+        now = utcnow()
+        stmt = _insert(uow.session.bind.dialect.name)(Email.__table__).values(
+            request_id=request.event_id,
+            kind=request.kind,
+            reference=request.reference,
+            request=request.model_dump_json(),
+            parent_id=request.parent_id,
+            recipient=request.to,
+            recipient_key=request.to.strip().lower() if request.to else None,
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        await uow.session.execute(stmt.on_conflict_do_nothing(index_elements=["request_id"]))
+        log.info("email_requested", request_id=request.event_id, kind=request.kind)
+        if sender is not None:
+            uow.after_commit(sender.wake)
+
+    runtime.consume(
+        stream=streams.NOTIFY_REQUESTS,
+        subject=contract.REQUEST_ALL,
+        durable="notify-requests",
+        schemas=contract.REQUESTS,
+        handler=record_request,
+        title="email requests",
+        description="Records each email request in the ledger (once per request id); the sender sends it.",
+    )
+    runtime.publishes(contract.EMAIL_DELIVERED, contract.EmailDelivered, title="email delivered", description="The SMTP server accepted an email.")
+    runtime.publishes(contract.EMAIL_FAILED, contract.EmailFailed, title="email failed", description="An email will not be delivered (rejected, gave up, daily cap).")
+
+    if sender is not None:
+        runtime.app.after_startup(sender.start)
+        runtime.app.on_shutdown(sender.stop)
+    else:
+        log.warning("smtp_not_configured", detail="PORTAL_SMTP_URL is not set: emails are recorded but not sent")
+    runtime.extra_checks["smtp"] = lambda: "ok" if sender is not None else "not configured"
+    runtime.sender = sender  # type: ignore[attr-defined]  # reached by tests and benchmarks
     return runtime
+

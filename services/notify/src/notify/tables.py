@@ -1,7 +1,11 @@
 """The notify service's own tables. No other part reads them."""
 
+from datetime import datetime
+
+from contracts.kit.db import UtcDateTime
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlalchemy.orm import registry
-from sqlmodel import SQLModel
+from sqlmodel import Field, SQLModel
 
 # A registry of its own keeps these tables out of other services' metadata when several
 # services are imported into one process (tests, the local runner).
@@ -13,3 +17,41 @@ class Base(SQLModel, registry=_registry):
 
 
 metadata = _registry.metadata
+
+PENDING = "pending"  # waiting for its (next) attempt
+SENDING = "sending"  # claimed by a sender; the server has not seen its final "." yet
+DELIVERING = "delivering"  # its final "." may have been sent: never sent again
+SENT = "sent"
+FAILED = "failed"
+
+
+class Email(Base, table=True):
+    """One outbound email: the ledger entry that makes sending it happen once."""
+
+    __tablename__ = "emails"
+    __table_args__ = (
+        UniqueConstraint("request_id", name="uq_emails_request"),
+        Index("ix_emails_due", "status", "next_attempt_at"),
+        Index("ix_emails_recipient_day", "recipient_key", "first_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(max_length=128)
+    kind: str = Field(max_length=40)
+    reference: str = Field(default="", max_length=200)
+    request: str = Field(sa_column=Column(Text, nullable=False))
+    parent_id: str | None = Field(default=None, max_length=128)
+    recipient: str | None = Field(default=None, max_length=254)
+    recipient_key: str | None = Field(default=None, max_length=254)
+    message_id: str | None = Field(default=None, max_length=200)
+    content: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    status: str = Field(default=PENDING, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    first_attempt_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claim_until: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
+    last_error: str | None = Field(default=None, max_length=300)
+    smtp_code: int | None = None
+    created_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))

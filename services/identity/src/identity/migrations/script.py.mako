@@ -7,6 +7,7 @@ Create Date: ${create_date}
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+import sqlmodel  # noqa: F401 - autogenerate writes sqlmodel types
 from alembic import op
 ${imports if imports else ""}
 

@@ -1,0 +1,149 @@
+"""Email requests to notify, and notify's delivery outcomes.
+
+Requests go on the work-queue stream `NOTIFY_REQUESTS` (`notify.request.<kind>.v1`) and are
+dropped once notify has recorded them; they are the one kind of message that carries what the
+email needs (an address, a link with a token). A request names its recipient either by address
+(`to`) or by parent id (`parent_id`: notify asks identity for the address at send time).
+
+The outcomes (`notify.email.delivered.v1`, `notify.email.failed.v1`) carry ids only: the
+request's id, its kind and the requester's `reference` (e.g. `invitation:<id>`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, Field, model_validator
+
+from contracts.base import Event
+
+REQUEST_PREFIX = "notify.request"
+REQUEST_ALL = "notify.request.>"
+EMAIL_DELIVERED = "notify.email.delivered.v1"
+EMAIL_FAILED = "notify.email.failed.v1"
+EMAIL_ALL = "notify.email.>"
+
+
+def request_subject(kind: str) -> str:
+    """`notify.request.<kind>.v1`."""
+    return f"{REQUEST_PREFIX}.{kind}.v1"
+
+
+class EmailRequest(Event):
+    """What every email request has: who it goes to and what the requester calls it."""
+
+    kind: str = ""
+    to: str | None = Field(default=None, max_length=254, description="The recipient's address")
+    to_name: str | None = Field(default=None, max_length=200)
+    parent_id: str | None = Field(default=None, description="Instead of `to`: notify asks identity")
+    reference: str = Field(default="", max_length=200, description="The requester's id for it, echoed in outcomes")
+
+    @model_validator(mode="after")
+    def _recipient(self) -> EmailRequest:
+        if not self.to and not self.parent_id:
+            raise ValueError("an email request needs `to` or `parent_id`")
+        return self
+
+
+class VerificationEmail(EmailRequest):
+    """Confirm your address: the link verifies the account."""
+
+    kind: Literal["verification"] = "verification"
+    verify_url: str
+    expires_at: AwareDatetime
+
+
+class AccountExistsEmail(EmailRequest):
+    """Someone registered with an address that already has an account."""
+
+    kind: Literal["account_exists"] = "account_exists"
+    login_url: str
+    reset_url: str
+
+
+class PasswordResetEmail(EmailRequest):
+    """A link to choose a new password."""
+
+    kind: Literal["password_reset"] = "password_reset"
+    reset_url: str
+    expires_at: AwareDatetime
+
+
+class SetPasswordEmail(EmailRequest):
+    """A new member of staff chooses their first password."""
+
+    kind: Literal["set_password"] = "set_password"
+    reset_url: str
+    expires_at: AwareDatetime
+    school_name: str = ""
+
+
+class PasswordChangedEmail(EmailRequest):
+    """Your password was changed (and every session ended)."""
+
+    kind: Literal["password_changed"] = "password_changed"
+    reset_url: str
+
+
+class InvitationEmail(EmailRequest):
+    """A school invites a parent to see a child's account."""
+
+    kind: Literal["invitation"] = "invitation"
+    school_name: str
+    pupil_first_name: str
+    link_url: str
+    code: str
+    expires_at: AwareDatetime
+
+
+class LinkActivatedEmail(EmailRequest):
+    """The parent can now see the child's homework, messages and stars."""
+
+    kind: Literal["link_activated"] = "link_activated"
+    school_name: str
+    pupil_first_name: str
+    portal_url: str
+
+
+class LinkRemovedEmail(EmailRequest):
+    """The school removed the parent's access to a child."""
+
+    kind: Literal["link_removed"] = "link_removed"
+    school_name: str
+    pupil_first_name: str
+
+
+REQUESTS: dict[str, type[EmailRequest]] = {
+    request_subject(m.model_fields["kind"].default): m
+    for m in (
+        VerificationEmail,
+        AccountExistsEmail,
+        PasswordResetEmail,
+        SetPasswordEmail,
+        PasswordChangedEmail,
+        InvitationEmail,
+        LinkActivatedEmail,
+        LinkRemovedEmail,
+    )
+}
+
+
+class EmailDelivered(Event):
+    """The SMTP server accepted the email."""
+
+    request_id: str
+    kind: str
+    reference: str = ""
+    attempts: int
+
+
+class EmailFailed(Event):
+    """The email will not be delivered."""
+
+    request_id: str
+    kind: str
+    reference: str = ""
+    attempts: int
+    reason: Literal["rejected", "gave_up", "daily_cap", "no_recipient"]
+    smtp_code: int | None = None
+    detail: str = ""

@@ -1,0 +1,404 @@
+"""The sender: takes due emails from the ledger and sends each over SMTP, once.
+
+Replicas share the ledger. An email is claimed (status `sending`, a claim that its holder
+renews while it lives) before it is sent; a claim that lapses (its holder died) returns the
+email to `pending`. Failures that may pass (4xx, no connection) are retried with exponential
+backoff and jitter until the give-up time; 5xx replies fail at once. Every outcome is
+published through the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from datetime import timedelta
+
+from sqlalchemy import func, select, text, update
+
+from contracts.base import utcnow
+from contracts.identity import CONTACTS, ContactsReply, ContactsRequest
+from contracts.kit import rpc
+from contracts.kit.logs import get_logger
+from contracts.kit.runtime import ServiceRuntime
+from contracts.notify import EMAIL_DELIVERED, EMAIL_FAILED, REQUESTS, EmailDelivered, EmailFailed, request_subject
+from notify.render import Renderer
+from notify.smtp import Rejected, SmtpConnection, SmtpTarget, TryLater, Unconfirmed
+from notify.tables import DELIVERING, FAILED, PENDING, SENDING, SENT, Email
+
+log = get_logger("notify.sender")
+
+
+_ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>@]+")
+
+
+def scrub(text: str) -> str:
+    """Server replies often quote the address; events and logs carry none."""
+    return _ADDRESS.sub("<address>", text)[:300]
+
+
+class LostClaim(Exception):
+    """Another sender took the email over (our claim had lapsed)."""
+
+
+class Sender:
+    """Claims due emails and sends them with a few concurrent SMTP connections."""
+
+    def __init__(self, runtime: ServiceRuntime, settings, renderer: Renderer, target: SmtpTarget) -> None:  # noqa: ANN001
+        self.runtime = runtime
+        self.settings = settings
+        self.renderer = renderer
+        self.target = target
+        self.token = runtime.instance
+        self.claim = timedelta(seconds=settings.notify_claim_seconds)
+        self.queue: asyncio.Queue[Email] = asyncio.Queue()
+        self.held: set[int] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.sent_total = 0
+
+    def wake(self) -> None:
+        """New emails were recorded."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start the dispatcher, the claim renewer and the workers."""
+        self._tasks = [
+            asyncio.create_task(self._dispatch(), name="notify-dispatch"),
+            asyncio.create_task(self._renew(), name="notify-renew"),
+            *(
+                asyncio.create_task(self._work(i), name=f"notify-smtp-{i}")
+                for i in range(self.settings.notify_smtp_concurrency)
+            ),
+        ]
+
+    async def stop(self) -> None:
+        """Stop; claimed emails return to the ledger when their claims lapse."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
+                pass
+        self._tasks = []
+        await self._release_held()
+
+    # -- claiming -------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            try:
+                room = self.settings.notify_smtp_concurrency * 4 - self.queue.qsize()
+                claimed = await self._claim(room) if room > 0 else []
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
+                log.warning("notify_claim_failed", error=type(exc).__name__)
+                claimed = []
+                await asyncio.sleep(1.0)
+            for email in claimed:
+                self.held.add(email.id)
+                self.queue.put_nowait(email)
+            if claimed and len(claimed) == room:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _claim(self, limit: int) -> list[Email]:
+        now = utcnow()
+        async with self.runtime.unit_of_work() as uow:
+            s = uow.session
+            # A holder that died before the final "." of an email: the server discarded it.
+            await s.execute(
+                update(Email)
+                .where(Email.status == SENDING, Email.claim_until < now)
+                .values(status=PENDING, claimed_by=None, claim_until=None)
+            )
+            # A holder that died after it: it may have been delivered, so it never goes again.
+            stale = (
+                await s.execute(select(Email).where(Email.status == DELIVERING, Email.claim_until < now))
+            ).scalars().all()
+            for email in stale:
+                await self._finish(uow, email, SENT, detail="unconfirmed: the sender stopped after the final dot")
+            due = (
+                select(Email.id)
+                .where(Email.status == PENDING, Email.next_attempt_at <= now)
+                .order_by(Email.next_attempt_at, Email.id)
+                .limit(limit)
+                .scalar_subquery()
+            )
+            await s.execute(
+                update(Email)
+                .where(Email.id.in_(due), Email.status == PENDING)
+                .values(status=SENDING, claimed_by=self.token, claim_until=now + self.claim)
+                .execution_options(synchronize_session=False)
+            )
+            return list(
+                (
+                    await s.execute(
+                        select(Email)
+                        .where(Email.status == SENDING, Email.claimed_by == self.token)
+                        .where(Email.id.not_in(self.held) if self.held else True)
+                        .order_by(Email.next_attempt_at, Email.id)
+                    )
+                ).scalars()
+            )
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.claim.total_seconds() / 3)
+            if not self.held:
+                continue
+            try:
+                async with self.runtime.db.session() as s:
+                    await s.execute(
+                        update(Email)
+                        .where(Email.id.in_(list(self.held)), Email.claimed_by == self.token)
+                        .values(claim_until=utcnow() + self.claim)
+                    )
+            except Exception as exc:  # noqa: BLE001
+                log.warning("notify_renew_failed", error=type(exc).__name__)
+
+    async def _release_held(self) -> None:
+        if not self.held:
+            return
+        try:
+            async with self.runtime.db.session() as s:
+                await s.execute(
+                    update(Email)
+                    .where(Email.id.in_(list(self.held)), Email.status == SENDING, Email.claimed_by == self.token)
+                    .values(status=PENDING, claimed_by=None, claim_until=None)
+                )
+        except Exception:  # noqa: BLE001 - the claims lapse by themselves
+            pass
+        self.held.clear()
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _work(self, index: int) -> None:
+        conn = SmtpConnection(self.target, timeout=self.settings.notify_smtp_timeout)
+        try:
+            while True:
+                try:
+                    email = await asyncio.wait_for(self.queue.get(), 10.0)
+                except TimeoutError:
+                    await conn.close()  # idle: don't hold a connection open
+                    continue
+                try:
+                    await self._attempt(conn, email)
+                except LostClaim:
+                    log.info("notify_claim_lost", email_id=email.id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - left claimed; the claim lapses and it is retried
+                    log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
+                finally:
+                    self.held.discard(email.id)
+        finally:
+            await conn.close()
+
+    async def _attempt(self, conn: SmtpConnection, email: Email) -> None:
+        now = utcnow()
+        request = REQUESTS[request_subject(email.kind)].model_validate_json(email.request)
+        give_up_at = email.created_at + timedelta(hours=self.settings.notify_give_up_hours)
+        if now >= give_up_at:
+            await self._finish_now(email, FAILED, reason="gave_up", detail=email.last_error or "")
+            return
+
+        recipient, name = email.recipient, request.to_name
+        if recipient is None:
+            try:
+                reply = await rpc.call(
+                    self.runtime.broker.connection,
+                    CONTACTS,
+                    ContactsRequest(ids=[email.parent_id]),
+                    ContactsReply,
+                    timeout=5,
+                )
+            except rpc.RpcError as exc:
+                await self._retry(email, TryLater(f"identity: {exc.code}"), counted=False)
+                return
+            if not reply.contacts:
+                await self._finish_now(email, FAILED, reason="no_recipient", detail="no such account")
+                return
+            recipient, name = reply.contacts[0].email, reply.contacts[0].name
+        key = recipient.strip().lower()
+
+        if email.first_attempt_at is None and not await self._reserve(email, key, now):
+            await self._finish_now(email, FAILED, reason="daily_cap", detail=f"over {self.settings.notify_daily_cap} emails a day")
+            return
+
+        message_id, content = email.message_id, email.content
+        if content is None:
+            message_id, content = self.renderer.render(request, recipient=recipient, recipient_name=name)
+        marked = False
+
+        async def mark_delivering() -> None:
+            nonlocal marked
+            async with self.runtime.db.session() as s:
+                result = await s.execute(
+                    update(Email)
+                    .where(Email.id == email.id, Email.claimed_by == self.token, Email.status == SENDING)
+                    .values(
+                        status=DELIVERING,
+                        attempts=Email.attempts + 1,
+                        recipient=recipient,
+                        recipient_key=key,
+                        message_id=message_id,
+                        content=content,
+                        first_attempt_at=func.coalesce(Email.first_attempt_at, now),
+                        claim_until=utcnow() + self.claim,
+                    )
+                )
+                if result.rowcount != 1:
+                    raise LostClaim(email.id)
+            marked = True
+
+        try:
+            await conn.send(
+                sender=self.settings.mail_from,
+                recipient=recipient,
+                content=content,
+                before_final_dot=mark_delivering,
+            )
+        except Rejected as exc:
+            await self._finish_now(
+                email,
+                FAILED,
+                reason="rejected",
+                code=exc.code,
+                detail=scrub(str(exc)),
+                counted=not marked,
+                status_from=DELIVERING if marked else SENDING,
+                first=now,
+            )
+            return
+        except TryLater as exc:
+            if marked:
+                # A 4xx reply to the final "." itself: the server did not take it.
+                await self._retry(email, exc, counted=False, status_from=DELIVERING)
+            else:
+                await self._retry(email, exc, counted=True, first=now)
+            return
+        except Unconfirmed as exc:
+            await self._finish_now(email, SENT, detail=f"unconfirmed: {exc}", status_from=DELIVERING)
+            return
+        await self._finish_now(email, SENT, status_from=DELIVERING)
+        self.sent_total += 1
+
+    async def _reserve(self, email: Email, key: str, now) -> bool:  # noqa: ANN001
+        """Take one of the recipient's daily places for this email, or say there is none."""
+        async with self.runtime.db.session() as s:
+            if s.bind.dialect.name == "postgresql":
+                # Replicas sending to one address at once must count one after the other.
+                await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+            count = (
+                await s.execute(
+                    select(func.count())
+                    .select_from(Email)
+                    .where(
+                        Email.recipient_key == key,
+                        Email.first_attempt_at >= now - timedelta(days=1),
+                        Email.id != email.id,
+                    )
+                )
+            ).scalar_one()
+            if count >= self.settings.notify_daily_cap:
+                return False
+            result = await s.execute(
+                update(Email)
+                .where(Email.id == email.id, Email.claimed_by == self.token, Email.status == SENDING)
+                .values(first_attempt_at=now, recipient_key=key)
+            )
+            if result.rowcount != 1:
+                raise LostClaim(email.id)
+        return True
+
+    def _delay(self, attempts: int) -> float:
+        base = self.settings.notify_retry_base_seconds
+        return min(self.settings.notify_retry_max_seconds, base * 2 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)
+
+    async def _retry(
+        self, email: Email, exc: TryLater, *, counted: bool, status_from: str = SENDING, first=None  # noqa: ANN001
+    ) -> None:
+        now = utcnow()
+        attempts = email.attempts + 1
+        delay = self._delay(attempts)
+        give_up_at = email.created_at + timedelta(hours=self.settings.notify_give_up_hours)
+        if now + timedelta(seconds=delay) >= give_up_at:
+            await self._finish_now(
+                email, FAILED, reason="gave_up", code=exc.code, detail=exc.detail[:300], counted=counted, status_from=status_from, first=first
+            )
+            return
+        values = dict(
+            status=PENDING,
+            next_attempt_at=now + timedelta(seconds=delay),
+            claimed_by=None,
+            claim_until=None,
+            last_error=exc.detail[:300],
+            smtp_code=exc.code,
+        )
+        if counted:
+            values["attempts"] = Email.attempts + 1
+        if first is not None:
+            values["first_attempt_at"] = func.coalesce(Email.first_attempt_at, first)
+        async with self.runtime.db.session() as s:
+            await s.execute(
+                update(Email).where(Email.id == email.id, Email.claimed_by == self.token, Email.status == status_from).values(**values)
+            )
+        log.info("email_retry", email_id=email.id, kind=email.kind, retry_in=round(delay, 1), error=scrub(exc.detail)[:120])
+
+    async def _finish_now(
+        self,
+        email: Email,
+        status: str,
+        *,
+        reason: str | None = None,
+        code: int | None = None,
+        detail: str = "",
+        counted: bool = False,
+        status_from: str = SENDING,
+        first=None,  # noqa: ANN001
+    ) -> None:
+        async with self.runtime.unit_of_work() as uow:
+            current = (
+                await uow.session.execute(
+                    select(Email).where(Email.id == email.id, Email.claimed_by == self.token, Email.status == status_from)
+                )
+            ).scalar_one_or_none()
+            if current is None:
+                raise LostClaim(email.id)
+            if counted:
+                current.attempts += 1
+            if first is not None and current.first_attempt_at is None:
+                current.first_attempt_at = first
+            await self._finish(uow, current, status, reason=reason, code=code, detail=detail)
+
+    async def _finish(self, uow, email: Email, status: str, *, reason=None, code=None, detail: str = "") -> None:  # noqa: ANN001
+        email.status = status
+        email.finished_at = utcnow()
+        email.claimed_by = None
+        email.claim_until = None
+        email.smtp_code = code if code is not None else email.smtp_code
+        email.last_error = detail[:300] or email.last_error
+        uow.session.add(email)
+        if status == SENT:
+            event = EmailDelivered(request_id=email.request_id, kind=email.kind, reference=email.reference, attempts=email.attempts)
+            await uow.emit(EMAIL_DELIVERED, event, aggregate=email.request_id)
+            log.info("email_sent", email_id=email.id, kind=email.kind, attempts=email.attempts)
+        else:
+            event = EmailFailed(
+                request_id=email.request_id,
+                kind=email.kind,
+                reference=email.reference,
+                attempts=email.attempts,
+                reason=reason or "rejected",
+                smtp_code=email.smtp_code,
+                detail=scrub(detail),
+            )
+            await uow.emit(EMAIL_FAILED, event, aggregate=email.request_id)
+            log.warning("email_failed", email_id=email.id, kind=email.kind, reason=reason, smtp_code=email.smtp_code)
