@@ -107,7 +107,8 @@ async def running_services(names: Sequence[str], nats_url: str, tmp_path: Path) 
     async with AsyncExitStack() as stack:
         for name in names:
             module = MODULES[name]
-            settings = module.Settings(nats_url=nats_url, data_dir=tmp_path / name)
+            extra = {"smtp_url": "smtp://127.0.0.1:2525"} if name == "notify" else {}
+            settings = module.Settings(nats_url=nats_url, data_dir=tmp_path / name, **extra)
             migrate(module, settings)
             await stack.enter_async_context(module.build(settings).running())
         yield

@@ -67,9 +67,8 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, *, timeout: float = 10.0) -> NatsServer:
-        """Start (or restart, on the same port and store) and wait until it listens."""
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
+        """The command line that runs this server (`portal up` runs it under its supervisor)."""
         args = [
             str(nats_server_binary()),
             "-a", "127.0.0.1",
@@ -80,8 +79,13 @@ class NatsServer:
         ]
         if self.log_file is not None:
             args += ["-l", str(self.log_file)]
+        return args
+
+    def start(self, *, timeout: float = 10.0) -> NatsServer:
+        """Start (or restart, on the same port and store) and wait until it listens."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            args,
+            self.command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL if self.log_file is None else subprocess.STDOUT,

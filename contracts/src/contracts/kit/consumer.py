@@ -31,6 +31,18 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert, select
 
 from contracts.base import Event, utcnow
+from contracts.kit.deadletters import (
+    DL_PREFIX,
+    H_AT,
+    H_CONSUMER,
+    H_DELIVERIES,
+    H_ERROR,
+    H_MSG_ID,
+    H_SEQ,
+    H_SERVICE,
+    H_STREAM,
+    H_SUBJECT,
+)
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.tables import processed_events
@@ -41,16 +53,6 @@ log = get_logger("contracts.kit.consumer")
 EventHandler = Callable[[UnitOfWork, Event, str], Awaitable[None]]
 BatchHandler = Callable[[UnitOfWork, list[tuple[str, Event]]], Awaitable[None]]
 
-DL_PREFIX = "deadletter"
-H_SUBJECT = "Portal-DL-Subject"
-H_STREAM = "Portal-DL-Stream"
-H_SEQ = "Portal-DL-Seq"
-H_CONSUMER = "Portal-DL-Consumer"
-H_SERVICE = "Portal-DL-Service"
-H_ERROR = "Portal-DL-Error"
-H_DELIVERIES = "Portal-DL-Deliveries"
-H_MSG_ID = "Portal-DL-Msg-Id"
-H_AT = "Portal-DL-At"
 
 
 class Transient(Exception):

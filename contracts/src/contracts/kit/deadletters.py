@@ -7,8 +7,19 @@ from dataclasses import dataclass
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from contracts.kit import consumer as c
 from contracts.streams import DEADLETTERS
+
+# Headers a dead letter carries about the message it keeps.
+DL_PREFIX = "deadletter"
+H_SUBJECT = "Portal-DL-Subject"
+H_STREAM = "Portal-DL-Stream"
+H_SEQ = "Portal-DL-Seq"
+H_CONSUMER = "Portal-DL-Consumer"
+H_SERVICE = "Portal-DL-Service"
+H_ERROR = "Portal-DL-Error"
+H_DELIVERIES = "Portal-DL-Deliveries"
+H_MSG_ID = "Portal-DL-Msg-Id"
+H_AT = "Portal-DL-At"
 
 
 @dataclass
@@ -30,14 +41,14 @@ class DeadLetter:
 def _from_raw(seq: int, headers: dict[str, str], data: bytes) -> DeadLetter:
     return DeadLetter(
         id=seq,
-        service=headers.get(c.H_SERVICE, ""),
-        consumer=headers.get(c.H_CONSUMER, ""),
-        subject=headers.get(c.H_SUBJECT, ""),
-        stream=headers.get(c.H_STREAM, ""),
-        stream_seq=headers.get(c.H_SEQ, ""),
-        deliveries=headers.get(c.H_DELIVERIES, ""),
-        error=headers.get(c.H_ERROR, ""),
-        at=headers.get(c.H_AT, ""),
+        service=headers.get(H_SERVICE, ""),
+        consumer=headers.get(H_CONSUMER, ""),
+        subject=headers.get(H_SUBJECT, ""),
+        stream=headers.get(H_STREAM, ""),
+        stream_seq=headers.get(H_SEQ, ""),
+        deliveries=headers.get(H_DELIVERIES, ""),
+        error=headers.get(H_ERROR, ""),
+        at=headers.get(H_AT, ""),
         size=len(data or b""),
     )
 
@@ -81,7 +92,7 @@ async def replay_dead_letter(js: JetStreamContext, dl_id: int) -> DeadLetter:
     dl = _from_raw(dl_id, headers, msg.data or b"")
     if not dl.subject:
         raise DeadLetterNotFound(dl_id)
-    original_id = headers.get(c.H_MSG_ID, f"{dl.stream}:{dl.stream_seq}")
+    original_id = headers.get(H_MSG_ID, f"{dl.stream}:{dl.stream_seq}")
     await js.publish(
         dl.subject,
         msg.data or b"",

@@ -43,6 +43,7 @@ def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -
     # Per-message logs of the broker would cost a third of its throughput and say nothing
     # an operator needs; failures still surface through our own log lines.
     logging.getLogger("faststream").setLevel(logging.WARNING)
+    logging.getLogger("portal.broker").setLevel(logging.WARNING)
     logging.getLogger("nats").setLevel(logging.WARNING)
 
 

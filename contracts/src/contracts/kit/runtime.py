@@ -71,6 +71,9 @@ class ServiceRuntime:
             reconnect_time_wait=1,
             connect_timeout=5,
             log_level=logging.DEBUG,
+            # Through our JSON handler, at WARNING: FastStream's own default prints task
+            # supervision chatter to stdout in a format of its own.
+            logger=logging.getLogger("portal.broker"),
         )
         self.relay = OutboxRelay(self.db, lambda: self.js, name=self.name)
         self.consumers: list[EventConsumer] = []

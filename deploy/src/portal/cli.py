@@ -1,0 +1,191 @@
+"""The `portal` command: run, migrate and look after the Parent Portal.
+
+Each group of commands is a typer sub-app (`dead-letters` here; `roster` and `staff` slot in
+the same way). Heavy imports (services, NATS client) happen inside the commands, so that
+`portal service <name>` starts no slower than the service itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from portal.up import SERVICES
+
+PARTS = (*SERVICES, "gateway")
+
+app = typer.Typer(
+    name="portal",
+    help="Run and look after the Parent Portal. Settings come from PORTAL_* environment variables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dead_letters_app = typer.Typer(
+    help="Messages a consumer gave up on: list them, replay one to its original subject.",
+    no_args_is_help=True,
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print `portal: <message>` on stderr and exit with `code`."""
+    typer.echo(f"portal: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def service_module(name: str):  # noqa: ANN201 - a service module (contracts.kit.service.ServiceDefinition)
+    """The `app` module of a service: `NAME`, `MIGRATIONS`, `Settings`, `build`."""
+    return importlib.import_module(f"{name}.app")
+
+
+@app.command()
+def up(demo: bool = typer.Option(False, "--demo", help="Seed a demo trust and print how to log in.")) -> None:
+    """Run the whole system on this machine until Ctrl-C: NATS, every service, the gateway, a mail sink."""
+    from portal.up import run_up
+
+    raise typer.Exit(run_up(demo=demo))
+
+
+@app.command()
+def migrate() -> None:
+    """Bring every service's database to the current schema."""
+    from contracts.kit.service import migrate as migrate_service
+
+    for name in SERVICES:
+        module = service_module(name)
+        try:
+            migrate_service(module)
+        except Exception as exc:  # noqa: BLE001 - one line for the operator, not a traceback
+            fail(f"migrating the {name} database failed: {type(exc).__name__}: {exc}", 1)
+        typer.echo(f"{name}: database schema is current")
+
+
+@app.command()
+def service(
+    name: str = typer.Argument(..., metavar="NAME", help=f"One of: {', '.join(PARTS)}."),
+) -> None:
+    """Run one replica of one part in the foreground, as a deployment runs it."""
+    if name not in PARTS:
+        fail(f"unknown part {name!r}: choose one of {', '.join(PARTS)}", 2)
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"portal service {name}")
+    except ImportError:
+        pass  # the command line already reads `portal service <name>`
+    if name == "gateway":
+        try:
+            from gateway.__main__ import serve as serve_gateway
+        except ImportError as exc:
+            fail(f"the gateway is not installed in this environment ({exc})", 1)
+        serve_gateway()
+        return
+    from contracts.kit.service import serve
+
+    serve(service_module(name))
+
+
+@app.command("mail-sink", hidden=True)
+def mail_sink(
+    port: int = typer.Option(..., "--port", help="Port on 127.0.0.1."),
+    maildir: Path = typer.Option(..., "--maildir", help="Maildir to store messages in."),
+) -> None:
+    """Run the local SMTP mail sink (started by `portal up`)."""
+    from contracts.kit.settings import CommonSettings
+    from portal.mailsink import serve
+
+    settings = CommonSettings()
+    serve(port, maildir, level=settings.log_level, fmt=settings.log_format)
+
+
+def _nats_url() -> str:
+    """The portal's NATS URL, or a one-line error (exit 2) when there is none."""
+    from contracts.kit.settings import CommonSettings, NatsNotFound
+
+    try:
+        return CommonSettings().resolve_nats_url()
+    except NatsNotFound as exc:
+        fail(str(exc), 2)
+
+
+def _run_with_jetstream(url: str, action):  # noqa: ANN001, ANN202
+    """Run `action(js)` against the NATS at `url`; a one-line error (exit 2) when unreachable."""
+    from portal.up import redact_url
+
+    async def run():  # noqa: ANN202
+        import nats
+
+        first_error: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+        async def on_error(exc: Exception) -> None:
+            if not first_error.done():
+                first_error.set_result(exc)
+
+        # nats-py keeps retrying a refused first connection even with reconnects off: give up
+        # on the first error instead, as an operator's command should.
+        connecting = asyncio.ensure_future(
+            nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0, error_cb=on_error)
+        )
+        done, _ = await asyncio.wait({connecting, first_error}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        if connecting not in done or connecting.exception() is not None:
+            connecting.cancel()
+            cause = first_error.result() if first_error.done() else (
+                connecting.exception() if connecting.done() and not connecting.cancelled() else TimeoutError()
+            )
+            fail(f"cannot reach NATS at {redact_url(url)} ({type(cause).__name__}); is `portal up` running?", 2)
+        nc = connecting.result()
+        try:
+            return await action(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def _cell(value: object, width: int | None = None) -> str:
+    text = " ".join(str(value).split())
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
+
+
+@dead_letters_app.command("list")
+def dead_letters_list() -> None:
+    """List every dead letter still kept, oldest first."""
+    url = _nats_url()
+    from contracts.kit.deadletters import list_dead_letters
+
+    letters = _run_with_jetstream(url, list_dead_letters)
+    if not letters:
+        typer.echo("no dead letters")
+        return
+    header = ("id", "service", "consumer", "subject", "deliveries", "error", "at")
+    rows = [
+        (str(d.id), d.service, d.consumer, d.subject, d.deliveries, _cell(d.error, 60), d.at) for d in letters
+    ]
+    widths = [max(len(_cell(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo("  ".join(_cell(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(dead_letter_id: int = typer.Argument(..., metavar="ID", help="The id `list` shows.")) -> None:
+    """Publish a dead letter again on its original subject, then remove it."""
+    url = _nats_url()
+    from contracts.kit.deadletters import DeadLetterNotFound, replay_dead_letter
+
+    async def replay(js):  # noqa: ANN001, ANN202
+        try:
+            return await replay_dead_letter(js, dead_letter_id)
+        except DeadLetterNotFound:
+            return None
+
+    dl = _run_with_jetstream(url, replay)
+    if dl is None:
+        fail(f"no dead letter with id {dead_letter_id} (see `portal dead-letters list`)", 1)
+    typer.echo(f"replayed dead letter {dl.id} to {dl.subject} (consumer {dl.consumer} of {dl.service})")

@@ -1,0 +1,253 @@
+"""`portal up`: the whole system on one machine, each part a supervised process of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from portal.natsserver import NatsServer, free_port
+from portal.supervisor import Child, ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from portal.settings import PortalSettings
+
+SERVICES = ("identity", "linking", "notify", "overview")
+
+# Stop order: the gateway first (no new requests), then the services, then what they use.
+_STOP_GATEWAY, _STOP_SERVICE, _STOP_INFRA = 2, 1, 0
+
+
+def portal_command() -> list[str]:
+    """How to run this same `portal` command in a child, so `ps` shows `portal service <name>`."""
+    script = Path(sys.executable).parent / "portal"
+    if script.exists():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "portal"]
+
+
+def process_age() -> float:
+    """Seconds since this process started (the kernel's clock, so interpreter start-up counts)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - started)
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return time.monotonic() - _IMPORTED_AT
+
+
+_IMPORTED_AT = time.monotonic()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - our own loopback URL
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class _Signals:
+    """Counts SIGINT/SIGTERM/SIGHUP: the first asks for a clean stop, a second to hurry."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+
+    @property
+    def stop(self) -> bool:
+        return self.count > 0
+
+    @property
+    def hurry(self) -> bool:
+        return self.count > 1
+
+
+class _StartupFailed(Exception):
+    pass
+
+
+def _wait_for_port(sup: Supervisor, child: Child, port: int, signals: _Signals, *, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not signals.stop:
+        if _listening(port):
+            return
+        sup.poll()
+        if time.monotonic() > deadline:
+            raise _StartupFailed(f"{child.name} did not listen on 127.0.0.1:{port} within {timeout:g}s")
+        time.sleep(0.05)
+
+
+def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str]] | None = None) -> int:
+    """Run everything until Ctrl-C or SIGTERM; the exit code."""
+    signals = _Signals()
+    signals.install()
+    from pydantic import ValidationError
+
+    from portal.settings import PortalSettings
+
+    try:
+        settings = PortalSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"PORTAL_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"portal: invalid setting: {problems}", file=sys.stderr, flush=True)
+        return 2
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings.model_copy(update={"data_dir": data_dir})
+    out = lambda line="": print(line, flush=True)  # noqa: E731
+    err = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+
+    if _listening(settings.http_port):
+        err(f"portal: port {settings.http_port} is already in use; set PORTAL_HTTP_PORT to a free port")
+        return 1
+
+    sup = Supervisor(say=err)
+    portal = portal_command()
+    env = dict(os.environ)
+    env["PORTAL_DATA_DIR"] = str(data_dir)
+    # People read these logs in a terminal; a deployment keeps the default, JSON.
+    env.setdefault("PORTAL_LOG_FORMAT", "console")
+
+    try:
+        # Migrations, NATS and the mail sink start together; each is independent of the others.
+        migrate = sup.spawn(ChildSpec("migrate", [*portal, "migrate"], env, restart=False))
+
+        nats: NatsServer | None = None
+        nats_child: Child | None = None
+        if settings.nats_url:
+            nats_url = settings.nats_url
+        else:
+            nats = NatsServer(port=free_port(), store_dir=data_dir / "nats", log_file=data_dir / "nats.log")
+            nats.store_dir.mkdir(parents=True, exist_ok=True)
+            nats_child = sup.spawn(ChildSpec("nats-server", nats.command(), env, stop_order=_STOP_INFRA))
+            nats_url = nats.url
+
+        smtp_url = settings.smtp_url
+        maildir = data_dir / "mail"
+        sink_port: int | None = None
+        sink_child: Child | None = None
+        if not smtp_url:
+            sink_port = free_port()
+            sink_child = sup.spawn(
+                ChildSpec(
+                    "mail-sink",
+                    [*portal, "mail-sink", "--port", str(sink_port), "--maildir", str(maildir)],
+                    env,
+                    stop_order=_STOP_INFRA,
+                )
+            )
+            smtp_url = f"smtp://127.0.0.1:{sink_port}"
+
+        if nats is not None and nats_child is not None:
+            _wait_for_port(sup, nats_child, nats.port, signals)
+        (data_dir / "nats.url").write_text(nats_url + "\n")
+        env["PORTAL_NATS_URL"] = nats_url
+        if sink_child is not None and sink_port is not None:
+            _wait_for_port(sup, sink_child, sink_port, signals)
+
+        code = sup.wait(migrate, interrupted=lambda: signals.stop)
+        if signals.stop:
+            raise _StartupFailed("")
+        if code != 0:
+            raise _StartupFailed("the database migrations failed (see above)")
+
+        for name in SERVICES:
+            child_env = dict(env)
+            if name == "notify":
+                child_env["PORTAL_SMTP_URL"] = smtp_url
+            sup.spawn(ChildSpec(name, [*portal, "service", name], child_env, stop_order=_STOP_SERVICE))
+        gateway_env = dict(env)
+        if sink_child is not None:
+            gateway_env["PORTAL_DEV_MAIL_DIR"] = str(maildir)
+        sup.spawn(ChildSpec("gateway", [*portal, "service", "gateway"], gateway_env, stop_order=_STOP_GATEWAY))
+    except _StartupFailed as exc:
+        if str(exc):
+            err(f"portal: {exc}")
+        sup.stop_all(hurry=lambda: signals.hurry)
+        return 0 if signals.stop else 1
+
+    gateway = settings.gateway_url
+    out("Parent Portal is starting:")
+    out(f"  gateway    {gateway}  (health {gateway}/health, readiness {gateway}/ready)")
+    if nats is not None:
+        out(f"  NATS       {nats_url}  (embedded, JetStream store {nats.store_dir}, log {data_dir / 'nats.log'})")
+    else:
+        out(f"  NATS       {redact_url(nats_url)}  (PORTAL_NATS_URL)")
+    if sink_child is not None:
+        out(f"  mail       local sink {smtp_url}, Maildir {maildir}; read it at {gateway}/dev/mail")
+    else:
+        out(f"  mail       sent to {redact_url(smtp_url)}  (PORTAL_SMTP_URL)")
+    out(f"  data       {data_dir}  (NATS URL in {data_dir / 'nats.url'})")
+    parts = ", ".join(f"{c.name} {c.pid}" for c in sup.children if c.proc is not None)
+    out(f"  processes  {parts}")
+    out("Ctrl-C stops everything.")
+
+    ready = False
+    next_check = 0.0
+    while not signals.stop:
+        sup.poll()
+        now = time.monotonic()
+        if not ready and now >= next_check:
+            next_check = now + 0.25
+            if _http_ok(f"{gateway}/ready"):
+                ready = True
+                out(f"portal: ready after {process_age():.1f}s at {gateway}")
+                if demo:
+                    _seed(settings.model_copy(update={"nats_url": nats_url}), seed_demo, out, err)
+        time.sleep(0.1)
+
+    err("portal: stopping")
+    sup.stop_all(hurry=lambda: signals.hurry)
+    err("portal: stopped")
+    return 0
+
+
+def _seed(settings: PortalSettings, seed_demo: Callable[[PortalSettings], list[str]] | None, out, err) -> None:  # noqa: ANN001
+    if seed_demo is None:
+        from portal.demo import seed_demo
+    try:
+        lines = seed_demo(settings)
+    except Exception as exc:  # noqa: BLE001 - the portal keeps running without demo data
+        err(f"portal: seeding the demo data failed: {type(exc).__name__}: {exc}")
+        return
+    if not lines:
+        out("portal: demo data is not available yet (it comes with the demo publisher); the portal runs empty")
+        return
+    for line in lines:
+        out(line)
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password, fit for the terminal."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
