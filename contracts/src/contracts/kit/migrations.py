@@ -28,6 +28,15 @@ def upgrade(script_location: str, url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(script_location, url), revision)
 
 
+def _render_item(type_: str, obj, autogen_context):  # noqa: ANN001, ANN202
+    # Revisions stay plain SQLAlchemy: UtcDateTime is a timestamp with a zone in every database.
+    from contracts.kit.db import UtcDateTime
+
+    if type_ == "type" and isinstance(obj, UtcDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def run_env(metadata: MetaData | Sequence[MetaData]) -> None:
     """The body of a service's `env.py`: migrate its own tables and the kit's."""
     targets = [*(metadata if isinstance(metadata, Sequence) else [metadata]), KIT_METADATA]
@@ -36,13 +45,17 @@ def run_env(metadata: MetaData | Sequence[MetaData]) -> None:
     batch = is_sqlite(url)
 
     if context.is_offline_mode():
-        context.configure(url=url, target_metadata=targets, literal_binds=True, render_as_batch=batch)
+        context.configure(
+            url=url, target_metadata=targets, literal_binds=True, render_as_batch=batch, render_item=_render_item
+        )
         with context.begin_transaction():
             context.run_migrations()
         return
 
     def do_run(connection) -> None:  # noqa: ANN001
-        context.configure(connection=connection, target_metadata=targets, render_as_batch=batch)
+        context.configure(
+            connection=connection, target_metadata=targets, render_as_batch=batch, render_item=_render_item
+        )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
                 # Replicas starting together would otherwise race to create the same tables.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,24 @@ class CommonSettings(BaseSettings):
     log_level: str = Field(default="INFO", description="Python log level name.")
     log_format: str = Field(default="json", description="`json` (one object a line) or `console`.")
     stream_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a NATS cluster).")
+    http_port: int = Field(default=8000, ge=1, le=65535, description="The gateway's HTTP port (PORTAL_HTTP_PORT).")
+    public_url: str = Field(
+        default="",
+        description="The base of links in emails and QR codes (PORTAL_PUBLIC_URL); "
+        "`http://127.0.0.1:<http_port>` when unset.",
+    )
+    platform_url: str = Field(
+        default="",
+        description="The learning platform overview links point into (PORTAL_PLATFORM_URL); "
+        "the demo stand-in at `<public_url>/platform` when unset.",
+    )
+
+    @model_validator(mode="after")
+    def _derive_urls(self) -> "CommonSettings":
+        # Links are joined as f"{public_url}/verify?…": a trailing slash would double it.
+        self.public_url = (self.public_url or f"http://127.0.0.1:{self.http_port}").rstrip("/")
+        self.platform_url = (self.platform_url or f"{self.public_url}/platform").rstrip("/")
+        return self
 
     def resolve_nats_url(self) -> str:
         """The NATS URL to use: the setting, else the one `portal up` wrote."""

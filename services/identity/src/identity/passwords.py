@@ -1,0 +1,86 @@
+"""Passwords: argon2id hashes, and the policy a new password must meet.
+
+The policy is NIST SP 800-63B's: at least 12 characters and at most 128, no composition rules,
+and refused when it is commonly used or trivially guessable (zxcvbn's dictionaries of leaked
+passwords, names, words and keyboard patterns, plus the account's own email and name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from zxcvbn import zxcvbn
+
+MIN_LENGTH = 12
+MAX_LENGTH = 128
+
+# OWASP's minimum for argon2id (m=19 MiB, t=2, p=1); the settings may only go above it.
+OWASP_MIN_MEMORY_KIB = 19 * 1024
+OWASP_MIN_TIME_COST = 2
+
+
+class WeakPassword(ValueError):
+    """The password does not meet the policy; the message says why, for the person."""
+
+
+def check_policy(password: str, *, email: str = "", name: str = "") -> None:
+    """Raise `WeakPassword` with a clear reason unless `password` may be used."""
+    if len(password) < MIN_LENGTH:
+        raise WeakPassword(f"Use at least {MIN_LENGTH} characters; a few unrelated words make a good password.")
+    if len(password) > MAX_LENGTH:
+        raise WeakPassword(f"Use at most {MAX_LENGTH} characters.")
+    hints = [h for h in (email, email.split("@")[0], name, *name.split()) if h]
+    result = zxcvbn(password[:MAX_LENGTH], user_inputs=hints)
+    if result["score"] < 2:
+        warning = result["feedback"].get("warning") or "This password is too easy to guess."
+        raise WeakPassword(f"{warning.rstrip('.')}. Choose a less common password, for example a few unrelated words.")
+
+
+@dataclass(frozen=True)
+class HashParams:
+    """argon2id cost parameters."""
+
+    time_cost: int = 3
+    memory_kib: int = 64 * 1024
+    parallelism: int = 4
+
+    def __post_init__(self) -> None:
+        if self.memory_kib < OWASP_MIN_MEMORY_KIB or self.time_cost < OWASP_MIN_TIME_COST or self.parallelism < 1:
+            raise ValueError("argon2id parameters below OWASP's minimum (m=19456 KiB, t=2, p=1)")
+
+
+class Passwords:
+    """Hashes and verifies off the event loop (argon2 takes tens of milliseconds by design)."""
+
+    def __init__(self, params: HashParams) -> None:
+        self.hasher = PasswordHasher(
+            time_cost=params.time_cost, memory_cost=params.memory_kib, parallelism=params.parallelism
+        )
+        # Verifying against this when the account does not exist takes as long as a real
+        # check, so timing does not tell who is registered.
+        self._dummy = self.hasher.hash("not a real password, only for timing")
+
+    async def hash(self, password: str) -> str:
+        """An argon2id hash of `password`."""
+        return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        """Whether `password` matches `stored` (a missing hash never matches)."""
+
+        def run() -> bool:
+            try:
+                return self.hasher.verify(stored or self._dummy, password) and stored is not None
+            except (VerificationError, InvalidHashError):
+                return False
+
+        return await asyncio.to_thread(run)
+
+    def needs_rehash(self, stored: str) -> bool:
+        """Whether `stored` was made with other parameters than today's."""
+        try:
+            return self.hasher.check_needs_rehash(stored)
+        except InvalidHashError:
+            return True
