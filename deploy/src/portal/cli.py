@@ -30,6 +30,8 @@ dead_letters_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dead_letters_app, name="dead-letters")
+staff_app = typer.Typer(help="Staff accounts (most come from the platform's roster).", no_args_is_help=True)
+app.add_typer(staff_app, name="staff")
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -115,6 +117,11 @@ def _nats_url() -> str:
 
 def _run_with_jetstream(url: str, action):  # noqa: ANN001, ANN202
     """Run `action(js)` against the NATS at `url`; a one-line error (exit 2) when unreachable."""
+    return _run_with_nats(url, lambda nc: action(nc.jetstream()))
+
+
+def _run_with_nats(url: str, action):  # noqa: ANN001, ANN202
+    """Run `action(nc)` against the NATS at `url`; a one-line error (exit 2) when unreachable."""
     from portal.up import redact_url
 
     async def run():  # noqa: ANN202
@@ -140,7 +147,7 @@ def _run_with_jetstream(url: str, action):  # noqa: ANN001, ANN202
             fail(f"cannot reach NATS at {redact_url(url)} ({type(cause).__name__}); is `portal up` running?", 2)
         nc = connecting.result()
         try:
-            return await action(nc.jetstream())
+            return await action(nc)
         finally:
             await nc.close()
 
@@ -189,3 +196,54 @@ def dead_letters_replay(dead_letter_id: int = typer.Argument(..., metavar="ID", 
     if dl is None:
         fail(f"no dead letter with id {dead_letter_id} (see `portal dead-letters list`)", 1)
     typer.echo(f"replayed dead letter {dl.id} to {dl.subject} (consumer {dl.consumer} of {dl.service})")
+
+
+@staff_app.command("add")
+def staff_add(
+    email: str = typer.Option(..., "--email", help="The member of staff's email address (their login)."),
+    name: str = typer.Option(..., "--name", help="Their name as parents and colleagues see it."),
+    role: str = typer.Option(..., "--role", help="teacher, school_admin or trust_admin."),
+    school: str | None = typer.Option(None, "--school", help="SCHOOL_ID (teacher, school_admin)."),
+    trust: str | None = typer.Option(None, "--trust", help="TRUST_ID (trust_admin)."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from standard input; without it they get a set-password email."
+    ),
+) -> None:
+    """Create (or update) one member of staff."""
+    import sys
+
+    roles = ("teacher", "school_admin", "trust_admin")
+    if role not in roles:
+        fail(f"--role must be one of {', '.join(roles)}", 2)
+    if role == "trust_admin" and not trust:
+        fail("a trust_admin needs --trust TRUST_ID", 2)
+    if role != "trust_admin" and not school:
+        fail(f"a {role} needs --school SCHOOL_ID", 2)
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            fail("no password on standard input", 2)
+    url = _nats_url()
+    from contracts import identity as c
+    from contracts.kit import rpc
+
+    request = c.CreateStaffRequest(
+        email=email, name=name, role=role, school_id=None if role == "trust_admin" else school,
+        trust_id=trust if role == "trust_admin" else None, password=password,
+    )
+
+    async def create(nc):  # noqa: ANN001, ANN202
+        try:
+            return await rpc.call(nc, c.CREATE_STAFF, request, c.CreateStaffReply, timeout=10)
+        except rpc.RpcError as exc:
+            return exc
+
+    reply = _run_with_nats(url, create)
+    if isinstance(reply, Exception):
+        code = 2 if reply.code in ("validation_error", "weak_password", "conflict") else 1
+        fail(f"{reply.detail}", code)
+    where = f"trust {trust}" if role == "trust_admin" else f"school {school}"
+    verb = "created" if reply.created else "updated"
+    how = "" if password else "; a set-password email is on its way"
+    typer.echo(f"{verb} {role} {email} at {where} (account {reply.account_id}){how}")
