@@ -174,3 +174,60 @@ async def call(
     """Ask `subject` and parse the reply as `reply`."""
     data = await call_raw(nc, subject, payload, timeout=timeout)
     return reply.model_validate_json(data)
+
+
+class RawResponder:
+    """A request/reply handler on nats-py directly, for the hottest paths.
+
+    FastStream's responder answers about 8,000 requests a second on this kind of machine where
+    a raw nats-py one answers 24,000; a path that every parent opens every morning gets the
+    raw one. Errors are answered exactly like `rpc_handler` does.
+    """
+
+    def __init__(self, subject: str, queue: str, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
+        self.subject = subject
+        self.queue = queue
+        self.handler = handler
+        self._sub = None
+        self._nc: NatsClient | None = None
+        self._tasks: set = set()
+
+    async def start(self, nc: NatsClient) -> None:
+        """Subscribe in the queue group."""
+        import asyncio
+
+        async def on_msg(msg) -> None:  # noqa: ANN001
+            # One task per request: a slow answer (a cache miss) must not hold up the rest.
+            task = asyncio.create_task(self._answer(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._nc = nc
+        self._sub = await nc.subscribe(self.subject, queue=self.queue, cb=on_msg, pending_msgs_limit=65536)
+
+    async def _answer(self, msg) -> None:  # noqa: ANN001
+        if not msg.reply:
+            return
+        try:
+            body = await self.handler(msg.data)
+            # Not msg.respond(): it would echo the request's headers back.
+            await self._nc.publish(msg.reply, body)
+            return
+        except RpcFailure as failure:
+            code, detail = failure.code, failure.detail
+        except ValidationError as exc:
+            code, detail = "invalid_request", describe_error(exc)
+        except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a timeout
+            log.exception("rpc_handler_failed", subject=self.subject, error=describe_error(exc))
+            code, detail = "internal_error", f"{self.subject} failed: {type(exc).__name__}"
+        body = ErrorReply(error=code, detail=detail).model_dump_json().encode()
+        await self._nc.publish(msg.reply, body, headers={**_JSON, ERROR_HEADER: code})
+
+    async def stop(self) -> None:
+        """Unsubscribe; requests in flight finish."""
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                pass
+            self._sub = None

@@ -22,7 +22,7 @@ from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler
 from contracts.kit.db import Database
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
-from contracts.kit.rpc import rpc_handler
+from contracts.kit.rpc import RawResponder, rpc_handler
 from contracts.kit.settings import ServiceSettings
 from contracts.kit.streams import ensure_streams
 from contracts.rpc import HealthReply, HealthRequest, health_subject
@@ -63,10 +63,18 @@ class ServiceRuntime:
                 url = DEFAULT_LOCAL_NATS
         self.nats_url = url
         self.db = Database(settings.resolved_database_url())
+        self.on_reconnect: list[Callable[[], None]] = []
+
+        async def reconnected() -> None:
+            log.info("nats_reconnected", instance=self.instance)
+            for callback in self.on_reconnect:
+                callback()
+
         self.broker = NatsBroker(
             url,
             name=self.instance,
             error_cb=_quiet_error_cb,
+            reconnected_cb=reconnected,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             connect_timeout=5,
@@ -79,6 +87,7 @@ class ServiceRuntime:
         self.consumers: list[EventConsumer] = []
         # name -> check returning "ok" or what is wrong; reported by the health request.
         self.extra_checks: dict[str, Callable[[], str]] = {}
+        self.raw_responders: list[RawResponder] = []
         # Never connected: it only carries the consumers' descriptions into the AsyncAPI
         # document (the consumers pull with their own loop, see contracts.kit.consumer).
         self._spec_broker = NatsBroker(url)
@@ -158,6 +167,22 @@ class ServiceRuntime:
             spec_broker=self._spec_broker,
         )
 
+    def raw_rpc(self, subject: str, *, request: type, title: str, description: str):
+        """Decorator: serve `subject` with `fn(body: bytes) -> bytes` on nats-py directly (the
+        hottest paths; see `contracts.kit.rpc.RawResponder`), documented like `rpc`."""
+
+        def decorator(fn):  # noqa: ANN001, ANN202
+            responder = RawResponder(subject, self.name, fn)
+            self.raw_responders.append(responder)
+
+            async def documented(body: request) -> None:  # type: ignore[valid-type]
+                """Documentation only."""
+
+            self._spec_broker.subscriber(subject, queue=self.name, title=title, description=description)(documented)
+            return fn
+
+        return decorator
+
     def _register_health(self) -> None:
         @self.rpc(
             health_subject(self.name),
@@ -185,10 +210,14 @@ class ServiceRuntime:
     async def _after_startup(self) -> None:
         for consumer in self.consumers:
             await consumer.start()
+        for responder in self.raw_responders:
+            await responder.start(self.broker.connection)
         self.relay.start()
         log.info("service_started", instance=self.instance, version=self.version)
 
     async def _on_shutdown(self) -> None:
+        for responder in self.raw_responders:
+            await responder.stop()
         for consumer in self.consumers:
             await consumer.stop()
         await self.relay.stop()

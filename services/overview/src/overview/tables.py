@@ -1,7 +1,16 @@
-"""The overview service's own tables. No other part reads them."""
+"""The overview service's own tables: projections of platform events. No other part reads them.
 
+Every fact is keyed by its own natural id (homework, message, award), so the same fact under two
+event ids, twice, or out of order lands in the same row; flags only ever turn on.
+"""
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index
 from sqlalchemy.orm import registry
-from sqlmodel import SQLModel
+from sqlmodel import Field, SQLModel
+
+from contracts.kit.db import UtcDateTime
 
 # A registry of its own keeps these tables out of other services' metadata when several
 # services are imported into one process (tests, the local runner).
@@ -13,3 +22,79 @@ class Base(SQLModel, registry=_registry):
 
 
 metadata = _registry.metadata
+
+
+def _ts(nullable: bool = True) -> Column:
+    return Column(UtcDateTime(), nullable=nullable)
+
+
+class School(Base, table=True):
+    """A school's timezone (for "this week") and link templates."""
+
+    __tablename__ = "schools"
+
+    school_id: str = Field(primary_key=True, max_length=128)
+    timezone: str | None = Field(default=None, max_length=64)
+    roster_at: datetime | None = Field(default=None, sa_column=_ts())
+    homework_url: str | None = Field(default=None, max_length=500)
+    files_url: str | None = Field(default=None, max_length=500)
+    messages_url: str | None = Field(default=None, max_length=500)
+    settings_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class Pupil(Base, table=True):
+    """Which school a pupil is at."""
+
+    __tablename__ = "pupils"
+
+    pupil_id: str = Field(primary_key=True, max_length=128)
+    school_id: str = Field(max_length=128)
+    roster_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class Homework(Base, table=True):
+    """A piece of homework; known from its assignment, or only as withdrawn so far."""
+
+    __tablename__ = "homework"
+
+    homework_id: str = Field(primary_key=True, max_length=128)
+    school_id: str | None = Field(default=None, max_length=128)
+    title: str | None = Field(default=None, max_length=500)
+    due_at: datetime | None = Field(default=None, sa_column=_ts())
+    withdrawn: bool = False
+
+
+class HomeworkPupil(Base, table=True):
+    """A pupil's part in a piece of homework: assigned, completed (in either order)."""
+
+    __tablename__ = "homework_pupils"
+    __table_args__ = (Index("ix_homework_pupils_pupil", "pupil_id", "assigned", "completed"),)
+
+    homework_id: str = Field(primary_key=True, max_length=128)
+    pupil_id: str = Field(primary_key=True, max_length=128)
+    assigned: bool = False
+    completed: bool = False
+
+
+class PupilMessage(Base, table=True):
+    """A message to a pupil: delivered, read (in either order)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_pupil", "pupil_id", "delivered", "read"),)
+
+    message_id: str = Field(primary_key=True, max_length=128)
+    pupil_id: str = Field(primary_key=True, max_length=128)
+    delivered: bool = False
+    read: bool = False
+
+
+class StarAward(Base, table=True):
+    """Stars awarded to a pupil, when."""
+
+    __tablename__ = "star_awards"
+    __table_args__ = (Index("ix_star_awards_pupil_at", "pupil_id", "awarded_at"),)
+
+    award_id: str = Field(primary_key=True, max_length=128)
+    pupil_id: str = Field(max_length=128)
+    stars: int
+    awarded_at: datetime = Field(sa_column=_ts(False))

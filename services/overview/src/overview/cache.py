@@ -1,0 +1,50 @@
+"""Each replica keeps recent overviews in memory: a parent's morning visit is a dictionary
+lookup, not four queries. An entry goes when its pupil's events are applied (here, or on another
+replica, which says so on `notice.overview.changed.v1`), and after a short time in any case,
+since "this week" moves on by itself."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from contracts.overview import ChildOverview
+
+
+class OverviewCache:
+    """A bounded LRU of pupil id -> overview."""
+
+    def __init__(self, *, max_entries: int = 200_000, ttl: float = 60.0) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._entries: OrderedDict[str, tuple[float, ChildOverview, bytes]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, pupil_id: str) -> bytes | None:
+        """The cached overview's JSON, if fresh."""
+        entry = self._entries.get(pupil_id)
+        if entry is None or entry[0] < time.monotonic():
+            self.misses += 1
+            return None
+        self._entries.move_to_end(pupil_id)
+        self.hits += 1
+        return entry[2]
+
+    def put(self, overview: ChildOverview) -> bytes:
+        """Remember an overview; returns its JSON."""
+        data = overview.model_dump_json().encode()
+        self._entries[overview.pupil_id] = (time.monotonic() + self.ttl, overview, data)
+        self._entries.move_to_end(overview.pupil_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return data
+
+    def forget(self, pupil_ids) -> None:  # noqa: ANN001
+        """Drop these pupils' entries."""
+        for pid in pupil_ids:
+            self._entries.pop(pid, None)
+
+    def clear(self) -> None:
+        """Drop everything (after a reconnect, notices may have been missed)."""
+        self._entries.clear()

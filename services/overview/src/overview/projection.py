@@ -1,0 +1,270 @@
+"""Applying platform events to the projections, and reading a pupil's overview from them.
+
+A batch of events is folded in memory first (per natural key, flags OR-ed together), then
+written with one bulk upsert per table: thousands of events a second, and the same result
+whatever the order or repetition of the events.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts import linking, platform
+from contracts.base import Event
+from contracts.overview import ChildOverview, DueItem, Links
+from overview.tables import Homework, HomeworkPupil, Pupil, PupilMessage, School, StarAward
+
+NEXT_DUE = 3
+
+
+def week_start(now: datetime, zone: str | None) -> datetime:
+    """Monday 00:00 of `now`'s week in the school's zone, as a UTC instant (DST-safe)."""
+    try:
+        tz = ZoneInfo(zone) if zone else UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = UTC
+    local = now.astimezone(tz)
+    monday = local.date() - timedelta(days=local.weekday())
+    return datetime.combine(monday, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def _insert(session: AsyncSession):  # noqa: ANN202
+    return pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+
+
+class Batch:
+    """Events folded per natural key, ready to be written."""
+
+    def __init__(self) -> None:
+        self.schools: dict[str, dict] = {}
+        self.settings: dict[str, dict] = {}
+        self.pupils: dict[str, dict] = {}
+        self.homework: dict[str, dict] = {}
+        self.homework_pupils: dict[tuple[str, str], dict] = defaultdict(lambda: {"assigned": False, "completed": False})
+        self.messages: dict[tuple[str, str], dict] = defaultdict(lambda: {"delivered": False, "read": False})
+        self.awards: dict[str, dict] = {}
+        self.touched: set[str] = set()
+        self.touched_schools: set[str] = set()
+
+    @staticmethod
+    def _newer(current: dict | None, at: datetime) -> bool:
+        return current is None or at >= current["at"]
+
+    def add(self, subject: str, ev: Event) -> None:  # noqa: C901 - one branch per event type
+        """Fold one event in."""
+        if subject == platform.SCHOOL_UPSERTED:
+            if self._newer(self.schools.get(ev.school_id), ev.occurred_at):
+                self.schools[ev.school_id] = {"timezone": ev.timezone, "at": ev.occurred_at}
+            self.touched_schools.add(ev.school_id)
+        elif subject == linking.SCHOOL_SETTINGS_CHANGED:
+            if self._newer(self.settings.get(ev.school_id), ev.occurred_at):
+                self.settings[ev.school_id] = {
+                    "homework_url": ev.homework_url,
+                    "files_url": ev.files_url,
+                    "messages_url": ev.messages_url,
+                    "at": ev.occurred_at,
+                }
+            self.touched_schools.add(ev.school_id)
+        elif subject == platform.PUPIL_UPSERTED:
+            if self._newer(self.pupils.get(ev.pupil_id), ev.occurred_at):
+                self.pupils[ev.pupil_id] = {"school_id": ev.school_id, "at": ev.occurred_at}
+            self.touched.add(ev.pupil_id)
+        elif subject == platform.HOMEWORK_ASSIGNED:
+            self.homework.setdefault(ev.homework_id, {"withdrawn": False})
+            self.homework[ev.homework_id].update(school_id=ev.school_id, title=ev.title, due_at=ev.due_at)
+            for pupil_id in ev.pupil_ids:
+                self.homework_pupils[(ev.homework_id, pupil_id)]["assigned"] = True
+                self.touched.add(pupil_id)
+        elif subject == platform.HOMEWORK_COMPLETED:
+            self.homework_pupils[(ev.homework_id, ev.pupil_id)]["completed"] = True
+            self.touched.add(ev.pupil_id)
+        elif subject == platform.HOMEWORK_WITHDRAWN:
+            self.homework.setdefault(ev.homework_id, {"withdrawn": False})["withdrawn"] = True
+        elif subject == platform.MESSAGE_DELIVERED:
+            self.messages[(ev.message_id, ev.pupil_id)]["delivered"] = True
+            self.touched.add(ev.pupil_id)
+        elif subject == platform.MESSAGE_READ:
+            self.messages[(ev.message_id, ev.pupil_id)]["read"] = True
+            self.touched.add(ev.pupil_id)
+        elif subject == platform.STARS_AWARDED:
+            self.awards.setdefault(ev.award_id, {"pupil_id": ev.pupil_id, "stars": ev.stars, "awarded_at": ev.occurred_at})
+            self.touched.add(ev.pupil_id)
+
+    async def write(self, session: AsyncSession) -> set[str]:
+        """Upsert everything folded in; returns the pupils whose overview may have changed."""
+        ins = _insert(session)
+        if self.schools:
+            stmt = ins(School.__table__)
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["school_id"],
+                    set_={"timezone": stmt.excluded.timezone, "roster_at": stmt.excluded.roster_at},
+                    where=func.coalesce(School.__table__.c.roster_at, stmt.excluded.roster_at) <= stmt.excluded.roster_at,
+                ),
+                [{"school_id": k, "timezone": v["timezone"], "roster_at": v["at"]} for k, v in self.schools.items()],
+            )
+        if self.settings:
+            stmt = ins(School.__table__)
+            cols = ("homework_url", "files_url", "messages_url")
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["school_id"],
+                    set_={**{c: getattr(stmt.excluded, c) for c in cols}, "settings_at": stmt.excluded.settings_at},
+                    where=func.coalesce(School.__table__.c.settings_at, stmt.excluded.settings_at) <= stmt.excluded.settings_at,
+                ),
+                [{"school_id": k, **{c: v[c] for c in cols}, "settings_at": v["at"]} for k, v in self.settings.items()],
+            )
+        if self.pupils:
+            stmt = ins(Pupil.__table__)
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["pupil_id"],
+                    set_={"school_id": stmt.excluded.school_id, "roster_at": stmt.excluded.roster_at},
+                    where=func.coalesce(Pupil.__table__.c.roster_at, stmt.excluded.roster_at) <= stmt.excluded.roster_at,
+                ),
+                [{"pupil_id": k, "school_id": v["school_id"], "roster_at": v["at"]} for k, v in self.pupils.items()],
+            )
+        if self.homework:
+            stmt = ins(Homework.__table__)
+            t = Homework.__table__.c
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["homework_id"],
+                    set_={
+                        "school_id": func.coalesce(stmt.excluded.school_id, t.school_id),
+                        "title": func.coalesce(stmt.excluded.title, t.title),
+                        "due_at": func.coalesce(stmt.excluded.due_at, t.due_at),
+                        "withdrawn": t.withdrawn | stmt.excluded.withdrawn,
+                    },
+                ),
+                [
+                    {
+                        "homework_id": k,
+                        "school_id": v.get("school_id"),
+                        "title": v.get("title"),
+                        "due_at": v.get("due_at"),
+                        "withdrawn": v["withdrawn"],
+                    }
+                    for k, v in self.homework.items()
+                ],
+            )
+            # A withdrawal changes the overview of every pupil it was assigned to.
+            withdrawn = [k for k, v in self.homework.items() if v["withdrawn"]]
+            if withdrawn:
+                rows = await session.execute(
+                    select(HomeworkPupil.pupil_id).where(HomeworkPupil.homework_id.in_(withdrawn))
+                )
+                self.touched.update(rows.scalars())
+        if self.homework_pupils:
+            stmt = ins(HomeworkPupil.__table__)
+            t = HomeworkPupil.__table__.c
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["homework_id", "pupil_id"],
+                    set_={"assigned": t.assigned | stmt.excluded.assigned, "completed": t.completed | stmt.excluded.completed},
+                ),
+                [{"homework_id": h, "pupil_id": p, **v} for (h, p), v in self.homework_pupils.items()],
+            )
+        if self.messages:
+            stmt = ins(PupilMessage.__table__)
+            t = PupilMessage.__table__.c
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["message_id", "pupil_id"],
+                    set_={"delivered": t.delivered | stmt.excluded.delivered, "read": t.read | stmt.excluded.read},
+                ),
+                [{"message_id": m, "pupil_id": p, **v} for (m, p), v in self.messages.items()],
+            )
+        if self.awards:
+            stmt = ins(StarAward.__table__)
+            await session.execute(
+                stmt.on_conflict_do_nothing(index_elements=["award_id"]),
+                [{"award_id": k, **v} for k, v in self.awards.items()],
+            )
+        if self.touched_schools:
+            rows = await session.execute(select(Pupil.pupil_id).where(Pupil.school_id.in_(self.touched_schools)))
+            self.touched.update(rows.scalars())
+        return self.touched
+
+
+async def read_overviews(
+    session: AsyncSession, pupil_ids: list[str], *, now: datetime, defaults: dict[str, str]
+) -> dict[str, ChildOverview]:
+    """The overview of each pupil, computed from the projections."""
+    if not pupil_ids:
+        return {}
+    ids = list(dict.fromkeys(pupil_ids))
+    schools = {
+        row.pupil_id: row
+        for row in await session.execute(
+            select(Pupil.pupil_id, School.timezone, School.homework_url, School.files_url, School.messages_url)
+            .select_from(Pupil)
+            .join(School, School.school_id == Pupil.school_id, isouter=True)
+            .where(Pupil.pupil_id.in_(ids))
+        )
+    }
+    outstanding: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+    for row in await session.execute(
+        select(HomeworkPupil.pupil_id, Homework.title, Homework.due_at)
+        .join(Homework, Homework.homework_id == HomeworkPupil.homework_id)
+        .where(
+            HomeworkPupil.pupil_id.in_(ids),
+            HomeworkPupil.assigned.is_(True),
+            HomeworkPupil.completed.is_(False),
+            Homework.withdrawn.is_(False),
+            Homework.title.is_not(None),
+        )
+        .order_by(Homework.due_at, Homework.homework_id)
+    ):
+        outstanding[row.pupil_id].append((row.title, row.due_at))
+    unread = dict(
+        (
+            await session.execute(
+                select(PupilMessage.pupil_id, func.count())
+                .where(PupilMessage.pupil_id.in_(ids), PupilMessage.delivered.is_(True), PupilMessage.read.is_(False))
+                .group_by(PupilMessage.pupil_id)
+            )
+        ).all()
+    )
+    # "This week" is each school's own week: one sum per distinct week start.
+    starts: dict[datetime, list[str]] = defaultdict(list)
+    for pid in ids:
+        row = schools.get(pid)
+        starts[week_start(now, row.timezone if row else None)].append(pid)
+    stars: dict[str, int] = {}
+    for start, group in starts.items():
+        stars.update(
+            (
+                await session.execute(
+                    select(StarAward.pupil_id, func.sum(StarAward.stars))
+                    .where(and_(StarAward.pupil_id.in_(group), StarAward.awarded_at >= start, StarAward.awarded_at <= now))
+                    .group_by(StarAward.pupil_id)
+                )
+            ).all()
+        )
+    out: dict[str, ChildOverview] = {}
+    for pid in ids:
+        row = schools.get(pid)
+
+        def link(name: str) -> str:
+            template = (getattr(row, name, None) if row else None) or defaults[name]  # noqa: B023
+            return template.replace(linking.PUPIL_PLACEHOLDER, pid)  # noqa: B023
+
+        items = outstanding.get(pid, [])
+        out[pid] = ChildOverview(
+            pupil_id=pid,
+            outstanding_homework=len(items),
+            unread_messages=int(unread.get(pid, 0)),
+            stars_this_week=int(stars.get(pid) or 0),
+            next_due=[DueItem(title=t, due_at=d) for t, d in items[:NEXT_DUE]],
+            links=Links(homework=link("homework_url"), files=link("files_url"), messages=link("messages_url")),
+            as_of=now,
+        )
+    return out

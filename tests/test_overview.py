@@ -1,0 +1,159 @@
+"""Overview: the numbers parents see, from platform events in any order, over a real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import nats
+import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from contracts import linking, platform
+from contracts.base import utcnow
+from contracts.kit import rpc
+from contracts.kit.migrations import upgrade
+from contracts.kit.service import migrate
+from contracts.overview import GET, OverviewReply, OverviewRequest
+from helpers import eventually
+from overview import app as overview_app
+from overview.projection import Batch, read_overviews, week_start
+
+DEFAULTS = linking.default_link_templates("https://platform.example")
+
+
+def ev(model, **fields):
+    return model(**fields)
+
+
+async def publish(js, subject: str, event, *, msg_id: str | None = None) -> None:
+    await js.publish(subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": msg_id or uuid.uuid4().hex})
+
+
+async def ask(nc, *pupil_ids: str) -> dict:
+    reply = await rpc.call(nc, GET, OverviewRequest(pupil_ids=list(pupil_ids)), OverviewReply, timeout=5)
+    return {c.pupil_id: c for c in reply.children}
+
+
+@pytest.fixture
+async def overview(fresh_nats, database_url: str, tmp_path: Path):
+    settings = overview_app.Settings(
+        nats_url=fresh_nats.url, database_url=database_url, platform_url="https://platform.example", data_dir=tmp_path
+    )
+    await asyncio.to_thread(migrate, overview_app, settings)
+    runtime = overview_app.build(settings)
+    nc = await nats.connect(fresh_nats.url)
+    async with runtime.running():
+        yield runtime, nc, nc.jetstream()
+    await nc.close()
+
+
+async def test_numbers_are_the_same_whatever_the_order_or_repetition(overview) -> None:
+    runtime, nc, js = overview
+    now = utcnow()
+    due = now + timedelta(days=2)
+    events = [
+        # A completion before its assignment; a read before its delivery.
+        (platform.HOMEWORK_COMPLETED, ev(platform.HomeworkCompleted, homework_id="h1", pupil_id="amy")),
+        (platform.MESSAGE_READ, ev(platform.MessageRead, message_id="m1", pupil_id="amy")),
+        (platform.SCHOOL_UPSERTED, ev(platform.SchoolUpserted, trust_id="t", school_id="oak", name="Oak", timezone="Europe/London")),
+        (platform.PUPIL_UPSERTED, ev(platform.PupilUpserted, school_id="oak", pupil_id="amy", first_name="Amy", last_name="S", class_ids=["3a"])),
+        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h1", school_id="oak", pupil_ids=["amy", "ben"], title="Fractions", due_at=due)),
+        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h2", school_id="oak", pupil_ids=["amy"], title="Spelling", due_at=due + timedelta(days=1))),
+        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h3", school_id="oak", pupil_ids=["amy"], title="Poem", due_at=now + timedelta(days=1))),
+        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h4", school_id="oak", pupil_ids=["amy"], title="Withdrawn one", due_at=due)),
+        (platform.HOMEWORK_WITHDRAWN, ev(platform.HomeworkWithdrawn, homework_id="h4")),
+        (platform.MESSAGE_DELIVERED, ev(platform.MessageDelivered, message_id="m1", pupil_id="amy")),
+        (platform.MESSAGE_DELIVERED, ev(platform.MessageDelivered, message_id="m2", pupil_id="amy")),
+        (platform.MESSAGE_DELIVERED, ev(platform.MessageDelivered, message_id="m3", pupil_id="amy")),
+        (platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="s1", pupil_id="amy", stars=2, reason="kind")),
+        (platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="s2", pupil_id="amy", stars=3, reason="maths")),
+        (platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="s0", pupil_id="amy", stars=9, reason="old", occurred_at=now - timedelta(days=8))),
+    ]
+    for subject, event in events:
+        await publish(js, subject, event)
+    # The same events again under new message ids, and the same facts under new event ids.
+    for subject, event in events:
+        await publish(js, subject, event)
+    for subject, event in events:
+        await publish(js, subject, event.model_copy(update={"event_id": uuid.uuid4().hex}))
+
+    def right(got: dict) -> bool:
+        amy = got["amy"]
+        return (amy.outstanding_homework, amy.unread_messages, amy.stars_this_week) == (2, 2, 5)
+
+    got = await eventually(lambda: _asked_if(nc, right, "amy", "ben"), timeout=15)
+    amy, ben = got["amy"], got["ben"]
+    assert [d.title for d in amy.next_due] == ["Poem", "Spelling"]
+    assert (ben.outstanding_homework, ben.unread_messages, ben.stars_this_week) == (1, 0, 0)
+    assert amy.links.homework == "https://platform.example/homework?pupil=amy"
+
+
+async def _asked_if(nc, predicate, *pupils):
+    got = await ask(nc, *pupils)
+    return got if predicate(got) else None
+
+
+async def test_changes_reach_a_cached_overview_and_school_links(overview) -> None:
+    runtime, nc, js = overview
+    await publish(js, platform.PUPIL_UPSERTED, ev(platform.PupilUpserted, school_id="elm", pupil_id="cat", first_name="Cat", last_name="T"))
+    first = await ask(nc, "cat", "nobody")
+    assert first["nobody"].outstanding_homework == 0 and first["nobody"].links.files == "https://platform.example/files?pupil=nobody"
+    await publish(js, platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="x1", pupil_id="cat", stars=4))
+    await eventually(lambda: _asked_if(nc, lambda g: g["cat"].stars_this_week == 4, "cat"), timeout=10)
+    settings = linking.SchoolSettingsChanged(
+        school_id="elm",
+        changed=["files_url"],
+        max_carers_per_code=4,
+        printed_code_days=30,
+        invitation_days=14,
+        aup_version="1",
+        homework_url="https://elm.example/hw/{pupil_id}",
+        files_url="https://elm.example/files/{pupil_id}",
+        messages_url="https://elm.example/msg/{pupil_id}",
+        email_parent_on_removal=False,
+    )
+    await publish(js, linking.SCHOOL_SETTINGS_CHANGED, settings)
+    got = await eventually(lambda: _asked_if(nc, lambda g: g["cat"].links.files.startswith("https://elm"), "cat"), timeout=10)
+    assert got["cat"].links.model_dump() == {
+        "homework": "https://elm.example/hw/cat",
+        "files": "https://elm.example/files/cat",
+        "messages": "https://elm.example/msg/cat",
+    }
+
+
+def test_week_starts_on_monday_midnight_in_the_schools_zone_across_dst() -> None:
+    # Clocks went forward in the UK on Sunday 29 March 2026 at 01:00 GMT.
+    assert week_start(datetime(2026, 3, 30, 0, 30, tzinfo=UTC), "Europe/London") == datetime(2026, 3, 29, 23, 0, tzinfo=UTC)
+    # ... and back on Sunday 25 October 2026 at 02:00 BST.
+    assert week_start(datetime(2026, 10, 25, 12, 0, tzinfo=UTC), "Europe/London") == datetime(2026, 10, 18, 23, 0, tzinfo=UTC)
+    assert week_start(datetime(2026, 10, 26, 0, 30, tzinfo=UTC), "Europe/London") == datetime(2026, 10, 26, 0, 0, tzinfo=UTC)
+    assert week_start(datetime(2026, 10, 26, 9, 0, tzinfo=UTC), "Australia/Sydney") == datetime(2026, 10, 25, 13, 0, tzinfo=UTC)
+
+
+async def test_stars_this_week_across_the_spring_dst_change(database_url: str) -> None:
+    await asyncio.to_thread(upgrade, overview_app.MIGRATIONS, database_url)
+    engine = create_async_engine(database_url)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    monday_bst = datetime(2026, 3, 29, 23, 0, tzinfo=UTC)  # Monday 30 March 00:00 BST
+    batch = Batch()
+    batch.add(platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id="t", school_id="oak", name="Oak", timezone="Europe/London"))
+    batch.add(platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id="oak", pupil_id="amy", first_name="A", last_name="S"))
+    batch.add(platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id="nowhere", pupil_id="utc-kid", first_name="U", last_name="K"))
+    for award, at, stars in [
+        ("sunday-late", monday_bst - timedelta(minutes=30), 1),  # Sunday 23:30 BST: last week
+        ("monday-early", monday_bst + timedelta(minutes=30), 2),  # Monday 00:30 BST: this week
+        ("wednesday", monday_bst + timedelta(days=2), 4),
+    ]:
+        for pupil in ("amy", "utc-kid"):
+            batch.add(platform.STARS_AWARDED, platform.StarsAwarded(award_id=f"{award}-{pupil}", pupil_id=pupil, stars=stars, occurred_at=at))
+    async with sessions() as s, s.begin():
+        await batch.write(s)
+    async with sessions() as s:
+        got = await read_overviews(s, ["amy", "utc-kid"], now=monday_bst + timedelta(days=3), defaults=DEFAULTS)
+    await engine.dispose()
+    assert got["amy"].stars_this_week == 6
+    # Counted in UTC (the school's zone is unknown), Monday 00:30 BST is still Sunday.
+    assert got["utc-kid"].stars_this_week == 4
