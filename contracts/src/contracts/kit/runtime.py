@@ -175,8 +175,12 @@ class ServiceRuntime:
             responder = RawResponder(subject, self.name, fn)
             self.raw_responders.append(responder)
 
-            async def documented(body: request) -> None:  # type: ignore[valid-type]
+            async def documented(body) -> None:  # noqa: ANN001
                 """Documentation only."""
+
+            # Set after the fact: this module's annotations are strings (PEP 563) and a local
+            # name inside one could not be resolved by FastStream.
+            documented.__annotations__ = {"body": request, "return": None}
 
             self._spec_broker.subscriber(subject, queue=self.name, title=title, description=description)(documented)
             return fn
