@@ -91,7 +91,9 @@ def identity_of(pid: int) -> tuple[int, str] | None:
 
 
 def is_part(argv: list[str], name: str) -> bool:
-    """Whether a command line is `… portal service <name>`."""
+    """Whether a command line is `… portal service <name> [--no-migrate]`."""
+    if argv and argv[-1] == "--no-migrate":
+        argv = argv[:-1]
     return len(argv) >= 3 and argv[-3].endswith("portal") and argv[-2:] == ["service", name]
 
 

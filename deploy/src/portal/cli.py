@@ -70,6 +70,7 @@ def migrate() -> None:
 @app.command()
 def service(
     name: str = typer.Argument(..., metavar="NAME", help=f"One of: {', '.join(PARTS)}."),
+    no_migrate: bool = typer.Option(False, "--no-migrate", help="Do not bring the database schema up to date first."),
 ) -> None:
     """Run one replica of one part in the foreground, as a deployment runs it."""
     if name not in PARTS:
@@ -89,7 +90,7 @@ def service(
         return
     from contracts.kit.service import serve
 
-    serve(service_module(name))
+    serve(service_module(name), run_migrations=not no_migrate)
 
 
 @app.command("mail-sink", hidden=True)

@@ -179,7 +179,8 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
             child_env = dict(env)
             if name == "notify":
                 child_env["PORTAL_SMTP_URL"] = smtp_url
-            sup.spawn(ChildSpec(name, [*portal, "service", name], child_env, stop_order=_STOP_SERVICE))
+            # Migrated once above: each service need not check its schema again while starting.
+            sup.spawn(ChildSpec(name, [*portal, "service", name, "--no-migrate"], child_env, stop_order=_STOP_SERVICE))
         gateway_env = dict(env)
         if sink_child is not None:
             gateway_env["PORTAL_DEV_MAIL_DIR"] = str(maildir)
