@@ -445,3 +445,18 @@ async def test_serve_exits_when_no_nats_is_configured(tmp_path: Path) -> None:
     _, stderr = await asyncio.to_thread(proc.communicate, timeout=15)
     assert proc.returncode == 2
     assert "nats_not_found" in stderr
+
+
+async def test_platform_stand_in_serves_the_demo_links_unless_a_platform_is_named(nats_server, tmp_path: Path) -> None:
+    from litestar.testing import AsyncTestClient
+
+    from gateway.app import create_app
+
+    app = create_app(GatewaySettings(nats_url=nats_server.url, data_dir=tmp_path))
+    async with AsyncTestClient(app) as client:
+        page = await client.get("/platform/homework", params={"pupil": "amy"})
+        assert page.status_code == 200 and "Homework" in page.text and "amy" in page.text
+        assert (await client.get("/platform/nonsense")).status_code == 404
+    named = create_app(GatewaySettings(nats_url=nats_server.url, data_dir=tmp_path, platform_url="https://platform.example"))
+    async with AsyncTestClient(named) as client:
+        assert (await client.get("/platform/homework")).status_code == 404

@@ -39,6 +39,9 @@ def serve(settings: GatewaySettings | None = None) -> None:
         log_config=None,
         log_level=settings.log_level.lower(),
         server_header=False,
+        # The socket peer is the client; X-Forwarded-For is believed only from PORTAL_TRUSTED_PROXIES
+        # (gateway.auth.client_ip), not from whatever uvicorn trusts by default.
+        proxy_headers=False,
     )
 
 

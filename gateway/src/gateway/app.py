@@ -12,11 +12,13 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
-from gateway import __version__, devmail, health
+from gateway import __version__, auth, auth_routes, devmail, health
 from gateway.bus import nats_lifespan
 from gateway.edge import security_headers, wrap_access_log
 from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
+from gateway.platform_standin import platform_router
+from gateway.rpc import rpc_exception_handlers
 from gateway.settings import GatewaySettings
 
 API_PREFIX = "/api/v1"
@@ -40,29 +42,36 @@ def create_app(
     api_route_handlers: Sequence[ControllerRouterHandler] = (),
     extra_route_handlers: Sequence[ControllerRouterHandler] = (),
 ) -> Litestar:
-    """The gateway application: health and readiness, the `/api/v1` router, `/dev/mail` while
-    the local sink is in use, API.md's error format everywhere, one NATS client in `app.state.nats`.
+    """The gateway application: health and readiness, the `/api/v1` router (sign-in and `/me`
+    included), `/dev/mail` while the local sink is in use, API.md's error format everywhere, one
+    NATS client in `app.state.nats`, the session cache in `app.state.auth`.
 
     `api_route_handlers` go under `/api/v1`; `extra_route_handlers` are mounted at the root as
-    given (tests register throw-away routes with it).
+    given (tests register throw-away routes with it). Any handler may declare `principal` or
+    `maybe_principal` (see `gateway.auth`).
     """
     settings = settings or GatewaySettings()
+    sessions = auth.SessionAuth(settings)
     handlers: list[ControllerRouterHandler] = [
         health.health,
         health.ready,
-        api_router(api_route_handlers),
+        api_router([*auth_routes.ROUTES, *api_route_handlers]),
         create_static_files_router(path="/static", directories=[STATIC_DIR]),
         *extra_route_handlers,
     ]
     if settings.dev_mail_dir is not None:
         handlers.extend(devmail.ROUTES)
+    if settings.platform_url == f"{settings.public_url}/platform":
+        # No platform named: the overview's buttons lead to the demo stand-in.
+        handlers.append(platform_router)
     app = Litestar(
         route_handlers=handlers,
-        state=State({"settings": settings}),
-        lifespan=[nats_lifespan(settings)],
-        exception_handlers=exception_handlers(),
-        before_send=[security_headers],
-        openapi_config=openapi_config(__version__),
+        state=State({"settings": settings, auth.STATE_KEY: sessions}),
+        lifespan=[nats_lifespan(settings, on_connect=[sessions.subscribe], on_reconnect=[sessions.on_reconnect])],
+        dependencies=auth.dependencies(),
+        exception_handlers={**exception_handlers(), **rpc_exception_handlers()},
+        before_send=[security_headers, auth.cookie_refresher(settings)],
+        openapi_config=openapi_config(__version__, session_cookie=auth.cookie_name(settings)),
         template_config=TemplateConfig(
             directory=TEMPLATES_DIR,
             engine=JinjaTemplateEngine,

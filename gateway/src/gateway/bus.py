@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import nats
@@ -25,13 +25,21 @@ log = get_logger("gateway.bus")
 
 STATE_KEY = "nats"
 
+ConnectHook = Callable[[NatsClient], Awaitable[None]]
+ReconnectHook = Callable[[], Awaitable[None]]
+
 
 async def _quiet_error_cb(exc: Exception) -> None:
     # nats-py's default prints a traceback per failed reconnect; one line is enough.
     log.warning("nats_connection_error", error=type(exc).__name__, detail=str(exc)[:200])
 
 
-async def _connect(nc: NatsClient, settings: GatewaySettings) -> None:
+async def _connect(
+    nc: NatsClient,
+    settings: GatewaySettings,
+    on_connect: Sequence[ConnectHook] = (),
+    on_reconnect: Sequence[ReconnectHook] = (),
+) -> None:
     while True:
         try:
             url = settings.resolve_nats_url()
@@ -40,14 +48,27 @@ async def _connect(nc: NatsClient, settings: GatewaySettings) -> None:
             # `portal up` may not have written DATA_DIR/nats.url yet.
             log.warning("nats_not_found", detail=str(exc))
             await asyncio.sleep(1)
+
+    async def reconnected() -> None:
+        log.info("nats_reconnected")
+        for hook in on_reconnect:
+            try:
+                await hook()
+            except Exception as exc:  # noqa: BLE001 - one hook's failure must not stop the others
+                log.error("nats_reconnect_hook_failed", error=type(exc).__name__, detail=str(exc)[:200])
+
     await nc.connect(
         url,
         name="gateway",
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         error_cb=_quiet_error_cb,
+        reconnected_cb=reconnected,
     )
     log.info("nats_connected")
+    # Subscriptions made here are renewed by nats-py itself after every reconnect.
+    for hook in on_connect:
+        await hook(nc)
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:
@@ -56,14 +77,20 @@ def _report_failure(task: asyncio.Task[None]) -> None:
         log.error("nats_connect_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
 
-def nats_lifespan(settings: GatewaySettings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """A Litestar lifespan that keeps one NATS client in `app.state.nats`."""
+def nats_lifespan(
+    settings: GatewaySettings,
+    *,
+    on_connect: Sequence[ConnectHook] = (),
+    on_reconnect: Sequence[ReconnectHook] = (),
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """A Litestar lifespan that keeps one NATS client in `app.state.nats`; `on_connect` hooks run
+    once connected (to subscribe), `on_reconnect` hooks after every reconnect."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         nc = nats.NATS()
         app.state[STATE_KEY] = nc
-        task = asyncio.create_task(_connect(nc, settings), name="gateway-nats-connect")
+        task = asyncio.create_task(_connect(nc, settings, on_connect, on_reconnect), name="gateway-nats-connect")
         task.add_done_callback(_report_failure)
         try:
             yield

@@ -14,6 +14,7 @@ from typing import Any
 from litestar import Request
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from msgspec import Struct
 
 from gateway.errors import DEFAULT_DETAILS, code_for_status
@@ -120,13 +121,29 @@ class GatewayJsonRenderPlugin(JsonRenderPlugin):
         return self.render_json(request, with_error_format(openapi_schema))
 
 
-def openapi_config(version: str) -> OpenAPIConfig:
+def openapi_config(version: str, *, session_cookie: str = "portal_session") -> OpenAPIConfig:
     """OpenAPI at `/schema/openapi.json` only: the UI plugins load scripts from CDNs, which
     the Content-Security-Policy forbids."""
     return OpenAPIConfig(
         title="Parent Portal API",
         version=version,
-        description="The gateway's HTTP API. Errors are JSON `{\"error\": \"<code>\", \"detail\": \"<sentence>\"}`.",
+        description=(
+            "The gateway's HTTP API. Errors are JSON `{\"error\": \"<code>\", \"detail\": \"<sentence>\"}`. "
+            "Authenticate with `Authorization: Bearer <access_token>` from `POST /api/v1/auth/login`, or with "
+            "the session cookie it sets; a request with the cookie that changes something (POST, PUT, PATCH, "
+            "DELETE) must also send the login's `csrf_token` as the `X-CSRF-Token` header (403 `csrf_failed`)."
+        ),
         path="/schema",
         render_plugins=[GatewayJsonRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer", description="The `access_token` of a login."),
+                "session_cookie": SecurityScheme(
+                    type="apiKey",
+                    name=session_cookie,
+                    security_scheme_in="cookie",
+                    description="The session cookie set by login; unsafe requests also need `X-CSRF-Token`.",
+                ),
+            }
+        ),
     )

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from contracts.kit.settings import CommonSettings
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class GatewaySettings(CommonSettings):
     """What the gateway needs beyond the common settings (which carry the port and the public
-    and platform URLs): where to listen, and (in development) the local mail sink's Maildir."""
+    and platform URLs): where to listen, how it trusts callers, and (in development) the local
+    mail sink's Maildir."""
 
     http_host: str = Field(default="127.0.0.1", description="The address to listen on (PORTAL_HTTP_HOST).")
     dev_mail_dir: Path | None = Field(
@@ -22,4 +27,47 @@ class GatewaySettings(CommonSettings):
     ready_timeout: float = Field(
         default=1.0, gt=0, le=30, description="Seconds `/ready` waits for each service's health answer."
     )
+    session_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long a validated session is reused without asking identity (PORTAL_SESSION_CACHE_SECONDS); "
+        "revocation events drop entries sooner. 0 turns the cache off.",
+    )
+    session_cache_entries: int = Field(
+        default=100_000, ge=0, description="At most this many sessions are cached (PORTAL_SESSION_CACHE_ENTRIES)."
+    )
+    revocation_wait_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="How long logout and password change wait to see their revocation event broadcast, so that "
+        "every replica has dropped the session before the answer (PORTAL_REVOCATION_WAIT_SECONDS).",
+    )
+    rpc_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Deadline of a request to a service (PORTAL_RPC_TIMEOUT), in seconds."
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed "
+        "(PORTAL_TRUSTED_PROXIES); otherwise the socket peer is the client.",
+    )
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            ipaddress.ip_network(part, strict=False)  # raises a clear ValueError at start-up
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[IpNetwork, ...]:
+        """`trusted_proxies` parsed."""
+        return tuple(
+            ipaddress.ip_network(part, strict=False) for part in filter(None, (p.strip() for p in self.trusted_proxies.split(",")))
+        )
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies are `Secure` (and `__Host-` prefixed) when the portal is served over https."""
+        return self.public_url.lower().startswith("https://")
