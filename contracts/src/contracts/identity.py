@@ -135,6 +135,12 @@ class PasswordResetConfirm(Message):
     password: str = Field(max_length=1024)
 
 
+class PasswordChangedReply(Message):
+    """The account whose password changed (its sessions were all revoked)."""
+
+    account_id: str
+
+
 class CheckPasswordRequest(Message):
     """Would this password be accepted? (lets the gateway refuse before it creates anything)"""
 

@@ -201,7 +201,9 @@ class SessionAuth:
         self.settings = settings
         self.cache = SessionCache(settings.session_cache_seconds, settings.session_cache_entries)
         self._session_waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._account_waiters: set[asyncio.Future[None]] = set()
+        self._account_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # Accounts whose sessions all ended lately: their event may arrive before the reply.
+        self._recent_accounts: dict[str, float] = {}
 
     # Hooks of gateway.bus.nats_lifespan.
 
@@ -246,43 +248,59 @@ class SessionAuth:
                 if not fut.done():
                     fut.set_result(None)
         if event.all_sessions:
-            waiters, self._account_waiters = self._account_waiters, set()
-            for fut in waiters:
+            now = time.monotonic()
+            self._recent_accounts[event.account_id] = now
+            for account_id, seen in list(self._recent_accounts.items()):
+                if now - seen > 30:
+                    del self._recent_accounts[account_id]
+            for fut in self._account_waiters.pop(event.account_id, ()):
                 if not fut.done():
                     fut.set_result(None)
 
-    async def until_revoked(
-        self, action: Coroutine[Any, Any, Any], *, session_id: str | None = None, all_sessions: bool = False
-    ) -> Any:
-        """Run `action` (an rpc revoking sessions), then wait briefly for its revocation event."""
+    async def until_revoked(self, action: Coroutine[Any, Any, Any], *, session_id: str) -> Any:
+        """Run `action` (an rpc ending session `session_id`), then wait briefly for its event."""
         # Identity replies before its outbox relays the event; answering only once the event
         # is back means every replica has been sent it too, so the caller's next request,
-        # wherever it lands, finds the session gone.
+        # wherever it lands, finds the session gone. Registered before the action: the event
+        # may overtake the rpc's reply.
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Registered before the action: the event may overtake the rpc's reply.
-        if session_id is not None:
-            self._session_waiters.setdefault(session_id, set()).add(fut)
-        elif all_sessions:
-            # The reply does not name the account: the next account-wide revocation is taken
-            # as ours, which at worst ends the wait early while another one is under way.
-            self._account_waiters.add(fut)
-        else:
-            fut.set_result(None)
+        self._session_waiters.setdefault(session_id, set()).add(fut)
         try:
             result = await action
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), self.settings.revocation_wait_seconds)
-            except TimeoutError:
-                log.warning("session_revocation_not_seen", waited_s=self.settings.revocation_wait_seconds)
+            await self._wait(fut)
             return result
         finally:
-            if session_id is not None:
-                waiters = self._session_waiters.get(session_id)
-                if waiters is not None:
-                    waiters.discard(fut)
-                    if not waiters:
-                        del self._session_waiters[session_id]
-            self._account_waiters.discard(fut)
+            waiters = self._session_waiters.get(session_id)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._session_waiters[session_id]
+
+    async def until_account_revoked(self, action: Coroutine[Any, Any, Any]) -> Any:
+        """Run `action` (an rpc ending every session of the account its reply names), then wait
+        briefly for that account's revocation event."""
+        result = await action
+        account_id = result.account_id
+        if account_id in self._recent_accounts:
+            return result  # the event overtook the reply
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._account_waiters.setdefault(account_id, set()).add(fut)
+        try:
+            await self._wait(fut)
+            return result
+        finally:
+            waiters = self._account_waiters.get(account_id)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._account_waiters[account_id]
+
+    async def _wait(self, fut: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.settings.revocation_wait_seconds)
+        except TimeoutError:
+            log.warning("session_revocation_not_seen", waited_s=self.settings.revocation_wait_seconds)
+        finally:
             if not fut.done():
                 fut.cancel()
 

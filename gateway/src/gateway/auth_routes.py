@@ -320,14 +320,13 @@ async def password_reset(state: State, data: JSONBody[EmailBody]) -> Status:
 )
 async def password_reset_confirm(state: State, data: JSONBody[ResetConfirmBody]) -> Status:
     """Set the new password; every session of the account ends, on every replica, before the answer."""
-    await get_auth(state).until_revoked(
+    await get_auth(state).until_account_revoked(
         ask(
             state,
             identity.PASSWORD_RESET_CONFIRM,
             identity.PasswordResetConfirm(token=data.token, password=data.password),
-            identity.Accepted,
-        ),
-        all_sessions=True,
+            identity.PasswordChangedReply,
+        )
     )
     return Status("password_changed", "Your password is changed and every session was signed out: sign in with the new one.")
 

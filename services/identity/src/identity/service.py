@@ -393,7 +393,7 @@ class IdentityService:
         log.info("password_reset_sent", account_id=account.id)
         return c.Accepted()
 
-    async def password_reset_confirm(self, req: c.PasswordResetConfirm) -> c.Accepted:
+    async def password_reset_confirm(self, req: c.PasswordResetConfirm) -> c.PasswordChangedReply:
         """Set a new password with a reset token; every session of the account ends."""
         now = utcnow()
         async with self.runtime.db.reader() as s:
@@ -422,7 +422,7 @@ class IdentityService:
                 notify.PasswordChangedEmail(to=account.email, to_name=account.name, reset_url=f"{self.s.public_url}/reset-password"),
             )
         log.info("password_changed", account_id=account.id)
-        return c.Accepted()
+        return c.PasswordChangedReply(account_id=account.id)
 
     async def check_password(self, req: c.CheckPasswordRequest) -> c.Accepted:
         """Raise `weak_password` unless the password would be accepted."""
