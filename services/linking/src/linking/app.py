@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from contracts import streams
+from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
+from pydantic import Field, model_validator
 
-from linking import __version__
+from contracts import linking as contract
+from contracts import platform, streams
+from linking import __version__, codes, roster
+from linking.handlers import ROSTER_CONSUMER, Linking
 
 NAME = "linking"
 MIGRATIONS = "linking:migrations"
 DESCRIPTION = "The roster copy, school settings, link codes, invitations, parent-pupil links, bars and the audit trail."
+
+KEY_FILE = "linking-code.key"
 
 
 class Settings(ServiceSettings):
@@ -20,6 +26,35 @@ class Settings(ServiceSettings):
 
     service_name: ClassVar[str] = NAME
     database_url: str | None = database_url_field(NAME)
+    http_port: int = Field(default=8000, ge=1, le=65535, description="The gateway's port, for the default public URL.")
+    public_url: str = Field(
+        default="", description="The base of links in QR codes (PORTAL_PUBLIC_URL); `http://127.0.0.1:<http_port>` when unset."
+    )
+    platform_url: str = Field(
+        default="",
+        description="The learning platform the default link templates point into (PORTAL_PLATFORM_URL); "
+        "`<public_url>/platform` when unset.",
+    )
+    linking_code_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="32 random bytes, URL-safe base64 (PORTAL_LINKING_CODE_KEY): codes are looked up by an HMAC and "
+        "stored encrypted under keys derived from it. Unset: a development key made once and kept in "
+        f"DATA_DIR/{KEY_FILE}. Changing it invalidates every code.",
+    )
+
+    @model_validator(mode="after")
+    def _derive_urls(self) -> Settings:
+        # The same defaults as the gateway's, so QR codes point where it answers.
+        self.public_url = (self.public_url or f"http://127.0.0.1:{self.http_port}").rstrip("/")
+        self.platform_url = (self.platform_url or f"{self.public_url}/platform").rstrip("/")
+        return self
+
+    def code_key(self) -> str:
+        """The code key: the setting, else the development key file (made on first use)."""
+        if self.linking_code_key:
+            return self.linking_code_key
+        return codes.load_or_create_key_file(self.data_dir / KEY_FILE)
 
 
 def build(settings: Settings | None = None) -> ServiceRuntime:
@@ -31,4 +66,56 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         description=DESCRIPTION,
         streams=[streams.LINKING, streams.NOTIFY_REQUESTS, streams.PLATFORM, streams.IDENTITY, streams.NOTIFY],
     )
+    linking = Linking(
+        runtime, public_url=settings.public_url, platform_url=settings.platform_url, key_provider=settings.code_key
+    )
+    runtime.linking = linking  # type: ignore[attr-defined]  # reached by tests and benchmarks
+
+    async def on_startup() -> None:
+        # Read (or make) the key before serving: a bad key fails the start, not a request.
+        _ = linking.vault
+
+    runtime.app.on_startup(on_startup)
+
+    async def apply_roster(uow: UnitOfWork, items: list) -> None:
+        await roster.apply_batch(uow, items)
+
+    runtime.consume(
+        stream=streams.PLATFORM,
+        subject=platform.ROSTER_ALL,
+        durable=ROSTER_CONSUMER,
+        schemas=roster.SCHEMAS,
+        batch_handler=apply_roster,
+        title="roster",
+        description="Keeps linking's copy of trusts, schools, classes and pupils (newest event wins, "
+        "whatever the order they arrive in); a pupil who leaves loses their codes. Staff events are identity's.",
+    )
+    runtime.publishes(
+        contract.CODES_REGENERATED,
+        contract.CodesRegenerated,
+        title="codes regenerated",
+        description="Pupils got new printed codes; their earlier codes stopped working. Ids only.",
+    )
+    runtime.publishes(
+        contract.SCHOOL_SETTINGS_CHANGED,
+        contract.SchoolSettingsChanged,
+        title="school settings changed",
+        description="A school's settings changed; the event carries the effective values (link templates for overview).",
+    )
+
+    rpcs = [
+        (contract.SCHOOLS, contract.SchoolsRequest, linking.schools, "schools", "The schools of a scope: how the gateway expands a trust admin's trust into school ids."),
+        (contract.CLASSES, contract.ClassesRequest, linking.classes, "classes", "`GET /classes`: every class of the caller's schools with pupil and linked-pupil counts."),
+        (contract.CLASS_PUPILS, contract.ClassPupilsRequest, linking.class_pupils, "class pupils", "`GET /classes/{id}/pupils`: the class's pupils with their code expiry, parents and invitations; not_found outside the scope."),
+        (contract.CREATE_CODES, contract.CreateCodesRequest, linking.create_codes, "create codes", "\"Create QR codes\" for a class or a pupil: new printed codes, earlier ones revoked in the same transaction."),
+        (contract.PREVIEW_CODE, contract.PreviewCodeRequest, linking.preview_code, "preview code", "`GET /link-codes/{code}`: the child's first name, school, class and the school's policy; invalid_code otherwise."),
+        (contract.PUPIL_QR, contract.PupilQrRequest, linking.pupil_qr, "pupil QR code", "`GET /pupils/{id}/qr.svg|.png`: the pupil's live printed code as a QR code (PNG as base64)."),
+        (contract.CLASS_SHEET, contract.ClassSheetRequest, linking.class_sheet, "class QR sheet", "`GET /classes/{id}/qr-sheet[?format=pdf]`: one cut-out card per pupil, as HTML or an A4 PDF (base64)."),
+        (contract.GET_SCHOOL_SETTINGS, contract.SchoolSettingsRequest, linking.get_settings, "school settings", "`GET /schools/{id}/settings`: the school's settings with the defaults filled in."),
+        (contract.UPDATE_SCHOOL_SETTINGS, contract.UpdateSchoolSettingsRequest, linking.update_settings, "update school settings", "`PUT /schools/{id}/settings`: validated (validation_error names each field); a change is published."),
+        (contract.AUP, contract.AupRequest, linking.aup, "acceptable-use policy", "A school's acceptable-use policy and its version, or the default policy when no school is named."),
+        (contract.ROSTER_STATUS, contract.RosterStatusRequest, linking.roster_status, "roster status", "Which of the given roster event ids linking has applied: `portal roster import` waits until none is missing."),
+    ]
+    for subject, request, handler, title, description in rpcs:
+        runtime.rpc(subject, request=request, title=title, description=description)(handler)
     return runtime

@@ -1,7 +1,11 @@
 """The linking service's own tables. No other part reads them."""
 
+from datetime import datetime
+
+from contracts.kit.db import UtcDateTime
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlalchemy.orm import registry
-from sqlmodel import SQLModel
+from sqlmodel import Field, SQLModel
 
 # A registry of its own keeps these tables out of other services' metadata when several
 # services are imported into one process (tests, the local runner).
@@ -13,3 +17,142 @@ class Base(SQLModel, registry=_registry):
 
 
 metadata = _registry.metadata
+
+ID = 128  # platform ids are opaque strings; ours are uuid hex
+
+
+def _ts(nullable: bool = False) -> Column:
+    return Column(UtcDateTime(), nullable=nullable)
+
+
+# -- the roster copy ---------------------------------------------------------------------------
+# Each row keeps the `occurred_at` of the event that last wrote it (`version_at`), so an older
+# event arriving late changes nothing.
+
+
+class Trust(Base, table=True):
+    """A school trust (a group of schools); its name is optional in the platform's events."""
+
+    __tablename__ = "trusts"
+
+    trust_id: str = Field(primary_key=True, max_length=ID)
+    name: str | None = Field(default=None, max_length=200)
+    version_at: datetime = Field(sa_column=_ts())
+
+
+class School(Base, table=True):
+    """A school of the platform."""
+
+    __tablename__ = "schools"
+    __table_args__ = (Index("ix_schools_trust", "trust_id"),)
+
+    school_id: str = Field(primary_key=True, max_length=ID)
+    trust_id: str = Field(max_length=ID)
+    name: str = Field(max_length=200)
+    timezone: str = Field(max_length=64)
+    version_at: datetime = Field(sa_column=_ts())
+
+
+class SchoolClass(Base, table=True):
+    """A class (form, set) of a school. Its school may arrive after it."""
+
+    __tablename__ = "classes"
+    __table_args__ = (Index("ix_classes_school", "school_id"),)
+
+    class_id: str = Field(primary_key=True, max_length=ID)
+    school_id: str = Field(max_length=ID)
+    name: str = Field(max_length=200)
+    version_at: datetime = Field(sa_column=_ts())
+
+
+class Pupil(Base, table=True):
+    """A pupil. `left_at` is set while the pupil has left the school.
+
+    `school_id` is empty only for a pupil whose `left` event came before any upsert.
+    """
+
+    __tablename__ = "pupils"
+    __table_args__ = (Index("ix_pupils_school", "school_id"),)
+
+    pupil_id: str = Field(primary_key=True, max_length=ID)
+    school_id: str = Field(default="", max_length=ID)
+    first_name: str = Field(default="", max_length=200)
+    last_name: str = Field(default="", max_length=200)
+    # The newest upsert applied, and the newest `left` event that still stands.
+    version_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    left_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class ClassMember(Base, table=True):
+    """A pupil in a class (a pupil is in several classes)."""
+
+    __tablename__ = "class_members"
+    __table_args__ = (Index("ix_class_members_pupil", "pupil_id"),)
+
+    class_id: str = Field(primary_key=True, max_length=ID)
+    pupil_id: str = Field(primary_key=True, max_length=ID)
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+class SchoolSetting(Base, table=True):
+    """A school's own settings; a school without a row has the defaults.
+
+    A NULL policy or link template means "the default", so it follows the deployment's
+    default policy and `PORTAL_PLATFORM_URL`.
+    """
+
+    __tablename__ = "school_settings"
+
+    school_id: str = Field(primary_key=True, max_length=ID)
+    max_carers_per_code: int
+    printed_code_days: int
+    invitation_days: int
+    aup_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    homework_url: str | None = Field(default=None, max_length=500)
+    files_url: str | None = Field(default=None, max_length=500)
+    messages_url: str | None = Field(default=None, max_length=500)
+    email_parent_on_removal: bool
+    updated_at: datetime = Field(sa_column=_ts())
+    updated_by: str = Field(default="", max_length=ID)
+
+
+# -- codes ---------------------------------------------------------------------------------------
+
+PRINTED = "printed"
+INVITATION = "invitation"
+
+
+class LinkCode(Base, table=True):
+    """A code that links a pupil: printed (QR sheets) or, from part 2, an invitation's.
+
+    Found by `code_hash` (a keyed hash of the normalised code); `code_cipher` holds the code
+    encrypted for printing again. `live_pupil_id` equals `pupil_id` while a printed code is the
+    pupil's current one and is NULL otherwise: its unique constraint allows one live printed
+    code per pupil on every database (NULLs never collide).
+    """
+
+    __tablename__ = "link_codes"
+    __table_args__ = (
+        UniqueConstraint("code_hash", name="uq_link_codes_hash"),
+        UniqueConstraint("live_pupil_id", name="uq_link_codes_live_pupil"),
+        Index("ix_link_codes_pupil", "pupil_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    kind: str = Field(max_length=16)
+    pupil_id: str = Field(max_length=ID)
+    school_id: str = Field(max_length=ID)
+    # The class whose sheet it was made for: the preview names that class.
+    class_id: str | None = Field(default=None, max_length=ID)
+    code_hash: str = Field(max_length=64)
+    code_cipher: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    key_id: str = Field(max_length=16)
+    # The QR mask chosen once when the code was made, so rendering it again skips the search.
+    qr_mask: int | None = None
+    live_pupil_id: str | None = Field(default=None, max_length=ID)
+    created_at: datetime = Field(sa_column=_ts())
+    created_by: str = Field(default="", max_length=ID)
+    expires_at: datetime = Field(sa_column=_ts())
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))

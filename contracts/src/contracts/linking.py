@@ -1,0 +1,355 @@
+"""Linking: the roster copy, school settings, link codes and QR sheets. Its requests
+(`rpc.linking.*`) and events (`linking.*`).
+
+Staff requests carry a `StaffScope`: the schools (and trusts) the caller may see, resolved by
+the gateway from the caller's session. Anything outside it answers `not_found`, exactly as if it
+did not exist, so the gateway can answer 404 without telling other tenants' ids apart.
+
+Error codes (`contracts.rpc.ErrorReply.error`) and the HTTP status the gateway gives them are
+listed below as `E_*`.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, Field, model_validator
+
+from contracts.base import Event, Message
+
+# -- requests ---------------------------------------------------------------------------------
+
+SCHOOLS = "rpc.linking.schools.v1"
+CLASSES = "rpc.linking.classes.v1"
+CLASS_PUPILS = "rpc.linking.class_pupils.v1"
+CREATE_CODES = "rpc.linking.create_codes.v1"
+PREVIEW_CODE = "rpc.linking.preview_code.v1"
+PUPIL_QR = "rpc.linking.pupil_qr.v1"
+CLASS_SHEET = "rpc.linking.class_sheet.v1"
+GET_SCHOOL_SETTINGS = "rpc.linking.school_settings.v1"
+UPDATE_SCHOOL_SETTINGS = "rpc.linking.update_school_settings.v1"
+AUP = "rpc.linking.aup.v1"
+ROSTER_STATUS = "rpc.linking.roster_status.v1"
+
+# -- events -----------------------------------------------------------------------------------
+
+CODES_REGENERATED = "linking.codes.regenerated.v1"
+SCHOOL_SETTINGS_CHANGED = "linking.school.settings_changed.v1"
+
+# Error codes in replies, as the gateway maps them.
+E_NOT_FOUND = "not_found"  # 404: unknown, or outside the caller's scope
+E_NO_CODE = "no_code"  # 404: no printed code yet ("create QR codes" first)
+E_INVALID_CODE = "invalid_code"  # 404: bad, expired, revoked or used code
+E_VALIDATION = "validation_error"  # 422: detail names the fields
+
+# The link templates' only placeholder, and their defaults below the platform's URL.
+PUPIL_PLACEHOLDER = "{pupil_id}"
+DEFAULT_LINK_PATHS = {
+    "homework_url": "/homework?pupil={pupil_id}",
+    "files_url": "/files?pupil={pupil_id}",
+    "messages_url": "/messages?pupil={pupil_id}",
+}
+
+
+def default_link_templates(platform_url: str) -> dict[str, str]:
+    """The link templates a school has until it sets its own (overview uses the same)."""
+    base = platform_url.rstrip("/")
+    return {name: base + path for name, path in DEFAULT_LINK_PATHS.items()}
+
+
+class StaffScope(Message):
+    """What the calling member of staff may see: their school, or their trust's schools."""
+
+    school_ids: list[str] = Field(default_factory=list, max_length=2000)
+    trust_ids: list[str] = Field(default_factory=list, max_length=50)
+
+
+class StaffRequest(Message):
+    """A request made for a member of staff."""
+
+    scope: StaffScope
+    actor_id: str = Field(default="", max_length=128, description="The staff id, for the audit trail")
+
+
+# -- roster views ----------------------------------------------------------------------------
+
+
+class SchoolsRequest(Message):
+    """The schools in a scope (the gateway turns a trust admin's trust into school ids)."""
+
+    scope: StaffScope
+
+
+class SchoolSummary(Message):
+    """A school as the roster has it."""
+
+    school_id: str
+    trust_id: str
+    name: str
+    timezone: str
+
+
+class SchoolsReply(Message):
+    """Schools, by name."""
+
+    schools: list[SchoolSummary]
+
+
+class ClassesRequest(StaffRequest):
+    """`GET /classes`: every class of the scope's schools."""
+
+
+class ClassSummary(Message):
+    """One row of `GET /classes`."""
+
+    class_id: str
+    name: str
+    school_id: str
+    school_name: str
+    pupil_count: int
+    linked_pupil_count: int
+
+
+class ClassesReply(Message):
+    """`GET /classes` answers `classes` as its array, by school then class name."""
+
+    classes: list[ClassSummary]
+
+
+class ClassPupilsRequest(StaffRequest):
+    """`GET /classes/{class_id}/pupils`."""
+
+    class_id: str = Field(min_length=1, max_length=128)
+
+
+class ParentLinkView(Message):
+    """A parent linked to a pupil; the gateway adds `name` and `email` from identity."""
+
+    parent_id: str
+    relationship: str
+    status: Literal["awaiting_verification", "linked"]
+    since: AwareDatetime
+
+
+class InvitationView(Message):
+    """An email invitation to link a pupil."""
+
+    invitation_id: str
+    email: str
+    status: Literal["invited", "accepted", "expired", "revoked", "bounced"]
+    sent_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+class PupilView(Message):
+    """One pupil of `GET /classes/{class_id}/pupils`."""
+
+    pupil_id: str
+    first_name: str
+    last_name: str
+    code_expires_at: AwareDatetime | None = Field(description="The live printed code's expiry; null before codes")
+    parents: list[ParentLinkView] = Field(default_factory=list)
+    invitations: list[InvitationView] = Field(default_factory=list)
+
+
+class ClassPupilsReply(Message):
+    """The class and its current pupils, by last then first name."""
+
+    class_id: str
+    name: str
+    school_id: str
+    school_name: str
+    pupils: list[PupilView]
+
+
+# -- printed codes ---------------------------------------------------------------------------
+
+
+class CreateCodesRequest(StaffRequest):
+    """"Create QR codes": a new printed code for every pupil of a class, or for one pupil.
+
+    Any earlier code of those pupils stops working in the same transaction.
+    """
+
+    class_id: str | None = Field(default=None, max_length=128)
+    pupil_id: str | None = Field(default=None, max_length=128)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CreateCodesRequest:
+        if (self.class_id is None) == (self.pupil_id is None):
+            raise ValueError("give exactly one of class_id and pupil_id")
+        return self
+
+
+class CreatedCode(Message):
+    """A pupil's new printed code (the code itself is only ever printed, never listed)."""
+
+    pupil_id: str
+    code_id: str
+    expires_at: AwareDatetime
+
+
+class CreateCodesReply(Message):
+    """The pupils that got a new code."""
+
+    class_id: str | None = None
+    codes: list[CreatedCode]
+
+
+class PreviewCodeRequest(Message):
+    """"Is this my child?": what a code is for, before anyone links with it.
+
+    `client_ip` and `parent_id` are for the guessing limits (a failed preview counts).
+    """
+
+    code: str = Field(max_length=256, description="As typed: any case, spaces and dashes")
+    client_ip: str = Field(default="", max_length=64)
+    parent_id: str | None = Field(default=None, max_length=128)
+
+
+class AupReply(Message):
+    """An acceptable-use policy and its version (the version changes whenever the text does)."""
+
+    version: str
+    text: str
+    school_id: str | None = None
+
+
+class CodePreview(Message):
+    """`GET /link-codes/{code}`: `first_name, school_name, class_name, aup`."""
+
+    first_name: str
+    school_id: str
+    school_name: str
+    class_name: str
+    aup: AupReply
+    kind: Literal["printed", "invitation"]
+    expires_at: AwareDatetime
+
+
+class PupilQrRequest(StaffRequest):
+    """`GET /pupils/{pupil_id}/qr.svg|.png`: the pupil's live printed code as a QR code."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+    format: Literal["svg", "png"] = "svg"
+
+
+class ClassSheetRequest(StaffRequest):
+    """`GET /classes/{class_id}/qr-sheet[?format=pdf]`: a printable card per pupil."""
+
+    class_id: str = Field(min_length=1, max_length=128)
+    format: Literal["html", "pdf"] = "html"
+
+
+class Document(Message):
+    """A rendered document: text (SVG, HTML) as is, binary (PNG, PDF) as base64."""
+
+    content_type: str
+    filename: str
+    text: str | None = None
+    data_base64: str | None = None
+
+    def body(self) -> bytes:
+        """The document's bytes, whichever way it travelled."""
+        if self.text is not None:
+            return self.text.encode()
+        return base64.b64decode(self.data_base64 or "")
+
+
+# -- school settings -------------------------------------------------------------------------
+
+
+class SchoolSettingsRequest(StaffRequest):
+    """`GET /schools/{school_id}/settings`."""
+
+    school_id: str = Field(min_length=1, max_length=128)
+
+
+class SchoolSettings(Message):
+    """`GET, PUT /schools/{school_id}/settings` answer this."""
+
+    school_id: str
+    max_carers_per_code: int
+    printed_code_days: int
+    invitation_days: int
+    aup_text: str
+    aup_version: str
+    homework_url: str
+    files_url: str
+    messages_url: str
+    email_parent_on_removal: bool
+    updated_at: AwareDatetime | None = None
+
+
+# Limits checked by linking (the gateway may show them in its OpenAPI document).
+SETTINGS_LIMITS: dict[str, tuple[int, int]] = {
+    "max_carers_per_code": (1, 20),
+    "printed_code_days": (1, 365),
+    "invitation_days": (1, 90),
+}
+AUP_MAX_CHARS = 20_000
+URL_MAX_CHARS = 500
+
+
+class UpdateSchoolSettingsRequest(StaffRequest):
+    """`PUT /schools/{school_id}/settings`: the fields given change, the others stay.
+
+    `settings` is passed through as the client sent it: linking validates it and answers
+    `validation_error` naming each bad field, so every client gets the same messages.
+    """
+
+    school_id: str = Field(min_length=1, max_length=128)
+    settings: dict[str, Any]
+
+
+class AupRequest(Message):
+    """A school's policy, or the default one when no school is named."""
+
+    school_id: str | None = Field(default=None, max_length=128)
+
+
+# -- roster import ---------------------------------------------------------------------------
+
+
+class RosterStatusRequest(Message):
+    """Which of these roster events has linking applied? (`portal roster import` waits on it)"""
+
+    event_ids: list[str] = Field(max_length=5000)
+
+
+class RosterStatusReply(Message):
+    """`missing`: the ids not applied yet (in the order asked); done when it is empty."""
+
+    applied: int
+    missing: list[str]
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+class CodesRegenerated(Event):
+    """Pupils got new printed codes; their earlier ones stopped working. Ids only."""
+
+    school_id: str
+    class_id: str | None = None
+    pupil_ids: list[str]
+    code_ids: list[str]
+    revoked_code_ids: list[str]
+    actor_id: str = ""
+
+
+class SchoolSettingsChanged(Event):
+    """A school's settings changed; carries the effective values (overview's link templates)."""
+
+    school_id: str
+    changed: list[str]
+    max_carers_per_code: int
+    printed_code_days: int
+    invitation_days: int
+    aup_version: str
+    homework_url: str
+    files_url: str
+    messages_url: str
+    email_parent_on_removal: bool
+    actor_id: str = ""

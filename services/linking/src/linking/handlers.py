@@ -1,0 +1,517 @@
+"""What linking does when asked: staff views, printed codes, QR codes and sheets, settings.
+
+Each public coroutine takes a request model of `contracts.linking` and returns its reply, or
+raises `RpcFailure` with one of the contract's error codes. One session per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from contracts.base import utcnow
+from contracts.kit.logs import get_logger
+from contracts.kit.rpc import RpcFailure
+from contracts.kit.runtime import ServiceRuntime
+from contracts.kit.tables import processed_events
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts import linking as contract
+from linking import codes, school_settings, sheet
+from linking.qr import QrCache
+from linking.tables import PRINTED, ClassMember, LinkCode, Pupil, School, SchoolClass, SchoolSetting
+
+log = get_logger("linking.handlers")
+
+ROSTER_CONSUMER = "linking-roster"
+
+# Called after each failed preview. Part 3 counts failures here (per parent, per address, per
+# trust) and may raise RpcFailure("too_many_attempts", ...) instead of the invalid_code answer.
+CodeFailureHook = Callable[[contract.PreviewCodeRequest], Awaitable[None]]
+
+
+def _filename(stem: str, ext: str) -> str:
+    # Platform ids are opaque: keep a Content-Disposition header safe whatever they contain.
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem)[:100] + "." + ext
+
+
+def _not_found(what: str) -> RpcFailure:
+    return RpcFailure(contract.E_NOT_FOUND, f"no such {what}")
+
+
+@dataclass
+class _LiveCode:
+    code_id: str
+    pupil_id: str
+    cipher: bytes
+    mask: int | None
+    expires_at: datetime
+
+
+class Linking:
+    """The service's verbs, sharing its runtime, settings, code vault and QR cache."""
+
+    def __init__(self, runtime: ServiceRuntime, *, public_url: str, platform_url: str, key_provider: Callable[[], str]) -> None:
+        self.runtime = runtime
+        self.public_url = public_url
+        self.platform_url = platform_url
+        self._key_provider = key_provider
+        self._vault: codes.CodeVault | None = None
+        self.qr_cache = QrCache()
+        self.on_code_failure: CodeFailureHook | None = None
+
+    @property
+    def vault(self) -> codes.CodeVault:
+        """The code vault; its key is read (or, in development, made) on first use."""
+        if self._vault is None:
+            self._vault = codes.CodeVault(self._key_provider())
+        return self._vault
+
+    def link_url(self, code: str) -> str:
+        """What a QR code holds: `PUBLIC_URL/link/XXXX-XXXX-XXXX`."""
+        return f"{self.public_url}/link/{codes.display(code)}"
+
+    # -- scope -------------------------------------------------------------------------------
+
+    async def _school_ids(self, s: AsyncSession, scope: contract.StaffScope) -> set[str]:
+        allowed = set(scope.school_ids)
+        if scope.trust_ids:
+            rows = await s.execute(select(School.school_id).where(School.trust_id.in_(scope.trust_ids)))
+            allowed.update(rows.scalars())
+        return allowed
+
+    async def _class_in_scope(self, s: AsyncSession, scope: contract.StaffScope, class_id: str) -> tuple[SchoolClass, str]:
+        row = (
+            await s.execute(
+                select(SchoolClass, School.name)
+                .outerjoin(School, School.school_id == SchoolClass.school_id)
+                .where(SchoolClass.class_id == class_id)
+            )
+        ).first()
+        if row is None or row[0].school_id not in await self._school_ids(s, scope):
+            raise _not_found("class")
+        return row[0], row[1] or ""
+
+    async def _pupil_in_scope(self, s: AsyncSession, scope: contract.StaffScope, pupil_id: str) -> Pupil:
+        pupil = await s.get(Pupil, pupil_id)
+        if pupil is None or pupil.left_at is not None or pupil.school_id not in await self._school_ids(s, scope):
+            raise _not_found("pupil")
+        return pupil
+
+    # -- roster views ---------------------------------------------------------------------------
+
+    async def schools(self, req: contract.SchoolsRequest) -> contract.SchoolsReply:
+        """The schools of a scope (how the gateway expands a trust admin's trust)."""
+        async with self.runtime.db.reader() as s:
+            allowed = await self._school_ids(s, req.scope)
+            rows = (await s.execute(select(School).where(School.school_id.in_(allowed)).order_by(School.name))).scalars()
+            return contract.SchoolsReply(
+                schools=[
+                    contract.SchoolSummary(school_id=x.school_id, trust_id=x.trust_id, name=x.name, timezone=x.timezone)
+                    for x in rows
+                ]
+            )
+
+    async def classes(self, req: contract.ClassesRequest) -> contract.ClassesReply:
+        """`GET /classes`."""
+        async with self.runtime.db.reader() as s:
+            allowed = await self._school_ids(s, req.scope)
+            if not allowed:
+                return contract.ClassesReply(classes=[])
+            counts = (
+                select(ClassMember.class_id, func.count().label("n"))
+                .join(Pupil, Pupil.pupil_id == ClassMember.pupil_id)
+                .where(Pupil.left_at.is_(None))
+                .group_by(ClassMember.class_id)
+                .subquery()
+            )
+            rows = await s.execute(
+                select(SchoolClass, School.name, func.coalesce(counts.c.n, 0))
+                .outerjoin(School, School.school_id == SchoolClass.school_id)
+                .outerjoin(counts, counts.c.class_id == SchoolClass.class_id)
+                .where(SchoolClass.school_id.in_(allowed))
+                .order_by(School.name, SchoolClass.name, SchoolClass.class_id)
+            )
+            return contract.ClassesReply(
+                classes=[
+                    contract.ClassSummary(
+                        class_id=c.class_id,
+                        name=c.name,
+                        school_id=c.school_id,
+                        school_name=school_name or "",
+                        pupil_count=n,
+                        # Links arrive in part 2.
+                        linked_pupil_count=0,
+                    )
+                    for c, school_name, n in rows
+                ]
+            )
+
+    async def class_pupils(self, req: contract.ClassPupilsRequest) -> contract.ClassPupilsReply:
+        """`GET /classes/{class_id}/pupils`."""
+        async with self.runtime.db.reader() as s:
+            cls, school_name = await self._class_in_scope(s, req.scope, req.class_id)
+            rows = await s.execute(
+                select(Pupil, LinkCode.expires_at)
+                .join(ClassMember, ClassMember.pupil_id == Pupil.pupil_id)
+                .outerjoin(LinkCode, LinkCode.live_pupil_id == Pupil.pupil_id)
+                .where(ClassMember.class_id == cls.class_id, Pupil.left_at.is_(None))
+                .order_by(Pupil.last_name, Pupil.first_name, Pupil.pupil_id)
+            )
+            pupils = [
+                contract.PupilView(
+                    pupil_id=p.pupil_id, first_name=p.first_name, last_name=p.last_name, code_expires_at=expires_at
+                )
+                for p, expires_at in rows
+            ]
+        return contract.ClassPupilsReply(
+            class_id=cls.class_id, name=cls.name, school_id=cls.school_id, school_name=school_name, pupils=pupils
+        )
+
+    # -- printed codes -----------------------------------------------------------------------------
+
+    async def create_codes(self, req: contract.CreateCodesRequest) -> contract.CreateCodesReply:
+        """"Create QR codes": new printed codes; the pupils' earlier ones stop working at once."""
+        for attempt in range(3):
+            try:
+                return await self._create_codes(req)
+            except (IntegrityError, OperationalError):
+                # A pupil who joined the class meanwhile got a code from another request, or
+                # PostgreSQL broke a deadlock with the roster consumer: start again afresh.
+                if attempt == 2:
+                    raise
+                log.info("create_codes_retry", attempt=attempt + 1)
+        raise AssertionError("unreachable")
+
+    async def _create_codes(self, req: contract.CreateCodesRequest) -> contract.CreateCodesReply:
+        now = utcnow()
+        revoked_urls: set[str] = set()
+        async with self.runtime.unit_of_work() as uow:
+            s = uow.session
+            if req.class_id is not None:
+                cls, _ = await self._class_in_scope(s, req.scope, req.class_id)
+                school_id, class_id = cls.school_id, cls.class_id
+                pupil_ids = list(
+                    (
+                        await s.execute(
+                            select(Pupil.pupil_id)
+                            .join(ClassMember, ClassMember.pupil_id == Pupil.pupil_id)
+                            .where(ClassMember.class_id == class_id, Pupil.left_at.is_(None))
+                            .order_by(Pupil.pupil_id)
+                        )
+                    ).scalars()
+                )
+            else:
+                assert req.pupil_id is not None
+                pupil = await self._pupil_in_scope(s, req.scope, req.pupil_id)
+                school_id, class_id, pupil_ids = pupil.school_id, None, [pupil.pupil_id]
+            # Requests for the same pupils take turns (PostgreSQL row locks, in one order so two
+            # never wait on each other; SQLite's writers take turns anyway): each one then sees
+            # the codes the one before made live, and replaces them.
+            await s.execute(
+                select(Pupil.pupil_id).where(Pupil.pupil_id.in_(pupil_ids)).order_by(Pupil.pupil_id).with_for_update()
+            )
+            settings = school_settings.effective(
+                school_id, await s.get(SchoolSetting, school_id), platform_url=self.platform_url
+            )
+            expires_at = now + timedelta(days=settings.printed_code_days)
+
+            old = (
+                await s.execute(
+                    select(LinkCode.id, LinkCode.pupil_id, LinkCode.code_cipher).where(LinkCode.live_pupil_id.in_(pupil_ids))
+                )
+            ).all()
+            if old:
+                await s.execute(
+                    update(LinkCode)
+                    .where(LinkCode.id.in_([o.id for o in old]))
+                    .values(revoked_at=now, live_pupil_id=None)
+                )
+                # Flushed before the inserts: the unique live_pupil_id must be free first.
+                await s.flush()
+            vault = self.vault
+            for o in old:
+                if o.code_cipher:
+                    try:
+                        revoked_urls.add(self.link_url(vault.decrypt(o.code_cipher, pupil_id=o.pupil_id)))
+                    except Exception:  # noqa: BLE001 - written under another key: nothing cached
+                        pass
+
+            fresh = [(pid, codes.generate()) for pid in pupil_ids]
+            # The mask search is the slow part of a QR code: done once here, in a thread, and
+            # the renderings kept, so the sheet printed next is quick.
+            masks = await asyncio.to_thread(lambda: [self.qr_cache.make(self.link_url(c)).qr.mask for _, c in fresh])
+            created: list[contract.CreatedCode] = []
+            for (pid, code), mask in zip(fresh, masks, strict=True):
+                code_id = uuid.uuid4().hex
+                s.add(
+                    LinkCode(
+                        id=code_id,
+                        kind=PRINTED,
+                        pupil_id=pid,
+                        school_id=school_id,
+                        class_id=class_id,
+                        code_hash=vault.lookup_hash(code),
+                        code_cipher=vault.encrypt(code, pupil_id=pid),
+                        key_id=vault.key_id,
+                        qr_mask=mask,
+                        live_pupil_id=pid,
+                        created_at=now,
+                        created_by=req.actor_id,
+                        expires_at=expires_at,
+                    )
+                )
+                created.append(contract.CreatedCode(pupil_id=pid, code_id=code_id, expires_at=expires_at))
+            await s.flush()
+            if created:
+                # Part 3 writes one `code_regenerated` audit row per pupil here.
+                await uow.emit(
+                    contract.CODES_REGENERATED,
+                    contract.CodesRegenerated(
+                        school_id=school_id,
+                        class_id=class_id,
+                        pupil_ids=[c.pupil_id for c in created],
+                        code_ids=[c.code_id for c in created],
+                        revoked_code_ids=[o.id for o in old],
+                        actor_id=req.actor_id,
+                    ),
+                    aggregate=f"class:{class_id}" if class_id else f"pupil:{pupil_ids[0]}",
+                )
+            uow.after_commit(lambda: self.qr_cache.forget(revoked_urls))
+        log.info("codes_created", school_id=school_id, class_id=class_id, count=len(created), revoked=len(old))
+        return contract.CreateCodesReply(class_id=class_id, codes=created)
+
+    async def preview_code(self, req: contract.PreviewCodeRequest) -> contract.CodePreview:
+        """What a code is for: the child's first name, school, class and the school's policy."""
+        code = codes.normalise(req.code)
+        now = utcnow()
+        found = None
+        async with self.runtime.db.reader() as s:
+            if code is not None:
+                found = (
+                    await s.execute(
+                        select(LinkCode, Pupil, School)
+                        .join(Pupil, Pupil.pupil_id == LinkCode.pupil_id)
+                        .join(School, School.school_id == Pupil.school_id)
+                        .where(
+                            LinkCode.code_hash == self.vault.lookup_hash(code),
+                            LinkCode.revoked_at.is_(None),
+                            LinkCode.expires_at > now,
+                            Pupil.left_at.is_(None),
+                        )
+                    )
+                ).first()
+            if found is not None:
+                link_code, pupil, school = found
+                class_name = await self._class_name_for(s, pupil.pupil_id, link_code.class_id)
+                settings = school_settings.effective(
+                    school.school_id, await s.get(SchoolSetting, school.school_id), platform_url=self.platform_url
+                )
+        if found is None:
+            if self.on_code_failure is not None:
+                await self.on_code_failure(req)
+            raise RpcFailure(contract.E_INVALID_CODE, "this code is not valid: check it, or ask the school for a new one")
+        return contract.CodePreview(
+            first_name=pupil.first_name,
+            school_id=school.school_id,
+            school_name=school.name,
+            class_name=class_name,
+            aup=contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=school.school_id),
+            kind=link_code.kind,
+            expires_at=link_code.expires_at,
+        )
+
+    async def _class_name_for(self, s: AsyncSession, pupil_id: str, preferred: str | None) -> str:
+        rows = (
+            await s.execute(
+                select(SchoolClass.class_id, SchoolClass.name)
+                .join(ClassMember, ClassMember.class_id == SchoolClass.class_id)
+                .where(ClassMember.pupil_id == pupil_id)
+                .order_by(SchoolClass.name)
+            )
+        ).all()
+        for class_id, name in rows:
+            if class_id == preferred:
+                return name
+        return rows[0][1] if rows else ""
+
+    async def _live_codes(self, s: AsyncSession, pupil_ids: list[str]) -> dict[str, _LiveCode]:
+        now = utcnow()
+        rows = await s.execute(
+            select(LinkCode.id, LinkCode.pupil_id, LinkCode.code_cipher, LinkCode.qr_mask, LinkCode.expires_at).where(
+                LinkCode.live_pupil_id.in_(pupil_ids), LinkCode.expires_at > now
+            )
+        )
+        return {r.pupil_id: _LiveCode(r.id, r.pupil_id, r.code_cipher, r.qr_mask, r.expires_at) for r in rows if r.code_cipher}
+
+    async def pupil_qr(self, req: contract.PupilQrRequest) -> contract.Document:
+        """One pupil's printed code as an SVG or PNG QR code."""
+        async with self.runtime.db.reader() as s:
+            pupil = await self._pupil_in_scope(s, req.scope, req.pupil_id)
+            live = (await self._live_codes(s, [pupil.pupil_id])).get(pupil.pupil_id)
+        if live is None:
+            raise RpcFailure(contract.E_NO_CODE, "this pupil has no printed code yet: create QR codes first")
+        code = self.vault.decrypt(live.cipher, pupil_id=live.pupil_id)
+        rendering = self.qr_cache.get(self.link_url(code), live.mask)
+        name = _filename(f"qr-{pupil.pupil_id}", req.format)
+        if req.format == "svg":
+            return contract.Document(content_type="image/svg+xml", filename=name, text=rendering.svg_document())
+        png = await asyncio.to_thread(rendering.png)
+        return contract.Document(content_type="image/png", filename=name, data_base64=base64.b64encode(png).decode())
+
+    async def class_sheet(self, req: contract.ClassSheetRequest) -> contract.Document:
+        """The class's cut-out cards as an HTML page or an A4 PDF."""
+        async with self.runtime.db.reader() as s:
+            cls, school_name = await self._class_in_scope(s, req.scope, req.class_id)
+            school = await s.get(School, cls.school_id)
+            pupils = list(
+                (
+                    await s.execute(
+                        select(Pupil)
+                        .join(ClassMember, ClassMember.pupil_id == Pupil.pupil_id)
+                        .where(ClassMember.class_id == cls.class_id, Pupil.left_at.is_(None))
+                        .order_by(Pupil.last_name, Pupil.first_name, Pupil.pupil_id)
+                    )
+                ).scalars()
+            )
+            live = await self._live_codes(s, [p.pupil_id for p in pupils])
+        if not live:
+            raise RpcFailure(contract.E_NO_CODE, "this class has no printed codes yet: create QR codes first")
+        timezone = school.timezone if school else "UTC"
+        host = urlsplit(self.public_url).netloc or self.public_url
+        vault = self.vault
+
+        def render() -> contract.Document:
+            cards = []
+            for p in pupils:
+                lc = live.get(p.pupil_id)
+                if lc is None:
+                    continue  # joined the class after the codes were made
+                code = vault.decrypt(lc.cipher, pupil_id=p.pupil_id)
+                url = self.link_url(code)
+                cards.append(
+                    sheet.Card(
+                        pupil_name=f"{p.first_name} {p.last_name}",
+                        class_name=cls.name,
+                        school_name=school_name,
+                        code=codes.display(code),
+                        url=url,
+                        expires=sheet.expiry_date(lc.expires_at, timezone),
+                        qr=self.qr_cache.get(url, lc.mask),
+                    )
+                )
+            if req.format == "pdf":
+                pdf = sheet.render_pdf(cards, class_name=cls.name, school_name=school_name, host=host)
+                return contract.Document(
+                    content_type="application/pdf", filename=_filename(f"qr-codes-{cls.class_id}", "pdf"), data_base64=base64.b64encode(pdf).decode()
+                )
+            html = sheet.render_html(cards, class_name=cls.name, school_name=school_name, host=host)
+            return contract.Document(content_type="text/html; charset=utf-8", filename=_filename(f"qr-codes-{cls.class_id}", "html"), text=html)
+
+        return await asyncio.to_thread(render)
+
+    # -- settings and policies ---------------------------------------------------------------------------
+
+    async def _school_in_scope(self, s: AsyncSession, scope: contract.StaffScope, school_id: str) -> None:
+        if school_id not in await self._school_ids(s, scope):
+            raise _not_found("school")
+
+    async def get_settings(self, req: contract.SchoolSettingsRequest) -> contract.SchoolSettings:
+        """`GET /schools/{school_id}/settings`."""
+        async with self.runtime.db.reader() as s:
+            await self._school_in_scope(s, req.scope, req.school_id)
+            row = await s.get(SchoolSetting, req.school_id)
+            return school_settings.effective(req.school_id, row, platform_url=self.platform_url).reply()
+
+    async def update_settings(self, req: contract.UpdateSchoolSettingsRequest) -> contract.SchoolSettings:
+        """`PUT /schools/{school_id}/settings`: validated, stored, announced when anything changed."""
+        try:
+            changes = school_settings.validate(req.settings)
+        except school_settings.Invalid as exc:
+            raise RpcFailure(contract.E_VALIDATION, str(exc)) from None
+        async with self.runtime.unit_of_work() as uow:
+            s = uow.session
+            await self._school_in_scope(s, req.scope, req.school_id)
+            row = await s.get(SchoolSetting, req.school_id)
+            before = school_settings.effective(req.school_id, row, platform_url=self.platform_url)
+            changed = sorted(k for k, v in changes.items() if getattr(before, k) != v)
+            if not changed:
+                return before.reply()
+            defaults = school_settings.effective(req.school_id, None, platform_url=self.platform_url)
+            after = {name: changes.get(name, getattr(before, name)) for name in school_settings.EDITABLE}
+            # Values equal to the defaults are stored as NULL, so they keep following them.
+            stored = {
+                name: (None if name in ("aup_text", "homework_url", "files_url", "messages_url") and value == getattr(defaults, name) else value)
+                for name, value in after.items()
+            }
+            now = utcnow()
+            if row is None:
+                row = SchoolSetting(school_id=req.school_id, updated_at=now, updated_by=req.actor_id, **stored)
+                s.add(row)
+            else:
+                for name, value in stored.items():
+                    setattr(row, name, value)
+                row.updated_at, row.updated_by = now, req.actor_id
+            await s.flush()
+            result = school_settings.effective(req.school_id, row, platform_url=self.platform_url)
+            await uow.emit(
+                contract.SCHOOL_SETTINGS_CHANGED,
+                contract.SchoolSettingsChanged(
+                    school_id=req.school_id,
+                    changed=changed,
+                    max_carers_per_code=result.max_carers_per_code,
+                    printed_code_days=result.printed_code_days,
+                    invitation_days=result.invitation_days,
+                    aup_version=result.aup_version,
+                    homework_url=result.homework_url,
+                    files_url=result.files_url,
+                    messages_url=result.messages_url,
+                    email_parent_on_removal=result.email_parent_on_removal,
+                    actor_id=req.actor_id,
+                ),
+                aggregate=f"school:{req.school_id}",
+            )
+        log.info("school_settings_changed", school_id=req.school_id, changed=changed)
+        return result.reply()
+
+    async def aup(self, req: contract.AupRequest) -> contract.AupReply:
+        """A school's acceptable-use policy, or the default one."""
+        if req.school_id is None:
+            return contract.AupReply(version=school_settings.DEFAULT_AUP_VERSION, text=school_settings.DEFAULT_AUP)
+        async with self.runtime.db.reader() as s:
+            school = await s.get(School, req.school_id)
+            if school is None:
+                raise _not_found("school")
+            settings = school_settings.effective(
+                req.school_id, await s.get(SchoolSetting, req.school_id), platform_url=self.platform_url
+            )
+        return contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=req.school_id)
+
+    # -- roster import ----------------------------------------------------------------------------
+
+    async def roster_status(self, req: contract.RosterStatusRequest) -> contract.RosterStatusReply:
+        """Which of these roster events are applied (`portal roster import` waits for all)."""
+        wanted = list(dict.fromkeys(req.event_ids))
+        done: set[str] = set()
+        async with self.runtime.db.reader() as s:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                done.update(
+                    (
+                        await s.execute(
+                            select(processed_events.c.event_id).where(
+                                processed_events.c.consumer == ROSTER_CONSUMER, processed_events.c.event_id.in_(chunk)
+                            )
+                        )
+                    ).scalars()
+                )
+        return contract.RosterStatusReply(applied=len(done), missing=[e for e in wanted if e not in done])
+

@@ -1,0 +1,132 @@
+"""The roster copy: schools, classes and pupils from the platform's events.
+
+Events may come twice (the kit's processed-event record drops those) and out of order: each
+row keeps the `occurred_at` of the event that last wrote it, and an older event changes
+nothing. Nothing waits for anything else: a class before its school, or a pupil before its
+classes, is kept as it came and joins up once the rest arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from contracts.base import Event, utcnow
+from contracts.kit.logs import get_logger
+from contracts.kit.outbox import UnitOfWork
+from sqlalchemy import delete, insert, select, update
+
+from contracts import platform
+from linking.tables import ClassMember, LinkCode, Pupil, School, SchoolClass, Trust
+
+log = get_logger("linking.roster")
+
+SCHEMAS: dict[str, type[Event]] = {
+    platform.SCHOOL_UPSERTED: platform.SchoolUpserted,
+    platform.CLASS_UPSERTED: platform.ClassUpserted,
+    platform.PUPIL_UPSERTED: platform.PupilUpserted,
+    platform.PUPIL_LEFT: platform.PupilLeft,
+    # platform.roster.staff.* belongs to identity: acknowledged unread by the consumer.
+}
+
+# Part 2 ends the pupil's links here, in the same transaction as the departure.
+PupilLeftHook = Callable[[UnitOfWork, str, datetime], Awaitable[None]]
+
+
+def _newer(incoming: datetime, stored: datetime | None) -> bool:
+    # Equal times apply too: the later-arriving of two simultaneous events wins, the same
+    # way on every replica because the stream delivers them in one order.
+    return stored is None or incoming >= stored
+
+
+async def apply_batch(
+    uow: UnitOfWork, items: list[tuple[str, Event]], *, on_pupil_left: PupilLeftHook | None = None
+) -> None:
+    """Apply a batch of roster events in one transaction, in stream order."""
+    s = uow.session
+    trust_ids = {e.trust_id for _, e in items if isinstance(e, platform.SchoolUpserted)}
+    school_ids = {e.school_id for _, e in items if isinstance(e, platform.SchoolUpserted)}
+    class_ids = {e.class_id for _, e in items if isinstance(e, platform.ClassUpserted)}
+    pupil_ids = {e.pupil_id for _, e in items if isinstance(e, (platform.PupilUpserted, platform.PupilLeft))}
+
+    # One query per kind for the whole batch; the ORM's identity map then holds them.
+    trusts = {t.trust_id: t for t in (await s.execute(select(Trust).where(Trust.trust_id.in_(trust_ids)))).scalars()} if trust_ids else {}
+    schools = {x.school_id: x for x in (await s.execute(select(School).where(School.school_id.in_(school_ids)))).scalars()} if school_ids else {}
+    classes = {c.class_id: c for c in (await s.execute(select(SchoolClass).where(SchoolClass.class_id.in_(class_ids)))).scalars()} if class_ids else {}
+    pupils = {p.pupil_id: p for p in (await s.execute(select(Pupil).where(Pupil.pupil_id.in_(pupil_ids)))).scalars()} if pupil_ids else {}
+
+    memberships: dict[str, list[str]] = {}  # pupil -> its classes, from the newest applied upsert
+    left: list[tuple[str, datetime]] = []
+    for _, ev in items:
+        at = ev.occurred_at
+        if isinstance(ev, platform.SchoolUpserted):
+            trust = trusts.get(ev.trust_id)
+            if trust is None:
+                trust = trusts[ev.trust_id] = Trust(trust_id=ev.trust_id, name=ev.trust_name, version_at=at)
+                s.add(trust)
+            elif ev.trust_name and _newer(at, trust.version_at):
+                trust.name, trust.version_at = ev.trust_name, at
+            school = schools.get(ev.school_id)
+            if school is None:
+                schools[ev.school_id] = School(
+                    school_id=ev.school_id, trust_id=ev.trust_id, name=ev.name, timezone=ev.timezone, version_at=at
+                )
+                s.add(schools[ev.school_id])
+            elif _newer(at, school.version_at):
+                school.trust_id, school.name, school.timezone, school.version_at = ev.trust_id, ev.name, ev.timezone, at
+        elif isinstance(ev, platform.ClassUpserted):
+            cls = classes.get(ev.class_id)
+            if cls is None:
+                classes[ev.class_id] = SchoolClass(class_id=ev.class_id, school_id=ev.school_id, name=ev.name, version_at=at)
+                s.add(classes[ev.class_id])
+            elif _newer(at, cls.version_at):
+                cls.school_id, cls.name, cls.version_at = ev.school_id, ev.name, at
+        elif isinstance(ev, platform.PupilUpserted):
+            pupil = pupils.get(ev.pupil_id)
+            if pupil is None:
+                pupil = pupils[ev.pupil_id] = Pupil(pupil_id=ev.pupil_id)
+                s.add(pupil)
+            if not _newer(at, pupil.version_at):
+                continue
+            pupil.school_id, pupil.first_name, pupil.last_name, pupil.version_at = (
+                ev.school_id,
+                ev.first_name,
+                ev.last_name,
+                at,
+            )
+            if pupil.left_at is not None and at > pupil.left_at:
+                pupil.left_at = None  # upserted after leaving: the pupil is back
+            memberships[ev.pupil_id] = list(dict.fromkeys(ev.class_ids))
+        elif isinstance(ev, platform.PupilLeft):
+            pupil = pupils.get(ev.pupil_id)
+            if pupil is None:
+                # Left before we heard of it: remember, so a late older upsert keeps it left.
+                pupil = pupils[ev.pupil_id] = Pupil(pupil_id=ev.pupil_id, left_at=at)
+                s.add(pupil)
+                left.append((ev.pupil_id, at))
+            elif pupil.version_at is not None and at < pupil.version_at:
+                continue  # an upsert after this departure brought the pupil back
+            elif pupil.left_at is None or at > pupil.left_at:
+                pupil.left_at = at
+                left.append((ev.pupil_id, at))
+
+    await s.flush()
+    if memberships:
+        await s.execute(delete(ClassMember).where(ClassMember.pupil_id.in_(list(memberships))))
+        rows = [{"class_id": c, "pupil_id": p} for p, cs in memberships.items() for c in cs]
+        if rows:
+            await s.execute(insert(ClassMember), rows)
+    for pupil_id, at in left:
+        await revoke_pupil_codes(uow, pupil_id)
+        if on_pupil_left is not None:
+            await on_pupil_left(uow, pupil_id, at)
+        log.info("pupil_left", pupil_id=pupil_id)
+
+
+async def revoke_pupil_codes(uow: UnitOfWork, pupil_id: str) -> None:
+    """Stop every code of a pupil who left: nobody can link a pupil who is not at the school."""
+    await uow.session.execute(
+        update(LinkCode)
+        .where(LinkCode.pupil_id == pupil_id, LinkCode.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), live_pupil_id=None)
+    )

@@ -1,0 +1,178 @@
+"""School settings: their defaults, their validation, and acceptable-use policy versions."""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from contracts import linking as contract
+from linking.tables import SchoolSetting
+
+DEFAULT_MAX_CARERS = 4
+DEFAULT_PRINTED_CODE_DAYS = 30
+DEFAULT_INVITATION_DAYS = 14
+DEFAULT_EMAIL_ON_REMOVAL = True
+
+DEFAULT_AUP = """\
+Parent Portal: acceptable use
+
+By using Parent Portal you agree to the following.
+
+1. You use Parent Portal only to follow the schoolwork of children you are the parent or
+   carer of, and only while the school allows it.
+2. You keep your password to yourself and do not share your account. Each parent or carer
+   has an account of their own.
+3. What you see about a child (homework, messages, stars) is confidential. You do not share
+   it, copy it to public places, or use it to identify other children.
+4. You tell the school at once if you can see a child who is not yours, or if you think
+   someone else uses your account.
+5. The school may remove your access at any time, for example when a court order or a
+   safeguarding concern requires it. Removals and links are recorded.
+6. Your name and email address are used only to run Parent Portal and to contact you about
+   it; the school is responsible for this data.
+"""
+
+
+def aup_version(text: str) -> str:
+    """A short version of a policy text: it changes whenever the text does."""
+    return hashlib.sha256(text.strip().encode()).hexdigest()[:12]
+
+
+DEFAULT_AUP_VERSION = aup_version(DEFAULT_AUP)
+
+_INT_FIELDS = ("max_carers_per_code", "printed_code_days", "invitation_days")
+_URL_FIELDS = ("homework_url", "files_url", "messages_url")
+EDITABLE = (*_INT_FIELDS, "aup_text", *_URL_FIELDS, "email_parent_on_removal")
+
+
+@dataclass
+class Effective:
+    """A school's settings with every default filled in."""
+
+    school_id: str
+    max_carers_per_code: int
+    printed_code_days: int
+    invitation_days: int
+    aup_text: str
+    homework_url: str
+    files_url: str
+    messages_url: str
+    email_parent_on_removal: bool
+    updated_at: Any = None
+
+    @property
+    def aup_version(self) -> str:
+        """The version of this school's policy."""
+        return aup_version(self.aup_text)
+
+    def reply(self) -> contract.SchoolSettings:
+        """As `GET /schools/{id}/settings` answers."""
+        return contract.SchoolSettings(
+            school_id=self.school_id,
+            max_carers_per_code=self.max_carers_per_code,
+            printed_code_days=self.printed_code_days,
+            invitation_days=self.invitation_days,
+            aup_text=self.aup_text,
+            aup_version=self.aup_version,
+            homework_url=self.homework_url,
+            files_url=self.files_url,
+            messages_url=self.messages_url,
+            email_parent_on_removal=self.email_parent_on_removal,
+            updated_at=self.updated_at,
+        )
+
+
+def effective(school_id: str, row: SchoolSetting | None, *, platform_url: str) -> Effective:
+    """The settings a school has now: its row over the defaults."""
+    links = contract.default_link_templates(platform_url)
+    if row is None:
+        return Effective(
+            school_id=school_id,
+            max_carers_per_code=DEFAULT_MAX_CARERS,
+            printed_code_days=DEFAULT_PRINTED_CODE_DAYS,
+            invitation_days=DEFAULT_INVITATION_DAYS,
+            aup_text=DEFAULT_AUP,
+            email_parent_on_removal=DEFAULT_EMAIL_ON_REMOVAL,
+            **links,
+        )
+    return Effective(
+        school_id=school_id,
+        max_carers_per_code=row.max_carers_per_code,
+        printed_code_days=row.printed_code_days,
+        invitation_days=row.invitation_days,
+        aup_text=row.aup_text or DEFAULT_AUP,
+        homework_url=row.homework_url or links["homework_url"],
+        files_url=row.files_url or links["files_url"],
+        messages_url=row.messages_url or links["messages_url"],
+        email_parent_on_removal=row.email_parent_on_removal,
+        updated_at=row.updated_at,
+    )
+
+
+class Invalid(ValueError):
+    """Some submitted settings are not acceptable; `problems` names each field."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in problems.items()))
+        self.problems = problems
+
+
+def validate(changes: dict[str, Any]) -> dict[str, Any]:
+    """The submitted changes, checked and cleaned; raises `Invalid` naming every bad field."""
+    problems: dict[str, str] = {}
+    clean: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name in ("school_id", "aup_version", "updated_at"):
+            continue  # read-only fields echoed back from a GET are harmless
+        if name not in EDITABLE:
+            problems[name] = "unknown setting"
+        elif name in _INT_FIELDS:
+            low, high = contract.SETTINGS_LIMITS[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems[name] = "must be a whole number"
+            elif not low <= value <= high:
+                problems[name] = f"must be between {low} and {high}"
+            else:
+                clean[name] = value
+        elif name == "email_parent_on_removal":
+            if not isinstance(value, bool):
+                problems[name] = "must be true or false"
+            else:
+                clean[name] = value
+        elif name == "aup_text":
+            if not isinstance(value, str) or not value.strip():
+                problems[name] = "must be a non-empty text"
+            elif len(value) > contract.AUP_MAX_CHARS:
+                problems[name] = f"must be at most {contract.AUP_MAX_CHARS} characters"
+            else:
+                clean[name] = value.strip() + "\n"
+        else:
+            problem = _url_problem(value)
+            if problem:
+                problems[name] = problem
+            else:
+                clean[name] = value.strip()
+    if problems:
+        raise Invalid(problems)
+    return clean
+
+
+def _url_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "must be a URL"
+    value = value.strip()
+    if len(value) > contract.URL_MAX_CHARS:
+        return f"must be at most {contract.URL_MAX_CHARS} characters"
+    if not value.startswith(("https://", "http://")) or len(value.split("://", 1)[1]) < 1:
+        return "must start with https:// or http://"
+    if any(c.isspace() for c in value):
+        return "must not contain spaces"
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError:
+        return "has an unbalanced { or }"
+    if set(fields) != {"pupil_id"}:
+        return "must contain {pupil_id} and no other placeholder"
+    return None
