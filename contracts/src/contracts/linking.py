@@ -31,17 +31,36 @@ GET_SCHOOL_SETTINGS = "rpc.linking.school_settings.v1"
 UPDATE_SCHOOL_SETTINGS = "rpc.linking.update_school_settings.v1"
 AUP = "rpc.linking.aup.v1"
 ROSTER_STATUS = "rpc.linking.roster_status.v1"
+REDEEM = "rpc.linking.redeem.v1"
+PARENT_CHILDREN = "rpc.linking.parent_children.v1"
+ACTIVE_PUPILS = "rpc.linking.active_pupils.v1"
+UNLINK = "rpc.linking.unlink.v1"
+INVITE = "rpc.linking.invite.v1"
+REMOVE_PARENT = "rpc.linking.remove_parent.v1"
+PARENT_PUPILS = "rpc.linking.parent_pupils.v1"
+REMOVE_PARENT_EVERYWHERE = "rpc.linking.remove_parent_everywhere.v1"
+AUDIT = "rpc.linking.audit.v1"
 
 # -- events -----------------------------------------------------------------------------------
 
 CODES_REGENERATED = "linking.codes.regenerated.v1"
 SCHOOL_SETTINGS_CHANGED = "linking.school.settings_changed.v1"
+LINK_CREATED = "linking.link.created.v1"
+LINK_ACTIVATED = "linking.link.activated.v1"
+LINK_REMOVED = "linking.link.removed.v1"
+LINK_ALL = "linking.link.>"
 
 # Error codes in replies, as the gateway maps them.
 E_NOT_FOUND = "not_found"  # 404: unknown, or outside the caller's scope
 E_NO_CODE = "no_code"  # 404: no printed code yet ("create QR codes" first)
 E_INVALID_CODE = "invalid_code"  # 404: bad, expired, revoked or used code
 E_VALIDATION = "validation_error"  # 422: detail names the fields
+E_CODE_FULL = "code_full"  # 409: a printed code has linked as many carers as the school allows
+E_AUP_REQUIRED = "aup_required"  # 422: the school's policy must be accepted first
+
+RELATIONSHIPS = ("mother", "father", "carer", "guardian", "grandparent", "other")
+Relationship = Literal["mother", "father", "carer", "guardian", "grandparent", "other"]
+LinkStatus = Literal["awaiting_verification", "linked"]
 
 # The link templates' only placeholder, and their defaults below the platform's URL.
 PUPIL_PLACEHOLDER = "{pupil_id}"
@@ -325,7 +344,186 @@ class RosterStatusReply(Message):
     missing: list[str]
 
 
+# -- parents linking children -------------------------------------------------------------------
+
+
+class RedeemRequest(Message):
+    """A parent uses a code: registering with it (`verified` false) or signed in (true).
+
+    `dry_run` checks everything (valid, room left, not barred) and links nothing: the gateway
+    asks it before a registration creates an account. `email` is the caller's verified address,
+    for the safeguarding bars; `client_ip` for the guessing limits.
+    """
+
+    code: str = Field(max_length=256)
+    parent_id: str | None = Field(default=None, max_length=128)
+    relationship: Relationship | None = None
+    verified: bool = True
+    accept_aup: bool = False
+    email: str = Field(default="", max_length=254)
+    client_ip: str = Field(default="", max_length=64)
+    dry_run: bool = False
+
+
+class ChildView(Message):
+    """A child as its parent sees it (`GET /me/children`)."""
+
+    pupil_id: str
+    first_name: str
+    last_name: str
+    school_id: str
+    school_name: str
+    class_name: str
+    relationship: str
+    status: LinkStatus
+    since: AwareDatetime
+
+
+class RedeemReply(Message):
+    """The link (new, or the one that already existed), and the school's policy."""
+
+    created: bool
+    child: ChildView | None = None
+    aup: AupReply | None = None
+
+
+class ParentRequest(Message):
+    """Something about one parent, asked by the gateway for that signed-in parent."""
+
+    parent_id: str = Field(min_length=1, max_length=128)
+
+
+class ChildrenReply(Message):
+    """Every child the parent is linked to (awaiting verification or linked)."""
+
+    children: list[ChildView]
+
+
+class ActivePupilsReply(Message):
+    """The pupils a parent may see right now (status linked): the overview's access check."""
+
+    pupil_ids: list[str]
+
+
+class UnlinkRequest(ParentRequest):
+    """A parent unlinks a child themselves."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+
+
+class Done(Message):
+    """Done."""
+
+    ok: bool = True
+
+
+# -- staff managing links ----------------------------------------------------------------------
+
+
+class InviteRequest(StaffRequest):
+    """`POST /pupils/{pupil_id}/invitations`: email an invitation with its own single-use code."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+    email: str = Field(min_length=3, max_length=254)
+
+
+class RemoveParentRequest(StaffRequest):
+    """`DELETE /pupils/{pupil_id}/parents/{parent_id}`: that parent loses this pupil only."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+    parent_id: str = Field(min_length=1, max_length=128)
+    reason: str = Field(default="", max_length=500)
+
+
+class StaffParentRequest(StaffRequest):
+    """`GET` / `DELETE /parents/{parent_id}/pupils`, within the caller's schools."""
+
+    parent_id: str = Field(min_length=1, max_length=128)
+    reason: str = Field(default="", max_length=500)
+
+
+class ParentPupilView(Message):
+    """A pupil of the caller's schools that the parent is linked to."""
+
+    pupil_id: str
+    first_name: str
+    last_name: str
+    school_id: str
+    school_name: str
+    class_name: str
+    relationship: str
+    status: LinkStatus
+    since: AwareDatetime
+
+
+class ParentPupilsReply(Message):
+    """The pupils (of the caller's schools) a parent is linked to."""
+
+    pupils: list[ParentPupilView]
+
+
+class RemovedReply(Message):
+    """The pupils the parent lost."""
+
+    pupil_ids: list[str]
+
+
+class AuditRequest(StaffRequest):
+    """`GET /pupils/{pupil_id}/audit`."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+
+
+class AuditEntry(Message):
+    """One row of a pupil's audit trail."""
+
+    at: AwareDatetime
+    actor: str
+    action: Literal[
+        "invitation_sent", "link_created", "link_activated", "link_removed", "bar_added", "bar_lifted", "code_regenerated"
+    ]
+    parent_id: str | None = None
+    reason: str = ""
+
+
+class AuditReply(Message):
+    """Oldest first."""
+
+    entries: list[AuditEntry]
+
+
 # -- events ----------------------------------------------------------------------------------
+
+
+class LinkCreated(Event):
+    """A parent linked a child with a code (awaiting verification, or linked at once)."""
+
+    link_id: str
+    parent_id: str
+    pupil_id: str
+    school_id: str
+    status: LinkStatus
+    via: Literal["printed", "invitation"]
+
+
+class LinkActivated(Event):
+    """A link became active: the parent verified their address."""
+
+    link_id: str
+    parent_id: str
+    pupil_id: str
+    school_id: str
+
+
+class LinkRemoved(Event):
+    """A parent lost a child: removed by staff, by the parent, by a bar, or the pupil left."""
+
+    link_id: str
+    parent_id: str
+    pupil_id: str
+    school_id: str
+    by: Literal["staff", "parent", "bar", "pupil_left"]
+    actor_id: str = ""
 
 
 class CodesRegenerated(Event):

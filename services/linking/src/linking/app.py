@@ -7,10 +7,10 @@ from typing import ClassVar
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from contracts import linking as contract
-from contracts import platform, streams
+from contracts import identity, notify, platform, streams
 from linking import __version__, codes, roster
 from linking.handlers import ROSTER_CONSUMER, Linking
 
@@ -26,15 +26,6 @@ class Settings(ServiceSettings):
 
     service_name: ClassVar[str] = NAME
     database_url: str | None = database_url_field(NAME)
-    http_port: int = Field(default=8000, ge=1, le=65535, description="The gateway's port, for the default public URL.")
-    public_url: str = Field(
-        default="", description="The base of links in QR codes (PORTAL_PUBLIC_URL); `http://127.0.0.1:<http_port>` when unset."
-    )
-    platform_url: str = Field(
-        default="",
-        description="The learning platform the default link templates point into (PORTAL_PLATFORM_URL); "
-        "`<public_url>/platform` when unset.",
-    )
     linking_code_key: str | None = Field(
         default=None,
         repr=False,
@@ -42,13 +33,6 @@ class Settings(ServiceSettings):
         "stored encrypted under keys derived from it. Unset: a development key made once and kept in "
         f"DATA_DIR/{KEY_FILE}. Changing it invalidates every code.",
     )
-
-    @model_validator(mode="after")
-    def _derive_urls(self) -> Settings:
-        # The same defaults as the gateway's, so QR codes point where it answers.
-        self.public_url = (self.public_url or f"http://127.0.0.1:{self.http_port}").rstrip("/")
-        self.platform_url = (self.platform_url or f"{self.public_url}/platform").rstrip("/")
-        return self
 
     def code_key(self) -> str:
         """The code key: the setting, else the development key file (made on first use)."""
@@ -77,8 +61,10 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
 
     runtime.app.on_startup(on_startup)
 
+    links = linking.links
+
     async def apply_roster(uow: UnitOfWork, items: list) -> None:
-        await roster.apply_batch(uow, items)
+        await roster.apply_batch(uow, items, on_pupil_left=links.on_pupil_left)
 
     runtime.consume(
         stream=streams.PLATFORM,
@@ -103,7 +89,41 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         description="A school's settings changed; the event carries the effective values (link templates for overview).",
     )
 
+    runtime.consume(
+        stream=streams.IDENTITY,
+        subject=identity.PARENT_VERIFIED,
+        durable="linking-parent-verified",
+        schemas={identity.PARENT_VERIFIED: identity.ParentVerified},
+        handler=links.on_parent_verified,
+        title="parent verified",
+        description="A parent verified their address: their links awaiting it become linked (and they are emailed).",
+    )
+    runtime.consume(
+        stream=streams.NOTIFY,
+        subject=notify.EMAIL_FAILED,
+        durable="linking-email-failed",
+        schemas={notify.EMAIL_FAILED: notify.EmailFailed},
+        handler=links.on_email_failed,
+        title="email failed",
+        description="An invitation email that could not be delivered shows as bounced to staff.",
+    )
+    for subject, model, title in [
+        (contract.LINK_CREATED, contract.LinkCreated, "link created"),
+        (contract.LINK_ACTIVATED, contract.LinkActivated, "link activated"),
+        (contract.LINK_REMOVED, contract.LinkRemoved, "link removed"),
+    ]:
+        runtime.publishes(subject, model, title=title, description=model.__doc__ or title)
+
     rpcs = [
+        (contract.REDEEM, contract.RedeemRequest, links.redeem, "redeem code", "A parent links a child with a code (or, dry run, checks that it would)."),
+        (contract.PARENT_CHILDREN, contract.ParentRequest, links.parent_children, "parent's children", "`GET /me/children`: every child a parent is linked to."),
+        (contract.ACTIVE_PUPILS, contract.ParentRequest, links.active_pupils, "active pupils", "The pupils a parent may see now: the overview's access check."),
+        (contract.UNLINK, contract.UnlinkRequest, links.unlink, "unlink", "`DELETE /me/children/{id}`: a parent unlinks a child."),
+        (contract.INVITE, contract.InviteRequest, links.invite, "invite", "`POST /pupils/{id}/invitations`: email an invitation with a single-use code."),
+        (contract.REMOVE_PARENT, contract.RemoveParentRequest, links.remove_parent, "remove parent", "`DELETE /pupils/{id}/parents/{parent}`: one parent loses one pupil."),
+        (contract.PARENT_PUPILS, contract.StaffParentRequest, links.parent_pupils, "parent's pupils", "`GET /parents/{id}/pupils`: the pupils of the caller's schools a parent is linked to."),
+        (contract.REMOVE_PARENT_EVERYWHERE, contract.StaffParentRequest, links.remove_parent_everywhere, "remove parent everywhere", "`DELETE /parents/{id}/pupils`: the parent loses every pupil of the caller's schools."),
+        (contract.AUDIT, contract.AuditRequest, links.audit_trail, "audit trail", "`GET /pupils/{id}/audit`: a pupil's audit trail."),
         (contract.SCHOOLS, contract.SchoolsRequest, linking.schools, "schools", "The schools of a scope: how the gateway expands a trust admin's trust into school ids."),
         (contract.CLASSES, contract.ClassesRequest, linking.classes, "classes", "`GET /classes`: every class of the caller's schools with pupil and linked-pupil counts."),
         (contract.CLASS_PUPILS, contract.ClassPupilsRequest, linking.class_pupils, "class pupils", "`GET /classes/{id}/pupils`: the class's pupils with their code expiry, parents and invitations; not_found outside the scope."),

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import linking as contract
 from linking import codes, school_settings, sheet
+from linking.links import Links, audit
 from linking.qr import QrCache
 from linking.tables import PRINTED, ClassMember, LinkCode, Pupil, School, SchoolClass, SchoolSetting
 
@@ -67,6 +68,7 @@ class Linking:
         self._vault: codes.CodeVault | None = None
         self.qr_cache = QrCache()
         self.on_code_failure: CodeFailureHook | None = None
+        self.links = Links(self)
 
     @property
     def vault(self) -> codes.CodeVault:
@@ -133,13 +135,16 @@ class Linking:
                 .group_by(ClassMember.class_id)
                 .subquery()
             )
-            rows = await s.execute(
-                select(SchoolClass, School.name, func.coalesce(counts.c.n, 0))
-                .outerjoin(School, School.school_id == SchoolClass.school_id)
-                .outerjoin(counts, counts.c.class_id == SchoolClass.class_id)
-                .where(SchoolClass.school_id.in_(allowed))
-                .order_by(School.name, SchoolClass.name, SchoolClass.class_id)
-            )
+            rows = (
+                await s.execute(
+                    select(SchoolClass, School.name, func.coalesce(counts.c.n, 0))
+                    .outerjoin(School, School.school_id == SchoolClass.school_id)
+                    .outerjoin(counts, counts.c.class_id == SchoolClass.class_id)
+                    .where(SchoolClass.school_id.in_(allowed))
+                    .order_by(School.name, SchoolClass.name, SchoolClass.class_id)
+                )
+            ).all()
+            linked = await self.links.linked_counts(s, [c.class_id for c, _, _ in rows])
             return contract.ClassesReply(
                 classes=[
                     contract.ClassSummary(
@@ -148,8 +153,7 @@ class Linking:
                         school_id=c.school_id,
                         school_name=school_name or "",
                         pupil_count=n,
-                        # Links arrive in part 2.
-                        linked_pupil_count=0,
+                        linked_pupil_count=linked.get(c.class_id, 0),
                     )
                     for c, school_name, n in rows
                 ]
@@ -166,9 +170,16 @@ class Linking:
                 .where(ClassMember.class_id == cls.class_id, Pupil.left_at.is_(None))
                 .order_by(Pupil.last_name, Pupil.first_name, Pupil.pupil_id)
             )
+            rows = rows.all()
+            parents, invitations = await self.links.parents_and_invitations(s, [p.pupil_id for p, _ in rows])
             pupils = [
                 contract.PupilView(
-                    pupil_id=p.pupil_id, first_name=p.first_name, last_name=p.last_name, code_expires_at=expires_at
+                    pupil_id=p.pupil_id,
+                    first_name=p.first_name,
+                    last_name=p.last_name,
+                    code_expires_at=expires_at,
+                    parents=parents[p.pupil_id],
+                    invitations=invitations[p.pupil_id],
                 )
                 for p, expires_at in rows
             ]
@@ -272,7 +283,8 @@ class Linking:
                 created.append(contract.CreatedCode(pupil_id=pid, code_id=code_id, expires_at=expires_at))
             await s.flush()
             if created:
-                # Part 3 writes one `code_regenerated` audit row per pupil here.
+                for c in created:
+                    audit(uow, pupil_id=c.pupil_id, school_id=school_id, actor=f"staff:{req.actor_id}", action="code_regenerated", reason=f"printed code {c.code_id}")
                 await uow.emit(
                     contract.CODES_REGENERATED,
                     contract.CodesRegenerated(

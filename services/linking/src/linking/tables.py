@@ -156,3 +156,101 @@ class LinkCode(Base, table=True):
     created_by: str = Field(default="", max_length=ID)
     expires_at: datetime = Field(sa_column=_ts())
     revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+# -- links, invitations, policies, audit -------------------------------------------------------
+
+AWAITING = "awaiting_verification"
+LINKED = "linked"
+
+
+class Link(Base, table=True):
+    """A parent's access to a pupil. Never deleted: a removal is recorded on the row.
+
+    `live_key` is `parent_id:pupil_id` while the link stands and NULL once removed, so a
+    unique constraint allows one standing link per parent and pupil on every database.
+    """
+
+    __tablename__ = "links"
+    __table_args__ = (
+        UniqueConstraint("live_key", name="uq_links_live"),
+        Index("ix_links_parent", "parent_id", "removed_at"),
+        Index("ix_links_pupil", "pupil_id", "removed_at"),
+        Index("ix_links_code", "code_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    parent_id: str = Field(max_length=ID)
+    pupil_id: str = Field(max_length=ID)
+    school_id: str = Field(max_length=ID)
+    relationship: str = Field(max_length=20)
+    status: str = Field(max_length=24)
+    via: str = Field(max_length=16)  # printed, invitation
+    code_id: str = Field(max_length=32)
+    live_key: str | None = Field(default=None, max_length=2 * ID + 1)
+    created_at: datetime = Field(sa_column=_ts())
+    activated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    removed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    removed_by: str | None = Field(default=None, max_length=16)  # staff, parent, bar, pupil_left
+    removed_actor: str | None = Field(default=None, max_length=ID)
+
+
+class Invitation(Base, table=True):
+    """An email invitation: its address, its own single-use code, and what became of it."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        Index("ix_invitations_pupil", "pupil_id", "status"),
+        Index("ix_invitations_code", "code_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    pupil_id: str = Field(max_length=ID)
+    school_id: str = Field(max_length=ID)
+    email: str = Field(max_length=254)
+    email_key: str = Field(max_length=254)
+    code_id: str = Field(max_length=32)
+    status: str = Field(max_length=16)  # invited, accepted, revoked, bounced ("expired" is derived)
+    sent_at: datetime = Field(sa_column=_ts())
+    expires_at: datetime = Field(sa_column=_ts())
+    accepted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    accepted_by: str | None = Field(default=None, max_length=ID)
+    created_by: str = Field(default="", max_length=ID)
+
+
+class AupAcceptance(Base, table=True):
+    """A parent accepted a school's acceptable-use policy: which school, which version, when."""
+
+    __tablename__ = "aup_acceptances"
+    __table_args__ = (UniqueConstraint("parent_id", "school_id", "version", name="uq_aup_acceptance"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    parent_id: str = Field(max_length=ID)
+    school_id: str = Field(max_length=ID)
+    version: str = Field(max_length=64)
+    accepted_at: datetime = Field(sa_column=_ts())
+
+
+class VerifiedParent(Base, table=True):
+    """Parents whose address identity has verified (from `identity.parent.verified.v1`)."""
+
+    __tablename__ = "verified_parents"
+
+    parent_id: str = Field(primary_key=True, max_length=ID)
+    verified_at: datetime = Field(sa_column=_ts())
+
+
+class AuditRow(Base, table=True):
+    """One entry of a pupil's audit trail: append-only, kept as long as the pupil."""
+
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_pupil_at", "pupil_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pupil_id: str = Field(max_length=ID)
+    school_id: str = Field(max_length=ID)
+    at: datetime = Field(sa_column=_ts())
+    actor: str = Field(max_length=ID + 16)  # "staff:<id>", "parent:<id>", "system"
+    action: str = Field(max_length=32)
+    parent_id: str | None = Field(default=None, max_length=ID)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

@@ -1,0 +1,541 @@
+"""Parents and children: redeeming codes, invitations, activation, removal, the audit trail.
+
+Every change to a link is one transaction that also writes its event (outbox), its audit row
+and, where the parent is told, its email request.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import distinct, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts import identity, notify
+from contracts import linking as contract
+from contracts.base import utcnow
+from contracts.kit.logs import get_logger
+from contracts.kit.outbox import UnitOfWork
+from contracts.kit.rpc import RpcFailure
+from linking import codes, school_settings
+from linking.tables import (
+    AWAITING,
+    INVITATION,
+    LINKED,
+    PRINTED,
+    AuditRow,
+    AupAcceptance,
+    ClassMember,
+    Invitation,
+    Link,
+    LinkCode,
+    Pupil,
+    School,
+    SchoolSetting,
+    VerifiedParent,
+)
+
+log = get_logger("linking.links")
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+INVALID = "this code is not valid: check it, or ask the school for a new one"
+
+
+def _invalid() -> RpcFailure:
+    return RpcFailure(contract.E_INVALID_CODE, INVALID)
+
+
+def _live_key(parent_id: str, pupil_id: str) -> str:
+    return f"{parent_id}:{pupil_id}"
+
+
+def invitation_status(inv: Invitation, now: datetime) -> str:
+    """What staff see: an invitation still open after its date shows as expired."""
+    if inv.status == "invited" and inv.expires_at <= now:
+        return "expired"
+    return inv.status
+
+
+def audit(uow: UnitOfWork, *, pupil_id: str, school_id: str, actor: str, action: str, parent_id: str | None = None, reason: str = "") -> None:
+    """Append one row to the pupil's audit trail (in the caller's transaction)."""
+    uow.session.add(
+        AuditRow(pupil_id=pupil_id, school_id=school_id, at=utcnow(), actor=actor, action=action, parent_id=parent_id, reason=reason)
+    )
+
+
+class Links:
+    """The verbs of parents' links; shares the linking service's runtime and code vault."""
+
+    def __init__(self, linking) -> None:  # noqa: ANN001 - linking.handlers.Linking
+        self.linking = linking
+        self.runtime = linking.runtime
+        # Part 3's safeguarding bars: (session, pupil_id, email) -> barred?
+        self.is_barred = None
+        # Part 3's guessing limits: called after each failed redemption.
+        self.on_redeem_failure = None
+
+    @property
+    def vault(self) -> codes.CodeVault:
+        return self.linking.vault
+
+    def _settings(self, school_id: str, row: SchoolSetting | None) -> school_settings.Effective:
+        return school_settings.effective(school_id, row, platform_url=self.linking.platform_url)
+
+    async def _class_name(self, s: AsyncSession, pupil_id: str, preferred: str | None = None) -> str:
+        return await self.linking._class_name_for(s, pupil_id, preferred)  # noqa: SLF001
+
+    async def _child_view(self, s: AsyncSession, link: Link) -> contract.ChildView:
+        pupil = await s.get(Pupil, link.pupil_id)
+        school = await s.get(School, link.school_id)
+        return contract.ChildView(
+            pupil_id=link.pupil_id,
+            first_name=pupil.first_name,
+            last_name=pupil.last_name,
+            school_id=link.school_id,
+            school_name=school.name if school else "",
+            class_name=await self._class_name(s, link.pupil_id),
+            relationship=link.relationship,
+            status=link.status,
+            since=link.activated_at or link.created_at,
+        )
+
+    # -- redeeming -------------------------------------------------------------------------------
+
+    async def redeem(self, req: contract.RedeemRequest) -> contract.RedeemReply:
+        """Link the code's child to the parent (or, with `dry_run`, only say whether it would)."""
+        try:
+            return await self._redeem(req)
+        except IntegrityError:
+            # The same parent redeemed for the same child at the same moment: the other request
+            # made the link; answer with it.
+            return await self._redeem(req)
+        except RpcFailure as failure:
+            if failure.code == contract.E_INVALID_CODE and self.on_redeem_failure is not None:
+                await self.on_redeem_failure(req)
+            raise
+
+    async def _redeem(self, req: contract.RedeemRequest) -> contract.RedeemReply:  # noqa: C901 - the rules, in order
+        code = codes.normalise(req.code)
+        if code is None:
+            raise _invalid()
+        if not req.dry_run and not req.parent_id:
+            raise RpcFailure(contract.E_VALIDATION, "parent_id is required")
+        now = utcnow()
+        async with self.runtime.unit_of_work() as uow:
+            s = uow.session
+            # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
+            # take turns anyway), so a code with room for four links four, however many race.
+            link_code = (
+                await s.execute(
+                    select(LinkCode).where(LinkCode.code_hash == self.vault.lookup_hash(code)).with_for_update()
+                )
+            ).scalar_one_or_none()
+            if link_code is None or link_code.revoked_at is not None or link_code.expires_at <= now:
+                raise _invalid()
+            pupil = await s.get(Pupil, link_code.pupil_id)
+            if pupil is None or pupil.left_at is not None:
+                raise _invalid()
+            if self.is_barred is not None and req.email and await self.is_barred(s, pupil.pupil_id, req.email):
+                # Answered like a bad code, so that a bar is not revealed.
+                log.info("redeem_barred", pupil_id=pupil.pupil_id, parent_id=req.parent_id)
+                raise _invalid()
+            settings = self._settings(pupil.school_id, await s.get(SchoolSetting, pupil.school_id))
+            aup = contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=pupil.school_id)
+
+            if req.parent_id:
+                existing = (
+                    await s.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
+                ).scalar_one_or_none()
+                if existing is not None:
+                    return contract.RedeemReply(created=False, child=await self._child_view(s, existing), aup=aup)
+                removed_from_this_code = (
+                    await s.execute(
+                        select(func.count()).where(
+                            Link.code_id == link_code.id,
+                            Link.parent_id == req.parent_id,
+                            Link.removed_by.in_(["staff", "bar"]),
+                        )
+                    )
+                ).scalar_one()
+                if removed_from_this_code:
+                    # Staff removed this parent's access: the same code must not undo that.
+                    raise _invalid()
+
+            invitation = None
+            if link_code.kind == PRINTED:
+                others = (
+                    await s.execute(
+                        select(func.count(distinct(Link.parent_id))).where(
+                            Link.code_id == link_code.id, Link.parent_id != (req.parent_id or "")
+                        )
+                    )
+                ).scalar_one()
+                if others >= settings.max_carers_per_code:
+                    raise RpcFailure(contract.E_CODE_FULL, "this code has already linked as many carers as the school allows")
+            else:
+                invitation = (
+                    await s.execute(select(Invitation).where(Invitation.code_id == link_code.id))
+                ).scalar_one_or_none()
+                if invitation is None or invitation.status not in ("invited", "bounced"):
+                    raise _invalid()
+
+            accepted = req.accept_aup
+            if not accepted and req.parent_id:
+                accepted = (
+                    await s.execute(
+                        select(func.count()).where(
+                            AupAcceptance.parent_id == req.parent_id,
+                            AupAcceptance.school_id == pupil.school_id,
+                            AupAcceptance.version == settings.aup_version,
+                        )
+                    )
+                ).scalar_one() > 0
+            if not accepted:
+                raise RpcFailure(contract.E_AUP_REQUIRED, "accept the school's acceptable-use policy first (accept_aup)")
+            if req.dry_run:
+                return contract.RedeemReply(created=False, child=None, aup=aup)
+
+            parent_id = req.parent_id
+            if req.accept_aup:
+                await self._accept_aup(s, parent_id, pupil.school_id, settings.aup_version, now)
+            verified = req.verified or (await s.get(VerifiedParent, parent_id)) is not None
+            link = Link(
+                id=uuid.uuid4().hex,
+                parent_id=parent_id,
+                pupil_id=pupil.pupil_id,
+                school_id=pupil.school_id,
+                relationship=req.relationship or "other",
+                status=LINKED if verified else AWAITING,
+                via=link_code.kind,
+                code_id=link_code.id,
+                live_key=_live_key(parent_id, pupil.pupil_id),
+                created_at=now,
+                activated_at=now if verified else None,
+            )
+            s.add(link)
+            if invitation is not None:
+                invitation.status = "accepted"
+                invitation.accepted_at = now
+                invitation.accepted_by = parent_id
+                link_code.revoked_at = now  # an invitation's code works once
+            await s.flush()
+            await uow.emit(
+                contract.LINK_CREATED,
+                contract.LinkCreated(
+                    link_id=link.id, parent_id=parent_id, pupil_id=pupil.pupil_id, school_id=pupil.school_id, status=link.status, via=link.via
+                ),
+                aggregate=f"link:{parent_id}:{pupil.pupil_id}",
+            )
+            audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"parent:{parent_id}", action="link_created", parent_id=parent_id, reason=f"{link.via} code, {link.relationship}")
+            child = await self._child_view(s, link)
+        log.info("link_created", link_id=link.id, parent_id=parent_id, pupil_id=link.pupil_id, status=link.status, via=link.via)
+        return contract.RedeemReply(created=True, child=child, aup=aup)
+
+    async def _accept_aup(self, s: AsyncSession, parent_id: str, school_id: str, version: str, now: datetime) -> None:
+        ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
+        await s.execute(
+            ins(AupAcceptance.__table__)
+            .values(parent_id=parent_id, school_id=school_id, version=version, accepted_at=now)
+            .on_conflict_do_nothing(index_elements=["parent_id", "school_id", "version"])
+        )
+
+    # -- the parent's view ------------------------------------------------------------------------
+
+    async def parent_children(self, req: contract.ParentRequest) -> contract.ChildrenReply:
+        """Every child the parent is linked to."""
+        async with self.runtime.db.reader() as s:
+            links = (
+                await s.execute(
+                    select(Link)
+                    .join(Pupil, Pupil.pupil_id == Link.pupil_id)
+                    .where(Link.parent_id == req.parent_id, Link.removed_at.is_(None), Pupil.left_at.is_(None))
+                    .order_by(Pupil.first_name, Pupil.pupil_id)
+                )
+            ).scalars().all()
+            return contract.ChildrenReply(children=[await self._child_view(s, link) for link in links])
+
+    async def active_pupils(self, req: contract.ParentRequest) -> contract.ActivePupilsReply:
+        """The pupils the parent may see now (the overview's access check)."""
+        async with self.runtime.db.reader() as s:
+            rows = await s.execute(
+                select(Link.pupil_id)
+                .join(Pupil, Pupil.pupil_id == Link.pupil_id)
+                .where(
+                    Link.parent_id == req.parent_id,
+                    Link.removed_at.is_(None),
+                    Link.status == LINKED,
+                    Pupil.left_at.is_(None),
+                )
+                .order_by(Pupil.first_name, Link.pupil_id)
+            )
+            return contract.ActivePupilsReply(pupil_ids=list(rows.scalars()))
+
+    async def unlink(self, req: contract.UnlinkRequest) -> contract.Done:
+        """The parent unlinks a child themselves."""
+        async with self.runtime.unit_of_work() as uow:
+            link = (
+                await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, req.pupil_id)))
+            ).scalar_one_or_none()
+            if link is None:
+                raise RpcFailure(contract.E_NOT_FOUND, "no such child")
+            await self._remove(uow, link, by="parent", actor=f"parent:{req.parent_id}", actor_id=req.parent_id)
+        return contract.Done()
+
+    # -- removing ---------------------------------------------------------------------------------
+
+    async def _remove(
+        self, uow: UnitOfWork, link: Link, *, by: str, actor: str, actor_id: str = "", reason: str = "", tell_parent: bool = False
+    ) -> None:
+        now = utcnow()
+        link.removed_at = now
+        link.removed_by = by
+        link.removed_actor = actor_id or None
+        link.live_key = None
+        uow.session.add(link)
+        await uow.emit(
+            contract.LINK_REMOVED,
+            contract.LinkRemoved(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id, by=by, actor_id=actor_id),
+            aggregate=f"link:{link.parent_id}:{link.pupil_id}",
+        )
+        audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor=actor, action="link_removed", parent_id=link.parent_id, reason=reason or f"removed by {by.replace('_', ' ')}")
+        if tell_parent:
+            settings = self._settings(link.school_id, await uow.session.get(SchoolSetting, link.school_id))
+            if settings.email_parent_on_removal:
+                pupil = await uow.session.get(Pupil, link.pupil_id)
+                school = await uow.session.get(School, link.school_id)
+                request = notify.LinkRemovedEmail(
+                    parent_id=link.parent_id,
+                    school_name=school.name if school else "",
+                    pupil_first_name=pupil.first_name if pupil else "",
+                    reference=f"link:{link.id}",
+                )
+                await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
+        log.info("link_removed", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, by=by)
+
+    async def remove_parent(self, req: contract.RemoveParentRequest) -> contract.Done:
+        """Staff end one parent's access to one pupil (siblings untouched)."""
+        async with self.runtime.unit_of_work() as uow:
+            pupil = await self.linking._pupil_in_scope(uow.session, req.scope, req.pupil_id)  # noqa: SLF001
+            link = (
+                await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
+            ).scalar_one_or_none()
+            if link is None:
+                raise RpcFailure(contract.E_NOT_FOUND, "no such parent of this pupil")
+            await self._remove(uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
+        return contract.Done()
+
+    async def _parent_links_in_scope(self, s: AsyncSession, scope: contract.StaffScope, parent_id: str) -> list[Link]:
+        allowed = await self.linking._school_ids(s, scope)  # noqa: SLF001
+        if not allowed:
+            return []
+        return list(
+            (
+                await s.execute(
+                    select(Link)
+                    .join(Pupil, Pupil.pupil_id == Link.pupil_id)
+                    .where(Link.parent_id == parent_id, Link.removed_at.is_(None), Link.school_id.in_(allowed), Pupil.left_at.is_(None))
+                    .order_by(Pupil.first_name, Link.pupil_id)
+                )
+            ).scalars()
+        )
+
+    async def parent_pupils(self, req: contract.StaffParentRequest) -> contract.ParentPupilsReply:
+        """The pupils of the caller's schools this parent is linked to."""
+        async with self.runtime.db.reader() as s:
+            links = await self._parent_links_in_scope(s, req.scope, req.parent_id)
+            if not links:
+                raise RpcFailure(contract.E_NOT_FOUND, "no such parent")
+            views = [await self._child_view(s, link) for link in links]
+        return contract.ParentPupilsReply(pupils=[contract.ParentPupilView(**v.model_dump()) for v in views])
+
+    async def remove_parent_everywhere(self, req: contract.StaffParentRequest) -> contract.RemovedReply:
+        """The parent loses every pupil of the caller's schools at once, one audit row each."""
+        async with self.runtime.unit_of_work() as uow:
+            links = await self._parent_links_in_scope(uow.session, req.scope, req.parent_id)
+            if not links:
+                raise RpcFailure(contract.E_NOT_FOUND, "no such parent")
+            for link in links:
+                await self._remove(uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
+        return contract.RemovedReply(pupil_ids=[link.pupil_id for link in links])
+
+    async def on_pupil_left(self, uow: UnitOfWork, pupil_id: str, at: datetime | None = None) -> None:
+        """A pupil left the school: every parent's link ends."""
+        links = (await uow.session.execute(select(Link).where(Link.pupil_id == pupil_id, Link.removed_at.is_(None)))).scalars().all()
+        for link in links:
+            await self._remove(uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
+
+    # -- invitations ------------------------------------------------------------------------------
+
+    async def invite(self, req: contract.InviteRequest) -> contract.InvitationView:
+        """Email an invitation with its own single-use code; an earlier open one to the same
+        address for this pupil is revoked."""
+        email = req.email.strip()
+        if not _EMAIL.match(email):
+            raise RpcFailure(contract.E_VALIDATION, "email: enter an address like name@example.org")
+        now = utcnow()
+        code = codes.generate()
+        async with self.runtime.unit_of_work() as uow:
+            s = uow.session
+            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            school = await s.get(School, pupil.school_id)
+            settings = self._settings(pupil.school_id, await s.get(SchoolSetting, pupil.school_id))
+            earlier = (
+                await s.execute(
+                    select(Invitation).where(
+                        Invitation.pupil_id == pupil.pupil_id,
+                        Invitation.email_key == email.lower(),
+                        Invitation.status.in_(["invited", "bounced"]),
+                    )
+                )
+            ).scalars().all()
+            for inv in earlier:
+                inv.status = "revoked"
+                await s.execute(update(LinkCode).where(LinkCode.id == inv.code_id).values(revoked_at=now))
+            expires = now + timedelta(days=settings.invitation_days)
+            code_id = uuid.uuid4().hex
+            s.add(
+                LinkCode(
+                    id=code_id,
+                    kind=INVITATION,
+                    pupil_id=pupil.pupil_id,
+                    school_id=pupil.school_id,
+                    code_hash=self.vault.lookup_hash(code),
+                    code_cipher=None,  # an invitation's code is emailed once and never printed again
+                    key_id=self.vault.key_id,
+                    created_at=now,
+                    created_by=req.actor_id,
+                    expires_at=expires,
+                )
+            )
+            invitation = Invitation(
+                id=uuid.uuid4().hex,
+                pupil_id=pupil.pupil_id,
+                school_id=pupil.school_id,
+                email=email,
+                email_key=email.lower(),
+                code_id=code_id,
+                status="invited",
+                sent_at=now,
+                expires_at=expires,
+                created_by=req.actor_id,
+            )
+            s.add(invitation)
+            request = notify.InvitationEmail(
+                to=email,
+                school_name=school.name if school else "",
+                pupil_first_name=pupil.first_name,
+                link_url=self.linking.link_url(code),
+                code=codes.display(code),
+                expires_at=expires,
+                reference=f"invitation:{invitation.id}",
+            )
+            await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
+            audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="invitation_sent", reason=f"invitation {invitation.id}")
+        log.info("invitation_sent", invitation_id=invitation.id, pupil_id=pupil.pupil_id, revoked=len(earlier))
+        return contract.InvitationView(
+            invitation_id=invitation.id, email=email, status="invited", sent_at=now, expires_at=expires
+        )
+
+    # -- events from other services -----------------------------------------------------------------
+
+    async def on_parent_verified(self, uow: UnitOfWork, event: identity.ParentVerified, subject: str) -> None:
+        """A parent verified their address: their links awaiting it become active."""
+        s = uow.session
+        now = utcnow()
+        ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
+        await s.execute(
+            ins(VerifiedParent.__table__).values(parent_id=event.parent_id, verified_at=now).on_conflict_do_nothing(index_elements=["parent_id"])
+        )
+        links = (
+            await s.execute(select(Link).where(Link.parent_id == event.parent_id, Link.status == AWAITING, Link.removed_at.is_(None)))
+        ).scalars().all()
+        for link in links:
+            link.status = LINKED
+            link.activated_at = now
+            s.add(link)
+            await uow.emit(
+                contract.LINK_ACTIVATED,
+                contract.LinkActivated(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id),
+                aggregate=f"link:{link.parent_id}:{link.pupil_id}",
+            )
+            audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor="system", action="link_activated", parent_id=link.parent_id, reason="the parent verified their email address")
+            pupil = await s.get(Pupil, link.pupil_id)
+            school = await s.get(School, link.school_id)
+            request = notify.LinkActivatedEmail(
+                parent_id=link.parent_id,
+                school_name=school.name if school else "",
+                pupil_first_name=pupil.first_name if pupil else "",
+                portal_url=f"{self.linking.public_url}/",
+                reference=f"link:{link.id}",
+            )
+            await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
+            log.info("link_activated", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id)
+
+    async def on_email_failed(self, uow: UnitOfWork, event: notify.EmailFailed, subject: str) -> None:
+        """An invitation that bounced shows as bounced to staff."""
+        if not event.reference.startswith("invitation:"):
+            return
+        await uow.session.execute(
+            update(Invitation)
+            .where(Invitation.id == event.reference.split(":", 1)[1], Invitation.status == "invited")
+            .values(status="bounced")
+        )
+
+    # -- staff views ---------------------------------------------------------------------------------
+
+    async def parents_and_invitations(
+        self, s: AsyncSession, pupil_ids: list[str]
+    ) -> tuple[dict[str, list[contract.ParentLinkView]], dict[str, list[contract.InvitationView]]]:
+        """Each pupil's standing links and invitations (for `GET /classes/{id}/pupils`)."""
+        now = utcnow()
+        parents: dict[str, list[contract.ParentLinkView]] = {p: [] for p in pupil_ids}
+        invitations: dict[str, list[contract.InvitationView]] = {p: [] for p in pupil_ids}
+        if not pupil_ids:
+            return parents, invitations
+        for link in (
+            await s.execute(select(Link).where(Link.pupil_id.in_(pupil_ids), Link.removed_at.is_(None)).order_by(Link.created_at))
+        ).scalars():
+            parents[link.pupil_id].append(
+                contract.ParentLinkView(
+                    parent_id=link.parent_id, relationship=link.relationship, status=link.status, since=link.activated_at or link.created_at
+                )
+            )
+        for inv in (
+            await s.execute(select(Invitation).where(Invitation.pupil_id.in_(pupil_ids)).order_by(Invitation.sent_at))
+        ).scalars():
+            invitations[inv.pupil_id].append(
+                contract.InvitationView(
+                    invitation_id=inv.id, email=inv.email, status=invitation_status(inv, now), sent_at=inv.sent_at, expires_at=inv.expires_at
+                )
+            )
+        return parents, invitations
+
+    async def linked_counts(self, s: AsyncSession, class_ids: list[str]) -> dict[str, int]:
+        """Per class, how many current pupils have at least one linked parent."""
+        if not class_ids:
+            return {}
+        rows = await s.execute(
+            select(ClassMember.class_id, func.count(distinct(ClassMember.pupil_id)))
+            .join(Pupil, Pupil.pupil_id == ClassMember.pupil_id)
+            .join(Link, Link.pupil_id == ClassMember.pupil_id)
+            .where(ClassMember.class_id.in_(class_ids), Pupil.left_at.is_(None), Link.removed_at.is_(None), Link.status == LINKED)
+            .group_by(ClassMember.class_id)
+        )
+        return dict(rows.all())
+
+    async def audit_trail(self, req: contract.AuditRequest) -> contract.AuditReply:
+        """A pupil's audit trail, oldest first."""
+        async with self.runtime.db.reader() as s:
+            pupil = await s.get(Pupil, req.pupil_id)
+            if pupil is None or pupil.school_id not in await self.linking._school_ids(s, req.scope):  # noqa: SLF001
+                raise RpcFailure(contract.E_NOT_FOUND, "no such pupil")
+            rows = (await s.execute(select(AuditRow).where(AuditRow.pupil_id == req.pupil_id).order_by(AuditRow.at, AuditRow.id))).scalars()
+            return contract.AuditReply(
+                entries=[contract.AuditEntry(at=r.at, actor=r.actor, action=r.action, parent_id=r.parent_id, reason=r.reason) for r in rows]
+            )
+
