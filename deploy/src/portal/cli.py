@@ -32,6 +32,9 @@ dead_letters_app = typer.Typer(
 app.add_typer(dead_letters_app, name="dead-letters")
 staff_app = typer.Typer(help="Staff accounts (most come from the platform's roster).", no_args_is_help=True)
 app.add_typer(staff_app, name="staff")
+from portal.roster import roster_app  # noqa: E402 - its commands import this module's helpers when run
+
+app.add_typer(roster_app, name="roster")
 
 
 def fail(message: str, code: int) -> NoReturn:
