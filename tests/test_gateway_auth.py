@@ -200,7 +200,7 @@ async def login(gw: Gateway, email: str, password: str = PASSWORD) -> dict:
 
 async def test_register_verify_login_and_me(stack: Stack) -> None:
     email = new_email()
-    registered = await register(stack, email, relationship="mother", code="ABCD-EFGH-JKLM")
+    registered = await register(stack, email)
     assert registered.status_code == 202, registered.text
     assert registered.json()["status"] == "accepted"
     assert registered.headers["cache-control"] == "no-store"

@@ -42,6 +42,7 @@ class ChildOverview(Message):
     next_due: list[DueItem]
     links: Links
     as_of: AwareDatetime
+    partial: bool = Field(default=False, description="True when the gateway answers without the overview service")
 
 
 class OverviewReply(Message):

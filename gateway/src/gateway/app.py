@@ -12,8 +12,20 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
-from gateway import __version__, auth, auth_routes, devmail, health
+from gateway import (
+    __version__,
+    auth,
+    auth_routes,
+    code_routes,
+    devmail,
+    health,
+    parent_routes,
+    staff_link_routes,
+    staff_routes,
+)
+from gateway import links_cache
 from gateway.bus import nats_lifespan
+from gateway.links_cache import LinksCache
 from gateway.edge import security_headers, wrap_access_log
 from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
@@ -52,10 +64,20 @@ def create_app(
     """
     settings = settings or GatewaySettings()
     sessions = auth.SessionAuth(settings)
+    links = LinksCache(settings.links_cache_seconds)
     handlers: list[ControllerRouterHandler] = [
         health.health,
         health.ready,
-        api_router([*auth_routes.ROUTES, *api_route_handlers]),
+        api_router(
+            [
+                *auth_routes.ROUTES,
+                *parent_routes.ROUTES,
+                *staff_routes.ROUTES,
+                *staff_link_routes.ROUTES,
+                *code_routes.ROUTES,
+                *api_route_handlers,
+            ]
+        ),
         create_static_files_router(path="/static", directories=[STATIC_DIR]),
         *extra_route_handlers,
     ]
@@ -66,8 +88,21 @@ def create_app(
         handlers.append(platform_router)
     app = Litestar(
         route_handlers=handlers,
-        state=State({"settings": settings, auth.STATE_KEY: sessions}),
-        lifespan=[nats_lifespan(settings, on_connect=[sessions.subscribe], on_reconnect=[sessions.on_reconnect])],
+        state=State(
+            {
+                "settings": settings,
+                auth.STATE_KEY: sessions,
+                links_cache.STATE_KEY: links,
+                parent_routes.LAST_KNOWN_KEY: parent_routes.LastKnown(),
+            }
+        ),
+        lifespan=[
+            nats_lifespan(
+                settings,
+                on_connect=[sessions.subscribe, links.subscribe],
+                on_reconnect=[sessions.on_reconnect, links.on_reconnect],
+            )
+        ],
         dependencies=auth.dependencies(),
         exception_handlers={**exception_handlers(), **rpc_exception_handlers()},
         before_send=[security_headers, auth.cookie_refresher(settings)],

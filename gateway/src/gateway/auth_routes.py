@@ -7,7 +7,6 @@ password change take effect on every replica before they answer.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Literal
 
@@ -19,9 +18,10 @@ from msgspec import Struct
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from contracts import identity
+from contracts import identity, linking
 from contracts.identity import Principal
 from contracts.kit.logs import get_logger
+from contracts.kit.rpc import RpcError
 from gateway.auth import (
     SECURITY,
     check_csrf,
@@ -37,7 +37,7 @@ from gateway.auth import (
 )
 from gateway.errors import ApiError
 from gateway.openapi import error_responses
-from gateway.rpc import ask, ask_raw
+from gateway.rpc import ask
 from gateway.settings import GatewaySettings
 
 log = get_logger("gateway.auth_routes")
@@ -147,40 +147,15 @@ class Me(Struct):
 # -- hooks for the linking issues -------------------------------------------------------------
 
 
-async def link_registration(
-    state: State,
-    *,
-    registration: identity.RegisterReply,
-    code: str,
-    relationship: Relationship | None,
-    email: str,
-    client_ip: str,
-) -> None:
-    """HOOK for the linking issues: link the child of `code` to the parent just registered (does nothing yet)."""
-    # TODO(linking): API.md wants a bad, expired or used code answered 404 `invalid_code` (a
-    # full printed one 409 `code_full`) with nothing created, so the code has to be checked
-    # before identity creates the account (the password first, with
-    # `rpc.identity.check_password.v1`): move or split this call in `register` as needed.
-    # Refuse by raising `ApiError` or letting an `RpcError` through (see gateway.rpc).
-    return None
-
-
 async def default_aup_version(state: State) -> str:
-    """The version of the default acceptable-use policy, or "" when linking cannot say."""
+    """The version of the default acceptable-use policy ("" when linking cannot say: the
+    registration still goes ahead, and the version accepted is recorded as unknown)."""
     try:
-        from contracts import linking
-    except Exception:  # noqa: BLE001 - the contract may not exist yet
+        reply = await ask(state, linking.AUP, linking.AupRequest(school_id=None), linking.AupReply, timeout=1.0)
+    except RpcError as exc:
+        log.warning("aup_version_unavailable", error=exc.code)
         return ""
-    subject = getattr(linking, "AUP", None)
-    if not subject:
-        return ""
-    try:
-        raw = await ask_raw(state, subject, {"school_id": None}, timeout=min(1.0, state.settings.rpc_timeout))
-        version = json.loads(raw).get("version", "")
-    except Exception as exc:  # noqa: BLE001 - registering must not depend on it yet
-        log.warning("aup_version_unavailable", error=type(exc).__name__)
-        return ""
-    return str(version)[:64]
+    return reply.version[:64]
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -202,22 +177,52 @@ async def register(state: State, request: Request, data: JSONBody[RegisterBody])
             "Accept the acceptable-use policy to register.",
             extra={"errors": [{"field": "accept_aup", "message": "Must be true"}]},
         )
+    aup_version = None
+    if data.code:
+        # API.md: a bad code answers 404 and a full one 409 with nothing created, so the
+        # password and the code are checked before identity creates the account.
+        await ask(
+            state,
+            identity.CHECK_PASSWORD,
+            identity.CheckPasswordRequest(password=data.password, email=data.email, name=data.name),
+            identity.Accepted,
+        )
+        check = await ask(
+            state,
+            linking.REDEEM,
+            linking.RedeemRequest(code=data.code, dry_run=True, accept_aup=True, email=data.email, client_ip=client_ip(request)),
+            linking.RedeemReply,
+        )
+        aup_version = check.aup.version if check.aup else None
     reply = await ask(
         state,
         identity.REGISTER,
         identity.RegisterRequest(
-            email=data.email, password=data.password, name=data.name, aup_version=await default_aup_version(state)
+            email=data.email,
+            password=data.password,
+            name=data.name,
+            aup_version=aup_version if aup_version is not None else await default_aup_version(state),
         ),
         identity.RegisterReply,
     )
-    if data.code:
-        await link_registration(
+    if data.code and reply.created:
+        # Only a new account is linked here, awaiting its verification. An address that
+        # already has an account gets "you already have an account" and nothing else:
+        # otherwise anyone holding a code could attach a child to a stranger's account. Its
+        # owner signs in and adds the child with the same code.
+        await ask(
             state,
-            registration=reply,
-            code=data.code,
-            relationship=data.relationship,
-            email=data.email,
-            client_ip=client_ip(request),
+            linking.REDEEM,
+            linking.RedeemRequest(
+                code=data.code,
+                parent_id=reply.parent_id,
+                relationship=data.relationship,
+                verified=False,
+                accept_aup=True,
+                email=data.email,
+                client_ip=client_ip(request),
+            ),
+            linking.RedeemReply,
         )
     return Status("accepted", "Check your email: we have sent a message to that address with what to do next.")
 

@@ -44,6 +44,19 @@ class GatewaySettings(CommonSettings):
         description="How long logout and password change wait to see their revocation event broadcast, so that "
         "every replica has dropped the session before the answer (PORTAL_REVOCATION_WAIT_SECONDS).",
     )
+    links_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=300,
+        description="How long a parent's linked children are remembered (PORTAL_LINKS_CACHE_SECONDS); linking's "
+        "link events drop them at once on every replica.",
+    )
+    overview_timeout: float = Field(
+        default=0.5,
+        gt=0,
+        le=10,
+        description="How long the overview may take (PORTAL_OVERVIEW_TIMEOUT) before the answer is partial.",
+    )
     rpc_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Deadline of a request to a service (PORTAL_RPC_TIMEOUT), in seconds."
     )

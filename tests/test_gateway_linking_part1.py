@@ -1,0 +1,484 @@
+"""Linking part 1 through the gateway, as API.md's staff and link-code routes list them: a real
+NATS, the real identity and linking services and a real gateway under uvicorn, asked with httpx.
+QR codes are read back with zbarimg (the PDF rendered with pdftoppm first)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import nats
+import pytest
+import uvicorn
+from litestar.datastructures import State
+
+from contracts import identity, notify, platform
+from contracts import linking as contract
+from contracts.base import Event
+from contracts.kit.rpc import call
+from contracts.kit.service import migrate
+from gateway import staff_routes
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from helpers import eventually
+from identity import app as identity_app
+from linking import app as linking_app
+from portal.natsserver import NatsServer, free_port
+
+PUBLIC_URL = "http://portal.test"
+PASSWORD = "correct horse battery staple"
+CHEAP_ARGON2 = {"identity_argon2_time_cost": 2, "identity_argon2_memory_kib": 19456, "identity_argon2_parallelism": 1}
+CODE = re.compile(r"[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}")
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Roster:
+    """Trust 1 with schools A and B, trust 2 with school C; each class's pupils by first name."""
+
+    trust1: str = field(default_factory=lambda: uid("trust1"))
+    trust2: str = field(default_factory=lambda: uid("trust2"))
+    school_a: str = field(default_factory=lambda: uid("oak"))
+    school_b: str = field(default_factory=lambda: uid("birch"))
+    school_c: str = field(default_factory=lambda: uid("cedar"))
+    a1: str = field(default_factory=lambda: uid("a1"))
+    a2: str = field(default_factory=lambda: uid("a2"))
+    b1: str = field(default_factory=lambda: uid("b1"))
+    c1: str = field(default_factory=lambda: uid("c1"))
+    pupils: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def events(self) -> list[tuple[str, Event]]:
+        schools = [
+            (self.trust1, self.school_a, "Oak Primary"),
+            (self.trust1, self.school_b, "Birch School"),
+            (self.trust2, self.school_c, "Cedar Academy"),
+        ]
+        classes = [
+            (self.school_a, self.a1, "Year 3 Robins", ["Amy Adams", "Ben Brown", "Cara Clark"]),
+            (self.school_a, self.a2, "Year 4 Owls", ["Dan Dale", "Eve Evans"]),
+            (self.school_b, self.b1, "Birch 1", ["Fay Ford", "Gus Green"]),
+            (self.school_c, self.c1, "Cedar 1", ["Hal Hill"]),
+        ]
+        out: list[tuple[str, Event]] = [
+            (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id=t, school_id=s, name=n, timezone="Europe/London"))
+            for t, s, n in schools
+        ]
+        for school_id, class_id, name, pupils in classes:
+            out.append((platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school_id, class_id=class_id, name=name)))
+            for full in pupils:
+                first, last = full.split()
+                pupil_id = uid("pupil")
+                self.pupils.setdefault(class_id, {})[first] = pupil_id
+                out.append(
+                    (
+                        platform.PUPIL_UPSERTED,
+                        platform.PupilUpserted(school_id=school_id, pupil_id=pupil_id, first_name=first, last_name=last, class_ids=[class_id]),
+                    )
+                )
+        return out
+
+
+@dataclass
+class Portal:
+    http: httpx.AsyncClient
+    nc: nats.NATS
+    roster: Roster
+    gateway_settings: GatewaySettings
+    tokens: dict[str, str]  # who -> bearer token
+    parent_id: str
+
+    async def get(self, who: str | None, path: str, **kw) -> httpx.Response:  # noqa: ANN003
+        return await self.http.get(f"/api/v1{path}", headers=auth(self.tokens.get(who or "")), **kw)
+
+    async def post(self, who: str | None, path: str, **kw) -> httpx.Response:  # noqa: ANN003
+        return await self.http.post(f"/api/v1{path}", headers=auth(self.tokens.get(who or "")), **kw)
+
+    async def put(self, who: str | None, path: str, **kw) -> httpx.Response:  # noqa: ANN003
+        return await self.http.put(f"/api/v1{path}", headers=auth(self.tokens.get(who or "")), **kw)
+
+
+def auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code, body
+    assert isinstance(body["detail"], str) and body["detail"].strip()
+    return body
+
+
+@asynccontextmanager
+async def serve(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+    """One gateway replica under uvicorn, in a thread of its own, and a client for it."""
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="on", access_log=False, log_config=None, loop="asyncio", proxy_headers=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        await eventually(lambda: server.started, timeout=10, message="uvicorn started")
+        # A jar that keeps nothing: login's session cookie would make every later request signed in.
+        jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=20, cookies=jar) as http:
+            await eventually(lambda: app.state["auth"].cache.live, timeout=10, message="gateway connected to NATS")
+            yield http
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 10)
+        sock.close()
+
+
+async def login(http: httpx.AsyncClient, email: str) -> str:
+    response = await http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+async def verified_parent(http: httpx.AsyncClient, nc: nats.NATS) -> str:
+    """A parent registered through the gateway and verified with the link of identity's email request."""
+    email = f"parent-{uuid.uuid4().hex[:8]}@example.org"
+    urls: list[str] = []
+
+    async def on_request(msg) -> None:  # noqa: ANN001
+        body = json.loads(msg.data)
+        if body.get("to") == email:
+            urls.append(body["verify_url"])
+
+    # A plain subscriber sees what the work-queue stream keeps for notify.
+    sub = await nc.subscribe(notify.request_subject("verification"), cb=on_request)
+    await nc.flush()
+    body = {"email": email, "password": PASSWORD, "name": "Mary Parent", "accept_aup": True}
+    assert (await http.post("/api/v1/auth/register", json=body)).status_code == 202
+    await eventually(lambda: urls, timeout=10, message="verification email request")
+    await sub.unsubscribe()
+    token = parse_qs(urlsplit(urls[0]).query)["token"][0]
+    assert (await http.post("/api/v1/auth/verify", json={"token": token})).status_code == 200
+    return email
+
+
+@pytest.fixture(scope="module")
+async def portal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Portal]:
+    tmp = tmp_path_factory.mktemp("gateway-linking")
+    server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
+    try:
+        async with AsyncExitStack() as stack:
+            id_settings = identity_app.Settings(nats_url=server.url, data_dir=tmp / "identity", public_url=PUBLIC_URL, **CHEAP_ARGON2)
+            link_settings = linking_app.Settings(nats_url=server.url, data_dir=tmp / "linking", public_url=PUBLIC_URL)
+            # One after the other: alembic's context is process-wide.
+            await asyncio.to_thread(migrate, identity_app, id_settings)
+            await asyncio.to_thread(migrate, linking_app, link_settings)
+            await stack.enter_async_context(identity_app.build(id_settings).running())
+            await stack.enter_async_context(linking_app.build(link_settings).running())
+            nc = await nats.connect(server.url)
+            stack.push_async_callback(nc.close)
+
+            roster = Roster()
+            events = roster.events()
+            js = nc.jetstream()
+            for subject, event in events:
+                await js.publish(subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.event_id})
+
+            async def applied() -> bool:
+                status = await call(
+                    nc, contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=[e.event_id for _, e in events]), contract.RosterStatusReply
+                )
+                return not status.missing
+
+            await eventually(applied, timeout=15, message="roster applied")
+
+            staff = {
+                "teacher_a": ("teacher", roster.school_a, None),
+                "admin_a": ("school_admin", roster.school_a, None),
+                "trust1": ("trust_admin", None, roster.trust1),
+                "trust2": ("trust_admin", None, roster.trust2),
+            }
+            for who, (role, school_id, trust_id) in staff.items():
+                await call(
+                    nc,
+                    identity.CREATE_STAFF,
+                    identity.CreateStaffRequest(
+                        email=f"{who}@school.example", name=who, role=role, school_id=school_id, trust_id=trust_id, password=PASSWORD
+                    ),
+                    identity.CreateStaffReply,
+                    timeout=10,
+                )
+
+            gw_settings = GatewaySettings(nats_url=server.url, data_dir=tmp / "gateway", public_url=PUBLIC_URL)
+            http = await stack.enter_async_context(serve(gw_settings))
+            parent_email = await verified_parent(http, nc)
+            tokens = dict(
+                zip(
+                    [*staff, "parent"],
+                    await asyncio.gather(*(login(http, f"{who}@school.example") for who in staff), login(http, parent_email)),
+                    strict=True,
+                )
+            )
+            parent_id = (await http.get("/api/v1/me", headers=auth(tokens["parent"]))).json()["id"]
+            yield Portal(http, nc, roster, gw_settings, tokens, parent_id)
+    finally:
+        server.stop(kill=True)
+
+
+def cards(page: str) -> dict[str, str]:
+    """The sheet's cards: pupil's full name -> the code printed on the card."""
+    found = re.findall(r'<section class="card" aria-label="([^"]+)">.*?class="code">([^<]+)<', page, re.S)
+    return dict(found)
+
+
+def zbar(paths: list[Path]) -> list[str]:
+    out = subprocess.run(["zbarimg", "--raw", "-q", *map(str, paths)], capture_output=True, text=True, timeout=60)
+    return [line for line in out.stdout.splitlines() if line]
+
+
+# -- scope -----------------------------------------------------------------------------------
+
+
+async def test_staff_see_their_school_and_a_trust_admin_the_trust(portal: Portal) -> None:
+    r = portal.roster
+    response = await portal.get("teacher_a", "/classes")
+    assert response.status_code == 200, response.text
+    assert response.json() == [
+        {"class_id": r.a1, "name": "Year 3 Robins", "school_id": r.school_a, "school_name": "Oak Primary", "pupil_count": 3, "linked_pupil_count": 0},
+        {"class_id": r.a2, "name": "Year 4 Owls", "school_id": r.school_a, "school_name": "Oak Primary", "pupil_count": 2, "linked_pupil_count": 0},
+    ]
+    assert response.headers["cache-control"] == "no-store"
+
+    pupils = (await portal.get("teacher_a", f"/classes/{r.a1}/pupils")).json()
+    assert [(p["first_name"], p["last_name"]) for p in pupils] == [("Amy", "Adams"), ("Ben", "Brown"), ("Cara", "Clark")]
+    assert pupils[0]["pupil_id"] == r.pupils[r.a1]["Amy"]
+    assert all(p["parents"] == [] and p["invitations"] == [] and "code_expires_at" in p for p in pupils)
+
+    b_pupil = r.pupils[r.b1]["Fay"]
+    for path in (f"/classes/{r.b1}/pupils", f"/pupils/{b_pupil}/qr.png", f"/pupils/{b_pupil}/qr.svg", f"/classes/{r.b1}/qr-sheet",
+                 f"/schools/{r.school_b}/settings", "/classes/no-such-class/pupils", f"/classes/{'x' * 300}/pupils"):
+        assert_error(await portal.get("teacher_a", path), 404, "not_found")
+    assert_error(await portal.post("teacher_a", f"/classes/{r.b1}/codes"), 404, "not_found")
+    assert_error(await portal.post("teacher_a", f"/pupils/{b_pupil}/code"), 404, "not_found")
+
+    trust1 = (await portal.get("trust1", "/classes")).json()
+    assert [(c["school_name"], c["class_id"]) for c in trust1] == [("Birch School", r.b1), ("Oak Primary", r.a1), ("Oak Primary", r.a2)]
+    assert len((await portal.get("trust1", f"/classes/{r.b1}/pupils")).json()) == 2
+    assert_error(await portal.get("trust1", f"/classes/{r.c1}/pupils"), 404, "not_found")
+    assert_error(await portal.get("trust1", f"/pupils/{r.pupils[r.c1]['Hal']}/qr.png"), 404, "not_found")
+    assert_error(await portal.get("trust1", f"/schools/{r.school_c}/settings"), 404, "not_found")
+    assert [c["class_id"] for c in (await portal.get("trust2", "/classes")).json()] == [r.c1]
+
+
+async def test_parents_get_404_and_anonymous_callers_401(portal: Portal) -> None:
+    r = portal.roster
+    pupil = r.pupils[r.a1]["Amy"]
+    gets = ["/classes", f"/classes/{r.a1}/pupils", f"/classes/{r.a1}/qr-sheet", f"/pupils/{pupil}/qr.png", f"/schools/{r.school_a}/settings"]
+    for path in gets:
+        assert_error(await portal.get("parent", path), 404, "not_found")
+        assert_error(await portal.get(None, path), 401, "unauthorized")
+    for path in (f"/classes/{r.a1}/codes", f"/pupils/{pupil}/code"):
+        assert_error(await portal.post("parent", path), 404, "not_found")
+        assert_error(await portal.post(None, path), 401, "unauthorized")
+    assert_error(await portal.put("parent", f"/schools/{r.school_a}/settings", json={"invitation_days": 3}), 404, "not_found")
+    assert_error(await portal.http.get("/api/v1/classes", headers=auth("not-a-session")), 401, "unauthorized")
+
+
+# -- codes, sheets, QR codes -----------------------------------------------------------------
+
+
+async def test_codes_make_a_sheet_a_pdf_and_qr_codes_that_decode(portal: Portal, tmp_path: Path) -> None:
+    r = portal.roster
+    amy = r.pupils[r.a1]["Amy"]
+    assert_error(await portal.get("teacher_a", f"/classes/{r.a1}/qr-sheet"), 404, "no_code")
+    assert_error(await portal.get("teacher_a", f"/pupils/{amy}/qr.png"), 404, "no_code")
+
+    created = await portal.post("teacher_a", f"/classes/{r.a1}/codes")
+    assert created.status_code == 201, created.text
+    assert created.json()["class_id"] == r.a1
+    assert {c["pupil_id"] for c in created.json()["codes"]} == set(r.pupils[r.a1].values())
+    pupils = (await portal.get("teacher_a", f"/classes/{r.a1}/pupils")).json()
+    assert all(datetime.fromisoformat(p["code_expires_at"]) > datetime.now(UTC) for p in pupils)
+
+    sheet = await portal.get("teacher_a", f"/classes/{r.a1}/qr-sheet")
+    assert sheet.status_code == 200, sheet.text
+    assert sheet.headers["content-type"].startswith("text/html")
+    assert sheet.headers["cache-control"] == "no-store"
+    # The print CSS is allowed by its hash, and nothing else inline.
+    csp = sheet.headers["content-security-policy"]
+    (style,) = re.findall(r"<style>(.*?)</style>", sheet.text, re.S)
+    assert f"style-src 'sha256-{base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()}'" in csp
+    assert "unsafe-inline" not in csp and "default-src 'none'" in csp
+    printed = cards(sheet.text)
+    assert set(printed) == {"Amy Adams", "Ben Brown", "Cara Clark"}
+    assert sheet.text.count('<section class="card"') == 3
+    assert all(CODE.fullmatch(code) for code in printed.values())
+    urls = {name: f"{PUBLIC_URL}/link/{code}" for name, code in printed.items()}
+
+    pdf = await portal.get("teacher_a", f"/classes/{r.a1}/qr-sheet", params={"format": "pdf"})
+    assert pdf.status_code == 200, pdf.text
+    assert pdf.headers["content-type"] == "application/pdf"
+    assert re.fullmatch(r'attachment; filename="[A-Za-z0-9._-]+\.pdf"', pdf.headers["content-disposition"])
+    assert pdf.headers["cache-control"] == "no-store"
+    (tmp_path / "sheet.pdf").write_bytes(pdf.content)
+    subprocess.run(["pdftoppm", "-r", "150", "-png", str(tmp_path / "sheet.pdf"), str(tmp_path / "page")], check=True, timeout=60)
+    assert sorted(zbar(sorted(tmp_path.glob("page*.png")))) == sorted(urls.values())
+
+    png = await portal.get("teacher_a", f"/pupils/{amy}/qr.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.headers["cache-control"] == "no-store"
+    (tmp_path / "amy.png").write_bytes(png.content)
+    assert zbar([tmp_path / "amy.png"]) == [urls["Amy Adams"]]
+    svg = await portal.get("teacher_a", f"/pupils/{amy}/qr.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert svg.text.startswith("<?xml") and "<svg" in svg.text
+
+    assert_error(await portal.get("teacher_a", f"/classes/{r.a1}/qr-sheet", params={"format": "doc"}), 422, "validation_error")
+
+
+async def test_a_new_pupil_code_kills_the_old_one(portal: Portal) -> None:
+    r = portal.roster
+    dan = r.pupils[r.a2]["Dan"]
+    assert (await portal.post("admin_a", f"/classes/{r.a2}/codes")).status_code == 201
+    old = cards((await portal.get("admin_a", f"/classes/{r.a2}/qr-sheet")).text)
+
+    preview = await portal.get(None, f"/link-codes/{old['Dan Dale']}")
+    assert preview.status_code == 200, preview.text
+    body = preview.json()
+    assert (body["first_name"], body["school_name"], body["class_name"]) == ("Dan", "Oak Primary", "Year 4 Owls")
+    assert body["aup"]["version"] and body["aup"]["text"]
+    assert "last_name" not in body
+
+    regenerated = await portal.post("admin_a", f"/pupils/{dan}/code")
+    assert regenerated.status_code == 201, regenerated.text
+    assert regenerated.json()["pupil_id"] == dan
+    new = cards((await portal.get("admin_a", f"/classes/{r.a2}/qr-sheet")).text)
+    assert new["Dan Dale"] != old["Dan Dale"] and new["Eve Evans"] == old["Eve Evans"]
+
+    assert_error(await portal.get(None, f"/link-codes/{old['Dan Dale']}"), 404, "invalid_code")
+    typed = new["Dan Dale"].replace("-", " ").lower()
+    for who in (None, "parent"):
+        fresh = await portal.get(who, f"/link-codes/{typed}")
+        assert fresh.status_code == 200, fresh.text
+        assert {k: fresh.json()[k] for k in ("first_name", "school_name", "class_name")} == {
+            "first_name": "Dan",
+            "school_name": "Oak Primary",
+            "class_name": "Year 4 Owls",
+        }
+    for bad in ("NOPE", "2345-6789-ABCD", "x" * 400):
+        assert_error(await portal.get(None, f"/link-codes/{bad}"), 404, "invalid_code")
+
+
+# -- settings and the policy -------------------------------------------------------------------
+
+
+async def test_school_settings_for_school_and_trust_admins_only(portal: Portal) -> None:
+    r = portal.roster
+    path = f"/schools/{r.school_a}/settings"
+    before = (await portal.get("admin_a", path)).json()
+    assert (before["max_carers_per_code"], before["printed_code_days"], before["invitation_days"]) == (4, 30, 14)
+    assert set(before) >= {"max_carers_per_code", "printed_code_days", "invitation_days", "aup_text", "homework_url",
+                           "files_url", "messages_url", "email_parent_on_removal"}
+
+    assert_error(await portal.get("teacher_a", path), 404, "not_found")
+    assert_error(await portal.put("teacher_a", path, json={"invitation_days": 3}), 404, "not_found")
+    assert_error(await portal.put("admin_a", f"/schools/{r.school_b}/settings", json={"invitation_days": 3}), 404, "not_found")
+
+    change = {"max_carers_per_code": 6, "invitation_days": 7, "homework_url": "https://lp.example/hw/{pupil_id}",
+              "email_parent_on_removal": False}
+    put = await portal.put("admin_a", path, json=change)
+    assert put.status_code == 200, put.text
+    assert {k: put.json()[k] for k in change} == change
+    assert {k: (await portal.get("admin_a", path)).json()[k] for k in change} == change
+
+    bad = await portal.put("admin_a", path, json={"max_carers_per_code": 0, "homework_url": "ftp://x", "colour": "red"})
+    body = assert_error(bad, 422, "validation_error")
+    assert {e["field"] for e in body["errors"]} == {"max_carers_per_code", "homework_url", "colour"}
+    assert "max_carers_per_code" in body["detail"] and "homework_url" in body["detail"]
+    assert_error(await portal.put("admin_a", path, json=[1, 2]), 422, "validation_error")
+    assert_error(await portal.http.put(f"/api/v1{path}", content=b"{", headers={**auth(portal.tokens["admin_a"]), "content-type": "application/json"}), 400, "bad_request")
+    assert {k: (await portal.get("admin_a", path)).json()[k] for k in change} == change, "nothing changed"
+
+    # A trust admin manages every school of the trust, and no other trust's.
+    trust_put = await portal.put("trust1", f"/schools/{r.school_b}/settings", json={"printed_code_days": 60})
+    assert trust_put.status_code == 200 and trust_put.json()["printed_code_days"] == 60
+    assert_error(await portal.get("trust2", path), 404, "not_found")
+
+
+async def test_default_aup_needs_no_login(portal: Portal) -> None:
+    response = await portal.get(None, "/aup")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["version"], str) and body["version"]
+    assert "acceptable use" in body["text"]
+
+
+# -- parents' names, from identity -------------------------------------------------------------
+
+
+async def test_parents_names_are_composed_from_identity_in_one_request(portal: Portal) -> None:
+    # Linking lists no parents before part 2: the composition the route uses is fed a reply here.
+    since = datetime.now(UTC)
+    reply = contract.ClassPupilsReply(
+        class_id="c",
+        name="Class",
+        school_id="s",
+        school_name="School",
+        pupils=[
+            contract.PupilView(
+                pupil_id=f"p{i}",
+                first_name="A",
+                last_name="B",
+                code_expires_at=None,
+                parents=[
+                    contract.ParentLinkView(parent_id=portal.parent_id, relationship="mother", status="linked", since=since),
+                    contract.ParentLinkView(parent_id="gone", relationship="father", status="awaiting_verification", since=since),
+                ],
+            )
+            for i in range(2)
+        ],
+    )
+    asked: list[dict] = []
+
+    async def on_contacts(msg) -> None:  # noqa: ANN001
+        asked.append(json.loads(msg.data))
+
+    sub = await portal.nc.subscribe(identity.CONTACTS, cb=on_contacts)
+    await portal.nc.flush()
+    rows = await staff_routes.pupil_rows(State({"settings": portal.gateway_settings, "nats": portal.nc}), reply)
+    await eventually(lambda: asked, timeout=5, message="contacts request seen")
+    await sub.unsubscribe()
+    assert len(asked) == 1 and sorted(asked[0]["ids"]) == sorted([portal.parent_id, "gone"])
+    for row in rows:
+        mother, unknown = row.parents
+        assert (mother.name, mother.email.endswith("@example.org"), mother.status) == ("Mary Parent", True, "linked")
+        assert (unknown.parent_id, unknown.name, unknown.email) == ("gone", None, None)
+    assert await staff_routes.parent_contacts(State({"settings": portal.gateway_settings, "nats": portal.nc}), []) == {}
+
+
+async def test_the_routes_are_documented(portal: Portal) -> None:
+    doc = (await portal.http.get("/schema/openapi.json")).json()
+    staff = ["/classes", "/classes/{class_id}/pupils", "/classes/{class_id}/codes", "/pupils/{pupil_id}/code",
+             "/classes/{class_id}/qr-sheet", "/pupils/{pupil_id}/qr.svg", "/pupils/{pupil_id}/qr.png",
+             "/schools/{school_id}/settings"]
+    for path in staff:
+        for method, operation in doc["paths"][f"/api/v1{path}"].items():
+            assert operation["security"] and "404" in operation["responses"], (method, path)
+    assert "404" in doc["paths"]["/api/v1/link-codes/{code}"]["get"]["responses"]
+    assert "/api/v1/aup" in doc["paths"]
