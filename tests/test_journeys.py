@@ -108,19 +108,24 @@ async def staff_token(world_a: Gateway, nc: nats.NATS, school_id: str, role: str
     return login.json()["access_token"]
 
 
-@pytest.fixture(scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("journeys")
+
+    def db(name: str) -> dict:
+        # SQLite files in the data dir by default; one PostgreSQL database per service otherwise.
+        return {} if request.param == "sqlite" else {"database_url": request.getfixturevalue("pg").create(name)}
+
     server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
     smtp = SmtpServer(free_port()).start()
     common = {"nats_url": server.url, "public_url": PUBLIC_URL}
     try:
         async with AsyncExitStack() as stack:
             settings = {
-                identity_app: identity_app.Settings(data_dir=tmp / "identity", **common, **CHEAP_ARGON),
-                linking_app: linking_app.Settings(data_dir=tmp / "linking", **common),
-                notify_app: notify_app.Settings(data_dir=tmp / "notify", smtp_url=smtp.url, **common),
-                overview_app: overview_app.Settings(data_dir=tmp / "overview", **common),
+                identity_app: identity_app.Settings(data_dir=tmp / "identity", **common, **CHEAP_ARGON, **db("identity")),
+                linking_app: linking_app.Settings(data_dir=tmp / "linking", **common, **db("linking")),
+                notify_app: notify_app.Settings(data_dir=tmp / "notify", smtp_url=smtp.url, **common, **db("notify")),
+                overview_app: overview_app.Settings(data_dir=tmp / "overview", **common, **db("overview")),
             }
             runtimes = {}
             for module, s in settings.items():

@@ -1,0 +1,76 @@
+"""Identity over a real NATS: what the gateway tests do not reach directly (rehashing when the
+argon2 parameters change, staff from the roster's staff events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import nats
+from sqlalchemy import select
+
+from contracts import identity as c
+from contracts import platform
+from contracts.kit import rpc
+from contracts.kit.service import migrate
+from helpers import eventually
+from identity import app as identity_app
+from identity.tables import Account
+
+CHEAP = {"identity_argon2_time_cost": 2, "identity_argon2_memory_kib": 19456, "identity_argon2_parallelism": 1}
+
+
+async def _stored_hash(runtime, email: str) -> str:  # noqa: ANN001
+    async with runtime.db.reader() as s:
+        return (await s.execute(select(Account.password_hash).where(Account.email_key == email))).scalar_one()
+
+
+async def test_password_is_rehashed_on_login_when_the_parameters_change(fresh_nats, tmp_path: Path) -> None:
+    nc = await nats.connect(fresh_nats.url)
+    old = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, **CHEAP)
+    await asyncio.to_thread(migrate, identity_app, old)
+    runtime = identity_app.build(old)
+    async with runtime.running():
+        await rpc.call(
+            nc, c.CREATE_STAFF,
+            c.CreateStaffRequest(email="t@school.example", name="T", role="teacher", school_id="s", password="a long staff passphrase"),
+            c.CreateStaffReply, timeout=10,
+        )
+        before = await _stored_hash(runtime, "t@school.example")
+    assert "m=19456,t=2,p=1" in before
+    stronger = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, identity_argon2_time_cost=3, identity_argon2_memory_kib=19456, identity_argon2_parallelism=1)
+    runtime = identity_app.build(stronger)
+    async with runtime.running():
+        await rpc.call(nc, c.LOGIN, c.LoginRequest(email="t@school.example", password="a long staff passphrase"), c.LoginReply, timeout=10)
+        after = await _stored_hash(runtime, "t@school.example")
+    assert "m=19456,t=3,p=1" in after, "rehashed with today's parameters"
+    await nc.close()
+
+
+async def test_staff_from_the_roster_get_an_account_and_a_set_password_email(fresh_nats, tmp_path: Path) -> None:
+    nc = await nats.connect(fresh_nats.url)
+    settings = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, public_url="https://portal.example", **CHEAP)
+    await asyncio.to_thread(migrate, identity_app, settings)
+    requests: list[dict] = []
+
+    async def on_request(msg) -> None:  # noqa: ANN001
+        requests.append(json.loads(msg.data))
+
+    await nc.subscribe("notify.request.set_password.v1", cb=on_request)
+    runtime = identity_app.build(settings)
+    async with runtime.running():
+        js = nc.jetstream()
+        head = platform.StaffUpserted(school_id="oak", staff_id="st-1", email="Head@Oak.example", name="Hannah Head", role="school_admin")
+        boss = platform.StaffUpserted(trust_id="t-1", staff_id="st-2", email="boss@trust.example", name="Bo Ss", role="trust_admin")
+        for ev in (head, boss, head.model_copy(update={"event_id": "again"})):
+            await js.publish(platform.STAFF_UPSERTED, ev.model_dump_json().encode(), headers={"Nats-Msg-Id": ev.event_id})
+        await eventually(lambda: len(requests) >= 2, timeout=10)
+        await asyncio.sleep(0.5)
+        async with runtime.db.reader() as s:
+            staff = {a.email_key: a for a in (await s.execute(select(Account))).scalars()}
+    assert len(requests) == 2, "one set-password email per new member of staff, not per event"
+    assert all(r["reset_url"].startswith("https://portal.example/reset-password?token=") for r in requests)
+    assert (staff["head@oak.example"].role, staff["head@oak.example"].school_id) == ("school_admin", "oak")
+    assert (staff["boss@trust.example"].role, staff["boss@trust.example"].trust_id, staff["boss@trust.example"].school_id) == ("trust_admin", "t-1", None)
+    await nc.close()
