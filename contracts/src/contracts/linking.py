@@ -442,18 +442,8 @@ class StaffParentRequest(StaffRequest):
     reason: str = Field(default="", max_length=500)
 
 
-class ParentPupilView(Message):
-    """A pupil of the caller's schools that the parent is linked to."""
-
-    pupil_id: str
-    first_name: str
-    last_name: str
-    school_id: str
-    school_name: str
-    class_name: str
-    relationship: str
-    status: LinkStatus
-    since: AwareDatetime
+class ParentPupilView(ChildView):
+    """A pupil of the caller's schools that the parent is linked to (as the parent sees it)."""
 
 
 class ParentPupilsReply(Message):

@@ -49,7 +49,8 @@ class AddChildBody(BaseModel):
     accept_aup: bool = Field(default=False, description="Needed when this school's policy is not yet accepted")
 
 
-def _child(view: linking.ChildView) -> dict[str, Any]:
+def child_json(view: linking.ChildView) -> dict[str, Any]:
+    """A child as the API answers it, to its parent or to staff."""
     return {
         "pupil_id": view.pupil_id,
         "first_name": view.first_name,
@@ -67,7 +68,7 @@ def _child(view: linking.ChildView) -> dict[str, Any]:
 async def my_children(state: State, principal: NamedDependency[Principal]) -> list[dict[str, Any]]:
     """Every child linked to the signed-in parent, awaiting verification or linked."""
     reply = await ask(state, linking.PARENT_CHILDREN, linking.ParentRequest(parent_id=principal.account_id), linking.ChildrenReply)
-    return [_child(c) for c in reply.children]
+    return [child_json(c) for c in reply.children]
 
 
 @post(
@@ -97,7 +98,7 @@ async def add_child(
         linking.RedeemReply,
     )
     get_links_cache(state).forget(principal.account_id)
-    return Response(_child(reply.child), status_code=201 if reply.created else 200)
+    return Response(child_json(reply.child), status_code=201 if reply.created else 200)
 
 
 @delete(

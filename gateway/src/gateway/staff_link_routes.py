@@ -20,6 +20,7 @@ from contracts.identity import Principal
 from gateway.auth import SECURITY
 from gateway.links_cache import get_links_cache
 from gateway.openapi import error_responses
+from gateway.parent_routes import child_json
 from gateway.rpc import ask
 from gateway.staff_routes import checked_id, settings_only, staff_only, staff_scope
 
@@ -74,20 +75,6 @@ async def remove_parent(state: State, principal: NamedDependency[Principal], pup
     get_links_cache(state).forget(parent_id)
 
 
-def _pupil(view: contract.ParentPupilView) -> dict[str, Any]:
-    return {
-        "pupil_id": view.pupil_id,
-        "first_name": view.first_name,
-        "last_name": view.last_name,
-        "school_id": view.school_id,
-        "school_name": view.school_name,
-        "class_name": view.class_name,
-        "relationship": view.relationship,
-        "status": view.status,
-        "since": view.since.isoformat(),
-    }
-
-
 @get("/parents/{parent_id:str}/pupils", summary="A parent's pupils at the caller's schools", responses=error_responses(401, 404, 503), **_STAFF)
 async def parent_pupils(state: State, principal: NamedDependency[Principal], parent_id: FromPath[str]) -> list[dict[str, Any]]:
     """Every pupil of the caller's school (trust) this parent is linked to."""
@@ -97,7 +84,7 @@ async def parent_pupils(state: State, principal: NamedDependency[Principal], par
         contract.StaffParentRequest(scope=staff_scope(principal), actor_id=principal.account_id, parent_id=checked_id(parent_id)),
         contract.ParentPupilsReply,
     )
-    return [_pupil(p) for p in reply.pupils]
+    return [child_json(p) for p in reply.pupils]
 
 
 @delete("/parents/{parent_id:str}/pupils", status_code=204, summary="Remove a parent from all their pupils here", responses=error_responses(401, 404, 503), **_STAFF)
