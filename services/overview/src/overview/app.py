@@ -124,10 +124,11 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
             else:
                 parts[pid] = hit
         if missing:
+            versions = {pid: cache.version(pid) for pid in missing}
             async with runtime.db.reader() as s:
                 fresh = await read_overviews(s, missing, now=utcnow(), defaults=defaults)
             for pid, ov in fresh.items():
-                parts[pid] = cache.put(ov)
+                parts[pid] = cache.put(ov, versions[pid])
         # Assembled from cached JSON: no model is built or serialised again on a hit.
         return b'{"children":[' + b",".join(parts[pid] for pid in dict.fromkeys(req.pupil_ids)) + b"]}"
 

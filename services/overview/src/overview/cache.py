@@ -18,8 +18,16 @@ class OverviewCache:
         self.max_entries = max_entries
         self.ttl = ttl
         self._entries: OrderedDict[str, tuple[float, ChildOverview, bytes]] = OrderedDict()
+        # Bumped whenever a pupil's events are applied: an answer computed from the database
+        # before that must not be kept (it would hide the change until it expires).
+        self._versions: dict[str, int] = {}
+        self._epoch = 0  # bumped by clear(), which forgets the per-pupil counts
         self.hits = 0
         self.misses = 0
+
+    def version(self, pupil_id: str) -> tuple[int, int]:
+        """The pupil's current version; pass it back to `put`."""
+        return self._epoch, self._versions.get(pupil_id, 0)
 
     def get(self, pupil_id: str) -> bytes | None:
         """The cached overview's JSON, if fresh."""
@@ -31,9 +39,11 @@ class OverviewCache:
         self.hits += 1
         return entry[2]
 
-    def put(self, overview: ChildOverview) -> bytes:
-        """Remember an overview; returns its JSON."""
+    def put(self, overview: ChildOverview, version: tuple[int, int]) -> bytes:
+        """Remember an overview read at `version`, unless the pupil changed since; its JSON."""
         data = overview.model_dump_json().encode()
+        if self.version(overview.pupil_id) != version:
+            return data
         self._entries[overview.pupil_id] = (time.monotonic() + self.ttl, overview, data)
         self._entries.move_to_end(overview.pupil_id)
         while len(self._entries) > self.max_entries:
@@ -44,7 +54,12 @@ class OverviewCache:
         """Drop these pupils' entries."""
         for pid in pupil_ids:
             self._entries.pop(pid, None)
+            self._versions[pid] = self._versions.get(pid, 0) + 1
+        if len(self._versions) > 4 * self.max_entries:
+            self.clear()
 
     def clear(self) -> None:
         """Drop everything (after a reconnect, notices may have been missed)."""
         self._entries.clear()
+        self._versions.clear()
+        self._epoch += 1
