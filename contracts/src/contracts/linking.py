@@ -541,3 +541,110 @@ class SchoolSettingsChanged(Event):
     messages_url: str
     email_parent_on_removal: bool
     actor_id: str = ""
+
+
+# -- part 3: safeguarding bars, guessing limits and alerts -------------------------------------
+
+PUPIL_PARENTS = "rpc.linking.pupil_parents.v1"
+ADD_BAR = "rpc.linking.add_bar.v1"
+BARS = "rpc.linking.bars.v1"
+LIFT_BAR = "rpc.linking.lift_bar.v1"
+ALERTS = "rpc.linking.alerts.v1"
+
+E_TOO_MANY_ATTEMPTS = "too_many_attempts"  # 429: detail ends "retry after N s"
+
+
+class PupilParentsRequest(StaffRequest):
+    """The parents with a standing link to a pupil (ids only), within the caller's schools."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+
+
+class PupilParentsReply(Message):
+    """Parent ids; the gateway asks identity for their addresses."""
+
+    parent_ids: list[str]
+
+
+class AddBarRequest(StaffRequest):
+    """`POST /pupils/{pupil_id}/bars`: bar an address from a pupil; the links it holds end.
+
+    Linking never learns parents' addresses: the gateway asks identity and names, in
+    `parent_ids`, the pupil's parents whose account has this address, and in
+    `checked_parent_ids` every parent it looked at. Adding the same address again is the same
+    bar (its id is answered), so the request may be repeated.
+    """
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+    email: str = Field(min_length=3, max_length=254)
+    reason: str = Field(min_length=1, max_length=1000)
+    parent_ids: list[str] = Field(default_factory=list, max_length=1000)
+    checked_parent_ids: list[str] = Field(default_factory=list, max_length=1000)
+
+
+class AddBarReply(Message):
+    """The bar; whose links it ended; and parents who linked since the gateway looked, whose
+    addresses it must check and send again (`parent_ids`) with the same request."""
+
+    bar_id: str
+    created: bool
+    removed_parent_ids: list[str] = Field(default_factory=list)
+    unchecked_parent_ids: list[str] = Field(default_factory=list)
+
+
+class BarsRequest(StaffRequest):
+    """`GET /pupils/{pupil_id}/bars`."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+
+
+class BarView(Message):
+    """A bar in force: `bar_id, email, reason, at`."""
+
+    bar_id: str
+    email: str
+    reason: str
+    at: AwareDatetime
+    by: str = ""
+
+
+class BarsReply(Message):
+    """The pupil's bars in force, oldest first."""
+
+    bars: list[BarView]
+
+
+class LiftBarRequest(StaffRequest):
+    """`DELETE /pupils/{pupil_id}/bars/{bar_id}`: the address may be linked again."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+    bar_id: str = Field(min_length=1, max_length=128)
+
+
+class AlertsRequest(Message):
+    """`portal alerts`: guessing alerts seen in the last `hours`."""
+
+    hours: int = Field(default=24, ge=1, le=24 * 90)
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+class GuessingAlert(Message):
+    """Failed link codes above the per-minute threshold: one per scope and clock minute.
+
+    `scope` is `trust` (failures attributed to `trust_id`) or `deployment` (every failure).
+    `failures` is the highest count within a sliding minute seen during that clock minute.
+    """
+
+    alert_id: int
+    scope: Literal["trust", "deployment"]
+    trust_id: str | None = None
+    at: AwareDatetime
+    last_at: AwareDatetime
+    failures: int
+    threshold: int
+
+
+class AlertsReply(Message):
+    """Newest first."""
+
+    alerts: list[GuessingAlert]

@@ -7,6 +7,8 @@ into distinct exceptions.
 """
 
 
+import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -135,8 +137,6 @@ def _encode(payload: Message | BaseModel | dict | bytes | None) -> bytes:
         return payload
     if isinstance(payload, BaseModel):
         return payload.model_dump_json().encode()
-    import json
-
     return json.dumps(payload).encode()
 
 
@@ -194,7 +194,6 @@ class RawResponder:
 
     async def start(self, nc: NatsClient) -> None:
         """Subscribe in the queue group."""
-        import asyncio
 
         async def on_msg(msg) -> None:  # noqa: ANN001
             # One task per request: a slow answer (a cache miss) must not hold up the rest.
