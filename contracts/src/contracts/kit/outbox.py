@@ -36,6 +36,7 @@ class UnitOfWork:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self.emitted: list[str] = []
+        self._rows: list[dict] = []
         self.on_commit: list[Callable[[], None]] = []
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -57,18 +58,24 @@ class UnitOfWork:
         aggregate are published in the order they were emitted.
         """
         eid = event_id or getattr(event, "event_id", None) or uuid.uuid4().hex
-        await self.session.execute(
-            insert(outbox).values(
-                event_id=eid,
-                subject=subject,
-                aggregate=aggregate,
-                payload=event.model_dump_json().encode(),
-                headers=json.dumps(headers) if headers else None,
-                created_at=utcnow(),
-            )
+        self._rows.append(
+            {
+                "event_id": eid,
+                "subject": subject,
+                "aggregate": aggregate,
+                "payload": event.model_dump_json().encode(),
+                "headers": json.dumps(headers) if headers else None,
+                "created_at": utcnow(),
+            }
         )
         self.emitted.append(eid)
         return eid
+
+    async def flush(self) -> None:
+        """Write the events emitted so far (one statement for all; done before commit)."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            await self.session.execute(insert(outbox), rows)
 
 
 class OutboxRelay:
@@ -226,6 +233,7 @@ async def unit_of_work(db: Database, relay: OutboxRelay | None) -> AsyncIterator
     async with db.session() as session:
         uow = UnitOfWork(session)
         yield uow
+        await uow.flush()
     if uow.emitted and relay is not None:
         relay.wake()
     for callback in uow.on_commit:
