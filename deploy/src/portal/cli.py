@@ -251,3 +251,39 @@ def staff_add(
     verb = "created" if reply.created else "updated"
     how = "" if password else "; a set-password email is on its way"
     typer.echo(f"{verb} {role} {email} at {where} (account {reply.account_id}){how}")
+
+
+@app.command()
+def alerts(hours: int = typer.Option(24, "--hours", min=1, max=24 * 90, help="How far back to look.")) -> None:
+    """List recent guessing alerts: failed link codes per minute above the threshold."""
+    url = _nats_url()
+    import nats.errors
+
+    from contracts import linking as c
+    from contracts.rpc import ERROR_HEADER, ErrorReply
+
+    # A plain request, not contracts.kit.rpc: importing the messaging kit would cost more
+    # than the rest of the command.
+    async def ask(nc):  # noqa: ANN001, ANN202
+        try:
+            msg = await nc.request(c.ALERTS, c.AlertsRequest(hours=hours).model_dump_json().encode(), timeout=10)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return "linking did not answer; is it running?"
+        if msg.headers and ERROR_HEADER in msg.headers:
+            return ErrorReply.model_validate_json(msg.data).detail
+        return c.AlertsReply.model_validate_json(msg.data)
+
+    reply = _run_with_nats(url, ask)
+    if isinstance(reply, str):
+        fail(reply, 1)
+    if not reply.alerts:
+        typer.echo("no alerts")
+        return
+    header = ("at", "scope", "trust", "failures/min", "threshold", "last seen")
+    rows = [
+        (a.at.isoformat(timespec="seconds"), a.scope, a.trust_id or "-", a.failures, a.threshold, a.last_at.isoformat(timespec="seconds"))
+        for a in reply.alerts
+    ]
+    widths = [max(len(_cell(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo("  ".join(_cell(v).ljust(w) for v, w in zip(row, widths)).rstrip())

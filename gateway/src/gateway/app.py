@@ -16,6 +16,7 @@ from gateway import (
     __version__,
     auth,
     auth_routes,
+    bar_routes,
     code_routes,
     devmail,
     health,
@@ -74,6 +75,7 @@ def create_app(
                 *parent_routes.ROUTES,
                 *staff_routes.ROUTES,
                 *staff_link_routes.ROUTES,
+                *bar_routes.ROUTES,
                 *code_routes.ROUTES,
                 *api_route_handlers,
             ]

@@ -12,6 +12,8 @@ from pydantic import Field
 from contracts import linking as contract
 from contracts import identity, notify, platform, streams
 from linking import __version__, codes, roster
+from linking.bars import Bars
+from linking.guessing import Guessing, Limits
 from linking.handlers import ROSTER_CONSUMER, Linking
 
 NAME = "linking"
@@ -34,6 +36,28 @@ class Settings(ServiceSettings):
         f"DATA_DIR/{KEY_FILE}. Changing it invalidates every code.",
     )
 
+    linking_parent_failures_per_hour: int = Field(
+        default=10, ge=1, description="Failed codes (redemptions and previews) a parent may make in an hour; then 429 until the oldest is an hour old."
+    )
+    linking_client_failures_per_hour: int = Field(
+        default=100, ge=1, description="Failed codes from one network address in an hour before its further failures answer 429 (good codes always work)."
+    )
+    linking_alert_failures_per_minute: int = Field(
+        default=50, ge=1, description="Failed codes attributed to one trust within a minute above which an alert is logged and kept for `portal alerts`."
+    )
+    linking_alert_deployment_failures_per_minute: int = Field(
+        default=500, ge=1, description="Failed codes across the deployment within a minute above which an alert is logged and kept."
+    )
+
+    def limits(self) -> Limits:
+        """The guessing rules' figures."""
+        return Limits(
+            parent_failures_per_hour=self.linking_parent_failures_per_hour,
+            client_failures_per_hour=self.linking_client_failures_per_hour,
+            alert_trust_failures_per_minute=self.linking_alert_failures_per_minute,
+            alert_deployment_failures_per_minute=self.linking_alert_deployment_failures_per_minute,
+        )
+
     def code_key(self) -> str:
         """The code key: the setting, else the development key file (made on first use)."""
         if self.linking_code_key:
@@ -55,9 +79,17 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     )
     runtime.linking = linking  # type: ignore[attr-defined]  # reached by tests and benchmarks
 
+    bars = Bars(linking)
+    guessing = Guessing(linking, lambda ip: bars.vault.client_key(ip), settings.limits())
+    runtime.bars = bars  # type: ignore[attr-defined]
+    runtime.guessing = guessing  # type: ignore[attr-defined]
+    linking.links.is_barred = bars.is_barred
+    linking.links.on_redeem_failure = guessing.redeem_failed
+    linking.on_code_failure = guessing.preview_failed
+
     async def on_startup() -> None:
         # Read (or make) the key before serving: a bad key fails the start, not a request.
-        _ = linking.vault
+        _ = linking.vault, bars.vault
 
     runtime.app.on_startup(on_startup)
 
@@ -114,8 +146,16 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     ]:
         runtime.publishes(subject, model, title=title, description=model.__doc__ or title)
 
+    async def redeem(req: contract.RedeemRequest) -> contract.RedeemReply:
+        await guessing.check_parent(req.parent_id)
+        return await links.redeem(req)
+
+    async def preview_code(req: contract.PreviewCodeRequest) -> contract.CodePreview:
+        await guessing.check_parent(req.parent_id)
+        return await linking.preview_code(req)
+
     rpcs = [
-        (contract.REDEEM, contract.RedeemRequest, links.redeem, "redeem code", "A parent links a child with a code (or, dry run, checks that it would)."),
+        (contract.REDEEM, contract.RedeemRequest, redeem, "redeem code", "A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a barred address; too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own."),
         (contract.PARENT_CHILDREN, contract.ParentRequest, links.parent_children, "parent's children", "`GET /me/children`: every child a parent is linked to."),
         (contract.ACTIVE_PUPILS, contract.ParentRequest, links.active_pupils, "active pupils", "The pupils a parent may see now: the overview's access check."),
         (contract.UNLINK, contract.UnlinkRequest, links.unlink, "unlink", "`DELETE /me/children/{id}`: a parent unlinks a child."),
@@ -128,13 +168,18 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         (contract.CLASSES, contract.ClassesRequest, linking.classes, "classes", "`GET /classes`: every class of the caller's schools with pupil and linked-pupil counts."),
         (contract.CLASS_PUPILS, contract.ClassPupilsRequest, linking.class_pupils, "class pupils", "`GET /classes/{id}/pupils`: the class's pupils with their code expiry, parents and invitations; not_found outside the scope."),
         (contract.CREATE_CODES, contract.CreateCodesRequest, linking.create_codes, "create codes", "\"Create QR codes\" for a class or a pupil: new printed codes, earlier ones revoked in the same transaction."),
-        (contract.PREVIEW_CODE, contract.PreviewCodeRequest, linking.preview_code, "preview code", "`GET /link-codes/{code}`: the child's first name, school, class and the school's policy; invalid_code otherwise."),
+        (contract.PREVIEW_CODE, contract.PreviewCodeRequest, preview_code, "preview code", "`GET /link-codes/{code}`: the child's first name, school, class and the school's policy; invalid_code otherwise (a failure, counted like a redemption's: too_many_attempts past the limits)."),
         (contract.PUPIL_QR, contract.PupilQrRequest, linking.pupil_qr, "pupil QR code", "`GET /pupils/{id}/qr.svg|.png`: the pupil's live printed code as a QR code (PNG as base64)."),
         (contract.CLASS_SHEET, contract.ClassSheetRequest, linking.class_sheet, "class QR sheet", "`GET /classes/{id}/qr-sheet[?format=pdf]`: one cut-out card per pupil, as HTML or an A4 PDF (base64)."),
         (contract.GET_SCHOOL_SETTINGS, contract.SchoolSettingsRequest, linking.get_settings, "school settings", "`GET /schools/{id}/settings`: the school's settings with the defaults filled in."),
         (contract.UPDATE_SCHOOL_SETTINGS, contract.UpdateSchoolSettingsRequest, linking.update_settings, "update school settings", "`PUT /schools/{id}/settings`: validated (validation_error names each field); a change is published."),
         (contract.AUP, contract.AupRequest, linking.aup, "acceptable-use policy", "A school's acceptable-use policy and its version, or the default policy when no school is named."),
         (contract.ROSTER_STATUS, contract.RosterStatusRequest, linking.roster_status, "roster status", "Which of the given roster event ids linking has applied: `portal roster import` waits until none is missing."),
+        (contract.PUPIL_PARENTS, contract.PupilParentsRequest, bars.pupil_parents, "pupil's parents", "The parents with a standing link to a pupil (ids): the gateway checks their addresses before a bar."),
+        (contract.ADD_BAR, contract.AddBarRequest, bars.add, "add bar", "`POST /pupils/{id}/bars`: bar an address from a pupil; the named parents' links end (by a bar), open invitations to it are revoked. Repeatable."),
+        (contract.BARS, contract.BarsRequest, bars.list_bars, "bars", "`GET /pupils/{id}/bars`: the pupil's bars in force, addresses decrypted."),
+        (contract.LIFT_BAR, contract.LiftBarRequest, bars.lift, "lift bar", "`DELETE /pupils/{id}/bars/{bar}`: the address may be linked again; recorded."),
+        (contract.ALERTS, contract.AlertsRequest, guessing.alerts, "guessing alerts", "`portal alerts`: failed codes per minute above the threshold, per trust and deployment-wide, newest first."),
     ]
     for subject, request, handler, title, description in rpcs:
         runtime.rpc(subject, request=request, title=title, description=description)(handler)

@@ -86,14 +86,9 @@ class CodeVault:
     """
 
     def __init__(self, key: str) -> None:
-        try:
-            secret = base64.urlsafe_b64decode(key.encode() + b"=" * (-len(key) % 4))
-        except (ValueError, TypeError) as exc:
-            raise InvalidKey("PORTAL_LINKING_CODE_KEY is not URL-safe base64") from exc
-        if len(secret) != 32:
-            raise InvalidKey("PORTAL_LINKING_CODE_KEY must decode to 32 bytes (see `linking.codes.new_key`)")
-        self._mac_key = _derive(secret, b"parent-portal linking code lookup v1")
-        self._aead = AESGCM(_derive(secret, b"parent-portal linking code encryption v1"))
+        secret = decode_key(key)
+        self._mac_key = derive(secret, b"parent-portal linking code lookup v1")
+        self._aead = AESGCM(derive(secret, b"parent-portal linking code encryption v1"))
         # Which key a row was written with, so a future rotation can tell them apart.
         self.key_id = hashlib.sha256(self._mac_key).hexdigest()[:8]
 
@@ -111,5 +106,17 @@ class CodeVault:
         return self._aead.decrypt(blob[:12], blob[12:], pupil_id.encode()).decode()
 
 
-def _derive(secret: bytes, label: bytes) -> bytes:
+def decode_key(key: str) -> bytes:
+    """The 32 secret bytes of `PORTAL_LINKING_CODE_KEY` (raises `InvalidKey`)."""
+    try:
+        secret = base64.urlsafe_b64decode(key.encode() + b"=" * (-len(key) % 4))
+    except (ValueError, TypeError) as exc:
+        raise InvalidKey("PORTAL_LINKING_CODE_KEY is not URL-safe base64") from exc
+    if len(secret) != 32:
+        raise InvalidKey("PORTAL_LINKING_CODE_KEY must decode to 32 bytes (see `linking.codes.new_key`)")
+    return secret
+
+
+def derive(secret: bytes, label: bytes) -> bytes:
+    """A 32-byte sub-key of `secret` for one purpose (HKDF-SHA256, `label` as its info)."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret)

@@ -382,6 +382,9 @@ class Links:
         async with self.runtime.unit_of_work() as uow:
             s = uow.session
             pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            if self.is_barred is not None and await self.is_barred(s, pupil.pupil_id, email):
+                # Staff may know: the invitation would name the child to someone barred from them.
+                raise RpcFailure(contract.E_VALIDATION, "email: this address cannot be invited for this pupil (ask a school admin)")
             school = await s.get(School, pupil.school_id)
             settings = self._settings(pupil.school_id, await s.get(SchoolSetting, pupil.school_id))
             earlier = (

@@ -254,3 +254,77 @@ class AuditRow(Base, table=True):
     action: str = Field(max_length=32)
     parent_id: str | None = Field(default=None, max_length=ID)
     reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
+
+# -- bars, guessing ------------------------------------------------------------------------------
+
+
+class Bar(Base, table=True):
+    """A safeguarding bar: an address that may not be linked to a pupil. Never deleted.
+
+    Found by `email_hash` (a keyed hash of the lower-cased address); `email_cipher` holds the
+    address encrypted (bound to its pupil and bar) so admins see whom they barred. `live_key`
+    is `pupil_id:email_hash` while the bar stands and NULL once lifted: one bar in force per
+    address and pupil on every database.
+    """
+
+    __tablename__ = "bars"
+    __table_args__ = (
+        UniqueConstraint("live_key", name="uq_bars_live"),
+        Index("ix_bars_pupil", "pupil_id", "lifted_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    pupil_id: str = Field(max_length=ID)
+    school_id: str = Field(max_length=ID)
+    email_hash: str = Field(max_length=64)
+    email_cipher: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    key_id: str = Field(max_length=16)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    live_key: str | None = Field(default=None, max_length=ID + 65)
+    created_at: datetime = Field(sa_column=_ts())
+    created_by: str = Field(default="", max_length=ID)
+    lifted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    lifted_by: str | None = Field(default=None, max_length=ID)
+
+
+class GuessFailure(Base, table=True):
+    """One failed code (redemption, preview or registration), for the guessing limits.
+
+    Rows older than the longest window are pruned. `client_key` is a keyed hash of the
+    caller's network address, never the address.
+    """
+
+    __tablename__ = "guess_failures"
+    __table_args__ = (
+        Index("ix_guess_failures_parent", "parent_id", "at"),
+        Index("ix_guess_failures_client", "client_key", "at"),
+        Index("ix_guess_failures_trust", "trust_id", "at"),
+        Index("ix_guess_failures_at", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=_ts())
+    kind: str = Field(max_length=16)  # redeem, preview, register
+    parent_id: str | None = Field(default=None, max_length=ID)
+    client_key: str | None = Field(default=None, max_length=64)
+    trust_id: str | None = Field(default=None, max_length=ID)
+
+
+class GuessAlert(Base, table=True):
+    """Failures above the per-minute threshold: one row per scope and clock minute."""
+
+    __tablename__ = "guess_alerts"
+    __table_args__ = (
+        UniqueConstraint("alert_key", name="uq_guess_alerts_key"),
+        Index("ix_guess_alerts_last_at", "last_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_key: str = Field(max_length=ID + 48)
+    scope: str = Field(max_length=16)  # trust, deployment
+    trust_id: str | None = Field(default=None, max_length=ID)
+    at: datetime = Field(sa_column=_ts())
+    last_at: datetime = Field(sa_column=_ts())
+    failures: int
+    threshold: int
