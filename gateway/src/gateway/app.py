@@ -20,6 +20,7 @@ from gateway import (
     code_routes,
     devmail,
     health,
+    pages,
     parent_routes,
     staff_link_routes,
     staff_routes,
@@ -47,6 +48,7 @@ def api_router(route_handlers: Sequence[ControllerRouterHandler] = ()) -> Router
 
 def _template_engine(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters["linkify"] = devmail.linkify
+    pages.register_filters(engine)
 
 
 def create_app(
@@ -81,6 +83,7 @@ def create_app(
             ]
         ),
         create_static_files_router(path="/static", directories=[STATIC_DIR]),
+        pages.router(settings),
         *extra_route_handlers,
     ]
     if settings.dev_mail_dir is not None:

@@ -1,0 +1,90 @@
+"""The web pages of API.md's "Web pages" section, for parents and staff, served at the root.
+
+`router(settings)` is what the application mounts; `register_filters(engine)` adds the
+template filters the pages use. Pages answer errors as HTML pages (a missing session as a
+redirect to sign in), are never stored by browsers or proxies, and need no JavaScript.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from litestar import Request, Response, Router, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.plugins.jinja import JinjaTemplateEngine
+
+from contracts.identity import Principal
+from gateway.pages import auth_pages, parent_pages, staff_pages
+from gateway.pages.common import exception_handlers, redirect
+from gateway.settings import GatewaySettings
+
+# Parents and staff read dates in the UK first; the pages name no zone, so this one is used.
+DISPLAY_ZONE = ZoneInfo("Europe/London")
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+@get("/", include_in_schema=False)
+async def home(
+    state: State, request: Request, maybe_principal: NamedDependency[Principal | None], child: str | None = None
+) -> Response[Any]:
+    """Home: a parent's children, or a member of staff's classes; sign in first."""
+    if maybe_principal is None:
+        return redirect("/login")
+    if maybe_principal.role == "parent":
+        return await parent_pages.parent_home(state, request, maybe_principal, child)
+    return await staff_pages.staff_home(state, request, maybe_principal)
+
+
+def _parse(value: datetime | str | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return value
+
+
+def when(value: datetime | str | None) -> str:
+    """`Wednesday 3 December, 17:00` in the display zone."""
+    moment = _parse(value)
+    if moment is None:
+        return ""
+    return moment.astimezone(DISPLAY_ZONE).strftime("%A %-d %B, %H:%M")
+
+
+def day(value: datetime | str | None) -> str:
+    """`3 Dec 2026` in the display zone."""
+    moment = _parse(value)
+    if moment is None:
+        return ""
+    return moment.astimezone(DISPLAY_ZONE).strftime("%-d %b %Y")
+
+
+def register_filters(engine: JinjaTemplateEngine) -> None:
+    """The filters the page templates use."""
+    engine.engine.filters["when"] = when
+    engine.engine.filters["day"] = day
+
+
+def router(settings: GatewaySettings) -> Router:
+    """Every page, with its error pages and headers."""
+
+    async def page_headers(response: Response) -> Response:
+        # Pages carry children's names and one-time tokens: nothing may keep a copy.
+        response.headers["Cache-Control"] = "no-store"
+        if settings.secure_cookies:
+            response.headers["Strict-Transport-Security"] = HSTS
+        return response
+
+    return Router(
+        path="/",
+        route_handlers=[home, *auth_pages.ROUTES, *parent_pages.ROUTES, *staff_pages.ROUTES],
+        exception_handlers=exception_handlers(),
+        after_request=page_headers,
+        include_in_schema=False,
+    )

@@ -1,0 +1,248 @@
+"""What every web page shares: rendering with the caller and a CSRF token, form tokens for
+pages used before signing in, one-shot notices after a redirect, and errors shown as pages.
+
+Pages call the same services as the API (`gateway.rpc.ask`, or the API routes' own functions)
+and never hold data of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, unquote, urlencode
+
+from litestar import MediaType, Request, Response
+from litestar.datastructures import Cookie
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.response import Redirect, Template
+
+from contracts.identity import Principal
+from contracts.kit.logs import get_logger
+from contracts.kit.rpc import RpcError
+from gateway.auth import credentials, csrf_token_for
+from gateway.errors import ApiError, detail_for_status
+from gateway.rpc import api_error
+from gateway.settings import GatewaySettings
+
+log = get_logger("gateway.pages")
+
+FORM_COOKIE = "portal_form"
+SECURE_FORM_COOKIE = "__Host-portal_form"
+FLASH_COOKIE = "portal_notice"
+FLASH_MAX_CHARS = 300
+
+RELATIONSHIPS = [
+    ("mother", "Mother"),
+    ("father", "Father"),
+    ("carer", "Carer"),
+    ("guardian", "Guardian"),
+    ("grandparent", "Grandparent"),
+    ("other", "Other"),
+]
+
+
+def settings_of(request: Request) -> GatewaySettings:
+    """The gateway's settings."""
+    return request.app.state.settings
+
+
+# -- CSRF for forms used before signing in -------------------------------------------------
+
+
+def _form_cookie_name(settings: GatewaySettings) -> str:
+    return SECURE_FORM_COOKIE if settings.secure_cookies else FORM_COOKIE
+
+
+def _form_token(secret: str) -> str:
+    # The page carries a hash of the cookie, not the cookie: a leaked page reveals nothing
+    # that could be replayed as the cookie.
+    return hashlib.sha256(b"form:" + secret.encode()).hexdigest()
+
+
+def form_secret(request: Request) -> tuple[str, Cookie | None]:
+    """The browser's form secret, and the cookie to set when it has none yet."""
+    settings = settings_of(request)
+    secret = request.cookies.get(_form_cookie_name(settings))
+    if secret and 20 <= len(secret) <= 100:
+        return secret, None
+    secret = secrets.token_urlsafe(32)
+    cookie = Cookie(
+        key=_form_cookie_name(settings),
+        value=secret,
+        path="/",
+        secure=settings.secure_cookies,
+        httponly=True,
+        samesite="lax",
+    )
+    return secret, cookie
+
+
+def anonymous_form_ok(request: Request, form: Mapping[str, Any]) -> bool:
+    """Double-submit check of a form used before signing in (login, register, reset...)."""
+    secret = request.cookies.get(_form_cookie_name(settings_of(request)))
+    sent = form.get("csrf_token")
+    if not secret or not isinstance(sent, str):
+        return False
+    return hmac.compare_digest(sent.encode(), _form_token(secret).encode())
+
+
+def session_csrf(request: Request) -> str | None:
+    """The CSRF token of the request's session cookie."""
+    creds = credentials(request)
+    if creds is None or creds.source != "cookie":
+        return None
+    return csrf_token_for(creds.token)
+
+
+# -- notices carried across one redirect ---------------------------------------------------
+
+
+def flash_cookie(message: str) -> Cookie:
+    """A notice shown once by the next page (e.g. "Access removed")."""
+    return Cookie(key=FLASH_COOKIE, value=quote(message[:FLASH_MAX_CHARS]), path="/", httponly=True, samesite="lax", max_age=60)
+
+
+def redirect(path: str, *, notice: str | None = None, cookies: list[Cookie] | None = None) -> Redirect:
+    """303 to a page of ours, with an optional notice for it."""
+    jar = list(cookies or [])
+    if notice:
+        jar.append(flash_cookie(notice))
+    return Redirect(path=path, status_code=303, cookies=jar)
+
+
+def safe_next(value: str | None) -> str:
+    """A local path to go to after signing in; anything else goes home."""
+    # "//host" and "/\host" are other sites to a browser.
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")) or len(value) > 500:
+        return "/"
+    return value
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def render(
+    request: Request,
+    template: str,
+    *,
+    principal: Principal | None = None,
+    status: int = 200,
+    anonymous_form: bool = False,
+    cookies: list[Cookie] | None = None,
+    **context: Any,
+) -> Template:
+    """A page: the caller, the CSRF token its forms need and any pending notice in the context."""
+    jar = list(cookies or [])
+    if anonymous_form:
+        secret, new_cookie = form_secret(request)
+        csrf = _form_token(secret)
+        if new_cookie is not None:
+            jar.append(new_cookie)
+    else:
+        csrf = session_csrf(request) if principal is not None else None
+    notice = request.cookies.get(FLASH_COOKIE)
+    if notice:
+        jar.append(Cookie(key=FLASH_COOKIE, value="", path="/", max_age=0, httponly=True, samesite="lax"))
+    return Template(
+        template_name=template,
+        context={
+            "principal": principal,
+            "csrf_token": csrf,
+            "notice": unquote(notice)[:FLASH_MAX_CHARS] if notice else None,
+            "is_staff": principal is not None and principal.role != "parent",
+            "is_admin": principal is not None and principal.role in ("school_admin", "trust_admin"),
+            **context,
+        },
+        status_code=status,
+        cookies=jar,
+        media_type=MediaType.HTML,
+    )
+
+
+class FieldErrors(dict[str, str]):
+    """Field name -> the message shown beside it (and linked from the summary)."""
+
+
+def field_errors_from(exc: RpcError | ApiError, default_field: str | None = None) -> tuple[FieldErrors, str]:
+    """The per-field messages of a service error, and its sentence."""
+    err = exc if isinstance(exc, ApiError) else api_error(exc)
+    errors = FieldErrors()
+    for item in err.fields.get("errors", []) or []:
+        if item.get("field"):
+            message = str(item.get("message") or err.detail)
+            errors[item["field"]] = message[:1].upper() + message[1:]
+    if not errors and default_field:
+        errors[default_field] = err.detail
+    return errors, err.detail
+
+
+# -- errors as pages ---------------------------------------------------------------------------
+
+_TITLES = {
+    400: "That link or form did not work",
+    403: "This form has expired",
+    404: "Page not found",
+    409: "That could not be done",
+    422: "Some details need checking",
+    429: "Too many attempts",
+    503: "Parent Portal is busy",
+}
+
+
+def _error_page(request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response[Any]:
+    if status == 401:
+        # Only a page can be returned to: a form's target may not answer GET.
+        if request.method == "GET":
+            query = urlencode({"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")})
+            return Redirect(path=f"/login?{query}", status_code=303)
+        return Redirect(path="/login", status_code=303)
+    if status == 403 and "X-CSRF-Token" in detail:
+        detail = "For your safety this form works only for a short while. Go back, reload the page and try again."
+    return Template(
+        template_name="pages/error.html",
+        context={"title": _TITLES.get(status, "Something went wrong"), "detail": detail, "status": status, "principal": None},
+        status_code=status,
+        media_type=MediaType.HTML,
+        headers=dict(headers or {}),
+    )
+
+
+def handle_api_error(request: Request, exc: ApiError) -> Response[Any]:
+    """An `ApiError` raised under a page (a guard's 404, a CSRF failure) as a page."""
+    return _error_page(request, exc.status_code, exc.detail, exc.headers)
+
+
+def handle_rpc_error(request: Request, exc: RpcError) -> Response[Any]:
+    """A service's error under a page, answered with the status the API would give."""
+    err = api_error(exc)
+    return _error_page(request, err.status_code, err.detail, err.headers)
+
+
+def handle_http_exception(request: Request, exc: HTTPException) -> Response[Any]:
+    """Litestar's own errors (a malformed form, a wrong method) as a page."""
+    status = exc.status_code
+    if isinstance(exc, NotAuthorizedException):
+        status = 401
+    if status >= 500:
+        return handle_unexpected(request, exc)
+    detail = detail_for_status(status) if isinstance(exc, ValidationException) or not exc.detail else exc.detail
+    return _error_page(request, status, detail)
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response[Any]:
+    """Anything unhandled: logged, answered with a page that names no detail."""
+    log.error("page_error", method=request.method, route=request.scope.get("path_template", ""), error=type(exc).__name__, exc_info=exc)
+    return _error_page(request, 500, detail_for_status(500))
+
+
+def exception_handlers() -> dict[type[Exception], Any]:
+    """The page router's handlers: errors answered as HTML pages, 401 as a redirect to sign in."""
+    return {
+        ApiError: handle_api_error,
+        RpcError: handle_rpc_error,
+        HTTPException: handle_http_exception,
+        Exception: handle_unexpected,
+    }

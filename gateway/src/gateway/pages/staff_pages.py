@@ -1,0 +1,309 @@
+"""Staff pages: their classes, a class's Parents tab (status badges, invitations, invite by
+email, remove with confirmation, create and print QR codes) and, for school admins, a pupil's
+audit trail and the school's settings.
+
+Every page asks linking within the caller's scope through the API routes' own functions, so
+what a page shows is exactly what the API would answer the same caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.response import Template
+
+from contracts import linking as contract
+from contracts.identity import Principal
+from contracts.kit.rpc import RpcError
+from gateway import staff_link_routes, staff_routes
+from gateway.errors import ApiError
+from gateway.pages.common import FieldErrors, field_errors_from, redirect, render
+from gateway.rpc import api_error, ask
+from gateway.staff_routes import checked_id, not_found, parent_contacts, pupil_rows, settings_only, staff_only, staff_scope
+
+STAFF = [staff_only]
+ADMINS = [settings_only]
+INVITATION_STATES_SHOWN = ("invited", "expired", "bounced")
+SETTING_INTS = ("max_carers_per_code", "printed_code_days", "invitation_days")
+SETTING_URLS = ("homework_url", "files_url", "messages_url")
+SETTING_LABELS = {
+    "max_carers_per_code": "Parents or carers per printed QR code",
+    "printed_code_days": "Days a printed QR code works",
+    "invitation_days": "Days an invitation email works",
+    "aup_text": "The policy text",
+    "homework_url": "The homework link",
+    "files_url": "The files link",
+    "messages_url": "The messages link",
+    "email_parent_on_removal": "Emailing a parent on removal",
+}
+
+
+def display_name(row: Any) -> str:
+    """A parent's name as staff see it; identity may have forgotten a deleted account."""
+    return row.name or row.email or "A parent whose account was deleted"
+
+
+async def staff_home(state: State, request: Request, principal: Principal) -> Template:
+    """The classes the member of staff may see, by school, with how many pupils have a linked parent."""
+    classes = await staff_routes.list_classes.fn(state=state, principal=principal)
+    schools: dict[str, dict[str, Any]] = {}
+    for row in classes:
+        school = schools.setdefault(row.school_id, {"school_id": row.school_id, "name": row.school_name, "classes": []})
+        school["classes"].append(row)
+    if principal.role == "school_admin" and principal.school_id and principal.school_id not in schools:
+        schools[principal.school_id] = {"school_id": principal.school_id, "name": "Your school", "classes": []}
+    return render(request, "pages/staff_home.html", principal=principal, schools=list(schools.values()))
+
+
+async def _class(state: State, principal: Principal, class_id: str) -> tuple[contract.ClassPupilsReply, list[staff_routes.PupilRow]]:
+    reply = await ask(
+        state,
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=staff_scope(principal), actor_id=principal.account_id, class_id=checked_id(class_id)),
+        contract.ClassPupilsReply,
+    )
+    return reply, await pupil_rows(state, reply)
+
+
+def _pupil(rows: list[staff_routes.PupilRow], pupil_id: str) -> staff_routes.PupilRow:
+    found = next((p for p in rows if p.pupil_id == pupil_id), None)
+    if found is None:
+        raise not_found()
+    return found
+
+
+@get("/classes/{class_id:str}", include_in_schema=False, guards=STAFF)
+async def class_page(state: State, request: Request, principal: NamedDependency[Principal], class_id: str) -> Template:
+    """The class's Parents tab: every pupil with their parents, invitations and actions."""
+    reply, pupils = await _class(state, principal, class_id)
+    return render(
+        request,
+        "pages/class.html",
+        principal=principal,
+        klass=reply,
+        pupils=pupils,
+        has_codes=any(p.code_expires_at for p in pupils),
+        shown_invitations=INVITATION_STATES_SHOWN,
+        display_name=display_name,
+    )
+
+
+# -- inviting ------------------------------------------------------------------------------------
+
+
+@get("/classes/{class_id:str}/pupils/{pupil_id:str}/invite", include_in_schema=False, guards=STAFF)
+async def invite_page(state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str) -> Template:
+    """"Invite parent": the address the invitation email goes to."""
+    reply, pupils = await _class(state, principal, class_id)
+    return render(request, "pages/invite.html", principal=principal, klass=reply, pupil=_pupil(pupils, pupil_id), values={}, errors={})
+
+
+@post("/classes/{class_id:str}/pupils/{pupil_id:str}/invite", include_in_schema=False, guards=STAFF, status_code=200)
+async def invite_submit(
+    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str
+) -> Response[Any]:
+    """Send the invitation email; an earlier open one to the same address stops working."""
+    form = await request.form()
+    email = str(form.get("email") or "").strip()[:254]
+    reply, pupils = await _class(state, principal, class_id)
+    pupil = _pupil(pupils, pupil_id)
+
+    def again(errors: FieldErrors, status: int) -> Template:
+        return render(
+            request, "pages/invite.html", principal=principal, klass=reply, pupil=pupil, values={"email": email},
+            errors=errors, status=status,
+        )
+
+    if "@" not in email or len(email) < 3:
+        return again(FieldErrors(email="Enter an email address like name@example.org"), 400)
+    try:
+        await staff_link_routes.invite_parent.fn(
+            state=state, principal=principal, pupil_id=pupil_id, data=staff_link_routes.InviteBody(email=email)
+        )
+    except RpcError as exc:
+        if api_error(exc).status_code == 422:
+            errors, _ = field_errors_from(exc, "email")
+            return again(FieldErrors(email=next(iter(errors.values()))), 422)
+        raise
+    return redirect(f"/classes/{class_id}", notice=f"Invitation sent to {email} for {pupil.first_name}.")
+
+
+# -- removing access -----------------------------------------------------------------------------
+
+
+@get("/classes/{class_id:str}/pupils/{pupil_id:str}/parents/{parent_id:str}/remove", include_in_schema=False, guards=STAFF)
+async def remove_page(
+    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str, parent_id: str
+) -> Template:
+    """Asks before removing, naming the parent and the pupil, and offers "from all their children"."""
+    reply, pupils = await _class(state, principal, class_id)
+    pupil = _pupil(pupils, pupil_id)
+    parent = next((p for p in pupil.parents if p.parent_id == parent_id), None)
+    if parent is None:
+        raise not_found()
+    others = await staff_link_routes.parent_pupils.fn(state=state, principal=principal, parent_id=parent_id)
+    return render(
+        request,
+        "pages/remove.html",
+        principal=principal,
+        klass=reply,
+        pupil=pupil,
+        parent=parent,
+        parent_name=display_name(parent),
+        all_pupils=others,
+    )
+
+
+@post("/classes/{class_id:str}/pupils/{pupil_id:str}/parents/{parent_id:str}/remove", include_in_schema=False, guards=STAFF, status_code=200)
+async def remove_submit(
+    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str, parent_id: str
+) -> Response[Any]:
+    """That parent loses this pupil only."""
+    reply, pupils = await _class(state, principal, class_id)
+    pupil = _pupil(pupils, pupil_id)
+    parent = next((p for p in pupil.parents if p.parent_id == parent_id), None)
+    await staff_link_routes.remove_parent.fn(state=state, principal=principal, pupil_id=pupil_id, parent_id=parent_id)
+    who = display_name(parent) if parent else "The parent"
+    return redirect(f"/classes/{class_id}", notice=f"{who} can no longer see {pupil.first_name}'s schoolwork.")
+
+
+@post("/classes/{class_id:str}/parents/{parent_id:str}/remove-all", include_in_schema=False, guards=STAFF, status_code=200)
+async def remove_all_submit(
+    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, parent_id: str
+) -> Response[Any]:
+    """The parent loses every child of the caller's school (trust) at once."""
+    contacts = await parent_contacts(state, [checked_id(parent_id)])
+    await staff_link_routes.remove_parent_everywhere.fn(state=state, principal=principal, parent_id=parent_id)
+    contact = contacts.get(parent_id)
+    who = contact.name if contact else "The parent"
+    return redirect(f"/classes/{class_id}", notice=f"{who} can no longer see any of their children at this school.")
+
+
+# -- QR codes ------------------------------------------------------------------------------------
+
+
+@get("/classes/{class_id:str}/codes", include_in_schema=False, guards=STAFF)
+async def codes_page(state: State, request: Request, principal: NamedDependency[Principal], class_id: str) -> Template:
+    """"Create QR codes", with the warning that codes printed before stop working."""
+    reply, pupils = await _class(state, principal, class_id)
+    return render(request, "pages/codes.html", principal=principal, klass=reply, pupils=pupils, has_codes=any(p.code_expires_at for p in pupils))
+
+
+@post("/classes/{class_id:str}/codes", include_in_schema=False, guards=STAFF, status_code=200)
+async def codes_submit(state: State, request: Request, principal: NamedDependency[Principal], class_id: str) -> Response[Any]:
+    """Every pupil of the class gets a new printed code."""
+    created = await staff_routes.create_class_codes.fn(state=state, principal=principal, class_id=class_id)
+    count = len(created.codes)
+    return redirect(
+        f"/classes/{class_id}",
+        notice=f"New QR codes created for {count} pupil{'' if count == 1 else 's'}. Print the QR sheet to hand them out.",
+    )
+
+
+# -- school admins ---------------------------------------------------------------------------------
+
+AUDIT_ACTIONS = {
+    "invitation_sent": "Invitation sent",
+    "link_created": "Linked (awaiting email confirmation)",
+    "link_activated": "Link active",
+    "link_removed": "Access removed",
+    "bar_added": "Address barred",
+    "bar_lifted": "Bar lifted",
+    "code_regenerated": "New QR code",
+}
+
+
+@get("/classes/{class_id:str}/pupils/{pupil_id:str}/audit", include_in_schema=False, guards=ADMINS)
+async def audit_page(
+    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str
+) -> Template:
+    """A pupil's audit trail, names filled in where identity still knows them."""
+    reply, pupils = await _class(state, principal, class_id)
+    pupil = _pupil(pupils, pupil_id)
+    entries = await staff_link_routes.pupil_audit.fn(state=state, principal=principal, pupil_id=pupil_id)
+    # Linking names actors "staff:<id>", "parent:<id>" or "system"; identity knows the ids.
+    actors = {e["actor"]: e["actor"].partition(":")[2] for e in entries if ":" in e["actor"]}
+    ids = set(actors.values()) | {e["parent_id"] for e in entries if e["parent_id"]}
+    try:
+        contacts = await parent_contacts(state, ids)
+    except RpcError:
+        contacts = {}  # the trail still shows, with ids for names
+
+    def name(account_id: str | None, fallback: str) -> str:
+        return contacts[account_id].name if account_id in contacts else fallback
+
+    rows = [
+        {
+            **e,
+            "action_text": AUDIT_ACTIONS.get(e["action"], e["action"]),
+            "actor_name": name(actors.get(e["actor"]), "Parent Portal" if e["actor"] == "system" else e["actor"]),
+            "parent_name": name(e["parent_id"], "a parent whose account was deleted") if e["parent_id"] else "",
+        }
+        for e in reversed(entries)
+    ]
+    return render(request, "pages/audit.html", principal=principal, klass=reply, pupil=pupil, rows=rows)
+
+
+def _settings_values(answer: Any) -> dict[str, Any]:
+    return {
+        "max_carers_per_code": answer.max_carers_per_code,
+        "printed_code_days": answer.printed_code_days,
+        "invitation_days": answer.invitation_days,
+        "aup_text": answer.aup_text,
+        "homework_url": answer.homework_url,
+        "files_url": answer.files_url,
+        "messages_url": answer.messages_url,
+        "email_parent_on_removal": answer.email_parent_on_removal,
+    }
+
+
+@get("/schools/{school_id:str}/settings", include_in_schema=False, guards=ADMINS)
+async def settings_page(state: State, request: Request, principal: NamedDependency[Principal], school_id: str) -> Template:
+    """The school's settings: carers per code, expiries, the acceptable-use policy, links."""
+    answer = await staff_routes.get_school_settings.fn(state=state, principal=principal, school_id=school_id)
+    return render(request, "pages/settings.html", principal=principal, school_id=school_id, values=_settings_values(answer), errors={})
+
+
+@post("/schools/{school_id:str}/settings", include_in_schema=False, guards=ADMINS, status_code=200)
+async def settings_submit(state: State, request: Request, principal: NamedDependency[Principal], school_id: str) -> Response[Any]:
+    """Save the settings; linking checks them and names each field it refuses."""
+    form = await request.form()
+    data: dict[str, Any] = {}
+    for name in SETTING_INTS:
+        raw = str(form.get(name) or "").strip()
+        # A number goes as a number; anything else as typed, for linking to name the field.
+        data[name] = int(raw) if raw.isdigit() else raw
+    for name in (*SETTING_URLS, "aup_text"):
+        data[name] = str(form.get(name) or "").replace("\r\n", "\n")
+    data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
+    try:
+        await staff_routes.put_school_settings.fn(state=state, principal=principal, school_id=school_id, data=data)
+    except ApiError as exc:
+        if exc.status_code != 422:
+            raise
+        errors, detail = field_errors_from(exc)
+        # Linking says "must be between 1 and 20"; the page names the setting too.
+        errors = FieldErrors({k: f"{SETTING_LABELS.get(k, k)} {v[:1].lower()}{v[1:]}" for k, v in errors.items()})
+        return render(
+            request, "pages/settings.html", principal=principal, school_id=school_id, values=data, errors=errors,
+            message=None if errors else detail, status=422,
+        )
+    return redirect(f"/schools/{school_id}/settings", notice="Settings saved.")
+
+
+ROUTES = [
+    class_page,
+    invite_page,
+    invite_submit,
+    remove_page,
+    remove_submit,
+    remove_all_submit,
+    codes_page,
+    codes_submit,
+    audit_page,
+    settings_page,
+    settings_submit,
+]
