@@ -497,3 +497,44 @@ async def test_pages_send_safety_headers_and_refuse_forms_without_their_token(po
         anonymous = await http.post("/login", data={"email": MARY, "password": NEW_PASSWORD})
         assert anonymous.status_code == 403 and "portal_session" not in anonymous.headers.get("set-cookie", "")
     assert len(CHECKED) >= 25, CHECKED
+
+
+async def test_school_admin_bars_an_address_then_lifts_the_bar(browser: Browser, portal: Portal) -> None:
+    # Last: the bar ends Mary's link to Ben for good (lifting it does not link her again).
+    ctx, admin = await new_page(browser, portal)
+    await sign_in(admin, ADMIN, STAFF_PASSWORD)
+    await admin.goto(f"/classes/{CLASS_Y5}")
+    await admin.get_by_role("link", name="Safeguarding bars for Ben").click()
+    await expect(admin.get_by_text("No address is barred from Ben")).to_be_visible()
+    await admin.get_by_role("button", name="Bar this address from Ben").click()
+    await expect(admin.get_by_role("alert")).to_contain_text("Enter why this address is barred from Ben")
+    assert await admin.get_by_label("Reason for the bar").get_attribute("aria-invalid") == "true"
+    assert "f-reason-error" in (await admin.get_by_label("Reason for the bar").get_attribute("aria-describedby") or "")
+    await check(admin, "bars-error")
+    await admin.get_by_label("Email address to bar").fill(MARY)
+    await admin.get_by_label("Reason for the bar").fill("Court order")
+    await admin.get_by_role("button", name="Bar this address from Ben").click()
+    await expect(admin.get_by_role("status")).to_contain_text(f"{MARY} can no longer be linked to Ben; their access ended")
+    await expect(admin.locator(".bar-list")).to_contain_text("Court order")
+    await check(admin, "bars")
+
+    _, mary = portal.seen["mary"]
+    await mary.goto("/")
+    await expect(mary.get_by_role("link", name="Add a child")).to_be_visible()
+    assert "Ben" not in await mary.locator("main").inner_text()
+    await admin.goto(f"/classes/{CLASS_Y5}/pupils/{BEN}/audit")
+    await expect(admin.locator(".audit-list")).to_contain_text("Address barred")
+    await expect(admin.locator(".audit-list")).to_contain_text("Court order")
+
+    await admin.go_back()
+    await admin.get_by_role("button", name=f"Lift the bar on {MARY} for Ben").click()
+    await check(admin, "lift-bar-confirm")
+    await admin.get_by_role("button", name=f"Lift the bar on {MARY} for Ben").click()
+    await expect(admin.get_by_role("status")).to_contain_text(f"The bar on {MARY} is lifted")
+    await expect(admin.get_by_text("No address is barred from Ben")).to_be_visible()
+    await admin.goto(f"/classes/{CLASS_Y5}/pupils/{BEN}/audit")
+    await expect(admin.locator(".audit-list")).to_contain_text("Bar lifted")
+    # Teachers have no bars page.
+    _, staff = portal.seen["staff"]
+    assert (await staff.goto(f"/classes/{CLASS_Y5}/pupils/{BEN}/bars")).status == 404
+    await ctx.close()

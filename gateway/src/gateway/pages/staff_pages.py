@@ -1,6 +1,6 @@
 """Staff pages: their classes, a class's Parents tab (status badges, invitations, invite by
 email, remove with confirmation, create and print QR codes) and, for school admins, a pupil's
-audit trail and the school's settings.
+audit trail, safeguarding bars and the school's settings.
 
 Every page asks linking within the caller's scope through the API routes' own functions, so
 what a page shows is exactly what the API would answer the same caller.
@@ -18,7 +18,7 @@ from litestar.response import Template
 from contracts import linking as contract
 from contracts.identity import Principal
 from contracts.kit.rpc import RpcError
-from gateway import staff_link_routes, staff_routes
+from gateway import bar_routes, staff_link_routes, staff_routes
 from gateway.errors import ApiError
 from gateway.pages.common import FieldErrors, field_errors_from, redirect, render
 from gateway.rpc import api_error, ask
@@ -247,6 +247,89 @@ async def audit_page(
     return render(request, "pages/audit.html", principal=principal, klass=reply, pupil=pupil, rows=rows)
 
 
+def _bars_path(class_id: str, pupil_id: str) -> str:
+    return f"/classes/{class_id}/pupils/{pupil_id}/bars"
+
+
+@get("/classes/{class_id:str}/pupils/{pupil_id:str}/bars", include_in_schema=False, guards=ADMINS)
+async def bars_page(state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str) -> Template:
+    """A pupil's safeguarding bars, each with "Lift the bar", and the form to bar an address."""
+    reply, pupils = await _class(state, principal, class_id)
+    pupil = _pupil(pupils, pupil_id)
+    bars = await bar_routes.list_bars.fn(state=state, principal=principal, pupil_id=pupil_id)
+    return render(request, "pages/bars.html", principal=principal, klass=reply, pupil=pupil, bars=bars, values={}, errors={})
+
+
+@post("/classes/{class_id:str}/pupils/{pupil_id:str}/bars", include_in_schema=False, guards=ADMINS, status_code=200)
+async def bar_submit(state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str) -> Response[Any]:
+    """Bar the address: it can no longer be linked to the pupil, and links it holds end."""
+    form = await request.form()
+    email = str(form.get("email") or "").strip()
+    reason = str(form.get("reason") or "").replace("\r\n", "\n").strip()
+    reply, pupils = await _class(state, principal, class_id)
+    pupil = _pupil(pupils, pupil_id)
+
+    async def again(errors: FieldErrors, status: int, message: str | None = None) -> Template:
+        bars = await bar_routes.list_bars.fn(state=state, principal=principal, pupil_id=pupil_id)
+        return render(
+            request, "pages/bars.html", principal=principal, klass=reply, pupil=pupil, bars=bars,
+            values={"email": email, "reason": reason}, errors=errors, message=message, status=status,
+        )
+
+    errors = FieldErrors()
+    if "@" not in email or not 3 <= len(email) <= 254:
+        errors["email"] = "Enter the email address to bar, like name@example.org"
+    if not reason:
+        errors["reason"] = f"Enter why this address is barred from {pupil.first_name}"
+    elif len(reason) > 1000:
+        errors["reason"] = "Keep the reason to 1000 characters or fewer"
+    if errors:
+        return await again(errors, 400)
+    try:
+        await bar_routes.add_bar.fn(state=state, principal=principal, pupil_id=pupil_id, data=bar_routes.BarBody(email=email, reason=reason))
+    except (RpcError, ApiError) as exc:
+        err = exc if isinstance(exc, ApiError) else api_error(exc)
+        if err.status_code != 422:
+            raise
+        found, detail = field_errors_from(exc)
+        return await again(FieldErrors({k: v for k, v in found.items() if k in ("email", "reason")}), 422, detail)
+    return redirect(_bars_path(class_id, pupil_id), notice=f"{email} can no longer be linked to {pupil.first_name}; their access ended.")
+
+
+async def _bar(state: State, principal: Principal, pupil_id: str, bar_id: str) -> dict[str, Any]:
+    bars = await bar_routes.list_bars.fn(state=state, principal=principal, pupil_id=pupil_id)
+    found = next((b for b in bars if b["bar_id"] == bar_id), None)
+    if found is None:
+        raise not_found()
+    return found
+
+
+@get("/classes/{class_id:str}/pupils/{pupil_id:str}/bars/{bar_id:str}/lift", include_in_schema=False, guards=ADMINS)
+async def lift_page(
+    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str, bar_id: str
+) -> Template:
+    """Asks before lifting a bar, naming the address and the pupil."""
+    reply, pupils = await _class(state, principal, class_id)
+    pupil = _pupil(pupils, pupil_id)
+    bar = await _bar(state, principal, pupil_id, bar_id)
+    return render(request, "pages/lift_bar.html", principal=principal, klass=reply, pupil=pupil, bar=bar)
+
+
+@post("/classes/{class_id:str}/pupils/{pupil_id:str}/bars/{bar_id:str}/lift", include_in_schema=False, guards=ADMINS, status_code=200)
+async def lift_submit(
+    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str, bar_id: str
+) -> Response[Any]:
+    """The address may be linked to the pupil again."""
+    _, pupils = await _class(state, principal, class_id)
+    pupil = _pupil(pupils, pupil_id)
+    bar = await _bar(state, principal, pupil_id, bar_id)
+    await bar_routes.lift_bar.fn(state=state, principal=principal, pupil_id=pupil_id, bar_id=bar_id)
+    return redirect(
+        _bars_path(class_id, pupil_id),
+        notice=f"The bar on {bar['email']} is lifted: it may be linked to {pupil.first_name} again.",
+    )
+
+
 def _settings_values(answer: Any) -> dict[str, Any]:
     return {
         "max_carers_per_code": answer.max_carers_per_code,
@@ -304,6 +387,10 @@ ROUTES = [
     codes_page,
     codes_submit,
     audit_page,
+    bars_page,
+    bar_submit,
+    lift_page,
+    lift_submit,
     settings_page,
     settings_submit,
 ]
