@@ -32,6 +32,12 @@ test: install
 test-fast: install
 	$(VENV)/bin/python -m pytest -m "not slow"
 
+# Trust-scale figures of the overview (bench/overview.py prints a table): about ten minutes,
+# needs wrk (Debian) and the machine's PostgreSQL. Not a test: nothing fails on slow figures.
+.PHONY: bench
+bench: install
+	$(VENV)/bin/python bench/overview.py $(BENCH_ARGS)
+
 # Regenerate the committed AsyncAPI documents (a test fails while they are stale).
 asyncapi: install
 	for s in identity linking notify overview; do $(VENV)/bin/python -m $$s asyncapi --out services/$$s/asyncapi.json; done

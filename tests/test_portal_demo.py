@@ -45,14 +45,31 @@ def _login(http: httpx.Client, email: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def test_demo_trust_is_seeded_and_usable(tmp_path: Path) -> None:
+def _up(tmp_path: Path, name: str) -> tuple[subprocess.Popen, int, Path, Path]:
     port = free_port()
-    out, err = tmp_path / "up.out", tmp_path / "up.err"
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     proc = subprocess.Popen(
         [PORTAL, "up", "--demo"],
         env=_env(PORTAL_DATA_DIR=str(tmp_path / "data"), PORTAL_HTTP_PORT=str(port)),
         stdout=out.open("w"), stderr=err.open("w"), stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
+    return proc, port, out, err
+
+
+def _stop(proc: subprocess.Popen, err: Path) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    assert code == 0, err.read_text()[-2000:]
+
+
+def test_demo_trust_is_seeded_and_usable(tmp_path: Path) -> None:
+    proc, port, out, err = _up(tmp_path, "first")
     try:
         printed = _wait_for_logins(proc, out, err)
         three = next(p for p in demo.PARENTS if len(p.children) == 3)
@@ -83,12 +100,14 @@ def test_demo_trust_is_seeded_and_usable(tmp_path: Path) -> None:
             assert all(c["pupil_count"] == demo.PUPILS_PER_CLASS for c in classes)
             assert sum(c["linked_pupil_count"] for c in classes) >= 3
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-    assert code == 0, err.read_text()[-2000:]
+        _stop(proc, err)
+
+    # The same data directory again: nothing fails, nothing is added twice.
+    proc, port, out, err = _up(tmp_path, "second")
+    try:
+        assert "already seeded" in _wait_for_logins(proc, out, err)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            children = http.get("/api/v1/me/children", headers=_login(http, three.email)).json()
+            assert sorted(c["pupil_id"] for c in children) == sorted(c.pupil_id for c in three.children)
+    finally:
+        _stop(proc, err)

@@ -25,7 +25,7 @@ from gateway import (
     staff_link_routes,
     staff_routes,
 )
-from gateway import links_cache
+from gateway import bench_routes, links_cache
 from gateway.bus import nats_lifespan
 from gateway.links_cache import LinksCache
 from gateway.edge import security_headers, wrap_access_log
@@ -88,6 +88,8 @@ def create_app(
     ]
     if settings.dev_mail_dir is not None:
         handlers.extend(devmail.ROUTES)
+    if bench_routes.enabled():
+        handlers.extend(bench_routes.ROUTES)
     if settings.platform_url == f"{settings.public_url}/platform":
         # No platform named: the overview's buttons lead to the demo stand-in.
         handlers.append(platform_router)
