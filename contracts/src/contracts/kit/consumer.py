@@ -16,6 +16,7 @@
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,8 +180,10 @@ class EventConsumer:
                 insert(processed_events),
                 [{"consumer": self.durable, "event_id": ev.event_id, "processed_at": now} for _, ev in fresh],
             )
-        for subject, ev in fresh:
-            log.debug("event_applied", consumer=self.durable, subject=subject, event_id=ev.event_id)
+        # Thousands of events a second pass here: build no log events unless someone reads them.
+        if logging.getLogger("contracts.kit.consumer").isEnabledFor(logging.DEBUG):
+            for subject, ev in fresh:
+                log.debug("event_applied", consumer=self.durable, subject=subject, event_id=ev.event_id)
 
     async def _failed(self, raw: Msg, exc: BaseException) -> None:
         deliveries = raw.metadata.num_delivered or 1
