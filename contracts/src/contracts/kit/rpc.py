@@ -148,6 +148,17 @@ async def call_raw(
     timeout: float = 2.0,
 ) -> bytes:
     """Ask `subject`; return the reply's body or raise an `RpcError`."""
+    return (await call_msg(nc, subject, payload, timeout=timeout)).data
+
+
+async def call_msg(
+    nc: NatsClient,
+    subject: str,
+    payload: Message | BaseModel | dict | bytes | None = None,
+    *,
+    timeout: float = 2.0,
+) -> Any:
+    """Ask `subject`; return the reply message (body and headers) or raise an `RpcError`."""
     try:
         msg = await nc.request(subject, _encode(payload), timeout=timeout)
     except nats.errors.NoRespondersError as exc:
@@ -160,7 +171,7 @@ async def call_raw(
             raise RpcError(subject, err.error, err.detail)
         except ValidationError:
             raise RpcError(subject, msg.headers[ERROR_HEADER], "error reply without detail") from None
-    return msg.data
+    return msg
 
 
 async def call(
@@ -176,6 +187,21 @@ async def call(
     return reply.model_validate_json(data)
 
 
+# A raw handler's answer: the body, or the body and headers for the caller's caches.
+RawReply = bytes | tuple[bytes, dict[str, str]]
+
+
+def typed_raw_handler(request: type[Req], fn: Callable[[Req], Awaitable[BaseModel]]) -> Callable[[bytes], Awaitable[bytes]]:
+    """`fn(request) -> reply` as a `RawResponder` handler (bytes in, bytes out)."""
+
+    async def handle(data: bytes) -> bytes:
+        # A ValidationError here is answered `invalid_request` by the responder.
+        reply = await fn(request.model_validate_json(data or b"{}"))
+        return reply.model_dump_json().encode()
+
+    return handle
+
+
 class RawResponder:
     """A request/reply handler on nats-py directly, for the hottest paths.
 
@@ -184,7 +210,7 @@ class RawResponder:
     raw one. Errors are answered exactly like `rpc_handler` does.
     """
 
-    def __init__(self, subject: str, queue: str, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
+    def __init__(self, subject: str, queue: str, handler: Callable[[bytes], Awaitable[RawReply]]) -> None:
         self.subject = subject
         self.queue = queue
         self.handler = handler
@@ -208,9 +234,12 @@ class RawResponder:
         if not msg.reply:
             return
         try:
-            body = await self.handler(msg.data)
+            reply = await self.handler(msg.data)
             # Not msg.respond(): it would echo the request's headers back.
-            await self._nc.publish(msg.reply, body)
+            if isinstance(reply, bytes):
+                await self._nc.publish(msg.reply, reply)
+            else:
+                await self._nc.publish(msg.reply, reply[0], headers=reply[1])
             return
         except RpcFailure as failure:
             code, detail = failure.code, failure.detail

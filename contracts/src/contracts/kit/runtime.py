@@ -22,7 +22,7 @@ from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler
 from contracts.kit.db import Database
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
-from contracts.kit.rpc import RawResponder, rpc_handler
+from contracts.kit.rpc import RawResponder, rpc_handler, typed_raw_handler
 from contracts.kit.settings import ServiceSettings
 from contracts.kit.streams import ensure_streams
 from contracts.rpc import HealthReply, HealthRequest, health_subject
@@ -154,8 +154,16 @@ class ServiceRuntime:
         """Document an event this service emits (through its outbox) in its AsyncAPI."""
         self._spec_broker.publisher(subject, schema=schema, title=title, description=description)
 
-    def rpc(self, subject: str, *, request: type, title: str, description: str, max_workers: int = 32):
-        """Decorator: serve `subject` in this service's queue group."""
+    def rpc(self, subject: str, *, request: type, title: str, description: str, max_workers: int = 32, raw: bool = False):
+        """Decorator: serve `subject` in this service's queue group (`raw`: on nats-py directly,
+        for the requests every page view makes; see `contracts.kit.rpc.RawResponder`)."""
+        if raw:
+
+            def decorator(fn):  # noqa: ANN001, ANN202
+                self.raw_rpc(subject, request=request, title=title, description=description)(typed_raw_handler(request, fn))
+                return fn
+
+            return decorator
         return rpc_handler(
             self.broker,
             subject,

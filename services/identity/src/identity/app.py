@@ -77,7 +77,8 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         (c.CREATE_STAFF, c.CreateStaffRequest, svc.create_staff, "create staff", "Create or update a member of staff by hand."),
     ]
     for subject, request, fn, title, description in handlers:
-        runtime.rpc(subject, request=request, title=title, description=description)(fn)
+        # Every page view of every gateway replica whose session cache misses asks SESSION.
+        runtime.rpc(subject, request=request, title=title, description=description, raw=subject == c.SESSION)(fn)
 
     runtime.consume(
         stream=streams.PLATFORM,

@@ -182,5 +182,6 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         (contract.ALERTS, contract.AlertsRequest, guessing.alerts, "guessing alerts", "`portal alerts`: failed codes per minute above the threshold, per trust and deployment-wide, newest first."),
     ]
     for subject, request, handler, title, description in rpcs:
-        runtime.rpc(subject, request=request, title=title, description=description)(handler)
+        # ACTIVE_PUPILS is asked on every overview whose links-cache entry is missing.
+        runtime.rpc(subject, request=request, title=title, description=description, raw=subject == contract.ACTIVE_PUPILS)(handler)
     return runtime
