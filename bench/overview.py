@@ -653,6 +653,10 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
         if status != 200 or answer.get("partial") or len(answer["children"]) != len(families[-1]):
             run.errors.append(f"overview sample: {status} {body[:300]!r}")
 
+        if opts.only_events:
+            run.rss = memory([up.pid, responder.pid])
+            run.load.append(_loadavg())
+            return run
         warm_file = tmp / "tokens-warm.txt"
         warm_file.write_text("\n".join(tokens[: opts.warm_parents]) + "\n")
         targets = [
@@ -805,6 +809,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep each run's data directory and logs")
     parser.add_argument("--profile", metavar="DIR", help="record py-spy stacks of each part during every measured run")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="the py-spy binary for --profile")
+    parser.add_argument(
+        "--only-events", action="store_true",
+        help="stop after the events-absorbed figures (no wrk): a quick loop while tuning the consumer",
+    )  # fmt: skip
     parser.add_argument("--responder", metavar="NATS_URL", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.responder:
@@ -816,7 +824,7 @@ def main() -> None:
             pass
         asyncio.run(serve_responder(opts.responder))
         return
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not opts.only_events:
         sys.exit("bench: wrk is not installed (Debian: apt-get install wrk)")
     base = Scale()
     scale = Scale(
