@@ -16,6 +16,7 @@
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,9 +30,11 @@ from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select
+from sqlalchemy import String, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Event, utcnow
+from contracts.kit.db import UtcDateTime
 from contracts.kit.deadletters import (
     DL_PREFIX,
     H_AT,
@@ -89,6 +92,38 @@ def describe_error(exc: BaseException) -> str:
         return f"ValidationError: {'; '.join(parts)}"
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:300]
+
+
+_CLAIM_SQL = {
+    # One statement whatever the batch size: an array (PostgreSQL) or a JSON list (SQLite)
+    # rather than a bind parameter per event, so there is nothing to compile or plan per batch.
+    "postgresql": "SELECT :consumer, unnest(CAST(:ids AS VARCHAR[])), :at",
+    # `WHERE true`: without it SQLite reads ON CONFLICT as part of the SELECT's join.
+    "sqlite": "SELECT :consumer, value, :at FROM json_each(:ids) WHERE true",
+}
+
+
+async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
+    """Record `event_ids` as processed by `consumer`; the ones not recorded before.
+
+    An insert that skips what is already there, rather than a look-up then an insert: the
+    primary key answers per event whatever the table's statistics say (a planner that
+    believed the table empty made the look-up scan it), and a replica applying the same
+    event at the same time waits on the row and then skips it instead of failing. Called in
+    the transaction that applies the events, so a rollback forgets the claims too.
+    """
+    if not event_ids:
+        return set()
+    dialect = session.bind.dialect.name
+    stmt = text(
+        f"INSERT INTO {processed_events.name} (consumer, event_id, processed_at) {_CLAIM_SQL[dialect]} "
+        "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+    ).bindparams(
+        bindparam("consumer", consumer, type_=String()),
+        bindparam("ids", event_ids if dialect == "postgresql" else json.dumps(event_ids)),
+        bindparam("at", utcnow(), type_=UtcDateTime()),
+    )
+    return set((await session.execute(stmt)).scalars())
 
 
 @dataclass
@@ -149,37 +184,21 @@ class EventConsumer:
             await raw.ack()
 
     async def _apply(self, items: list[tuple[Msg, Event]]) -> None:
-        ids = {ev.event_id for _, ev in items}
+        fresh: list[tuple[str, Event]] = []
         async with self.runtime.unit_of_work() as uow:
-            done = set(
-                (
-                    await uow.session.execute(
-                        select(processed_events.c.event_id).where(
-                            processed_events.c.consumer == self.durable,
-                            processed_events.c.event_id.in_(ids),
-                        )
-                    )
-                ).scalars()
-            )
-            fresh: list[tuple[str, Event]] = []
+            unique: dict[str, tuple[str, Event]] = {}
             for raw, ev in items:
-                if ev.event_id in done:
-                    continue
-                done.add(ev.event_id)
-                fresh.append((raw.subject, ev))
-            if not fresh:
+                unique.setdefault(ev.event_id, (raw.subject, ev))
+            claimed = await claim_events(uow.session, self.durable, list(unique))
+            if not claimed:
                 return
+            fresh = [pair for event_id, pair in unique.items() if event_id in claimed]
             if self.batch_handler is not None:
                 await self.batch_handler(uow, fresh)
             else:
                 assert self.handler is not None
                 for subject, ev in fresh:
                     await self.handler(uow, ev, subject)
-            now = utcnow()
-            await uow.session.execute(
-                insert(processed_events),
-                [{"consumer": self.durable, "event_id": ev.event_id, "processed_at": now} for _, ev in fresh],
-            )
         # Thousands of events a second pass here: build no log events unless someone reads them.
         if logging.getLogger("contracts.kit.consumer").isEnabledFor(logging.DEBUG):
             for subject, ev in fresh:
