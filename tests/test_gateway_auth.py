@@ -27,6 +27,7 @@ from sqlalchemy import update
 
 from contracts import identity as contract
 from contracts.base import utcnow
+from contracts.kit import rpc
 from contracts.kit.service import migrate
 from gateway.app import create_app
 from gateway.auth import SessionCache, client_ip, cookie_name, csrf_token_for, require_role, session_cookie, token_key
@@ -395,6 +396,30 @@ async def test_logout_is_seen_by_the_other_replica_at_once(stack: Stack) -> None
     # Logging out again is harmless.
     assert (await stack.b.http.post("/api/v1/auth/logout", headers=bearer(token))).status_code == 204
     assert_error(await stack.b.http.post("/api/v1/auth/logout"), 401, "unauthorized")
+
+
+async def test_a_staff_members_new_school_is_seen_by_every_replica_at_once(stack: Stack) -> None:
+    nc = stack.identity.broker.connection
+    email = f"teacher-{uuid.uuid4().hex[:8]}@school.example"
+
+    async def staff(school_id: str) -> None:
+        request = contract.CreateStaffRequest(email=email, name="Tess Teacher", role="teacher", school_id=school_id, password=NEW_PASSWORD)
+        await rpc.call(nc, contract.CREATE_STAFF, request, contract.CreateStaffReply, timeout=10)
+
+    await staff("oak")
+    token = (await login(stack.a, email, NEW_PASSWORD))["access_token"]
+    for gw in (stack.a, stack.b):
+        assert (await gw.http.get("/api/v1/me", headers=bearer(token))).json()["school_id"] == "oak"
+    assert stack.b.cache.get(token_key(token)) is not None, "B answers from its cache"
+
+    await staff("elm")  # the roster moves them to another school
+
+    async def moved() -> bool:
+        return all([(await gw.http.get("/api/v1/me", headers=bearer(token))).json()["school_id"] == "elm" for gw in (stack.a, stack.b)])
+
+    started = time.perf_counter()
+    assert await eventually(moved, timeout=5)
+    assert time.perf_counter() - started < 1.0, "every replica dropped the cached session within a second"
 
 
 async def test_cookie_requests_need_the_csrf_token(stack: Stack) -> None:

@@ -193,6 +193,7 @@ PARENT_REGISTERED = "identity.parent.registered.v1"
 PARENT_VERIFIED = "identity.parent.verified.v1"
 PASSWORD_CHANGED = "identity.password.changed.v1"
 SESSION_REVOKED = "identity.session.revoked.v1"
+ACCOUNT_CHANGED = "identity.account.changed.v1"
 
 
 class ParentRegistered(Event):
@@ -209,6 +210,13 @@ class ParentVerified(Event):
 
 class PasswordChanged(Event):
     """An account's password changed; every one of its sessions ended."""
+
+    account_id: str
+
+
+class AccountChanged(Event):
+    """What a session of this account stands for changed (role, school, trust, name or address):
+    whoever caches the account's sessions asks again."""
 
     account_id: str
 

@@ -1,9 +1,11 @@
 """Who is calling: the session token of a request, resolved to identity's `Principal`.
 
 A token comes as `Authorization: Bearer <token>` or in the session cookie. Identity answers
-`rpc.identity.session.v1` for it; the answer is kept for a few seconds per process, keyed by
+`rpc.identity.session.v1` for it; the answer is kept for some minutes per process, keyed by
 a hash of the token, and dropped as soon as `identity.session.revoked.v1` names the session (or
-its account), so that logging out or changing a password takes effect on every replica at once.
+its account), so that logging out or changing a password takes effect on every replica at once,
+or when `identity.account.changed.v1` says what the account stands for changed (a member of
+staff's school or role).
 
 Routes get the caller by declaring `principal: NamedDependency[Principal]` (401 when there is
 none) or `maybe_principal: NamedDependency[Principal | None]`; `guards=[require_role("school_admin")]` limits a route
@@ -213,6 +215,7 @@ class SessionAuth:
         # and core subscribers receive what JetStream stores as well.
         try:
             await nc.subscribe(identity.SESSION_REVOKED, cb=self._on_revoked)
+            await nc.subscribe(identity.ACCOUNT_CHANGED, cb=self._on_account_changed)
         except Exception as exc:  # noqa: BLE001 - the gateway still works, asking identity each time
             log.error("session_revocations_not_subscribed", error=type(exc).__name__)
             return
@@ -241,6 +244,15 @@ class SessionAuth:
         if not event.all_sessions and not event.session_ids:
             self.cache.drop_account(event.account_id)
         self._wake(event)
+
+    async def _on_account_changed(self, msg: Msg) -> None:
+        try:
+            event = identity.AccountChanged.model_validate_json(msg.data)
+        except ValidationError:
+            self.cache.clear()
+            log.warning("account_changed_unreadable")
+            return
+        self.cache.drop_account(event.account_id)
 
     def _wake(self, event: identity.SessionRevoked) -> None:
         for session_id in event.session_ids:

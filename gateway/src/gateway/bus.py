@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import nats
+import nats.errors
 from litestar import Litestar
 from litestar.datastructures import State
 from nats.aio.client import Client as NatsClient
@@ -27,11 +28,6 @@ STATE_KEY = "nats"
 
 ConnectHook = Callable[[NatsClient], Awaitable[None]]
 ReconnectHook = Callable[[], Awaitable[None]]
-
-
-async def _quiet_error_cb(exc: Exception) -> None:
-    # nats-py's default prints a traceback per failed reconnect; one line is enough.
-    log.warning("nats_connection_error", error=type(exc).__name__, detail=str(exc)[:200])
 
 
 async def _connect(
@@ -49,20 +45,34 @@ async def _connect(
             log.warning("nats_not_found", detail=str(exc))
             await asyncio.sleep(1)
 
-    async def reconnected() -> None:
-        log.info("nats_reconnected")
+    async def forget_everything() -> None:
         for hook in on_reconnect:
             try:
                 await hook()
             except Exception as exc:  # noqa: BLE001 - one hook's failure must not stop the others
                 log.error("nats_reconnect_hook_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
+    async def reconnected() -> None:
+        log.info("nats_reconnected")
+        await forget_everything()
+
+    async def error_cb(exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # nats-py dropped messages of a subscription that fell behind: if one was a
+            # revocation or a link change, the caches cannot tell, so they start afresh as
+            # after a reconnect.
+            log.error("nats_slow_consumer", subject=exc.subject)
+            await forget_everything()
+            return
+        # nats-py's default prints a traceback per failed reconnect; one line is enough.
+        log.warning("nats_connection_error", error=type(exc).__name__, detail=str(exc)[:200])
+
     await nc.connect(
         url,
         name="gateway",
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        error_cb=_quiet_error_cb,
+        error_cb=error_cb,
         reconnected_cb=reconnected,
     )
     log.info("nats_connected")

@@ -94,6 +94,7 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         (c.PARENT_VERIFIED, c.ParentVerified, "parent verified"),
         (c.PASSWORD_CHANGED, c.PasswordChanged, "password changed"),
         (c.SESSION_REVOKED, c.SessionRevoked, "session revoked"),
+        (c.ACCOUNT_CHANGED, c.AccountChanged, "account changed"),
     ]:
         runtime.publishes(subject, model, title=title, description=model.__doc__ or title)
 

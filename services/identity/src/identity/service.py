@@ -452,8 +452,13 @@ class IdentityService:
         created = account is None
         if created:
             account = Account(id=uuid.uuid4().hex, created_at=now, role=role, email=email, email_key="", name=name)
+        before = None if created else (account.role, account.email, account.name, account.school_id, account.trust_id)
         account.role, account.email, account.email_key, account.name = role, email, normalise_email(email), name
         account.school_id, account.trust_id = (None, trust_id) if role == "trust_admin" else (school_id, None)
+        if before is not None and before != (account.role, account.email, account.name, account.school_id, account.trust_id):
+            # Gateways cache sessions for minutes: a member of staff moved to another school
+            # must not keep the old one's pupils that long.
+            await uow.emit(c.ACCOUNT_CHANGED, c.AccountChanged(account_id=account.id), aggregate=f"account:{account.id}")
         account.staff_id = staff_id or account.staff_id
         account.verified_at = account.verified_at or now  # the school vouches for staff addresses
         account.updated_at = now
