@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from pydantic import AwareDatetime, Field
 
 from contracts.base import Message
@@ -55,3 +57,27 @@ class ChangedNotice(Message):
     """These pupils' projections changed."""
 
     pupil_ids: list[str]
+
+
+# Where in a UTC week (seconds after Monday 00:00 UTC) some school's week can begin: Monday
+# 00:00 local under every UTC offset in use, from +14:00 (Sunday 10:00 UTC) to -12:00 (Monday
+# 12:00 UTC), and every offset is a whole number of quarter hours.
+_WEEK = 7 * 24 * 3600
+_TURNS_FROM = _WEEK - 14 * 3600
+_TURNS_UNTIL = 12 * 3600
+_QUARTER = 15 * 60
+
+
+def next_week_turn(now: datetime) -> datetime:
+    """The first instant after `now` at which some school's week may begin.
+
+    "Stars this week" changes at that instant without any event. A cache that does not know the
+    pupil's timezone keeps an overview no later than this: during the day and a half around
+    Monday that is the next quarter hour, otherwise next Sunday 10:00 UTC.
+    """
+    now = now.astimezone(UTC)
+    monday = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    t = (now - monday).total_seconds()
+    if _TURNS_UNTIL <= t < _TURNS_FROM:
+        return monday + timedelta(seconds=_TURNS_FROM)
+    return monday + timedelta(seconds=(t // _QUARTER + 1) * _QUARTER)

@@ -25,7 +25,7 @@ from gateway import (
     staff_link_routes,
     staff_routes,
 )
-from gateway import bench_routes, links_cache
+from gateway import bench_routes, links_cache, overview_cache
 from gateway.bus import nats_lifespan
 from gateway.links_cache import LinksCache
 from gateway.edge import security_headers, wrap_access_log
@@ -68,6 +68,7 @@ def create_app(
     settings = settings or GatewaySettings()
     sessions = auth.SessionAuth(settings)
     links = LinksCache(settings.links_cache_seconds)
+    overviews = overview_cache.OverviewCache(settings.overview_cache_seconds, settings.overview_cache_entries)
     handlers: list[ControllerRouterHandler] = [
         health.health,
         health.ready,
@@ -100,14 +101,14 @@ def create_app(
                 "settings": settings,
                 auth.STATE_KEY: sessions,
                 links_cache.STATE_KEY: links,
-                parent_routes.LAST_KNOWN_KEY: parent_routes.LastKnown(),
+                overview_cache.STATE_KEY: overviews,
             }
         ),
         lifespan=[
             nats_lifespan(
                 settings,
-                on_connect=[sessions.subscribe, links.subscribe],
-                on_reconnect=[sessions.on_reconnect, links.on_reconnect],
+                on_connect=[sessions.subscribe, links.subscribe, overviews.subscribe],
+                on_reconnect=[sessions.on_reconnect, links.on_reconnect, overviews.on_reconnect],
             )
         ],
         dependencies=auth.dependencies(),

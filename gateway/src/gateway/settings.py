@@ -28,11 +28,12 @@ class GatewaySettings(CommonSettings):
         default=1.0, gt=0, le=30, description="Seconds `/ready` waits for each service's health answer."
     )
     session_cache_seconds: float = Field(
-        default=5.0,
+        default=300.0,
         ge=0,
-        le=60,
+        le=3600,
         description="How long a validated session is reused without asking identity (PORTAL_SESSION_CACHE_SECONDS); "
-        "revocation events drop entries sooner. 0 turns the cache off.",
+        "identity's revocation and account-change events drop entries at once on every replica, and a reconnect "
+        "drops them all. 0 turns the cache off.",
     )
     session_cache_entries: int = Field(
         default=100_000, ge=0, description="At most this many sessions are cached (PORTAL_SESSION_CACHE_ENTRIES)."
@@ -45,11 +46,22 @@ class GatewaySettings(CommonSettings):
         "every replica has dropped the session before the answer (PORTAL_REVOCATION_WAIT_SECONDS).",
     )
     links_cache_seconds: float = Field(
-        default=30.0,
+        default=300.0,
         ge=0,
-        le=300,
+        le=3600,
         description="How long a parent's linked children are remembered (PORTAL_LINKS_CACHE_SECONDS); linking's "
         "link events drop them at once on every replica.",
+    )
+    overview_cache_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="How long a child's overview is served from the gateway's memory (PORTAL_OVERVIEW_CACHE_SECONDS, "
+        "the overview service's own cache reads it too); overview's change notices drop entries at once, and no "
+        "entry outlives the turn of a school's week. 0 asks overview every time.",
+    )
+    overview_cache_entries: int = Field(
+        default=200_000, ge=0, description="At most this many children's overviews are kept (PORTAL_OVERVIEW_CACHE_ENTRIES)."
     )
     overview_timeout: float = Field(
         default=0.5,

@@ -29,8 +29,7 @@ async def parent_home(state: State, request: Request, principal: Principal, chil
     overview = None
     if selected is not None and selected["status"] == "linked":
         try:
-            answer = await parent_routes.child_overview.fn(state=state, principal=principal, pupil_id=selected["pupil_id"])
-            overview = json.loads(answer.content)
+            overview = json.loads(await parent_routes.child_overview_json(state, principal, selected["pupil_id"]))
         except ApiError:
             overview = None  # linked a moment ago and not yet in this replica's view: shown without numbers
     firsts = [c["first_name"] for c in children]

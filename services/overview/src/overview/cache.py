@@ -1,14 +1,16 @@
 """Each replica keeps recent overviews in memory: a parent's morning visit is a dictionary
 lookup, not four queries. An entry goes when its pupil's events are applied (here, or on another
-replica, which says so on `notice.overview.changed.v1`), and after a short time in any case,
-since "this week" moves on by itself."""
+replica, which says so on `notice.overview.changed.v1`), after a short time in any case, and
+when some school's week may turn (`contracts.overview.next_week_turn`): "this week" moves on by
+itself."""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
 
-from contracts.overview import ChildOverview
+from contracts.base import utcnow
+from contracts.overview import ChildOverview, next_week_turn
 
 
 class OverviewCache:
@@ -44,7 +46,7 @@ class OverviewCache:
         data = overview.model_dump_json().encode()
         if self.version(overview.pupil_id) != version:
             return data
-        self._entries[overview.pupil_id] = (time.monotonic() + self.ttl, overview, data)
+        self._entries[overview.pupil_id] = (expiry(self.ttl), overview, data)
         self._entries.move_to_end(overview.pupil_id)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
@@ -63,3 +65,9 @@ class OverviewCache:
         self._entries.clear()
         self._versions.clear()
         self._epoch += 1
+
+
+def expiry(ttl: float) -> float:
+    """The monotonic time an overview computed now stops being fresh."""
+    now = utcnow()
+    return time.monotonic() + min(ttl, (next_week_turn(now) - now).total_seconds())

@@ -1,0 +1,139 @@
+"""Each child's overview, remembered per replica: a parent's overview served from memory makes
+no request at all.
+
+An entry is overview's own JSON for one pupil. It stops being fresh when overview says the
+pupil's numbers changed (`notice.overview.changed.v1`, sent after every batch of events it
+applies), after `PORTAL_OVERVIEW_CACHE_SECONDS`, and when some school's week may turn (stars
+"this week" change then without any event). All entries go after a reconnect or when nats-py
+dropped messages, since a notice may have been missed. An entry that is no longer fresh is kept
+(within the size bound) as the last known numbers of a partial answer while overview is away.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from contracts.base import utcnow
+from contracts.kit.logs import get_logger
+from contracts.overview import CHANGED_NOTICE, ChangedNotice, next_week_turn
+
+log = get_logger("gateway.overview_cache")
+
+STATE_KEY = "overview_cache"
+# A notice matters to an answer that was asked for before it arrived and is still on its way;
+# none is on its way longer than the overview deadline, so older notices can be forgotten.
+_NOTICE_HORIZON = 30.0
+
+
+class OverviewCache:
+    """pupil id -> (fresh until, the child's JSON)."""
+
+    def __init__(self, ttl: float, max_entries: int = 200_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        # False until the notice subscription exists: without it nothing may be served as fresh.
+        self.live = False
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # Notices by pupil: (sequence number, when heard). An answer asked for at sequence `s`
+        # is not kept as fresh for a pupil noticed after `s`: it may predate the change.
+        self._seq = 0
+        self._noticed: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._cleared_at = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- notices --------------------------------------------------------------------------------
+
+    async def subscribe(self, nc: NatsClient) -> None:
+        """Listen to overview's change notices (called once the NATS connection is up)."""
+        await nc.subscribe(CHANGED_NOTICE, cb=self._on_notice)
+        self.clear()
+        self.live = True
+
+    async def on_reconnect(self) -> None:
+        """Nothing is fresh any more: notices may have been missed meanwhile."""
+        self.clear()
+
+    async def _on_notice(self, msg: Msg) -> None:
+        try:
+            pupil_ids = ChangedNotice.model_validate_json(msg.data).pupil_ids
+        except ValidationError:
+            log.warning("overview_notice_unreadable")
+            self.clear()
+            return
+        self.changed(pupil_ids)
+
+    def changed(self, pupil_ids: Iterable[str]) -> None:
+        """These pupils' numbers changed: their entries are no longer fresh."""
+        now = time.monotonic()
+        self._seq += 1
+        for pid in pupil_ids:
+            entry = self._entries.get(pid)
+            if entry is not None:
+                self._entries[pid] = (0.0, entry[1])
+            self._noticed[pid] = (self._seq, now)
+            self._noticed.move_to_end(pid)
+        while self._noticed:
+            _, (_, heard) = next(iter(self._noticed.items()))
+            if heard > now - _NOTICE_HORIZON:
+                break
+            self._noticed.popitem(last=False)
+
+    def clear(self) -> None:
+        """Nothing is fresh any more (entries stay, as last known numbers)."""
+        self._seq += 1
+        self._entries = OrderedDict((pid, (0.0, data)) for pid, (_, data) in self._entries.items())
+        # Every answer on its way predates the clear: none may be kept as fresh.
+        self._cleared_at = self._seq
+
+    # -- entries --------------------------------------------------------------------------------
+
+    def mark(self) -> int:
+        """Call before asking overview; pass the result to `put`."""
+        return self._seq
+
+    def fresh(self, pupil_id: str) -> bytes | None:
+        """The pupil's JSON if fresh."""
+        entry = self._entries.get(pupil_id)
+        if entry is None or entry[0] <= time.monotonic():
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry[1]
+
+    def last_known(self, pupil_id: str) -> bytes | None:
+        """The pupil's JSON however old: a partial answer's numbers."""
+        entry = self._entries.get(pupil_id)
+        return None if entry is None else entry[1]
+
+    def put(self, parts: dict[str, bytes], mark: int) -> None:
+        """Keep overview's answers, asked for at `mark`."""
+        if self.max_entries <= 0:
+            return
+        now = utcnow()
+        fresh_until = time.monotonic() + min(self.ttl, (next_week_turn(now) - now).total_seconds())
+        for pid, data in parts.items():
+            noticed = self._noticed.get(pid)
+            ok = self.live and self.ttl > 0 and mark >= self._cleared_at and (noticed is None or noticed[0] <= mark)
+            self._entries[pid] = (fresh_until if ok else 0.0, data)
+            self._entries.move_to_end(pid)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+def split_children(data: bytes) -> dict[str, bytes]:
+    """Overview's `{"children": [...]}` as each pupil's own JSON."""
+    return {
+        child["pupil_id"]: json.dumps(child, ensure_ascii=False, separators=(",", ":")).encode()
+        for child in json.loads(data)["children"]
+    }

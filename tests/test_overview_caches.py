@@ -1,0 +1,99 @@
+"""The overview caches' rules, one function or class at a time: no entry outlives the turn of a
+school's week, and an answer asked for before a change notice is never kept as fresh."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from contracts.overview import next_week_turn
+from gateway import overview_cache
+from gateway.overview_cache import OverviewCache, split_children
+from overview.projection import week_start
+
+ZONES = ["Europe/London", "Pacific/Kiritimati", "Etc/GMT+12", "Asia/Kathmandu", "Pacific/Chatham", "America/St_Johns", "UTC"]
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_no_school_week_turns_before_next_week_turn(zone: str) -> None:
+    rng = random.Random(zone)
+    start = datetime(2026, 3, 20, tzinfo=UTC)  # spans the spring clock change in Europe and elsewhere
+    for _ in range(3000):
+        now = start + timedelta(seconds=rng.randrange(0, 21 * 24 * 3600))
+        turn = next_week_turn(now)
+        assert turn > now
+        assert week_start(now, zone) == week_start(turn - timedelta(microseconds=1), zone), (now, turn)
+    # At its own turn the week does begin for some zone, so the bound is not needlessly early.
+    monday_london = datetime(2026, 3, 29, 23, 0, tzinfo=UTC)  # Monday 00:00 BST
+    assert next_week_turn(monday_london - timedelta(minutes=1)) == monday_london
+
+
+def test_next_week_turn_is_days_away_midweek() -> None:
+    wednesday = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+    assert next_week_turn(wednesday) == datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+
+
+def live_cache(ttl: float = 60) -> OverviewCache:
+    cache = OverviewCache(ttl)
+    cache.live = True
+    return cache
+
+
+def test_an_answer_asked_for_before_a_notice_is_not_fresh() -> None:
+    cache = live_cache()
+    mark = cache.mark()
+    cache.changed(["amy"])  # heard while the request was on its way
+    cache.put({"amy": b'{"pupil_id":"amy"}', "ben": b'{"pupil_id":"ben"}'}, mark)
+    assert cache.fresh("amy") is None and cache.last_known("amy") == b'{"pupil_id":"amy"}'
+    assert cache.fresh("ben") == b'{"pupil_id":"ben"}'
+    cache.put({"amy": b'{"pupil_id":"amy","v":2}'}, cache.mark())
+    assert cache.fresh("amy") == b'{"pupil_id":"amy","v":2}'
+
+
+def test_a_notice_or_a_clear_ends_freshness_but_keeps_the_numbers() -> None:
+    cache = live_cache()
+    cache.put({"amy": b"1", "ben": b"2"}, cache.mark())
+    cache.changed(["amy"])
+    assert cache.fresh("amy") is None and cache.fresh("ben") == b"2"
+    mark = cache.mark()
+    cache.clear()
+    cache.put({"cara": b"3"}, mark)  # asked before the clear
+    assert cache.fresh("ben") is None and cache.fresh("cara") is None
+    assert cache.last_known("ben") == b"2" and cache.last_known("cara") == b"3"
+
+
+def test_nothing_is_fresh_without_the_notice_subscription_or_with_ttl_zero() -> None:
+    cache = OverviewCache(60)
+    cache.put({"amy": b"1"}, cache.mark())
+    assert cache.fresh("amy") is None
+    off = live_cache(ttl=0)
+    off.put({"amy": b"1"}, off.mark())
+    assert off.fresh("amy") is None
+
+
+def test_entries_end_at_the_week_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = live_cache(ttl=3600)
+    sunday = datetime(2026, 12, 6, 9, 59, 30, tzinfo=UTC)  # 30 s before Kiritimati's Monday
+    monkeypatch.setattr(overview_cache, "utcnow", lambda: sunday)
+    cache.put({"amy": b"1"}, cache.mark())
+    assert cache.fresh("amy") == b"1"
+    expires = cache._entries["amy"][0] - time.monotonic()
+    assert 25 < expires <= 30
+
+
+def test_the_size_bound_forgets_the_oldest() -> None:
+    cache = OverviewCache(60, max_entries=2)
+    cache.live = True
+    for pid in ("a", "b", "c"):
+        cache.put({pid: pid.encode()}, cache.mark())
+    assert cache.last_known("a") is None and cache.fresh("c") == b"c" and len(cache) == 2
+
+
+def test_split_children_keeps_each_pupils_json() -> None:
+    data = '{"children":[{"pupil_id":"a","next_due":[{"title":"Café },{ maths"}]},{"pupil_id":"b"}]}'.encode()
+    parts = split_children(data)
+    assert set(parts) == {"a", "b"}
+    assert parts["a"].decode() == '{"pupil_id":"a","next_due":[{"title":"Café },{ maths"}]}'
