@@ -74,3 +74,36 @@ async def test_staff_from_the_roster_get_an_account_and_a_set_password_email(fre
     assert (staff["head@oak.example"].role, staff["head@oak.example"].school_id) == ("school_admin", "oak")
     assert (staff["boss@trust.example"].role, staff["boss@trust.example"].trust_id, staff["boss@trust.example"].school_id) == ("trust_admin", "t-1", None)
     await nc.close()
+
+
+async def test_using_a_session_keeps_it_alive_written_in_batches(fresh_nats, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from contracts.base import utcnow
+    from identity.tables import Session
+
+    nc = await nats.connect(fresh_nats.url)
+    settings = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, **CHEAP)
+    await asyncio.to_thread(migrate, identity_app, settings)
+    runtime = identity_app.build(settings)
+    async with runtime.running():
+        email, password = "t2@school.example", "a long staff passphrase"
+        await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name="T", role="teacher", school_id="s", password=password), c.CreateStaffReply, timeout=10)
+        token = (await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), c.LoginReply, timeout=10)).access_token
+        # Last used 20 minutes ago: 10 minutes of a staff member's 30 idle minutes are left.
+        async with runtime.db.session() as s:
+            await s.execute(update(Session).values(last_seen_at=utcnow() - timedelta(minutes=20)))
+        principal = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
+        assert principal.expires_in > 29 * 60, "this use restarts the idle time"
+
+        async def recorded() -> bool:
+            async with runtime.db.reader() as s:
+                seen = (await s.execute(select(Session.last_seen_at))).scalar_one()
+            return utcnow() - seen < timedelta(seconds=10)
+
+        assert await eventually(recorded, timeout=5), "the use is written within a few seconds"
+        again = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
+        assert again.expires_in > 29 * 60
+    await nc.close()

@@ -27,7 +27,7 @@ STATE_KEY = "links_cache"
 class LinksCache:
     """parent id -> (expiry, the pupil ids of their standing, active links)."""
 
-    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl: float, max_entries: int = 200_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, tuple[str, ...]]] = {}
@@ -70,9 +70,13 @@ class LinksCache:
         pupils = tuple(reply.pupil_ids)
         # Not kept if a change was heard while asking: the answer may predate it.
         if generation == self.generation and self.ttl > 0:
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            self._entries[parent_id] = (now + self.ttl, pupils)
+            self._entries.pop(parent_id, None)
+            while self._entries and len(self._entries) >= self.max_entries:
+                # The oldest entry (dicts keep insertion order), not everything: emptying the
+                # cache at once would send every parent to linking together.
+                del self._entries[next(iter(self._entries))]
+            if self.max_entries > 0:
+                self._entries[parent_id] = (now + self.ttl, pupils)
         return pupils
 
 

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from contracts import identity as c
 from contracts import platform, streams
+from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from identity import __version__
@@ -17,6 +18,8 @@ from identity.passwords import OWASP_MIN_MEMORY_KIB, OWASP_MIN_TIME_COST, HashPa
 from identity.service import IdentityService
 
 NAME = "identity"
+
+log = get_logger("identity.app")
 MIGRATIONS = "identity:migrations"
 DESCRIPTION = "Parent and staff accounts, email verification, sessions, password reset."
 
@@ -106,13 +109,24 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
             with contextlib.suppress(Exception):
                 await svc.prune()
 
+    async def record_use_forever() -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                await svc.record_use()
+            except Exception as exc:  # noqa: BLE001 - the database may be back at the next flush
+                log.warning("session_use_not_recorded", error=type(exc).__name__)
+
     async def start_pruner() -> None:
         pruner["task"] = asyncio.create_task(prune_forever())
+        pruner["uses"] = asyncio.create_task(record_use_forever())
 
     async def stop_pruner() -> None:
-        task = pruner.pop("task", None)
-        if task:
-            task.cancel()
+        for task in (pruner.pop("task", None), pruner.pop("uses", None)):
+            if task:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await svc.record_use()
 
     runtime.app.after_startup(start_pruner)
     runtime.app.on_shutdown(stop_pruner)
