@@ -18,10 +18,10 @@ database of its own, dropped afterwards) it runs a real `portal up` on a fresh d
 4. `wrk` (64 connections, 2 threads, a warm-up, then the measured run) against the hello-world
    route and the one-NATS-request route; then every parent's first `GET /api/v1/me/overview` of
    the day (one pass over the 15,000 parents, timed by this script: wrk cannot stop after one
-   pass), then wrk on the overview again rotating over all 15,000 parents' bearer tokens (a Lua
-   script), and over 1,000 of them (each back within the gateway's caches: the hot path alone),
-   and `/bench/overview-lean` over the same 1,000 (the same answer without Litestar's guard and
-   dependency injection).
+   pass: every cache is cold, each parent's session, links and overview are asked for), then
+   wrk on the overview again rotating over all 15,000 parents' bearer tokens (a Lua script:
+   parents coming back, served from the gateway's caches as long as nothing changed), and over
+   1,000 of them.
    All routes are served by the same gateway process with the same settings (`--env` adds some).
 5. The CPU time each process spent in each measured run, the RSS of every process, then SIGTERM.
 
@@ -66,9 +66,6 @@ OVERVIEW = "GET /me/overview, {parents:,} parents"
 FIRST_VISITS = "GET /me/overview, first visit of each of {parents:,} parents"
 # Every parent back within the gateway's session cache time: the hot path alone.
 OVERVIEW_WARM = "GET /me/overview, {warm:,} parents"
-# The same answer with the caller resolved in the handler (gateway.bench_routes): what Litestar's
-# guard and dependency injection cost on the hot path.
-OVERVIEW_LEAN = "GET /bench/overview-lean, {warm:,} parents"
 
 
 @dataclass(frozen=True)
@@ -664,7 +661,6 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             (ONE_REQUEST, f"{base}/bench/nats", None, []),
             (OVERVIEW, f"{base}/api/v1/me/overview", lua, [str(token_file), str(opts.threads), "/api/v1/me/overview"]),
             (OVERVIEW_WARM, f"{base}/api/v1/me/overview", lua, [str(warm_file), str(opts.threads), "/api/v1/me/overview"]),
-            (OVERVIEW_LEAN, f"{base}/bench/overview-lean", lua, [str(warm_file), str(opts.threads), "/bench/overview-lean"]),
         ]
         for label, url, script, args in targets:
             label = label.format(parents=len(tokens), warm=min(opts.warm_parents, len(tokens)))
