@@ -324,29 +324,43 @@ class IdentityService:
         """Who holds this token, if the session is live; each use extends its idle lifetime."""
         now = utcnow()
         async with self.runtime.db.reader() as s:
+            # Columns, not entities: every cache miss of every gateway comes here.
             row = (
                 await s.execute(
-                    select(Session, Account).join(Account, Account.id == Session.account_id).where(Session.token_hash == digest(req.token))
+                    select(
+                        Session.id,
+                        Session.last_seen_at,
+                        Session.idle_seconds,
+                        Session.revoked_at,
+                        Session.absolute_expires_at,
+                        Account.id.label("account_id"),
+                        Account.role,
+                        Account.email,
+                        Account.name,
+                        Account.school_id,
+                        Account.trust_id,
+                    )
+                    .join(Account, Account.id == Session.account_id)
+                    .where(Session.token_hash == digest(req.token))
                 )
             ).first()
         if row is None:
             raise RpcFailure(c.E_INVALID_SESSION, "Not signed in.")
-        sess, account = row
-        idle_end = sess.last_seen_at + timedelta(seconds=sess.idle_seconds)
-        if sess.revoked_at is not None or now >= sess.absolute_expires_at or now >= idle_end:
+        idle_end = row.last_seen_at + timedelta(seconds=row.idle_seconds)
+        if row.revoked_at is not None or now >= row.absolute_expires_at or now >= idle_end:
             raise RpcFailure(c.E_INVALID_SESSION, "The session has ended: sign in again.")
-        if (now - sess.last_seen_at).total_seconds() >= self.s.identity_touch_seconds:
-            self._used.add(sess.id)
-            idle_end = now + timedelta(seconds=sess.idle_seconds)
-        remaining = min(idle_end, sess.absolute_expires_at) - now
+        if (now - row.last_seen_at).total_seconds() >= self.s.identity_touch_seconds:
+            self._used.add(row.id)
+            idle_end = now + timedelta(seconds=row.idle_seconds)
+        remaining = min(idle_end, row.absolute_expires_at) - now
         return c.Principal(
-            account_id=account.id,
-            session_id=sess.id,
-            role=account.role,
-            email=account.email,
-            name=account.name,
-            school_id=account.school_id,
-            trust_id=account.trust_id,
+            account_id=row.account_id,
+            session_id=row.id,
+            role=row.role,
+            email=row.email,
+            name=row.name,
+            school_id=row.school_id,
+            trust_id=row.trust_id,
             expires_in=max(0, int(remaining.total_seconds())),
         )
 
