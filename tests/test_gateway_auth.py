@@ -565,7 +565,7 @@ def test_session_cache_bounds_and_revocations() -> None:
     short = SessionCache(ttl=5, max_entries=10)
     short.live = True
     short.put("k", principal(expires_in=1), short.generation)
-    assert short._entries["k"].expires_at - time.monotonic() <= 1.0
+    assert short._entries["k"][0] - time.monotonic() <= 1.0
 
 
 def test_cookie_names_and_attributes() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
 from contracts.kit.settings import NatsNotFound
 from gateway.settings import GatewaySettings
@@ -25,9 +26,11 @@ def serve(settings: GatewaySettings | None = None) -> None:
 
     from gateway.app import create_app
 
+    app = create_app(settings)
+    freeze_startup_heap()
     log.info("gateway_starting", host=settings.http_host, port=settings.http_port)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         workers=1,

@@ -105,14 +105,16 @@ def csrf_token_for(token: str) -> str:
 # -- the cache --------------------------------------------------------------------------------
 
 
-@dataclass
-class _Entry:
-    principal: Principal
-    expires_at: float
+# A cached principal is kept as a tuple of its fields, with strings, numbers and None only:
+# the garbage collector stops tracking such tuples, so a cache of 100,000 sessions does not
+# lengthen every full collection (each one a pause of every request in flight).
+_FIELDS = tuple(Principal.model_fields)
+_ACCOUNT = _FIELDS.index("account_id")
+_SESSION = _FIELDS.index("session_id")
 
 
 class SessionCache:
-    """Validated sessions by token hash, for a few seconds at most."""
+    """Validated sessions by token hash, for a few minutes at most."""
 
     # `generation` changes with every revocation: an answer from identity asked for before a
     # revocation arrived is not cached, since it may predate it.
@@ -123,9 +125,9 @@ class SessionCache:
         self.generation = 0
         # False until the revocation subscription exists: without it nothing may be cached.
         self.live = False
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._by_session: dict[str, str] = {}
-        self._by_account: dict[str, set[str]] = {}
+        self._by_account: dict[str, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -135,10 +137,10 @@ class SessionCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires_at <= time.monotonic():
+        if entry[0] <= time.monotonic():
             self._remove(key)
             return None
-        return entry.principal
+        return Principal.model_construct(**dict(zip(_FIELDS, entry[1], strict=True)))
 
     def put(self, key: str, principal: Principal, generation: int) -> bool:
         """Cache an answer asked for at `generation`; False when it may be stale or is not kept."""
@@ -148,23 +150,23 @@ class SessionCache:
         self._remove(key)
         while len(self._entries) >= self.max_entries:
             self._remove(next(iter(self._entries)))  # the oldest: dicts keep insertion order
-        self._entries[key] = _Entry(principal, time.monotonic() + ttl)
+        self._entries[key] = (time.monotonic() + ttl, tuple(getattr(principal, f) for f in _FIELDS))
         self._by_session[principal.session_id] = key
-        self._by_account.setdefault(principal.account_id, set()).add(key)
+        self._by_account[principal.account_id] = (*self._by_account.get(principal.account_id, ()), key)
         return True
 
     def _remove(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
-        p = entry.principal
-        if self._by_session.get(p.session_id) == key:
-            del self._by_session[p.session_id]
-        keys = self._by_account.get(p.account_id)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_account[p.account_id]
+        session_id, account_id = entry[1][_SESSION], entry[1][_ACCOUNT]
+        if self._by_session.get(session_id) == key:
+            del self._by_session[session_id]
+        keys = tuple(k for k in self._by_account.get(account_id, ()) if k != key)
+        if keys:
+            self._by_account[account_id] = keys
+        else:
+            self._by_account.pop(account_id, None)
 
     def drop_token(self, key: str) -> None:
         """Forget one token (this replica's own logout)."""

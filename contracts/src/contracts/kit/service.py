@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
 from contracts.kit.migrations import upgrade
 from contracts.kit.runtime import ServiceRuntime
@@ -51,6 +52,7 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
     if run_migrations:
         migrate(service, settings)
     runtime = service.build(settings)
+    freeze_startup_heap()
     try:
         import uvloop
 

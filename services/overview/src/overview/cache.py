@@ -19,7 +19,9 @@ class OverviewCache:
     def __init__(self, *, max_entries: int = 200_000, ttl: float = 60.0) -> None:
         self.max_entries = max_entries
         self.ttl = ttl
-        self._entries: OrderedDict[str, tuple[float, ChildOverview, bytes]] = OrderedDict()
+        # (fresh until, JSON): no model objects, which the garbage collector would have to
+        # walk on every full collection.
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         # Bumped whenever a pupil's events are applied: an answer computed from the database
         # before that must not be kept (it would hide the change until it expires).
         self._versions: dict[str, int] = {}
@@ -39,14 +41,14 @@ class OverviewCache:
             return None
         self._entries.move_to_end(pupil_id)
         self.hits += 1
-        return entry[2]
+        return entry[1]
 
     def put(self, overview: ChildOverview, version: tuple[int, int]) -> bytes:
         """Remember an overview read at `version`, unless the pupil changed since; its JSON."""
         data = overview.model_dump_json().encode()
         if self.version(overview.pupil_id) != version:
             return data
-        self._entries[overview.pupil_id] = (expiry(self.ttl), overview, data)
+        self._entries[overview.pupil_id] = (expiry(self.ttl), data)
         self._entries.move_to_end(overview.pupil_id)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
