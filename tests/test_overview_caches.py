@@ -84,6 +84,16 @@ def test_entries_end_at_the_week_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 25 < expires <= 30
 
 
+def test_an_aged_entry_is_served_while_asked_again_then_not_at_all() -> None:
+    cache = live_cache(ttl=0.2)
+    cache.put({"amy": b"1"}, cache.mark())
+    assert cache.lookup("amy") == (b"1", False)
+    time.sleep(0.25)
+    assert cache.lookup("amy") == (b"1", True), "served, and asked for again"
+    time.sleep(0.2)
+    assert cache.lookup("amy") == (None, False) and cache.last_known("amy") == b"1"
+
+
 def test_the_size_bound_forgets_the_oldest() -> None:
     cache = OverviewCache(60, max_entries=2)
     cache.live = True

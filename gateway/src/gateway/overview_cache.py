@@ -1,12 +1,15 @@
 """Each child's overview, remembered per replica: a parent's overview served from memory makes
 no request at all.
 
-An entry is overview's own JSON for one pupil. It stops being fresh when overview says the
-pupil's numbers changed (`notice.overview.changed.v1`, sent after every batch of events it
-applies), after `PORTAL_OVERVIEW_CACHE_SECONDS`, and when some school's week may turn (stars
-"this week" change then without any event). All entries go after a reconnect or when nats-py
-dropped messages, since a notice may have been missed. An entry that is no longer fresh is kept
-(within the size bound) as the last known numbers of a partial answer while overview is away.
+An entry is overview's own JSON for one pupil. It stops being fresh at once when overview says
+the pupil's numbers changed (`notice.overview.changed.v1`, sent after every batch of events it
+applies), when some school's week may turn (stars "this week" change then without any event),
+after a reconnect or when nats-py dropped messages (a notice may have been missed). Otherwise
+it ages: after `PORTAL_OVERVIEW_CACHE_SECONDS` it is still served, and asked for again in the
+background (once per pupil at a time), so that entries cached together in the morning do not
+all send their parents to overview together a minute later; after twice that it is no longer
+served. An entry that is no longer fresh is kept (within the size bound) as the last known
+numbers of a partial answer while overview is away.
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ _NOTICE_HORIZON = 30.0
 
 
 class OverviewCache:
-    """pupil id -> (fresh until, the child's JSON)."""
+    """pupil id -> (asked again after, served until, the child's JSON)."""
 
     def __init__(self, ttl: float, max_entries: int = 200_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         # False until the notice subscription exists: without it nothing may be served as fresh.
         self.live = False
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, float, bytes]] = OrderedDict()
+        self.refreshing: set[str] = set()
         # Notices by pupil: (sequence number, when heard). An answer asked for at sequence `s`
         # is not kept as fresh for a pupil noticed after `s`: it may predate the change.
         self._seq = 0
@@ -80,7 +84,7 @@ class OverviewCache:
         for pid in pupil_ids:
             entry = self._entries.get(pid)
             if entry is not None:
-                self._entries[pid] = (0.0, entry[1])
+                self._entries[pid] = (0.0, 0.0, entry[2])
             self._noticed[pid] = (self._seq, now)
             self._noticed.move_to_end(pid)
         while self._noticed:
@@ -92,7 +96,7 @@ class OverviewCache:
     def clear(self) -> None:
         """Nothing is fresh any more (entries stay, as last known numbers)."""
         self._seq += 1
-        self._entries = OrderedDict((pid, (0.0, data)) for pid, (_, data) in self._entries.items())
+        self._entries = OrderedDict((pid, (0.0, 0.0, data)) for pid, (_, _, data) in self._entries.items())
         # Every answer on its way predates the clear: none may be kept as fresh.
         self._cleared_at = self._seq
 
@@ -102,30 +106,37 @@ class OverviewCache:
         """Call before asking overview; pass the result to `put`."""
         return self._seq
 
-    def fresh(self, pupil_id: str) -> bytes | None:
-        """The pupil's JSON if fresh."""
+    def lookup(self, pupil_id: str) -> tuple[bytes | None, bool]:
+        """The pupil's JSON if it may be served, and whether to ask for it again meanwhile."""
         entry = self._entries.get(pupil_id)
-        if entry is None or entry[0] <= time.monotonic():
+        now = time.monotonic()
+        if entry is None or entry[1] <= now:
             self.misses += 1
-            return None
+            return None, False
         self.hits += 1
-        return entry[1]
+        return entry[2], entry[0] <= now
+
+    def fresh(self, pupil_id: str) -> bytes | None:
+        """The pupil's JSON if it may be served."""
+        return self.lookup(pupil_id)[0]
 
     def last_known(self, pupil_id: str) -> bytes | None:
         """The pupil's JSON however old: a partial answer's numbers."""
         entry = self._entries.get(pupil_id)
-        return None if entry is None else entry[1]
+        return None if entry is None else entry[2]
 
     def put(self, parts: dict[str, bytes], mark: int) -> None:
         """Keep overview's answers, asked for at `mark`."""
         if self.max_entries <= 0:
             return
         now = utcnow()
-        fresh_until = time.monotonic() + min(self.ttl, (next_week_turn(now) - now).total_seconds())
+        turn = (next_week_turn(now) - now).total_seconds()
+        mono = time.monotonic()
+        soft, hard = mono + min(self.ttl, turn), mono + min(2 * self.ttl, turn)
         for pid, data in parts.items():
             noticed = self._noticed.get(pid)
             ok = self.live and self.ttl > 0 and mark >= self._cleared_at and (noticed is None or noticed[0] <= mark)
-            self._entries[pid] = (fresh_until if ok else 0.0, data)
+            self._entries[pid] = (soft, hard, data) if ok else (0.0, 0.0, data)
             self._entries.move_to_end(pid)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -10,6 +10,7 @@ this replica saw, or none), never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -123,12 +124,17 @@ async def _overview(state: State, parent_id: str, pupil_ids: tuple[str, ...]) ->
     cache: OverviewCache = state[overview_cache.STATE_KEY]
     parts: dict[str, bytes] = {}
     missing = []
+    aged = []
     for pid in pupil_ids:
-        hit = cache.fresh(pid)
+        hit, ask_again = cache.lookup(pid)
         if hit is None:
             missing.append(pid)
         else:
             parts[pid] = hit
+            if ask_again and pid not in cache.refreshing:
+                aged.append(pid)
+    if aged:
+        _refresh_later(state, cache, aged)
     if missing:
         mark = cache.mark()
         try:
@@ -142,6 +148,28 @@ async def _overview(state: State, parent_id: str, pupil_ids: tuple[str, ...]) ->
         if any(pid not in parts for pid in pupil_ids):
             return _partial(cache, pupil_ids, parts)
     return b'{"children":[' + b",".join(parts[pid] for pid in pupil_ids) + b"]}"
+
+
+_REFRESHES: set[asyncio.Task[None]] = set()
+
+
+def _refresh_later(state: State, cache: OverviewCache, pupil_ids: list[str]) -> None:
+    """Ask overview for these pupils again without keeping the parent waiting."""
+    cache.refreshing.update(pupil_ids)
+
+    async def refresh() -> None:
+        try:
+            mark = cache.mark()
+            data = await ask_raw(state, OVERVIEW_GET, OverviewRequest(pupil_ids=pupil_ids), timeout=state.settings.overview_timeout)
+            cache.put(split_children(data), mark)
+        except Exception as exc:  # noqa: BLE001 - served as is until it ages out
+            log.info("overview_refresh_failed", error=getattr(exc, "code", type(exc).__name__))
+        finally:
+            cache.refreshing.difference_update(pupil_ids)
+
+    task = asyncio.get_running_loop().create_task(refresh())
+    _REFRESHES.add(task)
+    task.add_done_callback(_REFRESHES.discard)
 
 
 def _partial(cache: OverviewCache, pupil_ids: tuple[str, ...], parts: dict[str, bytes]) -> bytes:
