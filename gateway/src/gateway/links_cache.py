@@ -9,6 +9,7 @@ all at once after a reconnect (events may have been missed meanwhile).
 from __future__ import annotations
 
 import json
+import random
 import time
 
 from litestar.datastructures import State
@@ -76,7 +77,8 @@ class LinksCache:
                 # cache at once would send every parent to linking together.
                 del self._entries[next(iter(self._entries))]
             if self.max_entries > 0:
-                self._entries[parent_id] = (now + self.ttl, pupils)
+                # Up to a fifth shorter at random, so that entries made together expire apart.
+                self._entries[parent_id] = (now + self.ttl * (1 - 0.2 * random.random()), pupils)
         return pupils
 
 
