@@ -3,6 +3,8 @@ school's week, and an answer asked for before a change notice is never kept as f
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,7 +13,7 @@ import pytest
 
 from contracts.overview import next_week_turn
 from gateway import overview_cache
-from gateway.overview_cache import OverviewCache, split_children
+from gateway.overview_cache import OverviewCache, Refresher, split_children
 from overview.projection import week_start
 
 ZONES = ["Europe/London", "Pacific/Kiritimati", "Etc/GMT+12", "Asia/Kathmandu", "Pacific/Chatham", "America/St_Johns", "UTC"]
@@ -88,7 +90,7 @@ def test_an_aged_entry_is_served_while_asked_again_then_not_at_all() -> None:
     cache = live_cache(ttl=0.2)
     cache.put({"amy": b"1"}, cache.mark())
     assert cache.lookup("amy") == (b"1", False)
-    time.sleep(0.25)
+    time.sleep(0.21)
     assert cache.lookup("amy") == (b"1", True), "served, and asked for again"
     time.sleep(0.2)
     assert cache.lookup("amy") == (None, False) and cache.last_known("amy") == b"1"
@@ -107,3 +109,30 @@ def test_split_children_keeps_each_pupils_json() -> None:
     parts = split_children(data)
     assert set(parts) == {"a", "b"}
     assert parts["a"].decode() == '{"pupil_id":"a","next_due":[{"title":"Café },{ maths"}]}'
+
+
+async def test_the_refresher_asks_for_aged_pupils_in_batches_once_each() -> None:
+    cache = live_cache()
+    asked: list[list[str]] = []
+    fail = {"now": False}
+
+    async def fetch(batch: list[str]) -> bytes:
+        asked.append(batch)
+        await asyncio.sleep(0.01)
+        if fail["now"]:
+            raise TimeoutError
+        return json.dumps({"children": [{"pupil_id": p, "v": 2} for p in batch]}).encode()
+
+    refresher = Refresher(cache, fetch, max_batch=100, delay=0.01)
+    pupils = [f"p{i}" for i in range(250)]
+    refresher.add(pupils)
+    refresher.add(pupils[:10])  # already on their way: not asked twice
+    await asyncio.sleep(0.1)
+    assert sorted(len(b) for b in asked) == [50, 100, 100]
+    assert cache.fresh("p7") == b'{"pupil_id":"p7","v":2}' and not cache.refreshing
+
+    fail["now"] = True
+    refresher.add(["p1"])
+    await asyncio.sleep(0.1)
+    assert cache.fresh("p1") == b'{"pupil_id":"p1","v":2}', "a failed refresh leaves the entry as it was"
+    assert not cache.refreshing, "and the pupil may be asked for again"

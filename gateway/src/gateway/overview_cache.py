@@ -14,10 +14,12 @@ numbers of a partial answer while overview is away.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -132,14 +134,64 @@ class OverviewCache:
         now = utcnow()
         turn = (next_week_turn(now) - now).total_seconds()
         mono = time.monotonic()
-        soft, hard = mono + min(self.ttl, turn), mono + min(2 * self.ttl, turn)
+        hard = mono + min(2 * self.ttl, turn)
         for pid, data in parts.items():
             noticed = self._noticed.get(pid)
             ok = self.live and self.ttl > 0 and mark >= self._cleared_at and (noticed is None or noticed[0] <= mark)
+            # Aged up to a fifth early at random: entries made together are asked for apart.
+            soft = mono + min(self.ttl * (1 - 0.2 * random.random()), turn)
             self._entries[pid] = (soft, hard, data) if ok else (0.0, 0.0, data)
             self._entries.move_to_end(pid)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+class Refresher:
+    """Asks overview again for aged entries, many pupils per request, in the background."""
+
+    # One pupil per request would cost overview four queries each; a morning's entries age
+    # together, so gathering them for a moment turns thousands of requests into tens.
+
+    def __init__(self, cache: OverviewCache, fetch: Callable[[list[str]], Awaitable[bytes]], *, max_batch: int = 100, delay: float = 0.02) -> None:
+        self.cache = cache
+        self.fetch = fetch
+        self.max_batch = max_batch
+        self.delay = delay
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, pupil_ids: Iterable[str]) -> None:
+        """Ask for these pupils again soon (each at most once at a time)."""
+        for pid in pupil_ids:
+            if pid not in self.cache.refreshing:
+                self.cache.refreshing.add(pid)
+                self._pending.append(pid)
+        while len(self._pending) >= self.max_batch:
+            self._start(self._pending[: self.max_batch])
+            del self._pending[: self.max_batch]
+        if self._pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._pending:
+            self._start(self._pending)
+            self._pending = []
+
+    def _start(self, batch: list[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self._refresh(list(batch)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self, batch: list[str]) -> None:
+        try:
+            mark = self.cache.mark()
+            self.cache.put(split_children(await self.fetch(batch)), mark)
+        except Exception as exc:  # noqa: BLE001 - served as is until it ages out
+            log.info("overview_refresh_failed", error=getattr(exc, "code", type(exc).__name__), pupils=len(batch))
+        finally:
+            self.cache.refreshing.difference_update(batch)
 
 
 def split_children(data: bytes) -> dict[str, bytes]:

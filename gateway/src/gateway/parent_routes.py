@@ -10,7 +10,6 @@ this replica saw, or none), never a 500.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -31,7 +30,7 @@ from gateway.auth import SECURITY, authenticate, client_ip, require_role
 from gateway.errors import ApiError
 from gateway.links_cache import get_links_cache
 from gateway.openapi import error_responses
-from gateway.overview_cache import OverviewCache, split_children
+from gateway.overview_cache import OverviewCache, Refresher, split_children
 from gateway.rpc import ask, ask_raw
 
 log = get_logger("gateway.parent_routes")
@@ -131,7 +130,7 @@ async def _overview(state: State, parent_id: str, pupil_ids: tuple[str, ...]) ->
             missing.append(pid)
         else:
             parts[pid] = hit
-            if ask_again and pid not in cache.refreshing:
+            if ask_again:
                 aged.append(pid)
     if aged:
         _refresh_later(state, cache, aged)
@@ -150,26 +149,19 @@ async def _overview(state: State, parent_id: str, pupil_ids: tuple[str, ...]) ->
     return b'{"children":[' + b",".join(parts[pid] for pid in pupil_ids) + b"]}"
 
 
-_REFRESHES: set[asyncio.Task[None]] = set()
+REFRESHER_KEY = "overview_refresher"
 
 
 def _refresh_later(state: State, cache: OverviewCache, pupil_ids: list[str]) -> None:
     """Ask overview for these pupils again without keeping the parent waiting."""
-    cache.refreshing.update(pupil_ids)
+    refresher: Refresher | None = state.get(REFRESHER_KEY)
+    if refresher is None:
 
-    async def refresh() -> None:
-        try:
-            mark = cache.mark()
-            data = await ask_raw(state, OVERVIEW_GET, OverviewRequest(pupil_ids=pupil_ids), timeout=state.settings.overview_timeout)
-            cache.put(split_children(data), mark)
-        except Exception as exc:  # noqa: BLE001 - served as is until it ages out
-            log.info("overview_refresh_failed", error=getattr(exc, "code", type(exc).__name__))
-        finally:
-            cache.refreshing.difference_update(pupil_ids)
+        async def fetch(batch: list[str]) -> bytes:
+            return await ask_raw(state, OVERVIEW_GET, OverviewRequest(pupil_ids=batch), timeout=state.settings.overview_timeout)
 
-    task = asyncio.get_running_loop().create_task(refresh())
-    _REFRESHES.add(task)
-    task.add_done_callback(_REFRESHES.discard)
+        refresher = state[REFRESHER_KEY] = Refresher(cache, fetch)
+    refresher.add(pupil_ids)
 
 
 def _partial(cache: OverviewCache, pupil_ids: tuple[str, ...], parts: dict[str, bytes]) -> bytes:
