@@ -5,7 +5,8 @@
   transaction, so redelivery, a replay of the stream, or the same event published again under
   another message id changes nothing.
 - A batch is applied in one transaction (thousands of events a second); when it fails, each
-  message is retried alone so one poison message cannot hold back the rest.
+  message is retried alone so one poison message cannot hold back the rest. The next batch is
+  pulled while one is applied (`Puller`: pull requests of our own, cheaper than nats-py's fetch).
 - A failure is retried with exponential backoff and jitter (FastStream's NATS default would
   reject it for good). An infrastructure failure (the database or NATS away) is retried for as
   long as it lasts; any other failure is retried a bounded number of times, after which the
