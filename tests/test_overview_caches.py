@@ -136,3 +136,31 @@ async def test_the_refresher_asks_for_aged_pupils_in_batches_once_each() -> None
     await asyncio.sleep(0.1)
     assert cache.fresh("p1") == b'{"pupil_id":"p1","v":2}', "a failed refresh leaves the entry as it was"
     assert not cache.refreshing, "and the pupil may be asked for again"
+
+
+async def test_cold_reads_asked_for_meanwhile_are_read_together() -> None:
+    from overview.reads import ReadGatherer
+
+    reads: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def read(pupil_ids: list[str]) -> dict[str, bytes]:
+        reads.append(pupil_ids)
+        await gate.wait()
+        if "bad" in pupil_ids:
+            raise RuntimeError("database away")
+        return {pid: pid.encode() for pid in pupil_ids}
+
+    gatherer = ReadGatherer(read, parallel=1)
+    first = asyncio.create_task(gatherer.get(["a"]))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(gatherer.get(ids)) for ids in (["b", "c"], ["c", "d"], ["e"])]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == {"a": b"a"}
+    assert [await t for t in later] == [{"b": b"b", "c": b"c"}, {"c": b"c", "d": b"d"}, {"e": b"e"}]
+    assert reads == [["a"], ["b", "c", "d", "e"]], "one read for everything that waited"
+
+    with pytest.raises(RuntimeError):
+        await gatherer.get(["bad", "f"])
+    assert await gatherer.get(["f"]) == {"f": b"f"}, "a failed read leaves nothing behind"

@@ -17,6 +17,7 @@ from contracts.overview import CHANGED_NOTICE, GET, ChangedNotice, OverviewReque
 from overview import __version__
 from overview.cache import OverviewCache
 from overview.projection import Batch, read_overviews
+from overview.reads import ReadGatherer
 
 NAME = "overview"
 MIGRATIONS = "overview:migrations"
@@ -112,6 +113,14 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         description="Keeps each school's link templates for the overview's buttons.",
     )
 
+    async def read(pupil_ids: list[str]) -> dict[str, bytes]:
+        versions = {pid: cache.version(pid) for pid in pupil_ids}
+        async with runtime.db.reader() as s:
+            fresh = await read_overviews(s, pupil_ids, now=utcnow(), defaults=defaults)
+        return {pid: cache.put(ov, versions[pid]) for pid, ov in fresh.items()}
+
+    reads = ReadGatherer(read)
+
     @runtime.raw_rpc(GET, request=OverviewRequest, title="overview", description="Homework, messages and stars of many pupils at once.")
     async def get(data: bytes) -> bytes:
         req = OverviewRequest.model_validate_json(data)
@@ -124,13 +133,10 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
             else:
                 parts[pid] = hit
         if missing:
-            versions = {pid: cache.version(pid) for pid in missing}
-            async with runtime.db.reader() as s:
-                fresh = await read_overviews(s, missing, now=utcnow(), defaults=defaults)
-            for pid, ov in fresh.items():
-                parts[pid] = cache.put(ov, versions[pid])
+            parts.update(await reads.get(missing))
         # Assembled from cached JSON: no model is built or serialised again on a hit.
         return b'{"children":[' + b",".join(parts[pid] for pid in dict.fromkeys(req.pupil_ids)) + b"]}"
 
     runtime.cache = cache  # type: ignore[attr-defined]  # reached by tests and benchmarks
+    runtime.reads = reads  # type: ignore[attr-defined]
     return runtime
