@@ -107,3 +107,36 @@ async def test_using_a_session_keeps_it_alive_written_in_batches(fresh_nats, tmp
         again = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
         assert again.expires_in > 29 * 60
     await nc.close()
+
+
+async def test_concurrent_session_lookups_each_get_their_own_account(fresh_nats, tmp_path: Path) -> None:
+    import random
+
+    nc = await nats.connect(fresh_nats.url)
+    settings = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, **CHEAP)
+    await asyncio.to_thread(migrate, identity_app, settings)
+    runtime = identity_app.build(settings)
+    async with runtime.running():
+        password = "a long staff passphrase"
+        tokens: dict[str, str] = {}
+        for i in range(4):
+            email = f"s{i}@school.example"
+            reply = await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name=f"S{i}", role="teacher", school_id=f"school-{i}", password=password), c.CreateStaffReply, timeout=10)
+            for _ in range(3):
+                login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), c.LoginReply, timeout=10)
+                tokens[login.access_token] = reply.account_id
+        asks = [*tokens, *tokens, *tokens, "not-a-session-token"]
+        random.Random(7).shuffle(asks)
+        before = runtime.service._sessions.reads
+
+        async def ask(token: str) -> str:
+            try:
+                return (await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)).account_id
+            except rpc.RpcError as exc:
+                return exc.code
+
+        answers = await asyncio.gather(*(ask(t) for t in asks))
+        for token, answer in zip(asks, answers, strict=True):
+            assert answer == tokens.get(token, c.E_INVALID_SESSION), "each token is answered with its own account"
+        assert runtime.service._sessions.reads - before < len(asks), "lookups that arrived together were read together"
+    await nc.close()

@@ -225,3 +225,22 @@ async def test_a_pupil_who_leaves_is_unlinked(watched: Env) -> None:
     # The parent unlinks the other child themselves.
     await env.ask(contract.UNLINK, contract.UnlinkRequest(parent_id=mum, pupil_id=pupils[1]), contract.Done)
     assert await children(env, mum) == []
+
+
+async def test_concurrent_access_checks_each_get_their_own_parents_children(watched: Env) -> None:
+    env = watched
+    school, class_id, pupils = await make_school(env, pupils=4)
+    codes = await printed_codes(env, school, class_id)
+    parents = {parent(): set() for _ in range(6)}
+    for i, p in enumerate(parents):
+        for k in (i % 4, (i + 1) % 4):
+            await redeem(env, codes[k], p)
+            parents[p].add(pupils[k])
+    asks = [*parents, *parents, *parents, parent()]  # and one with no child at all
+
+    async def active(p: str) -> set[str]:
+        return set((await env.ask(contract.ACTIVE_PUPILS, contract.ParentRequest(parent_id=p), contract.ActivePupilsReply)).pupil_ids)
+
+    answers = await asyncio.gather(*(active(p) for p in asks))
+    for p, answer in zip(asks, answers, strict=True):
+        assert answer == parents.get(p, set()), "each parent sees their own children only"

@@ -139,7 +139,7 @@ async def test_the_refresher_asks_for_aged_pupils_in_batches_once_each() -> None
 
 
 async def test_cold_reads_asked_for_meanwhile_are_read_together() -> None:
-    from overview.reads import ReadGatherer
+    from contracts.kit.gather import ReadGatherer
 
     reads: list[list[str]] = []
     gate = asyncio.Event()
@@ -164,3 +164,9 @@ async def test_cold_reads_asked_for_meanwhile_are_read_together() -> None:
     with pytest.raises(RuntimeError):
         await gatherer.get(["bad", "f"])
     assert await gatherer.get(["f"]) == {"f": b"f"}, "a failed read leaves nothing behind"
+
+    async def sparse(keys: list[str]) -> dict[str, bytes]:
+        return {k: k.encode() for k in keys if k != "gone"}
+
+    assert await ReadGatherer(sparse).get(["here", "gone"]) == {"here": b"here", "gone": None}
+    assert await ReadGatherer(sparse).one("gone") is None

@@ -7,6 +7,7 @@ import re
 import secrets
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts import identity as c
 from contracts import notify
 from contracts.base import utcnow
+from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure
@@ -61,6 +63,8 @@ class IdentityService:
         # Sessions used since the last flush, written together: a morning's first visits
         # would otherwise each be a write transaction.
         self._used: set[str] = set()
+        # Session lookups of concurrent requests, read in one query.
+        self._sessions: ReadGatherer[Any] = ReadGatherer(self._read_sessions)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -323,27 +327,7 @@ class IdentityService:
     async def session(self, req: c.SessionRequest) -> c.Principal:
         """Who holds this token, if the session is live; each use extends its idle lifetime."""
         now = utcnow()
-        async with self.runtime.db.reader() as s:
-            # Columns, not entities: every cache miss of every gateway comes here.
-            row = (
-                await s.execute(
-                    select(
-                        Session.id,
-                        Session.last_seen_at,
-                        Session.idle_seconds,
-                        Session.revoked_at,
-                        Session.absolute_expires_at,
-                        Account.id.label("account_id"),
-                        Account.role,
-                        Account.email,
-                        Account.name,
-                        Account.school_id,
-                        Account.trust_id,
-                    )
-                    .join(Account, Account.id == Session.account_id)
-                    .where(Session.token_hash == digest(req.token))
-                )
-            ).first()
+        row = await self._sessions.one(digest(req.token))
         if row is None:
             raise RpcFailure(c.E_INVALID_SESSION, "Not signed in.")
         idle_end = row.last_seen_at + timedelta(seconds=row.idle_seconds)
@@ -363,6 +347,30 @@ class IdentityService:
             trust_id=row.trust_id,
             expires_in=max(0, int(remaining.total_seconds())),
         )
+
+    async def _read_sessions(self, token_hashes: list[str]) -> dict[str, Any]:
+        """The live-or-not session rows of these token hashes, with their accounts."""
+        async with self.runtime.db.reader() as s:
+            # Columns, not entities: every cache miss of every gateway comes here.
+            rows = await s.execute(
+                select(
+                    Session.token_hash,
+                    Session.id,
+                    Session.last_seen_at,
+                    Session.idle_seconds,
+                    Session.revoked_at,
+                    Session.absolute_expires_at,
+                    Account.id.label("account_id"),
+                    Account.role,
+                    Account.email,
+                    Account.name,
+                    Account.school_id,
+                    Account.trust_id,
+                )
+                .join(Account, Account.id == Session.account_id)
+                .where(Session.token_hash.in_(token_hashes))
+            )
+            return {row.token_hash: row for row in rows}
 
     async def record_use(self) -> None:
         """Write when the sessions used lately were last seen (every second or so, and at shutdown)."""

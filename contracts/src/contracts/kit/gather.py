@@ -1,40 +1,45 @@
-"""Cold overview reads, gathered: the pupils that concurrent requests miss in the cache are read
-together, four queries for the lot instead of four per request.
+"""Reads gathered across concurrent requests: what requests arriving together ask of the
+database (sessions by token, parents' links, pupils' overviews) is read in one query for the
+lot instead of one per request.
 
-Nothing waits on purpose. Requests that arrive while reads are in flight (at most `parallel`)
-queue up and are read together as soon as one finishes, so a quiet service reads each request
-at once and a busy one, on a school morning, reads many pupils per query.
+Nothing waits on purpose. Keys asked for while reads are in flight (at most `parallel`) queue
+up and are read together as soon as one finishes, so a quiet service reads each request at
+once and a busy one, on a school morning, reads many keys per query.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
 
-from contracts.kit.logs import get_logger
+V = TypeVar("V")
 
-log = get_logger("overview.reads")
-
-# The most pupils one read asks for: IN lists stay well within every database's limits.
-MAX_PUPILS = 500
+# The most keys one read asks for: IN lists stay well within every database's limits.
+MAX_KEYS = 500
 
 
-class ReadGatherer:
-    """`read(pupil_ids) -> {pupil_id: JSON}`, shared by concurrent callers."""
+class ReadGatherer(Generic[V]):
+    """`read(keys) -> {key: value}` shared by concurrent callers; a key the read does not
+    return is None."""
 
-    def __init__(self, read: Callable[[list[str]], Awaitable[dict[str, bytes]]], *, parallel: int = 2) -> None:
+    def __init__(self, read: Callable[[list[str]], Awaitable[dict[str, V]]], *, parallel: int = 2) -> None:
         self.read = read
         self.parallel = parallel
-        self._waiting: dict[str, list[asyncio.Future[bytes]]] = {}
+        self._waiting: dict[str, list[asyncio.Future[V | None]]] = {}
         self._running = 0
         self.reads = 0
-        self.pupils_read = 0
+        self.keys_read = 0
 
-    async def get(self, pupil_ids: Iterable[str]) -> dict[str, bytes]:
-        """These pupils' overviews, read with whatever else is asked for meanwhile."""
+    async def one(self, key: str) -> V | None:
+        """One key's value, read with whatever else is asked for meanwhile."""
+        return (await self.get((key,)))[key]
+
+    async def get(self, keys: Iterable[str]) -> dict[str, V | None]:
+        """These keys' values, read with whatever else is asked for meanwhile."""
         loop = asyncio.get_running_loop()
-        futures: dict[str, asyncio.Future[bytes]] = {}
-        for pid in pupil_ids:
+        futures: dict[str, asyncio.Future[V | None]] = {}
+        for pid in keys:
             if pid in futures:
                 continue
             fut = futures[pid] = loop.create_future()
@@ -50,25 +55,21 @@ class ReadGatherer:
 
     def _start(self) -> None:
         while self._waiting and self._running < self.parallel:
-            batch = dict(list(self._waiting.items())[:MAX_PUPILS])
+            batch = dict(list(self._waiting.items())[:MAX_KEYS])
             for pid in batch:
                 del self._waiting[pid]
             self._running += 1
             asyncio.get_running_loop().create_task(self._read(batch))
 
-    async def _read(self, batch: dict[str, list[asyncio.Future[bytes]]]) -> None:
+    async def _read(self, batch: dict[str, list[asyncio.Future[V | None]]]) -> None:
         try:
             found = await self.read(list(batch))
             self.reads += 1
-            self.pupils_read += len(batch)
+            self.keys_read += len(batch)
             for pid, futures in batch.items():
                 for fut in futures:
-                    if fut.done():
-                        continue
-                    if pid in found:
-                        fut.set_result(found[pid])
-                    else:
-                        fut.set_exception(KeyError(pid))
+                    if not fut.done():
+                        fut.set_result(found.get(pid))
         except BaseException as exc:
             for futures in batch.values():
                 for fut in futures:
