@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import nats
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
 from contracts import identity as c
 from contracts import platform
 from contracts.kit import rpc
+from contracts.base import utcnow
 from contracts.kit.service import migrate
 from helpers import eventually
 from identity import app as identity_app
-from identity.tables import Account
+from identity.tables import Account, Session
 
 CHEAP = {"identity_argon2_time_cost": 2, "identity_argon2_memory_kib": 19456, "identity_argon2_parallelism": 1}
 
@@ -76,67 +81,62 @@ async def test_staff_from_the_roster_get_an_account_and_a_set_password_email(fre
     await nc.close()
 
 
-async def test_using_a_session_keeps_it_alive_written_in_batches(fresh_nats, tmp_path: Path) -> None:
-    from datetime import timedelta
-
-    from sqlalchemy import update
-
-    from contracts.base import utcnow
-    from identity.tables import Session
-
+@pytest.fixture
+async def served(fresh_nats, tmp_path: Path) -> AsyncIterator[tuple[object, nats.NATS]]:  # noqa: ANN001
+    """A running identity and a client connection."""
     nc = await nats.connect(fresh_nats.url)
     settings = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, **CHEAP)
     await asyncio.to_thread(migrate, identity_app, settings)
     runtime = identity_app.build(settings)
-    async with runtime.running():
-        email, password = "t2@school.example", "a long staff passphrase"
-        await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name="T", role="teacher", school_id="s", password=password), c.CreateStaffReply, timeout=10)
-        token = (await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), c.LoginReply, timeout=10)).access_token
-        # Last used 20 minutes ago: 10 minutes of a staff member's 30 idle minutes are left.
-        async with runtime.db.session() as s:
-            await s.execute(update(Session).values(last_seen_at=utcnow() - timedelta(minutes=20)))
-        principal = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
-        assert principal.expires_in > 29 * 60, "this use restarts the idle time"
-
-        async def recorded() -> bool:
-            async with runtime.db.reader() as s:
-                seen = (await s.execute(select(Session.last_seen_at))).scalar_one()
-            return utcnow() - seen < timedelta(seconds=10)
-
-        assert await eventually(recorded, timeout=5), "the use is written within a few seconds"
-        again = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
-        assert again.expires_in > 29 * 60
-    await nc.close()
+    try:
+        async with runtime.running():
+            yield runtime, nc
+    finally:
+        await nc.close()
 
 
-async def test_concurrent_session_lookups_each_get_their_own_account(fresh_nats, tmp_path: Path) -> None:
-    import random
+async def test_using_a_session_keeps_it_alive_written_in_batches(served) -> None:  # noqa: ANN001
+    runtime, nc = served
+    email, password = "t2@school.example", "a long staff passphrase"
+    await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name="T", role="teacher", school_id="s", password=password), c.CreateStaffReply, timeout=10)
+    token = (await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), c.LoginReply, timeout=10)).access_token
+    # Last used 20 minutes ago: 10 minutes of a staff member's 30 idle minutes are left.
+    async with runtime.db.session() as s:
+        await s.execute(update(Session).values(last_seen_at=utcnow() - timedelta(minutes=20)))
+    principal = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
+    assert principal.expires_in > 29 * 60, "this use restarts the idle time"
 
-    nc = await nats.connect(fresh_nats.url)
-    settings = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, **CHEAP)
-    await asyncio.to_thread(migrate, identity_app, settings)
-    runtime = identity_app.build(settings)
-    async with runtime.running():
-        password = "a long staff passphrase"
-        tokens: dict[str, str] = {}
-        for i in range(4):
-            email = f"s{i}@school.example"
-            reply = await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name=f"S{i}", role="teacher", school_id=f"school-{i}", password=password), c.CreateStaffReply, timeout=10)
-            for _ in range(3):
-                login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), c.LoginReply, timeout=10)
-                tokens[login.access_token] = reply.account_id
-        asks = [*tokens, *tokens, *tokens, "not-a-session-token"]
-        random.Random(7).shuffle(asks)
-        before = runtime.service._sessions.reads
+    async def recorded() -> bool:
+        async with runtime.db.reader() as s:
+            seen = (await s.execute(select(Session.last_seen_at))).scalar_one()
+        return utcnow() - seen < timedelta(seconds=10)
 
-        async def ask(token: str) -> str:
-            try:
-                return (await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)).account_id
-            except rpc.RpcError as exc:
-                return exc.code
+    assert await eventually(recorded, timeout=5), "the use is written within a few seconds"
+    again = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
+    assert again.expires_in > 29 * 60
 
-        answers = await asyncio.gather(*(ask(t) for t in asks))
-        for token, answer in zip(asks, answers, strict=True):
-            assert answer == tokens.get(token, c.E_INVALID_SESSION), "each token is answered with its own account"
-        assert runtime.service._sessions.reads - before < len(asks), "lookups that arrived together were read together"
-    await nc.close()
+
+async def test_concurrent_session_lookups_each_get_their_own_account(served) -> None:  # noqa: ANN001
+    runtime, nc = served
+    password = "a long staff passphrase"
+    tokens: dict[str, str] = {}
+    for i in range(4):
+        email = f"s{i}@school.example"
+        reply = await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name=f"S{i}", role="teacher", school_id=f"school-{i}", password=password), c.CreateStaffReply, timeout=10)
+        for _ in range(3):
+            login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), c.LoginReply, timeout=10)
+            tokens[login.access_token] = reply.account_id
+    asks = [*tokens, *tokens, *tokens, "not-a-session-token"]
+    random.Random(7).shuffle(asks)
+    before = runtime.service._sessions.reads
+
+    async def ask(token: str) -> str:
+        try:
+            return (await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)).account_id
+        except rpc.RpcError as exc:
+            return exc.code
+
+    answers = await asyncio.gather(*(ask(t) for t in asks))
+    for token, answer in zip(asks, answers, strict=True):
+        assert answer == tokens.get(token, c.E_INVALID_SESSION), "each token is answered with its own account"
+    assert runtime.service._sessions.reads - before < len(asks), "lookups that arrived together were read together"
