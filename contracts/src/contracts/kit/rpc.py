@@ -148,17 +148,6 @@ async def call_raw(
     timeout: float = 2.0,
 ) -> bytes:
     """Ask `subject`; return the reply's body or raise an `RpcError`."""
-    return (await call_msg(nc, subject, payload, timeout=timeout)).data
-
-
-async def call_msg(
-    nc: NatsClient,
-    subject: str,
-    payload: Message | BaseModel | dict | bytes | None = None,
-    *,
-    timeout: float = 2.0,
-) -> Any:
-    """Ask `subject`; return the reply message (body and headers) or raise an `RpcError`."""
     try:
         msg = await nc.request(subject, _encode(payload), timeout=timeout)
     except nats.errors.NoRespondersError as exc:
@@ -171,7 +160,7 @@ async def call_msg(
             raise RpcError(subject, err.error, err.detail)
         except ValidationError:
             raise RpcError(subject, msg.headers[ERROR_HEADER], "error reply without detail") from None
-    return msg
+    return msg.data
 
 
 async def call(
@@ -185,10 +174,6 @@ async def call(
     """Ask `subject` and parse the reply as `reply`."""
     data = await call_raw(nc, subject, payload, timeout=timeout)
     return reply.model_validate_json(data)
-
-
-# A raw handler's answer: the body, or the body and headers for the caller's caches.
-RawReply = bytes | tuple[bytes, dict[str, str]]
 
 
 def typed_raw_handler(request: type[Req], fn: Callable[[Req], Awaitable[BaseModel]]) -> Callable[[bytes], Awaitable[bytes]]:
@@ -210,7 +195,7 @@ class RawResponder:
     raw one. Errors are answered exactly like `rpc_handler` does.
     """
 
-    def __init__(self, subject: str, queue: str, handler: Callable[[bytes], Awaitable[RawReply]]) -> None:
+    def __init__(self, subject: str, queue: str, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
         self.subject = subject
         self.queue = queue
         self.handler = handler
@@ -234,12 +219,9 @@ class RawResponder:
         if not msg.reply:
             return
         try:
-            reply = await self.handler(msg.data)
+            body = await self.handler(msg.data)
             # Not msg.respond(): it would echo the request's headers back.
-            if isinstance(reply, bytes):
-                await self._nc.publish(msg.reply, reply)
-            else:
-                await self._nc.publish(msg.reply, reply[0], headers=reply[1])
+            await self._nc.publish(msg.reply, body)
             return
         except RpcFailure as failure:
             code, detail = failure.code, failure.detail
