@@ -202,7 +202,7 @@ async def portal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Port
 
             async def applied() -> bool:
                 status = await call(
-                    nc, contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=[e.event_id for _, e in events]), contract.RosterStatusReply
+                    nc, contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=[e.event_id for _, e in events])
                 )
                 return not status.missing
 
@@ -221,7 +221,6 @@ async def portal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Port
                     identity.CreateStaffRequest(
                         email=f"{who}@school.example", name=who, role=role, school_id=school_id, trust_id=trust_id, password=PASSWORD
                     ),
-                    identity.CreateStaffReply,
                     timeout=10,
                 )
 
@@ -459,7 +458,7 @@ async def test_parents_names_are_composed_from_identity_in_one_request(portal: P
     async def on_contacts(msg) -> None:  # noqa: ANN001
         asked.append(json.loads(msg.data))
 
-    sub = await portal.nc.subscribe(identity.CONTACTS, cb=on_contacts)
+    sub = await portal.nc.subscribe(identity.CONTACTS.subject, cb=on_contacts)
     await portal.nc.flush()
     rows = await staff_routes.pupil_rows(State({"settings": portal.gateway_settings, "nats": portal.nc}), reply)
     await eventually(lambda: asked, timeout=5, message="contacts request seen")

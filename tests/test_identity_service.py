@@ -39,15 +39,14 @@ async def test_password_is_rehashed_on_login_when_the_parameters_change(fresh_na
     async with runtime.running():
         await rpc.call(
             nc, c.CREATE_STAFF,
-            c.CreateStaffRequest(email="t@school.example", name="T", role="teacher", school_id="s", password="a long staff passphrase"),
-            c.CreateStaffReply, timeout=10,
+            c.CreateStaffRequest(email="t@school.example", name="T", role="teacher", school_id="s", password="a long staff passphrase"), timeout=10,
         )
         before = await _stored_hash(runtime, "t@school.example")
     assert "m=19456,t=2,p=1" in before
     stronger = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, identity_argon2_time_cost=3, identity_argon2_memory_kib=19456, identity_argon2_parallelism=1)
     runtime = identity_app.build(stronger)
     async with runtime.running():
-        await rpc.call(nc, c.LOGIN, c.LoginRequest(email="t@school.example", password="a long staff passphrase"), c.LoginReply, timeout=10)
+        await rpc.call(nc, c.LOGIN, c.LoginRequest(email="t@school.example", password="a long staff passphrase"), timeout=10)
         after = await _stored_hash(runtime, "t@school.example")
     assert "m=19456,t=3,p=1" in after, "rehashed with today's parameters"
     await nc.close()
@@ -98,12 +97,12 @@ async def served(fresh_nats, tmp_path: Path) -> AsyncIterator[tuple[object, nats
 async def test_using_a_session_keeps_it_alive_written_in_batches(served) -> None:  # noqa: ANN001
     runtime, nc = served
     email, password = "t2@school.example", "a long staff passphrase"
-    await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name="T", role="teacher", school_id="s", password=password), c.CreateStaffReply, timeout=10)
-    token = (await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), c.LoginReply, timeout=10)).access_token
+    await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name="T", role="teacher", school_id="s", password=password), timeout=10)
+    token = (await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), timeout=10)).access_token
     # Last used 20 minutes ago: 10 minutes of a staff member's 30 idle minutes are left.
     async with runtime.db.session() as s:
         await s.execute(update(Session).values(last_seen_at=utcnow() - timedelta(minutes=20)))
-    principal = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
+    principal = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), timeout=10)
     assert principal.expires_in > 29 * 60, "this use restarts the idle time"
 
     async def recorded() -> bool:
@@ -112,7 +111,7 @@ async def test_using_a_session_keeps_it_alive_written_in_batches(served) -> None
         return utcnow() - seen < timedelta(seconds=10)
 
     assert await eventually(recorded, timeout=5), "the use is written within a few seconds"
-    again = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)
+    again = await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), timeout=10)
     assert again.expires_in > 29 * 60
 
 
@@ -122,9 +121,9 @@ async def test_concurrent_session_lookups_each_get_their_own_account(served) -> 
     tokens: dict[str, str] = {}
     for i in range(4):
         email = f"s{i}@school.example"
-        reply = await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name=f"S{i}", role="teacher", school_id=f"school-{i}", password=password), c.CreateStaffReply, timeout=10)
+        reply = await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name=f"S{i}", role="teacher", school_id=f"school-{i}", password=password), timeout=10)
         for _ in range(3):
-            login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), c.LoginReply, timeout=10)
+            login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), timeout=10)
             tokens[login.access_token] = reply.account_id
     asks = [*tokens, *tokens, *tokens, "not-a-session-token"]
     random.Random(7).shuffle(asks)
@@ -132,7 +131,7 @@ async def test_concurrent_session_lookups_each_get_their_own_account(served) -> 
 
     async def ask(token: str) -> str:
         try:
-            return (await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), c.Principal, timeout=10)).account_id
+            return (await rpc.call(nc, c.SESSION, c.SessionRequest(token=token), timeout=10)).account_id
         except rpc.RpcError as exc:
             return exc.code
 

@@ -90,7 +90,7 @@ async def roster(nc: nats.NATS, trust_id: str, name: str, first_names: list[str]
         await js.publish(subject, ev.model_dump_json().encode(), headers={"Nats-Msg-Id": ev.event_id})
 
     async def applied() -> bool:
-        status = await rpc.call(nc, lc.ROSTER_STATUS, lc.RosterStatusRequest(event_ids=[e.event_id for _, e in events]), lc.RosterStatusReply)
+        status = await rpc.call(nc, lc.ROSTER_STATUS, lc.RosterStatusRequest(event_ids=[e.event_id for _, e in events]))
         return not status.missing
 
     await eventually(applied, timeout=15)
@@ -101,8 +101,7 @@ async def staff_token(world_a: Gateway, nc: nats.NATS, school_id: str, role: str
     email = f"{uid(role)}@school.example"
     await rpc.call(
         nc, identity.CREATE_STAFF,
-        identity.CreateStaffRequest(email=email, name=f"{role.title()} Person", role=role, school_id=school_id, password=STAFF_PASSWORD),
-        identity.CreateStaffReply, timeout=10,
+        identity.CreateStaffRequest(email=email, name=f"{role.title()} Person", role=role, school_id=school_id, password=STAFF_PASSWORD), timeout=10,
     )
     login = await world_a.http.post("/api/v1/auth/login", json={"email": email, "password": STAFF_PASSWORD})
     assert login.status_code == 200, login.text

@@ -47,11 +47,11 @@ class Env:
         return self.nc.jetstream()
 
     async def ask(self, subject: str, request: object, reply: type, *, timeout: float = 5.0):  # noqa: ANN001
-        return await call(self.nc, subject, request, reply, timeout=timeout)
+        return await call(self.nc, subject, request, timeout=timeout)
 
     async def fails(self, subject: str, request: object) -> RpcError:
         with pytest.raises(RpcError) as info:
-            await call(self.nc, subject, request, contract.Document, timeout=5.0)
+            await call(self.nc, subject, request, timeout=5.0)
         return info.value
 
     async def publish(self, subject: str, event: Event, *, msg_id: str | None = None) -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import nats
 import pytest
+from pydantic import ConfigDict
 
 import kitapp
 from contracts.kit import rpc
 from contracts.kit.deadletters import DeadLetterNotFound, list_dead_letters, replay_dead_letter
 from contracts.kit.streams import ensure_streams
-from contracts.rpc import ErrorReply
+from contracts.base import Message, Rpc
 from helpers import eventually
 from test_messaging_outbox import emit_things, spawn
 
@@ -154,32 +155,45 @@ async def _letters(js, n: int):
     return letters if len(letters) >= n else None
 
 
+class Anything(Message):
+    """A request of whatever shape (to send what a service cannot parse)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+EXPLODE = Rpc("rpc.kittest.explode.v1", kitapp.ThingHappened, kitapp.ThingHappened, title="explode", description="Always fails.")
+COUNT = Rpc("rpc.kittest.count.v1", kitapp.ThingHappened, kitapp.ThingHappened, title="count", description="Counts.")
+
+
 async def test_rpc_errors_are_replies_within_the_deadline(nats_server, tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
     await kitapp.create_schema(url)
     runtime = kitapp.build(kitapp.KitSettings(nats_url=nats_server.url, database_url=url), consume=False)
 
-    @runtime.rpc("rpc.kittest.explode.v1", request=kitapp.ThingHappened, title="explode", description="Always fails.")
-    async def explode(req: kitapp.ThingHappened) -> ErrorReply:
+    async def explode(req: kitapp.ThingHappened) -> kitapp.ThingHappened:
         if req.key == "refuse":
-            raise rpc.RpcFailure("not_allowed", "refused on purpose")
+            raise rpc.RpcFailure("not_allowed", "refused on purpose", fields=rpc.field_errors(key="refused"), retry_after=7)
         raise RuntimeError("boom")
+
+    runtime.serve(EXPLODE, explode)
 
     nc = await nats.connect(nats_server.url)
     async with runtime.running():
         started = time.monotonic()
         with pytest.raises(rpc.RpcError) as err:
-            await rpc.call(nc, "rpc.kittest.explode.v1", kitapp.ThingHappened(key="x"), ErrorReply, timeout=5)
+            await rpc.call(nc, EXPLODE, kitapp.ThingHappened(key="x"), timeout=5)
         assert time.monotonic() - started < 1.0, "an error reply, not a timeout"
         assert err.value.code == "internal_error"
         assert "boom" not in err.value.detail  # no internals leak to callers
 
         with pytest.raises(rpc.RpcError) as err:
-            await rpc.call(nc, "rpc.kittest.explode.v1", kitapp.ThingHappened(key="refuse"), ErrorReply, timeout=5)
+            await rpc.call(nc, EXPLODE, kitapp.ThingHappened(key="refuse"), timeout=5)
         assert (err.value.code, err.value.detail) == ("not_allowed", "refused on purpose")
+        assert [(f.field, f.message) for f in err.value.fields] == [("key", "refused")]
+        assert err.value.retry_after == 7
 
         with pytest.raises(rpc.RpcError) as err:
-            await rpc.call(nc, "rpc.kittest.explode.v1", {"amount": "many"}, ErrorReply, timeout=5)
+            await rpc.call(nc, EXPLODE, Anything(amount="many"), timeout=5)
         assert err.value.code == "invalid_request"
         assert "key" in err.value.detail and "amount" in err.value.detail
 
@@ -203,12 +217,12 @@ async def test_rpc_replicas_share_requests_in_a_queue_group(nats_server, tmp_pat
 
             return count
 
-        runtime.rpc("rpc.kittest.count.v1", request=kitapp.ThingHappened, title="count", description="Counts.")(make(f"r{i}"))
+        runtime.serve(COUNT, make(f"r{i}"))
         replicas.append(runtime)
     nc = await nats.connect(nats_server.url)
     async with replicas[0].running(), replicas[1].running():
         for i in range(40):
-            reply = await rpc.call(nc, "rpc.kittest.count.v1", kitapp.ThingHappened(key=f"q{i}"), kitapp.ThingHappened)
+            reply = await rpc.call(nc, COUNT, kitapp.ThingHappened(key=f"q{i}"))
             assert reply.key == f"q{i}"
     await nc.close()
     assert sum(calls.values()) == 40, "each request handled by exactly one replica"

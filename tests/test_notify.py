@@ -200,7 +200,7 @@ async def test_a_request_naming_a_parent_asks_identity_for_the_address(fresh_nat
         found = [Contact(id=i, email="dad@example.org", name="Dan Smith") for i in req.ids if i == "parent-1"]
         await msg.respond(ContactsReply(contacts=found).model_dump_json().encode())
 
-    await nc.subscribe(CONTACTS, queue="identity", cb=contacts)
+    await nc.subscribe(CONTACTS.subject, queue="identity", cb=contacts)
     outcomes = Outcomes()
     await outcomes.attach(nc)
     async with runtime.running():

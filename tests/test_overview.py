@@ -33,7 +33,7 @@ async def publish(js, subject: str, event, *, msg_id: str | None = None) -> None
 
 
 async def ask(nc, *pupil_ids: str) -> dict:
-    reply = await rpc.call(nc, GET, OverviewRequest(pupil_ids=list(pupil_ids)), OverviewReply, timeout=5)
+    reply = await rpc.call(nc, GET, OverviewRequest(pupil_ids=list(pupil_ids)), timeout=5)
     return {c.pupil_id: c for c in reply.children}
 
 

@@ -56,12 +56,12 @@ class Linking:
     async def classes(self, *school_ids: str) -> dict[str, tuple[str, str, int]]:
         """class_id -> (name, school_name, pupil_count), as staff of those schools see them."""
         scope = contract.StaffScope(school_ids=list(school_ids))
-        reply = await call(self.nc, contract.CLASSES, contract.ClassesRequest(scope=scope), contract.ClassesReply, timeout=5)
+        reply = await call(self.nc, contract.CLASSES, contract.ClassesRequest(scope=scope), timeout=5)
         return {c.class_id: (c.name, c.school_name, c.pupil_count) for c in reply.classes}
 
     async def schools(self, *school_ids: str) -> dict[str, tuple[str, str, str]]:
         scope = contract.StaffScope(school_ids=list(school_ids))
-        reply = await call(self.nc, contract.SCHOOLS, contract.SchoolsRequest(scope=scope), contract.SchoolsReply, timeout=5)
+        reply = await call(self.nc, contract.SCHOOLS, contract.SchoolsRequest(scope=scope), timeout=5)
         return {s.school_id: (s.trust_id, s.name, s.timezone) for s in reply.schools}
 
     async def stream_messages(self) -> int:

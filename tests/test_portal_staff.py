@@ -38,9 +38,9 @@ async def test_staff_add_then_login_with_role(nats_server, tmp_path: Path) -> No
         )
         assert done.returncode == 0, done.stderr
         assert "created school_admin Head@Oak.example at school oak" in done.stdout
-        login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email="head@oak.example", password="a long staff passphrase"), c.LoginReply)
+        login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email="head@oak.example", password="a long staff passphrase"))
         assert login.role == "school_admin"
-        me = await rpc.call(nc, c.SESSION, c.SessionRequest(token=login.access_token), c.Principal)
+        me = await rpc.call(nc, c.SESSION, c.SessionRequest(token=login.access_token))
         assert (me.school_id, me.trust_id, me.name) == ("oak", None, "Hannah Head")
 
         missing_school = await asyncio.to_thread(

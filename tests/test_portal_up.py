@@ -25,7 +25,7 @@ import pytest
 
 from contracts.kit import consumer as c
 from contracts.kit.streams import ensure_streams
-from contracts.rpc import SERVICES, health_subject
+from contracts.rpc import SERVICES, health
 from contracts.streams import DEADLETTERS, StreamDef
 from helpers import eventually
 from portal.natsserver import free_port, wait_for_port
@@ -168,7 +168,7 @@ async def wait_for_health(url: str, *, deadline: float) -> None:
         async def all_healthy() -> bool:
             for name in SERVICES:
                 try:
-                    await nc.request(health_subject(name), b"{}", timeout=0.5)
+                    await nc.request(health(name).subject, b"{}", timeout=0.5)
                 except Exception:  # noqa: BLE001 - not up yet
                     return False
             return True

@@ -8,7 +8,7 @@ import pytest
 
 from contracts.kit import rpc
 from contracts.kit.service import migrate
-from contracts.rpc import SERVICES, HealthReply, health_subject
+from contracts.rpc import SERVICES, HealthRequest, health
 from identity import app as identity_app
 from linking import app as linking_app
 from notify import app as notify_app
@@ -25,7 +25,7 @@ async def test_service_answers_health_over_nats(name: str, nats_server, nc, tmp_
     migrate(module, settings)
     runtime = module.build(settings)
     async with runtime.running():
-        reply = await rpc.call(nc, health_subject(name), {}, HealthReply, timeout=2)
+        reply = await rpc.call(nc, health(name), HealthRequest(), timeout=2)
     assert reply.service == name
     assert reply.status == "ok"
     assert reply.checks["database"] == "ok"
@@ -36,11 +36,11 @@ async def test_notify_without_smtp_reports_degraded(nats_server, nc, tmp_path: P
     settings = notify_app.Settings(nats_url=nats_server.url, data_dir=tmp_path)
     migrate(notify_app, settings)
     async with notify_app.build(settings).running():
-        reply = await rpc.call(nc, health_subject("notify"), {}, HealthReply, timeout=2)
+        reply = await rpc.call(nc, health("notify"), HealthRequest(), timeout=2)
     assert reply.status == "degraded" and reply.checks["smtp"] == "not configured"
 
 
 async def test_missing_service_is_a_clear_error(nc) -> None:
     with pytest.raises(rpc.RpcUnavailable) as err:
-        await rpc.call(nc, "rpc.nobody.health.v1", {}, HealthReply, timeout=1)
+        await rpc.call(nc, health("nobody"), HealthRequest(), timeout=1)
     assert err.value.code == "service_unavailable"

@@ -1,9 +1,11 @@
-"""Base classes shared by every message schema."""
+"""Base classes shared by every message schema, and the declaration of a request/reply."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -29,3 +31,36 @@ class Event(Message):
 
     event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=128)
     occurred_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+Req = TypeVar("Req", bound=BaseModel)
+Rep = TypeVar("Rep", bound=BaseModel)
+
+
+@dataclass(frozen=True, eq=False)
+class Rpc(Generic[Req, Rep]):
+    """One request/reply operation: where it is asked, what it takes and what it answers.
+
+    `errors` lists the error codes the operation may answer besides `invalid_request` and
+    `internal_error`, so that the document and the callers' mappings can be checked against it.
+    """
+
+    subject: str
+    request: type[Req]
+    reply: type[Rep]
+    title: str
+    description: str
+    errors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        parts = self.subject.split(".")
+        if len(parts) != 4 or parts[0] != "rpc" or not parts[3].startswith("v"):
+            raise ValueError(f"an rpc subject is rpc.<service>.<verb>.v<N>, not {self.subject!r}")
+
+    @property
+    def service(self) -> str:
+        """The service that answers it."""
+        return self.subject.split(".")[1]
+
+    def __repr__(self) -> str:
+        return f"Rpc({self.subject})"

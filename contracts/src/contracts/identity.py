@@ -10,31 +10,21 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.base import Event, Message
+from contracts.base import Event, Message, Rpc
 
 # -- requests ---------------------------------------------------------------------------------
 
-REGISTER = "rpc.identity.register.v1"
-VERIFY = "rpc.identity.verify.v1"
-RESEND_VERIFICATION = "rpc.identity.resend_verification.v1"
-LOGIN = "rpc.identity.login.v1"
-LOGOUT = "rpc.identity.logout.v1"
-SESSION = "rpc.identity.session.v1"
-PASSWORD_RESET = "rpc.identity.password_reset.v1"
-PASSWORD_RESET_CONFIRM = "rpc.identity.password_reset_confirm.v1"
-CONTACTS = "rpc.identity.contacts.v1"
-CREATE_STAFF = "rpc.identity.create_staff.v1"
-CHECK_PASSWORD = "rpc.identity.check_password.v1"
 
 Role = Literal["parent", "teacher", "school_admin", "trust_admin"]
 STAFF_ROLES: tuple[str, ...] = ("teacher", "school_admin", "trust_admin")
 
-# Error codes in replies (contracts.rpc.ErrorReply.error), as the gateway maps them.
+# Error codes in replies (`contracts.rpc.ErrorReply.error`); the gateway maps each to HTTP.
 E_WEAK_PASSWORD = "weak_password"  # 422
 E_INVALID_TOKEN = "invalid_token"  # 400
 E_INVALID_CREDENTIALS = "invalid_credentials"  # 401
 E_NOT_VERIFIED = "email_not_verified"  # 403
-E_TOO_MANY = "too_many_attempts"  # 429, detail ends with "retry after N s"
+E_TOO_MANY = "too_many_attempts"  # 429, with retry_after
+E_VALIDATION = "validation_error"  # 422, with the fields
 E_INVALID_SESSION = "invalid_session"  # 401
 E_CONFLICT = "conflict"  # 409
 
@@ -227,3 +217,101 @@ class SessionRevoked(Event):
     account_id: str
     session_ids: list[str] = Field(default_factory=list)
     all_sessions: bool = False
+
+
+# -- requests, each declared once: subject, request, reply ---------------------------------
+
+REGISTER: Rpc[RegisterRequest, RegisterReply] = Rpc(
+    "rpc.identity.register.v1",
+    RegisterRequest,
+    RegisterReply,
+    title="register",
+    description='A parent registers; unverified until the emailed link is used.',
+    errors=(E_WEAK_PASSWORD, E_VALIDATION, E_CONFLICT),
+)
+
+VERIFY: Rpc[VerifyRequest, VerifyReply] = Rpc(
+    "rpc.identity.verify.v1",
+    VerifyRequest,
+    VerifyReply,
+    title="verify",
+    description='Use a verification token.',
+    errors=(E_INVALID_TOKEN,),
+)
+
+RESEND_VERIFICATION: Rpc[EmailRequest, Accepted] = Rpc(
+    "rpc.identity.resend_verification.v1",
+    EmailRequest,
+    Accepted,
+    title="resend verification",
+    description='Email a fresh verification link (rate-limited).',
+)
+
+LOGIN: Rpc[LoginRequest, LoginReply] = Rpc(
+    "rpc.identity.login.v1",
+    LoginRequest,
+    LoginReply,
+    title="login",
+    description='Check a password and open a session, within the guessing limits.',
+    errors=(E_INVALID_CREDENTIALS, E_NOT_VERIFIED, E_TOO_MANY),
+)
+
+LOGOUT: Rpc[LogoutRequest, Accepted] = Rpc(
+    "rpc.identity.logout.v1",
+    LogoutRequest,
+    Accepted,
+    title="logout",
+    description='End a session.',
+)
+
+SESSION: Rpc[SessionRequest, Principal] = Rpc(
+    "rpc.identity.session.v1",
+    SessionRequest,
+    Principal,
+    title="session",
+    description='Who holds a session token (the gateway caches the answer).',
+    errors=(E_INVALID_SESSION,),
+)
+
+PASSWORD_RESET: Rpc[EmailRequest, Accepted] = Rpc(
+    "rpc.identity.password_reset.v1",
+    EmailRequest,
+    Accepted,
+    title="password reset",
+    description='Email a reset link, answering the same for any address.',
+)
+
+PASSWORD_RESET_CONFIRM: Rpc[PasswordResetConfirm, PasswordChangedReply] = Rpc(
+    "rpc.identity.password_reset_confirm.v1",
+    PasswordResetConfirm,
+    PasswordChangedReply,
+    title="password reset confirm",
+    description='Set a new password with a reset token.',
+    errors=(E_INVALID_TOKEN, E_WEAK_PASSWORD),
+)
+
+CHECK_PASSWORD: Rpc[CheckPasswordRequest, Accepted] = Rpc(
+    "rpc.identity.check_password.v1",
+    CheckPasswordRequest,
+    Accepted,
+    title="check password",
+    description='Whether a password meets the policy.',
+    errors=(E_WEAK_PASSWORD,),
+)
+
+CONTACTS: Rpc[ContactsRequest, ContactsReply] = Rpc(
+    "rpc.identity.contacts.v1",
+    ContactsRequest,
+    ContactsReply,
+    title="contacts",
+    description='Names and addresses of a batch of accounts.',
+)
+
+CREATE_STAFF: Rpc[CreateStaffRequest, CreateStaffReply] = Rpc(
+    "rpc.identity.create_staff.v1",
+    CreateStaffRequest,
+    CreateStaffReply,
+    title="create staff",
+    description='Create or update a member of staff by hand.',
+    errors=(E_VALIDATION, E_CONFLICT, E_WEAK_PASSWORD),
+)

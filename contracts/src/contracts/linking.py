@@ -16,30 +16,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
-from contracts.base import Event, Message
-
-# -- requests ---------------------------------------------------------------------------------
-
-SCHOOLS = "rpc.linking.schools.v1"
-CLASSES = "rpc.linking.classes.v1"
-CLASS_PUPILS = "rpc.linking.class_pupils.v1"
-CREATE_CODES = "rpc.linking.create_codes.v1"
-PREVIEW_CODE = "rpc.linking.preview_code.v1"
-PUPIL_QR = "rpc.linking.pupil_qr.v1"
-CLASS_SHEET = "rpc.linking.class_sheet.v1"
-GET_SCHOOL_SETTINGS = "rpc.linking.school_settings.v1"
-UPDATE_SCHOOL_SETTINGS = "rpc.linking.update_school_settings.v1"
-AUP = "rpc.linking.aup.v1"
-ROSTER_STATUS = "rpc.linking.roster_status.v1"
-REDEEM = "rpc.linking.redeem.v1"
-PARENT_CHILDREN = "rpc.linking.parent_children.v1"
-ACTIVE_PUPILS = "rpc.linking.active_pupils.v1"
-UNLINK = "rpc.linking.unlink.v1"
-INVITE = "rpc.linking.invite.v1"
-REMOVE_PARENT = "rpc.linking.remove_parent.v1"
-PARENT_PUPILS = "rpc.linking.parent_pupils.v1"
-REMOVE_PARENT_EVERYWHERE = "rpc.linking.remove_parent_everywhere.v1"
-AUDIT = "rpc.linking.audit.v1"
+from contracts.base import Event, Message, Rpc
 
 # -- events -----------------------------------------------------------------------------------
 
@@ -50,13 +27,14 @@ LINK_ACTIVATED = "linking.link.activated.v1"
 LINK_REMOVED = "linking.link.removed.v1"
 LINK_ALL = "linking.link.>"
 
-# Error codes in replies, as the gateway maps them.
+# Error codes in replies (`contracts.rpc.ErrorReply.error`); the gateway maps each to HTTP.
 E_NOT_FOUND = "not_found"  # 404: unknown, or outside the caller's scope
 E_NO_CODE = "no_code"  # 404: no printed code yet ("create QR codes" first)
 E_INVALID_CODE = "invalid_code"  # 404: bad, expired, revoked or used code
-E_VALIDATION = "validation_error"  # 422: detail names the fields
+E_VALIDATION = "validation_error"  # 422: the fields name each problem
 E_CODE_FULL = "code_full"  # 409: a printed code has linked as many carers as the school allows
 E_AUP_REQUIRED = "aup_required"  # 422: the school's policy must be accepted first
+E_TOO_MANY_ATTEMPTS = "too_many_attempts"  # 429: with retry_after
 
 RELATIONSHIPS = ("mother", "father", "carer", "guardian", "grandparent", "other")
 Relationship = Literal["mother", "father", "carer", "guardian", "grandparent", "other"]
@@ -545,13 +523,7 @@ class SchoolSettingsChanged(Event):
 
 # -- part 3: safeguarding bars, guessing limits and alerts -------------------------------------
 
-PUPIL_PARENTS = "rpc.linking.pupil_parents.v1"
-ADD_BAR = "rpc.linking.add_bar.v1"
-BARS = "rpc.linking.bars.v1"
-LIFT_BAR = "rpc.linking.lift_bar.v1"
-ALERTS = "rpc.linking.alerts.v1"
 
-E_TOO_MANY_ATTEMPTS = "too_many_attempts"  # 429: detail ends "retry after N s"
 
 
 class PupilParentsRequest(StaffRequest):
@@ -648,3 +620,225 @@ class AlertsReply(Message):
     """Newest first."""
 
     alerts: list[GuessingAlert]
+
+
+# -- requests, each declared once: subject, request, reply ---------------------------------
+
+SCHOOLS: Rpc[SchoolsRequest, SchoolsReply] = Rpc(
+    "rpc.linking.schools.v1",
+    SchoolsRequest,
+    SchoolsReply,
+    title="schools",
+    description="The schools of a scope: how the gateway expands a trust admin's trust into school ids.",
+)
+
+CLASSES: Rpc[ClassesRequest, ClassesReply] = Rpc(
+    "rpc.linking.classes.v1",
+    ClassesRequest,
+    ClassesReply,
+    title="classes",
+    description="`GET /classes`: every class of the caller's schools with pupil and linked-pupil counts.",
+)
+
+CLASS_PUPILS: Rpc[ClassPupilsRequest, ClassPupilsReply] = Rpc(
+    "rpc.linking.class_pupils.v1",
+    ClassPupilsRequest,
+    ClassPupilsReply,
+    title="class pupils",
+    description="`GET /classes/{id}/pupils`: the class's pupils with their code expiry, parents and invitations; not_found outside the scope.",
+    errors=(E_NOT_FOUND,),
+)
+
+CREATE_CODES: Rpc[CreateCodesRequest, CreateCodesReply] = Rpc(
+    "rpc.linking.create_codes.v1",
+    CreateCodesRequest,
+    CreateCodesReply,
+    title="create codes",
+    description='"Create QR codes" for a class or a pupil: new printed codes, earlier ones revoked in the same transaction.',
+    errors=(E_NOT_FOUND,),
+)
+
+PREVIEW_CODE: Rpc[PreviewCodeRequest, CodePreview] = Rpc(
+    "rpc.linking.preview_code.v1",
+    PreviewCodeRequest,
+    CodePreview,
+    title="preview code",
+    description="`GET /link-codes/{code}`: the child's first name, school, class and the school's policy; invalid_code otherwise (a failure, counted like a redemption's: too_many_attempts past the limits).",
+    errors=(E_INVALID_CODE, E_TOO_MANY_ATTEMPTS),
+)
+
+PUPIL_QR: Rpc[PupilQrRequest, Document] = Rpc(
+    "rpc.linking.pupil_qr.v1",
+    PupilQrRequest,
+    Document,
+    title="pupil QR code",
+    description="`GET /pupils/{id}/qr.svg|.png`: the pupil's live printed code as a QR code (PNG as base64).",
+    errors=(E_NOT_FOUND, E_NO_CODE),
+)
+
+CLASS_SHEET: Rpc[ClassSheetRequest, Document] = Rpc(
+    "rpc.linking.class_sheet.v1",
+    ClassSheetRequest,
+    Document,
+    title="class QR sheet",
+    description='`GET /classes/{id}/qr-sheet[?format=pdf]`: one cut-out card per pupil, as HTML or an A4 PDF (base64).',
+    errors=(E_NOT_FOUND, E_NO_CODE),
+)
+
+GET_SCHOOL_SETTINGS: Rpc[SchoolSettingsRequest, SchoolSettings] = Rpc(
+    "rpc.linking.school_settings.v1",
+    SchoolSettingsRequest,
+    SchoolSettings,
+    title="school settings",
+    description="`GET /schools/{id}/settings`: the school's settings with the defaults filled in.",
+    errors=(E_NOT_FOUND,),
+)
+
+UPDATE_SCHOOL_SETTINGS: Rpc[UpdateSchoolSettingsRequest, SchoolSettings] = Rpc(
+    "rpc.linking.update_school_settings.v1",
+    UpdateSchoolSettingsRequest,
+    SchoolSettings,
+    title="update school settings",
+    description='`PUT /schools/{id}/settings`: validated (validation_error names each field); a change is published.',
+    errors=(E_NOT_FOUND, E_VALIDATION),
+)
+
+AUP: Rpc[AupRequest, AupReply] = Rpc(
+    "rpc.linking.aup.v1",
+    AupRequest,
+    AupReply,
+    title="acceptable-use policy",
+    description="A school's acceptable-use policy and its version, or the default policy when no school is named.",
+    errors=(E_NOT_FOUND,),
+)
+
+ROSTER_STATUS: Rpc[RosterStatusRequest, RosterStatusReply] = Rpc(
+    "rpc.linking.roster_status.v1",
+    RosterStatusRequest,
+    RosterStatusReply,
+    title="roster status",
+    description='Which of the given roster event ids linking has applied: `portal roster import` waits until none is missing.',
+)
+
+REDEEM: Rpc[RedeemRequest, RedeemReply] = Rpc(
+    "rpc.linking.redeem.v1",
+    RedeemRequest,
+    RedeemReply,
+    title="redeem code",
+    description='A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a barred address; too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own.',
+    errors=(E_INVALID_CODE, E_CODE_FULL, E_AUP_REQUIRED, E_TOO_MANY_ATTEMPTS, E_VALIDATION),
+)
+
+PARENT_CHILDREN: Rpc[ParentRequest, ChildrenReply] = Rpc(
+    "rpc.linking.parent_children.v1",
+    ParentRequest,
+    ChildrenReply,
+    title="parent's children",
+    description='`GET /me/children`: every child a parent is linked to.',
+)
+
+ACTIVE_PUPILS: Rpc[ParentRequest, ActivePupilsReply] = Rpc(
+    "rpc.linking.active_pupils.v1",
+    ParentRequest,
+    ActivePupilsReply,
+    title="active pupils",
+    description="The pupils a parent may see now: the overview's access check.",
+)
+
+UNLINK: Rpc[UnlinkRequest, Done] = Rpc(
+    "rpc.linking.unlink.v1",
+    UnlinkRequest,
+    Done,
+    title="unlink",
+    description='`DELETE /me/children/{id}`: a parent unlinks a child.',
+    errors=(E_NOT_FOUND,),
+)
+
+INVITE: Rpc[InviteRequest, InvitationView] = Rpc(
+    "rpc.linking.invite.v1",
+    InviteRequest,
+    InvitationView,
+    title="invite",
+    description='`POST /pupils/{id}/invitations`: email an invitation with a single-use code.',
+    errors=(E_NOT_FOUND, E_VALIDATION),
+)
+
+REMOVE_PARENT: Rpc[RemoveParentRequest, Done] = Rpc(
+    "rpc.linking.remove_parent.v1",
+    RemoveParentRequest,
+    Done,
+    title="remove parent",
+    description='`DELETE /pupils/{id}/parents/{parent}`: one parent loses one pupil.',
+    errors=(E_NOT_FOUND,),
+)
+
+PARENT_PUPILS: Rpc[StaffParentRequest, ParentPupilsReply] = Rpc(
+    "rpc.linking.parent_pupils.v1",
+    StaffParentRequest,
+    ParentPupilsReply,
+    title="parent's pupils",
+    description="`GET /parents/{id}/pupils`: the pupils of the caller's schools a parent is linked to.",
+    errors=(E_NOT_FOUND,),
+)
+
+REMOVE_PARENT_EVERYWHERE: Rpc[StaffParentRequest, RemovedReply] = Rpc(
+    "rpc.linking.remove_parent_everywhere.v1",
+    StaffParentRequest,
+    RemovedReply,
+    title="remove parent everywhere",
+    description="`DELETE /parents/{id}/pupils`: the parent loses every pupil of the caller's schools.",
+    errors=(E_NOT_FOUND,),
+)
+
+AUDIT: Rpc[AuditRequest, AuditReply] = Rpc(
+    "rpc.linking.audit.v1",
+    AuditRequest,
+    AuditReply,
+    title="audit trail",
+    description="`GET /pupils/{id}/audit`: a pupil's audit trail.",
+    errors=(E_NOT_FOUND,),
+)
+
+PUPIL_PARENTS: Rpc[PupilParentsRequest, PupilParentsReply] = Rpc(
+    "rpc.linking.pupil_parents.v1",
+    PupilParentsRequest,
+    PupilParentsReply,
+    title="pupil's parents",
+    description='The parents with a standing link to a pupil (ids): the gateway checks their addresses before a bar.',
+    errors=(E_NOT_FOUND,),
+)
+
+ADD_BAR: Rpc[AddBarRequest, AddBarReply] = Rpc(
+    "rpc.linking.add_bar.v1",
+    AddBarRequest,
+    AddBarReply,
+    title="add bar",
+    description="`POST /pupils/{id}/bars`: bar an address from a pupil; the named parents' links end (by a bar), open invitations to it are revoked. Repeatable.",
+    errors=(E_NOT_FOUND, E_VALIDATION),
+)
+
+BARS: Rpc[BarsRequest, BarsReply] = Rpc(
+    "rpc.linking.bars.v1",
+    BarsRequest,
+    BarsReply,
+    title="bars",
+    description="`GET /pupils/{id}/bars`: the pupil's bars in force, addresses decrypted.",
+    errors=(E_NOT_FOUND,),
+)
+
+LIFT_BAR: Rpc[LiftBarRequest, Done] = Rpc(
+    "rpc.linking.lift_bar.v1",
+    LiftBarRequest,
+    Done,
+    title="lift bar",
+    description='`DELETE /pupils/{id}/bars/{bar}`: the address may be linked again; recorded.',
+    errors=(E_NOT_FOUND,),
+)
+
+ALERTS: Rpc[AlertsRequest, AlertsReply] = Rpc(
+    "rpc.linking.alerts.v1",
+    AlertsRequest,
+    AlertsReply,
+    title="guessing alerts",
+    description='`portal alerts`: failed codes per minute above the threshold, per trust and deployment-wide, newest first.',
+)

@@ -6,9 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import AwareDatetime, Field
 
-from contracts.base import Message
+from contracts.base import Message, Rpc
 
-GET = "rpc.overview.get.v1"
 # Core NATS only (no stream): replicas tell each other which pupils' cached answers changed.
 CHANGED_NOTICE = "notice.overview.changed.v1"
 
@@ -51,6 +50,15 @@ class OverviewReply(Message):
     """Every requested pupil, in the order asked."""
 
     children: list[ChildOverview]
+
+
+GET: Rpc[OverviewRequest, OverviewReply] = Rpc(
+    "rpc.overview.get.v1",
+    OverviewRequest,
+    OverviewReply,
+    title="overview",
+    description="Homework, messages and stars of many pupils at once.",
+)
 
 
 class ChangedNotice(Message):

@@ -1,19 +1,17 @@
-"""Request/reply subjects and the shapes every service shares (health, errors)."""
+"""The request/reply shapes every service shares: health, and the error reply."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Literal
 
-from contracts.base import Message
+from pydantic import Field
+
+from contracts.base import Message, Rpc
 
 SERVICES = ("identity", "linking", "notify", "overview")
 
 ERROR_HEADER = "Portal-Error"
-
-
-def health_subject(service: str) -> str:
-    """`rpc.<service>.health.v1`."""
-    return f"rpc.{service}.health.v1"
 
 
 class HealthRequest(Message):
@@ -29,8 +27,33 @@ class HealthReply(Message):
     checks: dict[str, str]
 
 
-class ErrorReply(Message):
-    """The body of an error reply; the same shape as the gateway's HTTP errors."""
+@cache
+def health(service: str) -> Rpc[HealthRequest, HealthReply]:
+    """`rpc.<service>.health.v1`: every service answers it."""
+    return Rpc(
+        f"rpc.{service}.health.v1",
+        HealthRequest,
+        HealthReply,
+        title=f"{service} health",
+        description="Answers whether this replica runs and its database answers.",
+    )
 
-    error: str
-    detail: str
+
+class FieldError(Message):
+    """One field of a request and what is wrong with it."""
+
+    field: str
+    message: str
+
+
+class ErrorReply(Message):
+    """The body of an error reply (header `Portal-Error: <error>`): what the caller can act on.
+
+    `detail` is a sentence for people; nothing in it is meant to be parsed. What a caller acts
+    on is data: the code, the fields and `retry_after`.
+    """
+
+    error: str = Field(description="snake_case code, e.g. invalid_code, too_many_attempts")
+    detail: str = Field(description="A sentence for people")
+    fields: list[FieldError] = Field(default_factory=list, description="The fields the error is about")
+    retry_after: int | None = Field(default=None, ge=0, description="Seconds after which trying again may succeed")

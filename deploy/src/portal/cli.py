@@ -239,7 +239,7 @@ def staff_add(
 
     async def create(nc):  # noqa: ANN001, ANN202
         try:
-            return await rpc.call(nc, c.CREATE_STAFF, request, c.CreateStaffReply, timeout=10)
+            return await rpc.call(nc, c.CREATE_STAFF, request, timeout=10)
         except rpc.RpcError as exc:
             return exc
 
@@ -257,21 +257,16 @@ def staff_add(
 def alerts(hours: int = typer.Option(24, "--hours", min=1, max=24 * 90, help="How far back to look.")) -> None:
     """List recent guessing alerts: failed link codes per minute above the threshold."""
     url = _nats_url()
-    import nats.errors
-
     from contracts import linking as c
-    from contracts.rpc import ERROR_HEADER, ErrorReply
+    from contracts.kit import rpc
 
-    # A plain request, not contracts.kit.rpc: importing the messaging kit would cost more
-    # than the rest of the command.
     async def ask(nc):  # noqa: ANN001, ANN202
         try:
-            msg = await nc.request(c.ALERTS, c.AlertsRequest(hours=hours).model_dump_json().encode(), timeout=10)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return await rpc.call(nc, c.ALERTS, c.AlertsRequest(hours=hours), timeout=10)
+        except (rpc.RpcUnavailable, rpc.RpcTimeout):
             return "linking did not answer; is it running?"
-        if msg.headers and ERROR_HEADER in msg.headers:
-            return ErrorReply.model_validate_json(msg.data).detail
-        return c.AlertsReply.model_validate_json(msg.data)
+        except rpc.RpcError as exc:
+            return exc.detail
 
     reply = _run_with_nats(url, ask)
     if isinstance(reply, str):

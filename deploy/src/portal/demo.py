@@ -325,7 +325,7 @@ async def _create_staff(nc: Any, staff: DemoStaff) -> None:
     request = identity.CreateStaffRequest(
         email=staff.email, name=staff.name, role=staff.role, school_id=staff.school_id, trust_id=staff.trust_id, password=PASSWORD
     )
-    await rpc.call(nc, identity.CREATE_STAFF, request, identity.CreateStaffReply, timeout=20)
+    await rpc.call(nc, identity.CREATE_STAFF, request, timeout=20)
 
 
 _CARD = re.compile(r'<section class="card" aria-label="([^"]*)">.*?<div class="code">([^<]*)</div>', re.S)
@@ -343,13 +343,13 @@ async def _printed_codes(nc: Any, classes: dict[str, list[tuple[str, str, str]]]
     async def one_class(class_id: str) -> None:
         request = linking.ClassSheetRequest(scope=scope, actor_id="demo", class_id=class_id)
         try:
-            sheet = await rpc.call(nc, linking.CLASS_SHEET, request, linking.Document, timeout=20)
+            sheet = await rpc.call(nc, linking.CLASS_SHEET, request, timeout=20)
         except rpc.RpcError as exc:
             if exc.code != linking.E_NO_CODE:
                 raise
             create = linking.CreateCodesRequest(scope=scope, actor_id="demo", class_id=class_id)
-            await rpc.call(nc, linking.CREATE_CODES, create, linking.CreateCodesReply, timeout=20)
-            sheet = await rpc.call(nc, linking.CLASS_SHEET, request, linking.Document, timeout=20)
+            await rpc.call(nc, linking.CREATE_CODES, create, timeout=20)
+            sheet = await rpc.call(nc, linking.CLASS_SHEET, request, timeout=20)
         by_name = {html.unescape(name): html.unescape(code).strip() for name, code in _CARD.findall(sheet.text or "")}
         for pid, first, last in classes[class_id]:
             if f"{first} {last}" in by_name:

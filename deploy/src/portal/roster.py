@@ -423,7 +423,7 @@ async def wait_applied(nc: Any, event_ids: list[str], timeout: float) -> None:
             ask = max(0.5, min(5.0, deadline - loop.time()))
             try:
                 reply = await rpc.call(
-                    nc, linking.ROSTER_STATUS, linking.RosterStatusRequest(event_ids=chunk), linking.RosterStatusReply, timeout=ask
+                    nc, linking.ROSTER_STATUS, linking.RosterStatusRequest(event_ids=chunk), timeout=ask
                 )
             except (rpc.RpcUnavailable, rpc.RpcTimeout) as exc:
                 # Linking may be starting or restarting: keep asking until the time is up.

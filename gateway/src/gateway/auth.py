@@ -332,7 +332,7 @@ class SessionAuth:
             return cached, False
         generation = self.cache.generation
         try:
-            principal = await ask(state, identity.SESSION, identity.SessionRequest(token=token), Principal)
+            principal = await ask(state, identity.SESSION, identity.SessionRequest(token=token))
         except RpcError as exc:
             if exc.code in (identity.E_INVALID_SESSION, "invalid_request"):
                 return None, True

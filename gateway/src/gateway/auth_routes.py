@@ -151,7 +151,7 @@ async def default_aup_version(state: State) -> str:
     """The version of the default acceptable-use policy ("" when linking cannot say: the
     registration still goes ahead, and the version accepted is recorded as unknown)."""
     try:
-        reply = await ask(state, linking.AUP, linking.AupRequest(school_id=None), linking.AupReply, timeout=1.0)
+        reply = await ask(state, linking.AUP, linking.AupRequest(school_id=None), timeout=1.0)
     except RpcError as exc:
         log.warning("aup_version_unavailable", error=exc.code)
         return ""
@@ -185,13 +185,11 @@ async def register(state: State, request: Request, data: JSONBody[RegisterBody])
             state,
             identity.CHECK_PASSWORD,
             identity.CheckPasswordRequest(password=data.password, email=data.email, name=data.name),
-            identity.Accepted,
         )
         check = await ask(
             state,
             linking.REDEEM,
             linking.RedeemRequest(code=data.code, dry_run=True, accept_aup=True, email=data.email, client_ip=client_ip(request)),
-            linking.RedeemReply,
         )
         aup_version = check.aup.version if check.aup else None
     reply = await ask(
@@ -203,7 +201,6 @@ async def register(state: State, request: Request, data: JSONBody[RegisterBody])
             name=data.name,
             aup_version=aup_version if aup_version is not None else await default_aup_version(state),
         ),
-        identity.RegisterReply,
     )
     if data.code and reply.created:
         # Only a new account is linked here, awaiting its verification. An address that
@@ -222,7 +219,6 @@ async def register(state: State, request: Request, data: JSONBody[RegisterBody])
                 email=data.email,
                 client_ip=client_ip(request),
             ),
-            linking.RedeemReply,
         )
     return Status("accepted", "Check your email: we have sent a message to that address with what to do next.")
 
@@ -230,7 +226,7 @@ async def register(state: State, request: Request, data: JSONBody[RegisterBody])
 @post("/auth/verify", status_code=200, tags=TAGS, summary="Verify an email address", responses=error_responses(400, 422, 503))
 async def verify(state: State, data: JSONBody[TokenBody]) -> Status:
     """Use the token of a verification email; an unknown, expired or used one answers 400."""
-    await ask(state, identity.VERIFY, identity.VerifyRequest(token=data.token), identity.VerifyReply)
+    await ask(state, identity.VERIFY, identity.VerifyRequest(token=data.token))
     return Status("verified", "Your email address is confirmed: you can sign in now.")
 
 
@@ -243,7 +239,7 @@ async def verify(state: State, data: JSONBody[TokenBody]) -> Status:
 )
 async def resend_verification(state: State, data: JSONBody[EmailBody]) -> Status:
     """The same answer whatever the address: a fresh link goes only to an unverified account."""
-    await ask(state, identity.RESEND_VERIFICATION, identity.EmailRequest(email=data.email), identity.Accepted)
+    await ask(state, identity.RESEND_VERIFICATION, identity.EmailRequest(email=data.email))
     return Status("accepted", "If that address has an account waiting to be confirmed, a new link is on its way.")
 
 
@@ -260,7 +256,6 @@ async def login(state: State, request: Request, data: JSONBody[LoginBody]) -> Re
         state,
         identity.LOGIN,
         identity.LoginRequest(email=data.email, password=data.password, client_ip=client_ip(request)),
-        identity.LoginReply,
     )
     settings: GatewaySettings = state.settings
     body = LoginAnswer(
@@ -294,7 +289,7 @@ async def logout(state: State, request: Request) -> Response[None]:
     auth.cache.drop_token(token_key(creds.token))
     if principal is not None:
         await auth.until_revoked(
-            ask(state, identity.LOGOUT, identity.LogoutRequest(token=creds.token), identity.Accepted),
+            ask(state, identity.LOGOUT, identity.LogoutRequest(token=creds.token)),
             session_id=principal.session_id,
         )
         log.info("logout", account_id=principal.account_id, session_id=principal.session_id)
@@ -312,7 +307,7 @@ async def logout(state: State, request: Request) -> Response[None]:
 )
 async def password_reset(state: State, data: JSONBody[EmailBody]) -> Status:
     """The same answer for any address; a known one gets a link that works once, for an hour."""
-    await ask(state, identity.PASSWORD_RESET, identity.EmailRequest(email=data.email), identity.Accepted)
+    await ask(state, identity.PASSWORD_RESET, identity.EmailRequest(email=data.email))
     return Status("accepted", "If that address has an account, a link to choose a new password is on its way.")
 
 
@@ -330,7 +325,6 @@ async def password_reset_confirm(state: State, data: JSONBody[ResetConfirmBody])
             state,
             identity.PASSWORD_RESET_CONFIRM,
             identity.PasswordResetConfirm(token=data.token, password=data.password),
-            identity.PasswordChangedReply,
         )
     )
     return Status("password_changed", "Your password is changed and every session was signed out: sign in with the new one.")

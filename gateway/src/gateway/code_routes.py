@@ -56,7 +56,6 @@ async def preview_code(
         state,
         contract.PREVIEW_CODE,
         contract.PreviewCodeRequest(code=code, client_ip=client_ip(request), parent_id=parent_id),
-        contract.CodePreview,
     )
     return CodePreviewAnswer(
         first_name=reply.first_name,
@@ -69,7 +68,7 @@ async def preview_code(
 @get("/aup", tags=TAGS, summary="The default acceptable-use policy", responses=error_responses(503))
 async def default_aup(state: State) -> Policy:
     """The policy a parent accepts when registering without a school's code."""
-    reply = await ask(state, contract.AUP, contract.AupRequest(), contract.AupReply)
+    reply = await ask(state, contract.AUP, contract.AupRequest())
     return Policy(version=reply.version, text=reply.text)
 
 

@@ -11,7 +11,8 @@ from msgspec import Struct
 from nats.aio.client import Client as NatsClient
 
 from contracts.kit import rpc
-from contracts.rpc import SERVICES, HealthReply, health_subject
+from contracts.rpc import SERVICES, HealthRequest
+from contracts.rpc import health as health_rpc
 from gateway.bus import get_nats
 from gateway.errors import ApiError
 from gateway.openapi import error_responses
@@ -41,7 +42,7 @@ async def health() -> Health:
 
 async def _ask(nc: NatsClient, name: str, timeout: float) -> ServiceState:
     try:
-        reply = await rpc.call(nc, health_subject(name), {}, HealthReply, timeout=timeout)
+        reply = await rpc.call(nc, health_rpc(name), HealthRequest(), timeout=timeout)
     except Exception:  # noqa: BLE001 - any failure to answer means "not ready", never a 500
         return "missing"
     return "ok" if reply.status == "ok" else "degraded"

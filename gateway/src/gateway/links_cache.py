@@ -67,7 +67,7 @@ class LinksCache:
         if entry is not None and entry[0] > now:
             return entry[1]
         generation = self.generation
-        reply = await ask(state, linking.ACTIVE_PUPILS, linking.ParentRequest(parent_id=parent_id), linking.ActivePupilsReply)
+        reply = await ask(state, linking.ACTIVE_PUPILS, linking.ParentRequest(parent_id=parent_id))
         pupils = tuple(reply.pupil_ids)
         # Not kept if a change was heard while asking: the answer may predate it.
         if generation == self.generation and self.ttl > 0:

@@ -69,7 +69,7 @@ def child_json(view: linking.ChildView) -> dict[str, Any]:
 @get("/me/children", tags=TAGS, summary="My children", security=SECURITY, guards=PARENTS_ONLY, responses=error_responses(401, 404, 503))
 async def my_children(state: State, principal: NamedDependency[Principal]) -> list[dict[str, Any]]:
     """Every child linked to the signed-in parent, awaiting verification or linked."""
-    reply = await ask(state, linking.PARENT_CHILDREN, linking.ParentRequest(parent_id=principal.account_id), linking.ChildrenReply)
+    reply = await ask(state, linking.PARENT_CHILDREN, linking.ParentRequest(parent_id=principal.account_id))
     return [child_json(c) for c in reply.children]
 
 
@@ -97,7 +97,6 @@ async def add_child(
             email=principal.email,
             client_ip=client_ip(request),
         ),
-        linking.RedeemReply,
     )
     get_links_cache(state).forget(principal.account_id)
     return Response(child_json(reply.child), status_code=201 if reply.created else 200)
@@ -113,7 +112,7 @@ async def add_child(
 )
 async def unlink_child(state: State, principal: NamedDependency[Principal], pupil_id: str) -> None:
     """The parent stops seeing this child (the school can invite them again)."""
-    await ask(state, linking.UNLINK, linking.UnlinkRequest(parent_id=principal.account_id, pupil_id=pupil_id), linking.Done)
+    await ask(state, linking.UNLINK, linking.UnlinkRequest(parent_id=principal.account_id, pupil_id=pupil_id))
     get_links_cache(state).forget(principal.account_id)
 
 

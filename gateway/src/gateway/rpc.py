@@ -8,18 +8,15 @@ is a 500, logged, because it means the gateway and a service disagree about the 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-import nats.errors
 from litestar import Request, Response
 from litestar.datastructures import State
-from pydantic import BaseModel
 
 from contracts import identity
-from contracts.base import Message
+from contracts.base import Rep, Req, Rpc
 from contracts.kit import rpc
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError, RpcTimeout, RpcUnavailable
@@ -28,21 +25,17 @@ from gateway.errors import DEFAULT_DETAILS, ApiError, error_response
 
 log = get_logger("gateway.rpc")
 
-Rep = TypeVar("Rep", bound=BaseModel)
-
-
 @dataclass(frozen=True)
 class RpcErrorMapping:
     """How one service error code is answered over HTTP."""
 
     status: int
     code: str | None = None  # the API's code; the service's own when None
-    field: str | None = None  # a 422 names the field the error is about
 
 
 # Service error code -> HTTP answer. Add a service's codes here, not in each route.
 RPC_ERRORS: dict[str, RpcErrorMapping] = {
-    identity.E_WEAK_PASSWORD: RpcErrorMapping(422, field="password"),
+    identity.E_WEAK_PASSWORD: RpcErrorMapping(422),
     identity.E_INVALID_TOKEN: RpcErrorMapping(400),
     identity.E_INVALID_CREDENTIALS: RpcErrorMapping(401),
     identity.E_NOT_VERIFIED: RpcErrorMapping(403),
@@ -56,44 +49,23 @@ RPC_ERRORS: dict[str, RpcErrorMapping] = {
     "invalid_code": RpcErrorMapping(404),
     "no_code": RpcErrorMapping(404),
     "code_full": RpcErrorMapping(409),
-    "aup_required": RpcErrorMapping(422, field="accept_aup"),
+    "aup_required": RpcErrorMapping(422),
 }
-
-_RETRY_AFTER = re.compile(r"retry after (\d+)\s*s", re.IGNORECASE)
-
 
 async def ask(
     state: State,
-    subject: str,
-    payload: Message | BaseModel | dict | bytes | None,
-    reply: type[Rep],
+    rpc_: Rpc[Req, Rep],
+    payload: Req,
     *,
     timeout: float | None = None,
 ) -> Rep:
     """Ask a service over the gateway's NATS connection; raises `RpcError` (see `api_error`)."""
-    try:
-        return await rpc.call(get_nats(state), subject, payload, reply, timeout=timeout or state.settings.rpc_timeout)
-    except RpcError:
-        raise
-    except nats.errors.Error as exc:
-        # Not connected yet, reconnecting, or closing: to the caller that is "not available".
-        raise RpcUnavailable(subject) from exc
+    return await rpc.call(get_nats(state), rpc_, payload, timeout=timeout or state.settings.rpc_timeout)
 
 
-async def ask_raw(state: State, subject: str, payload: Message | BaseModel | dict | bytes | None, *, timeout: float | None = None) -> bytes:
+async def ask_raw(state: State, rpc_: Rpc[Req, Any], payload: Req, *, timeout: float | None = None) -> bytes:
     """`ask` without parsing the reply."""
-    try:
-        return await rpc.call_raw(get_nats(state), subject, payload, timeout=timeout or state.settings.rpc_timeout)
-    except RpcError:
-        raise
-    except nats.errors.Error as exc:
-        raise RpcUnavailable(subject) from exc
-
-
-def retry_after(detail: str) -> int | None:
-    """The seconds in a "retry after N s" sentence."""
-    match = _RETRY_AFTER.search(detail)
-    return int(match[1]) if match else None
+    return await rpc.call_raw(get_nats(state), rpc_, payload, timeout=timeout or state.settings.rpc_timeout)
 
 
 def api_error(exc: RpcError) -> ApiError:
@@ -110,9 +82,9 @@ def api_error(exc: RpcError) -> ApiError:
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
     if mapping.status == 429:
-        headers["Retry-After"] = str(retry_after(exc.detail) or 60)
+        headers["Retry-After"] = str(exc.retry_after or 60)
     if mapping.status == 422:
-        extra["errors"] = [{"field": mapping.field, "message": detail}] if mapping.field else []
+        extra["errors"] = [f.model_dump() for f in exc.fields]
     return ApiError(mapping.status, code, detail, headers=headers, extra=extra)
 
 

@@ -153,7 +153,7 @@ async def parent_contacts(state: State, parent_ids: Iterable[str]) -> dict[str, 
         return {}
     replies = await asyncio.gather(
         *(
-            ask(state, identity.CONTACTS, identity.ContactsRequest(ids=ids[i : i + CONTACTS_BATCH]), identity.ContactsReply)
+            ask(state, identity.CONTACTS, identity.ContactsRequest(ids=ids[i : i + CONTACTS_BATCH]))
             for i in range(0, len(ids), CONTACTS_BATCH)
         )
     )
@@ -237,12 +237,7 @@ def document_response(
 
 
 def _invalid_settings(exc: RpcError) -> ApiError:
-    # Linking's detail is "field: problem; field: problem"; clients get the fields as a list too.
-    errors = []
-    for part in exc.detail.split("; "):
-        field, sep, message = part.partition(": ")
-        if sep:
-            errors.append({"field": field, "message": message})
+    errors = [f.model_dump() for f in exc.fields]
     detail = f"Some settings are invalid: {exc.detail}." if exc.detail else "Some settings are invalid."
     return ApiError(422, "validation_error", detail, extra={"errors": errors})
 
@@ -275,7 +270,6 @@ async def list_classes(state: State, principal: NamedDependency[Principal]) -> l
         state,
         contract.CLASSES,
         contract.ClassesRequest(scope=staff_scope(principal), actor_id=principal.account_id),
-        contract.ClassesReply,
     )
     return [
         ClassRow(
@@ -302,7 +296,6 @@ async def class_pupils(state: State, principal: NamedDependency[Principal], clas
         state,
         contract.CLASS_PUPILS,
         contract.ClassPupilsRequest(scope=staff_scope(principal), actor_id=principal.account_id, class_id=checked_id(class_id)),
-        contract.ClassPupilsReply,
     )
     return await pupil_rows(state, reply)
 
@@ -320,7 +313,6 @@ async def create_class_codes(state: State, principal: NamedDependency[Principal]
         state,
         contract.CREATE_CODES,
         contract.CreateCodesRequest(scope=staff_scope(principal), actor_id=principal.account_id, class_id=checked_id(class_id)),
-        contract.CreateCodesReply,
     )
     return CreatedCodes(class_id=reply.class_id, codes=[NewCode(c.pupil_id, c.expires_at) for c in reply.codes])
 
@@ -338,7 +330,6 @@ async def create_pupil_code(state: State, principal: NamedDependency[Principal],
         state,
         contract.CREATE_CODES,
         contract.CreateCodesRequest(scope=staff_scope(principal), actor_id=principal.account_id, pupil_id=checked_id(pupil_id)),
-        contract.CreateCodesReply,
     )
     if not reply.codes:
         raise not_found()
@@ -367,7 +358,6 @@ async def class_sheet(
         contract.ClassSheetRequest(
             scope=staff_scope(principal), actor_id=principal.account_id, class_id=checked_id(class_id), format=format
         ),
-        contract.Document,
     )
     if format == "pdf":
         return document_response(doc, "application/pdf", attachment=True)
@@ -379,7 +369,6 @@ async def _pupil_qr(state: State, principal: Principal, pupil_id: str, fmt: Lite
         state,
         contract.PUPIL_QR,
         contract.PupilQrRequest(scope=staff_scope(principal), actor_id=principal.account_id, pupil_id=checked_id(pupil_id), format=fmt),
-        contract.Document,
     )
 
 
@@ -427,7 +416,6 @@ async def get_school_settings(
         state,
         contract.GET_SCHOOL_SETTINGS,
         contract.SchoolSettingsRequest(scope=staff_scope(principal), actor_id=principal.account_id, school_id=checked_id(school_id)),
-        contract.SchoolSettings,
     )
     return _settings_answer(reply)
 
@@ -456,7 +444,6 @@ async def put_school_settings(
             contract.UpdateSchoolSettingsRequest(
                 scope=staff_scope(principal), actor_id=principal.account_id, school_id=checked_id(school_id), settings=data
             ),
-            contract.SchoolSettings,
         )
     except RpcError as exc:
         if exc.code == contract.E_VALIDATION:

@@ -48,7 +48,7 @@ from contracts.kit.deadletters import (
     H_STREAM,
     H_SUBJECT,
 )
-from contracts.kit.logs import get_logger
+from contracts.kit.logs import describe_error, get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.tables import processed_events
 from contracts.streams import StreamDef
@@ -84,15 +84,6 @@ class PoisonMessage(Exception):
 def backoff_delay(deliveries: int, *, base: float = 1.0, cap: float = 60.0) -> float:
     """Exponential backoff with jitter: about 1 s, 2 s, 4 s, … up to `cap`."""
     return min(cap, base * 2 ** max(0, deliveries - 1)) * random.uniform(0.5, 1.0)
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short description that carries no message content (validation errors echo input)."""
-    if isinstance(exc, ValidationError):
-        parts = [f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors(include_input=False)[:5]]
-        return f"ValidationError: {'; '.join(parts)}"
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 _CLAIM_SQL = {

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from pydantic import ValidationError
 
 
 def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -> None:
@@ -50,3 +51,12 @@ def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structured logger."""
     return structlog.get_logger(name)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short description that carries no message content (validation errors echo input)."""
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors(include_input=False)[:5]]
+        return f"ValidationError: {'; '.join(parts)}"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]

@@ -1,243 +1,221 @@
-"""Request/reply over NATS: `rpc.<service>.<verb>.v1`, served by a queue group.
+"""Request/reply over NATS: `rpc.<service>.<verb>.v1`, each declared once as an `Rpc`.
+
+A declaration carries the subject, the request type and the reply type. The serving side
+registers a handler for it (`ServiceRuntime.serve`; the declaration itself is `contracts.base.Rpc`), the calling side gets the reply type from
+it (`call`). Both sides therefore agree by construction, and the AsyncAPI document's replies are
+generated from the same objects.
 
 A real NATS server sends nothing back when a handler raises, so the caller would only time
-out. The server side here turns every failure into an error reply (`Portal-Error` header and
-an `ErrorReply` body); the client side turns that reply, a missing responder and a deadline
-into distinct exceptions.
+out. Every failure is answered with an error reply instead (`Portal-Error` header and an
+`ErrorReply` body: a code, a sentence, field errors as data, `retry_after` in seconds); the
+client side turns that reply, a missing responder and a deadline into distinct exceptions.
+There is one server path (`Responder`, on nats-py directly), so every request answers its
+errors the same way.
 """
 
+from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic
 
 import nats.errors
-from faststream import Context
-from faststream.nats import NatsResponse
 from nats.aio.client import Client as NatsClient
-from pydantic import BaseModel, ValidationError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
 
-from contracts.base import Message
-from contracts.kit.consumer import describe_error
-from contracts.kit.logs import get_logger
-from contracts.rpc import ERROR_HEADER, ErrorReply
+from contracts.base import Rep, Req, Rpc
+from contracts.kit.logs import describe_error, get_logger
+from contracts.rpc import ERROR_HEADER, ErrorReply, FieldError
 
 log = get_logger("contracts.kit.rpc")
 
-Req = TypeVar("Req", bound=BaseModel)
-Rep = TypeVar("Rep", bound=BaseModel)
 
 _JSON = {"content-type": "application/json"}
 
+INVALID_REQUEST = "invalid_request"
+INTERNAL_ERROR = "internal_error"
+VALIDATION_ERROR = "validation_error"
+
+
+class RawReply(bytes):
+    """A reply already serialised by the handler (the hottest paths assemble cached JSON)."""
+
 
 class RpcFailure(Exception):
-    """Raised by a handler to answer with an error code the caller can act on."""
+    """Raised by a handler to answer with an error the caller can act on."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        fields: Sequence[FieldError] = (),
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.fields = list(fields)
+        self.retry_after = retry_after
+
+    def reply(self) -> ErrorReply:
+        """The error reply this failure is answered with."""
+        return ErrorReply(error=self.code, detail=self.detail, fields=self.fields, retry_after=self.retry_after)
+
+
+def field_errors(**problems: str) -> list[FieldError]:
+    """`field_errors(email="enter an address")`: field errors in the order given."""
+    return [FieldError(field=name, message=message) for name, message in problems.items()]
+
+
+def invalid(**problems: str) -> RpcFailure:
+    """`validation_error` naming each bad field: `raise invalid(email="enter an address")`."""
+    detail = "; ".join(f"{name}: {message}" for name, message in problems.items())
+    return RpcFailure(VALIDATION_ERROR, detail, fields=field_errors(**problems))
 
 
 class RpcError(Exception):
-    """The service answered with an error."""
+    """The service answered with an error (or could not answer: see the subclasses)."""
 
-    def __init__(self, subject: str, code: str, detail: str) -> None:
-        super().__init__(f"{subject}: {code}: {detail}")
+    def __init__(self, subject: str, reply: ErrorReply) -> None:
+        super().__init__(f"{subject}: {reply.error}: {reply.detail}")
         self.subject = subject
-        self.code = code
-        self.detail = detail
+        self.reply = reply
+
+    @property
+    def code(self) -> str:
+        """The error code (`invalid_code`, `too_many_attempts`, …)."""
+        return self.reply.error
+
+    @property
+    def detail(self) -> str:
+        """The service's sentence for people."""
+        return self.reply.detail
+
+    @property
+    def fields(self) -> list[FieldError]:
+        """The fields the error is about, each with its problem."""
+        return self.reply.fields
+
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds after which trying again may succeed."""
+        return self.reply.retry_after
 
 
 class RpcUnavailable(RpcError):
-    """No replica of the service is listening."""
+    """No replica of the service is listening (or the caller has no connection)."""
 
     def __init__(self, subject: str) -> None:
-        super().__init__(subject, "service_unavailable", f"no service answers {subject}")
+        super().__init__(subject, ErrorReply(error="service_unavailable", detail=f"no service answers {subject}"))
 
 
 class RpcTimeout(RpcError):
     """The service did not answer within the deadline."""
 
     def __init__(self, subject: str, timeout: float) -> None:
-        super().__init__(subject, "timeout", f"{subject} did not answer within {timeout:.2f}s")
+        super().__init__(subject, ErrorReply(error="timeout", detail=f"{subject} did not answer within {timeout:.2f}s"))
 
 
-def error_response(code: str, detail: str) -> NatsResponse:
-    """An error reply as the server sends it."""
-    return NatsResponse(
-        ErrorReply(error=code, detail=detail).model_dump_json().encode(),
-        headers={**_JSON, ERROR_HEADER: code},
-    )
+# -- the calling side ---------------------------------------------------------------------------
 
 
-def rpc_handler(
-    broker: Any,
-    subject: str,
-    *,
-    queue: str,
-    request: type[Req],
-    title: str,
-    description: str,
-    max_workers: int = 32,
-    spec_broker: Any = None,
-) -> Callable[[Callable[[Req], Awaitable[BaseModel]]], Callable[[Req], Awaitable[BaseModel]]]:
-    """Serve `subject` with `fn(request) -> reply`, replicas sharing load in `queue`.
-
-    The request schema is documented on `spec_broker` (never started): the serving handler
-    parses the body itself, so that a malformed request gets an error reply.
-    """
-
-    def decorator(fn: Callable[[Req], Awaitable[BaseModel]]) -> Callable[[Req], Awaitable[BaseModel]]:
-        async def handle(message: Any = Context("message")) -> NatsResponse:
-            raw = message.raw_message
-            try:
-                req = request.model_validate_json(raw.data or b"{}")
-            except ValidationError as exc:
-                return error_response("invalid_request", describe_error(exc))
-            try:
-                reply = await fn(req)
-            except RpcFailure as failure:
-                return error_response(failure.code, failure.detail)
-            except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a timeout
-                log.exception("rpc_handler_failed", subject=subject, error=describe_error(exc))
-                return error_response("internal_error", f"{subject} failed: {type(exc).__name__}")
-            return NatsResponse(reply.model_dump_json().encode(), headers=_JSON)
-
-        handle.__doc__ = description
-        broker.subscriber(
-            subject,
-            queue=queue,
-            max_workers=max_workers,
-            decoder=_no_decode,
-            title=title,
-            description=description,
-            include_in_schema=spec_broker is None,
-        )(handle)
-        if spec_broker is not None:
-
-            async def documented(body: request) -> None:  # type: ignore[valid-type]
-                """Documentation only."""
-
-            spec_broker.subscriber(subject, queue=queue, title=title, description=description)(documented)
-        return fn
-
-    return decorator
-
-
-async def _no_decode(msg: Any) -> None:
-    return None
-
-
-def _encode(payload: Message | BaseModel | dict | bytes | None) -> bytes:
-    if payload is None:
-        return b"{}"
-    if isinstance(payload, bytes):
-        return payload
-    if isinstance(payload, BaseModel):
-        return payload.model_dump_json().encode()
-    return json.dumps(payload).encode()
-
-
-async def call_raw(
-    nc: NatsClient,
-    subject: str,
-    payload: Message | BaseModel | dict | bytes | None = None,
-    *,
-    timeout: float = 2.0,
-) -> bytes:
-    """Ask `subject`; return the reply's body or raise an `RpcError`."""
+async def call_raw(nc: NatsClient, rpc: Rpc[Req, Any], request: Req, *, timeout: float = 2.0) -> bytes:
+    """Ask `rpc`; return the reply's body unparsed, or raise an `RpcError`."""
     try:
-        msg = await nc.request(subject, _encode(payload), timeout=timeout)
+        msg = await nc.request(rpc.subject, request.model_dump_json().encode(), timeout=timeout)
     except nats.errors.NoRespondersError as exc:
-        raise RpcUnavailable(subject) from exc
+        raise RpcUnavailable(rpc.subject) from exc
     except (nats.errors.TimeoutError, TimeoutError) as exc:
-        raise RpcTimeout(subject, timeout) from exc
+        raise RpcTimeout(rpc.subject, timeout) from exc
+    except nats.errors.Error as exc:
+        # Not connected yet, reconnecting, or closing: to the caller that is "not available".
+        raise RpcUnavailable(rpc.subject) from exc
     if msg.headers and ERROR_HEADER in msg.headers:
         try:
             err = ErrorReply.model_validate_json(msg.data)
-            raise RpcError(subject, err.error, err.detail)
         except ValidationError:
-            raise RpcError(subject, msg.headers[ERROR_HEADER], "error reply without detail") from None
+            err = ErrorReply(error=msg.headers[ERROR_HEADER], detail="error reply without detail")
+        raise RpcError(rpc.subject, err)
     return msg.data
 
 
-async def call(
-    nc: NatsClient,
-    subject: str,
-    payload: Message | BaseModel | dict | bytes | None,
-    reply: type[Rep],
-    *,
-    timeout: float = 2.0,
-) -> Rep:
-    """Ask `subject` and parse the reply as `reply`."""
-    data = await call_raw(nc, subject, payload, timeout=timeout)
-    return reply.model_validate_json(data)
+async def call(nc: NatsClient, rpc: Rpc[Req, Rep], request: Req, *, timeout: float = 2.0) -> Rep:
+    """Ask `rpc` and parse the reply as its declared type."""
+    return rpc.reply.model_validate_json(await call_raw(nc, rpc, request, timeout=timeout))
 
 
-def typed_raw_handler(request: type[Req], fn: Callable[[Req], Awaitable[BaseModel]]) -> Callable[[bytes], Awaitable[bytes]]:
-    """`fn(request) -> reply` as a `RawResponder` handler (bytes in, bytes out)."""
+# -- the serving side ---------------------------------------------------------------------------
 
-    async def handle(data: bytes) -> bytes:
-        # A ValidationError here is answered `invalid_request` by the responder.
-        reply = await fn(request.model_validate_json(data or b"{}"))
-        return reply.model_dump_json().encode()
-
-    return handle
+Handler = Callable[[Req], Awaitable[Rep | RawReply]]
 
 
-class RawResponder:
-    """A request/reply handler on nats-py directly, for the hottest paths.
+class Responder(Generic[Req, Rep]):
+    """Serves one `Rpc` in a queue group on nats-py directly.
 
     FastStream's responder answers about 8,000 requests a second on this kind of machine where
-    a raw nats-py one answers 24,000; a path that every parent opens every morning gets the
-    raw one. Errors are answered exactly like `rpc_handler` does.
+    a raw nats-py one answers 24,000; every request goes this way, so there is one place that
+    parses requests and answers errors. Each request runs in a task of its own (a slow answer
+    must not hold up the rest), at most `concurrency` at once per replica.
     """
 
-    def __init__(self, subject: str, queue: str, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
-        self.subject = subject
+    def __init__(self, rpc: Rpc[Req, Rep], queue: str, handler: Handler[Req, Rep], *, concurrency: int = 64) -> None:
+        self.rpc = rpc
         self.queue = queue
         self.handler = handler
-        self._sub = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._sub: Subscription | None = None
         self._nc: NatsClient | None = None
-        self._tasks: set = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, nc: NatsClient) -> None:
         """Subscribe in the queue group."""
 
-        async def on_msg(msg) -> None:  # noqa: ANN001
-            # One task per request: a slow answer (a cache miss) must not hold up the rest.
+        async def on_msg(msg: Msg) -> None:
             task = asyncio.create_task(self._answer(msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         self._nc = nc
-        self._sub = await nc.subscribe(self.subject, queue=self.queue, cb=on_msg, pending_msgs_limit=65536)
+        self._sub = await nc.subscribe(self.rpc.subject, queue=self.queue, cb=on_msg, pending_msgs_limit=65536)
 
-    async def _answer(self, msg) -> None:  # noqa: ANN001
-        if not msg.reply:
-            return
+    async def answer(self, data: bytes) -> tuple[bytes, str | None]:
+        """The reply body to a request body, and its error code when it is an error."""
         try:
-            body = await self.handler(msg.data)
-            # Not msg.respond(): it would echo the request's headers back.
-            await self._nc.publish(msg.reply, body)
-            return
-        except RpcFailure as failure:
-            code, detail = failure.code, failure.detail
+            request = self.rpc.request.model_validate_json(data or b"{}")
         except ValidationError as exc:
-            code, detail = "invalid_request", describe_error(exc)
+            return _error_body(ErrorReply(error=INVALID_REQUEST, detail=describe_error(exc)))
+        try:
+            async with self._slots:
+                reply = await self.handler(request)
+        except RpcFailure as failure:
+            return _error_body(failure.reply())
         except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a timeout
-            log.exception("rpc_handler_failed", subject=self.subject, error=describe_error(exc))
-            code, detail = "internal_error", f"{self.subject} failed: {type(exc).__name__}"
-        body = ErrorReply(error=code, detail=detail).model_dump_json().encode()
-        await self._nc.publish(msg.reply, body, headers={**_JSON, ERROR_HEADER: code})
+            log.exception("rpc_handler_failed", subject=self.rpc.subject, error=describe_error(exc))
+            detail = f"{self.rpc.subject} failed: {type(exc).__name__}"
+            return _error_body(ErrorReply(error=INTERNAL_ERROR, detail=detail))
+        if isinstance(reply, RawReply):
+            return bytes(reply), None
+        return reply.model_dump_json().encode(), None
+
+    async def _answer(self, msg: Msg) -> None:
+        if not msg.reply or self._nc is None:
+            return
+        body, error = await self.answer(msg.data)
+        # Not msg.respond(): it would echo the request's headers back.
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(msg.reply, body, headers={**_JSON, ERROR_HEADER: error} if error else None)
 
     async def stop(self) -> None:
         """Unsubscribe; requests in flight finish."""
         if self._sub is not None:
-            try:
+            with contextlib.suppress(Exception):  # the connection may be gone already
                 await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
             self._sub = None
+
+
+def _error_body(reply: ErrorReply) -> tuple[bytes, str]:
+    return reply.model_dump_json().encode(), reply.error

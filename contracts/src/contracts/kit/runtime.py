@@ -1,5 +1,5 @@
 """What every service is made of: settings, a database, a NATS broker, an outbox relay,
-idempotent consumers, rpc handlers and a health request, wired by one builder.
+idempotent consumers, request handlers and a health request, wired by one builder.
 
 A service's `create_app(settings)` builds a `ServiceRuntime`, registers its handlers on it,
 and returns `runtime.app` (a FastStream application). Nothing connects at import time.
@@ -7,25 +7,29 @@ and returns `runtime.app` (a FastStream application). Nothing connects at import
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from nats.js.client import JetStreamContext
 
-from contracts.base import Event
+from contracts.base import Event, Rep, Req, Rpc
 from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler
 from contracts.kit.db import Database
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
-from contracts.kit.rpc import RawResponder, rpc_handler, typed_raw_handler
+from contracts.kit.asyncapi import add_replies, document_rpc
+from contracts.kit.rpc import Handler, Responder
 from contracts.kit.settings import ServiceSettings
 from contracts.kit.streams import ensure_streams
-from contracts.rpc import HealthReply, HealthRequest, health_subject
+from contracts.rpc import HealthReply, HealthRequest
+from contracts.rpc import health as rpc_health
 from contracts.streams import DEADLETTERS, StreamDef
 
 log = get_logger("contracts.kit.runtime")
@@ -87,7 +91,7 @@ class ServiceRuntime:
         self.consumers: list[EventConsumer] = []
         # name -> check returning "ok" or what is wrong; reported by the health request.
         self.extra_checks: dict[str, Callable[[], str]] = {}
-        self.raw_responders: list[RawResponder] = []
+        self.responders: list[Responder[Any, Any]] = []
         # Never connected: it only carries the consumers' descriptions into the AsyncAPI
         # document (the consumers pull with their own loop, see contracts.kit.consumer).
         self._spec_broker = NatsBroker(url)
@@ -154,55 +158,18 @@ class ServiceRuntime:
         """Document an event this service emits (through its outbox) in its AsyncAPI."""
         self._spec_broker.publisher(subject, schema=schema, title=title, description=description)
 
-    def rpc(self, subject: str, *, request: type, title: str, description: str, max_workers: int = 32, raw: bool = False):
-        """Decorator: serve `subject` in this service's queue group (`raw`: on nats-py directly,
-        for the requests every page view makes; see `contracts.kit.rpc.RawResponder`)."""
-        if raw:
+    def serve(self, rpc: Rpc[Req, Rep], handler: Handler[Req, Rep], *, concurrency: int = 64) -> None:
+        """Answer `rpc` with `handler(request) -> reply` in this service's queue group.
 
-            def decorator(fn):  # noqa: ANN001, ANN202
-                self.raw_rpc(subject, request=request, title=title, description=description)(typed_raw_handler(request, fn))
-                return fn
-
-            return decorator
-        return rpc_handler(
-            self.broker,
-            subject,
-            queue=self.name,
-            request=request,
-            title=title,
-            description=description,
-            max_workers=max_workers,
-            spec_broker=self._spec_broker,
-        )
-
-    def raw_rpc(self, subject: str, *, request: type, title: str, description: str):
-        """Decorator: serve `subject` with `fn(body: bytes) -> bytes` on nats-py directly (the
-        hottest paths; see `contracts.kit.rpc.RawResponder`), documented like `rpc`."""
-
-        def decorator(fn):  # noqa: ANN001, ANN202
-            responder = RawResponder(subject, self.name, fn)
-            self.raw_responders.append(responder)
-
-            async def documented(body) -> None:  # noqa: ANN001
-                """Documentation only."""
-
-            # Set after the fact: this module's annotations are strings (PEP 563) and a local
-            # name inside one could not be resolved by FastStream.
-            documented.__annotations__ = {"body": request, "return": None}
-
-            self._spec_broker.subscriber(subject, queue=self.name, title=title, description=description)(documented)
-            return fn
-
-        return decorator
+        Every request is served by `contracts.kit.rpc.Responder` (one path: errors are answered
+        alike everywhere) and documented, reply included, in the service's AsyncAPI document.
+        """
+        if rpc.service != self.name:
+            raise ValueError(f"{self.name} cannot serve {rpc.subject}")
+        self.responders.append(Responder(rpc, self.name, handler, concurrency=concurrency))
+        document_rpc(self._spec_broker, rpc, queue=self.name)
 
     def _register_health(self) -> None:
-        @self.rpc(
-            health_subject(self.name),
-            request=HealthRequest,
-            title=f"{self.name} health",
-            description="Answers whether this replica runs and its database answers.",
-            max_workers=4,
-        )
         async def health(_: HealthRequest) -> HealthReply:
             checks = {}
             try:
@@ -215,6 +182,14 @@ class ServiceRuntime:
             status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
             return HealthReply(service=self.name, status=status, version=self.version, checks=checks)
 
+        self.serve(rpc_health(self.name), health, concurrency=4)
+
+    def specification(self) -> dict[str, Any]:
+        """The service's AsyncAPI 3 document: FastStream's, with each request's reply added."""
+        doc: dict[str, Any] = json.loads(self.app.schema.to_specification().to_json())
+        add_replies(doc, [r.rpc for r in self.responders])
+        return doc
+
     async def _on_startup(self) -> None:
         await self.broker.connect()
         await ensure_streams(self.js, self.streams, replicas=self.settings.stream_replicas)
@@ -222,13 +197,13 @@ class ServiceRuntime:
     async def _after_startup(self) -> None:
         for consumer in self.consumers:
             await consumer.start()
-        for responder in self.raw_responders:
+        for responder in self.responders:
             await responder.start(self.broker.connection)
         self.relay.start()
         log.info("service_started", instance=self.instance, version=self.version)
 
     async def _on_shutdown(self) -> None:
-        for responder in self.raw_responders:
+        for responder in self.responders:
             await responder.stop()
         for consumer in self.consumers:
             await consumer.stop()

@@ -80,7 +80,6 @@ async def login_submit(state: State, request: Request) -> Response[Any]:
             state,
             identity.LOGIN,
             identity.LoginRequest(email=values["email"], password=password[:1024], client_ip=client_ip(request)),
-            identity.LoginReply,
         )
     except RpcError as exc:
         err = api_error(exc)
@@ -116,7 +115,6 @@ async def _link_context(state: State, request: Request, code: str | None) -> dic
                 state,
                 linking_contract.PREVIEW_CODE,
                 linking_contract.PreviewCodeRequest(code=code[:256], client_ip=client_ip(request)),
-                linking_contract.CodePreview,
             )
         except RpcError as exc:
             if api_error(exc).status_code in (404, 429):
@@ -210,7 +208,7 @@ async def resend_submit(state: State, request: Request) -> Template:
     email = _text(form, "email", 254)
     if not anonymous_form_ok(request, form) or not email:
         return render(request, "pages/check_email.html", anonymous_form=True, status=403, email=email, message=EXPIRED_FORM)
-    await ask(state, identity.RESEND_VERIFICATION, identity.EmailRequest(email=email), identity.Accepted)
+    await ask(state, identity.RESEND_VERIFICATION, identity.EmailRequest(email=email))
     return render(request, "pages/check_email.html", anonymous_form=True, email=email, resent=True)
 
 
@@ -258,7 +256,7 @@ async def forgot_submit(state: State, request: Request) -> Template:
         return render(request, "pages/forgot.html", anonymous_form=True, status=403, values={"email": email}, errors={}, message=EXPIRED_FORM)
     if not email:
         return render(request, "pages/forgot.html", anonymous_form=True, status=400, values={}, errors=FieldErrors(email="Enter your email address"))
-    await ask(state, identity.PASSWORD_RESET, identity.EmailRequest(email=email), identity.Accepted)
+    await ask(state, identity.PASSWORD_RESET, identity.EmailRequest(email=email))
     return render(request, "pages/forgot_sent.html", email=email)
 
 

@@ -63,7 +63,6 @@ async def _class(state: State, principal: Principal, class_id: str) -> tuple[con
         state,
         contract.CLASS_PUPILS,
         contract.ClassPupilsRequest(scope=staff_scope(principal), actor_id=principal.account_id, class_id=checked_id(class_id)),
-        contract.ClassPupilsReply,
     )
     return reply, await pupil_rows(state, reply)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import ClassVar
 
 from pydantic import Field
 
 from contracts import identity as c
 from contracts import platform, streams
-from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from identity import __version__
@@ -19,7 +16,6 @@ from identity.service import IdentityService
 
 NAME = "identity"
 
-log = get_logger("identity.app")
 MIGRATIONS = "identity:migrations"
 DESCRIPTION = "Parent and staff accounts, email verification, sessions, password reset."
 
@@ -48,6 +44,22 @@ class Settings(ServiceSettings):
     identity_ip_failure_limit: int = Field(default=100, ge=1, description="Failed logins from one address within an hour before 429.")
 
 
+def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
+    """Every `rpc.identity.*` request and the verb that answers it."""
+    runtime.serve(c.REGISTER, svc.register)
+    runtime.serve(c.VERIFY, svc.verify)
+    runtime.serve(c.RESEND_VERIFICATION, svc.resend_verification)
+    runtime.serve(c.LOGIN, svc.login)
+    runtime.serve(c.LOGOUT, svc.logout)
+    # Every page view of every gateway replica whose session cache misses asks it.
+    runtime.serve(c.SESSION, svc.session, concurrency=1024)
+    runtime.serve(c.PASSWORD_RESET, svc.password_reset)
+    runtime.serve(c.PASSWORD_RESET_CONFIRM, svc.password_reset_confirm)
+    runtime.serve(c.CHECK_PASSWORD, svc.check_password)
+    runtime.serve(c.CONTACTS, svc.contacts)
+    runtime.serve(c.CREATE_STAFF, svc.create_staff)
+
+
 def build(settings: Settings | None = None) -> ServiceRuntime:
     """Wire one replica: rpc handlers, the staff roster consumer, its events."""
     settings = settings or Settings()
@@ -66,23 +78,7 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     )
     svc = IdentityService(runtime, settings, passwords)
 
-    handlers = [
-        (c.REGISTER, c.RegisterRequest, svc.register, "register", "A parent registers; unverified until the emailed link is used."),
-        (c.VERIFY, c.VerifyRequest, svc.verify, "verify", "Use a verification token."),
-        (c.RESEND_VERIFICATION, c.EmailRequest, svc.resend_verification, "resend verification", "Email a fresh verification link (rate-limited)."),
-        (c.LOGIN, c.LoginRequest, svc.login, "login", "Check a password and open a session, within the guessing limits."),
-        (c.LOGOUT, c.LogoutRequest, svc.logout, "logout", "End a session."),
-        (c.SESSION, c.SessionRequest, svc.session, "session", "Who holds a session token (the gateway caches the answer)."),
-        (c.PASSWORD_RESET, c.EmailRequest, svc.password_reset, "password reset", "Email a reset link, answering the same for any address."),
-        (c.PASSWORD_RESET_CONFIRM, c.PasswordResetConfirm, svc.password_reset_confirm, "password reset confirm", "Set a new password with a reset token."),
-        (c.CHECK_PASSWORD, c.CheckPasswordRequest, svc.check_password, "check password", "Whether a password meets the policy."),
-        (c.CONTACTS, c.ContactsRequest, svc.contacts, "contacts", "Names and addresses of a batch of accounts."),
-        (c.CREATE_STAFF, c.CreateStaffRequest, svc.create_staff, "create staff", "Create or update a member of staff by hand."),
-    ]
-    for subject, request, fn, title, description in handlers:
-        # Every page view of every gateway replica whose session cache misses asks SESSION.
-        runtime.rpc(subject, request=request, title=title, description=description, raw=subject == c.SESSION)(fn)
-
+    serve_requests(runtime, svc)
     runtime.consume(
         stream=streams.PLATFORM,
         subject=platform.STAFF_UPSERTED,
@@ -101,34 +97,7 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     ]:
         runtime.publishes(subject, model, title=title, description=model.__doc__ or title)
 
-    pruner: dict[str, asyncio.Task] = {}
-
-    async def prune_forever() -> None:
-        while True:
-            await asyncio.sleep(600)
-            with contextlib.suppress(Exception):
-                await svc.prune()
-
-    async def record_use_forever() -> None:
-        while True:
-            await asyncio.sleep(1)
-            try:
-                await svc.record_use()
-            except Exception as exc:  # noqa: BLE001 - the database may be back at the next flush
-                log.warning("session_use_not_recorded", error=type(exc).__name__)
-
-    async def start_pruner() -> None:
-        pruner["task"] = asyncio.create_task(prune_forever())
-        pruner["uses"] = asyncio.create_task(record_use_forever())
-
-    async def stop_pruner() -> None:
-        for task in (pruner.pop("task", None), pruner.pop("uses", None)):
-            if task:
-                task.cancel()
-        with contextlib.suppress(Exception):
-            await svc.record_use()
-
-    runtime.app.after_startup(start_pruner)
-    runtime.app.on_shutdown(stop_pruner)
+    runtime.app.after_startup(svc.start_background)
+    runtime.app.on_shutdown(svc.stop_background)
     runtime.service = svc  # type: ignore[attr-defined]  # reached by tests
     return runtime

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import secrets
@@ -18,7 +20,7 @@ from contracts.base import utcnow
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
-from contracts.kit.rpc import RpcFailure
+from contracts.kit.rpc import RpcFailure, field_errors
 from contracts.kit.runtime import ServiceRuntime
 from contracts.platform import StaffUpserted
 from identity.passwords import Passwords, WeakPassword, check_policy
@@ -50,7 +52,7 @@ def new_token() -> str:
 
 def _too_many(retry_after: float) -> RpcFailure:
     seconds = max(1, int(retry_after + 0.999))
-    return RpcFailure(c.E_TOO_MANY, f"Too many attempts; retry after {seconds} s")
+    return RpcFailure(c.E_TOO_MANY, f"Too many attempts; retry after {seconds} s", retry_after=seconds)
 
 
 class IdentityService:
@@ -65,6 +67,7 @@ class IdentityService:
         self._used: set[str] = set()
         # Session lookups of concurrent requests, read in one query.
         self._sessions: ReadGatherer[Any] = ReadGatherer(self._read_sessions)
+        self._background: list[asyncio.Task[None]] = []
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -95,13 +98,14 @@ class IdentityService:
         try:
             check_policy(password, email=email, name=name)
         except WeakPassword as exc:
-            raise RpcFailure(c.E_WEAK_PASSWORD, str(exc)) from exc
+            raise RpcFailure(c.E_WEAK_PASSWORD, str(exc), fields=field_errors(password=str(exc))) from exc
 
     @staticmethod
     def _check_email(email: str) -> str:
         email = email.strip()
         if not _EMAIL.match(email) or len(email) > 254:
-            raise RpcFailure("validation_error", "Enter an email address like name@example.org.")
+            message = "Enter an email address like name@example.org."
+            raise RpcFailure(c.E_VALIDATION, message, fields=field_errors(email=message))
         return email
 
     async def _account_by_email(self, uow_or_session, email: str) -> Account | None:  # noqa: ANN001
@@ -135,7 +139,7 @@ class IdentityService:
         email = self._check_email(req.email)
         name = req.name.strip()
         if not name:
-            raise RpcFailure("validation_error", "Enter your name.")
+            raise RpcFailure(c.E_VALIDATION, "Enter your name.", fields=field_errors(name="Enter your name."))
         self._check_password(req.password, email=email, name=name)
         password_hash = await self.passwords.hash(req.password)
         now = utcnow()
@@ -168,7 +172,7 @@ class IdentityService:
                 return c.RegisterReply(parent_id=account.id, created=True, verified=False)
             except IntegrityError:
                 continue  # the same address registered at the same moment: answer as known
-        raise RpcFailure("conflict", "Please try again.")
+        raise RpcFailure(c.E_CONFLICT, "Please try again.")
 
     async def _known_address(self, uow: UnitOfWork, account: Account) -> None:
         if account.role == "parent" and account.verified_at is None:
@@ -537,9 +541,9 @@ class IdentityService:
         """`portal staff add`: one member of staff, with a password or a set-password email."""
         email = self._check_email(req.email)
         if req.role == "trust_admin" and not req.trust_id:
-            raise RpcFailure("validation_error", "A trust admin needs --trust.")
+            raise RpcFailure(c.E_VALIDATION, "A trust admin needs --trust.", fields=field_errors(trust_id="required"))
         if req.role != "trust_admin" and not req.school_id:
-            raise RpcFailure("validation_error", "A teacher or school admin needs --school.")
+            raise RpcFailure(c.E_VALIDATION, "A teacher or school admin needs --school.", fields=field_errors(school_id="required"))
         password_hash = None
         if req.password is not None:
             self._check_password(req.password, email=email, name=req.name)
@@ -566,6 +570,32 @@ class IdentityService:
         async with self.runtime.db.reader() as s:
             rows = (await s.execute(select(Account).where(Account.id.in_(req.ids)))).scalars().all()
         return c.ContactsReply(contacts=[c.Contact(id=a.id, email=a.email, name=a.name) for a in rows])
+
+    async def start_background(self) -> None:
+        """Start the periodic work: pruning old login failures, recording session uses."""
+        self._background = [asyncio.create_task(self._prune_forever()), asyncio.create_task(self._record_use_forever())]
+
+    async def stop_background(self) -> None:
+        """Stop the periodic work; the last session uses are recorded."""
+        for task in self._background:
+            task.cancel()
+        self._background = []
+        with contextlib.suppress(Exception):
+            await self.record_use()
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(600)
+            with contextlib.suppress(Exception):
+                await self.prune()
+
+    async def _record_use_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                await self.record_use()
+            except Exception as exc:  # noqa: BLE001 - the database may be back at the next flush
+                log.warning("session_use_not_recorded", error=type(exc).__name__)
 
     async def prune(self) -> None:
         """Forget login failures older than every window that counts them."""

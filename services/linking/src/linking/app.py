@@ -154,34 +154,30 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         await guessing.check_parent(req.parent_id)
         return await linking.preview_code(req)
 
-    rpcs = [
-        (contract.REDEEM, contract.RedeemRequest, redeem, "redeem code", "A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a barred address; too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own."),
-        (contract.PARENT_CHILDREN, contract.ParentRequest, links.parent_children, "parent's children", "`GET /me/children`: every child a parent is linked to."),
-        (contract.ACTIVE_PUPILS, contract.ParentRequest, links.active_pupils, "active pupils", "The pupils a parent may see now: the overview's access check."),
-        (contract.UNLINK, contract.UnlinkRequest, links.unlink, "unlink", "`DELETE /me/children/{id}`: a parent unlinks a child."),
-        (contract.INVITE, contract.InviteRequest, links.invite, "invite", "`POST /pupils/{id}/invitations`: email an invitation with a single-use code."),
-        (contract.REMOVE_PARENT, contract.RemoveParentRequest, links.remove_parent, "remove parent", "`DELETE /pupils/{id}/parents/{parent}`: one parent loses one pupil."),
-        (contract.PARENT_PUPILS, contract.StaffParentRequest, links.parent_pupils, "parent's pupils", "`GET /parents/{id}/pupils`: the pupils of the caller's schools a parent is linked to."),
-        (contract.REMOVE_PARENT_EVERYWHERE, contract.StaffParentRequest, links.remove_parent_everywhere, "remove parent everywhere", "`DELETE /parents/{id}/pupils`: the parent loses every pupil of the caller's schools."),
-        (contract.AUDIT, contract.AuditRequest, links.audit_trail, "audit trail", "`GET /pupils/{id}/audit`: a pupil's audit trail."),
-        (contract.SCHOOLS, contract.SchoolsRequest, linking.schools, "schools", "The schools of a scope: how the gateway expands a trust admin's trust into school ids."),
-        (contract.CLASSES, contract.ClassesRequest, linking.classes, "classes", "`GET /classes`: every class of the caller's schools with pupil and linked-pupil counts."),
-        (contract.CLASS_PUPILS, contract.ClassPupilsRequest, linking.class_pupils, "class pupils", "`GET /classes/{id}/pupils`: the class's pupils with their code expiry, parents and invitations; not_found outside the scope."),
-        (contract.CREATE_CODES, contract.CreateCodesRequest, linking.create_codes, "create codes", "\"Create QR codes\" for a class or a pupil: new printed codes, earlier ones revoked in the same transaction."),
-        (contract.PREVIEW_CODE, contract.PreviewCodeRequest, preview_code, "preview code", "`GET /link-codes/{code}`: the child's first name, school, class and the school's policy; invalid_code otherwise (a failure, counted like a redemption's: too_many_attempts past the limits)."),
-        (contract.PUPIL_QR, contract.PupilQrRequest, linking.pupil_qr, "pupil QR code", "`GET /pupils/{id}/qr.svg|.png`: the pupil's live printed code as a QR code (PNG as base64)."),
-        (contract.CLASS_SHEET, contract.ClassSheetRequest, linking.class_sheet, "class QR sheet", "`GET /classes/{id}/qr-sheet[?format=pdf]`: one cut-out card per pupil, as HTML or an A4 PDF (base64)."),
-        (contract.GET_SCHOOL_SETTINGS, contract.SchoolSettingsRequest, linking.get_settings, "school settings", "`GET /schools/{id}/settings`: the school's settings with the defaults filled in."),
-        (contract.UPDATE_SCHOOL_SETTINGS, contract.UpdateSchoolSettingsRequest, linking.update_settings, "update school settings", "`PUT /schools/{id}/settings`: validated (validation_error names each field); a change is published."),
-        (contract.AUP, contract.AupRequest, linking.aup, "acceptable-use policy", "A school's acceptable-use policy and its version, or the default policy when no school is named."),
-        (contract.ROSTER_STATUS, contract.RosterStatusRequest, linking.roster_status, "roster status", "Which of the given roster event ids linking has applied: `portal roster import` waits until none is missing."),
-        (contract.PUPIL_PARENTS, contract.PupilParentsRequest, bars.pupil_parents, "pupil's parents", "The parents with a standing link to a pupil (ids): the gateway checks their addresses before a bar."),
-        (contract.ADD_BAR, contract.AddBarRequest, bars.add, "add bar", "`POST /pupils/{id}/bars`: bar an address from a pupil; the named parents' links end (by a bar), open invitations to it are revoked. Repeatable."),
-        (contract.BARS, contract.BarsRequest, bars.list_bars, "bars", "`GET /pupils/{id}/bars`: the pupil's bars in force, addresses decrypted."),
-        (contract.LIFT_BAR, contract.LiftBarRequest, bars.lift, "lift bar", "`DELETE /pupils/{id}/bars/{bar}`: the address may be linked again; recorded."),
-        (contract.ALERTS, contract.AlertsRequest, guessing.alerts, "guessing alerts", "`portal alerts`: failed codes per minute above the threshold, per trust and deployment-wide, newest first."),
-    ]
-    for subject, request, handler, title, description in rpcs:
-        # ACTIVE_PUPILS is asked on every overview whose links-cache entry is missing.
-        runtime.rpc(subject, request=request, title=title, description=description, raw=subject == contract.ACTIVE_PUPILS)(handler)
+    runtime.serve(contract.REDEEM, redeem)
+    runtime.serve(contract.PARENT_CHILDREN, links.parent_children)
+    # Asked on every overview whose links-cache entry is missing.
+    runtime.serve(contract.ACTIVE_PUPILS, links.active_pupils, concurrency=1024)
+    runtime.serve(contract.UNLINK, links.unlink)
+    runtime.serve(contract.INVITE, links.invite)
+    runtime.serve(contract.REMOVE_PARENT, links.remove_parent)
+    runtime.serve(contract.PARENT_PUPILS, links.parent_pupils)
+    runtime.serve(contract.REMOVE_PARENT_EVERYWHERE, links.remove_parent_everywhere)
+    runtime.serve(contract.AUDIT, links.audit_trail)
+    runtime.serve(contract.SCHOOLS, linking.schools)
+    runtime.serve(contract.CLASSES, linking.classes)
+    runtime.serve(contract.CLASS_PUPILS, linking.class_pupils)
+    runtime.serve(contract.CREATE_CODES, linking.create_codes)
+    runtime.serve(contract.PREVIEW_CODE, preview_code)
+    runtime.serve(contract.PUPIL_QR, linking.pupil_qr)
+    runtime.serve(contract.CLASS_SHEET, linking.class_sheet)
+    runtime.serve(contract.GET_SCHOOL_SETTINGS, linking.get_settings)
+    runtime.serve(contract.UPDATE_SCHOOL_SETTINGS, linking.update_settings)
+    runtime.serve(contract.AUP, linking.aup)
+    runtime.serve(contract.ROSTER_STATUS, linking.roster_status)
+    runtime.serve(contract.PUPIL_PARENTS, bars.pupil_parents)
+    runtime.serve(contract.ADD_BAR, bars.add)
+    runtime.serve(contract.BARS, bars.list_bars)
+    runtime.serve(contract.LIFT_BAR, bars.lift)
+    runtime.serve(contract.ALERTS, guessing.alerts)
     return runtime

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts import linking as contract
 from contracts.base import utcnow
 from contracts.kit.logs import get_logger
-from contracts.kit.rpc import RpcFailure
+from contracts.kit.rpc import RpcFailure, invalid
 from linking import codes
 from linking.links import _EMAIL, audit
 from linking.tables import Bar, Invitation, Link, LinkCode
@@ -123,9 +123,9 @@ class Bars:
         """Bar the address: open invitations to it end, and so do the named parents' links."""
         email = req.email.strip()
         if not _EMAIL.match(email):
-            raise RpcFailure(contract.E_VALIDATION, "email: enter an address like name@example.org")
+            raise invalid(email="enter an address like name@example.org")
         if not req.reason.strip():
-            raise RpcFailure(contract.E_VALIDATION, "reason: say why the address is barred")
+            raise invalid(reason="say why the address is barred")
         try:
             return await self._add(req, email)
         except IntegrityError:

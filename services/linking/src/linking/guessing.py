@@ -46,9 +46,9 @@ class Limits:
 
 
 def too_many(retry_after: float) -> RpcFailure:
-    """429 `too_many_attempts`; the gateway reads the seconds for `Retry-After`."""
+    """429 `too_many_attempts`, with the seconds for `Retry-After`."""
     seconds = max(1, int(retry_after + 0.999))
-    return RpcFailure(contract.E_TOO_MANY_ATTEMPTS, f"Too many wrong codes; retry after {seconds} s")
+    return RpcFailure(contract.E_TOO_MANY_ATTEMPTS, f"Too many wrong codes; retry after {seconds} s", retry_after=seconds)
 
 
 class Guessing:

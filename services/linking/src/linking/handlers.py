@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from contracts.base import utcnow
 from contracts.kit.logs import get_logger
-from contracts.kit.rpc import RpcFailure
+from contracts.kit.rpc import RpcFailure, invalid
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.tables import processed_events
 from sqlalchemy import func, select, update
@@ -448,7 +448,7 @@ class Linking:
         try:
             changes = school_settings.validate(req.settings)
         except school_settings.Invalid as exc:
-            raise RpcFailure(contract.E_VALIDATION, str(exc)) from None
+            raise invalid(**exc.problems) from None
         async with self.runtime.unit_of_work() as uow:
             s = uow.session
             await self._school_in_scope(s, req.scope, req.school_id)

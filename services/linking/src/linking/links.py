@@ -22,7 +22,7 @@ from contracts.base import utcnow
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
-from contracts.kit.rpc import RpcFailure
+from contracts.kit.rpc import RpcFailure, field_errors, invalid
 from linking import codes, school_settings
 from linking.tables import (
     AWAITING,
@@ -127,7 +127,7 @@ class Links:
         if code is None:
             raise _invalid()
         if not req.dry_run and not req.parent_id:
-            raise RpcFailure(contract.E_VALIDATION, "parent_id is required")
+            raise invalid(parent_id="required")
         now = utcnow()
         async with self.runtime.unit_of_work() as uow:
             s = uow.session
@@ -199,7 +199,8 @@ class Links:
                     )
                 ).scalar_one() > 0
             if not accepted:
-                raise RpcFailure(contract.E_AUP_REQUIRED, "accept the school's acceptable-use policy first (accept_aup)")
+                message = "accept the school's acceptable-use policy first (accept_aup)"
+                raise RpcFailure(contract.E_AUP_REQUIRED, message, fields=field_errors(accept_aup=message))
             if req.dry_run:
                 return contract.RedeemReply(created=False, child=None, aup=aup)
 
@@ -386,7 +387,7 @@ class Links:
         address for this pupil is revoked."""
         email = req.email.strip()
         if not _EMAIL.match(email):
-            raise RpcFailure(contract.E_VALIDATION, "email: enter an address like name@example.org")
+            raise invalid(email="enter an address like name@example.org")
         now = utcnow()
         code = codes.generate()
         async with self.runtime.unit_of_work() as uow:
@@ -394,7 +395,7 @@ class Links:
             pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
             if self.is_barred is not None and await self.is_barred(s, pupil.pupil_id, email):
                 # Staff may know: the invitation would name the child to someone barred from them.
-                raise RpcFailure(contract.E_VALIDATION, "email: this address cannot be invited for this pupil (ask a school admin)")
+                raise invalid(email="this address cannot be invited for this pupil (ask a school admin)")
             school = await s.get(School, pupil.school_id)
             settings = self._settings(pupil.school_id, await s.get(SchoolSetting, pupil.school_id))
             earlier = (

@@ -17,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, text, update
 
 from contracts.base import utcnow
-from contracts.identity import CONTACTS, ContactsReply, ContactsRequest
+from contracts.identity import CONTACTS, ContactsRequest
 from contracts.kit import rpc
 from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
@@ -216,7 +216,6 @@ class Sender:
                     self.runtime.broker.connection,
                     CONTACTS,
                     ContactsRequest(ids=[email.parent_id]),
-                    ContactsReply,
                     timeout=5,
                 )
             except rpc.RpcError as exc:

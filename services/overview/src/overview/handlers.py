@@ -1,0 +1,77 @@
+"""What overview does: applies the platform's events to its projections, and answers
+`rpc.overview.get.v1` from memory or, for the pupils missing there, from the database."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.msg import Msg
+
+from contracts.base import Event, utcnow
+from contracts.kit.gather import ReadGatherer
+from contracts.kit.outbox import UnitOfWork
+from contracts.kit.rpc import RawReply
+from contracts.kit.runtime import ServiceRuntime
+from contracts.overview import CHANGED_NOTICE, ChangedNotice, OverviewRequest
+from overview.cache import OverviewCache
+from overview.projection import Batch, read_overviews
+
+
+class Overviews:
+    """The projections' writer and reader, with this replica's cache of answers."""
+
+    def __init__(self, runtime: ServiceRuntime, cache: OverviewCache, defaults: dict[str, str]) -> None:
+        self.runtime = runtime
+        self.cache = cache
+        self.defaults = defaults
+        # Cold reads of concurrent requests together: four queries for the lot, not per request.
+        self.reads: ReadGatherer[bytes] = ReadGatherer(self._read)
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def apply(self, uow: UnitOfWork, items: list[tuple[str, Event]]) -> None:
+        """A batch of platform or settings events, in one transaction."""
+        batch = Batch()
+        for subject, event in items:
+            batch.add(subject, event)
+        touched = await batch.write(uow.session)
+        if touched:
+            uow.after_commit(lambda: self._changed(touched))
+
+    def _changed(self, pupil_ids: set[str]) -> None:
+        self.cache.forget(pupil_ids)
+        # Other replicas drop theirs too; best effort, since their entries expire anyway.
+        notice = ChangedNotice(pupil_ids=sorted(pupil_ids)).model_dump_json().encode()
+        task = asyncio.get_running_loop().create_task(self.runtime.broker.connection.publish(CHANGED_NOTICE, notice))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def listen_for_notices(self) -> None:
+        """Hear the other replicas' change notices (core NATS, no stream)."""
+        await self.runtime.broker.connection.subscribe(CHANGED_NOTICE, cb=self._on_notice)
+
+    async def _on_notice(self, msg: Msg) -> None:
+        try:
+            self.cache.forget(ChangedNotice.model_validate_json(msg.data).pupil_ids)
+        except ValueError:
+            pass
+
+    async def _read(self, pupil_ids: list[str]) -> dict[str, bytes]:
+        versions = {pid: self.cache.version(pid) for pid in pupil_ids}
+        async with self.runtime.db.reader() as s:
+            fresh = await read_overviews(s, pupil_ids, now=utcnow(), defaults=self.defaults)
+        return {pid: self.cache.put(ov, versions[pid]) for pid, ov in fresh.items()}
+
+    async def get(self, req: OverviewRequest) -> RawReply:
+        """`rpc.overview.get.v1`: every requested pupil, in the order asked."""
+        parts: dict[str, bytes] = {}
+        missing = []
+        for pid in req.pupil_ids:
+            hit = self.cache.get(pid)
+            if hit is None:
+                missing.append(pid)
+            else:
+                parts[pid] = hit
+        if missing:
+            parts.update(await self.reads.get(missing))
+        # Assembled from cached JSON: no model is built or serialised again on a hit.
+        return RawReply(b'{"children":[' + b",".join(parts[pid] for pid in dict.fromkeys(req.pupil_ids)) + b"]}")
