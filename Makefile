@@ -11,7 +11,7 @@ PYPROJECTS := pyproject.toml uv.lock contracts/pyproject.toml gateway/pyproject.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-fast asyncapi lock clean
+.PHONY: install demo test test-fast lint asyncapi lock clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest
+
+# ruff (lint and format check) and mypy over every package; configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -m "not slow"
