@@ -510,7 +510,7 @@ def memory(pids: list[int]) -> list[tuple[str, int, int]]:
 def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - our own loopback
+        with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -711,7 +711,7 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
     """The table: a row per figure, a column per database."""
     rows: list[tuple[str, list[str]]] = []
 
-    def row(label: str, value) -> None:  # noqa: ANN001 - value(run) -> str
+    def row(label: str, value) -> None:
         cells = []
         for r in runs:
             try:
@@ -741,13 +741,13 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
     for label in labels:
         row(f"{label}: requests/s", lambda r: f"{r.wrk[label]['rps']:,.0f}")  # noqa: B023
         row(f"{label}: p50 / p99", lambda r: f"{r.wrk[label]['p50']:.1f} / {r.wrk[label]['p99']:.1f} ms")  # noqa: B023
-        row(f"{label}: CPU s per process", lambda r: " ".join(  # noqa: B023
+        row(f"{label}: CPU s per process", lambda r: " ".join(
             f"{short[n]} {v:.1f}" for n, v in r.wrk[label]["cpu"].items() if n in short and v >= 0.05  # noqa: B023
         ))  # fmt: skip
         if any(r.wrk.get(label, {}).get("non2xx") or r.wrk.get(label, {}).get("socket_errors") for r in runs):
             row(f"{label}: errors", lambda r: f"{r.wrk[label]['non2xx']} non-2xx or partial {r.wrk[label]['socket_errors']}".strip())  # noqa: B023
     for label in [k for k in labels if "overview" in k]:
-        row(f"{label}: / one-request, / hello-world", lambda r: (  # noqa: B023
+        row(f"{label}: / one-request, / hello-world", lambda r: (
             f"{r.wrk[label]['rps'] / r.wrk[ONE_REQUEST]['rps']:.0%}, {r.wrk[label]['rps'] / r.wrk[HELLO]['rps']:.0%}"  # noqa: B023
         ))  # fmt: skip
     row("partial overview answers (gateway log)", lambda r: str(r.partial_answers))
@@ -763,11 +763,11 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
         f"overview benchmark: {scale.schools} schools, {scale.pupils:,} pupils, {scale.parents:,} parents, {scale.events:,} events; "
         f"wrk -t{opts.threads} -c{opts.connections}, {opts.warmup:g} s warm-up + {opts.duration:g} s each; "
         f"{os.cpu_count()} CPUs" + (f"; {' '.join(opts.env)}" if opts.env else ""),
-        "| " + " | ".join(["what".ljust(width), *(n.ljust(c) for n, c in zip(names, cols))]) + " |",
+        "| " + " | ".join(["what".ljust(width), *(n.ljust(c) for n, c in zip(names, cols, strict=True))]) + " |",
         "|" + "|".join(["-" * (width + 2), *("-" * (c + 2) for c in cols)]) + "|",
     ]
     for label, values in rows:
-        lines.append("| " + " | ".join([label.ljust(width), *(v.ljust(c) for v, c in zip(values, cols))]) + " |")
+        lines.append("| " + " | ".join([label.ljust(width), *(v.ljust(c) for v, c in zip(values, cols, strict=True))]) + " |")
     return "\n".join(lines)
 
 
@@ -777,7 +777,7 @@ async def serve_responder(url: str) -> None:
 
     nc = await nats.connect(url)
 
-    async def answer(msg) -> None:  # noqa: ANN001
+    async def answer(msg) -> None:
         await msg.respond(b'{"ok":true}')
 
     await nc.subscribe(ECHO_SUBJECT, queue="bench", cb=answer)

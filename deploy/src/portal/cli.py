@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
 from portal.up import SERVICES
 
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.js.client import JetStreamContext
+
+    from contracts.identity import CreateStaffReply
+    from contracts.kit.deadletters import DeadLetter
+    from contracts.kit.rpc import RpcError
+    from contracts.linking import AlertsReply
+
 PARTS = (*SERVICES, "gateway")
+T = TypeVar("T")
 
 app = typer.Typer(
     name="portal",
@@ -43,7 +55,7 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def service_module(name: str):  # noqa: ANN201 - a service module (contracts.kit.service.ServiceDefinition)
+def service_module(name: str) -> ModuleType:
     """The `app` module of a service: `NAME`, `MIGRATIONS`, `Settings`, `build`."""
     return importlib.import_module(f"{name}.app")
 
@@ -119,16 +131,16 @@ def _nats_url() -> str:
         fail(str(exc), 2)
 
 
-def _run_with_jetstream(url: str, action):  # noqa: ANN001, ANN202
+def _run_with_jetstream(url: str, action: Callable[[JetStreamContext], Awaitable[T]]) -> T:
     """Run `action(js)` against the NATS at `url`; a one-line error (exit 2) when unreachable."""
     return _run_with_nats(url, lambda nc: action(nc.jetstream()))
 
 
-def _run_with_nats(url: str, action):  # noqa: ANN001, ANN202
+def _run_with_nats(url: str, action: Callable[[NatsClient], Awaitable[T]]) -> T:
     """Run `action(nc)` against the NATS at `url`; a one-line error (exit 2) when unreachable."""
     from portal.up import redact_url
 
-    async def run():  # noqa: ANN202
+    async def run() -> T:
         import nats
 
         first_error: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
@@ -142,7 +154,8 @@ def _run_with_nats(url: str, action):  # noqa: ANN001, ANN202
         connecting = asyncio.ensure_future(
             nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0, error_cb=on_error)
         )
-        done, _ = await asyncio.wait({connecting, first_error}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        racing: set[asyncio.Future[Any]] = {connecting, first_error}
+        done, _ = await asyncio.wait(racing, timeout=5, return_when=asyncio.FIRST_COMPLETED)
         if connecting not in done or connecting.exception() is not None:
             connecting.cancel()
             cause = first_error.result() if first_error.done() else (
@@ -181,7 +194,7 @@ def dead_letters_list() -> None:
     ]
     widths = [max(len(_cell(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        typer.echo("  ".join(_cell(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        typer.echo("  ".join(_cell(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 @dead_letters_app.command("replay")
@@ -190,7 +203,7 @@ def dead_letters_replay(dead_letter_id: int = typer.Argument(..., metavar="ID", 
     url = _nats_url()
     from contracts.kit.deadletters import DeadLetterNotFound, replay_dead_letter
 
-    async def replay(js):  # noqa: ANN001, ANN202
+    async def replay(js: JetStreamContext) -> DeadLetter | None:
         try:
             return await replay_dead_letter(js, dead_letter_id)
         except DeadLetterNotFound:
@@ -237,14 +250,14 @@ def staff_add(
         trust_id=trust if role == "trust_admin" else None, password=password,
     )
 
-    async def create(nc):  # noqa: ANN001, ANN202
+    async def create(nc: NatsClient) -> CreateStaffReply | RpcError:
         try:
             return await rpc.call(nc, c.CREATE_STAFF, request, timeout=10)
         except rpc.RpcError as exc:
             return exc
 
     reply = _run_with_nats(url, create)
-    if isinstance(reply, Exception):
+    if isinstance(reply, rpc.RpcError):
         code = 2 if reply.code in ("validation_error", "weak_password", "conflict") else 1
         fail(f"{reply.detail}", code)
     where = f"trust {trust}" if role == "trust_admin" else f"school {school}"
@@ -260,7 +273,7 @@ def alerts(hours: int = typer.Option(24, "--hours", min=1, max=24 * 90, help="Ho
     from contracts import linking as c
     from contracts.kit import rpc
 
-    async def ask(nc):  # noqa: ANN001, ANN202
+    async def ask(nc: NatsClient) -> AlertsReply | str:
         try:
             return await rpc.call(nc, c.ALERTS, c.AlertsRequest(hours=hours), timeout=10)
         except (rpc.RpcUnavailable, rpc.RpcTimeout):
@@ -281,4 +294,4 @@ def alerts(hours: int = typer.Option(24, "--hours", min=1, max=24 * 90, help="Ho
     ]
     widths = [max(len(_cell(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        typer.echo("  ".join(_cell(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        typer.echo("  ".join(_cell(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

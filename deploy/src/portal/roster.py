@@ -27,6 +27,8 @@ ROSTER_COLUMNS = (
     "class_id", "class_name", "pupil_id", "first_name", "last_name",
 )  # fmt: skip
 STAFF_COLUMNS = ("school_id", "trust_id", "staff_id", "email", "name", "role")
+ROSTER_HELP = "Columns: " + ", ".join(ROSTER_COLUMNS) + "."
+STAFF_HELP = "Columns: " + ", ".join(STAFF_COLUMNS) + "."
 STAFF_ROLES = ("teacher", "school_admin", "trust_admin")
 
 MAX_PROBLEMS = 50
@@ -230,9 +232,10 @@ def parse_roster(path: Path, shown: str | None = None) -> RosterPlan:
             attrs = {"school_name": c["school_name"], "timezone": c["timezone"], "trust_id": c["trust_id"]}
             if same.check("school", c["school_id"], row, attrs):
                 plan.schools.setdefault(c["school_id"], c)
-        if {"class_id", "class_name", "school_id"} <= good:
-            if same.check("class", c["class_id"], row, {"school_id": c["school_id"], "class_name": c["class_name"]}):
-                plan.classes.setdefault(c["class_id"], c)
+        if {"class_id", "class_name", "school_id"} <= good and same.check(
+            "class", c["class_id"], row, {"school_id": c["school_id"], "class_name": c["class_name"]}
+        ):
+            plan.classes.setdefault(c["class_id"], c)
         if {"pupil_id", "first_name", "last_name", "school_id"} <= good:
             attrs = {"school_id": c["school_id"], "first_name": c["first_name"], "last_name": c["last_name"]}
             if same.check("pupil", c["pupil_id"], row, attrs):
@@ -308,11 +311,11 @@ class RosterPlan:
         for cid, c in self.classes.items():
             out.append((platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=c["school_id"], class_id=cid, name=c["class_name"])))
         for pid, c in self.pupils.items():
-            event = platform.PupilUpserted(
+            pupil = platform.PupilUpserted(
                 school_id=c["school_id"], pupil_id=pid, first_name=c["first_name"], last_name=c["last_name"],
                 class_ids=self.pupil_classes.get(pid, []),
             )  # fmt: skip
-            out.append((platform.PUPIL_UPSERTED, event))
+            out.append((platform.PUPIL_UPSERTED, pupil))
         return out
 
 
@@ -473,7 +476,7 @@ def _plural(n: int, one: str, many: str) -> str:
 
 @roster_app.command("import")
 def import_roster(
-    file: Path = typer.Argument(..., metavar="FILE.csv", help="Columns: " + ", ".join(ROSTER_COLUMNS) + "."),
+    file: Path = typer.Argument(..., metavar="FILE.csv", help=ROSTER_HELP),
     timeout: float = typer.Option(120.0, "--timeout", min=0.0, help="Seconds to wait for the portal to apply it."),
     check: bool = typer.Option(False, "--check", help="Only check the file; publish nothing."),
 ) -> None:
@@ -515,7 +518,7 @@ def import_roster(
 
 @roster_app.command("import-staff")
 def import_staff(
-    file: Path = typer.Argument(..., metavar="FILE.csv", help="Columns: " + ", ".join(STAFF_COLUMNS) + "."),
+    file: Path = typer.Argument(..., metavar="FILE.csv", help=STAFF_HELP),
     check: bool = typer.Option(False, "--check", help="Only check the file; publish nothing."),
 ) -> None:
     """Load members of staff; identity creates their accounts and emails new ones a set-password link."""

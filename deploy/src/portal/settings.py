@@ -11,15 +11,9 @@ class PortalSettings(CommonSettings):
     """What `portal up` needs beyond what every part reads."""
 
     http_port: int = Field(default=8000, ge=1, le=65535, description="The gateway's port on 127.0.0.1.")
-    public_url: str | None = Field(default=None, description="The base of links in emails and QR codes.")
     smtp_url: str | None = Field(default=None, description="A real SMTP server; unset: the local mail sink.")
 
     @property
     def gateway_url(self) -> str:
         """Where the gateway answers on this machine."""
         return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def resolved_public_url(self) -> str:
-        """The base of links in emails: the setting, else the local gateway."""
-        return (self.public_url or self.gateway_url).rstrip("/")

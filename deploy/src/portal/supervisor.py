@@ -125,7 +125,7 @@ class Supervisor:
         return child
 
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen(
+        child.proc = subprocess.Popen(  # noqa: S603 - argv comes from the supervisor's own specs
             list(child.spec.argv),
             env=dict(child.spec.env) if child.spec.env is not None else None,
             stdin=subprocess.DEVNULL,
@@ -151,6 +151,7 @@ class Supervisor:
                 self._say(f"portal: restarted {child.name} (pid {child.pid})")
 
     def _exited(self, child: Child, code: int, now: float) -> None:
+        assert child.proc is not None
         pid = child.proc.pid
         # Whatever the dead child started would otherwise run on unsupervised.
         kill_group(pid, signal.SIGKILL)
@@ -189,13 +190,13 @@ class Supervisor:
         deadline = self._clock() + timeout
         groups: list[int] = []
         for order in sorted({c.spec.stop_order for c in self.children}, reverse=True):
-            tier = [c for c in self.children if c.spec.stop_order == order and c.proc is not None]
-            for child in tier:
-                groups.append(child.proc.pid)
-                kill_group(child.proc.pid, signal.SIGTERM)
+            tier = [c.proc for c in self.children if c.spec.stop_order == order and c.proc is not None]
+            for proc in tier:
+                groups.append(proc.pid)
+                kill_group(proc.pid, signal.SIGTERM)
             # A later tier still gets a moment even when an earlier one used up the budget.
             tier_deadline = max(deadline, self._clock() + 2.0)
-            while any(c.proc.poll() is None for c in tier) and self._clock() < tier_deadline and not hurry():
+            while any(p.poll() is None for p in tier) and self._clock() < tier_deadline and not hurry():
                 time.sleep(0.05)
         for child in self.children:
             if child.proc is not None:

@@ -101,7 +101,7 @@ def _wait_for_port(sup: Supervisor, child: Child, port: int, signals: _Signals, 
         time.sleep(0.05)
 
 
-def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str]] | None = None) -> int:
+def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str]] | None = None) -> int:  # noqa: C901 - the start-up reads best in order
     """Run everything until Ctrl-C or SIGTERM; the exit code."""
     signals = _Signals()
     signals.install()
@@ -227,9 +227,16 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
     return 0
 
 
-def _seed(settings: PortalSettings, seed_demo: Callable[[PortalSettings], list[str]] | None, out, err) -> None:  # noqa: ANN001
+def _seed(
+    settings: PortalSettings,
+    seed_demo: Callable[[PortalSettings], list[str]] | None,
+    out: Callable[[str], None],
+    err: Callable[[str], None],
+) -> None:
     if seed_demo is None:
-        from portal.demo import seed_demo
+        from portal.demo import seed_demo as demo_seed
+
+        seed_demo = demo_seed
     try:
         lines = seed_demo(settings)
     except Exception as exc:  # noqa: BLE001 - the portal keeps running without demo data

@@ -27,15 +27,15 @@ from typing import Any
 import nats.errors
 from faststream.nats import JStream, PullSub
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import DEFAULT_PREFIX, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy as JsAckPolicy
 from pydantic import ValidationError
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import String, bindparam, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Event, utcnow
-from contracts.kit.db import UtcDateTime
+from contracts.kit.db import UtcDateTime, dialect_name
 from contracts.kit.deadletters import (
     DL_PREFIX,
     H_AT,
@@ -83,7 +83,7 @@ class PoisonMessage(Exception):
 
 def backoff_delay(deliveries: int, *, base: float = 1.0, cap: float = 60.0) -> float:
     """Exponential backoff with jitter: about 1 s, 2 s, 4 s, … up to `cap`."""
-    return min(cap, base * 2 ** max(0, deliveries - 1)) * random.uniform(0.5, 1.0)
+    return min(cap, base * 2 ** max(0, deliveries - 1)) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
 
 
 _CLAIM_SQL = {
@@ -106,7 +106,7 @@ async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str
     """
     if not event_ids:
         return set()
-    dialect = session.bind.dialect.name
+    dialect = dialect_name(session)
     stmt = text(
         f"INSERT INTO {processed_events.name} (consumer, event_id, processed_at) {_CLAIM_SQL[dialect]} "
         "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, TypeDecorator, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import DateTime, Table, TypeDecorator, event, text
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
@@ -21,7 +23,7 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     engine = create_async_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when a transaction begins (see _on_begin).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -32,7 +34,7 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn) -> None:  # noqa: ANN001
+    def _on_begin(conn: Connection) -> None:
         # A deferred transaction that reads and then writes fails at once with "database is
         # locked" when another writer got in between; taking the write lock up front makes
         # writers queue on busy_timeout instead. Readers use plain BEGIN and never block.
@@ -92,14 +94,27 @@ class UtcDateTime(TypeDecorator):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: use timezone-aware UTC values")
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def dialect_name(session: AsyncSession) -> str:
+    """`postgresql` or `sqlite`: the database the session talks to."""
+    return session.get_bind().dialect.name
+
+
+def insert(session: AsyncSession, table: Table | type[Any]) -> pg_dialect.Insert | sqlite_dialect.Insert:
+    """An INSERT for the session's database, with its ON CONFLICT clauses (each dialect has its own class)."""
+    target = table if isinstance(table, Table) else table.__table__
+    if dialect_name(session) == "postgresql":
+        return pg_dialect.insert(target)
+    return sqlite_dialect.insert(target)

@@ -7,11 +7,12 @@ import sys
 
 import structlog
 from pydantic import ValidationError
+from structlog.typing import Processor
 
 
 def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -> None:
     """Route both structlog and the standard library through one JSON renderer on stderr."""
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any, Literal
 
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, pool
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
 from contracts.kit.db import is_sqlite
@@ -28,7 +30,7 @@ def upgrade(script_location: str, url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(script_location, url), revision)
 
 
-def _render_item(type_: str, obj, autogen_context):  # noqa: ANN001, ANN202
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
     # Revisions stay plain SQLAlchemy: UtcDateTime is a timestamp with a zone in every database.
     from contracts.kit.db import UtcDateTime
 
@@ -42,6 +44,8 @@ def run_env(metadata: MetaData | Sequence[MetaData]) -> None:
     targets = [*(metadata if isinstance(metadata, Sequence) else [metadata]), KIT_METADATA]
     config = context.config
     url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("the migration has no sqlalchemy.url")
     batch = is_sqlite(url)
 
     if context.is_offline_mode():
@@ -52,7 +56,7 @@ def run_env(metadata: MetaData | Sequence[MetaData]) -> None:
             context.run_migrations()
         return
 
-    def do_run(connection) -> None:  # noqa: ANN001
+    def do_run(connection: Connection) -> None:
         context.configure(
             connection=connection, target_metadata=targets, render_as_batch=batch, render_item=_render_item
         )

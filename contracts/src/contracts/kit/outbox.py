@@ -128,7 +128,7 @@ class OutboxRelay:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - shutting down
                 pass
             self._task = None
         await self._release_lease()
@@ -143,7 +143,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any outage
                 failures += 1
-                delay = min(5.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
+                delay = min(5.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
                 log.warning("outbox_relay_failed", error=type(exc).__name__, retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
                 continue
@@ -183,7 +183,7 @@ class OutboxRelay:
                         outbox_lease.c.name == self.name, outbox_lease.c.holder == self.holder
                     )
                 )
-        except Exception:  # noqa: BLE001 - the lease lapses by itself anyway
+        except Exception:  # noqa: BLE001, S110 - the lease lapses by itself anyway
             pass
 
     async def relay_once(self) -> bool:

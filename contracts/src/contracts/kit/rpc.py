@@ -193,7 +193,7 @@ class Responder(Generic[Req, Rep]):
                 reply = await self.handler(request)
         except RpcFailure as failure:
             return _error_body(failure.reply())
-        except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a timeout
+        except Exception as exc:
             log.exception("rpc_handler_failed", subject=self.rpc.subject, error=describe_error(exc))
             detail = f"{self.rpc.subject} failed: {type(exc).__name__}"
             return _error_body(ErrorReply(error=INTERNAL_ERROR, detail=detail))

@@ -11,7 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from faststream import FastStream
@@ -20,11 +20,11 @@ from faststream.specification import AsyncAPI
 from nats.js.client import JetStreamContext
 
 from contracts.base import Event, Rep, Req, Rpc
+from contracts.kit.asyncapi import add_replies, document_rpc
 from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler
 from contracts.kit.db import Database
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
-from contracts.kit.asyncapi import add_replies, document_rpc
 from contracts.kit.rpc import Handler, Responder
 from contracts.kit.settings import ServiceSettings
 from contracts.kit.streams import ensure_streams
@@ -117,7 +117,7 @@ class ServiceRuntime:
         """The JetStream context of the broker's connection."""
         return self.broker.connection.jetstream()
 
-    def unit_of_work(self) -> "AsyncIterator[UnitOfWork]":
+    def unit_of_work(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """A transaction whose events are relayed after it commits."""
         return unit_of_work(self.db, self.relay)
 

@@ -54,11 +54,10 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
     freeze_startup_heap()
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    runner(runtime.app.run())
+        asyncio.run(runtime.app.run())
+    else:
+        uvloop.run(runtime.app.run())
 
 
 def main(service: ServiceDefinition, argv: list[str] | None = None) -> None:

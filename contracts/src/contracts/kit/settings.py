@@ -39,7 +39,7 @@ class CommonSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _derive_urls(self) -> "CommonSettings":
+    def _derive_urls(self) -> CommonSettings:
         # Links are joined as f"{public_url}/verify?…": a trailing slash would double it.
         self.public_url = (self.public_url or f"http://127.0.0.1:{self.http_port}").rstrip("/")
         self.platform_url = (self.platform_url or f"{self.public_url}/platform").rstrip("/")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contracts.kit.db import UtcDateTime
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -14,6 +13,8 @@ from sqlalchemy import (
     Table,
     Text,
 )
+
+from contracts.kit.db import UtcDateTime
 
 KIT_METADATA = MetaData()
 
