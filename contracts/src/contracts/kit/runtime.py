@@ -158,6 +158,14 @@ class ServiceRuntime:
         """Document an event this service emits (through its outbox) in its AsyncAPI."""
         self._spec_broker.publisher(subject, schema=schema, title=title, description=description)
 
+    def publishes_events(self, schemas: Mapping[str, type[Event]]) -> None:
+        """Document each `<service>.<entity>.<verb>.v1` event this service emits, titled
+        "<entity> <verb>" and described by its schema's docstring."""
+        for subject, schema in schemas.items():
+            _, entity, verb, _ = subject.split(".")
+            title = f"{entity} {verb}".replace("_", " ")
+            self.publishes(subject, schema, title=title, description=schema.__doc__ or title)
+
     def serve(self, rpc: Rpc[Req, Rep], handler: Handler[Req, Rep], *, concurrency: int = 64) -> None:
         """Answer `rpc` with `handler(request) -> reply` in this service's queue group.
 
