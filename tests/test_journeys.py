@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import timedelta
 
 import nats
@@ -60,7 +61,14 @@ class World:
     overview: object
     oak: School
     elm: School
-    seen: dict = field(default_factory=dict)
+    # What one test made and others may reuse (each test still runs alone: see `once`).
+    made: dict[str, Any] = field(default_factory=dict)
+
+    async def once(self, key: str, make: Callable[[], Awaitable[Any]]) -> Any:
+        """`make()`'s result, made the first time a test of this world asks for it."""
+        if key not in self.made:
+            self.made[key] = await make()
+        return self.made[key]
 
     def emails(self, to: str, subject: str) -> list[str]:
         return [m.part("plain") for m in self.smtp.to(to) if m.subject == subject]
@@ -202,7 +210,6 @@ async def test_qr_path_register_with_code_verify_then_linked(world: World) -> No
     pupils = (await world.a.http.get(f"/api/v1/classes/{world.oak.class_id}/pupils", headers=bearer(world.oak.teacher_token))).json()
     row = next(p for p in pupils if p["pupil_id"] == amy)
     assert [(p["email"], p["name"], p["status"]) for p in row["parents"]] == [(email, "Mary Smith", "linked")]
-    world.seen["qr_parent"] = token
 
 
 async def _children_if(world: World, token: str, predicate):  # noqa: ANN001, ANN202
@@ -272,15 +279,36 @@ async def test_email_path_three_children_switching_and_removing_one(world: World
     await eventually(lambda: _status_is(world.b, token, cat, 404), timeout=1.0, interval=0.02, message="removal seen by the other replica")
     assert asyncio.get_running_loop().time() - started < 1.0
     assert set(await children(world.a, token)) == {ben, dan}, "removing one sibling leaves two"
-    world.seen["dad"] = (token, parent_id)
 
 
 async def _status_is(gw: Gateway, token: str, pupil: str, status: int) -> bool:
     return (await gw.http.get(f"/api/v1/me/children/{pupil}/overview", headers=bearer(token))).status_code == status
 
 
+async def parent_of_amy(world: World) -> str:
+    """A parent linked to Amy with her printed code; their session token."""
+    amy = world.oak.pupils[0]
+    codes = await printed_codes(world, world.oak)
+    token = await register_and_verify(world, f"{uid('amy-parent')}@example.org", code=codes[amy], relationship="mother")
+    await eventually(lambda: _children_if(world, token, lambda c: c.get(amy, {}).get("status") == "linked"), timeout=10)
+    return token
+
+
+async def parent_of_ben_and_dan(world: World) -> tuple[str, str]:
+    """A parent linked to Ben and Dan at Oak; their session token and parent id."""
+    oak = world.oak
+    ben, dan = oak.pupils[1], oak.pupils[3]
+    token = await register_and_verify(world, f"{uid('dad')}@example.org")
+    codes = await printed_codes(world, oak)
+    for pupil in (ben, dan):
+        added = await add_child(world, token, codes[pupil], "father", accept_aup=True)
+        assert added.status_code == 201, added.text
+    me = await world.a.http.get("/api/v1/me", headers=bearer(token))
+    return token, me.json()["id"]
+
+
 async def test_remove_a_parent_everywhere_then_reinvite(world: World) -> None:
-    token, parent_id = world.seen["dad"]
+    token, parent_id = await parent_of_ben_and_dan(world)
     oak = world.oak
     listed = await world.a.http.get(f"/api/v1/parents/{parent_id}/pupils", headers=bearer(oak.admin_token))
     assert listed.status_code == 200 and len(listed.json()) == 2
@@ -328,13 +356,13 @@ async def test_cross_school_ids_answer_404(world: World) -> None:
     ]:
         r = await world.a.http.request(method, path, headers=bearer(oak.admin_token), json=body)
         assert r.status_code == 404 and r.json()["error"] == "not_found", (method, path, r.text)
-    parent = world.seen["qr_parent"]
+    parent = await world.once("amy_parent", lambda: parent_of_amy(world))
     assert (await world.a.http.get(f"/api/v1/me/children/{eve}/overview", headers=bearer(parent))).status_code == 404
     assert (await world.a.http.get("/api/v1/classes", headers=bearer(parent))).status_code == 404
 
 
 async def test_overview_numbers_and_partial_while_overview_is_away(world: World) -> None:
-    token = world.seen["qr_parent"]
+    token = await world.once("amy_parent", lambda: parent_of_amy(world))
     amy = world.oak.pupils[0]
     js = world.nc.jetstream()
     now = utcnow()
