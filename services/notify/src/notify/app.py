@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 from pydantic import Field
-from sqlalchemy import Table
-from sqlalchemy.dialects.postgresql import Insert as PgInsert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts import notify as contract
 from contracts import streams
 from contracts.base import Event, utcnow
+from contracts.kit.db import insert
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
@@ -51,10 +46,6 @@ class Settings(ServiceSettings):
     notify_claim_seconds: float = Field(default=15.0, gt=1, description="How long a dead replica's emails wait before another takes them.")
 
 
-def _insert(dialect: str) -> Callable[[Table], PgInsert | SqliteInsert]:
-    return pg_insert if dialect == "postgresql" else sqlite_insert
-
-
 class NotifyRuntime(ServiceRuntime):
     """A replica of notify, whose sender (None without an SMTP server) tests and benchmarks reach."""
 
@@ -76,7 +67,7 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
     async def record_request(uow: UnitOfWork, request: Event, subject: str) -> None:
         assert isinstance(request, contract.EmailRequest)  # the consumer's schemas are email requests
         now = utcnow()
-        stmt = _insert(uow.session.get_bind().dialect.name)(Email.__table__).values(
+        stmt = insert(uow.session, Email).values(
             request_id=request.event_id,
             kind=request.kind,
             reference=request.reference,

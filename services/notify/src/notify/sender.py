@@ -21,6 +21,7 @@ from sqlmodel import col
 from contracts.base import utcnow
 from contracts.identity import CONTACTS, ContactsRequest
 from contracts.kit import rpc
+from contracts.kit.db import dialect_name
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
@@ -303,7 +304,7 @@ class Sender:
     async def _reserve(self, email: Email, key: str, now: datetime) -> bool:
         """Take one of the recipient's daily places for this email, or say there is none."""
         async with self.runtime.db.session() as s:
-            if s.get_bind().dialect.name == "postgresql":
+            if dialect_name(s) == "postgresql":
                 # Replicas sending to one address at once must count one after the other.
                 await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
             count = (

@@ -23,6 +23,7 @@ from sqlmodel import col
 
 from contracts import linking, platform
 from contracts.base import Event
+from contracts.kit.db import dialect_name
 from contracts.overview import ChildOverview, DueItem, Links
 from overview.tables import Homework, HomeworkPupil, Pupil, PupilMessage, School, StarAward
 
@@ -47,7 +48,7 @@ Upsert = PgInsert | SqliteInsert
 async def _upsert(session: AsyncSession, table: Table, rows: list[dict], on_conflict: Callable[[Upsert], Upsert]) -> None:
     """Insert `rows` (dicts with the same keys) into `table`; `on_conflict` adds the ON CONFLICT
     clause to the insert it is given (its `excluded` names the incoming row)."""
-    if session.get_bind().dialect.name != "postgresql":
+    if dialect_name(session) != "postgresql":
         await session.execute(on_conflict(sqlite_insert(table)), rows)
         return
     # On PostgreSQL, one array a column and one statement for all rows: an executemany runs
