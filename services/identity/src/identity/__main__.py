@@ -1,7 +1,6 @@
 """`python -m identity serve|migrate|asyncapi`."""
 
 from contracts.kit.service import main
-
 from identity import app
 
 

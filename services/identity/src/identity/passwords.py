@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from zxcvbn import zxcvbn
+from zxcvbn import zxcvbn  # type: ignore[import-untyped]  # zxcvbn has no type hints; its stubs (types-zxcvbn) are not installed
 
 MIN_LENGTH = 12
 MAX_LENGTH = 128

@@ -9,14 +9,16 @@ import re
 import secrets
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, Result, Row, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from contracts import identity as c
 from contracts import notify
-from contracts.base import utcnow
+from contracts.base import Event, utcnow
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
@@ -25,6 +27,13 @@ from contracts.kit.runtime import ServiceRuntime
 from contracts.platform import StaffUpserted
 from identity.passwords import Passwords, WeakPassword, check_policy
 from identity.tables import Account, LoginFailure, Session, Token
+
+if TYPE_CHECKING:
+    from identity.app import Settings
+
+# A session's columns with its account's, read by name. They are more than the typed overloads
+# of SQLAlchemy's select() take, so the row's values are not typed one by one.
+SessionRow: TypeAlias = "Row[*tuple[Any, ...]]"
 
 log = get_logger("identity.service")
 
@@ -58,7 +67,7 @@ def _too_many(retry_after: float) -> RpcFailure:
 class IdentityService:
     """The verbs of identity, each in its own transaction."""
 
-    def __init__(self, runtime: ServiceRuntime, settings, passwords: Passwords) -> None:  # noqa: ANN001
+    def __init__(self, runtime: ServiceRuntime, settings: Settings, passwords: Passwords) -> None:
         self.runtime = runtime
         self.s = settings
         self.passwords = passwords
@@ -66,7 +75,7 @@ class IdentityService:
         # would otherwise each be a write transaction.
         self._used: set[str] = set()
         # Session lookups of concurrent requests, read in one query.
-        self._sessions: ReadGatherer[Any] = ReadGatherer(self._read_sessions)
+        self._sessions: ReadGatherer[SessionRow] = ReadGatherer(self._read_sessions)
         self._background: list[asyncio.Task[None]] = []
 
     # -- helpers ------------------------------------------------------------------------------
@@ -108,22 +117,22 @@ class IdentityService:
             raise RpcFailure(c.E_VALIDATION, message, fields=field_errors(email=message))
         return email
 
-    async def _account_by_email(self, uow_or_session, email: str) -> Account | None:  # noqa: ANN001
-        session = getattr(uow_or_session, "session", uow_or_session)
+    async def _account_by_email(self, uow_or_session: UnitOfWork | AsyncSession, email: str) -> Account | None:
+        session = uow_or_session.session if isinstance(uow_or_session, UnitOfWork) else uow_or_session
         return (
-            await session.execute(select(Account).where(Account.email_key == normalise_email(email)))
+            await session.execute(select(Account).where(col(Account.email_key) == normalise_email(email)))
         ).scalar_one_or_none()
 
     async def _revoke_all(self, uow: UnitOfWork, account_id: str, now: datetime) -> list[str]:
         ids = list(
             (
                 await uow.session.execute(
-                    select(Session.id).where(Session.account_id == account_id, Session.revoked_at.is_(None))
+                    select(col(Session.id)).where(col(Session.account_id) == account_id, col(Session.revoked_at).is_(None))
                 )
             ).scalars()
         )
         if ids:
-            await uow.session.execute(update(Session).where(Session.id.in_(ids)).values(revoked_at=now))
+            await uow.session.execute(update(Session).where(col(Session.id).in_(ids)).values(revoked_at=now))
         await uow.emit(
             c.SESSION_REVOKED,
             c.SessionRevoked(account_id=account_id, session_ids=ids, all_sessions=True),
@@ -195,8 +204,10 @@ class IdentityService:
         now = utcnow()
         recent = (
             await uow.session.execute(
-                select(func.count(), func.max(Token.created_at)).where(
-                    Token.account_id == account.id, Token.purpose == VERIFY, Token.created_at >= now - timedelta(days=1)
+                select(func.count(), func.max(col(Token.created_at))).where(
+                    col(Token.account_id) == account.id,
+                    col(Token.purpose) == VERIFY,
+                    col(Token.created_at) >= now - timedelta(days=1),
                 )
             )
         ).one()
@@ -211,6 +222,7 @@ class IdentityService:
         async with self.runtime.unit_of_work() as uow:
             token = await self._use_token(uow, req.token, VERIFY, now)
             account = await uow.session.get(Account, token.account_id)
+            assert account is not None  # a token's account_id is a foreign key
             if account.verified_at is None:
                 account.verified_at = now
                 account.updated_at = now
@@ -220,13 +232,17 @@ class IdentityService:
 
     async def _use_token(self, uow: UnitOfWork, raw: str, purpose: str, now: datetime) -> Token:
         token = (
-            await uow.session.execute(select(Token).where(Token.token_hash == digest(raw.strip()), Token.purpose == purpose))
+            await uow.session.execute(select(Token).where(col(Token.token_hash) == digest(raw.strip()), col(Token.purpose) == purpose))
         ).scalar_one_or_none()
         if token is None or token.used_at is not None or token.expires_at <= now:
             raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
         # Single use even under a race: only the transaction that flips used_at succeeds.
-        result = await uow.session.execute(
-            update(Token).where(Token.id == token.id, Token.used_at.is_(None)).values(used_at=now)
+        # An UPDATE's result is a CursorResult, which has the rowcount.
+        result = cast(
+            "CursorResult[Any]",
+            await uow.session.execute(
+                update(Token).where(col(Token.id) == token.id, col(Token.used_at).is_(None)).values(used_at=now)
+            ),
         )
         if result.rowcount != 1:
             raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
@@ -236,10 +252,14 @@ class IdentityService:
         """Send a fresh verification link to an unverified parent (rate-limited, silent otherwise)."""
         async with self.runtime.unit_of_work() as uow:
             account = await self._account_by_email(uow, req.email)
-            if account is not None and account.role == "parent" and account.verified_at is None:
-                if await self._verification_budget_left(uow, account):
-                    await self._send_verification(uow, account)
-                    log.info("verification_resent", account_id=account.id)
+            if (
+                account is not None
+                and account.role == "parent"
+                and account.verified_at is None
+                and await self._verification_budget_left(uow, account)
+            ):
+                await self._send_verification(uow, account)
+                log.info("verification_resent", account_id=account.id)
         return c.Accepted()
 
     # -- login and sessions -----------------------------------------------------------------
@@ -249,10 +269,12 @@ class IdentityService:
         ip_key = "ip:" + digest("ip:" + client_ip)[:40] if client_ip else None
         return account_key, ip_key
 
-    async def _failures(self, session, key: str, window: timedelta, now: datetime) -> tuple[int, datetime | None]:  # noqa: ANN001
+    async def _failures(self, session: AsyncSession, key: str, window: timedelta, now: datetime) -> tuple[int, datetime | None]:
         count, oldest = (
             await session.execute(
-                select(func.count(), func.min(LoginFailure.at)).where(LoginFailure.key == key, LoginFailure.at > now - window)
+                select(func.count(), func.min(col(LoginFailure.at))).where(
+                    col(LoginFailure.key) == key, col(LoginFailure.at) > now - window
+                )
             )
         ).one()
         return count, oldest
@@ -269,6 +291,7 @@ class IdentityService:
         if count >= self.s.identity_account_failure_limit:
             # Refused before the password is even checked: guessing gains nothing here.
             log.info("login_refused_account_limit", account_id=account.id if account else None)
+            assert oldest is not None  # there are failures in the window
             raise _too_many((oldest + account_window - now).total_seconds())
 
         ok = await self.passwords.verify(account.password_hash if account else None, req.password)
@@ -283,8 +306,10 @@ class IdentityService:
                     ip_count, ip_oldest = await self._failures(s, ip_key, ip_window, now)
                 # Only failures are limited per address: a school hall shares one.
                 if ip_count > self.s.identity_ip_failure_limit:
+                    assert ip_oldest is not None  # there are failures in the window
                     raise _too_many((ip_oldest + ip_window - now).total_seconds())
             raise RpcFailure(c.E_INVALID_CREDENTIALS, "The email address or password is not right.")
+        assert account is not None and account.password_hash is not None  # verify() matches stored hashes only
 
         if account.role == "parent" and account.verified_at is None:
             log.info("login_unverified", account_id=account.id)
@@ -308,9 +333,9 @@ class IdentityService:
                     absolute_expires_at=now + timedelta(seconds=absolute),
                 )
             )
-            await s.execute(delete(LoginFailure).where(LoginFailure.key == account_key))
+            await s.execute(delete(LoginFailure).where(col(LoginFailure.key) == account_key))
             if new_hash:
-                await s.execute(update(Account).where(Account.id == account.id).values(password_hash=new_hash))
+                await s.execute(update(Account).where(col(Account.id) == account.id).values(password_hash=new_hash))
         log.info("login_succeeded", account_id=account.id, session_id=session_id, rehashed=bool(new_hash))
         return c.LoginReply(
             access_token=token,
@@ -352,27 +377,27 @@ class IdentityService:
             expires_in=max(0, int(remaining.total_seconds())),
         )
 
-    async def _read_sessions(self, token_hashes: list[str]) -> dict[str, Any]:
+    async def _read_sessions(self, token_hashes: list[str]) -> dict[str, SessionRow]:
         """The live-or-not session rows of these token hashes, with their accounts."""
         async with self.runtime.db.reader() as s:
             # Columns, not entities: every cache miss of every gateway comes here.
-            rows = await s.execute(
+            rows: Result[*tuple[Any, ...]] = await s.execute(
                 select(
-                    Session.token_hash,
-                    Session.id,
-                    Session.last_seen_at,
-                    Session.idle_seconds,
-                    Session.revoked_at,
-                    Session.absolute_expires_at,
-                    Account.id.label("account_id"),
-                    Account.role,
-                    Account.email,
-                    Account.name,
-                    Account.school_id,
-                    Account.trust_id,
+                    col(Session.token_hash),
+                    col(Session.id),
+                    col(Session.last_seen_at),
+                    col(Session.idle_seconds),
+                    col(Session.revoked_at),
+                    col(Session.absolute_expires_at),
+                    col(Account.id).label("account_id"),
+                    col(Account.role),
+                    col(Account.email),
+                    col(Account.name),
+                    col(Account.school_id),
+                    col(Account.trust_id),
                 )
-                .join(Account, Account.id == Session.account_id)
-                .where(Session.token_hash.in_(token_hashes))
+                .join(Account, col(Account.id) == col(Session.account_id))
+                .where(col(Session.token_hash).in_(token_hashes))
             )
             return {row.token_hash: row for row in rows}
 
@@ -389,7 +414,7 @@ class IdentityService:
         try:
             async with self.runtime.db.session() as s:
                 for i in range(0, len(ids), 500):
-                    await s.execute(update(Session).where(Session.id.in_(ids[i : i + 500])).values(last_seen_at=now))
+                    await s.execute(update(Session).where(col(Session.id).in_(ids[i : i + 500])).values(last_seen_at=now))
         except Exception:
             self._used |= used  # tried again at the next flush
             raise
@@ -398,7 +423,7 @@ class IdentityService:
         """End the session of this token (every gateway hears of it at once)."""
         now = utcnow()
         async with self.runtime.unit_of_work() as uow:
-            sess = (await uow.session.execute(select(Session).where(Session.token_hash == digest(req.token)))).scalar_one_or_none()
+            sess = (await uow.session.execute(select(Session).where(col(Session.token_hash) == digest(req.token)))).scalar_one_or_none()
             if sess is None or sess.revoked_at is not None:
                 return c.Accepted()
             sess.revoked_at = now
@@ -422,7 +447,9 @@ class IdentityService:
             recent = (
                 await uow.session.execute(
                     select(func.count()).where(
-                        Token.account_id == account.id, Token.purpose == RESET, Token.created_at >= now - timedelta(hours=1)
+                        col(Token.account_id) == account.id,
+                        col(Token.purpose) == RESET,
+                        col(Token.created_at) >= now - timedelta(hours=1),
                     )
                 )
             ).scalar_one()
@@ -444,16 +471,18 @@ class IdentityService:
         now = utcnow()
         async with self.runtime.db.reader() as s:
             token = (
-                await s.execute(select(Token).where(Token.token_hash == digest(req.token.strip()), Token.purpose == RESET))
+                await s.execute(select(Token).where(col(Token.token_hash) == digest(req.token.strip()), col(Token.purpose) == RESET))
             ).scalar_one_or_none()
             account = await s.get(Account, token.account_id) if token else None
         if token is None or token.used_at is not None or token.expires_at <= now:
             raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
+        assert account is not None  # a token's account_id is a foreign key
         self._check_password(req.password, email=account.email, name=account.name)
         new_hash = await self.passwords.hash(req.password)
         async with self.runtime.unit_of_work() as uow:
             await self._use_token(uow, req.token, RESET, now)
             account = await uow.session.get(Account, account.id)
+            assert account is not None  # accounts are never deleted
             account.password_hash = new_hash
             account.password_changed_at = now
             account.updated_at = now
@@ -484,7 +513,7 @@ class IdentityService:
         now = utcnow()
         account = None
         if staff_id:
-            account = (await uow.session.execute(select(Account).where(Account.staff_id == staff_id))).scalar_one_or_none()
+            account = (await uow.session.execute(select(Account).where(col(Account.staff_id) == staff_id))).scalar_one_or_none()
         by_email = await self._account_by_email(uow, email)
         if account is None:
             account = by_email
@@ -496,8 +525,10 @@ class IdentityService:
             log.warning("staff_email_is_a_parent", account_id=account.id)
             return None, False
         created = account is None
-        if created:
-            account = Account(id=uuid.uuid4().hex, created_at=now, role=role, email=email, email_key="", name=name)
+        if account is None:
+            account = Account(
+                id=uuid.uuid4().hex, created_at=now, updated_at=now, role=role, email=email, email_key="", name=name
+            )
         before = None if created else (account.role, account.email, account.name, account.school_id, account.trust_id)
         account.role, account.email, account.email_key, account.name = role, email, normalise_email(email), name
         account.school_id, account.trust_id = (None, trust_id) if role == "trust_admin" else (school_id, None)
@@ -522,8 +553,9 @@ class IdentityService:
             )
         return account, created
 
-    async def on_staff_upserted(self, uow: UnitOfWork, event: StaffUpserted, subject: str) -> None:
+    async def on_staff_upserted(self, uow: UnitOfWork, event: Event, subject: str) -> None:
         """The platform's roster names a member of staff."""
+        assert isinstance(event, StaffUpserted)  # the consumer's only schema
         account, created = await self.upsert_staff(
             uow,
             staff_id=event.staff_id,
@@ -568,7 +600,7 @@ class IdentityService:
         if not req.ids:
             return c.ContactsReply(contacts=[])
         async with self.runtime.db.reader() as s:
-            rows = (await s.execute(select(Account).where(Account.id.in_(req.ids)))).scalars().all()
+            rows = (await s.execute(select(Account).where(col(Account.id).in_(req.ids)))).scalars().all()
         return c.ContactsReply(contacts=[c.Contact(id=a.id, email=a.email, name=a.name) for a in rows])
 
     async def start_background(self) -> None:
@@ -600,4 +632,4 @@ class IdentityService:
     async def prune(self) -> None:
         """Forget login failures older than every window that counts them."""
         async with self.runtime.db.session() as s:
-            await s.execute(delete(LoginFailure).where(LoginFailure.at < utcnow() - timedelta(hours=2)))
+            await s.execute(delete(LoginFailure).where(col(LoginFailure.at) < utcnow() - timedelta(hours=2)))

@@ -1,7 +1,6 @@
 """`python -m notify serve|migrate|asyncapi`."""
 
 from contracts.kit.service import main
-
 from notify import app
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pydantic import Field
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts import notify as contract
 from contracts import streams
-from contracts.base import utcnow
+from contracts.base import Event, utcnow
+from contracts.kit.db import insert
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
@@ -47,14 +46,16 @@ class Settings(ServiceSettings):
     notify_claim_seconds: float = Field(default=15.0, gt=1, description="How long a dead replica's emails wait before another takes them.")
 
 
-def _insert(dialect: str):  # noqa: ANN202
-    return pg_insert if dialect == "postgresql" else sqlite_insert
+class NotifyRuntime(ServiceRuntime):
+    """A replica of notify, whose sender (None without an SMTP server) tests and benchmarks reach."""
+
+    sender: Sender | None
 
 
-def build(settings: Settings | None = None) -> ServiceRuntime:
+def build(settings: Settings | None = None) -> NotifyRuntime:
     """Wire one replica: the request consumer, the SMTP sender, its outcome events."""
     settings = settings or Settings()
-    runtime = ServiceRuntime(
+    runtime = NotifyRuntime(
         settings,
         version=__version__,
         description=DESCRIPTION,
@@ -63,9 +64,10 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     renderer = Renderer(mail_from=settings.mail_from)
     sender = Sender(runtime, settings, renderer, SmtpTarget.from_url(settings.smtp_url)) if settings.smtp_url else None
 
-    async def record_request(uow: UnitOfWork, request: contract.EmailRequest, subject: str) -> None:
+    async def record_request(uow: UnitOfWork, request: Event, subject: str) -> None:
+        assert isinstance(request, contract.EmailRequest)  # the consumer's schemas are email requests
         now = utcnow()
-        stmt = _insert(uow.session.bind.dialect.name)(Email.__table__).values(
+        stmt = insert(uow.session, Email).values(
             request_id=request.event_id,
             kind=request.kind,
             reference=request.reference,
@@ -101,6 +103,6 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     else:
         log.warning("smtp_not_configured", detail="PORTAL_SMTP_URL is not set: emails are recorded but not sent")
     runtime.extra_checks["smtp"] = lambda: "ok" if sender is not None else "not configured"
-    runtime.sender = sender  # type: ignore[attr-defined]  # reached by tests and benchmarks
+    runtime.sender = sender
     return runtime
 

@@ -12,19 +12,26 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import CursorResult, func, select, text, true, update
+from sqlmodel import col
 
 from contracts.base import utcnow
 from contracts.identity import CONTACTS, ContactsRequest
 from contracts.kit import rpc
+from contracts.kit.db import dialect_name
 from contracts.kit.logs import get_logger
+from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.notify import EMAIL_DELIVERED, EMAIL_FAILED, REQUESTS, EmailDelivered, EmailFailed, request_subject
 from notify.render import Renderer
 from notify.smtp import Rejected, SmtpConnection, SmtpTarget, TryLater, Unconfirmed
 from notify.tables import DELIVERING, FAILED, PENDING, SENDING, SENT, Email
+
+if TYPE_CHECKING:
+    from notify.app import Settings
 
 log = get_logger("notify.sender")
 
@@ -44,7 +51,7 @@ class LostClaim(Exception):
 class Sender:
     """Claims due emails and sends them with a few concurrent SMTP connections."""
 
-    def __init__(self, runtime: ServiceRuntime, settings, renderer: Renderer, target: SmtpTarget) -> None:  # noqa: ANN001
+    def __init__(self, runtime: ServiceRuntime, settings: Settings, renderer: Renderer, target: SmtpTarget) -> None:
         self.runtime = runtime
         self.settings = settings
         self.renderer = renderer
@@ -79,7 +86,7 @@ class Sender:
         for task in self._tasks:
             try:
                 await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - stopping: how a task ended does not matter
                 pass
         self._tasks = []
         await self._release_held()
@@ -98,6 +105,7 @@ class Sender:
                 claimed = []
                 await asyncio.sleep(1.0)
             for email in claimed:
+                assert email.id is not None  # read from the ledger
                 self.held.add(email.id)
                 self.queue.put_nowait(email)
             if claimed and len(claimed) == room:
@@ -115,25 +123,25 @@ class Sender:
             # A holder that died before the final "." of an email: the server discarded it.
             await s.execute(
                 update(Email)
-                .where(Email.status == SENDING, Email.claim_until < now)
+                .where(col(Email.status) == SENDING, col(Email.claim_until) < now)
                 .values(status=PENDING, claimed_by=None, claim_until=None)
             )
             # A holder that died after it: it may have been delivered, so it never goes again.
             stale = (
-                await s.execute(select(Email).where(Email.status == DELIVERING, Email.claim_until < now))
+                await s.execute(select(Email).where(col(Email.status) == DELIVERING, col(Email.claim_until) < now))
             ).scalars().all()
             for email in stale:
                 await self._finish(uow, email, SENT, detail="unconfirmed: the sender stopped after the final dot")
             due = (
-                select(Email.id)
-                .where(Email.status == PENDING, Email.next_attempt_at <= now)
-                .order_by(Email.next_attempt_at, Email.id)
+                select(col(Email.id))
+                .where(col(Email.status) == PENDING, col(Email.next_attempt_at) <= now)
+                .order_by(col(Email.next_attempt_at), col(Email.id))
                 .limit(limit)
                 .scalar_subquery()
             )
             await s.execute(
                 update(Email)
-                .where(Email.id.in_(due), Email.status == PENDING)
+                .where(col(Email.id).in_(due), col(Email.status) == PENDING)
                 .values(status=SENDING, claimed_by=self.token, claim_until=now + self.claim)
                 .execution_options(synchronize_session=False)
             )
@@ -141,9 +149,9 @@ class Sender:
                 (
                     await s.execute(
                         select(Email)
-                        .where(Email.status == SENDING, Email.claimed_by == self.token)
-                        .where(Email.id.not_in(self.held) if self.held else True)
-                        .order_by(Email.next_attempt_at, Email.id)
+                        .where(col(Email.status) == SENDING, col(Email.claimed_by) == self.token)
+                        .where(col(Email.id).not_in(self.held) if self.held else true())
+                        .order_by(col(Email.next_attempt_at), col(Email.id))
                     )
                 ).scalars()
             )
@@ -157,10 +165,10 @@ class Sender:
                 async with self.runtime.db.session() as s:
                     await s.execute(
                         update(Email)
-                        .where(Email.id.in_(list(self.held)), Email.claimed_by == self.token)
+                        .where(col(Email.id).in_(list(self.held)), col(Email.claimed_by) == self.token)
                         .values(claim_until=utcnow() + self.claim)
                     )
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - tried again a third of a claim later; a claim that lapses is taken over
                 log.warning("notify_renew_failed", error=type(exc).__name__)
 
     async def _release_held(self) -> None:
@@ -170,10 +178,10 @@ class Sender:
             async with self.runtime.db.session() as s:
                 await s.execute(
                     update(Email)
-                    .where(Email.id.in_(list(self.held)), Email.status == SENDING, Email.claimed_by == self.token)
+                    .where(col(Email.id).in_(list(self.held)), col(Email.status) == SENDING, col(Email.claimed_by) == self.token)
                     .values(status=PENDING, claimed_by=None, claim_until=None)
                 )
-        except Exception:  # noqa: BLE001 - the claims lapse by themselves
+        except Exception:  # noqa: BLE001, S110 - the claims lapse by themselves
             pass
         self.held.clear()
 
@@ -194,7 +202,7 @@ class Sender:
                     log.info("notify_claim_lost", email_id=email.id)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - left claimed; the claim lapses and it is retried
+                except Exception as exc:  # logged; left claimed, the claim lapses and it is retried
                     log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
                 finally:
                     self.held.discard(email.id)
@@ -239,19 +247,23 @@ class Sender:
         async def mark_delivering() -> None:
             nonlocal marked
             async with self.runtime.db.session() as s:
-                result = await s.execute(
-                    update(Email)
-                    .where(Email.id == email.id, Email.claimed_by == self.token, Email.status == SENDING)
-                    .values(
-                        status=DELIVERING,
-                        attempts=Email.attempts + 1,
-                        recipient=recipient,
-                        recipient_key=key,
-                        message_id=message_id,
-                        content=content,
-                        first_attempt_at=func.coalesce(Email.first_attempt_at, now),
-                        claim_until=utcnow() + self.claim,
-                    )
+                # An UPDATE's result is a CursorResult, which has the rowcount.
+                result = cast(
+                    "CursorResult[Any]",
+                    await s.execute(
+                        update(Email)
+                        .where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == SENDING)
+                        .values(
+                            status=DELIVERING,
+                            attempts=col(Email.attempts) + 1,
+                            recipient=recipient,
+                            recipient_key=key,
+                            message_id=message_id,
+                            content=content,
+                            first_attempt_at=func.coalesce(col(Email.first_attempt_at), now),
+                            claim_until=utcnow() + self.claim,
+                        )
+                    ),
                 )
                 if result.rowcount != 1:
                     raise LostClaim(email.id)
@@ -289,10 +301,10 @@ class Sender:
         await self._finish_now(email, SENT, status_from=DELIVERING)
         self.sent_total += 1
 
-    async def _reserve(self, email: Email, key: str, now) -> bool:  # noqa: ANN001
+    async def _reserve(self, email: Email, key: str, now: datetime) -> bool:
         """Take one of the recipient's daily places for this email, or say there is none."""
         async with self.runtime.db.session() as s:
-            if s.bind.dialect.name == "postgresql":
+            if dialect_name(s) == "postgresql":
                 # Replicas sending to one address at once must count one after the other.
                 await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
             count = (
@@ -300,18 +312,21 @@ class Sender:
                     select(func.count())
                     .select_from(Email)
                     .where(
-                        Email.recipient_key == key,
-                        Email.first_attempt_at >= now - timedelta(days=1),
-                        Email.id != email.id,
+                        col(Email.recipient_key) == key,
+                        col(Email.first_attempt_at) >= now - timedelta(days=1),
+                        col(Email.id) != email.id,
                     )
                 )
             ).scalar_one()
             if count >= self.settings.notify_daily_cap:
                 return False
-            result = await s.execute(
-                update(Email)
-                .where(Email.id == email.id, Email.claimed_by == self.token, Email.status == SENDING)
-                .values(first_attempt_at=now, recipient_key=key)
+            result = cast(
+                "CursorResult[Any]",
+                await s.execute(
+                    update(Email)
+                    .where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == SENDING)
+                    .values(first_attempt_at=now, recipient_key=key)
+                ),
             )
             if result.rowcount != 1:
                 raise LostClaim(email.id)
@@ -319,10 +334,10 @@ class Sender:
 
     def _delay(self, attempts: int) -> float:
         base = self.settings.notify_retry_base_seconds
-        return min(self.settings.notify_retry_max_seconds, base * 2 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)
+        return min(self.settings.notify_retry_max_seconds, base * 2 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
 
     async def _retry(
-        self, email: Email, exc: TryLater, *, counted: bool, status_from: str = SENDING, first=None  # noqa: ANN001
+        self, email: Email, exc: TryLater, *, counted: bool, status_from: str = SENDING, first: datetime | None = None
     ) -> None:
         now = utcnow()
         attempts = email.attempts + 1
@@ -333,21 +348,23 @@ class Sender:
                 email, FAILED, reason="gave_up", code=exc.code, detail=exc.detail[:300], counted=counted, status_from=status_from, first=first
             )
             return
-        values = dict(
-            status=PENDING,
-            next_attempt_at=now + timedelta(seconds=delay),
-            claimed_by=None,
-            claim_until=None,
-            last_error=exc.detail[:300],
-            smtp_code=exc.code,
-        )
+        values: dict[str, object] = {
+            "status": PENDING,
+            "next_attempt_at": now + timedelta(seconds=delay),
+            "claimed_by": None,
+            "claim_until": None,
+            "last_error": exc.detail[:300],
+            "smtp_code": exc.code,
+        }
         if counted:
-            values["attempts"] = Email.attempts + 1
+            values["attempts"] = col(Email.attempts) + 1
         if first is not None:
-            values["first_attempt_at"] = func.coalesce(Email.first_attempt_at, first)
+            values["first_attempt_at"] = func.coalesce(col(Email.first_attempt_at), first)
         async with self.runtime.db.session() as s:
             await s.execute(
-                update(Email).where(Email.id == email.id, Email.claimed_by == self.token, Email.status == status_from).values(**values)
+                update(Email)
+                .where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == status_from)
+                .values(**values)
             )
         log.info("email_retry", email_id=email.id, kind=email.kind, retry_in=round(delay, 1), error=scrub(exc.detail)[:120])
 
@@ -361,12 +378,12 @@ class Sender:
         detail: str = "",
         counted: bool = False,
         status_from: str = SENDING,
-        first=None,  # noqa: ANN001
+        first: datetime | None = None,
     ) -> None:
         async with self.runtime.unit_of_work() as uow:
             current = (
                 await uow.session.execute(
-                    select(Email).where(Email.id == email.id, Email.claimed_by == self.token, Email.status == status_from)
+                    select(Email).where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == status_from)
                 )
             ).scalar_one_or_none()
             if current is None:
@@ -377,7 +394,9 @@ class Sender:
                 current.first_attempt_at = first
             await self._finish(uow, current, status, reason=reason, code=code, detail=detail)
 
-    async def _finish(self, uow, email: Email, status: str, *, reason=None, code=None, detail: str = "") -> None:  # noqa: ANN001
+    async def _finish(
+        self, uow: UnitOfWork, email: Email, status: str, *, reason: str | None = None, code: int | None = None, detail: str = ""
+    ) -> None:
         email.status = status
         email.finished_at = utcnow()
         email.claimed_by = None
@@ -386,11 +405,11 @@ class Sender:
         email.last_error = detail[:300] or email.last_error
         uow.session.add(email)
         if status == SENT:
-            event = EmailDelivered(request_id=email.request_id, kind=email.kind, reference=email.reference, attempts=email.attempts)
-            await uow.emit(EMAIL_DELIVERED, event, aggregate=email.request_id)
+            delivered = EmailDelivered(request_id=email.request_id, kind=email.kind, reference=email.reference, attempts=email.attempts)
+            await uow.emit(EMAIL_DELIVERED, delivered, aggregate=email.request_id)
             log.info("email_sent", email_id=email.id, kind=email.kind, attempts=email.attempts)
         else:
-            event = EmailFailed(
+            failed = EmailFailed(
                 request_id=email.request_id,
                 kind=email.kind,
                 reference=email.reference,
@@ -399,5 +418,5 @@ class Sender:
                 smtp_code=email.smtp_code,
                 detail=scrub(detail),
             )
-            await uow.emit(EMAIL_FAILED, event, aggregate=email.request_id)
+            await uow.emit(EMAIL_FAILED, failed, aggregate=email.request_id)
             log.warning("email_failed", email_id=email.id, kind=email.kind, reason=reason, smtp_code=email.smtp_code)

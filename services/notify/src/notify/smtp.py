@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 
 
 class SmtpUrlError(ValueError):
@@ -92,6 +92,14 @@ def _check(code: int, message: str) -> None:
         raise Rejected(code, message)
     if code >= 400:
         raise TryLater(f"{code} {message}", code)
+
+
+def _protocol(smtp: aiosmtplib.SMTP) -> SMTPProtocol:
+    """The connection's protocol. aiosmtplib clears it when the server closes the connection;
+    the attempt then ends with an error, like any unexpected failure."""
+    if smtp.protocol is None:
+        raise RuntimeError("the SMTP connection was closed")
+    return smtp.protocol
 
 
 class SmtpConnection:
@@ -175,7 +183,7 @@ class SmtpConnection:
             body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(content))
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
-            smtp.protocol.write(body)
+            _protocol(smtp).write(body)
         except (Rejected, TryLater):
             await self._reset(smtp)
             raise
@@ -198,7 +206,7 @@ class SmtpConnection:
         return f"{code} {msg}"
 
     async def _command(self, smtp: aiosmtplib.SMTP, *args: bytes) -> tuple[int, str]:
-        response = await smtp.protocol.execute_command(*args, timeout=self.timeout)
+        response = await _protocol(smtp).execute_command(*args, timeout=self.timeout)
         return response.code, response.message
 
     async def _reset(self, smtp: aiosmtplib.SMTP) -> None:

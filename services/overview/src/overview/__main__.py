@@ -1,7 +1,6 @@
 """`python -m overview serve|migrate|asyncapi`."""
 
 from contracts.kit.service import main
-
 from overview import app
 
 

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from contracts import linking, platform, streams
+from contracts.kit.gather import ReadGatherer
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from contracts.overview import GET
@@ -43,10 +44,17 @@ class Settings(ServiceSettings):
     overview_batch_size: int = Field(default=2500, ge=1, le=5000, description="Events applied per transaction at most (a batch only grows this large while events queue up).")
 
 
-def build(settings: Settings | None = None) -> ServiceRuntime:
+class OverviewRuntime(ServiceRuntime):
+    """A replica of overview, whose cache and gathered reads tests and benchmarks reach."""
+
+    cache: OverviewCache
+    reads: ReadGatherer[bytes]
+
+
+def build(settings: Settings | None = None) -> OverviewRuntime:
     """Wire one replica: the projections' consumers and the overview request."""
     settings = settings or Settings()
-    runtime = ServiceRuntime(
+    runtime = OverviewRuntime(
         settings,
         version=__version__,
         description=DESCRIPTION,
@@ -80,6 +88,6 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     )
 
     runtime.serve(GET, overviews.get, concurrency=1024)
-    runtime.cache = cache  # type: ignore[attr-defined]  # reached by tests and benchmarks
-    runtime.reads = overviews.reads  # type: ignore[attr-defined]
+    runtime.cache = cache
+    runtime.reads = overviews.reads
     return runtime

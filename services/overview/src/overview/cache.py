@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from contracts.base import utcnow
 from contracts.overview import ChildOverview, next_week_turn
@@ -54,7 +55,7 @@ class OverviewCache:
             self._entries.popitem(last=False)
         return data
 
-    def forget(self, pupil_ids) -> None:  # noqa: ANN001
+    def forget(self, pupil_ids: Iterable[str]) -> None:
         """Drop these pupils' entries."""
         for pid in pupil_ids:
             self._entries.pop(pid, None)

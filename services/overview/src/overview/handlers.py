@@ -72,6 +72,8 @@ class Overviews:
             else:
                 parts[pid] = hit
         if missing:
-            parts.update(await self.reads.get(missing))
+            for pid, data in (await self.reads.get(missing)).items():
+                assert data is not None  # read_overviews answers every pupil asked for
+                parts[pid] = data
         # Assembled from cached JSON: no model is built or serialised again on a hit.
         return RawReply(b'{"children":[' + b",".join(parts[pid] for pid in dict.fromkeys(req.pupil_ids)) + b"]}")

@@ -14,13 +14,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Table, and_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import Insert
+from sqlmodel import col
 
 from contracts import linking, platform
 from contracts.base import Event
+from contracts.kit.db import dialect_name
 from contracts.overview import ChildOverview, DueItem, Links
 from overview.tables import Homework, HomeworkPupil, Pupil, PupilMessage, School, StarAward
 
@@ -38,10 +41,14 @@ def week_start(now: datetime, zone: str | None) -> datetime:
     return datetime.combine(monday, time(0), tzinfo=tz).astimezone(UTC)
 
 
-async def _upsert(session: AsyncSession, table: Table, rows: list[dict], on_conflict: Callable[[Insert], Insert]) -> None:
+# The insert of either dialect: both have the ON CONFLICT clauses and `excluded`.
+Upsert = PgInsert | SqliteInsert
+
+
+async def _upsert(session: AsyncSession, table: Table, rows: list[dict], on_conflict: Callable[[Upsert], Upsert]) -> None:
     """Insert `rows` (dicts with the same keys) into `table`; `on_conflict` adds the ON CONFLICT
     clause to the insert it is given (its `excluded` names the incoming row)."""
-    if session.bind.dialect.name != "postgresql":
+    if dialect_name(session) != "postgresql":
         await session.execute(on_conflict(sqlite_insert(table)), rows)
         return
     # On PostgreSQL, one array a column and one statement for all rows: an executemany runs
@@ -70,13 +77,15 @@ class Batch:
     def _newer(current: dict | None, at: datetime) -> bool:
         return current is None or at >= current["at"]
 
-    def add(self, subject: str, ev: Event) -> None:  # noqa: C901 - one branch per event type
-        """Fold one event in."""
+    def add(self, subject: str, ev: Event) -> None:
+        """Fold one event in (the consumers parse each subject into its own event class)."""
         if subject == platform.SCHOOL_UPSERTED:
+            assert isinstance(ev, platform.SchoolUpserted)
             if self._newer(self.schools.get(ev.school_id), ev.occurred_at):
                 self.schools[ev.school_id] = {"timezone": ev.timezone, "at": ev.occurred_at}
             self.touched_schools.add(ev.school_id)
         elif subject == linking.SCHOOL_SETTINGS_CHANGED:
+            assert isinstance(ev, linking.SchoolSettingsChanged)
             if self._newer(self.settings.get(ev.school_id), ev.occurred_at):
                 self.settings[ev.school_id] = {
                     "homework_url": ev.homework_url,
@@ -86,27 +95,34 @@ class Batch:
                 }
             self.touched_schools.add(ev.school_id)
         elif subject == platform.PUPIL_UPSERTED:
+            assert isinstance(ev, platform.PupilUpserted)
             if self._newer(self.pupils.get(ev.pupil_id), ev.occurred_at):
                 self.pupils[ev.pupil_id] = {"school_id": ev.school_id, "at": ev.occurred_at}
             self.touched.add(ev.pupil_id)
         elif subject == platform.HOMEWORK_ASSIGNED:
+            assert isinstance(ev, platform.HomeworkAssigned)
             self.homework.setdefault(ev.homework_id, {"withdrawn": False})
             self.homework[ev.homework_id].update(school_id=ev.school_id, title=ev.title, due_at=ev.due_at)
             for pupil_id in ev.pupil_ids:
                 self.homework_pupils[(ev.homework_id, pupil_id)]["assigned"] = True
                 self.touched.add(pupil_id)
         elif subject == platform.HOMEWORK_COMPLETED:
+            assert isinstance(ev, platform.HomeworkCompleted)
             self.homework_pupils[(ev.homework_id, ev.pupil_id)]["completed"] = True
             self.touched.add(ev.pupil_id)
         elif subject == platform.HOMEWORK_WITHDRAWN:
+            assert isinstance(ev, platform.HomeworkWithdrawn)
             self.homework.setdefault(ev.homework_id, {"withdrawn": False})["withdrawn"] = True
         elif subject == platform.MESSAGE_DELIVERED:
+            assert isinstance(ev, platform.MessageDelivered)
             self.messages[(ev.message_id, ev.pupil_id)]["delivered"] = True
             self.touched.add(ev.pupil_id)
         elif subject == platform.MESSAGE_READ:
+            assert isinstance(ev, platform.MessageRead)
             self.messages[(ev.message_id, ev.pupil_id)]["read"] = True
             self.touched.add(ev.pupil_id)
         elif subject == platform.STARS_AWARDED:
+            assert isinstance(ev, platform.StarsAwarded)
             self.awards.setdefault(ev.award_id, {"pupil_id": ev.pupil_id, "stars": ev.stars, "awarded_at": ev.occurred_at})
             self.touched.add(ev.pupil_id)
 
@@ -178,7 +194,7 @@ class Batch:
             withdrawn = [k for k, v in self.homework.items() if v["withdrawn"]]
             if withdrawn:
                 rows = await session.execute(
-                    select(HomeworkPupil.pupil_id).where(HomeworkPupil.homework_id.in_(withdrawn))
+                    select(col(HomeworkPupil.pupil_id)).where(col(HomeworkPupil.homework_id).in_(withdrawn))
                 )
                 self.touched.update(rows.scalars())
         if self.homework_pupils:
@@ -211,7 +227,7 @@ class Batch:
                 lambda stmt: stmt.on_conflict_do_nothing(index_elements=["award_id"]),
             )
         if self.touched_schools:
-            rows = await session.execute(select(Pupil.pupil_id).where(Pupil.school_id.in_(self.touched_schools)))
+            rows = await session.execute(select(col(Pupil.pupil_id)).where(col(Pupil.school_id).in_(self.touched_schools)))
             self.touched.update(rows.scalars())
         return self.touched
 
@@ -226,34 +242,46 @@ async def read_overviews(
     schools = {
         row.pupil_id: row
         for row in await session.execute(
-            select(Pupil.pupil_id, School.timezone, School.homework_url, School.files_url, School.messages_url)
+            select(
+                col(Pupil.pupil_id),
+                col(School.timezone),
+                col(School.homework_url),
+                col(School.files_url),
+                col(School.messages_url),
+            )
             .select_from(Pupil)
-            .join(School, School.school_id == Pupil.school_id, isouter=True)
-            .where(Pupil.pupil_id.in_(ids))
+            .join(School, col(School.school_id) == col(Pupil.school_id), isouter=True)
+            .where(col(Pupil.pupil_id).in_(ids))
         )
     }
     outstanding: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
-    for row in await session.execute(
-        select(HomeworkPupil.pupil_id, Homework.title, Homework.due_at)
-        .join(Homework, Homework.homework_id == HomeworkPupil.homework_id)
+    for due in await session.execute(
+        select(col(HomeworkPupil.pupil_id), col(Homework.title), col(Homework.due_at))
+        .join(Homework, col(Homework.homework_id) == col(HomeworkPupil.homework_id))
         .where(
-            HomeworkPupil.pupil_id.in_(ids),
-            HomeworkPupil.assigned.is_(True),
-            HomeworkPupil.completed.is_(False),
-            Homework.withdrawn.is_(False),
-            Homework.title.is_not(None),
+            col(HomeworkPupil.pupil_id).in_(ids),
+            col(HomeworkPupil.assigned).is_(True),
+            col(HomeworkPupil.completed).is_(False),
+            col(Homework.withdrawn).is_(False),
+            col(Homework.title).is_not(None),
         )
-        .order_by(Homework.due_at, Homework.homework_id)
+        .order_by(col(Homework.due_at), col(Homework.homework_id))
     ):
-        outstanding[row.pupil_id].append((row.title, row.due_at))
+        outstanding[due.pupil_id].append((due.title, due.due_at))
     unread = dict(
         (
             await session.execute(
-                select(PupilMessage.pupil_id, func.count())
-                .where(PupilMessage.pupil_id.in_(ids), PupilMessage.delivered.is_(True), PupilMessage.read.is_(False))
-                .group_by(PupilMessage.pupil_id)
+                select(col(PupilMessage.pupil_id), func.count())
+                .where(
+                    col(PupilMessage.pupil_id).in_(ids),
+                    col(PupilMessage.delivered).is_(True),
+                    col(PupilMessage.read).is_(False),
+                )
+                .group_by(col(PupilMessage.pupil_id))
             )
-        ).all()
+        )
+        .tuples()
+        .all()
     )
     # "This week" is each school's own week: one sum per distinct week start.
     starts: dict[datetime, list[str]] = defaultdict(list)
@@ -265,19 +293,27 @@ async def read_overviews(
         stars.update(
             (
                 await session.execute(
-                    select(StarAward.pupil_id, func.sum(StarAward.stars))
-                    .where(and_(StarAward.pupil_id.in_(group), StarAward.awarded_at >= start, StarAward.awarded_at <= now))
-                    .group_by(StarAward.pupil_id)
+                    select(col(StarAward.pupil_id), func.sum(col(StarAward.stars)))
+                    .where(
+                        and_(
+                            col(StarAward.pupil_id).in_(group),
+                            col(StarAward.awarded_at) >= start,
+                            col(StarAward.awarded_at) <= now,
+                        )
+                    )
+                    .group_by(col(StarAward.pupil_id))
                 )
-            ).all()
+            )
+            .tuples()
+            .all()
         )
     out: dict[str, ChildOverview] = {}
     for pid in ids:
         row = schools.get(pid)
 
         def link(name: str) -> str:
-            template = (getattr(row, name, None) if row else None) or defaults[name]  # noqa: B023
-            return template.replace(linking.PUPIL_PLACEHOLDER, pid)  # noqa: B023
+            template = (getattr(row, name, None) if row else None) or defaults[name]  # noqa: B023 - called within the iteration
+            return template.replace(linking.PUPIL_PLACEHOLDER, pid)  # noqa: B023 - called within the iteration
 
         items = outstanding.get(pid, [])
         out[pid] = ChildOverview(

@@ -5,8 +5,9 @@ event ids, twice, or out of order lands in the same row; flags only ever turn on
 """
 
 from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import Column, Index
+from sqlalchemy import Column, Index, Table
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -19,6 +20,10 @@ _registry = registry()
 
 class Base(SQLModel, registry=_registry):
     """Base of every overview table."""
+
+    if TYPE_CHECKING:
+        # SQLAlchemy sets it on every table model; SQLModel does not declare it.
+        __table__: ClassVar[Table]
 
 
 metadata = _registry.metadata
