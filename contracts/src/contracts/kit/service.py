@@ -22,8 +22,16 @@ class ServiceDefinition(Protocol):
 
     NAME: str
     MIGRATIONS: str
-    Settings: type[ServiceSettings]
-    build: Callable[..., ServiceRuntime]
+
+    # Read-only, so that a module's own Settings subclass and build() returning a runtime
+    # subclass both fit.
+    @property
+    def Settings(self) -> type[ServiceSettings]:  # noqa: N802 - the module attribute's name
+        """The service's settings class."""
+
+    @property
+    def build(self) -> Callable[..., ServiceRuntime]:
+        """Wires one replica from its settings."""
 
 
 def migrate(service: ServiceDefinition, settings: ServiceSettings | None = None) -> None:

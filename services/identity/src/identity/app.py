@@ -94,14 +94,15 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
         title="staff roster",
         description="Creates or updates staff accounts from the platform's roster; new ones get a set-password email.",
     )
-    for subject, model, title in [
-        (c.PARENT_REGISTERED, c.ParentRegistered, "parent registered"),
-        (c.PARENT_VERIFIED, c.ParentVerified, "parent verified"),
-        (c.PASSWORD_CHANGED, c.PasswordChanged, "password changed"),
-        (c.SESSION_REVOKED, c.SessionRevoked, "session revoked"),
-        (c.ACCOUNT_CHANGED, c.AccountChanged, "account changed"),
-    ]:
-        runtime.publishes(subject, model, title=title, description=model.__doc__ or title)
+    runtime.publishes_events(
+        {
+            c.PARENT_REGISTERED: c.ParentRegistered,
+            c.PARENT_VERIFIED: c.ParentVerified,
+            c.PASSWORD_CHANGED: c.PasswordChanged,
+            c.SESSION_REVOKED: c.SessionRevoked,
+            c.ACCOUNT_CHANGED: c.AccountChanged,
+        }
+    )
 
     runtime.app.after_startup(svc.start_background)
     runtime.app.on_shutdown(svc.stop_background)

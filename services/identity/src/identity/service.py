@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import re
 import secrets
 import uuid
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ from sqlmodel import col
 
 from contracts import identity as c
 from contracts import notify
+from contracts.addresses import looks_like_email, normalise_email
 from contracts.base import Event, utcnow
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
@@ -39,15 +39,6 @@ log = get_logger("identity.service")
 
 VERIFY = "verify"
 RESET = "reset"
-
-# Deliberately loose: the verification email is the real test of an address.
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-
-
-def normalise_email(email: str) -> str:
-    """The form addresses are compared in: trimmed and lower-cased."""
-    return email.strip().lower()
-
 
 def digest(value: str) -> str:
     """SHA-256 hex of a token: tokens have 256 random bits, so no salt or stretching is needed."""
@@ -112,7 +103,7 @@ class IdentityService:
     @staticmethod
     def _check_email(email: str) -> str:
         email = email.strip()
-        if not _EMAIL.match(email) or len(email) > 254:
+        if not looks_like_email(email):
             message = "Enter an email address like name@example.org."
             raise RpcFailure(c.E_VALIDATION, message, fields=field_errors(email=message))
         return email

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from contracts import notify as contract
 from contracts import streams
+from contracts.addresses import normalise_email
 from contracts.base import Event, utcnow
 from contracts.kit.db import insert
 from contracts.kit.logs import get_logger
@@ -74,7 +75,7 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
             request=request.model_dump_json(),
             parent_id=request.parent_id,
             recipient=request.to,
-            recipient_key=request.to.strip().lower() if request.to else None,
+            recipient_key=normalise_email(request.to) if request.to else None,
             status=PENDING,
             attempts=0,
             next_attempt_at=now,

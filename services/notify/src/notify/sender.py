@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import CursorResult, func, select, text, true, update
 from sqlmodel import col
 
+from contracts.addresses import normalise_email
 from contracts.base import utcnow
 from contracts.identity import CONTACTS, ContactsRequest
 from contracts.kit import rpc
@@ -233,7 +234,7 @@ class Sender:
                 await self._finish_now(email, FAILED, reason="no_recipient", detail="no such account")
                 return
             recipient, name = reply.contacts[0].email, reply.contacts[0].name
-        key = recipient.strip().lower()
+        key = normalise_email(recipient)
 
         if email.first_attempt_at is None and not await self._reserve(email, key, now):
             await self._finish_now(email, FAILED, reason="daily_cap", detail=f"over {self.settings.notify_daily_cap} emails a day")
