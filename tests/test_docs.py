@@ -1,7 +1,9 @@
-"""The committed reference pages (docs/reference/) are the ones the code generates now."""
+"""The committed reference pages (docs/reference/) are the ones the code generates now, and the
+documentation's links lead somewhere."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,30 @@ def test_reference_pages_cover_the_code(pages: dict[str, str]) -> None:
     for operation in ("`GET /api/v1/me/overview`", "`POST /api/v1/auth/login`", "`GET /ready`"):
         assert f"### {operation}\n" in pages["http.md"], operation
     assert "## portal roster import\n" in pages["cli.md"]
+
+
+_LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
+_HEADING = re.compile(r"^#{1,6} (.+)$", re.M)
+
+
+def _markdown_files() -> list[Path]:
+    return sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+    return {docs._slug(h) for h in _HEADING.findall(text)}
+
+
+def test_links_in_the_documentation_lead_somewhere() -> None:
+    broken = []
+    for page in _markdown_files():
+        for target, anchor in _LINK.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"^[a-z]+:", target):
+                continue
+            path = (page.parent / target) if target else page
+            if not path.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
+    assert not broken, "links that lead nowhere: " + ", ".join(broken)
