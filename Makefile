@@ -11,7 +11,7 @@ PYPROJECTS := pyproject.toml uv.lock contracts/pyproject.toml gateway/pyproject.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-fast lint asyncapi lock clean
+.PHONY: install demo test test-fast lint asyncapi docs lock clean
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ bench: install
 # Regenerate the committed AsyncAPI documents (a test fails while they are stale).
 asyncapi: install
 	for s in identity linking notify overview; do $(VENV)/bin/python -m $$s asyncapi --out services/$$s/asyncapi.json; done
+
+# Regenerate the committed reference pages under docs/reference/ from the code: the OpenAPI
+# document, the requests and events of contracts/, the settings classes, the portal commands
+# (a test fails while one is stale).
+docs: install
+	$(VENV)/bin/python -m portal.docs --out docs/reference
 
 lock: $(UV)
 	$(UV) lock --python $(PYTHON)

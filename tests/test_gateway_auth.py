@@ -1,4 +1,4 @@
-"""Sign-in through the gateway, as API.md's auth table lists it, over a real NATS with the real
+"""Sign-in through the gateway, as docs/http-api.md describes it, over a real NATS with the real
 identity and notify services, a real SMTP server and two gateway replicas served by uvicorn."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The gateway's foundation, proven against a real uvicorn, a real NATS and real services:
-health and readiness, the OpenAPI document, API.md's error format, security headers,
+health and readiness, the OpenAPI document, the error format of docs/http-api.md, security headers,
 `/dev/mail`, and `python -m gateway serve` with its JSON logs."""
 
 from __future__ import annotations

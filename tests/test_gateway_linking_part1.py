@@ -1,4 +1,4 @@
-"""Linking part 1 through the gateway, as API.md's staff and link-code routes list them: a real
+"""Linking part 1 through the gateway, the staff and link-code routes of docs/http-api.md: a real
 NATS, the real identity and linking services and a real gateway under uvicorn, asked with httpx.
 QR codes are read back with zbarimg (the PDF rendered with pdftoppm first)."""
 

@@ -34,7 +34,7 @@ class Links(Message):
 
 
 class ChildOverview(Message):
-    """One pupil's overview (API.md's `/me/children/{id}/overview` minus `partial`)."""
+    """One pupil's overview, as `GET /api/v1/me/children/{id}/overview` answers it (docs/http-api.md)."""
 
     pupil_id: str
     outstanding_homework: int

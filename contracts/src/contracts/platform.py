@@ -1,4 +1,4 @@
-"""Events of the learning platform around us: the integration contract (API.md).
+"""Events of the learning platform around us: the integration contract (docs/events.md).
 
 The platform (or `portal roster import`, or the demo publisher) publishes them under
 `platform.`; the portal only consumes them.
