@@ -32,6 +32,7 @@ from typing import Any, get_args
 from urllib.parse import unquote
 
 from pydantic import BaseModel
+from pydantic_settings import BaseSettings
 
 PAGES = ("http.md", "requests.md", "events.md", "settings.md", "cli.md")
 DEFAULT_OUT = Path("docs/reference")
@@ -226,7 +227,7 @@ def openapi_document() -> dict[str, Any]:
         settings = GatewaySettings(nats_url=_NATS, public_url=_PUBLIC_URL, dev_mail_dir=None)
         app = create_app(settings)
         # No lifespan: nothing connects to NATS; the schema route needs none of it.
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar is an ASGI app; its scope types are narrower than httpx's
         async with httpx.AsyncClient(transport=transport, base_url=_PUBLIC_URL) as client:
             response = await client.get("/schema/openapi.json")
         response.raise_for_status()
@@ -333,9 +334,9 @@ def _render_operation(s: Schemas, method: str, path: str, op: dict[str, Any]) ->
         name = s.type_name(schema) if schema else ""
         out.append(f"Request body ({required}, `{media_type}`{', `' + name + '`' if name else ''}):\n\n")
         has_fields = schema is not None and s.object_of(schema) is not None
-        out.append((s.fields_table(schema) if has_fields else "Any JSON object (see above).\n") + "\n")
+        out.append((s.fields_table(schema) if schema is not None and has_fields else "Any JSON object (see above).\n") + "\n")
     responses = op.get("responses", {})
-    rows = []
+    answers: list[tuple[str, str, str]] = []
     bodies = []
     for status in sorted(responses):
         response = responses[status]
@@ -344,12 +345,12 @@ def _render_operation(s: Schemas, method: str, path: str, op: dict[str, Any]) ->
             shape = "none"
         else:
             shape = f"`{s.type_name(schema)}` ({media_type})"
-        rows.append((status, response.get("description", ""), shape))
+        answers.append((status, response.get("description", ""), shape))
         if status.startswith("2") and schema is not None:
             inner = s.object_of(schema)
             if inner is not None:
                 bodies.append((status, s.type_name(schema), s.fields_table(inner)))
-    out.append("Responses:\n\n" + _table(("status", "description", "body"), rows) + "\n")
+    out.append("Responses:\n\n" + _table(("status", "description", "body"), answers) + "\n")
     for status, name, table in bodies:
         out.append(f"{status} body, `{name}`:\n\n{table}\n")
     return "".join(out)
@@ -488,7 +489,7 @@ def event_catalogue(runtimes: dict[str, Any]) -> dict[str, _EventDoc]:
     for name, runtime in sorted(runtimes.items()):
         spec = runtime.specification()
         s = Schemas(spec)
-        for key, operation in spec.get("operations", {}).items():
+        for operation in spec.get("operations", {}).values():
             if operation.get("action") != "send":
                 continue
             channel = spec["channels"][unquote(operation["channel"]["$ref"].rsplit("/", 1)[1])]
@@ -619,13 +620,13 @@ def _render_dead_letters(runtimes: dict[str, Any], deadletters: ModuleType) -> s
 # -- settings.md -------------------------------------------------------------------------------
 
 
-def _declared(cls: type) -> list[str]:
+def _declared(cls: type[BaseSettings]) -> list[str]:
     """The fields a settings class declares itself (not those it inherits unchanged)."""
     own = cls.__dict__.get("__annotations__", {})
     return [name for name in cls.model_fields if name in own]
 
 
-def _variable(cls: type, name: str) -> str:
+def _variable(cls: type[BaseSettings], name: str) -> str:
     field = cls.model_fields[name]
     alias = field.validation_alias
     if isinstance(alias, str):
@@ -667,7 +668,7 @@ def _allowed(field: Any) -> str:
     return ", ".join(parts)
 
 
-def settings_parts() -> list[tuple[str, str, type, list[str]]]:
+def settings_parts() -> list[tuple[str, str, type[BaseSettings], list[str]]]:
     """`(part, what reads it, settings class, fields)` in the order the page lists them."""
     from contracts.kit.settings import CommonSettings, ServiceSettings
     from gateway.settings import GatewaySettings
@@ -676,7 +677,7 @@ def settings_parts() -> list[tuple[str, str, type, list[str]]]:
     modules = service_modules()
     services = [m.Settings for m in modules.values()]
     shared = [n for n in _declared(ServiceSettings) if not all(n in _declared(s) for s in services)]
-    parts = [
+    parts: list[tuple[str, str, type[BaseSettings], list[str]]] = [
         ("every part", "every service, the gateway and the `portal` command", CommonSettings, _declared(CommonSettings)),
         ("every service", "identity, linking, notify and overview", ServiceSettings, shared),
     ]
@@ -714,7 +715,7 @@ def render_settings() -> str:
         rows = []
         for name in names:
             field = cls.model_fields[name]
-            default = field.default if field.default_factory is None else field.default_factory()
+            default = field.get_default(call_default_factory=True, validated_data={})
             rows.append(
                 (f"`{_variable(cls, name)}`", _type(field.annotation), _default(default), _allowed(field), field.description or "")
             )
