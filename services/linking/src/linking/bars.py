@@ -24,6 +24,7 @@ from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcFailure, invalid
 from linking import codes
 from linking.links import _EMAIL, audit
+from linking.scope import pupil_in_scope
 from linking.tables import Bar, Invitation, Link, LinkCode
 
 log = get_logger("linking.bars")
@@ -113,7 +114,7 @@ class Bars:
     async def pupil_parents(self, req: contract.PupilParentsRequest) -> contract.PupilParentsReply:
         """The parents with a standing link to the pupil (the gateway checks their addresses)."""
         async with self.runtime.db.reader() as s:
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             rows = await s.execute(
                 select(Link.parent_id).where(Link.pupil_id == pupil.pupil_id, Link.removed_at.is_(None)).order_by(Link.created_at)
             )
@@ -137,7 +138,7 @@ class Bars:
         actor = f"staff:{req.actor_id}"
         async with self.runtime.unit_of_work() as uow:
             s = uow.session
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             await self._lock(s, pupil.pupil_id, shared=False)
             vault = self.vault
             email_hash = vault.lookup_hash(email)
@@ -193,7 +194,7 @@ class Bars:
     async def list_bars(self, req: contract.BarsRequest) -> contract.BarsReply:
         """The pupil's bars in force, with the addresses decrypted for the school's admins."""
         async with self.runtime.db.reader() as s:
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             bars = (
                 await s.execute(
                     select(Bar).where(Bar.pupil_id == pupil.pupil_id, Bar.lifted_at.is_(None)).order_by(Bar.created_at, Bar.id)
@@ -213,7 +214,7 @@ class Bars:
         """Lift a bar: recorded, and the address may be linked again."""
         async with self.runtime.unit_of_work() as uow:
             s = uow.session
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             bar = await s.get(Bar, req.bar_id)
             if bar is None or bar.pupil_id != pupil.pupil_id or bar.lifted_at is not None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such bar")

@@ -28,6 +28,7 @@ from contracts import linking as contract
 from linking import codes, school_settings, sheet
 from linking.links import Links, audit
 from linking.qr import QrCache
+from linking.scope import class_in_scope, not_found, pupil_in_scope, school_ids, school_in_scope
 from linking.tables import PRINTED, ClassMember, LinkCode, Pupil, School, SchoolClass, SchoolSetting
 
 log = get_logger("linking.handlers")
@@ -42,10 +43,6 @@ CodeFailureHook = Callable[[contract.PreviewCodeRequest], Awaitable[None]]
 def _filename(stem: str, ext: str) -> str:
     # Platform ids are opaque: keep a Content-Disposition header safe whatever they contain.
     return re.sub(r"[^A-Za-z0-9_-]+", "_", stem)[:100] + "." + ext
-
-
-def _not_found(what: str) -> RpcFailure:
-    return RpcFailure(contract.E_NOT_FOUND, f"no such {what}")
 
 
 @dataclass
@@ -81,39 +78,12 @@ class Linking:
         """What a QR code holds: `PUBLIC_URL/link/XXXX-XXXX-XXXX`."""
         return f"{self.public_url}/link/{codes.display(code)}"
 
-    # -- scope -------------------------------------------------------------------------------
-
-    async def _school_ids(self, s: AsyncSession, scope: contract.StaffScope) -> set[str]:
-        allowed = set(scope.school_ids)
-        if scope.trust_ids:
-            rows = await s.execute(select(School.school_id).where(School.trust_id.in_(scope.trust_ids)))
-            allowed.update(rows.scalars())
-        return allowed
-
-    async def _class_in_scope(self, s: AsyncSession, scope: contract.StaffScope, class_id: str) -> tuple[SchoolClass, str]:
-        row = (
-            await s.execute(
-                select(SchoolClass, School.name)
-                .outerjoin(School, School.school_id == SchoolClass.school_id)
-                .where(SchoolClass.class_id == class_id)
-            )
-        ).first()
-        if row is None or row[0].school_id not in await self._school_ids(s, scope):
-            raise _not_found("class")
-        return row[0], row[1] or ""
-
-    async def _pupil_in_scope(self, s: AsyncSession, scope: contract.StaffScope, pupil_id: str) -> Pupil:
-        pupil = await s.get(Pupil, pupil_id)
-        if pupil is None or pupil.left_at is not None or pupil.school_id not in await self._school_ids(s, scope):
-            raise _not_found("pupil")
-        return pupil
-
     # -- roster views ---------------------------------------------------------------------------
 
     async def schools(self, req: contract.SchoolsRequest) -> contract.SchoolsReply:
         """The schools of a scope (how the gateway expands a trust admin's trust)."""
         async with self.runtime.db.reader() as s:
-            allowed = await self._school_ids(s, req.scope)
+            allowed = await school_ids(s, req.scope)
             rows = (await s.execute(select(School).where(School.school_id.in_(allowed)).order_by(School.name))).scalars()
             return contract.SchoolsReply(
                 schools=[
@@ -125,7 +95,7 @@ class Linking:
     async def classes(self, req: contract.ClassesRequest) -> contract.ClassesReply:
         """`GET /classes`."""
         async with self.runtime.db.reader() as s:
-            allowed = await self._school_ids(s, req.scope)
+            allowed = await school_ids(s, req.scope)
             if not allowed:
                 return contract.ClassesReply(classes=[])
             counts = (
@@ -162,7 +132,7 @@ class Linking:
     async def class_pupils(self, req: contract.ClassPupilsRequest) -> contract.ClassPupilsReply:
         """`GET /classes/{class_id}/pupils`."""
         async with self.runtime.db.reader() as s:
-            cls, school_name = await self._class_in_scope(s, req.scope, req.class_id)
+            cls, school_name = await class_in_scope(s, req.scope, req.class_id)
             rows = await s.execute(
                 select(Pupil, LinkCode.expires_at)
                 .join(ClassMember, ClassMember.pupil_id == Pupil.pupil_id)
@@ -208,7 +178,7 @@ class Linking:
         async with self.runtime.unit_of_work() as uow:
             s = uow.session
             if req.class_id is not None:
-                cls, _ = await self._class_in_scope(s, req.scope, req.class_id)
+                cls, _ = await class_in_scope(s, req.scope, req.class_id)
                 school_id, class_id = cls.school_id, cls.class_id
                 pupil_ids = list(
                     (
@@ -222,7 +192,7 @@ class Linking:
                 )
             else:
                 assert req.pupil_id is not None
-                pupil = await self._pupil_in_scope(s, req.scope, req.pupil_id)
+                pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
                 school_id, class_id, pupil_ids = pupil.school_id, None, [pupil.pupil_id]
             # Requests for the same pupils take turns (PostgreSQL row locks, in one order so two
             # never wait on each other; SQLite's writers take turns anyway): each one then sees
@@ -367,7 +337,7 @@ class Linking:
     async def pupil_qr(self, req: contract.PupilQrRequest) -> contract.Document:
         """One pupil's printed code as an SVG or PNG QR code."""
         async with self.runtime.db.reader() as s:
-            pupil = await self._pupil_in_scope(s, req.scope, req.pupil_id)
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             live = (await self._live_codes(s, [pupil.pupil_id])).get(pupil.pupil_id)
         if live is None:
             raise RpcFailure(contract.E_NO_CODE, "this pupil has no printed code yet: create QR codes first")
@@ -382,7 +352,7 @@ class Linking:
     async def class_sheet(self, req: contract.ClassSheetRequest) -> contract.Document:
         """The class's cut-out cards as an HTML page or an A4 PDF."""
         async with self.runtime.db.reader() as s:
-            cls, school_name = await self._class_in_scope(s, req.scope, req.class_id)
+            cls, school_name = await class_in_scope(s, req.scope, req.class_id)
             school = await s.get(School, cls.school_id)
             pupils = list(
                 (
@@ -432,14 +402,10 @@ class Linking:
 
     # -- settings and policies ---------------------------------------------------------------------------
 
-    async def _school_in_scope(self, s: AsyncSession, scope: contract.StaffScope, school_id: str) -> None:
-        if school_id not in await self._school_ids(s, scope):
-            raise _not_found("school")
-
     async def get_settings(self, req: contract.SchoolSettingsRequest) -> contract.SchoolSettings:
         """`GET /schools/{school_id}/settings`."""
         async with self.runtime.db.reader() as s:
-            await self._school_in_scope(s, req.scope, req.school_id)
+            await school_in_scope(s, req.scope, req.school_id)
             row = await s.get(SchoolSetting, req.school_id)
             return school_settings.effective(req.school_id, row, platform_url=self.platform_url).reply()
 
@@ -451,7 +417,7 @@ class Linking:
             raise invalid(**exc.problems) from None
         async with self.runtime.unit_of_work() as uow:
             s = uow.session
-            await self._school_in_scope(s, req.scope, req.school_id)
+            await school_in_scope(s, req.scope, req.school_id)
             row = await s.get(SchoolSetting, req.school_id)
             before = school_settings.effective(req.school_id, row, platform_url=self.platform_url)
             changed = sorted(k for k, v in changes.items() if getattr(before, k) != v)
@@ -501,7 +467,7 @@ class Linking:
         async with self.runtime.db.reader() as s:
             school = await s.get(School, req.school_id)
             if school is None:
-                raise _not_found("school")
+                raise not_found("school")
             settings = school_settings.effective(
                 req.school_id, await s.get(SchoolSetting, req.school_id), platform_url=self.platform_url
             )

@@ -24,6 +24,7 @@ from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure, field_errors, invalid
 from linking import codes, school_settings
+from linking.scope import pupil_in_scope, pupil_record_in_scope, school_ids
 from linking.tables import (
     AWAITING,
     INVITATION,
@@ -331,7 +332,7 @@ class Links:
     async def remove_parent(self, req: contract.RemoveParentRequest) -> contract.Done:
         """Staff end one parent's access to one pupil (siblings untouched)."""
         async with self.runtime.unit_of_work() as uow:
-            pupil = await self.linking._pupil_in_scope(uow.session, req.scope, req.pupil_id)  # noqa: SLF001
+            pupil = await pupil_in_scope(uow.session, req.scope, req.pupil_id)
             link = (
                 await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
             ).scalar_one_or_none()
@@ -341,7 +342,7 @@ class Links:
         return contract.Done()
 
     async def _parent_links_in_scope(self, s: AsyncSession, scope: contract.StaffScope, parent_id: str) -> list[Link]:
-        allowed = await self.linking._school_ids(s, scope)  # noqa: SLF001
+        allowed = await school_ids(s, scope)
         if not allowed:
             return []
         return list(
@@ -392,7 +393,7 @@ class Links:
         code = codes.generate()
         async with self.runtime.unit_of_work() as uow:
             s = uow.session
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             if self.is_barred is not None and await self.is_barred(s, pupil.pupil_id, email):
                 # Staff may know: the invitation would name the child to someone barred from them.
                 raise invalid(email="this address cannot be invited for this pupil (ask a school admin)")
@@ -545,9 +546,7 @@ class Links:
     async def audit_trail(self, req: contract.AuditRequest) -> contract.AuditReply:
         """A pupil's audit trail, oldest first."""
         async with self.runtime.db.reader() as s:
-            pupil = await s.get(Pupil, req.pupil_id)
-            if pupil is None or pupil.school_id not in await self.linking._school_ids(s, req.scope):  # noqa: SLF001
-                raise RpcFailure(contract.E_NOT_FOUND, "no such pupil")
+            await pupil_record_in_scope(s, req.scope, req.pupil_id)
             rows = (await s.execute(select(AuditRow).where(AuditRow.pupil_id == req.pupil_id).order_by(AuditRow.at, AuditRow.id))).scalars()
             return contract.AuditReply(
                 entries=[contract.AuditEntry(at=r.at, actor=r.actor, action=r.action, parent_id=r.parent_id, reason=r.reason) for r in rows]
