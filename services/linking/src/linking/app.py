@@ -13,8 +13,10 @@ from contracts import linking as contract
 from contracts import identity, notify, platform, streams
 from linking import __version__, codes, roster
 from linking.bars import Bars
-from linking.guessing import Guessing, Limits
+from linking.context import Limits, LinkingContext
+from linking.guessing import Guessing
 from linking.handlers import ROSTER_CONSUMER, Linking
+from linking.links import Links
 
 NAME = "linking"
 MIGRATIONS = "linking:migrations"
@@ -74,26 +76,21 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         description=DESCRIPTION,
         streams=[streams.LINKING, streams.NOTIFY_REQUESTS, streams.PLATFORM, streams.IDENTITY, streams.NOTIFY],
     )
-    linking = Linking(
-        runtime, public_url=settings.public_url, platform_url=settings.platform_url, key_provider=settings.code_key
+    ctx = LinkingContext(
+        runtime,
+        public_url=settings.public_url,
+        platform_url=settings.platform_url,
+        key_provider=settings.code_key,
+        limits=settings.limits(),
     )
+    guessing = Guessing(ctx)
+    bars = Bars(ctx)
+    links = Links(ctx, bars=bars, guessing=guessing)
+    linking = Linking(ctx, links=links, guessing=guessing)
     runtime.linking = linking  # type: ignore[attr-defined]  # reached by tests and benchmarks
-
-    bars = Bars(linking)
-    guessing = Guessing(linking, lambda ip: bars.vault.client_key(ip), settings.limits())
     runtime.bars = bars  # type: ignore[attr-defined]
     runtime.guessing = guessing  # type: ignore[attr-defined]
-    linking.links.is_barred = bars.is_barred
-    linking.links.on_redeem_failure = guessing.redeem_failed
-    linking.on_code_failure = guessing.preview_failed
-
-    async def on_startup() -> None:
-        # Read (or make) the key before serving: a bad key fails the start, not a request.
-        _ = linking.vault, bars.vault
-
-    runtime.app.on_startup(on_startup)
-
-    links = linking.links
+    runtime.app.on_startup(ctx.load_keys)
 
     async def apply_roster(uow: UnitOfWork, items: list) -> None:
         await roster.apply_batch(uow, items, on_pupil_left=links.on_pupil_left)

@@ -10,23 +10,22 @@ import asyncio
 import base64
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from contracts.base import utcnow
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcFailure, invalid
-from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.tables import processed_events
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import linking as contract
-from linking import codes, school_settings, sheet
-from linking.links import Links, audit
+from linking import codes, roster, school_settings, sheet
+from linking.context import LinkingContext
+from linking.guessing import Guessing
+from linking.links import Links
 from linking.qr import QrCache
 from linking.scope import class_in_scope, not_found, pupil_in_scope, school_ids, school_in_scope
 from linking.tables import PRINTED, ClassMember, LinkCode, Pupil, School, SchoolClass, SchoolSetting
@@ -34,11 +33,6 @@ from linking.tables import PRINTED, ClassMember, LinkCode, Pupil, School, School
 log = get_logger("linking.handlers")
 
 ROSTER_CONSUMER = "linking-roster"
-
-# Called after each failed preview. Part 3 counts failures here (per parent, per address, per
-# trust) and may raise RpcFailure("too_many_attempts", ...) instead of the invalid_code answer.
-CodeFailureHook = Callable[[contract.PreviewCodeRequest], Awaitable[None]]
-
 
 def _filename(stem: str, ext: str) -> str:
     # Platform ids are opaque: keep a Content-Disposition header safe whatever they contain.
@@ -55,34 +49,19 @@ class _LiveCode:
 
 
 class Linking:
-    """The service's verbs, sharing its runtime, settings, code vault and QR cache."""
+    """Staff views of the roster, printed codes with their QR codes and sheets, settings and policies."""
 
-    def __init__(self, runtime: ServiceRuntime, *, public_url: str, platform_url: str, key_provider: Callable[[], str]) -> None:
-        self.runtime = runtime
-        self.public_url = public_url
-        self.platform_url = platform_url
-        self._key_provider = key_provider
-        self._vault: codes.CodeVault | None = None
+    def __init__(self, ctx: LinkingContext, *, links: Links, guessing: Guessing) -> None:
+        self.ctx = ctx
+        self.links = links
+        self.guessing = guessing
         self.qr_cache = QrCache()
-        self.on_code_failure: CodeFailureHook | None = None
-        self.links = Links(self)
-
-    @property
-    def vault(self) -> codes.CodeVault:
-        """The code vault; its key is read (or, in development, made) on first use."""
-        if self._vault is None:
-            self._vault = codes.CodeVault(self._key_provider())
-        return self._vault
-
-    def link_url(self, code: str) -> str:
-        """What a QR code holds: `PUBLIC_URL/link/XXXX-XXXX-XXXX`."""
-        return f"{self.public_url}/link/{codes.display(code)}"
 
     # -- roster views ---------------------------------------------------------------------------
 
     async def schools(self, req: contract.SchoolsRequest) -> contract.SchoolsReply:
         """The schools of a scope (how the gateway expands a trust admin's trust)."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             allowed = await school_ids(s, req.scope)
             rows = (await s.execute(select(School).where(School.school_id.in_(allowed)).order_by(School.name))).scalars()
             return contract.SchoolsReply(
@@ -94,7 +73,7 @@ class Linking:
 
     async def classes(self, req: contract.ClassesRequest) -> contract.ClassesReply:
         """`GET /classes`."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             allowed = await school_ids(s, req.scope)
             if not allowed:
                 return contract.ClassesReply(classes=[])
@@ -131,7 +110,7 @@ class Linking:
 
     async def class_pupils(self, req: contract.ClassPupilsRequest) -> contract.ClassPupilsReply:
         """`GET /classes/{class_id}/pupils`."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             cls, school_name = await class_in_scope(s, req.scope, req.class_id)
             rows = await s.execute(
                 select(Pupil, LinkCode.expires_at)
@@ -173,9 +152,9 @@ class Linking:
         raise AssertionError("unreachable")
 
     async def _create_codes(self, req: contract.CreateCodesRequest) -> contract.CreateCodesReply:
-        now = utcnow()
+        now = self.ctx.now()
         revoked_urls: set[str] = set()
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             s = uow.session
             if req.class_id is not None:
                 cls, _ = await class_in_scope(s, req.scope, req.class_id)
@@ -200,9 +179,7 @@ class Linking:
             await s.execute(
                 select(Pupil.pupil_id).where(Pupil.pupil_id.in_(pupil_ids)).order_by(Pupil.pupil_id).with_for_update()
             )
-            settings = school_settings.effective(
-                school_id, await s.get(SchoolSetting, school_id), platform_url=self.platform_url
-            )
+            settings = await self.ctx.read_settings(s, school_id)
             expires_at = now + timedelta(days=settings.printed_code_days)
 
             old = (
@@ -218,18 +195,18 @@ class Linking:
                 )
                 # Flushed before the inserts: the unique live_pupil_id must be free first.
                 await s.flush()
-            vault = self.vault
+            vault = self.ctx.vault
             for o in old:
                 if o.code_cipher:
                     try:
-                        revoked_urls.add(self.link_url(vault.decrypt(o.code_cipher, pupil_id=o.pupil_id)))
+                        revoked_urls.add(self.ctx.link_url(vault.decrypt(o.code_cipher, pupil_id=o.pupil_id)))
                     except Exception:  # noqa: BLE001 - written under another key: nothing cached
                         pass
 
             fresh = [(pid, codes.generate()) for pid in pupil_ids]
             # The mask search is the slow part of a QR code: done once here, in a thread, and
             # the renderings kept, so the sheet printed next is quick.
-            masks = await asyncio.to_thread(lambda: [self.qr_cache.make(self.link_url(c)).qr.mask for _, c in fresh])
+            masks = await asyncio.to_thread(lambda: [self.qr_cache.make(self.ctx.link_url(c)).qr.mask for _, c in fresh])
             created: list[contract.CreatedCode] = []
             for (pid, code), mask in zip(fresh, masks, strict=True):
                 code_id = uuid.uuid4().hex
@@ -254,7 +231,7 @@ class Linking:
             await s.flush()
             if created:
                 for c in created:
-                    audit(uow, pupil_id=c.pupil_id, school_id=school_id, actor=f"staff:{req.actor_id}", action="code_regenerated", reason=f"printed code {c.code_id}")
+                    self.ctx.audit(uow, pupil_id=c.pupil_id, school_id=school_id, actor=f"staff:{req.actor_id}", action="code_regenerated", reason=f"printed code {c.code_id}")
                 await uow.emit(
                     contract.CODES_REGENERATED,
                     contract.CodesRegenerated(
@@ -274,9 +251,9 @@ class Linking:
     async def preview_code(self, req: contract.PreviewCodeRequest) -> contract.CodePreview:
         """What a code is for: the child's first name, school, class and the school's policy."""
         code = codes.normalise(req.code)
-        now = utcnow()
+        now = self.ctx.now()
         found = None
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             if code is not None:
                 found = (
                     await s.execute(
@@ -284,7 +261,7 @@ class Linking:
                         .join(Pupil, Pupil.pupil_id == LinkCode.pupil_id)
                         .join(School, School.school_id == Pupil.school_id)
                         .where(
-                            LinkCode.code_hash == self.vault.lookup_hash(code),
+                            LinkCode.code_hash == self.ctx.vault.lookup_hash(code),
                             LinkCode.revoked_at.is_(None),
                             LinkCode.expires_at > now,
                             Pupil.left_at.is_(None),
@@ -293,13 +270,10 @@ class Linking:
                 ).first()
             if found is not None:
                 link_code, pupil, school = found
-                class_name = await self._class_name_for(s, pupil.pupil_id, link_code.class_id)
-                settings = school_settings.effective(
-                    school.school_id, await s.get(SchoolSetting, school.school_id), platform_url=self.platform_url
-                )
+                class_name = await roster.class_name(s, pupil.pupil_id, link_code.class_id)
+                settings = await self.ctx.read_settings(s, school.school_id)
         if found is None:
-            if self.on_code_failure is not None:
-                await self.on_code_failure(req)
+            await self.guessing.preview_failed(req)
             raise RpcFailure(contract.E_INVALID_CODE, "this code is not valid: check it, or ask the school for a new one")
         return contract.CodePreview(
             first_name=pupil.first_name,
@@ -311,22 +285,8 @@ class Linking:
             expires_at=link_code.expires_at,
         )
 
-    async def _class_name_for(self, s: AsyncSession, pupil_id: str, preferred: str | None) -> str:
-        rows = (
-            await s.execute(
-                select(SchoolClass.class_id, SchoolClass.name)
-                .join(ClassMember, ClassMember.class_id == SchoolClass.class_id)
-                .where(ClassMember.pupil_id == pupil_id)
-                .order_by(SchoolClass.name)
-            )
-        ).all()
-        for class_id, name in rows:
-            if class_id == preferred:
-                return name
-        return rows[0][1] if rows else ""
-
     async def _live_codes(self, s: AsyncSession, pupil_ids: list[str]) -> dict[str, _LiveCode]:
-        now = utcnow()
+        now = self.ctx.now()
         rows = await s.execute(
             select(LinkCode.id, LinkCode.pupil_id, LinkCode.code_cipher, LinkCode.qr_mask, LinkCode.expires_at).where(
                 LinkCode.live_pupil_id.in_(pupil_ids), LinkCode.expires_at > now
@@ -336,13 +296,13 @@ class Linking:
 
     async def pupil_qr(self, req: contract.PupilQrRequest) -> contract.Document:
         """One pupil's printed code as an SVG or PNG QR code."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             live = (await self._live_codes(s, [pupil.pupil_id])).get(pupil.pupil_id)
         if live is None:
             raise RpcFailure(contract.E_NO_CODE, "this pupil has no printed code yet: create QR codes first")
-        code = self.vault.decrypt(live.cipher, pupil_id=live.pupil_id)
-        rendering = self.qr_cache.get(self.link_url(code), live.mask)
+        code = self.ctx.vault.decrypt(live.cipher, pupil_id=live.pupil_id)
+        rendering = self.qr_cache.get(self.ctx.link_url(code), live.mask)
         name = _filename(f"qr-{pupil.pupil_id}", req.format)
         if req.format == "svg":
             return contract.Document(content_type="image/svg+xml", filename=name, text=rendering.svg_document())
@@ -351,7 +311,7 @@ class Linking:
 
     async def class_sheet(self, req: contract.ClassSheetRequest) -> contract.Document:
         """The class's cut-out cards as an HTML page or an A4 PDF."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             cls, school_name = await class_in_scope(s, req.scope, req.class_id)
             school = await s.get(School, cls.school_id)
             pupils = list(
@@ -368,8 +328,8 @@ class Linking:
         if not live:
             raise RpcFailure(contract.E_NO_CODE, "this class has no printed codes yet: create QR codes first")
         timezone = school.timezone if school else "UTC"
-        host = urlsplit(self.public_url).netloc or self.public_url
-        vault = self.vault
+        host = urlsplit(self.ctx.public_url).netloc or self.ctx.public_url
+        vault = self.ctx.vault
 
         def render() -> contract.Document:
             cards = []
@@ -378,7 +338,7 @@ class Linking:
                 if lc is None:
                     continue  # joined the class after the codes were made
                 code = vault.decrypt(lc.cipher, pupil_id=p.pupil_id)
-                url = self.link_url(code)
+                url = self.ctx.link_url(code)
                 cards.append(
                     sheet.Card(
                         pupil_name=f"{p.first_name} {p.last_name}",
@@ -404,10 +364,10 @@ class Linking:
 
     async def get_settings(self, req: contract.SchoolSettingsRequest) -> contract.SchoolSettings:
         """`GET /schools/{school_id}/settings`."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             await school_in_scope(s, req.scope, req.school_id)
             row = await s.get(SchoolSetting, req.school_id)
-            return school_settings.effective(req.school_id, row, platform_url=self.platform_url).reply()
+            return self.ctx.settings_of(req.school_id, row).reply()
 
     async def update_settings(self, req: contract.UpdateSchoolSettingsRequest) -> contract.SchoolSettings:
         """`PUT /schools/{school_id}/settings`: validated, stored, announced when anything changed."""
@@ -415,22 +375,22 @@ class Linking:
             changes = school_settings.validate(req.settings)
         except school_settings.Invalid as exc:
             raise invalid(**exc.problems) from None
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             s = uow.session
             await school_in_scope(s, req.scope, req.school_id)
             row = await s.get(SchoolSetting, req.school_id)
-            before = school_settings.effective(req.school_id, row, platform_url=self.platform_url)
+            before = self.ctx.settings_of(req.school_id, row)
             changed = sorted(k for k, v in changes.items() if getattr(before, k) != v)
             if not changed:
                 return before.reply()
-            defaults = school_settings.effective(req.school_id, None, platform_url=self.platform_url)
+            defaults = self.ctx.settings_of(req.school_id, None)
             after = {name: changes.get(name, getattr(before, name)) for name in school_settings.EDITABLE}
             # Values equal to the defaults are stored as NULL, so they keep following them.
             stored = {
                 name: (None if name in ("aup_text", "homework_url", "files_url", "messages_url") and value == getattr(defaults, name) else value)
                 for name, value in after.items()
             }
-            now = utcnow()
+            now = self.ctx.now()
             if row is None:
                 row = SchoolSetting(school_id=req.school_id, updated_at=now, updated_by=req.actor_id, **stored)
                 s.add(row)
@@ -439,7 +399,7 @@ class Linking:
                     setattr(row, name, value)
                 row.updated_at, row.updated_by = now, req.actor_id
             await s.flush()
-            result = school_settings.effective(req.school_id, row, platform_url=self.platform_url)
+            result = self.ctx.settings_of(req.school_id, row)
             await uow.emit(
                 contract.SCHOOL_SETTINGS_CHANGED,
                 contract.SchoolSettingsChanged(
@@ -464,13 +424,11 @@ class Linking:
         """A school's acceptable-use policy, or the default one."""
         if req.school_id is None:
             return contract.AupReply(version=school_settings.DEFAULT_AUP_VERSION, text=school_settings.DEFAULT_AUP)
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             school = await s.get(School, req.school_id)
             if school is None:
                 raise not_found("school")
-            settings = school_settings.effective(
-                req.school_id, await s.get(SchoolSetting, req.school_id), platform_url=self.platform_url
-            )
+            settings = await self.ctx.read_settings(s, req.school_id)
         return contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=req.school_id)
 
     # -- roster import ----------------------------------------------------------------------------
@@ -479,7 +437,7 @@ class Linking:
         """Which of these roster events are applied (`portal roster import` waits for all)."""
         wanted = list(dict.fromkeys(req.event_ids))
         done: set[str] = set()
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i : i + 500]
                 done.update(

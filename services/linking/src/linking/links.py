@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import distinct, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -18,12 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import identity, notify
 from contracts import linking as contract
-from contracts.base import utcnow
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure, field_errors, invalid
-from linking import codes, school_settings
+from linking import codes, roster
+from linking.context import LinkingContext
 from linking.scope import pupil_in_scope, pupil_record_in_scope, school_ids
 from linking.tables import (
     AWAITING,
@@ -38,13 +39,16 @@ from linking.tables import (
     LinkCode,
     Pupil,
     School,
-    SchoolSetting,
     VerifiedParent,
 )
 
+if TYPE_CHECKING:
+    from linking.bars import Bars
+    from linking.guessing import Guessing
+
 log = get_logger("linking.links")
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 INVALID = "this code is not valid: check it, or ask the school for a new one"
 
 
@@ -63,35 +67,54 @@ def invitation_status(inv: Invitation, now: datetime) -> str:
     return inv.status
 
 
-def audit(uow: UnitOfWork, *, pupil_id: str, school_id: str, actor: str, action: str, parent_id: str | None = None, reason: str = "") -> None:
-    """Append one row to the pupil's audit trail (in the caller's transaction)."""
-    uow.session.add(
-        AuditRow(pupil_id=pupil_id, school_id=school_id, at=utcnow(), actor=actor, action=action, parent_id=parent_id, reason=reason)
+async def remove_link(
+    ctx: LinkingContext,
+    uow: UnitOfWork,
+    link: Link,
+    *,
+    by: str,
+    actor: str,
+    actor_id: str = "",
+    reason: str = "",
+    tell_parent: bool = False,
+) -> None:
+    """End a link (in the caller's transaction): its event, its audit row, maybe the parent's email."""
+    now = ctx.now()
+    link.removed_at = now
+    link.removed_by = by
+    link.removed_actor = actor_id or None
+    link.live_key = None
+    uow.session.add(link)
+    await uow.emit(
+        contract.LINK_REMOVED,
+        contract.LinkRemoved(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id, by=by, actor_id=actor_id),
+        aggregate=f"link:{link.parent_id}:{link.pupil_id}",
     )
+    ctx.audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor=actor, action="link_removed", parent_id=link.parent_id, reason=reason or f"removed by {by.replace('_', ' ')}")
+    if tell_parent:
+        settings = await ctx.read_settings(uow.session, link.school_id)
+        if settings.email_parent_on_removal:
+            pupil = await uow.session.get(Pupil, link.pupil_id)
+            school = await uow.session.get(School, link.school_id)
+            request = notify.LinkRemovedEmail(
+                parent_id=link.parent_id,
+                school_name=school.name if school else "",
+                pupil_first_name=pupil.first_name if pupil else "",
+                reference=f"link:{link.id}",
+            )
+            await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
+    log.info("link_removed", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, by=by)
 
 
 class Links:
-    """The verbs of parents' links; shares the linking service's runtime and code vault."""
+    """The verbs of parents' links: redeeming, invitations, removal, the parent's and staff's views."""
 
-    def __init__(self, linking) -> None:  # noqa: ANN001 - linking.handlers.Linking
-        self.linking = linking
-        self.runtime = linking.runtime
-        # Part 3's safeguarding bars: (session, pupil_id, email) -> barred?
-        self.is_barred = None
-        # Part 3's guessing limits: called after each failed redemption.
-        self.on_redeem_failure = None
+    def __init__(self, ctx: LinkingContext, *, bars: Bars, guessing: Guessing) -> None:
+        self.ctx = ctx
+        self.bars = bars
+        self.guessing = guessing
         # The overview's access check of concurrent requests, read in one query.
         self._active: ReadGatherer[list[str]] = ReadGatherer(self._read_active)
-
-    @property
-    def vault(self) -> codes.CodeVault:
-        return self.linking.vault
-
-    def _settings(self, school_id: str, row: SchoolSetting | None) -> school_settings.Effective:
-        return school_settings.effective(school_id, row, platform_url=self.linking.platform_url)
-
-    async def _class_name(self, s: AsyncSession, pupil_id: str, preferred: str | None = None) -> str:
-        return await self.linking._class_name_for(s, pupil_id, preferred)  # noqa: SLF001
 
     async def _child_view(self, s: AsyncSession, link: Link) -> contract.ChildView:
         pupil = await s.get(Pupil, link.pupil_id)
@@ -102,7 +125,7 @@ class Links:
             last_name=pupil.last_name,
             school_id=link.school_id,
             school_name=school.name if school else "",
-            class_name=await self._class_name(s, link.pupil_id),
+            class_name=await roster.class_name(s, link.pupil_id),
             relationship=link.relationship,
             status=link.status,
             since=link.activated_at or link.created_at,
@@ -119,8 +142,8 @@ class Links:
             # made the link; answer with it.
             return await self._redeem(req)
         except RpcFailure as failure:
-            if failure.code == contract.E_INVALID_CODE and self.on_redeem_failure is not None:
-                await self.on_redeem_failure(req)
+            if failure.code == contract.E_INVALID_CODE:
+                await self.guessing.redeem_failed(req)
             raise
 
     async def _redeem(self, req: contract.RedeemRequest) -> contract.RedeemReply:  # noqa: C901 - the rules, in order
@@ -129,14 +152,14 @@ class Links:
             raise _invalid()
         if not req.dry_run and not req.parent_id:
             raise invalid(parent_id="required")
-        now = utcnow()
-        async with self.runtime.unit_of_work() as uow:
+        now = self.ctx.now()
+        async with self.ctx.unit_of_work() as uow:
             s = uow.session
             # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
             # take turns anyway), so a code with room for four links four, however many race.
             link_code = (
                 await s.execute(
-                    select(LinkCode).where(LinkCode.code_hash == self.vault.lookup_hash(code)).with_for_update()
+                    select(LinkCode).where(LinkCode.code_hash == self.ctx.vault.lookup_hash(code)).with_for_update()
                 )
             ).scalar_one_or_none()
             if link_code is None or link_code.revoked_at is not None or link_code.expires_at <= now:
@@ -144,11 +167,11 @@ class Links:
             pupil = await s.get(Pupil, link_code.pupil_id)
             if pupil is None or pupil.left_at is not None:
                 raise _invalid()
-            if self.is_barred is not None and req.email and await self.is_barred(s, pupil.pupil_id, req.email):
+            if req.email and await self.bars.is_barred(s, pupil.pupil_id, req.email):
                 # Answered like a bad code, so that a bar is not revealed.
                 log.info("redeem_barred", pupil_id=pupil.pupil_id, parent_id=req.parent_id)
                 raise _invalid()
-            settings = self._settings(pupil.school_id, await s.get(SchoolSetting, pupil.school_id))
+            settings = await self.ctx.read_settings(s, pupil.school_id)
             aup = contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=pupil.school_id)
 
             if req.parent_id:
@@ -236,7 +259,7 @@ class Links:
                 ),
                 aggregate=f"link:{parent_id}:{pupil.pupil_id}",
             )
-            audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"parent:{parent_id}", action="link_created", parent_id=parent_id, reason=f"{link.via} code, {link.relationship}")
+            self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"parent:{parent_id}", action="link_created", parent_id=parent_id, reason=f"{link.via} code, {link.relationship}")
             child = await self._child_view(s, link)
         log.info("link_created", link_id=link.id, parent_id=parent_id, pupil_id=link.pupil_id, status=link.status, via=link.via)
         return contract.RedeemReply(created=True, child=child, aup=aup)
@@ -253,7 +276,7 @@ class Links:
 
     async def parent_children(self, req: contract.ParentRequest) -> contract.ChildrenReply:
         """Every child the parent is linked to."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             links = (
                 await s.execute(
                     select(Link)
@@ -271,7 +294,7 @@ class Links:
     async def _read_active(self, parent_ids: list[str]) -> dict[str, list[str]]:
         """Each parent's active pupils, by first name: many parents in one query."""
         found: dict[str, list[str]] = {}
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             rows = await s.execute(
                 select(Link.parent_id, Link.pupil_id)
                 .join(Pupil, Pupil.pupil_id == Link.pupil_id)
@@ -289,56 +312,27 @@ class Links:
 
     async def unlink(self, req: contract.UnlinkRequest) -> contract.Done:
         """The parent unlinks a child themselves."""
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             link = (
                 await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, req.pupil_id)))
             ).scalar_one_or_none()
             if link is None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such child")
-            await self._remove(uow, link, by="parent", actor=f"parent:{req.parent_id}", actor_id=req.parent_id)
+            await remove_link(self.ctx, uow, link, by="parent", actor=f"parent:{req.parent_id}", actor_id=req.parent_id)
         return contract.Done()
 
     # -- removing ---------------------------------------------------------------------------------
 
-    async def _remove(
-        self, uow: UnitOfWork, link: Link, *, by: str, actor: str, actor_id: str = "", reason: str = "", tell_parent: bool = False
-    ) -> None:
-        now = utcnow()
-        link.removed_at = now
-        link.removed_by = by
-        link.removed_actor = actor_id or None
-        link.live_key = None
-        uow.session.add(link)
-        await uow.emit(
-            contract.LINK_REMOVED,
-            contract.LinkRemoved(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id, by=by, actor_id=actor_id),
-            aggregate=f"link:{link.parent_id}:{link.pupil_id}",
-        )
-        audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor=actor, action="link_removed", parent_id=link.parent_id, reason=reason or f"removed by {by.replace('_', ' ')}")
-        if tell_parent:
-            settings = self._settings(link.school_id, await uow.session.get(SchoolSetting, link.school_id))
-            if settings.email_parent_on_removal:
-                pupil = await uow.session.get(Pupil, link.pupil_id)
-                school = await uow.session.get(School, link.school_id)
-                request = notify.LinkRemovedEmail(
-                    parent_id=link.parent_id,
-                    school_name=school.name if school else "",
-                    pupil_first_name=pupil.first_name if pupil else "",
-                    reference=f"link:{link.id}",
-                )
-                await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
-        log.info("link_removed", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, by=by)
-
     async def remove_parent(self, req: contract.RemoveParentRequest) -> contract.Done:
         """Staff end one parent's access to one pupil (siblings untouched)."""
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             pupil = await pupil_in_scope(uow.session, req.scope, req.pupil_id)
             link = (
                 await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
             ).scalar_one_or_none()
             if link is None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent of this pupil")
-            await self._remove(uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
+            await remove_link(self.ctx, uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
         return contract.Done()
 
     async def _parent_links_in_scope(self, s: AsyncSession, scope: contract.StaffScope, parent_id: str) -> list[Link]:
@@ -358,7 +352,7 @@ class Links:
 
     async def parent_pupils(self, req: contract.StaffParentRequest) -> contract.ParentPupilsReply:
         """The pupils of the caller's schools this parent is linked to."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             links = await self._parent_links_in_scope(s, req.scope, req.parent_id)
             if not links:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent")
@@ -367,19 +361,19 @@ class Links:
 
     async def remove_parent_everywhere(self, req: contract.StaffParentRequest) -> contract.RemovedReply:
         """The parent loses every pupil of the caller's schools at once, one audit row each."""
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             links = await self._parent_links_in_scope(uow.session, req.scope, req.parent_id)
             if not links:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent")
             for link in links:
-                await self._remove(uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
+                await remove_link(self.ctx, uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
         return contract.RemovedReply(pupil_ids=[link.pupil_id for link in links])
 
     async def on_pupil_left(self, uow: UnitOfWork, pupil_id: str, at: datetime | None = None) -> None:
         """A pupil left the school: every parent's link ends."""
         links = (await uow.session.execute(select(Link).where(Link.pupil_id == pupil_id, Link.removed_at.is_(None)))).scalars().all()
         for link in links:
-            await self._remove(uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
+            await remove_link(self.ctx, uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
 
     # -- invitations ------------------------------------------------------------------------------
 
@@ -387,18 +381,18 @@ class Links:
         """Email an invitation with its own single-use code; an earlier open one to the same
         address for this pupil is revoked."""
         email = req.email.strip()
-        if not _EMAIL.match(email):
+        if not EMAIL.match(email):
             raise invalid(email="enter an address like name@example.org")
-        now = utcnow()
+        now = self.ctx.now()
         code = codes.generate()
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             s = uow.session
             pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
-            if self.is_barred is not None and await self.is_barred(s, pupil.pupil_id, email):
+            if await self.bars.is_barred(s, pupil.pupil_id, email):
                 # Staff may know: the invitation would name the child to someone barred from them.
                 raise invalid(email="this address cannot be invited for this pupil (ask a school admin)")
             school = await s.get(School, pupil.school_id)
-            settings = self._settings(pupil.school_id, await s.get(SchoolSetting, pupil.school_id))
+            settings = await self.ctx.read_settings(s, pupil.school_id)
             earlier = (
                 await s.execute(
                     select(Invitation).where(
@@ -419,9 +413,9 @@ class Links:
                     kind=INVITATION,
                     pupil_id=pupil.pupil_id,
                     school_id=pupil.school_id,
-                    code_hash=self.vault.lookup_hash(code),
+                    code_hash=self.ctx.vault.lookup_hash(code),
                     code_cipher=None,  # an invitation's code is emailed once and never printed again
-                    key_id=self.vault.key_id,
+                    key_id=self.ctx.vault.key_id,
                     created_at=now,
                     created_by=req.actor_id,
                     expires_at=expires,
@@ -444,13 +438,13 @@ class Links:
                 to=email,
                 school_name=school.name if school else "",
                 pupil_first_name=pupil.first_name,
-                link_url=self.linking.link_url(code),
+                link_url=self.ctx.link_url(code),
                 code=codes.display(code),
                 expires_at=expires,
                 reference=f"invitation:{invitation.id}",
             )
             await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
-            audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="invitation_sent", reason=f"invitation {invitation.id}")
+            self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="invitation_sent", reason=f"invitation {invitation.id}")
         log.info("invitation_sent", invitation_id=invitation.id, pupil_id=pupil.pupil_id, revoked=len(earlier))
         return contract.InvitationView(
             invitation_id=invitation.id, email=email, status="invited", sent_at=now, expires_at=expires
@@ -461,7 +455,7 @@ class Links:
     async def on_parent_verified(self, uow: UnitOfWork, event: identity.ParentVerified, subject: str) -> None:
         """A parent verified their address: their links awaiting it become active."""
         s = uow.session
-        now = utcnow()
+        now = self.ctx.now()
         ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
         await s.execute(
             ins(VerifiedParent.__table__).values(parent_id=event.parent_id, verified_at=now).on_conflict_do_nothing(index_elements=["parent_id"])
@@ -478,14 +472,14 @@ class Links:
                 contract.LinkActivated(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id),
                 aggregate=f"link:{link.parent_id}:{link.pupil_id}",
             )
-            audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor="system", action="link_activated", parent_id=link.parent_id, reason="the parent verified their email address")
+            self.ctx.audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor="system", action="link_activated", parent_id=link.parent_id, reason="the parent verified their email address")
             pupil = await s.get(Pupil, link.pupil_id)
             school = await s.get(School, link.school_id)
             request = notify.LinkActivatedEmail(
                 parent_id=link.parent_id,
                 school_name=school.name if school else "",
                 pupil_first_name=pupil.first_name if pupil else "",
-                portal_url=f"{self.linking.public_url}/",
+                portal_url=f"{self.ctx.public_url}/",
                 reference=f"link:{link.id}",
             )
             await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
@@ -507,7 +501,7 @@ class Links:
         self, s: AsyncSession, pupil_ids: list[str]
     ) -> tuple[dict[str, list[contract.ParentLinkView]], dict[str, list[contract.InvitationView]]]:
         """Each pupil's standing links and invitations (for `GET /classes/{id}/pupils`)."""
-        now = utcnow()
+        now = self.ctx.now()
         parents: dict[str, list[contract.ParentLinkView]] = {p: [] for p in pupil_ids}
         invitations: dict[str, list[contract.InvitationView]] = {p: [] for p in pupil_ids}
         if not pupil_ids:
@@ -545,7 +539,7 @@ class Links:
 
     async def audit_trail(self, req: contract.AuditRequest) -> contract.AuditReply:
         """A pupil's audit trail, oldest first."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             await pupil_record_in_scope(s, req.scope, req.pupil_id)
             rows = (await s.execute(select(AuditRow).where(AuditRow.pupil_id == req.pupil_id).order_by(AuditRow.at, AuditRow.id))).scalars()
             return contract.AuditReply(

@@ -15,6 +15,7 @@ from contracts.base import Event, utcnow
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import platform
 from linking.tables import ClassMember, LinkCode, Pupil, School, SchoolClass, Trust
@@ -130,3 +131,19 @@ async def revoke_pupil_codes(uow: UnitOfWork, pupil_id: str) -> None:
         .where(LinkCode.pupil_id == pupil_id, LinkCode.revoked_at.is_(None))
         .values(revoked_at=utcnow(), live_pupil_id=None)
     )
+
+
+async def class_name(s: AsyncSession, pupil_id: str, preferred: str | None = None) -> str:
+    """The name of the pupil's class: `preferred` if they are in it, else the first by name."""
+    rows = (
+        await s.execute(
+            select(SchoolClass.class_id, SchoolClass.name)
+            .join(ClassMember, ClassMember.class_id == SchoolClass.class_id)
+            .where(ClassMember.pupil_id == pupil_id)
+            .order_by(SchoolClass.name)
+        )
+    ).all()
+    for class_id, name in rows:
+        if class_id == preferred:
+            return name
+    return rows[0][1] if rows else ""
