@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import linking as contract
-from linking import codes, roster, school_settings, sheet
+from linking import codes, redemption, roster, school_settings, sheet
 from linking.context import LinkingContext
 from linking.guessing import Guessing
 from linking.links import Links
@@ -274,7 +274,7 @@ class Linking:
                 settings = await self.ctx.read_settings(s, school.school_id)
         if found is None:
             await self.guessing.preview_failed(req)
-            raise RpcFailure(contract.E_INVALID_CODE, "this code is not valid: check it, or ask the school for a new one")
+            raise redemption.invalid_code()
         return contract.CodePreview(
             first_name=pupil.first_name,
             school_id=school.school_id,

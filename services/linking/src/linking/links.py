@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,8 @@ from contracts import linking as contract
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
-from contracts.kit.rpc import RpcFailure, field_errors, invalid
-from linking import codes, roster
+from contracts.kit.rpc import RpcFailure, invalid
+from linking import codes, redemption, roster, school_settings
 from linking.context import LinkingContext
 from linking.scope import pupil_in_scope, pupil_record_in_scope, school_ids
 from linking.tables import (
@@ -49,15 +50,20 @@ if TYPE_CHECKING:
 log = get_logger("linking.links")
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-INVALID = "this code is not valid: check it, or ask the school for a new one"
-
-
-def _invalid() -> RpcFailure:
-    return RpcFailure(contract.E_INVALID_CODE, INVALID)
-
-
 def _live_key(parent_id: str, pupil_id: str) -> str:
     return f"{parent_id}:{pupil_id}"
+
+
+@dataclass
+class _Read:
+    """A redemption's facts, and the rows they were read from (to apply the decision)."""
+
+    facts: redemption.RedemptionFacts
+    link_code: LinkCode | None = None
+    pupil: Pupil | None = None
+    settings: school_settings.Effective | None = None
+    existing: Link | None = None
+    invitation: Invitation | None = None
 
 
 def invitation_status(inv: Invitation, now: datetime) -> str:
@@ -146,110 +152,46 @@ class Links:
                 await self.guessing.redeem_failed(req)
             raise
 
-    async def _redeem(self, req: contract.RedeemRequest) -> contract.RedeemReply:  # noqa: C901 - the rules, in order
-        code = codes.normalise(req.code)
-        if code is None:
-            raise _invalid()
-        if not req.dry_run and not req.parent_id:
-            raise invalid(parent_id="required")
-        now = self.ctx.now()
+    async def _redeem(self, req: contract.RedeemRequest) -> contract.RedeemReply:
+        code = redemption.check_request(req.code, dry_run=req.dry_run, parent_id=req.parent_id)
         async with self.ctx.unit_of_work() as uow:
             s = uow.session
-            # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
-            # take turns anyway), so a code with room for four links four, however many race.
-            link_code = (
-                await s.execute(
-                    select(LinkCode).where(LinkCode.code_hash == self.ctx.vault.lookup_hash(code)).with_for_update()
-                )
-            ).scalar_one_or_none()
-            if link_code is None or link_code.revoked_at is not None or link_code.expires_at <= now:
-                raise _invalid()
-            pupil = await s.get(Pupil, link_code.pupil_id)
-            if pupil is None or pupil.left_at is not None:
-                raise _invalid()
-            if req.email and await self.bars.is_barred(s, pupil.pupil_id, req.email):
-                # Answered like a bad code, so that a bar is not revealed.
-                log.info("redeem_barred", pupil_id=pupil.pupil_id, parent_id=req.parent_id)
-                raise _invalid()
-            settings = await self.ctx.read_settings(s, pupil.school_id)
+            read = await self._read_redemption(s, req, code)
+            decision = redemption.decide(read.facts)
+            # The rules passed: the code, its pupil and the school's settings were all read.
+            assert read.link_code is not None and read.pupil is not None and read.settings is not None
+            link_code, pupil, settings = read.link_code, read.pupil, read.settings
             aup = contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=pupil.school_id)
-
-            if req.parent_id:
-                existing = (
-                    await s.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
-                ).scalar_one_or_none()
-                if existing is not None:
-                    return contract.RedeemReply(created=False, child=await self._child_view(s, existing), aup=aup)
-                removed_from_this_code = (
-                    await s.execute(
-                        select(func.count()).where(
-                            Link.code_id == link_code.id,
-                            Link.parent_id == req.parent_id,
-                            Link.removed_by.in_(["staff", "bar"]),
-                        )
-                    )
-                ).scalar_one()
-                if removed_from_this_code:
-                    # Staff removed this parent's access: the same code must not undo that.
-                    raise _invalid()
-
-            invitation = None
-            if link_code.kind == PRINTED:
-                others = (
-                    await s.execute(
-                        select(func.count(distinct(Link.parent_id))).where(
-                            Link.code_id == link_code.id, Link.parent_id != (req.parent_id or "")
-                        )
-                    )
-                ).scalar_one()
-                if others >= settings.max_carers_per_code:
-                    raise RpcFailure(contract.E_CODE_FULL, "this code has already linked as many carers as the school allows")
-            else:
-                invitation = (
-                    await s.execute(select(Invitation).where(Invitation.code_id == link_code.id))
-                ).scalar_one_or_none()
-                if invitation is None or invitation.status not in ("invited", "bounced"):
-                    raise _invalid()
-
-            accepted = req.accept_aup
-            if not accepted and req.parent_id:
-                accepted = (
-                    await s.execute(
-                        select(func.count()).where(
-                            AupAcceptance.parent_id == req.parent_id,
-                            AupAcceptance.school_id == pupil.school_id,
-                            AupAcceptance.version == settings.aup_version,
-                        )
-                    )
-                ).scalar_one() > 0
-            if not accepted:
-                message = "accept the school's acceptable-use policy first (accept_aup)"
-                raise RpcFailure(contract.E_AUP_REQUIRED, message, fields=field_errors(accept_aup=message))
-            if req.dry_run:
+            if decision.outcome is redemption.Outcome.ALREADY_LINKED:
+                assert read.existing is not None
+                return contract.RedeemReply(created=False, child=await self._child_view(s, read.existing), aup=aup)
+            if decision.outcome is redemption.Outcome.WOULD_LINK:
                 return contract.RedeemReply(created=False, child=None, aup=aup)
 
+            now = read.facts.now
             parent_id = req.parent_id
-            if req.accept_aup:
+            assert parent_id  # check_request: a redemption that is not a dry run names its parent
+            if decision.record_acceptance:
                 await self._accept_aup(s, parent_id, pupil.school_id, settings.aup_version, now)
-            verified = req.verified or (await s.get(VerifiedParent, parent_id)) is not None
             link = Link(
                 id=uuid.uuid4().hex,
                 parent_id=parent_id,
                 pupil_id=pupil.pupil_id,
                 school_id=pupil.school_id,
                 relationship=req.relationship or "other",
-                status=LINKED if verified else AWAITING,
+                status=decision.status,
                 via=link_code.kind,
                 code_id=link_code.id,
                 live_key=_live_key(parent_id, pupil.pupil_id),
                 created_at=now,
-                activated_at=now if verified else None,
+                activated_at=now if decision.status == LINKED else None,
             )
             s.add(link)
-            if invitation is not None:
-                invitation.status = "accepted"
-                invitation.accepted_at = now
-                invitation.accepted_by = parent_id
+            if decision.use_up_invitation:
+                assert read.invitation is not None
+                read.invitation.status = "accepted"
+                read.invitation.accepted_at = now
+                read.invitation.accepted_by = parent_id
                 link_code.revoked_at = now  # an invitation's code works once
             await s.flush()
             await uow.emit(
@@ -263,6 +205,88 @@ class Links:
             child = await self._child_view(s, link)
         log.info("link_created", link_id=link.id, parent_id=parent_id, pupil_id=link.pupil_id, status=link.status, via=link.via)
         return contract.RedeemReply(created=True, child=child, aup=aup)
+
+    async def _read_redemption(self, s: AsyncSession, req: contract.RedeemRequest, code: str) -> _Read:
+        # Read in the order the rules use them; past a missing code, or a pupil who left, nothing
+        # more can matter.
+        facts = redemption.RedemptionFacts(
+            now=self.ctx.now(), parent_id=req.parent_id, dry_run=req.dry_run, accept_aup=req.accept_aup, code=None
+        )
+        # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
+        # take turns anyway), so a code with room for four links four, however many race.
+        link_code = (
+            await s.execute(select(LinkCode).where(LinkCode.code_hash == self.ctx.vault.lookup_hash(code)).with_for_update())
+        ).scalar_one_or_none()
+        if link_code is None:
+            return _Read(facts)
+        facts = replace(
+            facts,
+            code=redemption.CodeFacts(kind=link_code.kind, revoked=link_code.revoked_at is not None, expires_at=link_code.expires_at),
+            pupil_id=link_code.pupil_id,
+        )
+        pupil = await s.get(Pupil, link_code.pupil_id)
+        if pupil is None or pupil.left_at is not None:
+            return _Read(facts, link_code)
+        barred = await self.bars.is_barred(s, pupil.pupil_id, req.email) if req.email else False
+        settings = await self.ctx.read_settings(s, pupil.school_id)
+
+        existing = None
+        removed_via_code = False
+        if req.parent_id:
+            existing = (
+                await s.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
+            ).scalar_one_or_none()
+            removed_via_code = (
+                await s.execute(
+                    select(func.count()).where(
+                        Link.code_id == link_code.id,
+                        Link.parent_id == req.parent_id,
+                        Link.removed_by.in_(["staff", "bar"]),
+                    )
+                )
+            ).scalar_one() > 0
+
+        other_carers = 0
+        invitation = None
+        if link_code.kind == PRINTED:
+            other_carers = (
+                await s.execute(
+                    select(func.count(distinct(Link.parent_id))).where(
+                        Link.code_id == link_code.id, Link.parent_id != (req.parent_id or "")
+                    )
+                )
+            ).scalar_one()
+        else:
+            invitation = (await s.execute(select(Invitation).where(Invitation.code_id == link_code.id))).scalar_one_or_none()
+
+        accepted_before = False
+        if not req.accept_aup and req.parent_id:
+            accepted_before = (
+                await s.execute(
+                    select(func.count()).where(
+                        AupAcceptance.parent_id == req.parent_id,
+                        AupAcceptance.school_id == pupil.school_id,
+                        AupAcceptance.version == settings.aup_version,
+                    )
+                )
+            ).scalar_one() > 0
+        verified = req.verified
+        if not verified and not req.dry_run and req.parent_id:
+            verified = (await s.get(VerifiedParent, req.parent_id)) is not None
+
+        facts = replace(
+            facts,
+            pupil_at_school=True,
+            barred=barred,
+            already_linked=existing is not None,
+            removed_via_code=removed_via_code,
+            other_carers=other_carers,
+            max_carers=settings.max_carers_per_code,
+            invitation_status=invitation.status if invitation is not None else None,
+            policy_accepted_before=accepted_before,
+            parent_verified=verified,
+        )
+        return _Read(facts, link_code, pupil, settings, existing, invitation)
 
     async def _accept_aup(self, s: AsyncSession, parent_id: str, school_id: str, version: str, now: datetime) -> None:
         ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
