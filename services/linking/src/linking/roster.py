@@ -22,6 +22,9 @@ from linking.tables import ClassMember, LinkCode, Pupil, School, SchoolClass, Tr
 
 log = get_logger("linking.roster")
 
+# The durable consumer of `platform.roster.*`: its processed events say what is applied.
+CONSUMER = "linking-roster"
+
 SCHEMAS: dict[str, type[Event]] = {
     platform.SCHOOL_UPSERTED: platform.SchoolUpserted,
     platform.CLASS_UPSERTED: platform.ClassUpserted,
