@@ -109,6 +109,22 @@ def check_request(typed: str, *, dry_run: bool, parent_id: str | None) -> str:
 
 def decide(facts: RedemptionFacts) -> Decision:
     """The decision the rules give for these facts, or the `RpcFailure` the caller sees."""
+    code = _usable_code(facts)
+    if facts.parent_id and facts.already_linked:
+        return Decision(Outcome.ALREADY_LINKED)
+    _check_may_link(facts, code)
+    if facts.dry_run:
+        return Decision(Outcome.WOULD_LINK)
+    return Decision(
+        Outcome.LINK,
+        status=LINKED if facts.parent_verified else AWAITING,
+        record_acceptance=facts.accept_aup,
+        use_up_invitation=code.kind != PRINTED,
+    )
+
+
+def _usable_code(facts: RedemptionFacts) -> CodeFacts:
+    # Rules 2 to 4: whatever the parent, this code may link this pupil.
     code = facts.code
     if code is None or code.revoked or code.expires_at <= facts.now:
         raise invalid_code()
@@ -118,12 +134,14 @@ def decide(facts: RedemptionFacts) -> Decision:
         # Answered like a bad code, so that a bar is not revealed.
         log.info("redeem_barred", pupil_id=facts.pupil_id, parent_id=facts.parent_id)
         raise invalid_code()
-    if facts.parent_id:
-        if facts.already_linked:
-            return Decision(Outcome.ALREADY_LINKED)
-        if facts.removed_via_code:
-            # Staff removed this parent's access: the same code must not undo that.
-            raise invalid_code()
+    return code
+
+
+def _check_may_link(facts: RedemptionFacts, code: CodeFacts) -> None:
+    # Rules 6 to 8, for a parent not yet linked to the pupil.
+    if facts.parent_id and facts.removed_via_code:
+        # Staff removed this parent's access: the same code must not undo that.
+        raise invalid_code()
     if code.kind == PRINTED:
         if facts.other_carers >= facts.max_carers:
             raise RpcFailure(contract.E_CODE_FULL, CODE_FULL)
@@ -131,11 +149,3 @@ def decide(facts: RedemptionFacts) -> Decision:
         raise invalid_code()
     if not (facts.accept_aup or facts.policy_accepted_before):
         raise RpcFailure(contract.E_AUP_REQUIRED, AUP_REQUIRED, fields=field_errors(accept_aup=AUP_REQUIRED))
-    if facts.dry_run:
-        return Decision(Outcome.WOULD_LINK)
-    return Decision(
-        Outcome.LINK,
-        status=LINKED if facts.parent_verified else AWAITING,
-        record_acceptance=facts.accept_aup,
-        use_up_invitation=code.kind != PRINTED,
-    )
