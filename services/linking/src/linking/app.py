@@ -184,5 +184,5 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     consume_events(runtime, handlers)
     document_events(runtime)
     runtime.app.on_startup(ctx.load_keys)
-    runtime.linking = handlers  # type: ignore[attr-defined]  # reached by tests and benchmarks
+    runtime.linking = handlers  # type: ignore[attr-defined]  # the sheet benchmark clears its QR cache
     return runtime

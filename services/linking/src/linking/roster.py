@@ -33,7 +33,7 @@ SCHEMAS: dict[str, type[Event]] = {
     # platform.roster.staff.* belongs to identity: acknowledged unread by the consumer.
 }
 
-# Part 2 ends the pupil's links here, in the same transaction as the departure.
+# Links.on_pupil_left: the pupil's links end in the same transaction as the departure.
 PupilLeftHook = Callable[[UnitOfWork, str, datetime], Awaitable[None]]
 
 
