@@ -97,7 +97,7 @@ async def over_nats() -> None:
                 for fmt in ("html", "pdf"):
                     cold, warm = [], []
                     for _ in range(RUNS):
-                        runtime.linking.qr_cache.clear()
+                        runtime.linking.printed.qr_cache.clear()
                         t = time.perf_counter()
                         await call(nc, contract.CLASS_SHEET, contract.ClassSheetRequest(scope=scope, class_id="c", format=fmt))
                         cold.append(time.perf_counter() - t)

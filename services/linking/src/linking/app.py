@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from pydantic import Field
@@ -13,8 +12,12 @@ from contracts import linking as contract
 from contracts import identity, notify, platform, streams
 from linking import __version__, codes, roster
 from linking.bars import Bars
-from linking.guessing import Guessing, Limits
-from linking.handlers import ROSTER_CONSUMER, Linking
+from linking.context import Limits, LinkingContext
+from linking.guessing import Guessing
+from linking.handlers import Handlers
+from linking.links import Links
+from linking.printed import PrintedCodes
+from linking.schools import Schools
 
 NAME = "linking"
 MIGRATIONS = "linking:migrations"
@@ -65,49 +68,70 @@ class Settings(ServiceSettings):
         return codes.load_or_create_key_file(self.data_dir / KEY_FILE)
 
 
-def build(settings: Settings | None = None) -> ServiceRuntime:
-    """Wire one replica of the service: its streams, consumers and rpc handlers."""
-    settings = settings or Settings()
-    runtime = ServiceRuntime(
-        settings,
-        version=__version__,
-        description=DESCRIPTION,
-        streams=[streams.LINKING, streams.NOTIFY_REQUESTS, streams.PLATFORM, streams.IDENTITY, streams.NOTIFY],
-    )
-    linking = Linking(
-        runtime, public_url=settings.public_url, platform_url=settings.platform_url, key_provider=settings.code_key
-    )
-    runtime.linking = linking  # type: ignore[attr-defined]  # reached by tests and benchmarks
+def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
+    """Every `rpc.linking.*` request and the handler that answers it."""
+    runtime.serve(contract.REDEEM, h.redeem)
+    runtime.serve(contract.PARENT_CHILDREN, h.links.parent_children)
+    # Asked on every overview whose links-cache entry is missing.
+    runtime.serve(contract.ACTIVE_PUPILS, h.links.active_pupils, concurrency=1024)
+    runtime.serve(contract.UNLINK, h.links.unlink)
+    runtime.serve(contract.INVITE, h.links.invite)
+    runtime.serve(contract.REMOVE_PARENT, h.links.remove_parent)
+    runtime.serve(contract.PARENT_PUPILS, h.links.parent_pupils)
+    runtime.serve(contract.REMOVE_PARENT_EVERYWHERE, h.links.remove_parent_everywhere)
+    runtime.serve(contract.AUDIT, h.links.audit_trail)
+    runtime.serve(contract.SCHOOLS, h.schools.schools)
+    runtime.serve(contract.CLASSES, h.schools.classes)
+    runtime.serve(contract.CLASS_PUPILS, h.schools.class_pupils)
+    runtime.serve(contract.CREATE_CODES, h.printed.create_codes)
+    runtime.serve(contract.PREVIEW_CODE, h.preview_code)
+    runtime.serve(contract.PUPIL_QR, h.printed.pupil_qr)
+    runtime.serve(contract.CLASS_SHEET, h.printed.class_sheet)
+    runtime.serve(contract.GET_SCHOOL_SETTINGS, h.schools.get_settings)
+    runtime.serve(contract.UPDATE_SCHOOL_SETTINGS, h.schools.update_settings)
+    runtime.serve(contract.AUP, h.schools.aup)
+    runtime.serve(contract.ROSTER_STATUS, h.schools.roster_status)
+    runtime.serve(contract.PUPIL_PARENTS, h.bars.pupil_parents)
+    runtime.serve(contract.ADD_BAR, h.bars.add)
+    runtime.serve(contract.BARS, h.bars.list_bars)
+    runtime.serve(contract.LIFT_BAR, h.bars.lift)
+    runtime.serve(contract.ALERTS, h.guessing.alerts)
 
-    bars = Bars(linking)
-    guessing = Guessing(linking, lambda ip: bars.vault.client_key(ip), settings.limits())
-    runtime.bars = bars  # type: ignore[attr-defined]
-    runtime.guessing = guessing  # type: ignore[attr-defined]
-    linking.links.is_barred = bars.is_barred
-    linking.links.on_redeem_failure = guessing.redeem_failed
-    linking.on_code_failure = guessing.preview_failed
 
-    async def on_startup() -> None:
-        # Read (or make) the key before serving: a bad key fails the start, not a request.
-        _ = linking.vault, bars.vault
-
-    runtime.app.on_startup(on_startup)
-
-    links = linking.links
-
-    async def apply_roster(uow: UnitOfWork, items: list) -> None:
-        await roster.apply_batch(uow, items, on_pupil_left=links.on_pupil_left)
-
+def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:
+    """Every event linking consumes and the handler that applies it."""
     runtime.consume(
         stream=streams.PLATFORM,
         subject=platform.ROSTER_ALL,
-        durable=ROSTER_CONSUMER,
+        durable=roster.CONSUMER,
         schemas=roster.SCHEMAS,
-        batch_handler=apply_roster,
+        batch_handler=h.apply_roster,
         title="roster",
         description="Keeps linking's copy of trusts, schools, classes and pupils (newest event wins, "
         "whatever the order they arrive in); a pupil who leaves loses their codes. Staff events are identity's.",
     )
+    runtime.consume(
+        stream=streams.IDENTITY,
+        subject=identity.PARENT_VERIFIED,
+        durable="linking-parent-verified",
+        schemas={identity.PARENT_VERIFIED: identity.ParentVerified},
+        handler=h.links.on_parent_verified,
+        title="parent verified",
+        description="A parent verified their address: their links awaiting it become linked (and they are emailed).",
+    )
+    runtime.consume(
+        stream=streams.NOTIFY,
+        subject=notify.EMAIL_FAILED,
+        durable="linking-email-failed",
+        schemas={notify.EMAIL_FAILED: notify.EmailFailed},
+        handler=h.links.on_email_failed,
+        title="email failed",
+        description="An invitation email that could not be delivered shows as bounced to staff.",
+    )
+
+
+def document_events(runtime: ServiceRuntime) -> None:
+    """Every event linking emits (through its outbox), for its AsyncAPI document."""
     runtime.publishes(
         contract.CODES_REGENERATED,
         contract.CodesRegenerated,
@@ -120,25 +144,6 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
         title="school settings changed",
         description="A school's settings changed; the event carries the effective values (link templates for overview).",
     )
-
-    runtime.consume(
-        stream=streams.IDENTITY,
-        subject=identity.PARENT_VERIFIED,
-        durable="linking-parent-verified",
-        schemas={identity.PARENT_VERIFIED: identity.ParentVerified},
-        handler=links.on_parent_verified,
-        title="parent verified",
-        description="A parent verified their address: their links awaiting it become linked (and they are emailed).",
-    )
-    runtime.consume(
-        stream=streams.NOTIFY,
-        subject=notify.EMAIL_FAILED,
-        durable="linking-email-failed",
-        schemas={notify.EMAIL_FAILED: notify.EmailFailed},
-        handler=links.on_email_failed,
-        title="email failed",
-        description="An invitation email that could not be delivered shows as bounced to staff.",
-    )
     for subject, model, title in [
         (contract.LINK_CREATED, contract.LinkCreated, "link created"),
         (contract.LINK_ACTIVATED, contract.LinkActivated, "link activated"),
@@ -146,38 +151,38 @@ def build(settings: Settings | None = None) -> ServiceRuntime:
     ]:
         runtime.publishes(subject, model, title=title, description=model.__doc__ or title)
 
-    async def redeem(req: contract.RedeemRequest) -> contract.RedeemReply:
-        await guessing.check_parent(req.parent_id)
-        return await links.redeem(req)
 
-    async def preview_code(req: contract.PreviewCodeRequest) -> contract.CodePreview:
-        await guessing.check_parent(req.parent_id)
-        return await linking.preview_code(req)
+def build(settings: Settings | None = None) -> ServiceRuntime:
+    """Wire one replica of the service: its parts, then its requests, consumers and events."""
+    settings = settings or Settings()
+    runtime = ServiceRuntime(
+        settings,
+        version=__version__,
+        description=DESCRIPTION,
+        streams=[streams.LINKING, streams.NOTIFY_REQUESTS, streams.PLATFORM, streams.IDENTITY, streams.NOTIFY],
+    )
+    ctx = LinkingContext(
+        runtime,
+        public_url=settings.public_url,
+        platform_url=settings.platform_url,
+        key_provider=settings.code_key,
+        limits=settings.limits(),
+    )
+    guessing = Guessing(ctx)
+    bars = Bars(ctx)
+    links = Links(ctx, bars=bars, guessing=guessing)
+    handlers = Handlers(
+        ctx=ctx,
+        guessing=guessing,
+        bars=bars,
+        links=links,
+        printed=PrintedCodes(ctx, guessing=guessing),
+        schools=Schools(ctx, links=links),
+    )
 
-    runtime.serve(contract.REDEEM, redeem)
-    runtime.serve(contract.PARENT_CHILDREN, links.parent_children)
-    # Asked on every overview whose links-cache entry is missing.
-    runtime.serve(contract.ACTIVE_PUPILS, links.active_pupils, concurrency=1024)
-    runtime.serve(contract.UNLINK, links.unlink)
-    runtime.serve(contract.INVITE, links.invite)
-    runtime.serve(contract.REMOVE_PARENT, links.remove_parent)
-    runtime.serve(contract.PARENT_PUPILS, links.parent_pupils)
-    runtime.serve(contract.REMOVE_PARENT_EVERYWHERE, links.remove_parent_everywhere)
-    runtime.serve(contract.AUDIT, links.audit_trail)
-    runtime.serve(contract.SCHOOLS, linking.schools)
-    runtime.serve(contract.CLASSES, linking.classes)
-    runtime.serve(contract.CLASS_PUPILS, linking.class_pupils)
-    runtime.serve(contract.CREATE_CODES, linking.create_codes)
-    runtime.serve(contract.PREVIEW_CODE, preview_code)
-    runtime.serve(contract.PUPIL_QR, linking.pupil_qr)
-    runtime.serve(contract.CLASS_SHEET, linking.class_sheet)
-    runtime.serve(contract.GET_SCHOOL_SETTINGS, linking.get_settings)
-    runtime.serve(contract.UPDATE_SCHOOL_SETTINGS, linking.update_settings)
-    runtime.serve(contract.AUP, linking.aup)
-    runtime.serve(contract.ROSTER_STATUS, linking.roster_status)
-    runtime.serve(contract.PUPIL_PARENTS, bars.pupil_parents)
-    runtime.serve(contract.ADD_BAR, bars.add)
-    runtime.serve(contract.BARS, bars.list_bars)
-    runtime.serve(contract.LIFT_BAR, bars.lift)
-    runtime.serve(contract.ALERTS, guessing.alerts)
+    serve_requests(runtime, handlers)
+    consume_events(runtime, handlers)
+    document_events(runtime)
+    runtime.app.on_startup(ctx.load_keys)
+    runtime.linking = handlers  # type: ignore[attr-defined]  # the sheet benchmark clears its QR cache
     return runtime

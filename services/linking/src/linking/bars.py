@@ -9,60 +9,22 @@ the parents whose account has the address, and linking ends their links.
 from __future__ import annotations
 
 import hashlib
-import hmac
-import secrets
 import uuid
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import linking as contract
-from contracts.base import utcnow
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcFailure, invalid
-from linking import codes
-from linking.links import _EMAIL, audit
+from linking.addresses import AddressVault, normalise_email
+from linking.context import LinkingContext
+from linking.links import EMAIL, remove_link
+from linking.scope import pupil_in_scope
 from linking.tables import Bar, Invitation, Link, LinkCode
 
 log = get_logger("linking.bars")
-
-
-def normalise_email(email: str) -> str:
-    """Addresses are compared as identity compares them: trimmed and lower-cased."""
-    return email.strip().lower()
-
-
-class AddressVault:
-    """Keyed hashes and encryption of addresses, under sub-keys of the linking code key.
-
-    Labels of their own keep these keys apart from the codes' (and from each other).
-    """
-
-    def __init__(self, key: str) -> None:
-        secret = codes.decode_key(key)
-        self._mac_key = codes.derive(secret, b"parent-portal linking address lookup v1")
-        self._client_key = codes.derive(secret, b"parent-portal linking client address v1")
-        self._aead = AESGCM(codes.derive(secret, b"parent-portal linking address encryption v1"))
-        self.key_id = hashlib.sha256(self._mac_key).hexdigest()[:8]
-
-    def lookup_hash(self, email: str) -> str:
-        """The keyed hash an address is found by (whatever its case)."""
-        return hmac.new(self._mac_key, normalise_email(email).encode(), hashlib.sha256).hexdigest()
-
-    def client_key(self, client_ip: str) -> str:
-        """A keyed hash of a network address, so the guessing counters hold no addresses."""
-        return hmac.new(self._client_key, client_ip.strip().lower().encode(), hashlib.sha256).hexdigest()
-
-    def encrypt(self, email: str, *, bound_to: str) -> bytes:
-        """The address encrypted for storage, readable only with the same `bound_to`."""
-        nonce = secrets.token_bytes(12)
-        return nonce + self._aead.encrypt(nonce, email.encode(), bound_to.encode())
-
-    def decrypt(self, blob: bytes, *, bound_to: str) -> str:
-        """The address back (raises if the row was tampered with or moved)."""
-        return self._aead.decrypt(blob[:12], blob[12:], bound_to.encode()).decode()
 
 
 def _bound(pupil_id: str, bar_id: str) -> str:
@@ -78,20 +40,15 @@ def _lock_key(pupil_id: str) -> int:
 
 
 class Bars:
-    """The verbs of bars; shares the linking service's runtime, scope checks and links."""
+    """The verbs of bars, and the check every redemption and invitation makes."""
 
-    def __init__(self, linking) -> None:  # noqa: ANN001 - linking.handlers.Linking
-        self.linking = linking
-        self.links = linking.links
-        self.runtime = linking.runtime
-        self._vault: AddressVault | None = None
+    def __init__(self, ctx: LinkingContext) -> None:
+        self.ctx = ctx
 
     @property
     def vault(self) -> AddressVault:
         """The address vault; its key is the code key, read on first use."""
-        if self._vault is None:
-            self._vault = AddressVault(self.linking._key_provider())  # noqa: SLF001
-        return self._vault
+        return self.ctx.addresses
 
     async def _lock(self, s: AsyncSession, pupil_id: str, *, shared: bool) -> None:
         # On PostgreSQL a redemption that checked the bars before a bar was committed could
@@ -112,8 +69,8 @@ class Bars:
 
     async def pupil_parents(self, req: contract.PupilParentsRequest) -> contract.PupilParentsReply:
         """The parents with a standing link to the pupil (the gateway checks their addresses)."""
-        async with self.runtime.db.reader() as s:
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+        async with self.ctx.db.reader() as s:
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             rows = await s.execute(
                 select(Link.parent_id).where(Link.pupil_id == pupil.pupil_id, Link.removed_at.is_(None)).order_by(Link.created_at)
             )
@@ -122,7 +79,7 @@ class Bars:
     async def add(self, req: contract.AddBarRequest) -> contract.AddBarReply:
         """Bar the address: open invitations to it end, and so do the named parents' links."""
         email = req.email.strip()
-        if not _EMAIL.match(email):
+        if not EMAIL.match(email):
             raise invalid(email="enter an address like name@example.org")
         if not req.reason.strip():
             raise invalid(reason="say why the address is barred")
@@ -133,11 +90,11 @@ class Bars:
             return await self._add(req, email)
 
     async def _add(self, req: contract.AddBarRequest, email: str) -> contract.AddBarReply:
-        now = utcnow()
+        now = self.ctx.now()
         actor = f"staff:{req.actor_id}"
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             s = uow.session
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             await self._lock(s, pupil.pupil_id, shared=False)
             vault = self.vault
             email_hash = vault.lookup_hash(email)
@@ -159,7 +116,7 @@ class Bars:
                 )
                 s.add(bar)
                 await s.flush()
-                audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=actor, action="bar_added", reason=f"bar {bar.id}: {bar.reason}")
+                self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=actor, action="bar_added", reason=f"bar {bar.id}: {bar.reason}")
 
             # An invitation already sent to the address must not link it either.
             open_invitations = (
@@ -184,7 +141,7 @@ class Bars:
             for link in standing:
                 if link.parent_id in barred:
                     # No email to the parent: a bar is not announced to the person barred.
-                    await self.links._remove(uow, link, by="bar", actor=actor, actor_id=req.actor_id, reason=f"safeguarding bar {bar.id}")  # noqa: SLF001
+                    await remove_link(self.ctx, uow, link, by="bar", actor=actor, actor_id=req.actor_id, reason=f"safeguarding bar {bar.id}")
                     removed.append(link.parent_id)
             unchecked = [link.parent_id for link in standing if link.parent_id not in checked]
         log.info("bar_added" if created else "bar_confirmed", bar_id=bar.id, pupil_id=bar.pupil_id, removed=len(removed), unchecked=len(unchecked), revoked_invitations=len(open_invitations))
@@ -192,8 +149,8 @@ class Bars:
 
     async def list_bars(self, req: contract.BarsRequest) -> contract.BarsReply:
         """The pupil's bars in force, with the addresses decrypted for the school's admins."""
-        async with self.runtime.db.reader() as s:
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+        async with self.ctx.db.reader() as s:
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             bars = (
                 await s.execute(
                     select(Bar).where(Bar.pupil_id == pupil.pupil_id, Bar.lifted_at.is_(None)).order_by(Bar.created_at, Bar.id)
@@ -211,16 +168,16 @@ class Bars:
 
     async def lift(self, req: contract.LiftBarRequest) -> contract.Done:
         """Lift a bar: recorded, and the address may be linked again."""
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             s = uow.session
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             bar = await s.get(Bar, req.bar_id)
             if bar is None or bar.pupil_id != pupil.pupil_id or bar.lifted_at is not None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such bar")
-            bar.lifted_at = utcnow()
+            bar.lifted_at = self.ctx.now()
             bar.lifted_by = req.actor_id
             bar.live_key = None
             s.add(bar)
-            audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="bar_lifted", reason=f"bar {bar.id} lifted")
+            self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="bar_lifted", reason=f"bar {bar.id} lifted")
         log.info("bar_lifted", bar_id=bar.id, pupil_id=bar.pupil_id)
         return contract.Done()

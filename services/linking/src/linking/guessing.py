@@ -11,19 +11,19 @@ alert and kept for `portal alerts`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from contracts import linking as contract
-from contracts.base import utcnow
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcFailure
 from linking import codes
+from linking.context import LinkingContext
 from linking.tables import GuessAlert, GuessFailure, Link, LinkCode, School
 
 log = get_logger("linking.guessing")
@@ -35,16 +35,6 @@ MINUTE = timedelta(minutes=1)
 PRUNE_CHANCE = 0.02
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The figures of the guessing rules (from the service's settings)."""
-
-    parent_failures_per_hour: int = 10
-    client_failures_per_hour: int = 100
-    alert_trust_failures_per_minute: int = 50
-    alert_deployment_failures_per_minute: int = 500
-
-
 def too_many(retry_after: float) -> RpcFailure:
     """429 `too_many_attempts`, with the seconds for `Retry-After`."""
     seconds = max(1, int(retry_after + 0.999))
@@ -54,13 +44,11 @@ def too_many(retry_after: float) -> RpcFailure:
 class Guessing:
     """Counts failed codes, refuses guessers, raises alerts."""
 
-    def __init__(self, linking, client_key, limits: Limits) -> None:  # noqa: ANN001 - handlers.Linking, (ip) -> str
-        self.linking = linking
-        self.runtime = linking.runtime
-        self._client_key = client_key
-        self.limits = limits
+    def __init__(self, ctx: LinkingContext) -> None:
+        self.ctx = ctx
+        self.limits = ctx.limits
 
-    async def _retry_after(self, s: AsyncSession, where, limit: int, now: datetime) -> float | None:  # noqa: ANN001
+    async def _retry_after(self, s: AsyncSession, where: ColumnElement[bool], limit: int, now: datetime) -> float | None:
         # While the limit-th newest failure is inside the window the limit is reached; it
         # ends when that one leaves the window.
         at = (
@@ -78,8 +66,8 @@ class Guessing:
         """Refuse a parent who reached their limit, before their code is looked at."""
         if not parent_id:
             return
-        now = utcnow()
-        async with self.runtime.db.reader() as s:
+        now = self.ctx.now()
+        async with self.ctx.db.reader() as s:
             retry = await self._retry_after(s, GuessFailure.parent_id == parent_id, self.limits.parent_failures_per_hour, now)
         if retry is not None:
             log.info("code_refused_parent_limit", parent_id=parent_id)
@@ -94,10 +82,10 @@ class Guessing:
         await self._failed("preview", req.code, req.parent_id, req.client_ip)
 
     async def _failed(self, kind: str, code: str, parent_id: str | None, client_ip: str) -> None:
-        now = utcnow()
-        client_key = self._client_key(client_ip) if client_ip else None
+        now = self.ctx.now()
+        client_key = self.ctx.addresses.client_key(client_ip) if client_ip else None
         retry = None
-        async with self.runtime.db.session() as s:
+        async with self.ctx.db.session() as s:
             trust_id = await self._trust_of(s, code, parent_id)
             s.add(GuessFailure(at=now, kind=kind, parent_id=parent_id, client_key=client_key, trust_id=trust_id))
             await s.flush()
@@ -123,7 +111,7 @@ class Guessing:
                 await s.execute(
                     select(School.trust_id)
                     .join(LinkCode, LinkCode.school_id == School.school_id)
-                    .where(LinkCode.code_hash == self.linking.vault.lookup_hash(normal))
+                    .where(LinkCode.code_hash == self.ctx.vault.lookup_hash(normal))
                 )
             ).scalar_one_or_none()
             if found:
@@ -184,8 +172,8 @@ class Guessing:
 
     async def alerts(self, req: contract.AlertsRequest) -> contract.AlertsReply:
         """The alerts of the last `hours`, newest first (`portal alerts`)."""
-        since = utcnow() - timedelta(hours=req.hours)
-        async with self.runtime.db.reader() as s:
+        since = self.ctx.now() - timedelta(hours=req.hours)
+        async with self.ctx.db.reader() as s:
             rows = (
                 await s.execute(
                     select(GuessAlert).where(GuessAlert.last_at >= since).order_by(GuessAlert.at.desc(), GuessAlert.id.desc()).limit(req.limit)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import distinct, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -18,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import identity, notify
 from contracts import linking as contract
-from contracts.base import utcnow
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
-from contracts.kit.rpc import RpcFailure, field_errors, invalid
-from linking import codes, school_settings
+from contracts.kit.rpc import RpcFailure, invalid
+from linking import codes, redemption, roster, school_settings
+from linking.context import LinkingContext
+from linking.scope import pupil_in_scope, pupil_record_in_scope, school_ids
 from linking.tables import (
     AWAITING,
     INVITATION,
@@ -37,22 +40,30 @@ from linking.tables import (
     LinkCode,
     Pupil,
     School,
-    SchoolSetting,
     VerifiedParent,
 )
 
+if TYPE_CHECKING:
+    from linking.bars import Bars
+    from linking.guessing import Guessing
+
 log = get_logger("linking.links")
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-INVALID = "this code is not valid: check it, or ask the school for a new one"
-
-
-def _invalid() -> RpcFailure:
-    return RpcFailure(contract.E_INVALID_CODE, INVALID)
-
-
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 def _live_key(parent_id: str, pupil_id: str) -> str:
     return f"{parent_id}:{pupil_id}"
+
+
+@dataclass
+class _Read:
+    """A redemption's facts, and the rows they were read from (to apply the decision)."""
+
+    facts: redemption.RedemptionFacts
+    link_code: LinkCode | None = None
+    pupil: Pupil | None = None
+    settings: school_settings.Effective | None = None
+    existing: Link | None = None
+    invitation: Invitation | None = None
 
 
 def invitation_status(inv: Invitation, now: datetime) -> str:
@@ -62,35 +73,54 @@ def invitation_status(inv: Invitation, now: datetime) -> str:
     return inv.status
 
 
-def audit(uow: UnitOfWork, *, pupil_id: str, school_id: str, actor: str, action: str, parent_id: str | None = None, reason: str = "") -> None:
-    """Append one row to the pupil's audit trail (in the caller's transaction)."""
-    uow.session.add(
-        AuditRow(pupil_id=pupil_id, school_id=school_id, at=utcnow(), actor=actor, action=action, parent_id=parent_id, reason=reason)
+async def remove_link(
+    ctx: LinkingContext,
+    uow: UnitOfWork,
+    link: Link,
+    *,
+    by: str,
+    actor: str,
+    actor_id: str = "",
+    reason: str = "",
+    tell_parent: bool = False,
+) -> None:
+    """End a link (in the caller's transaction): its event, its audit row, maybe the parent's email."""
+    now = ctx.now()
+    link.removed_at = now
+    link.removed_by = by
+    link.removed_actor = actor_id or None
+    link.live_key = None
+    uow.session.add(link)
+    await uow.emit(
+        contract.LINK_REMOVED,
+        contract.LinkRemoved(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id, by=by, actor_id=actor_id),
+        aggregate=f"link:{link.parent_id}:{link.pupil_id}",
     )
+    ctx.audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor=actor, action="link_removed", parent_id=link.parent_id, reason=reason or f"removed by {by.replace('_', ' ')}")
+    if tell_parent:
+        settings = await ctx.read_settings(uow.session, link.school_id)
+        if settings.email_parent_on_removal:
+            pupil = await uow.session.get(Pupil, link.pupil_id)
+            school = await uow.session.get(School, link.school_id)
+            request = notify.LinkRemovedEmail(
+                parent_id=link.parent_id,
+                school_name=school.name if school else "",
+                pupil_first_name=pupil.first_name if pupil else "",
+                reference=f"link:{link.id}",
+            )
+            await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
+    log.info("link_removed", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, by=by)
 
 
 class Links:
-    """The verbs of parents' links; shares the linking service's runtime and code vault."""
+    """The verbs of parents' links: redeeming, invitations, removal, the parent's and staff's views."""
 
-    def __init__(self, linking) -> None:  # noqa: ANN001 - linking.handlers.Linking
-        self.linking = linking
-        self.runtime = linking.runtime
-        # Part 3's safeguarding bars: (session, pupil_id, email) -> barred?
-        self.is_barred = None
-        # Part 3's guessing limits: called after each failed redemption.
-        self.on_redeem_failure = None
+    def __init__(self, ctx: LinkingContext, *, bars: Bars, guessing: Guessing) -> None:
+        self.ctx = ctx
+        self.bars = bars
+        self.guessing = guessing
         # The overview's access check of concurrent requests, read in one query.
         self._active: ReadGatherer[list[str]] = ReadGatherer(self._read_active)
-
-    @property
-    def vault(self) -> codes.CodeVault:
-        return self.linking.vault
-
-    def _settings(self, school_id: str, row: SchoolSetting | None) -> school_settings.Effective:
-        return school_settings.effective(school_id, row, platform_url=self.linking.platform_url)
-
-    async def _class_name(self, s: AsyncSession, pupil_id: str, preferred: str | None = None) -> str:
-        return await self.linking._class_name_for(s, pupil_id, preferred)  # noqa: SLF001
 
     async def _child_view(self, s: AsyncSession, link: Link) -> contract.ChildView:
         pupil = await s.get(Pupil, link.pupil_id)
@@ -101,7 +131,7 @@ class Links:
             last_name=pupil.last_name,
             school_id=link.school_id,
             school_name=school.name if school else "",
-            class_name=await self._class_name(s, link.pupil_id),
+            class_name=await roster.class_name(s, link.pupil_id),
             relationship=link.relationship,
             status=link.status,
             since=link.activated_at or link.created_at,
@@ -118,114 +148,50 @@ class Links:
             # made the link; answer with it.
             return await self._redeem(req)
         except RpcFailure as failure:
-            if failure.code == contract.E_INVALID_CODE and self.on_redeem_failure is not None:
-                await self.on_redeem_failure(req)
+            if failure.code == contract.E_INVALID_CODE:
+                await self.guessing.redeem_failed(req)
             raise
 
-    async def _redeem(self, req: contract.RedeemRequest) -> contract.RedeemReply:  # noqa: C901 - the rules, in order
-        code = codes.normalise(req.code)
-        if code is None:
-            raise _invalid()
-        if not req.dry_run and not req.parent_id:
-            raise invalid(parent_id="required")
-        now = utcnow()
-        async with self.runtime.unit_of_work() as uow:
+    async def _redeem(self, req: contract.RedeemRequest) -> contract.RedeemReply:
+        code = redemption.check_request(req.code, dry_run=req.dry_run, parent_id=req.parent_id)
+        async with self.ctx.unit_of_work() as uow:
             s = uow.session
-            # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
-            # take turns anyway), so a code with room for four links four, however many race.
-            link_code = (
-                await s.execute(
-                    select(LinkCode).where(LinkCode.code_hash == self.vault.lookup_hash(code)).with_for_update()
-                )
-            ).scalar_one_or_none()
-            if link_code is None or link_code.revoked_at is not None or link_code.expires_at <= now:
-                raise _invalid()
-            pupil = await s.get(Pupil, link_code.pupil_id)
-            if pupil is None or pupil.left_at is not None:
-                raise _invalid()
-            if self.is_barred is not None and req.email and await self.is_barred(s, pupil.pupil_id, req.email):
-                # Answered like a bad code, so that a bar is not revealed.
-                log.info("redeem_barred", pupil_id=pupil.pupil_id, parent_id=req.parent_id)
-                raise _invalid()
-            settings = self._settings(pupil.school_id, await s.get(SchoolSetting, pupil.school_id))
+            read = await self._read_redemption(s, req, code)
+            decision = redemption.decide(read.facts)
+            # The rules passed: the code, its pupil and the school's settings were all read.
+            assert read.link_code is not None and read.pupil is not None and read.settings is not None
+            link_code, pupil, settings = read.link_code, read.pupil, read.settings
             aup = contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=pupil.school_id)
-
-            if req.parent_id:
-                existing = (
-                    await s.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
-                ).scalar_one_or_none()
-                if existing is not None:
-                    return contract.RedeemReply(created=False, child=await self._child_view(s, existing), aup=aup)
-                removed_from_this_code = (
-                    await s.execute(
-                        select(func.count()).where(
-                            Link.code_id == link_code.id,
-                            Link.parent_id == req.parent_id,
-                            Link.removed_by.in_(["staff", "bar"]),
-                        )
-                    )
-                ).scalar_one()
-                if removed_from_this_code:
-                    # Staff removed this parent's access: the same code must not undo that.
-                    raise _invalid()
-
-            invitation = None
-            if link_code.kind == PRINTED:
-                others = (
-                    await s.execute(
-                        select(func.count(distinct(Link.parent_id))).where(
-                            Link.code_id == link_code.id, Link.parent_id != (req.parent_id or "")
-                        )
-                    )
-                ).scalar_one()
-                if others >= settings.max_carers_per_code:
-                    raise RpcFailure(contract.E_CODE_FULL, "this code has already linked as many carers as the school allows")
-            else:
-                invitation = (
-                    await s.execute(select(Invitation).where(Invitation.code_id == link_code.id))
-                ).scalar_one_or_none()
-                if invitation is None or invitation.status not in ("invited", "bounced"):
-                    raise _invalid()
-
-            accepted = req.accept_aup
-            if not accepted and req.parent_id:
-                accepted = (
-                    await s.execute(
-                        select(func.count()).where(
-                            AupAcceptance.parent_id == req.parent_id,
-                            AupAcceptance.school_id == pupil.school_id,
-                            AupAcceptance.version == settings.aup_version,
-                        )
-                    )
-                ).scalar_one() > 0
-            if not accepted:
-                message = "accept the school's acceptable-use policy first (accept_aup)"
-                raise RpcFailure(contract.E_AUP_REQUIRED, message, fields=field_errors(accept_aup=message))
-            if req.dry_run:
+            if decision.outcome is redemption.Outcome.ALREADY_LINKED:
+                assert read.existing is not None
+                return contract.RedeemReply(created=False, child=await self._child_view(s, read.existing), aup=aup)
+            if decision.outcome is redemption.Outcome.WOULD_LINK:
                 return contract.RedeemReply(created=False, child=None, aup=aup)
 
+            now = read.facts.now
             parent_id = req.parent_id
-            if req.accept_aup:
+            assert parent_id  # check_request: a redemption that is not a dry run names its parent
+            if decision.record_acceptance:
                 await self._accept_aup(s, parent_id, pupil.school_id, settings.aup_version, now)
-            verified = req.verified or (await s.get(VerifiedParent, parent_id)) is not None
             link = Link(
                 id=uuid.uuid4().hex,
                 parent_id=parent_id,
                 pupil_id=pupil.pupil_id,
                 school_id=pupil.school_id,
                 relationship=req.relationship or "other",
-                status=LINKED if verified else AWAITING,
+                status=decision.status,
                 via=link_code.kind,
                 code_id=link_code.id,
                 live_key=_live_key(parent_id, pupil.pupil_id),
                 created_at=now,
-                activated_at=now if verified else None,
+                activated_at=now if decision.status == LINKED else None,
             )
             s.add(link)
-            if invitation is not None:
-                invitation.status = "accepted"
-                invitation.accepted_at = now
-                invitation.accepted_by = parent_id
+            if decision.use_up_invitation:
+                assert read.invitation is not None
+                read.invitation.status = "accepted"
+                read.invitation.accepted_at = now
+                read.invitation.accepted_by = parent_id
                 link_code.revoked_at = now  # an invitation's code works once
             await s.flush()
             await uow.emit(
@@ -235,10 +201,92 @@ class Links:
                 ),
                 aggregate=f"link:{parent_id}:{pupil.pupil_id}",
             )
-            audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"parent:{parent_id}", action="link_created", parent_id=parent_id, reason=f"{link.via} code, {link.relationship}")
+            self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"parent:{parent_id}", action="link_created", parent_id=parent_id, reason=f"{link.via} code, {link.relationship}")
             child = await self._child_view(s, link)
         log.info("link_created", link_id=link.id, parent_id=parent_id, pupil_id=link.pupil_id, status=link.status, via=link.via)
         return contract.RedeemReply(created=True, child=child, aup=aup)
+
+    async def _read_redemption(self, s: AsyncSession, req: contract.RedeemRequest, code: str) -> _Read:
+        # Read in the order the rules use them; past a missing code, or a pupil who left, nothing
+        # more can matter.
+        facts = redemption.RedemptionFacts(
+            now=self.ctx.now(), parent_id=req.parent_id, dry_run=req.dry_run, accept_aup=req.accept_aup, code=None
+        )
+        # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
+        # take turns anyway), so a code with room for four links four, however many race.
+        link_code = (
+            await s.execute(select(LinkCode).where(LinkCode.code_hash == self.ctx.vault.lookup_hash(code)).with_for_update())
+        ).scalar_one_or_none()
+        if link_code is None:
+            return _Read(facts)
+        facts = replace(
+            facts,
+            code=redemption.CodeFacts(kind=link_code.kind, revoked=link_code.revoked_at is not None, expires_at=link_code.expires_at),
+            pupil_id=link_code.pupil_id,
+        )
+        pupil = await s.get(Pupil, link_code.pupil_id)
+        if pupil is None or pupil.left_at is not None:
+            return _Read(facts, link_code)
+        barred = await self.bars.is_barred(s, pupil.pupil_id, req.email) if req.email else False
+        settings = await self.ctx.read_settings(s, pupil.school_id)
+
+        existing = None
+        removed_via_code = False
+        if req.parent_id:
+            existing = (
+                await s.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
+            ).scalar_one_or_none()
+            removed_via_code = (
+                await s.execute(
+                    select(func.count()).where(
+                        Link.code_id == link_code.id,
+                        Link.parent_id == req.parent_id,
+                        Link.removed_by.in_(["staff", "bar"]),
+                    )
+                )
+            ).scalar_one() > 0
+
+        other_carers = 0
+        invitation = None
+        if link_code.kind == PRINTED:
+            other_carers = (
+                await s.execute(
+                    select(func.count(distinct(Link.parent_id))).where(
+                        Link.code_id == link_code.id, Link.parent_id != (req.parent_id or "")
+                    )
+                )
+            ).scalar_one()
+        else:
+            invitation = (await s.execute(select(Invitation).where(Invitation.code_id == link_code.id))).scalar_one_or_none()
+
+        accepted_before = False
+        if not req.accept_aup and req.parent_id:
+            accepted_before = (
+                await s.execute(
+                    select(func.count()).where(
+                        AupAcceptance.parent_id == req.parent_id,
+                        AupAcceptance.school_id == pupil.school_id,
+                        AupAcceptance.version == settings.aup_version,
+                    )
+                )
+            ).scalar_one() > 0
+        verified = req.verified
+        if not verified and not req.dry_run and req.parent_id:
+            verified = (await s.get(VerifiedParent, req.parent_id)) is not None
+
+        facts = replace(
+            facts,
+            pupil_at_school=True,
+            barred=barred,
+            already_linked=existing is not None,
+            removed_via_code=removed_via_code,
+            other_carers=other_carers,
+            max_carers=settings.max_carers_per_code,
+            invitation_status=invitation.status if invitation is not None else None,
+            policy_accepted_before=accepted_before,
+            parent_verified=verified,
+        )
+        return _Read(facts, link_code, pupil, settings, existing, invitation)
 
     async def _accept_aup(self, s: AsyncSession, parent_id: str, school_id: str, version: str, now: datetime) -> None:
         ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
@@ -252,7 +300,7 @@ class Links:
 
     async def parent_children(self, req: contract.ParentRequest) -> contract.ChildrenReply:
         """Every child the parent is linked to."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             links = (
                 await s.execute(
                     select(Link)
@@ -270,7 +318,7 @@ class Links:
     async def _read_active(self, parent_ids: list[str]) -> dict[str, list[str]]:
         """Each parent's active pupils, by first name: many parents in one query."""
         found: dict[str, list[str]] = {}
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             rows = await s.execute(
                 select(Link.parent_id, Link.pupil_id)
                 .join(Pupil, Pupil.pupil_id == Link.pupil_id)
@@ -288,60 +336,31 @@ class Links:
 
     async def unlink(self, req: contract.UnlinkRequest) -> contract.Done:
         """The parent unlinks a child themselves."""
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             link = (
                 await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, req.pupil_id)))
             ).scalar_one_or_none()
             if link is None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such child")
-            await self._remove(uow, link, by="parent", actor=f"parent:{req.parent_id}", actor_id=req.parent_id)
+            await remove_link(self.ctx, uow, link, by="parent", actor=f"parent:{req.parent_id}", actor_id=req.parent_id)
         return contract.Done()
 
     # -- removing ---------------------------------------------------------------------------------
 
-    async def _remove(
-        self, uow: UnitOfWork, link: Link, *, by: str, actor: str, actor_id: str = "", reason: str = "", tell_parent: bool = False
-    ) -> None:
-        now = utcnow()
-        link.removed_at = now
-        link.removed_by = by
-        link.removed_actor = actor_id or None
-        link.live_key = None
-        uow.session.add(link)
-        await uow.emit(
-            contract.LINK_REMOVED,
-            contract.LinkRemoved(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id, by=by, actor_id=actor_id),
-            aggregate=f"link:{link.parent_id}:{link.pupil_id}",
-        )
-        audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor=actor, action="link_removed", parent_id=link.parent_id, reason=reason or f"removed by {by.replace('_', ' ')}")
-        if tell_parent:
-            settings = self._settings(link.school_id, await uow.session.get(SchoolSetting, link.school_id))
-            if settings.email_parent_on_removal:
-                pupil = await uow.session.get(Pupil, link.pupil_id)
-                school = await uow.session.get(School, link.school_id)
-                request = notify.LinkRemovedEmail(
-                    parent_id=link.parent_id,
-                    school_name=school.name if school else "",
-                    pupil_first_name=pupil.first_name if pupil else "",
-                    reference=f"link:{link.id}",
-                )
-                await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
-        log.info("link_removed", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, by=by)
-
     async def remove_parent(self, req: contract.RemoveParentRequest) -> contract.Done:
         """Staff end one parent's access to one pupil (siblings untouched)."""
-        async with self.runtime.unit_of_work() as uow:
-            pupil = await self.linking._pupil_in_scope(uow.session, req.scope, req.pupil_id)  # noqa: SLF001
+        async with self.ctx.unit_of_work() as uow:
+            pupil = await pupil_in_scope(uow.session, req.scope, req.pupil_id)
             link = (
                 await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
             ).scalar_one_or_none()
             if link is None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent of this pupil")
-            await self._remove(uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
+            await remove_link(self.ctx, uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
         return contract.Done()
 
     async def _parent_links_in_scope(self, s: AsyncSession, scope: contract.StaffScope, parent_id: str) -> list[Link]:
-        allowed = await self.linking._school_ids(s, scope)  # noqa: SLF001
+        allowed = await school_ids(s, scope)
         if not allowed:
             return []
         return list(
@@ -357,7 +376,7 @@ class Links:
 
     async def parent_pupils(self, req: contract.StaffParentRequest) -> contract.ParentPupilsReply:
         """The pupils of the caller's schools this parent is linked to."""
-        async with self.runtime.db.reader() as s:
+        async with self.ctx.db.reader() as s:
             links = await self._parent_links_in_scope(s, req.scope, req.parent_id)
             if not links:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent")
@@ -366,19 +385,19 @@ class Links:
 
     async def remove_parent_everywhere(self, req: contract.StaffParentRequest) -> contract.RemovedReply:
         """The parent loses every pupil of the caller's schools at once, one audit row each."""
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             links = await self._parent_links_in_scope(uow.session, req.scope, req.parent_id)
             if not links:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent")
             for link in links:
-                await self._remove(uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
+                await remove_link(self.ctx, uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
         return contract.RemovedReply(pupil_ids=[link.pupil_id for link in links])
 
     async def on_pupil_left(self, uow: UnitOfWork, pupil_id: str, at: datetime | None = None) -> None:
         """A pupil left the school: every parent's link ends."""
         links = (await uow.session.execute(select(Link).where(Link.pupil_id == pupil_id, Link.removed_at.is_(None)))).scalars().all()
         for link in links:
-            await self._remove(uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
+            await remove_link(self.ctx, uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
 
     # -- invitations ------------------------------------------------------------------------------
 
@@ -386,18 +405,18 @@ class Links:
         """Email an invitation with its own single-use code; an earlier open one to the same
         address for this pupil is revoked."""
         email = req.email.strip()
-        if not _EMAIL.match(email):
+        if not EMAIL.match(email):
             raise invalid(email="enter an address like name@example.org")
-        now = utcnow()
+        now = self.ctx.now()
         code = codes.generate()
-        async with self.runtime.unit_of_work() as uow:
+        async with self.ctx.unit_of_work() as uow:
             s = uow.session
-            pupil = await self.linking._pupil_in_scope(s, req.scope, req.pupil_id)  # noqa: SLF001
-            if self.is_barred is not None and await self.is_barred(s, pupil.pupil_id, email):
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
+            if await self.bars.is_barred(s, pupil.pupil_id, email):
                 # Staff may know: the invitation would name the child to someone barred from them.
                 raise invalid(email="this address cannot be invited for this pupil (ask a school admin)")
             school = await s.get(School, pupil.school_id)
-            settings = self._settings(pupil.school_id, await s.get(SchoolSetting, pupil.school_id))
+            settings = await self.ctx.read_settings(s, pupil.school_id)
             earlier = (
                 await s.execute(
                     select(Invitation).where(
@@ -418,9 +437,9 @@ class Links:
                     kind=INVITATION,
                     pupil_id=pupil.pupil_id,
                     school_id=pupil.school_id,
-                    code_hash=self.vault.lookup_hash(code),
+                    code_hash=self.ctx.vault.lookup_hash(code),
                     code_cipher=None,  # an invitation's code is emailed once and never printed again
-                    key_id=self.vault.key_id,
+                    key_id=self.ctx.vault.key_id,
                     created_at=now,
                     created_by=req.actor_id,
                     expires_at=expires,
@@ -443,13 +462,13 @@ class Links:
                 to=email,
                 school_name=school.name if school else "",
                 pupil_first_name=pupil.first_name,
-                link_url=self.linking.link_url(code),
+                link_url=self.ctx.link_url(code),
                 code=codes.display(code),
                 expires_at=expires,
                 reference=f"invitation:{invitation.id}",
             )
             await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
-            audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="invitation_sent", reason=f"invitation {invitation.id}")
+            self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="invitation_sent", reason=f"invitation {invitation.id}")
         log.info("invitation_sent", invitation_id=invitation.id, pupil_id=pupil.pupil_id, revoked=len(earlier))
         return contract.InvitationView(
             invitation_id=invitation.id, email=email, status="invited", sent_at=now, expires_at=expires
@@ -460,7 +479,7 @@ class Links:
     async def on_parent_verified(self, uow: UnitOfWork, event: identity.ParentVerified, subject: str) -> None:
         """A parent verified their address: their links awaiting it become active."""
         s = uow.session
-        now = utcnow()
+        now = self.ctx.now()
         ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
         await s.execute(
             ins(VerifiedParent.__table__).values(parent_id=event.parent_id, verified_at=now).on_conflict_do_nothing(index_elements=["parent_id"])
@@ -477,14 +496,14 @@ class Links:
                 contract.LinkActivated(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id),
                 aggregate=f"link:{link.parent_id}:{link.pupil_id}",
             )
-            audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor="system", action="link_activated", parent_id=link.parent_id, reason="the parent verified their email address")
+            self.ctx.audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor="system", action="link_activated", parent_id=link.parent_id, reason="the parent verified their email address")
             pupil = await s.get(Pupil, link.pupil_id)
             school = await s.get(School, link.school_id)
             request = notify.LinkActivatedEmail(
                 parent_id=link.parent_id,
                 school_name=school.name if school else "",
                 pupil_first_name=pupil.first_name if pupil else "",
-                portal_url=f"{self.linking.public_url}/",
+                portal_url=f"{self.ctx.public_url}/",
                 reference=f"link:{link.id}",
             )
             await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
@@ -506,7 +525,7 @@ class Links:
         self, s: AsyncSession, pupil_ids: list[str]
     ) -> tuple[dict[str, list[contract.ParentLinkView]], dict[str, list[contract.InvitationView]]]:
         """Each pupil's standing links and invitations (for `GET /classes/{id}/pupils`)."""
-        now = utcnow()
+        now = self.ctx.now()
         parents: dict[str, list[contract.ParentLinkView]] = {p: [] for p in pupil_ids}
         invitations: dict[str, list[contract.InvitationView]] = {p: [] for p in pupil_ids}
         if not pupil_ids:
@@ -544,10 +563,8 @@ class Links:
 
     async def audit_trail(self, req: contract.AuditRequest) -> contract.AuditReply:
         """A pupil's audit trail, oldest first."""
-        async with self.runtime.db.reader() as s:
-            pupil = await s.get(Pupil, req.pupil_id)
-            if pupil is None or pupil.school_id not in await self.linking._school_ids(s, req.scope):  # noqa: SLF001
-                raise RpcFailure(contract.E_NOT_FOUND, "no such pupil")
+        async with self.ctx.db.reader() as s:
+            await pupil_record_in_scope(s, req.scope, req.pupil_id)
             rows = (await s.execute(select(AuditRow).where(AuditRow.pupil_id == req.pupil_id).order_by(AuditRow.at, AuditRow.id))).scalars()
             return contract.AuditReply(
                 entries=[contract.AuditEntry(at=r.at, actor=r.actor, action=r.action, parent_id=r.parent_id, reason=r.reason) for r in rows]

@@ -15,11 +15,15 @@ from contracts.base import Event, utcnow
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import platform
 from linking.tables import ClassMember, LinkCode, Pupil, School, SchoolClass, Trust
 
 log = get_logger("linking.roster")
+
+# The durable consumer of `platform.roster.*`: its processed events say what is applied.
+CONSUMER = "linking-roster"
 
 SCHEMAS: dict[str, type[Event]] = {
     platform.SCHOOL_UPSERTED: platform.SchoolUpserted,
@@ -29,7 +33,7 @@ SCHEMAS: dict[str, type[Event]] = {
     # platform.roster.staff.* belongs to identity: acknowledged unread by the consumer.
 }
 
-# Part 2 ends the pupil's links here, in the same transaction as the departure.
+# Links.on_pupil_left: the pupil's links end in the same transaction as the departure.
 PupilLeftHook = Callable[[UnitOfWork, str, datetime], Awaitable[None]]
 
 
@@ -130,3 +134,19 @@ async def revoke_pupil_codes(uow: UnitOfWork, pupil_id: str) -> None:
         .where(LinkCode.pupil_id == pupil_id, LinkCode.revoked_at.is_(None))
         .values(revoked_at=utcnow(), live_pupil_id=None)
     )
+
+
+async def class_name(s: AsyncSession, pupil_id: str, preferred: str | None = None) -> str:
+    """The name of the pupil's class: `preferred` if they are in it, else the first by name."""
+    rows = (
+        await s.execute(
+            select(SchoolClass.class_id, SchoolClass.name)
+            .join(ClassMember, ClassMember.class_id == SchoolClass.class_id)
+            .where(ClassMember.pupil_id == pupil_id)
+            .order_by(SchoolClass.name)
+        )
+    ).all()
+    for class_id, name in rows:
+        if class_id == preferred:
+            return name
+    return rows[0][1] if rows else ""

@@ -1,0 +1,98 @@
+"""What every part of linking shares: the runtime, the settings' figures, the keys and the clock.
+
+Each part (`schools`, `printed`, `links`, `bars`, `guessing`) is given one `LinkingContext` and
+the other parts it uses, when it is made; nothing is attached afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.base import utcnow
+from contracts.kit.db import Database
+from contracts.kit.outbox import UnitOfWork, unit_of_work
+from contracts.kit.runtime import ServiceRuntime
+from linking import codes, school_settings
+from linking.addresses import AddressVault
+from linking.tables import AuditRow, SchoolSetting
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The figures of the guessing rules (from the service's settings)."""
+
+    parent_failures_per_hour: int = 10
+    client_failures_per_hour: int = 100
+    alert_trust_failures_per_minute: int = 50
+    alert_deployment_failures_per_minute: int = 500
+
+
+@dataclass
+class LinkingContext:
+    """One replica's shared state: its runtime, URLs, guessing figures, key and clock."""
+
+    runtime: ServiceRuntime
+    public_url: str
+    platform_url: str
+    # Returns the code key (the setting, or the development key file): read on first use.
+    key_provider: Callable[[], str]
+    limits: Limits = field(default_factory=Limits)
+    clock: Callable[[], datetime] = utcnow
+    _vault: codes.CodeVault | None = field(default=None, init=False, repr=False)
+    _addresses: AddressVault | None = field(default=None, init=False, repr=False)
+
+    @property
+    def db(self) -> Database:
+        """The service's database."""
+        return self.runtime.db
+
+    def unit_of_work(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """A transaction whose events are relayed after it commits."""
+        return unit_of_work(self.runtime.db, self.runtime.relay)
+
+    def now(self) -> datetime:
+        """The current time (UTC)."""
+        return self.clock()
+
+    @property
+    def vault(self) -> codes.CodeVault:
+        """The code vault; its key is read (or, in development, made) on first use."""
+        if self._vault is None:
+            self._vault = codes.CodeVault(self.key_provider())
+        return self._vault
+
+    @property
+    def addresses(self) -> AddressVault:
+        """The address vault (bars, and callers' network addresses), under the same key."""
+        if self._addresses is None:
+            self._addresses = AddressVault(self.key_provider())
+        return self._addresses
+
+    async def load_keys(self) -> None:
+        """Read (or make) the key before serving: a bad key fails the start, not a request."""
+        _ = self.vault, self.addresses
+
+    def link_url(self, code: str) -> str:
+        """What a QR code holds: `PUBLIC_URL/link/XXXX-XXXX-XXXX`."""
+        return f"{self.public_url}/link/{codes.display(code)}"
+
+    def settings_of(self, school_id: str, row: SchoolSetting | None) -> school_settings.Effective:
+        """A school's settings from its stored row (None: every default)."""
+        return school_settings.effective(school_id, row, platform_url=self.platform_url)
+
+    async def read_settings(self, s: AsyncSession, school_id: str) -> school_settings.Effective:
+        """A school's settings, read in the caller's session."""
+        return self.settings_of(school_id, await s.get(SchoolSetting, school_id))
+
+    def audit(
+        self, uow: UnitOfWork, *, pupil_id: str, school_id: str, actor: str, action: str, parent_id: str | None = None, reason: str = ""
+    ) -> None:
+        """Append one row to the pupil's audit trail (in the caller's transaction)."""
+        uow.session.add(
+            AuditRow(pupil_id=pupil_id, school_id=school_id, at=self.now(), actor=actor, action=action, parent_id=parent_id, reason=reason)
+        )
