@@ -1,7 +1,6 @@
 """`python -m linking serve|migrate|asyncapi`."""
 
 from contracts.kit.service import main
-
 from linking import app
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from contracts.kit.runtime import ServiceRuntime
-from contracts.kit.settings import ServiceSettings, database_url_field
 from pydantic import Field
 
-from contracts import linking as contract
 from contracts import identity, notify, platform, streams
+from contracts import linking as contract
+from contracts.kit.runtime import ServiceRuntime
+from contracts.kit.settings import ServiceSettings, database_url_field
 from linking import __version__, codes, roster
 from linking.bars import Bars
 from linking.context import Limits, LinkingContext

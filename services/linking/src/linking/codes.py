@@ -18,10 +18,11 @@ import re
 import secrets
 from pathlib import Path
 
-from contracts.kit.logs import get_logger
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from contracts.kit.logs import get_logger
 
 log = get_logger("linking.codes")
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contracts import linking as contract
 from contracts.base import Event
 from contracts.kit.outbox import UnitOfWork
-
-from contracts import linking as contract
 from linking import roster
 from linking.bars import Bars
 from linking.context import LinkingContext

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from contracts.base import Event, utcnow
-from contracts.kit.logs import get_logger
-from contracts.kit.outbox import UnitOfWork
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import platform
+from contracts.base import Event, utcnow
+from contracts.kit.logs import get_logger
+from contracts.kit.outbox import UnitOfWork
 from linking.tables import ClassMember, LinkCode, Pupil, School, SchoolClass, Trust
 
 log = get_logger("linking.roster")

@@ -2,10 +2,11 @@
 
 from datetime import datetime
 
-from contracts.kit.db import UtcDateTime
 from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
+
+from contracts.kit.db import UtcDateTime
 
 # A registry of its own keeps these tables out of other services' metadata when several
 # services are imported into one process (tests, the local runner).

@@ -10,7 +10,6 @@ import sqlalchemy as sa
 import sqlmodel  # noqa: F401 - autogenerate writes sqlmodel types
 from alembic import op
 
-
 revision: str = '0003'
 down_revision: str | None = '0002'
 branch_labels: str | Sequence[str] | None = None
