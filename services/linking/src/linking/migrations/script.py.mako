@@ -7,7 +7,7 @@ Create Date: ${create_date}
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel  # noqa: F401 - autogenerate writes sqlmodel types
+import sqlmodel.sql.sqltypes  # noqa: F401 - autogenerate may write sqlmodel types (AutoString)
 from alembic import op
 ${imports if imports else ""}
 

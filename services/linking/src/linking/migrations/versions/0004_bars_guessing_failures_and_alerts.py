@@ -7,7 +7,7 @@ Create Date: 2026-11-30
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel  # noqa: F401 - autogenerate writes sqlmodel types
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = '0004'
