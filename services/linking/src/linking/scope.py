@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from contracts import linking as contract
 from contracts.kit.rpc import RpcFailure
@@ -24,7 +25,7 @@ async def school_ids(s: AsyncSession, scope: contract.StaffScope) -> set[str]:
     """Every school of the scope: those it names and those of the trusts it names."""
     allowed = set(scope.school_ids)
     if scope.trust_ids:
-        rows = await s.execute(select(School.school_id).where(School.trust_id.in_(scope.trust_ids)))
+        rows = await s.execute(select(col(School.school_id)).where(col(School.trust_id).in_(scope.trust_ids)))
         allowed.update(rows.scalars())
     return allowed
 
@@ -40,9 +41,9 @@ async def class_in_scope(s: AsyncSession, scope: contract.StaffScope, class_id: 
     """The class and its school's name ("" before the school arrives) if the scope holds it."""
     row = (
         await s.execute(
-            select(SchoolClass, School.name)
-            .outerjoin(School, School.school_id == SchoolClass.school_id)
-            .where(SchoolClass.class_id == class_id)
+            select(SchoolClass, col(School.name))
+            .outerjoin(School, col(School.school_id) == col(SchoolClass.school_id))
+            .where(col(SchoolClass.class_id) == class_id)
         )
     ).first()
     if row is None or row[0].school_id not in await school_ids(s, scope):
