@@ -14,6 +14,7 @@ import uuid
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from contracts import linking as contract
 from contracts.kit.logs import get_logger
@@ -63,7 +64,7 @@ class Bars:
         """Whether this address is barred from this pupil (in the caller's transaction)."""
         await self._lock(s, pupil_id, shared=True)
         found = await s.execute(
-            select(Bar.id).where(Bar.live_key == _live_key(pupil_id, self.vault.lookup_hash(email)))
+            select(col(Bar.id)).where(col(Bar.live_key) == _live_key(pupil_id, self.vault.lookup_hash(email)))
         )
         return found.first() is not None
 
@@ -72,7 +73,7 @@ class Bars:
         async with self.ctx.db.reader() as s:
             pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             rows = await s.execute(
-                select(Link.parent_id).where(Link.pupil_id == pupil.pupil_id, Link.removed_at.is_(None)).order_by(Link.created_at)
+                select(col(Link.parent_id)).where(col(Link.pupil_id) == pupil.pupil_id, col(Link.removed_at).is_(None)).order_by(col(Link.created_at))
             )
             return contract.PupilParentsReply(parent_ids=list(dict.fromkeys(rows.scalars())))
 
@@ -98,7 +99,7 @@ class Bars:
             await self._lock(s, pupil.pupil_id, shared=False)
             vault = self.vault
             email_hash = vault.lookup_hash(email)
-            bar = (await s.execute(select(Bar).where(Bar.live_key == _live_key(pupil.pupil_id, email_hash)))).scalar_one_or_none()
+            bar = (await s.execute(select(Bar).where(col(Bar.live_key) == _live_key(pupil.pupil_id, email_hash)))).scalar_one_or_none()
             created = bar is None
             if bar is None:
                 bar_id = uuid.uuid4().hex
@@ -122,18 +123,18 @@ class Bars:
             open_invitations = (
                 await s.execute(
                     select(Invitation).where(
-                        Invitation.pupil_id == pupil.pupil_id,
-                        Invitation.email_key == normalise_email(email),
-                        Invitation.status.in_(["invited", "bounced"]),
+                        col(Invitation.pupil_id) == pupil.pupil_id,
+                        col(Invitation.email_key) == normalise_email(email),
+                        col(Invitation.status).in_(["invited", "bounced"]),
                     )
                 )
             ).scalars().all()
             for inv in open_invitations:
                 inv.status = "revoked"
-                await s.execute(update(LinkCode).where(LinkCode.id == inv.code_id).values(revoked_at=now))
+                await s.execute(update(LinkCode).where(col(LinkCode.id) == inv.code_id).values(revoked_at=now))
 
             standing = (
-                await s.execute(select(Link).where(Link.pupil_id == pupil.pupil_id, Link.removed_at.is_(None)).order_by(Link.created_at))
+                await s.execute(select(Link).where(col(Link.pupil_id) == pupil.pupil_id, col(Link.removed_at).is_(None)).order_by(col(Link.created_at)))
             ).scalars().all()
             barred = set(req.parent_ids)
             checked = barred | set(req.checked_parent_ids)
@@ -153,7 +154,7 @@ class Bars:
             pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             bars = (
                 await s.execute(
-                    select(Bar).where(Bar.pupil_id == pupil.pupil_id, Bar.lifted_at.is_(None)).order_by(Bar.created_at, Bar.id)
+                    select(Bar).where(col(Bar.pupil_id) == pupil.pupil_id, col(Bar.lifted_at).is_(None)).order_by(col(Bar.created_at), col(Bar.id))
                 )
             ).scalars().all()
         vault = self.vault

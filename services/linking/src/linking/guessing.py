@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import col
 
 from contracts import linking as contract
 from contracts.kit.logs import get_logger
@@ -53,9 +54,9 @@ class Guessing:
         # ends when that one leaves the window.
         at = (
             await s.execute(
-                select(GuessFailure.at)
-                .where(where, GuessFailure.at > now - HOUR)
-                .order_by(GuessFailure.at.desc())
+                select(col(GuessFailure.at))
+                .where(where, col(GuessFailure.at) > now - HOUR)
+                .order_by(col(GuessFailure.at).desc())
                 .offset(limit - 1)
                 .limit(1)
             )
@@ -68,7 +69,7 @@ class Guessing:
             return
         now = self.ctx.now()
         async with self.ctx.db.reader() as s:
-            retry = await self._retry_after(s, GuessFailure.parent_id == parent_id, self.limits.parent_failures_per_hour, now)
+            retry = await self._retry_after(s, col(GuessFailure.parent_id) == parent_id, self.limits.parent_failures_per_hour, now)
         if retry is not None:
             log.info("code_refused_parent_limit", parent_id=parent_id)
             raise too_many(retry)
@@ -90,13 +91,13 @@ class Guessing:
             s.add(GuessFailure(at=now, kind=kind, parent_id=parent_id, client_key=client_key, trust_id=trust_id))
             await s.flush()
             if random.random() < PRUNE_CHANCE:  # noqa: S311 - not a secret
-                await s.execute(delete(GuessFailure).where(GuessFailure.at <= now - HOUR))
+                await s.execute(delete(GuessFailure).where(col(GuessFailure.at) <= now - HOUR))
             await self._watch(s, trust_id, now)
             if client_key:
                 limit = self.limits.client_failures_per_hour
-                over = await self._retry_after(s, GuessFailure.client_key == client_key, limit + 1, now)
+                over = await self._retry_after(s, col(GuessFailure.client_key) == client_key, limit + 1, now)
                 if over is not None:
-                    retry = await self._retry_after(s, GuessFailure.client_key == client_key, limit, now)
+                    retry = await self._retry_after(s, col(GuessFailure.client_key) == client_key, limit, now)
         log.info("code_failed", kind=kind, parent_id=parent_id, trust_id=trust_id)
         if retry is not None:
             log.info("code_refused_client_limit", kind=kind, parent_id=parent_id)
@@ -109,9 +110,9 @@ class Guessing:
         if normal is not None:
             found = (
                 await s.execute(
-                    select(School.trust_id)
-                    .join(LinkCode, LinkCode.school_id == School.school_id)
-                    .where(LinkCode.code_hash == self.ctx.vault.lookup_hash(normal))
+                    select(col(School.trust_id))
+                    .join(LinkCode, col(LinkCode.school_id) == col(School.school_id))
+                    .where(col(LinkCode.code_hash) == self.ctx.vault.lookup_hash(normal))
                 )
             ).scalar_one_or_none()
             if found:
@@ -119,10 +120,10 @@ class Guessing:
         if parent_id:
             return (
                 await s.execute(
-                    select(School.trust_id)
-                    .join(Link, Link.school_id == School.school_id)
-                    .where(Link.parent_id == parent_id)
-                    .order_by(Link.created_at.desc())
+                    select(col(School.trust_id))
+                    .join(Link, col(Link.school_id) == col(School.school_id))
+                    .where(col(Link.parent_id) == parent_id)
+                    .order_by(col(Link.created_at).desc())
                     .limit(1)
                 )
             ).scalar_one_or_none()
@@ -130,11 +131,12 @@ class Guessing:
 
     async def _watch(self, s: AsyncSession, trust_id: str | None, now: datetime) -> None:
         since = now - MINUTE
-        checks = [
+        # (scope, trust, failures in the last minute, threshold)
+        checks: list[tuple[str, str | None, int, int]] = [
             (
                 "deployment",
                 None,
-                await s.scalar(select(func.count()).where(GuessFailure.at > since)),
+                (await s.execute(select(func.count()).where(col(GuessFailure.at) > since))).scalar_one(),
                 self.limits.alert_deployment_failures_per_minute,
             )
         ]
@@ -143,7 +145,7 @@ class Guessing:
                 (
                     "trust",
                     trust_id,
-                    await s.scalar(select(func.count()).where(GuessFailure.trust_id == trust_id, GuessFailure.at > since)),
+                    (await s.execute(select(func.count()).where(col(GuessFailure.trust_id) == trust_id, col(GuessFailure.at) > since))).scalar_one(),
                     self.limits.alert_trust_failures_per_minute,
                 )
             )
@@ -166,8 +168,8 @@ class Guessing:
             return
         await s.execute(
             update(GuessAlert)
-            .where(GuessAlert.alert_key == key)
-            .values(failures=case((GuessAlert.failures < failures, failures), else_=GuessAlert.failures), last_at=now)
+            .where(col(GuessAlert.alert_key) == key)
+            .values(failures=case((col(GuessAlert.failures) < failures, failures), else_=col(GuessAlert.failures)), last_at=now)
         )
 
     async def alerts(self, req: contract.AlertsRequest) -> contract.AlertsReply:
@@ -176,7 +178,7 @@ class Guessing:
         async with self.ctx.db.reader() as s:
             rows = (
                 await s.execute(
-                    select(GuessAlert).where(GuessAlert.last_at >= since).order_by(GuessAlert.at.desc(), GuessAlert.id.desc()).limit(req.limit)
+                    select(GuessAlert).where(col(GuessAlert.last_at) >= since).order_by(col(GuessAlert.at).desc(), col(GuessAlert.id).desc()).limit(req.limit)
                 )
             ).scalars()
             return contract.AlertsReply(

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from contracts import identity, notify
 from contracts import linking as contract
@@ -124,6 +125,7 @@ class Links:
 
     async def _child_view(self, s: AsyncSession, link: Link) -> contract.ChildView:
         pupil = await s.get(Pupil, link.pupil_id)
+        assert pupil is not None  # a link is made for a pupil of the roster copy, which never deletes one
         school = await s.get(School, link.school_id)
         return contract.ChildView(
             pupil_id=link.pupil_id,
@@ -215,7 +217,7 @@ class Links:
         # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
         # take turns anyway), so a code with room for four links four, however many race.
         link_code = (
-            await s.execute(select(LinkCode).where(LinkCode.code_hash == self.ctx.vault.lookup_hash(code)).with_for_update())
+            await s.execute(select(LinkCode).where(col(LinkCode.code_hash) == self.ctx.vault.lookup_hash(code)).with_for_update())
         ).scalar_one_or_none()
         if link_code is None:
             return _Read(facts)
@@ -234,14 +236,14 @@ class Links:
         removed_via_code = False
         if req.parent_id:
             existing = (
-                await s.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
+                await s.execute(select(Link).where(col(Link.live_key) == _live_key(req.parent_id, pupil.pupil_id)))
             ).scalar_one_or_none()
             removed_via_code = (
                 await s.execute(
                     select(func.count()).where(
-                        Link.code_id == link_code.id,
-                        Link.parent_id == req.parent_id,
-                        Link.removed_by.in_(["staff", "bar"]),
+                        col(Link.code_id) == link_code.id,
+                        col(Link.parent_id) == req.parent_id,
+                        col(Link.removed_by).in_(["staff", "bar"]),
                     )
                 )
             ).scalar_one() > 0
@@ -251,22 +253,22 @@ class Links:
         if link_code.kind == PRINTED:
             other_carers = (
                 await s.execute(
-                    select(func.count(distinct(Link.parent_id))).where(
-                        Link.code_id == link_code.id, Link.parent_id != (req.parent_id or "")
+                    select(func.count(distinct(col(Link.parent_id)))).where(
+                        col(Link.code_id) == link_code.id, col(Link.parent_id) != (req.parent_id or "")
                     )
                 )
             ).scalar_one()
         else:
-            invitation = (await s.execute(select(Invitation).where(Invitation.code_id == link_code.id))).scalar_one_or_none()
+            invitation = (await s.execute(select(Invitation).where(col(Invitation.code_id) == link_code.id))).scalar_one_or_none()
 
         accepted_before = False
         if not req.accept_aup and req.parent_id:
             accepted_before = (
                 await s.execute(
                     select(func.count()).where(
-                        AupAcceptance.parent_id == req.parent_id,
-                        AupAcceptance.school_id == pupil.school_id,
-                        AupAcceptance.version == settings.aup_version,
+                        col(AupAcceptance.parent_id) == req.parent_id,
+                        col(AupAcceptance.school_id) == pupil.school_id,
+                        col(AupAcceptance.version) == settings.aup_version,
                     )
                 )
             ).scalar_one() > 0
@@ -304,9 +306,9 @@ class Links:
             links = (
                 await s.execute(
                     select(Link)
-                    .join(Pupil, Pupil.pupil_id == Link.pupil_id)
-                    .where(Link.parent_id == req.parent_id, Link.removed_at.is_(None), Pupil.left_at.is_(None))
-                    .order_by(Pupil.first_name, Pupil.pupil_id)
+                    .join(Pupil, col(Pupil.pupil_id) == col(Link.pupil_id))
+                    .where(col(Link.parent_id) == req.parent_id, col(Link.removed_at).is_(None), col(Pupil.left_at).is_(None))
+                    .order_by(col(Pupil.first_name), col(Pupil.pupil_id))
                 )
             ).scalars().all()
             return contract.ChildrenReply(children=[await self._child_view(s, link) for link in links])
@@ -320,15 +322,15 @@ class Links:
         found: dict[str, list[str]] = {}
         async with self.ctx.db.reader() as s:
             rows = await s.execute(
-                select(Link.parent_id, Link.pupil_id)
-                .join(Pupil, Pupil.pupil_id == Link.pupil_id)
+                select(col(Link.parent_id), col(Link.pupil_id))
+                .join(Pupil, col(Pupil.pupil_id) == col(Link.pupil_id))
                 .where(
-                    Link.parent_id.in_(parent_ids),
-                    Link.removed_at.is_(None),
-                    Link.status == LINKED,
-                    Pupil.left_at.is_(None),
+                    col(Link.parent_id).in_(parent_ids),
+                    col(Link.removed_at).is_(None),
+                    col(Link.status) == LINKED,
+                    col(Pupil.left_at).is_(None),
                 )
-                .order_by(Link.parent_id, Pupil.first_name, Link.pupil_id)
+                .order_by(col(Link.parent_id), col(Pupil.first_name), col(Link.pupil_id))
             )
             for parent_id, pupil_id in rows:
                 found.setdefault(parent_id, []).append(pupil_id)
@@ -338,7 +340,7 @@ class Links:
         """The parent unlinks a child themselves."""
         async with self.ctx.unit_of_work() as uow:
             link = (
-                await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, req.pupil_id)))
+                await uow.session.execute(select(Link).where(col(Link.live_key) == _live_key(req.parent_id, req.pupil_id)))
             ).scalar_one_or_none()
             if link is None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such child")
@@ -352,7 +354,7 @@ class Links:
         async with self.ctx.unit_of_work() as uow:
             pupil = await pupil_in_scope(uow.session, req.scope, req.pupil_id)
             link = (
-                await uow.session.execute(select(Link).where(Link.live_key == _live_key(req.parent_id, pupil.pupil_id)))
+                await uow.session.execute(select(Link).where(col(Link.live_key) == _live_key(req.parent_id, pupil.pupil_id)))
             ).scalar_one_or_none()
             if link is None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent of this pupil")
@@ -367,9 +369,9 @@ class Links:
             (
                 await s.execute(
                     select(Link)
-                    .join(Pupil, Pupil.pupil_id == Link.pupil_id)
-                    .where(Link.parent_id == parent_id, Link.removed_at.is_(None), Link.school_id.in_(allowed), Pupil.left_at.is_(None))
-                    .order_by(Pupil.first_name, Link.pupil_id)
+                    .join(Pupil, col(Pupil.pupil_id) == col(Link.pupil_id))
+                    .where(col(Link.parent_id) == parent_id, col(Link.removed_at).is_(None), col(Link.school_id).in_(allowed), col(Pupil.left_at).is_(None))
+                    .order_by(col(Pupil.first_name), col(Link.pupil_id))
                 )
             ).scalars()
         )
@@ -395,7 +397,7 @@ class Links:
 
     async def on_pupil_left(self, uow: UnitOfWork, pupil_id: str, at: datetime | None = None) -> None:
         """A pupil left the school: every parent's link ends."""
-        links = (await uow.session.execute(select(Link).where(Link.pupil_id == pupil_id, Link.removed_at.is_(None)))).scalars().all()
+        links = (await uow.session.execute(select(Link).where(col(Link.pupil_id) == pupil_id, col(Link.removed_at).is_(None)))).scalars().all()
         for link in links:
             await remove_link(self.ctx, uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
 
@@ -420,15 +422,15 @@ class Links:
             earlier = (
                 await s.execute(
                     select(Invitation).where(
-                        Invitation.pupil_id == pupil.pupil_id,
-                        Invitation.email_key == email.lower(),
-                        Invitation.status.in_(["invited", "bounced"]),
+                        col(Invitation.pupil_id) == pupil.pupil_id,
+                        col(Invitation.email_key) == email.lower(),
+                        col(Invitation.status).in_(["invited", "bounced"]),
                     )
                 )
             ).scalars().all()
             for inv in earlier:
                 inv.status = "revoked"
-                await s.execute(update(LinkCode).where(LinkCode.id == inv.code_id).values(revoked_at=now))
+                await s.execute(update(LinkCode).where(col(LinkCode.id) == inv.code_id).values(revoked_at=now))
             expires = now + timedelta(days=settings.invitation_days)
             code_id = uuid.uuid4().hex
             s.add(
@@ -485,7 +487,7 @@ class Links:
             ins(VerifiedParent.__table__).values(parent_id=event.parent_id, verified_at=now).on_conflict_do_nothing(index_elements=["parent_id"])
         )
         links = (
-            await s.execute(select(Link).where(Link.parent_id == event.parent_id, Link.status == AWAITING, Link.removed_at.is_(None)))
+            await s.execute(select(Link).where(col(Link.parent_id) == event.parent_id, col(Link.status) == AWAITING, col(Link.removed_at).is_(None)))
         ).scalars().all()
         for link in links:
             link.status = LINKED
@@ -515,7 +517,7 @@ class Links:
             return
         await uow.session.execute(
             update(Invitation)
-            .where(Invitation.id == event.reference.split(":", 1)[1], Invitation.status == "invited")
+            .where(col(Invitation.id) == event.reference.split(":", 1)[1], col(Invitation.status) == "invited")
             .values(status="bounced")
         )
 
@@ -531,7 +533,7 @@ class Links:
         if not pupil_ids:
             return parents, invitations
         for link in (
-            await s.execute(select(Link).where(Link.pupil_id.in_(pupil_ids), Link.removed_at.is_(None)).order_by(Link.created_at))
+            await s.execute(select(Link).where(col(Link.pupil_id).in_(pupil_ids), col(Link.removed_at).is_(None)).order_by(col(Link.created_at)))
         ).scalars():
             parents[link.pupil_id].append(
                 contract.ParentLinkView(
@@ -539,7 +541,7 @@ class Links:
                 )
             )
         for inv in (
-            await s.execute(select(Invitation).where(Invitation.pupil_id.in_(pupil_ids)).order_by(Invitation.sent_at))
+            await s.execute(select(Invitation).where(col(Invitation.pupil_id).in_(pupil_ids)).order_by(col(Invitation.sent_at)))
         ).scalars():
             invitations[inv.pupil_id].append(
                 contract.InvitationView(
@@ -553,11 +555,11 @@ class Links:
         if not class_ids:
             return {}
         rows = await s.execute(
-            select(ClassMember.class_id, func.count(distinct(ClassMember.pupil_id)))
-            .join(Pupil, Pupil.pupil_id == ClassMember.pupil_id)
-            .join(Link, Link.pupil_id == ClassMember.pupil_id)
-            .where(ClassMember.class_id.in_(class_ids), Pupil.left_at.is_(None), Link.removed_at.is_(None), Link.status == LINKED)
-            .group_by(ClassMember.class_id)
+            select(col(ClassMember.class_id), func.count(distinct(col(ClassMember.pupil_id))))
+            .join(Pupil, col(Pupil.pupil_id) == col(ClassMember.pupil_id))
+            .join(Link, col(Link.pupil_id) == col(ClassMember.pupil_id))
+            .where(col(ClassMember.class_id).in_(class_ids), col(Pupil.left_at).is_(None), col(Link.removed_at).is_(None), col(Link.status) == LINKED)
+            .group_by(col(ClassMember.class_id))
         )
         return dict(rows.all())
 
@@ -565,7 +567,7 @@ class Links:
         """A pupil's audit trail, oldest first."""
         async with self.ctx.db.reader() as s:
             await pupil_record_in_scope(s, req.scope, req.pupil_id)
-            rows = (await s.execute(select(AuditRow).where(AuditRow.pupil_id == req.pupil_id).order_by(AuditRow.at, AuditRow.id))).scalars()
+            rows = (await s.execute(select(AuditRow).where(col(AuditRow.pupil_id) == req.pupil_id).order_by(col(AuditRow.at), col(AuditRow.id)))).scalars()
             return contract.AuditReply(
                 entries=[contract.AuditEntry(at=r.at, actor=r.actor, action=r.action, parent_id=r.parent_id, reason=r.reason) for r in rows]
             )

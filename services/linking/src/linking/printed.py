@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from contracts import linking as contract
 from contracts.kit.logs import get_logger
@@ -77,10 +78,10 @@ class PrintedCodes:
                 pupil_ids = list(
                     (
                         await s.execute(
-                            select(Pupil.pupil_id)
-                            .join(ClassMember, ClassMember.pupil_id == Pupil.pupil_id)
-                            .where(ClassMember.class_id == class_id, Pupil.left_at.is_(None))
-                            .order_by(Pupil.pupil_id)
+                            select(col(Pupil.pupil_id))
+                            .join(ClassMember, col(ClassMember.pupil_id) == col(Pupil.pupil_id))
+                            .where(col(ClassMember.class_id) == class_id, col(Pupil.left_at).is_(None))
+                            .order_by(col(Pupil.pupil_id))
                         )
                     ).scalars()
                 )
@@ -92,20 +93,20 @@ class PrintedCodes:
             # never wait on each other; SQLite's writers take turns anyway): each one then sees
             # the codes the one before made live, and replaces them.
             await s.execute(
-                select(Pupil.pupil_id).where(Pupil.pupil_id.in_(pupil_ids)).order_by(Pupil.pupil_id).with_for_update()
+                select(col(Pupil.pupil_id)).where(col(Pupil.pupil_id).in_(pupil_ids)).order_by(col(Pupil.pupil_id)).with_for_update()
             )
             settings = await self.ctx.read_settings(s, school_id)
             expires_at = now + timedelta(days=settings.printed_code_days)
 
             old = (
                 await s.execute(
-                    select(LinkCode.id, LinkCode.pupil_id, LinkCode.code_cipher).where(LinkCode.live_pupil_id.in_(pupil_ids))
+                    select(col(LinkCode.id), col(LinkCode.pupil_id), col(LinkCode.code_cipher)).where(col(LinkCode.live_pupil_id).in_(pupil_ids))
                 )
             ).all()
             if old:
                 await s.execute(
                     update(LinkCode)
-                    .where(LinkCode.id.in_([o.id for o in old]))
+                    .where(col(LinkCode.id).in_([o.id for o in old]))
                     .values(revoked_at=now, live_pupil_id=None)
                 )
                 # Flushed before the inserts: the unique live_pupil_id must be free first.
@@ -173,13 +174,13 @@ class PrintedCodes:
                 found = (
                     await s.execute(
                         select(LinkCode, Pupil, School)
-                        .join(Pupil, Pupil.pupil_id == LinkCode.pupil_id)
-                        .join(School, School.school_id == Pupil.school_id)
+                        .join(Pupil, col(Pupil.pupil_id) == col(LinkCode.pupil_id))
+                        .join(School, col(School.school_id) == col(Pupil.school_id))
                         .where(
-                            LinkCode.code_hash == self.ctx.vault.lookup_hash(code),
-                            LinkCode.revoked_at.is_(None),
-                            LinkCode.expires_at > now,
-                            Pupil.left_at.is_(None),
+                            col(LinkCode.code_hash) == self.ctx.vault.lookup_hash(code),
+                            col(LinkCode.revoked_at).is_(None),
+                            col(LinkCode.expires_at) > now,
+                            col(Pupil.left_at).is_(None),
                         )
                     )
                 ).first()
@@ -203,8 +204,8 @@ class PrintedCodes:
     async def _live_codes(self, s: AsyncSession, pupil_ids: list[str]) -> dict[str, _LiveCode]:
         now = self.ctx.now()
         rows = await s.execute(
-            select(LinkCode.id, LinkCode.pupil_id, LinkCode.code_cipher, LinkCode.qr_mask, LinkCode.expires_at).where(
-                LinkCode.live_pupil_id.in_(pupil_ids), LinkCode.expires_at > now
+            select(col(LinkCode.id), col(LinkCode.pupil_id), col(LinkCode.code_cipher), col(LinkCode.qr_mask), col(LinkCode.expires_at)).where(
+                col(LinkCode.live_pupil_id).in_(pupil_ids), col(LinkCode.expires_at) > now
             )
         )
         return {r.pupil_id: _LiveCode(r.id, r.pupil_id, r.code_cipher, r.qr_mask, r.expires_at) for r in rows if r.code_cipher}
@@ -233,9 +234,9 @@ class PrintedCodes:
                 (
                     await s.execute(
                         select(Pupil)
-                        .join(ClassMember, ClassMember.pupil_id == Pupil.pupil_id)
-                        .where(ClassMember.class_id == cls.class_id, Pupil.left_at.is_(None))
-                        .order_by(Pupil.last_name, Pupil.first_name, Pupil.pupil_id)
+                        .join(ClassMember, col(ClassMember.pupil_id) == col(Pupil.pupil_id))
+                        .where(col(ClassMember.class_id) == cls.class_id, col(Pupil.left_at).is_(None))
+                        .order_by(col(Pupil.last_name), col(Pupil.first_name), col(Pupil.pupil_id))
                     )
                 ).scalars()
             )

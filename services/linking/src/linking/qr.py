@@ -36,7 +36,7 @@ class Rendering:
     @property
     def size(self) -> int:
         """Modules across, quiet zone included."""
-        return self.qr.symbol_size(border=BORDER)[0]
+        return int(self.qr.symbol_size(border=BORDER)[0])  # whole modules at scale 1 (segno types sizes int | float)
 
     def svg(self) -> str:
         """An inline `<svg>` that scales to its box (no width/height of its own)."""

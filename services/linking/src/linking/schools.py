@@ -6,7 +6,10 @@ raises `RpcFailure` with one of the contract's error codes. One session per call
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from contracts import linking as contract
 from contracts.kit.logs import get_logger
@@ -34,7 +37,7 @@ class Schools:
         """The schools of a scope (how the gateway expands a trust admin's trust)."""
         async with self.ctx.db.reader() as s:
             allowed = await school_ids(s, req.scope)
-            rows = (await s.execute(select(School).where(School.school_id.in_(allowed)).order_by(School.name))).scalars()
+            rows = (await s.execute(select(School).where(col(School.school_id).in_(allowed)).order_by(col(School.name)))).scalars()
             return contract.SchoolsReply(
                 schools=[
                     contract.SchoolSummary(school_id=x.school_id, trust_id=x.trust_id, name=x.name, timezone=x.timezone)
@@ -49,19 +52,19 @@ class Schools:
             if not allowed:
                 return contract.ClassesReply(classes=[])
             counts = (
-                select(ClassMember.class_id, func.count().label("n"))
-                .join(Pupil, Pupil.pupil_id == ClassMember.pupil_id)
-                .where(Pupil.left_at.is_(None))
-                .group_by(ClassMember.class_id)
+                select(col(ClassMember.class_id), func.count().label("n"))
+                .join(Pupil, col(Pupil.pupil_id) == col(ClassMember.pupil_id))
+                .where(col(Pupil.left_at).is_(None))
+                .group_by(col(ClassMember.class_id))
                 .subquery()
             )
             rows = (
                 await s.execute(
-                    select(SchoolClass, School.name, func.coalesce(counts.c.n, 0))
-                    .outerjoin(School, School.school_id == SchoolClass.school_id)
-                    .outerjoin(counts, counts.c.class_id == SchoolClass.class_id)
-                    .where(SchoolClass.school_id.in_(allowed))
-                    .order_by(School.name, SchoolClass.name, SchoolClass.class_id)
+                    select(SchoolClass, col(School.name), func.coalesce(counts.c.n, 0))
+                    .outerjoin(School, col(School.school_id) == col(SchoolClass.school_id))
+                    .outerjoin(counts, counts.c.class_id == col(SchoolClass.class_id))
+                    .where(col(SchoolClass.school_id).in_(allowed))
+                    .order_by(col(School.name), col(SchoolClass.name), col(SchoolClass.class_id))
                 )
             ).all()
             linked = await self.links.linked_counts(s, [c.class_id for c, _, _ in rows])
@@ -83,14 +86,15 @@ class Schools:
         """`GET /classes/{class_id}/pupils`."""
         async with self.ctx.db.reader() as s:
             cls, school_name = await class_in_scope(s, req.scope, req.class_id)
-            rows = await s.execute(
-                select(Pupil, LinkCode.expires_at)
-                .join(ClassMember, ClassMember.pupil_id == Pupil.pupil_id)
-                .outerjoin(LinkCode, LinkCode.live_pupil_id == Pupil.pupil_id)
-                .where(ClassMember.class_id == cls.class_id, Pupil.left_at.is_(None))
-                .order_by(Pupil.last_name, Pupil.first_name, Pupil.pupil_id)
-            )
-            rows = rows.all()
+            rows = (
+                await s.execute(
+                    select(Pupil, col(LinkCode.expires_at))
+                    .join(ClassMember, col(ClassMember.pupil_id) == col(Pupil.pupil_id))
+                    .outerjoin(LinkCode, col(LinkCode.live_pupil_id) == col(Pupil.pupil_id))
+                    .where(col(ClassMember.class_id) == cls.class_id, col(Pupil.left_at).is_(None))
+                    .order_by(col(Pupil.last_name), col(Pupil.first_name), col(Pupil.pupil_id))
+                )
+            ).all()
             parents, invitations = await self.links.parents_and_invitations(s, [p.pupil_id for p, _ in rows])
             pupils = [
                 contract.PupilView(
@@ -133,7 +137,7 @@ class Schools:
             defaults = self.ctx.settings_of(req.school_id, None)
             after = {name: changes.get(name, getattr(before, name)) for name in school_settings.EDITABLE}
             # Values equal to the defaults are stored as NULL, so they keep following them.
-            stored = {
+            stored: dict[str, Any] = {
                 name: (None if name in ("aup_text", "homework_url", "files_url", "messages_url") and value == getattr(defaults, name) else value)
                 for name, value in after.items()
             }
