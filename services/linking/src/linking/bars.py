@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from contracts import linking as contract
+from contracts.kit.db import dialect_name
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcFailure, invalid
 from linking.addresses import AddressVault, normalise_email
@@ -56,7 +57,7 @@ class Bars:
         # still commit its link afterwards, unseen by the bar: redemptions of a pupil share a
         # lock that adding a bar takes alone, so one waits for the other. SQLite's writers
         # take turns anyway.
-        if s.bind.dialect.name == "postgresql":
+        if dialect_name(s) == "postgresql":
             fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
             await s.execute(text(f"SELECT {fn}(:k)"), {"k": _lock_key(pupil_id)})
 

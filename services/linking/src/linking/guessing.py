@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import CursorResult, case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
 from contracts import linking as contract
+from contracts.kit.db import insert
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcFailure
 from linking import codes
@@ -157,11 +157,14 @@ class Guessing:
         # One row per scope and clock minute: replicas raising the same alert meet on its key,
         # and a long attack shows as one alert a minute rather than one per failure.
         key = f"{scope}:{trust_id or '*'}:{now:%Y-%m-%dT%H:%M}"
-        ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
-        result = await s.execute(
-            ins(GuessAlert.__table__)
-            .values(alert_key=key, scope=scope, trust_id=trust_id, at=now, last_at=now, failures=failures, threshold=threshold)
-            .on_conflict_do_nothing(index_elements=["alert_key"])
+        # An INSERT's result is a CursorResult, which has the rowcount.
+        result = cast(
+            "CursorResult[Any]",
+            await s.execute(
+                insert(s, GuessAlert)
+                .values(alert_key=key, scope=scope, trust_id=trust_id, at=now, last_at=now, failures=failures, threshold=threshold)
+                .on_conflict_do_nothing(index_elements=["alert_key"])
+            ),
         )
         if result.rowcount:
             log.error("guessing_alert", scope=scope, trust_id=trust_id, failures=failures, threshold=threshold, window="1 minute")

@@ -13,14 +13,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import distinct, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from contracts import identity, notify
 from contracts import linking as contract
+from contracts.kit.db import insert
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
@@ -291,9 +290,8 @@ class Links:
         return _Read(facts, link_code, pupil, settings, existing, invitation)
 
     async def _accept_aup(self, s: AsyncSession, parent_id: str, school_id: str, version: str, now: datetime) -> None:
-        ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
         await s.execute(
-            ins(AupAcceptance.__table__)
+            insert(s, AupAcceptance)
             .values(parent_id=parent_id, school_id=school_id, version=version, accepted_at=now)
             .on_conflict_do_nothing(index_elements=["parent_id", "school_id", "version"])
         )
@@ -482,9 +480,8 @@ class Links:
         """A parent verified their address: their links awaiting it become active."""
         s = uow.session
         now = self.ctx.now()
-        ins = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
         await s.execute(
-            ins(VerifiedParent.__table__).values(parent_id=event.parent_id, verified_at=now).on_conflict_do_nothing(index_elements=["parent_id"])
+            insert(s, VerifiedParent).values(parent_id=event.parent_id, verified_at=now).on_conflict_do_nothing(index_elements=["parent_id"])
         )
         links = (
             await s.execute(select(Link).where(col(Link.parent_id) == event.parent_id, col(Link.status) == AWAITING, col(Link.removed_at).is_(None)))
