@@ -12,12 +12,8 @@ import secrets
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from contracts.addresses import normalise_email
 from linking import codes
-
-
-def normalise_email(email: str) -> str:
-    """Addresses are compared as identity compares them: trimmed and lower-cased."""
-    return email.strip().lower()
 
 
 class AddressVault:

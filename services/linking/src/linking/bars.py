@@ -17,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from contracts import linking as contract
+from contracts.addresses import looks_like_email, normalise_email
 from contracts.kit.db import dialect_name
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcFailure, invalid
-from linking.addresses import AddressVault, normalise_email
+from linking.addresses import AddressVault
 from linking.context import LinkingContext
-from linking.links import EMAIL, remove_link
+from linking.links import remove_link
 from linking.scope import pupil_in_scope
 from linking.tables import Bar, Invitation, Link, LinkCode
 
@@ -81,7 +82,7 @@ class Bars:
     async def add(self, req: contract.AddBarRequest) -> contract.AddBarReply:
         """Bar the address: open invitations to it end, and so do the named parents' links."""
         email = req.email.strip()
-        if not EMAIL.match(email):
+        if not looks_like_email(email):
             raise invalid(email="enter an address like name@example.org")
         if not req.reason.strip():
             raise invalid(reason="say why the address is barred")

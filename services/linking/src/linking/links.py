@@ -6,7 +6,6 @@ and, where the parent is told, its email request.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -19,6 +18,7 @@ from sqlmodel import col
 
 from contracts import identity, notify
 from contracts import linking as contract
+from contracts.addresses import looks_like_email, normalise_email
 from contracts.kit.db import insert
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = get_logger("linking.links")
 
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
 def _live_key(parent_id: str, pupil_id: str) -> str:
     return f"{parent_id}:{pupil_id}"
 
@@ -405,7 +405,7 @@ class Links:
         """Email an invitation with its own single-use code; an earlier open one to the same
         address for this pupil is revoked."""
         email = req.email.strip()
-        if not EMAIL.match(email):
+        if not looks_like_email(email):
             raise invalid(email="enter an address like name@example.org")
         now = self.ctx.now()
         code = codes.generate()
@@ -421,7 +421,7 @@ class Links:
                 await s.execute(
                     select(Invitation).where(
                         col(Invitation.pupil_id) == pupil.pupil_id,
-                        col(Invitation.email_key) == email.lower(),
+                        col(Invitation.email_key) == normalise_email(email),
                         col(Invitation.status).in_(["invited", "bounced"]),
                     )
                 )
@@ -450,7 +450,7 @@ class Links:
                 pupil_id=pupil.pupil_id,
                 school_id=pupil.school_id,
                 email=email,
-                email_key=email.lower(),
+                email_key=normalise_email(email),
                 code_id=code_id,
                 status="invited",
                 sent_at=now,
