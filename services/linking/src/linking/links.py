@@ -19,6 +19,7 @@ from sqlmodel import col
 from contracts import identity, notify
 from contracts import linking as contract
 from contracts.addresses import looks_like_email, normalise_email
+from contracts.base import Event
 from contracts.kit.db import insert
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
@@ -476,8 +477,9 @@ class Links:
 
     # -- events from other services -----------------------------------------------------------------
 
-    async def on_parent_verified(self, uow: UnitOfWork, event: identity.ParentVerified, subject: str) -> None:
+    async def on_parent_verified(self, uow: UnitOfWork, event: Event, subject: str) -> None:
         """A parent verified their address: their links awaiting it become active."""
+        assert isinstance(event, identity.ParentVerified)  # the consumer's only schema
         s = uow.session
         now = self.ctx.now()
         await s.execute(
@@ -508,8 +510,9 @@ class Links:
             await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
             log.info("link_activated", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id)
 
-    async def on_email_failed(self, uow: UnitOfWork, event: notify.EmailFailed, subject: str) -> None:
+    async def on_email_failed(self, uow: UnitOfWork, event: Event, subject: str) -> None:
         """An invitation that bounced shows as bounced to staff."""
+        assert isinstance(event, notify.EmailFailed)  # the consumer's only schema
         if not event.reference.startswith("invitation:"):
             return
         await uow.session.execute(
