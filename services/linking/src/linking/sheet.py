@@ -156,7 +156,7 @@ def render_pdf(cards: list[Card], *, class_name: str, school_name: str, host: st
         qr_mm = modules * MODULE_MM
         qx, qy = _on_grid(x + 1.0), _on_grid(y + (CARD_H - qr_mm) / 2)
         scale = MODULE_MM * k
-        pdf._out(f"q 0 g {scale:.5f} 0 0 {scale:.5f} {qx * k:.4f} {(PAGE_H - qy - qr_mm) * k:.4f} cm {ops} Q")
+        pdf._out(f"q 0 g {scale:.5f} 0 0 {scale:.5f} {qx * k:.4f} {(PAGE_H - qy - qr_mm) * k:.4f} cm {ops} Q")  # noqa: SLF001 - fpdf2 has no public way to add raw content-stream operators
 
         # The quiet zone (4 modules) is white space enough between the code and the text.
         tx = qx + qr_mm - 2.0
