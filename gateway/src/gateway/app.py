@@ -18,20 +18,22 @@ from gateway import (
     auth_routes,
     bar_routes,
     code_routes,
-    devmail,
     health,
     pages,
     parent_routes,
     staff_link_routes,
     staff_routes,
 )
-from gateway import bench_routes, links_cache, overview_cache
-from gateway.bus import nats_lifespan
-from gateway.links_cache import LinksCache
+from gateway.caches import links as links_cache
+from gateway.caches import overview as overview_cache
+from gateway.caches.links import LinksCache
+from gateway.clients.nats import nats_lifespan
+from gateway.dev import bench as bench_routes
+from gateway.dev import mail as devmail
 from gateway.edge import security_headers, wrap_access_log
 from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
-from gateway.platform_standin import platform_router
+from gateway.dev.platform import platform_router
 from gateway.rpc import rpc_exception_handlers
 from gateway.settings import GatewaySettings
 

@@ -213,7 +213,7 @@ class SessionAuth:
         # Accounts whose sessions all ended lately: their event may arrive before the reply.
         self._recent_accounts: dict[str, float] = {}
 
-    # Hooks of gateway.bus.nats_lifespan.
+    # Hooks of gateway.clients.nats.nats_lifespan.
 
     async def subscribe(self, nc: NatsClient) -> None:
         """Listen to revocation events (the `on_connect` hook)."""

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts import linking as contract
 from contracts.identity import Principal
 from gateway.auth import SECURITY
-from gateway.links_cache import get_links_cache
+from gateway.caches.links import get_links_cache
 from gateway.openapi import error_responses
 from gateway.rpc import ask
 from gateway.staff_routes import checked_id, parent_contacts, settings_only, staff_scope

@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from contracts.kit import rpc
 from contracts.rpc import SERVICES, HealthRequest
 from contracts.rpc import health as health_rpc
-from gateway.bus import get_nats
+from gateway.clients.nats import get_nats
 from gateway.errors import ApiError
 from gateway.openapi import error_responses
 from gateway.settings import GatewaySettings

@@ -2,8 +2,8 @@
 each child's overview (`/me/overview`, `/me/children/{id}/overview`).
 
 The overview is the product's hottest path: the caller comes from the session cache, their
-children from the links cache (`gateway.links_cache`), and the numbers from the overview cache
-(`gateway.overview_cache`) or else one request to overview for every child missing there, whose
+children from the links cache (`gateway.caches.links`), and the numbers from the overview cache
+(`gateway.caches.overview`) or else one request to overview for every child missing there, whose
 JSON is passed through. When overview is slow or away the answer is partial (the last numbers
 this replica saw, or none), never a 500.
 """
@@ -25,12 +25,12 @@ from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
 from contracts.overview import GET as OVERVIEW_GET
 from contracts.overview import OverviewRequest
-from gateway import overview_cache
+from gateway.caches import overview as overview_cache
 from gateway.auth import SECURITY, authenticate, client_ip, require_role
 from gateway.errors import ApiError
-from gateway.links_cache import get_links_cache
+from gateway.caches.links import get_links_cache
 from gateway.openapi import error_responses
-from gateway.overview_cache import OverviewCache, Refresher, split_children
+from gateway.caches.overview import OverviewCache, Refresher, split_children
 from gateway.rpc import ask, ask_raw
 
 log = get_logger("gateway.parent_routes")

@@ -20,7 +20,7 @@ from contracts.base import Rep, Req, Rpc
 from contracts.kit import rpc
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError, RpcTimeout, RpcUnavailable
-from gateway.bus import get_nats
+from gateway.clients.nats import get_nats
 from gateway.errors import DEFAULT_DETAILS, ApiError, error_response
 
 log = get_logger("gateway.rpc")

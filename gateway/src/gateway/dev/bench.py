@@ -13,7 +13,7 @@ import os
 from litestar import Response, get
 from litestar.datastructures import State
 
-from gateway.bus import get_nats
+from gateway.clients.nats import get_nats
 
 ECHO_SUBJECT = "bench.echo.v1"
 

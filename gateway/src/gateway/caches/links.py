@@ -20,7 +20,7 @@ from contracts import linking
 from contracts.kit.logs import get_logger
 from gateway.rpc import ask
 
-log = get_logger("gateway.links_cache")
+log = get_logger("gateway.caches.links")
 
 STATE_KEY = "links_cache"
 
