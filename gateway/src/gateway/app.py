@@ -27,7 +27,7 @@ from gateway import (
 from gateway.caches import links as links_cache
 from gateway.caches import overview as overview_cache
 from gateway.caches.links import LinksCache
-from gateway.clients.nats import nats_lifespan
+from gateway.clients.nats import NatsTransport, nats_lifespan
 from gateway.dev import bench as bench_routes
 from gateway.dev import mail as devmail
 from gateway.edge import security_headers, wrap_access_log
@@ -109,6 +109,7 @@ def create_app(
         lifespan=[
             nats_lifespan(
                 settings,
+                NatsTransport(settings),
                 on_connect=[sessions.subscribe, links.subscribe, overviews.subscribe],
                 on_reconnect=[sessions.on_reconnect, links.on_reconnect, overviews.on_reconnect],
             )
