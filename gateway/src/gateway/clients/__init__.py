@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from litestar.datastructures import State
+
 from gateway.clients.health import HealthClient
 from gateway.clients.identity import IdentityClient
 from gateway.clients.linking import LinkingClient, StaffLinking, staff_scope
@@ -24,8 +26,11 @@ __all__ = [
     "OverviewClient",
     "StaffLinking",
     "Transport",
+    "get_clients",
     "staff_scope",
 ]
+
+STATE_KEY = "clients"
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,8 @@ class Clients:
             overview=OverviewClient(transport),
             health=HealthClient(transport),
         )
+
+
+def get_clients(state: State) -> Clients:
+    """The application's clients."""
+    return state[STATE_KEY]

@@ -36,10 +36,10 @@ class NatsTransport:
     """Requests over the application's NATS client, with `PORTAL_RPC_TIMEOUT` as the deadline
     unless a call names its own."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, nc: NatsClient | None = None) -> None:
         self.timeout = settings.rpc_timeout
         # Set by `nats_lifespan` when the application starts; until then nothing answers.
-        self.nc: NatsClient | None = None
+        self.nc = nc
 
     @property
     def connected(self) -> bool:
