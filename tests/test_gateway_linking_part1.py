@@ -32,9 +32,9 @@ from contracts.base import Event
 from contracts.kit.rpc import call
 from contracts.kit.service import migrate
 from gateway import flows
+from gateway.app import create_app
 from gateway.clients import IdentityClient
 from gateway.clients.nats import NatsTransport
-from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from helpers import eventually
 from identity import app as identity_app

@@ -197,14 +197,16 @@ _TITLES = {
 }
 
 
-def _error_page(request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response[Any]:
+def _error_page(
+    request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None, code: str | None = None
+) -> Response[Any]:
     if status == 401:
         # Only a page can be returned to: a form's target may not answer GET.
         if request.method == "GET":
             query = urlencode({"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")})
             return Redirect(path=f"/login?{query}", status_code=303)
         return Redirect(path="/login", status_code=303)
-    if status == 403 and "X-CSRF-Token" in detail:
+    if code == "csrf_failed":
         detail = "For your safety this form works only for a short while. Go back, reload the page and try again."
     return Template(
         template_name="pages/error.html",
@@ -217,13 +219,13 @@ def _error_page(request: Request, status: int, detail: str, headers: Mapping[str
 
 def handle_api_error(request: Request, exc: ApiError) -> Response[Any]:
     """An `ApiError` raised under a page (a guard's 404, a CSRF failure) as a page."""
-    return _error_page(request, exc.status_code, exc.detail, exc.headers)
+    return _error_page(request, exc.status_code, exc.detail, exc.headers, exc.code)
 
 
 def handle_rpc_error(request: Request, exc: RpcError) -> Response[Any]:
     """A service's error under a page, answered with the status the API would give."""
     err = http_error(exc)
-    return _error_page(request, err.status_code, err.detail, err.headers)
+    return _error_page(request, err.status_code, err.detail, err.headers, err.code)
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[Any]:
