@@ -53,8 +53,9 @@ _COOKIE_REFRESH = "portal_cookie_refresh"
 def _request_state(connection: ASGIConnection) -> dict[str, Any]:
     return connection.scope.setdefault("state", {})  # type: ignore[typeddict-item]
 
+
 # OpenAPI security requirements for routes that need a caller.
-SECURITY = [{"bearer": []}, {"session_cookie": []}]
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"session_cookie": []}]
 
 
 def cookie_name(settings: GatewaySettings) -> str:

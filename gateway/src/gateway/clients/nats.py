@@ -59,6 +59,7 @@ class NatsTransport:
         """Ask `rpc`; its reply's body as sent."""
         return await rpc_kit.call_raw(self._client(rpc), rpc, request, timeout=timeout or self.timeout)
 
+
 ConnectHook = Callable[[NatsClient], Awaitable[None]]
 ReconnectHook = Callable[[], Awaitable[None]]
 
