@@ -56,7 +56,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 BIN = Path(sys.executable).parent
 PORTAL = str(BIN / "portal")
-ECHO_SUBJECT = "bench.echo.v1"  # gateway.bench_routes.ECHO_SUBJECT
+ECHO_SUBJECT = "bench.echo.v1"  # gateway.dev.bench.ECHO_SUBJECT
 CONSUMER = ("PLATFORM", "overview-platform")
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 PASSWORD = "bench-parent-password"

@@ -30,7 +30,8 @@ from contracts.base import utcnow
 from contracts.kit import rpc
 from contracts.kit.service import migrate
 from gateway.app import create_app
-from gateway.auth import SessionCache, client_ip, cookie_name, csrf_token_for, require_role, session_cookie, token_key
+from gateway.auth import client_ip, cookie_name, csrf_token_for, require_role, session_cookie
+from gateway.caches.sessions import SessionCache, token_key
 from gateway.settings import GatewaySettings
 from helpers import eventually
 from identity import app as identity_app

@@ -32,7 +32,7 @@ from contracts.kit.service import migrate
 from contracts.rpc import SERVICES
 from gateway import __version__
 from gateway.app import create_app
-from gateway.devmail import linkify
+from gateway.dev.mail import linkify
 from gateway.edge import CONTENT_SECURITY_POLICY
 from gateway.errors import ApiError
 from gateway.settings import GatewaySettings

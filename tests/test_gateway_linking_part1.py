@@ -25,15 +25,16 @@ import httpx
 import nats
 import pytest
 import uvicorn
-from litestar.datastructures import State
 
 from contracts import identity, notify, platform
 from contracts import linking as contract
 from contracts.base import Event
 from contracts.kit.rpc import call
 from contracts.kit.service import migrate
-from gateway import staff_routes
+from gateway import flows
 from gateway.app import create_app
+from gateway.clients import IdentityClient
+from gateway.clients.nats import NatsTransport
 from gateway.settings import GatewaySettings
 from helpers import eventually
 from identity import app as identity_app
@@ -460,7 +461,8 @@ async def test_parents_names_are_composed_from_identity_in_one_request(portal: P
 
     sub = await portal.nc.subscribe(identity.CONTACTS.subject, cb=on_contacts)
     await portal.nc.flush()
-    rows = await staff_routes.pupil_rows(State({"settings": portal.gateway_settings, "nats": portal.nc}), reply)
+    identity_client = IdentityClient(NatsTransport(portal.gateway_settings, portal.nc))
+    rows = await flows.pupil_rows(identity_client, reply)
     await eventually(lambda: asked, timeout=5, message="contacts request seen")
     await sub.unsubscribe()
     assert len(asked) == 1 and sorted(asked[0]["ids"]) == sorted([portal.parent_id, "gone"])
@@ -468,7 +470,7 @@ async def test_parents_names_are_composed_from_identity_in_one_request(portal: P
         mother, unknown = row.parents
         assert (mother.name, mother.email.endswith("@example.org"), mother.status) == ("Mary Parent", True, "linked")
         assert (unknown.parent_id, unknown.name, unknown.email) == ("gone", None, None)
-    assert await staff_routes.parent_contacts(State({"settings": portal.gateway_settings, "nats": portal.nc}), []) == {}
+    assert await identity_client.contacts([]) == {}
 
 
 async def test_the_routes_are_documented(portal: Portal) -> None:

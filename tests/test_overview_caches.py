@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from contracts.overview import next_week_turn
-from gateway import overview_cache
-from gateway.overview_cache import OverviewCache, Refresher, split_children
+from gateway.caches import overview as overview_cache
+from gateway.caches.overview import OverviewCache, Refresher, split_children
 from overview.projection import week_start
 
 ZONES = ["Europe/London", "Pacific/Kiritimati", "Etc/GMT+12", "Asia/Kathmandu", "Pacific/Chatham", "America/St_Johns", "UTC"]

@@ -1,13 +1,16 @@
-"""API.md's error format for every 4xx and 5xx: `{"error": "<snake_case_code>", "detail": "<sentence>"}`.
+"""The error format of every 4xx and 5xx (docs/http-api.md): `{"error": "<snake_case_code>",
+"detail": "<sentence>"}`.
 
-Routes raise `ApiError(status, code, detail)`; the handlers here turn it, Litestar's own
-exceptions (unknown path, wrong method, invalid body) and anything unexpected into that shape.
+Routes raise `ApiError(status, code, detail)`; the handlers here turn it, a service's error
+(`RpcError`, answered as `RPC_ERRORS` says), Litestar's own exceptions (unknown path, wrong
+method, invalid body) and anything unexpected into that shape.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -15,7 +18,9 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from contracts import identity, linking
 from contracts.kit.logs import get_logger
+from contracts.kit.rpc import INVALID_REQUEST, VALIDATION_ERROR, RpcError, RpcTimeout, RpcUnavailable
 
 log = get_logger("gateway.errors")
 
@@ -40,7 +45,7 @@ STATUS_CODES: dict[int, str] = {
 }
 
 # Litestar's built-in exceptions carry the bare status phrase ("Not Found") as detail;
-# API.md promises a human sentence.
+# the API promises a human sentence.
 DEFAULT_DETAILS: dict[int, str] = {
     400: "The request could not be understood.",
     401: "You need to log in to do this.",
@@ -58,7 +63,7 @@ DEFAULT_DETAILS: dict[int, str] = {
 
 
 class ApiError(HTTPException):
-    """An error answer in API.md's format; `extra` adds fields to the body (e.g. `missing`)."""
+    """An error answer in the API's format; `extra` adds fields to the body (e.g. `missing`)."""
 
     def __init__(
         self,
@@ -102,7 +107,7 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Response[dict[str, Any]]:
-    """A JSON error response in API.md's format."""
+    """A JSON error response in the API's format."""
     return Response(
         content={"error": code, "detail": detail, **(extra or {})},
         status_code=status,
@@ -123,13 +128,104 @@ def _route(request: Request) -> str:
     return request.scope.get("path_template") or request.scope.get("path", "")
 
 
+def not_found(detail: str = DEFAULT_DETAILS[404]) -> ApiError:
+    """404 `not_found`, the same for a missing id and one of another tenant."""
+    return ApiError(404, "not_found", detail)
+
+
+MAX_ID_LENGTH = 128  # linking's requests refuse longer ids
+
+
+def checked_id(value: str) -> str:
+    """A path id linking can take; a longer one cannot exist, so it is not found."""
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise not_found()
+    return value
+
+
+# -- services' errors ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RpcErrorMapping:
+    """How one service error code is answered over HTTP."""
+
+    status: int
+    code: str | None = None  # the API's code; the service's own when None
+    # The API's own words before the service's sentence, where a route says it differently.
+    lead: str | None = None
+
+
+# Service error code -> HTTP answer. Add a service's codes here, not in each route: this is the
+# one place where a service's error becomes an HTTP one (the API's and the pages' alike).
+RPC_ERRORS: dict[str, RpcErrorMapping] = {
+    identity.E_WEAK_PASSWORD: RpcErrorMapping(422),
+    identity.E_INVALID_TOKEN: RpcErrorMapping(400),
+    identity.E_INVALID_CREDENTIALS: RpcErrorMapping(401),
+    identity.E_NOT_VERIFIED: RpcErrorMapping(403),
+    identity.E_TOO_MANY: RpcErrorMapping(429),
+    identity.E_INVALID_SESSION: RpcErrorMapping(401, "unauthorized"),
+    identity.E_CONFLICT: RpcErrorMapping(409),
+    VALIDATION_ERROR: RpcErrorMapping(422),
+    # The service could not parse what the gateway sent: the caller's input was out of range.
+    INVALID_REQUEST: RpcErrorMapping(422, VALIDATION_ERROR),
+    linking.E_NOT_FOUND: RpcErrorMapping(404),
+    linking.E_INVALID_CODE: RpcErrorMapping(404),
+    linking.E_NO_CODE: RpcErrorMapping(404),
+    linking.E_CODE_FULL: RpcErrorMapping(409),
+    linking.E_AUP_REQUIRED: RpcErrorMapping(422),
+}
+
+# (request, code) -> answer, where one request's error is worded apart from the others'.
+RPC_ERRORS_BY_REQUEST: dict[tuple[str, str], RpcErrorMapping] = {
+    (linking.UPDATE_SCHOOL_SETTINGS.subject, linking.E_VALIDATION): RpcErrorMapping(422, lead="Some settings are invalid"),
+}
+
+# Without a `retry_after` from the service, a client still learns when to come back.
+DEFAULT_RETRY_AFTER = 60
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+def http_error(exc: RpcError) -> ApiError:
+    """The HTTP answer to a service's error: its status and code from `RPC_ERRORS`, the
+    service's sentence as detail, its `fields` as `errors` (422) and its `retry_after` as
+    `Retry-After` (429). A service away or too slow is 503; a code not listed, 500 (logged:
+    the gateway and a service disagree about the contract)."""
+    if isinstance(exc, RpcUnavailable | RpcTimeout):
+        log.warning("rpc_unavailable", subject=exc.subject, error=exc.code)
+        return ApiError(503, "service_unavailable", DEFAULT_DETAILS[503], headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+    mapping = RPC_ERRORS_BY_REQUEST.get((exc.subject, exc.code)) or RPC_ERRORS.get(exc.code)
+    if mapping is None:
+        log.error("rpc_unexpected_error", subject=exc.subject, error=exc.code)
+        return ApiError(500, "internal_error", DEFAULT_DETAILS[500])
+    detail = exc.detail or DEFAULT_DETAILS.get(mapping.status, "")
+    if mapping.lead is not None:
+        detail = f"{mapping.lead}: {exc.detail}." if exc.detail else f"{mapping.lead}."
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if mapping.status == 429:
+        headers["Retry-After"] = str(exc.retry_after or DEFAULT_RETRY_AFTER)
+    if mapping.status == 422:
+        extra["errors"] = [f.model_dump() for f in exc.fields]
+    return ApiError(mapping.status, mapping.code or exc.code, detail, headers=headers, extra=extra)
+
+
+def handle_rpc_error(request: Request, exc: RpcError) -> Response[dict[str, Any]]:
+    """A service's error a route let through, answered as `http_error` says."""
+    err = http_error(exc)
+    return error_response(err.status_code, err.code, err.detail, headers=err.headers, extra=err.fields)
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+
 def handle_api_error(request: Request, exc: ApiError) -> Response[dict[str, Any]]:
     """`ApiError` -> its own status, code and detail (raised on purpose: the access log is enough)."""
     return error_response(exc.status_code, exc.code, exc.detail, headers=exc.headers, extra=exc.fields)
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
-    """Litestar's own exceptions (unknown path, wrong method, bad JSON...) in API.md's format."""
+    """Litestar's own exceptions (unknown path, wrong method, bad JSON...) in the API's format."""
     status = exc.status_code
     if status >= 500:
         return handle_unexpected(request, exc)
@@ -204,6 +300,7 @@ def exception_handlers() -> ExceptionHandlersMap:
     """The handlers to give `Litestar(exception_handlers=...)`; the most specific class wins."""
     return {
         ApiError: handle_api_error,
+        RpcError: handle_rpc_error,
         ValidationException: handle_validation_error,
         HTTPException: handle_http_exception,
         Exception: handle_unexpected,

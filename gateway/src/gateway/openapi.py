@@ -3,18 +3,28 @@
 Litestar documents every error as `{status_code, detail, extra}` and a malformed request as a
 400; the gateway answers `{error, detail}` (see `gateway.errors`) and 422 for a bad field. The
 document is corrected as it is rendered, so routes need not repeat it; `error_responses()`
-documents the errors a route raises on purpose.
+documents the errors a route raises on purpose, `content_types()` an answer that is not JSON.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+    SecurityScheme,
+)
 from msgspec import Struct
 
 from gateway.errors import DEFAULT_DETAILS, code_for_status
@@ -67,8 +77,27 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+# Bodies that are not JSON: a text document (HTML, SVG), or bytes (PNG, PDF).
+TEXT = Schema(type=OpenAPIType.STRING)
+BINARY = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+
+
+def content_types(status: int, content: dict[str, Schema]) -> type[Operation]:
+    """`operation_class=` for a route answering `status` in the given content types (a QR sheet
+    as HTML or PDF, an image), which Litestar would document as one JSON-less string."""
+
+    @dataclass
+    class DocumentOperation(Operation):
+        def __post_init__(self) -> None:
+            response = (self.responses or {}).get(str(status))
+            if isinstance(response, OpenAPIResponse):
+                response.content = {media: OpenAPIMediaType(schema=schema) for media, schema in content.items()}
+
+    return DocumentOperation
+
+
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """`responses=` for a route handler: the errors it answers, in API.md's format."""
+    """`responses=` for a route handler: the errors it answers, in the API's format."""
     return {
         status: ResponseSpec(
             data_container=ValidationErrorBody if status == 422 else ErrorBody,

@@ -1,4 +1,4 @@
-"""The web pages of API.md's "Web pages" section, for parents and staff, served at the root.
+"""The web pages (docs/http-api.md, "Web pages"), for parents and staff, served at the root.
 
 `router(settings)` is what the application mounts; `register_filters(engine)` adds the
 template filters the pages use. Pages answer errors as HTML pages (a missing session as a
@@ -12,11 +12,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from litestar import Request, Response, Router, get
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.plugins.jinja import JinjaTemplateEngine
 
 from contracts.identity import Principal
+from gateway.clients import Clients
 from gateway.pages import auth_pages, parent_pages, staff_pages
 from gateway.pages.common import exception_handlers, redirect
 from gateway.settings import GatewaySettings
@@ -26,16 +26,19 @@ DISPLAY_ZONE = ZoneInfo("Europe/London")
 HSTS = "max-age=31536000; includeSubDomains"
 
 
-@get("/", include_in_schema=False)
+@get("/", include_in_schema=False, operation_id="page_home")
 async def home(
-    state: State, request: Request, maybe_principal: NamedDependency[Principal | None], child: str | None = None
+    request: Request,
+    clients: NamedDependency[Clients],
+    maybe_principal: NamedDependency[Principal | None],
+    child: str | None = None,
 ) -> Response[Any]:
     """Home: a parent's children, or a member of staff's classes; sign in first."""
     if maybe_principal is None:
         return redirect("/login")
     if maybe_principal.role == "parent":
-        return await parent_pages.parent_home(state, request, maybe_principal, child)
-    return await staff_pages.staff_home(state, request, maybe_principal)
+        return await parent_pages.parent_home(request, clients, maybe_principal, child)
+    return await staff_pages.staff_home(request, clients.linking.staff(maybe_principal), maybe_principal)
 
 
 def _parse(value: datetime | str | None) -> datetime | None:

@@ -8,27 +8,28 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import Template
 from pydantic import ValidationError
 
-from contracts import identity
-from contracts import linking as linking_contract
 from contracts.kit.rpc import RpcError
-from gateway import auth_routes, code_routes
-from gateway.auth import client_ip, session_cookie
+from gateway import flows
+from gateway.api.auth import RegisterBody
+from gateway.auth import change_password, clear_session_cookie, client_ip, end_session, session_cookie
+from gateway.clients import Clients
 from gateway.errors import ApiError
 from gateway.pages.common import (
     RELATIONSHIPS,
     FieldErrors,
     anonymous_form_ok,
+    as_api_error,
     field_errors_from,
     redirect,
     render,
     safe_next,
     settings_of,
 )
-from gateway.rpc import api_error, ask
 
 EXPIRED_FORM = "This form had expired, so nothing was sent. Please try again."
 
@@ -49,14 +50,14 @@ def _pydantic_errors(exc: ValidationError) -> FieldErrors:
 # -- sign in and out ---------------------------------------------------------------------------
 
 
-@get("/login", include_in_schema=False)
+@get("/login", include_in_schema=False, operation_id="page_login")
 async def login_page(request: Request, next_: Annotated[str | None, Parameter(query="next", required=False, max_length=500)] = None) -> Template:
     """The sign-in form, for parents and staff alike."""
     return render(request, "pages/login.html", anonymous_form=True, next=safe_next(next_), values={}, errors={})
 
 
-@post("/login", include_in_schema=False, status_code=200)
-async def login_submit(state: State, request: Request) -> Response[Any]:
+@post("/login", include_in_schema=False, status_code=200, operation_id="page_login_submit")
+async def login_submit(request: Request, clients: NamedDependency[Clients]) -> Response[Any]:
     """Sign in: the session cookie is set and the browser goes where it was heading."""
     form = await request.form()
     values = {"email": _text(form, "email", 254)}
@@ -76,13 +77,9 @@ async def login_submit(state: State, request: Request) -> Response[Any]:
     if errors:
         return again(errors)
     try:
-        reply = await ask(
-            state,
-            identity.LOGIN,
-            identity.LoginRequest(email=values["email"], password=password[:1024], client_ip=client_ip(request)),
-        )
+        reply = await clients.identity.login(values["email"], password[:1024], client_ip(request))
     except RpcError as exc:
-        err = api_error(exc)
+        err = as_api_error(exc)
         if err.status_code == 401:
             return again(FieldErrors(password="The email address or password is not right"), status=401)
         if err.status_code == 403:
@@ -96,29 +93,26 @@ async def login_submit(state: State, request: Request) -> Response[Any]:
     return redirect(next_path, cookies=[cookie])
 
 
-@post("/logout", include_in_schema=False, status_code=200)
-async def logout_submit(state: State, request: Request) -> Response[Any]:
+@post("/logout", include_in_schema=False, status_code=200, operation_id="page_logout")
+async def logout_submit(request: Request) -> Response[Any]:
     """Sign out on every replica, then back to the sign-in page."""
     await request.form()  # parsed once; the CSRF check reads the same
-    answer = await auth_routes.logout.fn(state=state, request=request)
-    return redirect("/login", notice="You have signed out.", cookies=list(answer.cookies))
+    await end_session(request)
+    return redirect("/login", notice="You have signed out.", cookies=[clear_session_cookie(settings_of(request))])
 
 
 # -- register and verify ------------------------------------------------------------------------
 
 
-async def _link_context(state: State, request: Request, code: str | None) -> dict[str, Any]:
+async def _link_context(clients: Clients, request: Request, code: str | None) -> dict[str, Any]:
     """The child and policy of a registration that came with a code (or the default policy)."""
     if code:
         try:
-            preview = await ask(
-                state,
-                linking_contract.PREVIEW_CODE,
-                linking_contract.PreviewCodeRequest(code=code[:256], client_ip=client_ip(request)),
-            )
+            preview = await clients.linking.preview_code(code[:256], client_ip(request))
         except RpcError as exc:
-            if api_error(exc).status_code in (404, 429):
-                return {"code": None, "code_problem": api_error(exc).detail, **(await _default_policy(state))}
+            err = as_api_error(exc)
+            if err.status_code in (404, 429):
+                return {"code": None, "code_problem": err.detail, **(await _default_policy(clients))}
             raise
         return {
             "code": code,
@@ -126,24 +120,24 @@ async def _link_context(state: State, request: Request, code: str | None) -> dic
             "policy_name": f"{preview.school_name}'s acceptable-use policy",
             "policy_text": preview.aup.text,
         }
-    return {"code": None, **(await _default_policy(state))}
+    return {"code": None, **(await _default_policy(clients))}
 
 
-async def _default_policy(state: State) -> dict[str, Any]:
-    policy = await code_routes.default_aup.fn(state=state)
+async def _default_policy(clients: Clients) -> dict[str, Any]:
+    policy = await clients.linking.aup()
     return {"policy_name": "the Parent Portal acceptable-use policy", "policy_text": policy.text}
 
 
-@get("/register", include_in_schema=False)
-async def register_page(state: State, request: Request, code: str | None = None) -> Template:
+@get("/register", include_in_schema=False, operation_id="page_register")
+async def register_page(request: Request, clients: NamedDependency[Clients], code: str | None = None) -> Template:
     """Create an account; with `?code=` it also links that child once the address is confirmed."""
-    context = await _link_context(state, request, code)
+    context = await _link_context(clients, request, code)
     return render(request, "pages/register.html", anonymous_form=True, values={}, errors={}, relationships=RELATIONSHIPS, **context)
 
 
-@post("/register", include_in_schema=False, status_code=200)
-async def register_submit(state: State, request: Request) -> Template:
-    """Register through the API's own registration, then "check your email"."""
+@post("/register", include_in_schema=False, status_code=200, operation_id="page_register_submit")
+async def register_submit(request: Request, clients: NamedDependency[Clients]) -> Template:
+    """Register (the API's registration flow, its checks of form included), then "check your email"."""
     form = await request.form()
     code = _text(form, "code", 64) or None
     values = {
@@ -154,7 +148,7 @@ async def register_submit(state: State, request: Request) -> Template:
     }
 
     async def again(errors: FieldErrors, message: str | None = None, status: int = 400) -> Template:
-        context = await _link_context(state, request, code)
+        context = await _link_context(clients, request, code)
         if context.get("child"):
             errors = FieldErrors({k: v.replace("the child", context["child"].first_name) for k, v in errors.items()})
         return render(
@@ -179,7 +173,8 @@ async def register_submit(state: State, request: Request) -> Template:
     if errors:
         return await again(errors)
     try:
-        body = auth_routes.RegisterBody(
+        # The API's body: the same checks of form (an email address like one, a name).
+        body = RegisterBody(
             email=values["email"],
             password=password[:1024],
             name=values["name"],
@@ -187,11 +182,21 @@ async def register_submit(state: State, request: Request) -> Template:
             code=code,
             relationship=values["relationship"] or None,
         )
-        await auth_routes.register.fn(state=state, request=request, data=body)
+        await flows.register(
+            clients,
+            flows.Registration(
+                email=body.email,
+                password=body.password,
+                name=body.name,
+                code=body.code,
+                relationship=body.relationship,
+                client_ip=client_ip(request),
+            ),
+        )
     except ValidationError as exc:
         return await again(_pydantic_errors(exc), status=422)
-    except (RpcError, ApiError) as exc:
-        err = exc if isinstance(exc, ApiError) else api_error(exc)
+    except RpcError as exc:
+        err = as_api_error(exc)
         if err.status_code in (404, 409):
             return await again(FieldErrors(), err.detail, err.status_code)
         if err.status_code in (422, 429):
@@ -201,26 +206,26 @@ async def register_submit(state: State, request: Request) -> Template:
     return render(request, "pages/check_email.html", anonymous_form=True, email=values["email"], unverified=False)
 
 
-@post("/resend-verification", include_in_schema=False, status_code=200)
-async def resend_submit(state: State, request: Request) -> Template:
+@post("/resend-verification", include_in_schema=False, status_code=200, operation_id="page_resend_verification")
+async def resend_submit(request: Request, clients: NamedDependency[Clients]) -> Template:
     """Send the verification email again."""
     form = await request.form()
     email = _text(form, "email", 254)
     if not anonymous_form_ok(request, form) or not email:
         return render(request, "pages/check_email.html", anonymous_form=True, status=403, email=email, message=EXPIRED_FORM)
-    await ask(state, identity.RESEND_VERIFICATION, identity.EmailRequest(email=email))
+    await clients.identity.resend_verification(email)
     return render(request, "pages/check_email.html", anonymous_form=True, email=email, resent=True)
 
 
-@get("/verify", include_in_schema=False)
+@get("/verify", include_in_schema=False, operation_id="page_verify")
 async def verify_page(request: Request, token: str | None = None) -> Template:
     """The link of the verification email: one button confirms the address."""
     # A button rather than confirming on GET: mail scanners that open links must not use it up.
     return render(request, "pages/verify.html", anonymous_form=True, token=token or "")
 
 
-@post("/verify", include_in_schema=False, status_code=200)
-async def verify_submit(state: State, request: Request) -> Template:
+@post("/verify", include_in_schema=False, status_code=200, operation_id="page_verify_submit")
+async def verify_submit(request: Request, clients: NamedDependency[Clients]) -> Template:
     """Confirm the address; any child registered with a code is linked from now on."""
     form = await request.form()
     token = _text(form, "token", 256)
@@ -229,9 +234,9 @@ async def verify_submit(state: State, request: Request) -> Template:
     try:
         if not token:
             raise ApiError(400, "invalid_token", "This link is not complete.")
-        await auth_routes.verify.fn(state=state, data=auth_routes.TokenBody(token=token))
+        await clients.identity.verify(token)
     except (RpcError, ApiError) as exc:
-        err = exc if isinstance(exc, ApiError) else api_error(exc)
+        err = as_api_error(exc)
         if err.status_code in (400, 422):
             return render(request, "pages/verify.html", anonymous_form=True, status=400, token="", failed=True)
         raise
@@ -241,14 +246,14 @@ async def verify_submit(state: State, request: Request) -> Template:
 # -- forgot and reset password ------------------------------------------------------------------
 
 
-@get("/forgot-password", include_in_schema=False)
+@get("/forgot-password", include_in_schema=False, operation_id="page_forgot_password")
 async def forgot_page(request: Request) -> Template:
     """Ask for a link to choose a new password."""
     return render(request, "pages/forgot.html", anonymous_form=True, values={}, errors={})
 
 
-@post("/forgot-password", include_in_schema=False, status_code=200)
-async def forgot_submit(state: State, request: Request) -> Template:
+@post("/forgot-password", include_in_schema=False, status_code=200, operation_id="page_forgot_password_submit")
+async def forgot_submit(request: Request, clients: NamedDependency[Clients]) -> Template:
     """Send the reset link (the same answer whether the address has an account or not)."""
     form = await request.form()
     email = _text(form, "email", 254)
@@ -256,17 +261,17 @@ async def forgot_submit(state: State, request: Request) -> Template:
         return render(request, "pages/forgot.html", anonymous_form=True, status=403, values={"email": email}, errors={}, message=EXPIRED_FORM)
     if not email:
         return render(request, "pages/forgot.html", anonymous_form=True, status=400, values={}, errors=FieldErrors(email="Enter your email address"))
-    await ask(state, identity.PASSWORD_RESET, identity.EmailRequest(email=email))
+    await clients.identity.password_reset(email)
     return render(request, "pages/forgot_sent.html", email=email)
 
 
-@get("/reset-password", include_in_schema=False)
+@get("/reset-password", include_in_schema=False, operation_id="page_reset_password")
 async def reset_page(request: Request, token: str | None = None) -> Template:
     """The link of the reset email: choose a new password."""
     return render(request, "pages/reset.html", anonymous_form=True, token=token or "", errors={})
 
 
-@post("/reset-password", include_in_schema=False, status_code=200)
+@post("/reset-password", include_in_schema=False, status_code=200, operation_id="page_reset_password_submit")
 async def reset_submit(state: State, request: Request) -> Template:
     """Set the new password; every session of the account ends."""
     form = await request.form()
@@ -283,11 +288,9 @@ async def reset_submit(state: State, request: Request) -> Template:
     try:
         if not token:
             raise ApiError(400, "invalid_token", "This link is not complete.")
-        await auth_routes.password_reset_confirm.fn(
-            state=state, data=auth_routes.ResetConfirmBody(token=token, password=password[:1024])
-        )
+        await change_password(state, token, password[:1024])
     except (RpcError, ApiError) as exc:
-        err = exc if isinstance(exc, ApiError) else api_error(exc)
+        err = as_api_error(exc)
         if err.status_code == 400:
             return again(FieldErrors(), 400, failed=True)
         if err.status_code == 422:

@@ -1,8 +1,9 @@
 """What every web page shares: rendering with the caller and a CSRF token, form tokens for
 pages used before signing in, one-shot notices after a redirect, and errors shown as pages.
 
-Pages call the same services as the API (`gateway.rpc.ask`, or the API routes' own functions)
-and never hold data of their own.
+Pages ask the services through the same clients and flows as the API (`gateway.clients`,
+`gateway.flows`), never through the API's route handlers, and hold no data of their own. A
+service's error gets the HTTP status the API would give it (`gateway.errors.http_error`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from contracts.identity import Principal
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
 from gateway.auth import credentials, csrf_token_for
-from gateway.errors import ApiError, detail_for_status
-from gateway.rpc import api_error
+from gateway.errors import ApiError, detail_for_status, http_error
 from gateway.settings import GatewaySettings
 
 log = get_logger("gateway.pages")
@@ -166,9 +166,14 @@ class FieldErrors(dict[str, str]):
     """Field name -> the message shown beside it (and linked from the summary)."""
 
 
+def as_api_error(exc: RpcError | ApiError) -> ApiError:
+    """The error as the API answers it: its status, code, detail and fields."""
+    return exc if isinstance(exc, ApiError) else http_error(exc)
+
+
 def field_errors_from(exc: RpcError | ApiError, default_field: str | None = None) -> tuple[FieldErrors, str]:
     """The per-field messages of a service error, and its sentence."""
-    err = exc if isinstance(exc, ApiError) else api_error(exc)
+    err = as_api_error(exc)
     errors = FieldErrors()
     for item in err.fields.get("errors", []) or []:
         if item.get("field"):
@@ -192,14 +197,16 @@ _TITLES = {
 }
 
 
-def _error_page(request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response[Any]:
+def _error_page(
+    request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None, code: str | None = None
+) -> Response[Any]:
     if status == 401:
         # Only a page can be returned to: a form's target may not answer GET.
         if request.method == "GET":
             query = urlencode({"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")})
             return Redirect(path=f"/login?{query}", status_code=303)
         return Redirect(path="/login", status_code=303)
-    if status == 403 and "X-CSRF-Token" in detail:
+    if code == "csrf_failed":
         detail = "For your safety this form works only for a short while. Go back, reload the page and try again."
     return Template(
         template_name="pages/error.html",
@@ -212,13 +219,13 @@ def _error_page(request: Request, status: int, detail: str, headers: Mapping[str
 
 def handle_api_error(request: Request, exc: ApiError) -> Response[Any]:
     """An `ApiError` raised under a page (a guard's 404, a CSRF failure) as a page."""
-    return _error_page(request, exc.status_code, exc.detail, exc.headers)
+    return _error_page(request, exc.status_code, exc.detail, exc.headers, exc.code)
 
 
 def handle_rpc_error(request: Request, exc: RpcError) -> Response[Any]:
     """A service's error under a page, answered with the status the API would give."""
-    err = api_error(exc)
-    return _error_page(request, err.status_code, err.detail, err.headers)
+    err = http_error(exc)
+    return _error_page(request, err.status_code, err.detail, err.headers, err.code)
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[Any]:

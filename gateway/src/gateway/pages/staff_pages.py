@@ -2,14 +2,16 @@
 email, remove with confirmation, create and print QR codes) and, for school admins, a pupil's
 audit trail, safeguarding bars and the school's settings.
 
-Every page asks linking within the caller's scope through the API routes' own functions, so
-what a page shows is exactly what the API would answer the same caller.
+Every page asks linking within the caller's scope through the same staff client as the API
+(the `staff` dependency) and shows the API's own models, so what a page shows is exactly what
+the API would answer the same caller.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -18,14 +20,16 @@ from litestar.response import Template
 from contracts import linking as contract
 from contracts.identity import Principal
 from contracts.kit.rpc import RpcError
-from gateway import bar_routes, staff_link_routes, staff_routes
-from gateway.errors import ApiError
-from gateway.pages.common import FieldErrors, field_errors_from, redirect, render
-from gateway.rpc import api_error, ask
-from gateway.staff_routes import checked_id, not_found, parent_contacts, pupil_rows, settings_only, staff_only, staff_scope
+from gateway import flows
+from gateway.auth import admins_only, staff_only
+from gateway.caches.links import get_links_cache
+from gateway.clients import Clients, StaffLinking
+from gateway.errors import checked_id, not_found
+from gateway.models import AuditRow, Bar, ClassRow, PupilRow, SchoolSettingsAnswer
+from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, redirect, render
 
 STAFF = [staff_only]
-ADMINS = [settings_only]
+ADMINS = [admins_only]
 INVITATION_STATES_SHOWN = ("invited", "expired", "bounced")
 SETTING_INTS = ("max_carers_per_code", "printed_code_days", "invitation_days")
 SETTING_URLS = ("homework_url", "files_url", "messages_url")
@@ -46,9 +50,9 @@ def display_name(row: Any) -> str:
     return row.name or row.email or "A parent whose account was deleted"
 
 
-async def staff_home(state: State, request: Request, principal: Principal) -> Template:
+async def staff_home(request: Request, staff: StaffLinking, principal: Principal) -> Template:
     """The classes the member of staff may see, by school, with how many pupils have a linked parent."""
-    classes = await staff_routes.list_classes.fn(state=state, principal=principal)
+    classes = [ClassRow.of(c) for c in await staff.classes()]
     schools: dict[str, dict[str, Any]] = {}
     for row in classes:
         school = schools.setdefault(row.school_id, {"school_id": row.school_id, "name": row.school_name, "classes": []})
@@ -58,26 +62,28 @@ async def staff_home(state: State, request: Request, principal: Principal) -> Te
     return render(request, "pages/staff_home.html", principal=principal, schools=list(schools.values()))
 
 
-async def _class(state: State, principal: Principal, class_id: str) -> tuple[contract.ClassPupilsReply, list[staff_routes.PupilRow]]:
-    reply = await ask(
-        state,
-        contract.CLASS_PUPILS,
-        contract.ClassPupilsRequest(scope=staff_scope(principal), actor_id=principal.account_id, class_id=checked_id(class_id)),
-    )
-    return reply, await pupil_rows(state, reply)
+async def _class(clients: Clients, staff: StaffLinking, class_id: str) -> tuple[contract.ClassPupilsReply, list[PupilRow]]:
+    reply = await staff.class_pupils(checked_id(class_id))
+    return reply, await flows.pupil_rows(clients.identity, reply)
 
 
-def _pupil(rows: list[staff_routes.PupilRow], pupil_id: str) -> staff_routes.PupilRow:
+def _pupil(rows: list[PupilRow], pupil_id: str) -> PupilRow:
     found = next((p for p in rows if p.pupil_id == pupil_id), None)
     if found is None:
         raise not_found()
     return found
 
 
-@get("/classes/{class_id:str}", include_in_schema=False, guards=STAFF)
-async def class_page(state: State, request: Request, principal: NamedDependency[Principal], class_id: str) -> Template:
+@get("/classes/{class_id:str}", include_in_schema=False, guards=STAFF, operation_id="page_class")
+async def class_page(
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+) -> Template:
     """The class's Parents tab: every pupil with their parents, invitations and actions."""
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     return render(
         request,
         "pages/class.html",
@@ -93,21 +99,39 @@ async def class_page(state: State, request: Request, principal: NamedDependency[
 # -- inviting ------------------------------------------------------------------------------------
 
 
-@get("/classes/{class_id:str}/pupils/{pupil_id:str}/invite", include_in_schema=False, guards=STAFF)
-async def invite_page(state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str) -> Template:
+@get("/classes/{class_id:str}/pupils/{pupil_id:str}/invite", include_in_schema=False, guards=STAFF, operation_id="page_invite")
+async def invite_page(
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+    pupil_id: str,
+) -> Template:
     """"Invite parent": the address the invitation email goes to."""
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     return render(request, "pages/invite.html", principal=principal, klass=reply, pupil=_pupil(pupils, pupil_id), values={}, errors={})
 
 
-@post("/classes/{class_id:str}/pupils/{pupil_id:str}/invite", include_in_schema=False, guards=STAFF, status_code=200)
+@post(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/invite",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    operation_id="page_invite_submit",
+)
 async def invite_submit(
-    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+    pupil_id: str,
 ) -> Response[Any]:
     """Send the invitation email; an earlier open one to the same address stops working."""
     form = await request.form()
     email = str(form.get("email") or "").strip()[:254]
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
 
     def again(errors: FieldErrors, status: int) -> Template:
@@ -119,11 +143,9 @@ async def invite_submit(
     if "@" not in email or len(email) < 3:
         return again(FieldErrors(email="Enter an email address like name@example.org"), 400)
     try:
-        await staff_link_routes.invite_parent.fn(
-            state=state, principal=principal, pupil_id=pupil_id, data=staff_link_routes.InviteBody(email=email)
-        )
+        await staff.invite(checked_id(pupil_id), email)
     except RpcError as exc:
-        if api_error(exc).status_code == 422:
+        if as_api_error(exc).status_code == 422:
             errors, _ = field_errors_from(exc, "email")
             return again(FieldErrors(email=next(iter(errors.values()))), 422)
         raise
@@ -133,17 +155,28 @@ async def invite_submit(
 # -- removing access -----------------------------------------------------------------------------
 
 
-@get("/classes/{class_id:str}/pupils/{pupil_id:str}/parents/{parent_id:str}/remove", include_in_schema=False, guards=STAFF)
+@get(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/parents/{parent_id:str}/remove",
+    include_in_schema=False,
+    guards=STAFF,
+    operation_id="page_remove_parent",
+)
 async def remove_page(
-    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str, parent_id: str
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+    pupil_id: str,
+    parent_id: str,
 ) -> Template:
     """Asks before removing, naming the parent and the pupil, and offers "from all their children"."""
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
     parent = next((p for p in pupil.parents if p.parent_id == parent_id), None)
     if parent is None:
         raise not_found()
-    others = await staff_link_routes.parent_pupils.fn(state=state, principal=principal, parent_id=parent_id)
+    others = await staff.parent_pupils(checked_id(parent_id))
     return render(
         request,
         "pages/remove.html",
@@ -156,26 +189,45 @@ async def remove_page(
     )
 
 
-@post("/classes/{class_id:str}/pupils/{pupil_id:str}/parents/{parent_id:str}/remove", include_in_schema=False, guards=STAFF, status_code=200)
+@post(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/parents/{parent_id:str}/remove",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    operation_id="page_remove_parent_submit",
+)
 async def remove_submit(
-    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str, parent_id: str
+    state: State,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    class_id: str,
+    pupil_id: str,
+    parent_id: str,
 ) -> Response[Any]:
     """That parent loses this pupil only."""
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
     parent = next((p for p in pupil.parents if p.parent_id == parent_id), None)
-    await staff_link_routes.remove_parent.fn(state=state, principal=principal, pupil_id=pupil_id, parent_id=parent_id)
+    await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
+    get_links_cache(state).forget(parent_id)
     who = display_name(parent) if parent else "The parent"
     return redirect(f"/classes/{class_id}", notice=f"{who} can no longer see {pupil.first_name}'s schoolwork.")
 
 
-@post("/classes/{class_id:str}/parents/{parent_id:str}/remove-all", include_in_schema=False, guards=STAFF, status_code=200)
+@post(
+    "/classes/{class_id:str}/parents/{parent_id:str}/remove-all",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    operation_id="page_remove_parent_everywhere",
+)
 async def remove_all_submit(
-    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, parent_id: str
+    state: State, clients: NamedDependency[Clients], staff: NamedDependency[StaffLinking], class_id: str, parent_id: str
 ) -> Response[Any]:
     """The parent loses every child of the caller's school (trust) at once."""
-    contacts = await parent_contacts(state, [checked_id(parent_id)])
-    await staff_link_routes.remove_parent_everywhere.fn(state=state, principal=principal, parent_id=parent_id)
+    contacts = await clients.identity.contacts([checked_id(parent_id)])
+    await staff.remove_parent_everywhere(parent_id)
+    get_links_cache(state).forget(parent_id)
     contact = contacts.get(parent_id)
     who = contact.name if contact else "The parent"
     return redirect(f"/classes/{class_id}", notice=f"{who} can no longer see any of their children at this school.")
@@ -184,17 +236,24 @@ async def remove_all_submit(
 # -- QR codes ------------------------------------------------------------------------------------
 
 
-@get("/classes/{class_id:str}/codes", include_in_schema=False, guards=STAFF)
-async def codes_page(state: State, request: Request, principal: NamedDependency[Principal], class_id: str) -> Template:
+@get("/classes/{class_id:str}/codes", include_in_schema=False, guards=STAFF, operation_id="page_codes")
+async def codes_page(
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+) -> Template:
     """"Create QR codes", with the warning that codes printed before stop working."""
-    reply, pupils = await _class(state, principal, class_id)
-    return render(request, "pages/codes.html", principal=principal, klass=reply, pupils=pupils, has_codes=any(p.code_expires_at for p in pupils))
+    reply, pupils = await _class(clients, staff, class_id)
+    has_codes = any(p.code_expires_at for p in pupils)
+    return render(request, "pages/codes.html", principal=principal, klass=reply, pupils=pupils, has_codes=has_codes)
 
 
-@post("/classes/{class_id:str}/codes", include_in_schema=False, guards=STAFF, status_code=200)
-async def codes_submit(state: State, request: Request, principal: NamedDependency[Principal], class_id: str) -> Response[Any]:
+@post("/classes/{class_id:str}/codes", include_in_schema=False, guards=STAFF, status_code=200, operation_id="page_codes_submit")
+async def codes_submit(staff: NamedDependency[StaffLinking], class_id: str) -> Response[Any]:
     """Every pupil of the class gets a new printed code."""
-    created = await staff_routes.create_class_codes.fn(state=state, principal=principal, class_id=class_id)
+    created = await staff.create_class_codes(checked_id(class_id))
     count = len(created.codes)
     return redirect(
         f"/classes/{class_id}",
@@ -215,19 +274,24 @@ AUDIT_ACTIONS = {
 }
 
 
-@get("/classes/{class_id:str}/pupils/{pupil_id:str}/audit", include_in_schema=False, guards=ADMINS)
+@get("/classes/{class_id:str}/pupils/{pupil_id:str}/audit", include_in_schema=False, guards=ADMINS, operation_id="page_audit")
 async def audit_page(
-    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+    pupil_id: str,
 ) -> Template:
     """A pupil's audit trail, names filled in where identity still knows them."""
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
-    entries = await staff_link_routes.pupil_audit.fn(state=state, principal=principal, pupil_id=pupil_id)
+    entries = [AuditRow.of(e) for e in await staff.audit(checked_id(pupil_id))]
     # Linking names actors "staff:<id>", "parent:<id>" or "system"; identity knows the ids.
-    actors = {e["actor"]: e["actor"].partition(":")[2] for e in entries if ":" in e["actor"]}
-    ids = set(actors.values()) | {e["parent_id"] for e in entries if e["parent_id"]}
+    actors = {e.actor: e.actor.partition(":")[2] for e in entries if ":" in e.actor}
+    ids = set(actors.values()) | {e.parent_id for e in entries if e.parent_id}
     try:
-        contacts = await parent_contacts(state, ids)
+        contacts = await clients.identity.contacts(ids)
     except RpcError:
         contacts = {}  # the trail still shows, with ids for names
 
@@ -236,10 +300,10 @@ async def audit_page(
 
     rows = [
         {
-            **e,
-            "action_text": AUDIT_ACTIONS.get(e["action"], e["action"]),
-            "actor_name": name(actors.get(e["actor"]), "Parent Portal" if e["actor"] == "system" else e["actor"]),
-            "parent_name": name(e["parent_id"], "a parent whose account was deleted") if e["parent_id"] else "",
+            **msgspec.structs.asdict(e),
+            "action_text": AUDIT_ACTIONS.get(e.action, e.action),
+            "actor_name": name(actors.get(e.actor), "Parent Portal" if e.actor == "system" else e.actor),
+            "parent_name": name(e.parent_id, "a parent whose account was deleted") if e.parent_id else "",
         }
         for e in reversed(entries)
     ]
@@ -250,26 +314,51 @@ def _bars_path(class_id: str, pupil_id: str) -> str:
     return f"/classes/{class_id}/pupils/{pupil_id}/bars"
 
 
-@get("/classes/{class_id:str}/pupils/{pupil_id:str}/bars", include_in_schema=False, guards=ADMINS)
-async def bars_page(state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str) -> Template:
+async def _bars(staff: StaffLinking, pupil_id: str) -> list[Bar]:
+    return [Bar.of(b) for b in await staff.bars(checked_id(pupil_id))]
+
+
+@get("/classes/{class_id:str}/pupils/{pupil_id:str}/bars", include_in_schema=False, guards=ADMINS, operation_id="page_bars")
+async def bars_page(
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+    pupil_id: str,
+) -> Template:
     """A pupil's safeguarding bars, each with "Lift the bar", and the form to bar an address."""
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
-    bars = await bar_routes.list_bars.fn(state=state, principal=principal, pupil_id=pupil_id)
+    bars = await _bars(staff, pupil_id)
     return render(request, "pages/bars.html", principal=principal, klass=reply, pupil=pupil, bars=bars, values={}, errors={})
 
 
-@post("/classes/{class_id:str}/pupils/{pupil_id:str}/bars", include_in_schema=False, guards=ADMINS, status_code=200)
-async def bar_submit(state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str) -> Response[Any]:
+@post(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/bars",
+    include_in_schema=False,
+    guards=ADMINS,
+    status_code=200,
+    operation_id="page_bar_submit",
+)
+async def bar_submit(
+    state: State,
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+    pupil_id: str,
+) -> Response[Any]:
     """Bar the address: it can no longer be linked to the pupil, and links it holds end."""
     form = await request.form()
     email = str(form.get("email") or "").strip()
     reason = str(form.get("reason") or "").replace("\r\n", "\n").strip()
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
 
     async def again(errors: FieldErrors, status: int, message: str | None = None) -> Template:
-        bars = await bar_routes.list_bars.fn(state=state, principal=principal, pupil_id=pupil_id)
+        bars = await _bars(staff, pupil_id)
         return render(
             request, "pages/bars.html", principal=principal, klass=reply, pupil=pupil, bars=bars,
             values={"email": email, "reason": reason}, errors=errors, message=message, status=status,
@@ -285,51 +374,66 @@ async def bar_submit(state: State, request: Request, principal: NamedDependency[
     if errors:
         return await again(errors, 400)
     try:
-        await bar_routes.add_bar.fn(state=state, principal=principal, pupil_id=pupil_id, data=bar_routes.BarBody(email=email, reason=reason))
-    except (RpcError, ApiError) as exc:
-        err = exc if isinstance(exc, ApiError) else api_error(exc)
-        if err.status_code != 422:
+        await flows.add_bar(staff, clients.identity, get_links_cache(state), checked_id(pupil_id), email, reason)
+    except RpcError as exc:
+        if as_api_error(exc).status_code != 422:
             raise
         found, detail = field_errors_from(exc)
         return await again(FieldErrors({k: v for k, v in found.items() if k in ("email", "reason")}), 422, detail)
     return redirect(_bars_path(class_id, pupil_id), notice=f"{email} can no longer be linked to {pupil.first_name}; their access ended.")
 
 
-async def _bar(state: State, principal: Principal, pupil_id: str, bar_id: str) -> dict[str, Any]:
-    bars = await bar_routes.list_bars.fn(state=state, principal=principal, pupil_id=pupil_id)
-    found = next((b for b in bars if b["bar_id"] == bar_id), None)
+async def _bar(staff: StaffLinking, pupil_id: str, bar_id: str) -> Bar:
+    found = next((b for b in await _bars(staff, pupil_id) if b.bar_id == bar_id), None)
     if found is None:
         raise not_found()
     return found
 
 
-@get("/classes/{class_id:str}/pupils/{pupil_id:str}/bars/{bar_id:str}/lift", include_in_schema=False, guards=ADMINS)
+@get(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/bars/{bar_id:str}/lift",
+    include_in_schema=False,
+    guards=ADMINS,
+    operation_id="page_lift_bar",
+)
 async def lift_page(
-    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str, bar_id: str
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    class_id: str,
+    pupil_id: str,
+    bar_id: str,
 ) -> Template:
     """Asks before lifting a bar, naming the address and the pupil."""
-    reply, pupils = await _class(state, principal, class_id)
+    reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
-    bar = await _bar(state, principal, pupil_id, bar_id)
+    bar = await _bar(staff, pupil_id, bar_id)
     return render(request, "pages/lift_bar.html", principal=principal, klass=reply, pupil=pupil, bar=bar)
 
 
-@post("/classes/{class_id:str}/pupils/{pupil_id:str}/bars/{bar_id:str}/lift", include_in_schema=False, guards=ADMINS, status_code=200)
+@post(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/bars/{bar_id:str}/lift",
+    include_in_schema=False,
+    guards=ADMINS,
+    status_code=200,
+    operation_id="page_lift_bar_submit",
+)
 async def lift_submit(
-    state: State, request: Request, principal: NamedDependency[Principal], class_id: str, pupil_id: str, bar_id: str
+    clients: NamedDependency[Clients], staff: NamedDependency[StaffLinking], class_id: str, pupil_id: str, bar_id: str
 ) -> Response[Any]:
     """The address may be linked to the pupil again."""
-    _, pupils = await _class(state, principal, class_id)
+    _, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
-    bar = await _bar(state, principal, pupil_id, bar_id)
-    await bar_routes.lift_bar.fn(state=state, principal=principal, pupil_id=pupil_id, bar_id=bar_id)
+    bar = await _bar(staff, pupil_id, bar_id)
+    await staff.lift_bar(checked_id(pupil_id), checked_id(bar_id))
     return redirect(
         _bars_path(class_id, pupil_id),
-        notice=f"The bar on {bar['email']} is lifted: it may be linked to {pupil.first_name} again.",
+        notice=f"The bar on {bar.email} is lifted: it may be linked to {pupil.first_name} again.",
     )
 
 
-def _settings_values(answer: Any) -> dict[str, Any]:
+def _settings_values(answer: SchoolSettingsAnswer) -> dict[str, Any]:
     return {
         "max_carers_per_code": answer.max_carers_per_code,
         "printed_code_days": answer.printed_code_days,
@@ -342,15 +446,25 @@ def _settings_values(answer: Any) -> dict[str, Any]:
     }
 
 
-@get("/schools/{school_id:str}/settings", include_in_schema=False, guards=ADMINS)
-async def settings_page(state: State, request: Request, principal: NamedDependency[Principal], school_id: str) -> Template:
+@get("/schools/{school_id:str}/settings", include_in_schema=False, guards=ADMINS, operation_id="page_school_settings")
+async def settings_page(
+    request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], school_id: str
+) -> Template:
     """The school's settings: carers per code, expiries, the acceptable-use policy, links."""
-    answer = await staff_routes.get_school_settings.fn(state=state, principal=principal, school_id=school_id)
+    answer = SchoolSettingsAnswer.of(await staff.school_settings(checked_id(school_id)))
     return render(request, "pages/settings.html", principal=principal, school_id=school_id, values=_settings_values(answer), errors={})
 
 
-@post("/schools/{school_id:str}/settings", include_in_schema=False, guards=ADMINS, status_code=200)
-async def settings_submit(state: State, request: Request, principal: NamedDependency[Principal], school_id: str) -> Response[Any]:
+@post(
+    "/schools/{school_id:str}/settings",
+    include_in_schema=False,
+    guards=ADMINS,
+    status_code=200,
+    operation_id="page_school_settings_submit",
+)
+async def settings_submit(
+    request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], school_id: str
+) -> Response[Any]:
     """Save the settings; linking checks them and names each field it refuses."""
     form = await request.form()
     data: dict[str, Any] = {}
@@ -362,9 +476,9 @@ async def settings_submit(state: State, request: Request, principal: NamedDepend
         data[name] = str(form.get(name) or "").replace("\r\n", "\n")
     data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
     try:
-        await staff_routes.put_school_settings.fn(state=state, principal=principal, school_id=school_id, data=data)
-    except ApiError as exc:
-        if exc.status_code != 422:
+        await staff.update_school_settings(checked_id(school_id), data)
+    except RpcError as exc:
+        if as_api_error(exc).status_code != 422:
             raise
         errors, detail = field_errors_from(exc)
         # Linking says "must be between 1 and 20"; the page names the setting too.

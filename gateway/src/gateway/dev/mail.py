@@ -147,7 +147,7 @@ def _mail_dir(state: State) -> Path:
     return Path(directory)
 
 
-@get("/dev/mail", include_in_schema=False, sync_to_thread=True)
+@get("/dev/mail", include_in_schema=False, sync_to_thread=True, operation_id="dev_mail_index")
 def mail_index(state: State, fmt: Annotated[str | None, QueryParameter(name="format")] = None) -> Response[Any]:
     """The sink's messages, newest first: an HTML page, or JSON with `?format=json`."""
     mails = read_maildir(_mail_dir(state))
@@ -156,13 +156,13 @@ def mail_index(state: State, fmt: Annotated[str | None, QueryParameter(name="for
     return Template("dev_mail.html", context={"mails": mails}, media_type=MediaType.HTML)
 
 
-@get("/dev/mail.json", include_in_schema=False, sync_to_thread=True)
+@get("/dev/mail.json", include_in_schema=False, sync_to_thread=True, operation_id="dev_mail_index_json")
 def mail_index_json(state: State) -> list[dict[str, Any]]:
     """The sink's messages, newest first, as JSON `[{id, date, from, to, subject, text, html}]`."""
     return [m.as_json() for m in read_maildir(_mail_dir(state))]
 
 
-@get("/dev/mail/{mail_id:str}", include_in_schema=False, sync_to_thread=True)
+@get("/dev/mail/{mail_id:str}", include_in_schema=False, sync_to_thread=True, operation_id="dev_mail_message")
 def mail_html(state: State, mail_id: str) -> Response[Any]:
     """One message's HTML part as a mail client shows it (its text part when it has none)."""
     mail = read_mail(_mail_dir(state), mail_id)

@@ -1,4 +1,5 @@
-"""The gateway's one NATS connection, opened and closed with the application.
+"""The gateway's one NATS connection, opened and closed with the application, and the
+transport the clients ask the services through over it.
 
 The connection is made in the background: `/health` must answer while NATS is still starting
 or away, and `/ready` says so meanwhile. nats-py retries the first connection itself when
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import nats
 import nats.errors
@@ -18,13 +20,45 @@ from litestar import Litestar
 from litestar.datastructures import State
 from nats.aio.client import Client as NatsClient
 
+from contracts.base import Rep, Req, Rpc
+from contracts.kit import rpc as rpc_kit
 from contracts.kit.logs import get_logger
+from contracts.kit.rpc import RpcUnavailable
 from contracts.kit.settings import NatsNotFound
 from gateway.settings import GatewaySettings
 
-log = get_logger("gateway.bus")
+log = get_logger("gateway.nats")
 
 STATE_KEY = "nats"
+
+
+class NatsTransport:
+    """Requests over the application's NATS client, with `PORTAL_RPC_TIMEOUT` as the deadline
+    unless a call names its own."""
+
+    def __init__(self, settings: GatewaySettings, nc: NatsClient | None = None) -> None:
+        self.timeout = settings.rpc_timeout
+        # Set by `nats_lifespan` when the application starts; until then nothing answers.
+        self.nc = nc
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up."""
+        return self.nc is not None and self.nc.is_connected
+
+    def _client(self, rpc: Rpc[Any, Any]) -> NatsClient:
+        if self.nc is None:
+            raise RpcUnavailable(rpc.subject)
+        return self.nc
+
+    async def call(self, rpc: Rpc[Req, Rep], request: Req, *, timeout: float | None = None) -> Rep:
+        """Ask `rpc`; its reply, parsed."""
+        return await rpc_kit.call(self._client(rpc), rpc, request, timeout=timeout or self.timeout)
+
+    async def call_raw(self, rpc: Rpc[Req, Any], request: Req, *, timeout: float | None = None) -> bytes:
+        """Ask `rpc`; its reply's body as sent."""
+        return await rpc_kit.call_raw(self._client(rpc), rpc, request, timeout=timeout or self.timeout)
+
 
 ConnectHook = Callable[[NatsClient], Awaitable[None]]
 ReconnectHook = Callable[[], Awaitable[None]]
@@ -89,16 +123,19 @@ def _report_failure(task: asyncio.Task[None]) -> None:
 
 def nats_lifespan(
     settings: GatewaySettings,
+    transport: NatsTransport,
     *,
     on_connect: Sequence[ConnectHook] = (),
     on_reconnect: Sequence[ReconnectHook] = (),
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """A Litestar lifespan that keeps one NATS client in `app.state.nats`; `on_connect` hooks run
-    once connected (to subscribe), `on_reconnect` hooks after every reconnect."""
+    """A Litestar lifespan that keeps one NATS client for `transport` (and in `app.state.nats`);
+    `on_connect` hooks run once connected (to subscribe), `on_reconnect` hooks after every
+    reconnect."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         nc = nats.NATS()
+        transport.nc = nc
         app.state[STATE_KEY] = nc
         task = asyncio.create_task(_connect(nc, settings, on_connect, on_reconnect), name="gateway-nats-connect")
         task.add_done_callback(_report_failure)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 from litestar.datastructures import State
 from nats.aio.client import Client as NatsClient
@@ -18,9 +19,8 @@ from nats.aio.msg import Msg
 
 from contracts import linking
 from contracts.kit.logs import get_logger
-from gateway.rpc import ask
 
-log = get_logger("gateway.links_cache")
+log = get_logger("gateway.caches.links")
 
 STATE_KEY = "links_cache"
 
@@ -28,7 +28,8 @@ STATE_KEY = "links_cache"
 class LinksCache:
     """parent id -> (expiry, the pupil ids of their standing, active links)."""
 
-    def __init__(self, ttl: float, max_entries: int = 200_000) -> None:
+    def __init__(self, fetch: Callable[[str], Awaitable[list[str]]], ttl: float, max_entries: int = 200_000) -> None:
+        self.fetch = fetch  # linking's answer for one parent (`LinkingClient.active_pupils`)
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, tuple[str, ...]]] = {}
@@ -60,15 +61,14 @@ class LinksCache:
         self._entries.clear()
         self.generation += 1
 
-    async def active(self, state: State, parent_id: str) -> tuple[str, ...]:
+    async def active(self, parent_id: str) -> tuple[str, ...]:
         """The pupils this parent may see, from memory or from linking."""
         entry = self._entries.get(parent_id)
         now = time.monotonic()
         if entry is not None and entry[0] > now:
             return entry[1]
         generation = self.generation
-        reply = await ask(state, linking.ACTIVE_PUPILS, linking.ParentRequest(parent_id=parent_id))
-        pupils = tuple(reply.pupil_ids)
+        pupils = tuple(await self.fetch(parent_id))
         # Not kept if a change was heard while asking: the answer may predate it.
         if generation == self.generation and self.ttl > 0:
             self._entries.pop(parent_id, None)

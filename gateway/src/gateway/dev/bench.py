@@ -13,7 +13,7 @@ import os
 from litestar import Response, get
 from litestar.datastructures import State
 
-from gateway.bus import get_nats
+from gateway.clients.nats import get_nats
 
 ECHO_SUBJECT = "bench.echo.v1"
 
@@ -23,13 +23,13 @@ def enabled() -> bool:
     return os.environ.get("PORTAL_BENCH_ROUTES", "").strip().lower() in ("1", "true", "yes")
 
 
-@get("/bench/hello", include_in_schema=False)
+@get("/bench/hello", include_in_schema=False, operation_id="bench_hello")
 async def hello() -> dict[str, str]:
     """The hello-world JSON route."""
     return {"hello": "world"}
 
 
-@get("/bench/nats", include_in_schema=False)
+@get("/bench/nats", include_in_schema=False, operation_id="bench_nats")
 async def one_request(state: State) -> Response[bytes]:
     """One raw nats-py request, its reply passed through."""
     msg = await get_nats(state).request(ECHO_SUBJECT, b"{}", timeout=state.settings.rpc_timeout)

@@ -27,7 +27,7 @@ def _page(section: str, pupil: str) -> Template:
     )
 
 
-@get("/{section:str}", sync_to_thread=False, include_in_schema=False)
+@get("/{section:str}", sync_to_thread=False, include_in_schema=False, operation_id="platform_section")
 def platform_section(section: str, pupil: Annotated[str, Parameter(query="pupil", default="", max_length=128)]) -> Template:
     """One section of the stand-in platform."""
     if section not in SECTIONS:
@@ -37,7 +37,7 @@ def platform_section(section: str, pupil: Annotated[str, Parameter(query="pupil"
     return _page(section, pupil)
 
 
-@get("/", sync_to_thread=False, include_in_schema=False)
+@get("/", sync_to_thread=False, include_in_schema=False, operation_id="platform_home")
 def platform_home() -> Template:
     """The stand-in's front page."""
     return _page("homework", "")

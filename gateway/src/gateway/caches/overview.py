@@ -10,6 +10,9 @@ background (once per pupil at a time), so that entries cached together in the mo
 all send their parents to overview together a minute later; after twice that it is no longer
 served. An entry that is no longer fresh is kept (within the size bound) as the last known
 numbers of a partial answer while overview is away.
+
+`OverviewReader` is what the routes and pages ask: it serves from the cache, asks overview for
+the pupils missing there in one request, and answers partially when overview is slow or away.
 """
 
 from __future__ import annotations
@@ -20,18 +23,21 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
+from litestar.datastructures import State
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from contracts.base import utcnow
 from contracts.kit.logs import get_logger
+from contracts.kit.rpc import RpcError
 from contracts.overview import CHANGED_NOTICE, ChangedNotice, next_week_turn
 
-log = get_logger("gateway.overview_cache")
+log = get_logger("gateway.caches.overview")
 
-STATE_KEY = "overview_cache"
+STATE_KEY = "overview_reader"
 # A notice matters to an answer that was asked for before it arrived and is still on its way;
 # none is on its way longer than the overview deadline, so older notices can be forgotten.
 _NOTICE_HORIZON = 30.0
@@ -200,3 +206,83 @@ def split_children(data: bytes) -> dict[str, bytes]:
         child["pupil_id"]: json.dumps(child, ensure_ascii=False, separators=(",", ":")).encode()
         for child in json.loads(data)["children"]
     }
+
+
+_PREFIX = b'{"children":['
+# A child overview could not be asked for: no numbers, marked as such.
+_UNKNOWN: dict[str, Any] = {
+    "outstanding_homework": None,
+    "unread_messages": None,
+    "stars_this_week": None,
+    "next_due": [],
+    "links": None,
+    "as_of": None,
+}
+
+
+class OverviewReader:
+    """Children's overviews as the API answers them: from the cache, else from overview."""
+
+    def __init__(self, cache: OverviewCache, fetch: Callable[[list[str]], Awaitable[bytes]]) -> None:
+        self.cache = cache
+        # Overview's raw answer within the overview deadline (`OverviewClient.get_raw`).
+        self._fetch = fetch
+        self.refresher = Refresher(cache, fetch)
+
+    async def read(self, parent_id: str, pupil_ids: tuple[str, ...]) -> bytes:
+        """`{"children": [...]}` for these pupils: from memory, else asked of overview for the
+        pupils missing there; partial when overview is slow or away."""
+        cache = self.cache
+        parts: dict[str, bytes] = {}
+        missing = []
+        aged = []
+        for pid in pupil_ids:
+            hit, ask_again = cache.lookup(pid)
+            if hit is None:
+                missing.append(pid)
+            else:
+                parts[pid] = hit
+                if ask_again:
+                    aged.append(pid)
+        if aged:
+            # Asked for again without keeping the parent waiting.
+            self.refresher.add(aged)
+        if missing:
+            mark = cache.mark()
+            try:
+                data = await self._fetch(missing)
+            except RpcError as exc:
+                log.warning("overview_partial", parent_id=parent_id, error=exc.code)
+                return self._partial(pupil_ids, parts)
+            fetched = split_children(data)
+            cache.put(fetched, mark)
+            parts.update(fetched)
+            if any(pid not in parts for pid in pupil_ids):
+                return self._partial(pupil_ids, parts)
+        return _PREFIX + b",".join(parts[pid] for pid in pupil_ids) + b"]}"
+
+    async def read_one(self, parent_id: str, pupil_id: str) -> bytes:
+        """One child's overview object, as `read` would answer it inside its list."""
+        data = await self.read(parent_id, (pupil_id,))
+        if data.startswith(_PREFIX):
+            # One pupil asked, one object answered: the child is everything between the brackets.
+            return data[len(_PREFIX) : data.rindex(b"]")]
+        return json.dumps(json.loads(data)["children"][0]).encode()
+
+    def _partial(self, pupil_ids: tuple[str, ...], parts: dict[str, bytes]) -> bytes:
+        """Each child fresh where there is an answer, else its last known numbers (or none)
+        marked `partial`."""
+        children = []
+        for pid in pupil_ids:
+            if pid in parts:
+                children.append(json.loads(parts[pid]))
+                continue
+            known = self.cache.last_known(pid)
+            child = json.loads(known) if known else {"pupil_id": pid, **_UNKNOWN}
+            children.append({**child, "partial": True})
+        return json.dumps({"children": children, "partial": True}).encode()
+
+
+def get_overview_reader(state: State) -> OverviewReader:
+    """The replica's overview reader."""
+    return state[STATE_KEY]

@@ -1,0 +1,259 @@
+"""Staff routes under `/api/v1`: classes and their pupils, printed codes, QR codes and class
+sheets, school settings.
+
+Linking answers them within the caller's `StaffScope` (the `staff` dependency,
+`gateway.clients.StaffLinking`): a teacher or school admin sees their school, a trust admin the
+trust's schools. Anything outside it answers 404 `not_found`, exactly like an id that does not
+exist, and so does every route for a caller who is not staff. Parents' names and addresses come
+from identity, asked in one batch per answer (`gateway.flows.pupil_rows`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import re
+from typing import Any, Literal
+
+from litestar import MediaType, Response, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from contracts import linking as contract
+from gateway import flows
+from gateway.auth import SECURITY, admins_only, staff_only
+from gateway.clients import Clients, StaffLinking
+from gateway.errors import checked_id, not_found
+from gateway.models import ClassRow, CreatedCodes, NewCode, PupilRow, SchoolSettingsAnswer
+from gateway.openapi import BINARY, TEXT, content_types, error_responses
+
+TAGS = ["staff"]
+# A 20,000-character policy JSON-escaped at worst, with room for the other fields; a bigger
+# body could not travel to linking over NATS anyway.
+SETTINGS_MAX_BODY = 256 * 1024
+PDF = "application/pdf"
+SVG = "image/svg+xml"
+PNG = "image/png"
+
+
+# -- documents ---------------------------------------------------------------------------------
+
+
+def _safe_filename(name: str, default: str) -> str:
+    # Linking already cleans it; a header is no place to trust another part with.
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120] or default
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def sheet_csp(page: str) -> str:
+    """A Content-Security-Policy letting the sheet's own print CSS and Print button work, nothing else."""
+    # The gateway's default policy forbids inline style and script, which would leave the
+    # sheet unstyled for printing; allowing exactly the blocks linking wrote (by hash) keeps
+    # anything else out. Names in the page are escaped, so they cannot add blocks or handlers.
+    styles = re.findall(r"<style[^>]*>(.*?)</style>", page, re.S)
+    handlers = re.findall(r'\son[a-z]+="([^"]*)"', page)
+    style_src = " ".join(dict.fromkeys(map(_csp_hash, styles))) or "'none'"
+    script_src = (
+        "'unsafe-hashes' " + " ".join(dict.fromkeys(_csp_hash(html.unescape(h)) for h in handlers)) if handlers else "'none'"
+    )
+    return (
+        f"default-src 'none'; style-src {style_src}; script-src {script_src}; img-src data:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+
+
+def document_response(
+    doc: contract.Document, media_type: str, *, attachment: bool = False, csp: str | None = None
+) -> Response[bytes]:
+    """A rendered document as the response body, never kept by a browser or proxy."""
+    # no-store: these pages carry children's names and live codes.
+    headers = {"Cache-Control": "no-store"}
+    disposition = "attachment" if attachment else "inline"
+    headers["Content-Disposition"] = f'{disposition}; filename="{_safe_filename(doc.filename, "document")}"'
+    if csp is not None:
+        headers["Content-Security-Policy"] = csp
+    return Response(content=doc.body(), media_type=media_type, headers=headers)
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+STAFF = [staff_only]
+ADMINS = [admins_only]
+
+
+@get(
+    "/classes",
+    summary="The caller's classes",
+    operation_id="list_classes",
+    responses=error_responses(401, 404, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def list_classes(staff: NamedDependency[StaffLinking]) -> list[ClassRow]:
+    """Every class of the caller's school (a trust admin: the trust's schools) with its pupil counts."""
+    return [ClassRow.of(c) for c in await staff.classes()]
+
+
+@get(
+    "/classes/{class_id:str}/pupils",
+    summary="A class's pupils with their parents and invitations",
+    operation_id="list_class_pupils",
+    responses=error_responses(401, 404, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def class_pupils(
+    clients: NamedDependency[Clients], staff: NamedDependency[StaffLinking], class_id: FromPath[str]
+) -> list[PupilRow]:
+    """Each pupil with the expiry of their printed code, their parents (names from identity) and invitations."""
+    return await flows.pupil_rows(clients.identity, await staff.class_pupils(checked_id(class_id)))
+
+
+@post(
+    "/classes/{class_id:str}/codes",
+    status_code=201,
+    summary="Create QR codes for a class",
+    operation_id="create_class_codes",
+    responses=error_responses(401, 403, 404, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def create_class_codes(staff: NamedDependency[StaffLinking], class_id: FromPath[str]) -> CreatedCodes:
+    """Every pupil of the class gets a new printed code; their earlier codes stop working at once."""
+    return CreatedCodes.of(await staff.create_class_codes(checked_id(class_id)))
+
+
+@post(
+    "/pupils/{pupil_id:str}/code",
+    status_code=201,
+    summary="A new printed code for one pupil",
+    operation_id="create_pupil_code",
+    responses=error_responses(401, 403, 404, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def create_pupil_code(staff: NamedDependency[StaffLinking], pupil_id: FromPath[str]) -> NewCode:
+    """The pupil gets a new printed code; the earlier one stops working at once."""
+    reply = await staff.create_pupil_code(checked_id(pupil_id))
+    if not reply.codes:
+        raise not_found()
+    return NewCode(reply.codes[0].pupil_id, reply.codes[0].expires_at)
+
+
+@get(
+    "/classes/{class_id:str}/qr-sheet",
+    summary="The class's printable QR code sheet",
+    operation_id="get_class_qr_sheet",
+    description="An HTML page with print CSS, one cut-out card per pupil; `?format=pdf` answers the same as an "
+    "A4 PDF (`application/pdf`, as an attachment). 404 `no_code` before QR codes were created.",
+    media_type=MediaType.HTML,
+    operation_class=content_types(200, {MediaType.HTML.value: TEXT, PDF: BINARY}),
+    responses=error_responses(401, 404, 422, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def class_sheet(
+    staff: NamedDependency[StaffLinking],
+    class_id: FromPath[str],
+    format: FromQuery[Literal["html", "pdf"]] = "html",  # noqa: A002 - the query parameter's name
+) -> Response[bytes]:
+    """One card per pupil with their name, class, school, QR code, typed code and its expiry."""
+    doc = await staff.class_sheet(checked_id(class_id), format)
+    if format == "pdf":
+        return document_response(doc, PDF, attachment=True)
+    return document_response(doc, MediaType.HTML, csp=sheet_csp(doc.text or ""))
+
+
+@get(
+    "/pupils/{pupil_id:str}/qr.svg",
+    summary="A pupil's printed code as an SVG QR code",
+    operation_id="get_pupil_qr_svg",
+    description="The QR code holds `PORTAL_PUBLIC_URL/link/<CODE>`. 404 `no_code` before QR codes were created.",
+    media_type=SVG,
+    operation_class=content_types(200, {SVG: TEXT}),
+    responses=error_responses(401, 404, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def pupil_qr_svg(staff: NamedDependency[StaffLinking], pupil_id: FromPath[str]) -> Response[bytes]:
+    """The pupil's live printed code as an SVG image."""
+    return document_response(await staff.pupil_qr(checked_id(pupil_id), "svg"), SVG)
+
+
+@get(
+    "/pupils/{pupil_id:str}/qr.png",
+    summary="A pupil's printed code as a PNG QR code",
+    operation_id="get_pupil_qr_png",
+    description="The QR code holds `PORTAL_PUBLIC_URL/link/<CODE>`. 404 `no_code` before QR codes were created.",
+    media_type=PNG,
+    operation_class=content_types(200, {PNG: BINARY}),
+    responses=error_responses(401, 404, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def pupil_qr_png(staff: NamedDependency[StaffLinking], pupil_id: FromPath[str]) -> Response[bytes]:
+    """The pupil's live printed code as a PNG image."""
+    return document_response(await staff.pupil_qr(checked_id(pupil_id), "png"), PNG)
+
+
+@get(
+    "/schools/{school_id:str}/settings",
+    summary="A school's settings",
+    operation_id="get_school_settings",
+    description="School admins of the school and trust admins of its trust; anyone else: 404.",
+    responses=error_responses(401, 404, 503),
+    guards=ADMINS,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def get_school_settings(staff: NamedDependency[StaffLinking], school_id: FromPath[str]) -> SchoolSettingsAnswer:
+    """Carers per printed code, code and invitation lifetimes, the acceptable-use policy, link templates."""
+    return SchoolSettingsAnswer.of(await staff.school_settings(checked_id(school_id)))
+
+
+@put(
+    "/schools/{school_id:str}/settings",
+    summary="Change a school's settings",
+    operation_id="update_school_settings",
+    description=(
+        "The fields given change, the others stay (read-only fields echoed from a GET are ignored). Limits: "
+        + ", ".join(f"`{k}` {lo}-{hi}" for k, (lo, hi) in contract.SETTINGS_LIMITS.items())
+        + f"; `aup_text` up to {contract.AUP_MAX_CHARS} characters; the `*_url` templates are http(s) URLs "
+        "containing `{pupil_id}`. A bad field: 422 `validation_error` naming each one, and nothing changes."
+    ),
+    request_max_body_size=SETTINGS_MAX_BODY,
+    responses=error_responses(401, 403, 404, 413, 422, 503),
+    guards=ADMINS,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def put_school_settings(
+    staff: NamedDependency[StaffLinking], school_id: FromPath[str], data: JSONBody[dict[str, Any]]
+) -> SchoolSettingsAnswer:
+    """Validated by linking (a refusal names each field: `gateway.errors.RPC_ERRORS_BY_REQUEST`);
+    answers the settings as they now are."""
+    return SchoolSettingsAnswer.of(await staff.update_school_settings(checked_id(school_id), data))
+
+
+ROUTES = [
+    list_classes,
+    class_pupils,
+    create_class_codes,
+    create_pupil_code,
+    class_sheet,
+    pupil_qr_svg,
+    pupil_qr_png,
+    get_school_settings,
+    put_school_settings,
+]

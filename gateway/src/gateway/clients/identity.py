@@ -1,0 +1,75 @@
+"""Identity as the gateway asks it: one typed method per request it makes (`contracts.identity`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from contracts import identity
+from contracts.kit.rpc import INVALID_REQUEST, RpcError
+from gateway.clients.transport import Transport
+
+CONTACTS_BATCH = 1000  # identity's ContactsRequest takes at most this many ids
+
+
+class IdentityClient:
+    """Accounts, sessions and tokens."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    async def register(self, email: str, password: str, name: str, aup_version: str) -> identity.RegisterReply:
+        """A parent registers (the same reply whether the address was known or not)."""
+        return await self._t.call(
+            identity.REGISTER, identity.RegisterRequest(email=email, password=password, name=name, aup_version=aup_version)
+        )
+
+    async def check_password(self, password: str, email: str, name: str) -> None:
+        """Raises `weak_password` unless identity would accept this password for this person."""
+        await self._t.call(identity.CHECK_PASSWORD, identity.CheckPasswordRequest(password=password, email=email, name=name))
+
+    async def verify(self, token: str) -> identity.VerifyReply:
+        """Use a verification email's token."""
+        return await self._t.call(identity.VERIFY, identity.VerifyRequest(token=token))
+
+    async def resend_verification(self, email: str) -> None:
+        """A fresh verification link, if that address waits for one."""
+        await self._t.call(identity.RESEND_VERIFICATION, identity.EmailRequest(email=email))
+
+    async def login(self, email: str, password: str, client_ip: str) -> identity.LoginReply:
+        """A new session."""
+        return await self._t.call(identity.LOGIN, identity.LoginRequest(email=email, password=password, client_ip=client_ip))
+
+    async def logout(self, token: str) -> None:
+        """End one session."""
+        await self._t.call(identity.LOGOUT, identity.LogoutRequest(token=token))
+
+    async def session(self, token: str) -> identity.Principal | None:
+        """Who holds `token`; None when it is no live session (or cannot be one)."""
+        try:
+            return await self._t.call(identity.SESSION, identity.SessionRequest(token=token))
+        except RpcError as exc:
+            if exc.code in (identity.E_INVALID_SESSION, INVALID_REQUEST):
+                return None
+            raise
+
+    async def password_reset(self, email: str) -> None:
+        """A reset link, if that address has an account."""
+        await self._t.call(identity.PASSWORD_RESET, identity.EmailRequest(email=email))
+
+    async def password_reset_confirm(self, token: str, password: str) -> identity.PasswordChangedReply:
+        """Set a new password with a reset token; every session of the account ends."""
+        return await self._t.call(identity.PASSWORD_RESET_CONFIRM, identity.PasswordResetConfirm(token=token, password=password))
+
+    async def contacts(self, account_ids: Iterable[str]) -> dict[str, identity.Contact]:
+        """Names and addresses by account id (ids identity no longer knows are left out)."""
+        ids = list(dict.fromkeys(account_ids))
+        if not ids:
+            return {}
+        replies = await asyncio.gather(
+            *(
+                self._t.call(identity.CONTACTS, identity.ContactsRequest(ids=ids[i : i + CONTACTS_BATCH]))
+                for i in range(0, len(ids), CONTACTS_BATCH)
+            )
+        )
+        return {c.id: c for reply in replies for c in reply.contacts}

@@ -1,0 +1,174 @@
+"""The gateway's cross-service flows: what it composes from more than one service, by name.
+
+Each flow is asked by an API route and a web page alike. A service's error is let through as
+`RpcError`, for the caller to answer (`gateway.errors.http_error`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts import linking
+from contracts.kit.logs import get_logger
+from contracts.kit.rpc import RpcError
+from gateway.caches.links import LinksCache
+from gateway.caches.overview import OverviewReader
+from gateway.clients import Clients, IdentityClient, LinkingClient, StaffLinking
+from gateway.models import InvitationRow, ParentRow, PupilRow
+
+log = get_logger("gateway.flows")
+
+# How long registration waits for the default policy's version before going ahead without it.
+AUP_VERSION_TIMEOUT = 1.0
+# The second round of a bar checks whoever linked while the first ran. Once the first round's
+# bar is committed the address can link no more, so anyone linking later is someone else.
+BAR_ROUNDS = 2
+
+
+# -- registering --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A parent's registration, checked for form by the caller."""
+
+    email: str
+    password: str
+    name: str
+    code: str | None = None
+    relationship: linking.Relationship | None = None
+    client_ip: str = ""
+
+
+async def default_aup_version(linking_client: LinkingClient) -> str:
+    """The version of the default acceptable-use policy ("" when linking cannot say: the
+    registration still goes ahead, and the version accepted is recorded as unknown)."""
+    try:
+        reply = await linking_client.aup(timeout=AUP_VERSION_TIMEOUT)
+    except RpcError as exc:
+        log.warning("aup_version_unavailable", error=exc.code)
+        return ""
+    return reply.version[:64]
+
+
+async def register(clients: Clients, r: Registration) -> None:
+    """Register a parent (identity), and with a child's code hold that child for the new
+    account until its address is verified (linking)."""
+    aup_version = None
+    if r.code:
+        # A bad code answers 404 and a full one 409 with nothing created (docs/http-api.md),
+        # so the password and the code are checked before identity creates the account.
+        await clients.identity.check_password(r.password, r.email, r.name)
+        check = await clients.linking.redeem(
+            linking.RedeemRequest(code=r.code, dry_run=True, accept_aup=True, email=r.email, client_ip=r.client_ip)
+        )
+        aup_version = check.aup.version if check.aup else None
+    reply = await clients.identity.register(
+        r.email,
+        r.password,
+        r.name,
+        aup_version if aup_version is not None else await default_aup_version(clients.linking),
+    )
+    if r.code and reply.created:
+        # Only a new account is linked here, awaiting its verification. An address that
+        # already has an account gets "you already have an account" and nothing else:
+        # otherwise anyone holding a code could attach a child to a stranger's account. Its
+        # owner signs in and adds the child with the same code.
+        await clients.linking.redeem(
+            linking.RedeemRequest(
+                code=r.code,
+                parent_id=reply.parent_id,
+                relationship=r.relationship,
+                verified=False,
+                accept_aup=True,
+                email=r.email,
+                client_ip=r.client_ip,
+            )
+        )
+
+
+# -- a parent's overview -------------------------------------------------------------------------
+
+
+async def parent_overview(links: LinksCache, overviews: OverviewReader, parent_id: str) -> bytes:
+    """`{"children": [...]}`: the overview of every child the parent may see now (linking's
+    answer, remembered), from overview's (remembered) JSON."""
+    return await overviews.read(parent_id, await links.active(parent_id))
+
+
+async def child_overview(links: LinksCache, overviews: OverviewReader, parent_id: str, pupil_id: str) -> bytes | None:
+    """One child's overview JSON; None unless the child is linked to this parent now."""
+    if pupil_id not in await links.active(parent_id):
+        return None
+    return await overviews.read_one(parent_id, pupil_id)
+
+
+# -- a class's pupils ---------------------------------------------------------------------------
+
+
+async def pupil_rows(identity: IdentityClient, reply: linking.ClassPupilsReply) -> list[PupilRow]:
+    """A class's pupils as the API answers them, parents' names and addresses filled in from
+    identity (linking holds none), asked in one batch."""
+    contacts = await identity.contacts(p.parent_id for pupil in reply.pupils for p in pupil.parents)
+    rows = []
+    for pupil in reply.pupils:
+        parents = []
+        for link in pupil.parents:
+            contact = contacts.get(link.parent_id)
+            parents.append(
+                ParentRow(
+                    parent_id=link.parent_id,
+                    name=contact.name if contact else None,
+                    email=contact.email if contact else None,
+                    relationship=link.relationship,
+                    status=link.status,
+                    since=link.since,
+                )
+            )
+        rows.append(
+            PupilRow(
+                pupil_id=pupil.pupil_id,
+                first_name=pupil.first_name,
+                last_name=pupil.last_name,
+                code_expires_at=pupil.code_expires_at,
+                parents=parents,
+                invitations=[InvitationRow.of(i) for i in pupil.invitations],
+            )
+        )
+    return rows
+
+
+# -- safeguarding bars --------------------------------------------------------------------------
+
+
+def _same_address(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+async def _holders(identity: IdentityClient, parent_ids: list[str], email: str) -> list[str]:
+    contacts = await identity.contacts(parent_ids)
+    return [pid for pid in parent_ids if pid in contacts and _same_address(contacts[pid].email, email)]
+
+
+async def add_bar(
+    staff: StaffLinking, identity: IdentityClient, links: LinksCache, pupil_id: str, email: str, reason: str
+) -> str:
+    """Bar `email` from a pupil; the bar's id.
+
+    Linking holds no parents' addresses, so the bar is composed here: linking names the pupil's
+    parents, identity gives their addresses, and linking is told which of them have the barred
+    one and ends their links (it stays the one that decides). Anyone who linked in between is
+    named back by linking and checked in another round. This replica forgets the links that
+    ended before the answer; the others when linking's events reach them.
+    """
+    checked = await staff.pupil_parents(pupil_id)
+    holders = await _holders(identity, checked, email)
+    for _ in range(BAR_ROUNDS):
+        reply = await staff.add_bar(pupil_id, email, reason, parent_ids=holders, checked_parent_ids=checked)
+        for parent_id in reply.removed_parent_ids:
+            links.forget(parent_id)
+        if not reply.unchecked_parent_ids:
+            break
+        checked = [*checked, *reply.unchecked_parent_ids]
+        holders = await _holders(identity, reply.unchecked_parent_ids, email)
+    return reply.bar_id

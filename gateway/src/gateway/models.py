@@ -1,0 +1,344 @@
+"""What the API answers: one model per JSON shape, each documented in the OpenAPI document.
+
+The web pages show the same shapes where they show the same things. Each model is built from
+the services' replies by its `of(...)`, so a route is one client call and one conversion.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from contracts import linking
+
+# A timestamp some answers have always given as Python's `isoformat()` ("+00:00"), where the
+# others (datetime fields) are encoded by msgspec ("Z"). Kept as it was; documented as a
+# date-time all the same (Litestar reads `extra` into the schema).
+IsoTime = Annotated[str, Meta(extra_json_schema={"extra": {"format": "date-time"}})]
+
+
+# -- sign-in ------------------------------------------------------------------------------------
+
+
+class Status(Struct):
+    """What happened, in a word and a sentence."""
+
+    status: str
+    detail: str
+
+
+class LoginAnswer(Struct):
+    """A new session. `csrf_token` goes in `X-CSRF-Token` on unsafe requests made with the cookie."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    role: str
+    csrf_token: str
+
+
+class Me(Struct):
+    """The caller."""
+
+    id: str
+    email: str
+    name: str
+    role: str
+    csrf_token: str
+    school_id: str | None
+    trust_id: str | None
+
+
+# -- link codes ---------------------------------------------------------------------------------
+
+
+class Policy(Struct):
+    """An acceptable-use policy; `version` changes whenever the text does."""
+
+    version: str
+    text: str
+
+    @classmethod
+    def of(cls, reply: linking.AupReply) -> Policy:
+        """From linking's reply."""
+        return cls(version=reply.version, text=reply.text)
+
+
+class CodePreviewAnswer(Struct):
+    """The child a code is for, so the parent can check it is theirs, and the school's policy."""
+
+    first_name: str
+    school_name: str
+    class_name: str
+    aup: Policy
+
+    @classmethod
+    def of(cls, preview: linking.CodePreview) -> CodePreviewAnswer:
+        """From linking's preview."""
+        return cls(
+            first_name=preview.first_name,
+            school_name=preview.school_name,
+            class_name=preview.class_name,
+            aup=Policy.of(preview.aup),
+        )
+
+
+# -- parents ------------------------------------------------------------------------------------
+
+
+class Child(Struct):
+    """A child as the API answers it, to its parent or to staff."""
+
+    pupil_id: str
+    first_name: str
+    last_name: str
+    school_id: str
+    school_name: str
+    class_name: str
+    relationship: str
+    status: linking.LinkStatus
+    since: IsoTime
+
+    @classmethod
+    def of(cls, view: linking.ChildView) -> Child:
+        """From linking's view of a link."""
+        return cls(
+            pupil_id=view.pupil_id,
+            first_name=view.first_name,
+            last_name=view.last_name,
+            school_id=view.school_id,
+            school_name=view.school_name,
+            class_name=view.class_name,
+            relationship=view.relationship,
+            status=view.status,
+            since=view.since.isoformat(),
+        )
+
+
+class DueItem(Struct):
+    """A piece of outstanding homework."""
+
+    title: str
+    due_at: datetime
+
+
+class PlatformLinks(Struct):
+    """Where the overview's buttons lead, into the learning platform."""
+
+    homework: str
+    files: str
+    messages: str
+
+
+class ChildOverview(Struct):
+    """One child's overview. The numbers, `links` and `as_of` are null in a partial answer
+    when nothing is known of the child yet."""
+
+    pupil_id: str
+    outstanding_homework: int | None
+    unread_messages: int | None
+    stars_this_week: int | None
+    next_due: list[DueItem]
+    links: PlatformLinks | None
+    as_of: datetime | None
+    partial: bool = False
+
+
+class Overview(Struct):
+    """Every linked child's overview; `partial` is there (true) only when overview did not
+    answer for every child."""
+
+    children: list[ChildOverview]
+    partial: bool = False
+
+
+# -- staff: classes and pupils ------------------------------------------------------------------
+
+
+class ClassRow(Struct):
+    """One class of `GET /classes`."""
+
+    class_id: str
+    name: str
+    school_id: str
+    school_name: str
+    pupil_count: int
+    linked_pupil_count: int
+
+    @classmethod
+    def of(cls, c: linking.ClassSummary) -> ClassRow:
+        """From linking's summary."""
+        return cls(
+            class_id=c.class_id,
+            name=c.name,
+            school_id=c.school_id,
+            school_name=c.school_name,
+            pupil_count=c.pupil_count,
+            linked_pupil_count=c.linked_pupil_count,
+        )
+
+
+class ParentRow(Struct):
+    """A parent linked to a pupil; `name` and `email` are null if identity no longer knows them."""
+
+    parent_id: str
+    name: str | None
+    email: str | None
+    relationship: str
+    status: Literal["awaiting_verification", "linked"]
+    since: datetime
+
+
+class InvitationRow(Struct):
+    """An email invitation to link a pupil."""
+
+    invitation_id: str
+    email: str
+    status: Literal["invited", "accepted", "expired", "revoked", "bounced"]
+    sent_at: datetime
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, i: linking.InvitationView) -> InvitationRow:
+        """From linking's view."""
+        return cls(invitation_id=i.invitation_id, email=i.email, status=i.status, sent_at=i.sent_at, expires_at=i.expires_at)
+
+
+class PupilRow(Struct):
+    """One pupil of `GET /classes/{class_id}/pupils`; `code_expires_at` is null before codes."""
+
+    pupil_id: str
+    first_name: str
+    last_name: str
+    code_expires_at: datetime | None
+    parents: list[ParentRow]
+    invitations: list[InvitationRow]
+
+
+class NewCode(Struct):
+    """A pupil's new printed code: only its expiry (the code itself is printed, never listed)."""
+
+    pupil_id: str
+    expires_at: datetime
+
+
+class CreatedCodes(Struct):
+    """The pupils that got a new printed code."""
+
+    class_id: str | None
+    codes: list[NewCode]
+
+    @classmethod
+    def of(cls, reply: linking.CreateCodesReply) -> CreatedCodes:
+        """From linking's reply."""
+        return cls(class_id=reply.class_id, codes=[NewCode(c.pupil_id, c.expires_at) for c in reply.codes])
+
+
+class SchoolSettingsAnswer(Struct):
+    """A school's settings, defaults filled in."""
+
+    school_id: str
+    max_carers_per_code: int
+    printed_code_days: int
+    invitation_days: int
+    aup_text: str
+    aup_version: str
+    homework_url: str
+    files_url: str
+    messages_url: str
+    email_parent_on_removal: bool
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, s: linking.SchoolSettings) -> SchoolSettingsAnswer:
+        """From linking's settings."""
+        return cls(
+            school_id=s.school_id,
+            max_carers_per_code=s.max_carers_per_code,
+            printed_code_days=s.printed_code_days,
+            invitation_days=s.invitation_days,
+            aup_text=s.aup_text,
+            aup_version=s.aup_version,
+            homework_url=s.homework_url,
+            files_url=s.files_url,
+            messages_url=s.messages_url,
+            email_parent_on_removal=s.email_parent_on_removal,
+            updated_at=s.updated_at,
+        )
+
+
+# -- staff: parents' access ---------------------------------------------------------------------
+
+
+class Invitation(Struct):
+    """The invitation just sent."""
+
+    invitation_id: str
+    email: str
+    status: Literal["invited", "accepted", "expired", "revoked", "bounced"]
+    sent_at: IsoTime
+    expires_at: IsoTime
+
+    @classmethod
+    def of(cls, view: linking.InvitationView) -> Invitation:
+        """From linking's view."""
+        return cls(
+            invitation_id=view.invitation_id,
+            email=view.email,
+            status=view.status,
+            sent_at=view.sent_at.isoformat(),
+            expires_at=view.expires_at.isoformat(),
+        )
+
+
+class AuditRow(Struct):
+    """One row of a pupil's audit trail: `actor` is `staff:<id>`, `parent:<id>` or `system`."""
+
+    at: IsoTime
+    actor: str
+    action: str
+    parent_id: str | None
+    reason: str
+
+    @classmethod
+    def of(cls, e: linking.AuditEntry) -> AuditRow:
+        """From linking's entry."""
+        return cls(at=e.at.isoformat(), actor=e.actor, action=e.action, parent_id=e.parent_id, reason=e.reason)
+
+
+class Bar(Struct):
+    """A safeguarding bar in force."""
+
+    bar_id: str
+    email: str
+    reason: str
+    at: IsoTime
+
+    @classmethod
+    def of(cls, b: linking.BarView) -> Bar:
+        """From linking's view."""
+        return cls(bar_id=b.bar_id, email=b.email, reason=b.reason, at=b.at.isoformat())
+
+
+class BarCreated(Struct):
+    """The bar (a new one, or the one already in force on that address)."""
+
+    bar_id: str
+
+
+# -- operations ---------------------------------------------------------------------------------
+
+
+class Health(Struct):
+    """The gateway process runs."""
+
+    status: Literal["ok"]
+
+
+class Readiness(Struct):
+    """Every service answered its health request."""
+
+    status: Literal["ready"]
+    services: dict[str, str]
