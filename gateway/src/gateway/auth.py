@@ -51,7 +51,7 @@ _COOKIE_REFRESH = "portal_cookie_refresh"
 
 
 def _request_state(connection: ASGIConnection) -> dict[str, Any]:
-    return connection.scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    return connection.scope.setdefault("state", {})
 
 
 # OpenAPI security requirements for routes that need a caller.
@@ -110,9 +110,9 @@ def credentials(connection: ASGIConnection) -> Credentials | None:
         # A malformed header is a wrong credential, not an anonymous caller.
         return Credentials(token.strip() if scheme.lower() == "bearer" else "", "bearer")
     settings: GatewaySettings = connection.app.state.settings
-    token = connection.cookies.get(cookie_name(settings))
-    if token:
-        return Credentials(token, "cookie")
+    cookie = connection.cookies.get(cookie_name(settings))
+    if cookie:
+        return Credentials(cookie, "cookie")
     return None
 
 

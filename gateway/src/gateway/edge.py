@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 
 from contracts.kit.logs import get_logger
 
@@ -62,7 +63,7 @@ class AccessLog:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex[:16]

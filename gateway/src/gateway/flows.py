@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contracts import linking
+from contracts.addresses import same_email
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
 from gateway.caches.links import LinksCache
@@ -141,13 +142,9 @@ async def pupil_rows(identity: IdentityClient, reply: linking.ClassPupilsReply) 
 # -- safeguarding bars --------------------------------------------------------------------------
 
 
-def _same_address(a: str, b: str) -> bool:
-    return a.strip().lower() == b.strip().lower()
-
-
 async def _holders(identity: IdentityClient, parent_ids: list[str], email: str) -> list[str]:
     contacts = await identity.contacts(parent_ids)
-    return [pid for pid in parent_ids if pid in contacts and _same_address(contacts[pid].email, email)]
+    return [pid for pid in parent_ids if pid in contacts and same_email(contacts[pid].email, email)]
 
 
 async def add_bar(

@@ -8,7 +8,6 @@ code is the flow `gateway.flows.register`.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from litestar import Request, Response, get, post
@@ -19,6 +18,7 @@ from litestar.params import JSONBody
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from contracts.addresses import looks_like_email
 from contracts.identity import Principal
 from gateway import flows
 from gateway.auth import (
@@ -40,9 +40,6 @@ from gateway.settings import GatewaySettings
 TAGS = ["auth"]
 Relationship = Literal["mother", "father", "carer", "guardian", "grandparent", "other"]
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-
-
 # -- request bodies ---------------------------------------------------------------------------
 
 
@@ -52,7 +49,7 @@ class _Body(BaseModel):
 
 def _valid_email(value: str) -> str:
     value = value.strip()
-    if not _EMAIL.match(value):
+    if not looks_like_email(value):
         raise PydanticCustomError("email", "Enter an email address like name@example.org")
     return value
 

@@ -35,7 +35,7 @@ async def ready(state: State, clients: NamedDependency[Clients]) -> Readiness:
             503,
             "not_ready",
             "The gateway is not connected to NATS.",
-            extra={"missing": list(SERVICES), "services": {name: "missing" for name in SERVICES}},
+            extra={"missing": list(SERVICES), "services": dict.fromkeys(SERVICES, "missing")},
         )
     states = await clients.health.states(settings.ready_timeout)
     if all(s == "ok" for s in states.values()):

@@ -78,7 +78,7 @@ class LinksCache:
                 del self._entries[next(iter(self._entries))]
             if self.max_entries > 0:
                 # Up to a fifth shorter at random, so that entries made together expire apart.
-                self._entries[parent_id] = (now + self.ttl * (1 - 0.2 * random.random()), pupils)
+                self._entries[parent_id] = (now + self.ttl * (1 - 0.2 * random.random()), pupils)  # noqa: S311 - jitter, not a secret
         return pupils
 
 

@@ -145,7 +145,7 @@ class OverviewCache:
             noticed = self._noticed.get(pid)
             ok = self.live and self.ttl > 0 and mark >= self._cleared_at and (noticed is None or noticed[0] <= mark)
             # Aged up to a fifth early at random: entries made together are asked for apart.
-            soft = mono + min(self.ttl * (1 - 0.2 * random.random()), turn)
+            soft = mono + min(self.ttl * (1 - 0.2 * random.random()), turn)  # noqa: S311 - jitter, not a secret
             self._entries[pid] = (soft, hard, data) if ok else (0.0, 0.0, data)
             self._entries.move_to_end(pid)
         while len(self._entries) > self.max_entries:

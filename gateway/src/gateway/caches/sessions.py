@@ -88,7 +88,7 @@ class SessionCache:
             self._remove(next(iter(self._entries)))  # the oldest: dicts keep insertion order
         # Up to a fifth shorter at random: sessions cached together (a morning's first visits)
         # do not all go back to identity in the same second.
-        ttl *= 1 - 0.2 * random.random()
+        ttl *= 1 - 0.2 * random.random()  # noqa: S311 - jitter, not a secret
         self._entries[key] = (time.monotonic() + ttl, tuple(getattr(principal, f) for f in _FIELDS))
         self._by_session[principal.session_id] = key
         self._by_account[principal.account_id] = (*self._by_account.get(principal.account_id, ()), key)

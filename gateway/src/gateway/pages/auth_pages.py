@@ -68,7 +68,8 @@ async def login_submit(request: Request, clients: NamedDependency[Clients]) -> R
 
     if not anonymous_form_ok(request, form):
         return again(FieldErrors(), EXPIRED_FORM, 403)
-    password = form.get("password") if isinstance(form.get("password"), str) else ""
+    given = form.get("password")
+    password = given if isinstance(given, str) else ""
     errors = FieldErrors()
     if not values["email"]:
         errors["email"] = "Enter your email address"
@@ -158,7 +159,8 @@ async def register_submit(request: Request, clients: NamedDependency[Clients]) -
 
     if not anonymous_form_ok(request, form):
         return await again(FieldErrors(), EXPIRED_FORM, 403)
-    password = form.get("password") if isinstance(form.get("password"), str) else ""
+    given = form.get("password")
+    password = given if isinstance(given, str) else ""
     errors = FieldErrors()
     if not values["name"]:
         errors["name"] = "Enter your name"
@@ -276,7 +278,8 @@ async def reset_submit(state: State, request: Request) -> Template:
     """Set the new password; every session of the account ends."""
     form = await request.form()
     token = _text(form, "token", 256)
-    password = form.get("password") if isinstance(form.get("password"), str) else ""
+    given = form.get("password")
+    password = given if isinstance(given, str) else ""
 
     def again(errors: FieldErrors, status: int = 400, **extra: Any) -> Template:
         return render(request, "pages/reset.html", anonymous_form=True, status=status, token=token, errors=errors, **extra)

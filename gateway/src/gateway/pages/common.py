@@ -19,6 +19,7 @@ from litestar import MediaType, Request, Response
 from litestar.datastructures import Cookie
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.response import Redirect, Template
+from litestar.types import ExceptionHandlersMap
 
 from contracts.identity import Principal
 from contracts.kit.logs import get_logger
@@ -138,7 +139,7 @@ def render(
     jar = list(cookies or [])
     if anonymous_form:
         secret, new_cookie = form_secret(request)
-        csrf = _form_token(secret)
+        csrf: str | None = _form_token(secret)
         if new_cookie is not None:
             jar.append(new_cookie)
     else:
@@ -245,7 +246,7 @@ def handle_unexpected(request: Request, exc: Exception) -> Response[Any]:
     return _error_page(request, 500, detail_for_status(500))
 
 
-def exception_handlers() -> dict[type[Exception], Any]:
+def exception_handlers() -> ExceptionHandlersMap:
     """The page router's handlers: errors answered as HTML pages, 401 as a redirect to sign in."""
     return {
         ApiError: handle_api_error,

@@ -132,7 +132,7 @@ async def add_child_confirm(
             errors=errors, message=message, relationships=RELATIONSHIPS,
         )
 
-    if not _relationship_ok(values["relationship"]):
+    if not _relationship_ok(str(values["relationship"])):
         return await again(FieldErrors(relationship="Choose your relationship to the child"))
     try:
         reply = await clients.linking.redeem(
