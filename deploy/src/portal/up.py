@@ -118,8 +118,12 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = settings.model_copy(update={"data_dir": data_dir})
-    out = lambda line="": print(line, flush=True)  # noqa: E731
-    err = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+
+    def out(line: str = "") -> None:
+        print(line, flush=True)
+
+    def err(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
     if _listening(settings.http_port):
         err(f"portal: port {settings.http_port} is already in use; set PORTAL_HTTP_PORT to a free port")

@@ -19,7 +19,7 @@ import hmac
 import ipaddress
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -232,7 +232,7 @@ def require_role(*roles: str, status: int = 404) -> Guard:
     # 404 by default: staff routes answer 404 to anyone else (docs/http-api.md), so a caller
     # learns nothing of what exists.
     allowed = frozenset(roles)
-    unknown = allowed - set(identity.Role.__args__)  # type: ignore[attr-defined]
+    unknown = allowed - set(get_args(identity.Role))
     if unknown:
         raise ValueError(f"unknown roles: {sorted(unknown)}")
 

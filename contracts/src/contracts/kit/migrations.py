@@ -86,7 +86,7 @@ def run_env(metadata: MetaData | Sequence[MetaData]) -> None:
         def target() -> None:
             try:
                 asyncio.run(run_async())
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 err.append(exc)
 
         t = threading.Thread(target=target)
