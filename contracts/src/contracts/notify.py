@@ -138,7 +138,7 @@ class EmailDelivered(Event):
 
 
 class EmailFailed(Event):
-    """The email will not be delivered."""
+    """The email will not be delivered (rejected, gave up, over the daily cap)."""
 
     request_id: str
     kind: str

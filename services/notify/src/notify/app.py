@@ -8,18 +8,14 @@ from pydantic import Field
 
 from contracts import notify as contract
 from contracts import streams
-from contracts.addresses import normalise_email
-from contracts.base import Event, utcnow
-from contracts.kit.db import insert
 from contracts.kit.logs import get_logger
-from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from notify import __version__
+from notify.handlers import Requests
 from notify.render import Renderer
 from notify.sender import Sender
 from notify.smtp import SmtpTarget
-from notify.tables import PENDING, Email
 
 NAME = "notify"
 MIGRATIONS = "notify:migrations"
@@ -65,38 +61,16 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
     renderer = Renderer(mail_from=settings.mail_from)
     sender = Sender(runtime, settings, renderer, SmtpTarget.from_url(settings.smtp_url)) if settings.smtp_url else None
 
-    async def record_request(uow: UnitOfWork, request: Event, subject: str) -> None:
-        assert isinstance(request, contract.EmailRequest)  # the consumer's schemas are email requests
-        now = utcnow()
-        stmt = insert(uow.session, Email).values(
-            request_id=request.event_id,
-            kind=request.kind,
-            reference=request.reference,
-            request=request.model_dump_json(),
-            parent_id=request.parent_id,
-            recipient=request.to,
-            recipient_key=normalise_email(request.to) if request.to else None,
-            status=PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-        await uow.session.execute(stmt.on_conflict_do_nothing(index_elements=["request_id"]))
-        log.info("email_requested", request_id=request.event_id, kind=request.kind)
-        if sender is not None:
-            uow.after_commit(sender.wake)
-
     runtime.consume(
         stream=streams.NOTIFY_REQUESTS,
         subject=contract.REQUEST_ALL,
         durable="notify-requests",
         schemas=contract.REQUESTS,
-        handler=record_request,
+        handler=Requests(sender).record,
         title="email requests",
         description="Records each email request in the ledger (once per request id); the sender sends it.",
     )
-    runtime.publishes(contract.EMAIL_DELIVERED, contract.EmailDelivered, title="email delivered", description="The SMTP server accepted an email.")
-    runtime.publishes(contract.EMAIL_FAILED, contract.EmailFailed, title="email failed", description="An email will not be delivered (rejected, gave up, daily cap).")
+    runtime.publishes_events({contract.EMAIL_DELIVERED: contract.EmailDelivered, contract.EMAIL_FAILED: contract.EmailFailed})
 
     if sender is not None:
         runtime.app.after_startup(sender.start)
