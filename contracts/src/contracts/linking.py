@@ -39,6 +39,7 @@ E_TOO_MANY_ATTEMPTS = "too_many_attempts"  # 429: with retry_after
 RELATIONSHIPS = ("mother", "father", "carer", "guardian", "grandparent", "other")
 Relationship = Literal["mother", "father", "carer", "guardian", "grandparent", "other"]
 LinkStatus = Literal["awaiting_verification", "linked"]
+InvitationStatus = Literal["invited", "accepted", "expired", "revoked", "bounced"]
 
 # The link templates' only placeholder, and their defaults below the platform's URL.
 PUPIL_PLACEHOLDER = "{pupil_id}"
@@ -125,7 +126,7 @@ class ParentLinkView(Message):
 
     parent_id: str
     relationship: str
-    status: Literal["awaiting_verification", "linked"]
+    status: LinkStatus
     since: AwareDatetime
 
 
@@ -134,7 +135,7 @@ class InvitationView(Message):
 
     invitation_id: str
     email: str
-    status: Literal["invited", "accepted", "expired", "revoked", "bounced"]
+    status: InvitationStatus
     sent_at: AwareDatetime
     expires_at: AwareDatetime
 

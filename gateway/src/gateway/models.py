@@ -187,16 +187,16 @@ class ParentRow(Struct):
     name: str | None
     email: str | None
     relationship: str
-    status: Literal["awaiting_verification", "linked"]
+    status: linking.LinkStatus
     since: datetime
 
 
 class InvitationRow(Struct):
-    """An email invitation to link a pupil."""
+    """An invitation of `GET /classes/{id}/pupils`, as staff see it."""
 
     invitation_id: str
     email: str
-    status: Literal["invited", "accepted", "expired", "revoked", "bounced"]
+    status: linking.InvitationStatus
     sent_at: datetime
     expires_at: datetime
 
@@ -236,39 +236,6 @@ class CreatedCodes(Struct):
         return cls(class_id=reply.class_id, codes=[NewCode(c.pupil_id, c.expires_at) for c in reply.codes])
 
 
-class SchoolSettingsAnswer(Struct):
-    """A school's settings, defaults filled in."""
-
-    school_id: str
-    max_carers_per_code: int
-    printed_code_days: int
-    invitation_days: int
-    aup_text: str
-    aup_version: str
-    homework_url: str
-    files_url: str
-    messages_url: str
-    email_parent_on_removal: bool
-    updated_at: datetime | None
-
-    @classmethod
-    def of(cls, s: linking.SchoolSettings) -> SchoolSettingsAnswer:
-        """From linking's settings."""
-        return cls(
-            school_id=s.school_id,
-            max_carers_per_code=s.max_carers_per_code,
-            printed_code_days=s.printed_code_days,
-            invitation_days=s.invitation_days,
-            aup_text=s.aup_text,
-            aup_version=s.aup_version,
-            homework_url=s.homework_url,
-            files_url=s.files_url,
-            messages_url=s.messages_url,
-            email_parent_on_removal=s.email_parent_on_removal,
-            updated_at=s.updated_at,
-        )
-
-
 # -- staff: parents' access ---------------------------------------------------------------------
 
 
@@ -277,7 +244,7 @@ class Invitation(Struct):
 
     invitation_id: str
     email: str
-    status: Literal["invited", "accepted", "expired", "revoked", "bounced"]
+    status: linking.InvitationStatus
     sent_at: IsoTime
     expires_at: IsoTime
 

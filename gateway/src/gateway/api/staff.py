@@ -25,7 +25,7 @@ from gateway import flows
 from gateway.auth import SECURITY, admins_only, staff_only
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id, not_found
-from gateway.models import ClassRow, CreatedCodes, NewCode, PupilRow, SchoolSettingsAnswer
+from gateway.models import ClassRow, CreatedCodes, NewCode, PupilRow
 from gateway.openapi import BINARY, TEXT, content_types, error_responses
 
 TAGS = ["staff"]
@@ -217,9 +217,9 @@ async def pupil_qr_png(staff: NamedDependency[StaffLinking], pupil_id: FromPath[
     tags=TAGS,
     security=SECURITY,
 )
-async def get_school_settings(staff: NamedDependency[StaffLinking], school_id: FromPath[str]) -> SchoolSettingsAnswer:
+async def get_school_settings(staff: NamedDependency[StaffLinking], school_id: FromPath[str]) -> contract.SchoolSettings:
     """Carers per printed code, code and invitation lifetimes, the acceptable-use policy, link templates."""
-    return SchoolSettingsAnswer.of(await staff.school_settings(checked_id(school_id)))
+    return await staff.school_settings(checked_id(school_id))
 
 
 @put(
@@ -240,10 +240,10 @@ async def get_school_settings(staff: NamedDependency[StaffLinking], school_id: F
 )
 async def put_school_settings(
     staff: NamedDependency[StaffLinking], school_id: FromPath[str], data: JSONBody[dict[str, Any]]
-) -> SchoolSettingsAnswer:
+) -> contract.SchoolSettings:
     """Validated by linking (a refusal names each field: `gateway.errors.RPC_ERRORS_BY_REQUEST`);
     answers the settings as they now are."""
-    return SchoolSettingsAnswer.of(await staff.update_school_settings(checked_id(school_id), data))
+    return await staff.update_school_settings(checked_id(school_id), data)
 
 
 ROUTES = [

@@ -25,7 +25,7 @@ from gateway.auth import admins_only, staff_only
 from gateway.caches.links import get_links_cache
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id, not_found
-from gateway.models import AuditRow, Bar, ClassRow, PupilRow, SchoolSettingsAnswer
+from gateway.models import AuditRow, Bar, ClassRow, PupilRow
 from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, redirect, render
 
 STAFF = [staff_only]
@@ -433,7 +433,7 @@ async def lift_submit(
     )
 
 
-def _settings_values(answer: SchoolSettingsAnswer) -> dict[str, Any]:
+def _settings_values(answer: contract.SchoolSettings) -> dict[str, Any]:
     return {
         "max_carers_per_code": answer.max_carers_per_code,
         "printed_code_days": answer.printed_code_days,
@@ -451,7 +451,7 @@ async def settings_page(
     request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], school_id: str
 ) -> Template:
     """The school's settings: carers per code, expiries, the acceptable-use policy, links."""
-    answer = SchoolSettingsAnswer.of(await staff.school_settings(checked_id(school_id)))
+    answer = await staff.school_settings(checked_id(school_id))
     return render(request, "pages/settings.html", principal=principal, school_id=school_id, values=_settings_values(answer), errors={})
 
 
