@@ -125,7 +125,9 @@ def trust(scale: Scale, rng: random.Random) -> tuple[dict[str, list[str]], dict[
     return classes, school_of, families
 
 
-async def seed(data_dir: Path, overview_url: str | None, scale: Scale, rng: random.Random) -> tuple[list[str], dict, list[list[str]]]:
+async def seed(
+    data_dir: Path, overview_url: str | None, scale: Scale, rng: random.Random
+) -> tuple[list[str], dict, list[list[str]]]:
     """Write the trust into identity, linking and overview; the parents' bearer tokens."""
     from argon2 import PasswordHasher
     from sqlalchemy import insert
@@ -143,7 +145,9 @@ async def seed(data_dir: Path, overview_url: str | None, scale: Scale, rng: rand
     ids = IdentitySettings(data_dir=data_dir)
     # One real argon2id hash with identity's parameters: every parent shares it.
     password_hash = PasswordHasher(
-        time_cost=ids.identity_argon2_time_cost, memory_cost=ids.identity_argon2_memory_kib, parallelism=ids.identity_argon2_parallelism
+        time_cost=ids.identity_argon2_time_cost,
+        memory_cost=ids.identity_argon2_memory_kib,
+        parallelism=ids.identity_argon2_parallelism,
     ).hash(PASSWORD)
     parent_ids = [uuid.uuid4().hex for _ in families]
     tokens = [secrets.token_urlsafe(32) for _ in families]
@@ -224,7 +228,14 @@ def platform_events(scale: Scale, classes: dict[str, list[str]], rng: random.Ran
         for k in range(per_class):
             hw = f"{class_id}-h{k}"
             due = (now + timedelta(days=rng.uniform(-7, 10))).isoformat()
-            add("platform.homework.assigned.v1", homework_id=hw, school_id=school, pupil_ids=members, title=f"Homework {k} of {class_id}", due_at=due)
+            add(
+                "platform.homework.assigned.v1",
+                homework_id=hw,
+                school_id=school,
+                pupil_ids=members,
+                title=f"Homework {k} of {class_id}",
+                due_at=due,
+            )
             homework.append((hw, members))
         add("platform.homework.withdrawn.v1", homework_id=f"{class_id}-h0")
     rest = scale.events - len(out)
@@ -241,7 +252,13 @@ def platform_events(scale: Scale, classes: dict[str, list[str]], rng: random.Ran
         add("platform.message.read.v1", message_id=mid, pupil_id=pupil)
     stars = scale.events - len(out)
     for n in range(stars):
-        add("platform.stars.awarded.v1", award_id=f"a{n}", pupil_id=rng.choice(pupils), stars=rng.randint(1, 3), reason="bench")
+        add(
+            "platform.stars.awarded.v1",
+            award_id=f"a{n}",
+            pupil_id=rng.choice(pupils),
+            stars=rng.randint(1, 3),
+            reason="bench",
+        )
     rng.shuffle(out)  # completions before assignments, reads before deliveries: as it may come
     return out
 
@@ -249,7 +266,9 @@ def platform_events(scale: Scale, classes: dict[str, list[str]], rng: random.Ran
 # -- absorbing events -----------------------------------------------------------------------
 
 
-async def absorb(nats_url: str, events: list[tuple[str, bytes, str]], *, timeout: float, analyze: str | None = None) -> dict:
+async def absorb(
+    nats_url: str, events: list[tuple[str, bytes, str]], *, timeout: float, analyze: str | None = None
+) -> dict:
     """Publish every event while following overview's consumer; the rates (`applied` short of
     `events` when `timeout` ran out first)."""
     import nats
@@ -302,7 +321,9 @@ async def absorb(nats_url: str, events: list[tuple[str, bytes, str]], *, timeout
         "end_to_end_per_s": applied / now,
         "backlog_at_publish_end": backlog,
         # Once the publisher is done, overview has the machine to itself.
-        "backlog_per_s": (backlog - left) / (now - published_at) if backlog > total * 0.05 and now > published_at else None,
+        "backlog_per_s": (backlog - left) / (now - published_at)
+        if backlog > total * 0.05 and now > published_at
+        else None,
     }
 
 
@@ -355,7 +376,9 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def wrk(url: str, *, seconds: float, connections: int, threads: int, script: Path | None = None, args: list[str] = ()) -> dict:
+def wrk(
+    url: str, *, seconds: float, connections: int, threads: int, script: Path | None = None, args: list[str] = ()
+) -> dict:
     """One wrk run: requests/s, p50, p99 (ms), and anything that went wrong."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
     if script is not None:
@@ -519,7 +542,11 @@ def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
 
 
 def _profile(
-    opts: argparse.Namespace, root: int, prefix: str, *, parts: tuple[str, ...] = ("gateway", "identity", "linking", "overview"),
+    opts: argparse.Namespace,
+    root: int,
+    prefix: str,
+    *,
+    parts: tuple[str, ...] = ("gateway", "identity", "linking", "overview"),
     seconds: float | None = None,
 ) -> list[subprocess.Popen]:
     """py-spy on some parts for a measured run (`--profile`): collapsed stacks, one file a part."""
@@ -593,7 +620,9 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
     data_dir = tmp / "data"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    env.update(PORTAL_DATA_DIR=str(data_dir), PORTAL_HTTP_PORT=str(port), PORTAL_BENCH_ROUTES="1", PORTAL_LOG_LEVEL="WARNING")
+    env.update(
+        PORTAL_DATA_DIR=str(data_dir), PORTAL_HTTP_PORT=str(port), PORTAL_BENCH_ROUTES="1", PORTAL_LOG_LEVEL="WARNING"
+    )
     env.update(dict(item.split("=", 1) for item in opts.env))
     pg_db = None
     overview_url = None
@@ -606,7 +635,9 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
     base = f"http://127.0.0.1:{port}"
     run.load.append(_loadavg())
     try:
-        say(f"[{backend}] migrating and seeding {scale.schools} schools, {scale.pupils} pupils, {scale.parents} parents")
+        say(
+            f"[{backend}] migrating and seeding {scale.schools} schools, {scale.pupils} pupils, {scale.parents} parents"
+        )
         started = time.monotonic()
         subprocess.run([PORTAL, "migrate"], env=env, check=True, capture_output=True, text=True)
         tokens, classes, families = asyncio.run(seed(data_dir, overview_url, scale, rng))
@@ -629,7 +660,9 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             time.sleep(0.25)
         run.ready_s = time.monotonic() - started
         nats_url = (data_dir / "nats.url").read_text().strip()
-        responder = subprocess.Popen([sys.executable, __file__, "--responder", nats_url], stdout=subprocess.PIPE, text=True)
+        responder = subprocess.Popen(
+            [sys.executable, __file__, "--responder", nats_url], stdout=subprocess.PIPE, text=True
+        )
         assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
         for path, token in (("/bench/hello", None), ("/bench/nats", None), ("/api/v1/me/overview", tokens[-1])):
             status, body = _get(base + path, token)
@@ -642,7 +675,9 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
         run.notes += ["ANALYZE every 10 s during absorption (autovacuum is off on this server)"] if analyze else []
         run.absorb = asyncio.run(absorb(nats_url, events, timeout=opts.absorb_timeout, analyze=analyze))
         if run.absorb["applied"] < run.absorb["events"]:
-            run.errors.append(f"overview applied {run.absorb['applied']:,} of {run.absorb['events']:,} events in {opts.absorb_timeout:g} s")
+            run.errors.append(
+                f"overview applied {run.absorb['applied']:,} of {run.absorb['events']:,} events in {opts.absorb_timeout:g} s"
+            )
         for spy in spies:
             spy.wait()
         status, body = _get(f"{base}/api/v1/me/overview", tokens[-1])
@@ -660,16 +695,26 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             (HELLO, f"{base}/bench/hello", None, []),
             (ONE_REQUEST, f"{base}/bench/nats", None, []),
             (OVERVIEW, f"{base}/api/v1/me/overview", lua, [str(token_file), str(opts.threads), "/api/v1/me/overview"]),
-            (OVERVIEW_WARM, f"{base}/api/v1/me/overview", lua, [str(warm_file), str(opts.threads), "/api/v1/me/overview"]),
+            (
+                OVERVIEW_WARM,
+                f"{base}/api/v1/me/overview",
+                lua,
+                [str(warm_file), str(opts.threads), "/api/v1/me/overview"],
+            ),
         ]
         for label, url, script, args in targets:
             label = label.format(parents=len(tokens), warm=min(opts.warm_parents, len(tokens)))
             if script is lua and args[0] == str(token_file):
                 say(f"[{backend}] first visit of each of {len(tokens):,} parents")
                 before, client = cpu_seconds([up.pid, responder.pid]), _own_cpu()
-                run.wrk[FIRST_VISITS.format(parents=len(tokens))] = first = asyncio.run(first_visits(port, tokens, opts.connections))
+                run.wrk[FIRST_VISITS.format(parents=len(tokens))] = first = asyncio.run(
+                    first_visits(port, tokens, opts.connections)
+                )
                 after = cpu_seconds([up.pid, responder.pid])
-                first["cpu"] = {**{n: after[n] - before.get(n, 0.0) for n in after}, "bench client": _own_cpu() - client}
+                first["cpu"] = {
+                    **{n: after[n] - before.get(n, 0.0) for n in after},
+                    "bench client": _own_cpu() - client,
+                }
             say(f"[{backend}] wrk {label}: {opts.warmup:g}s warm-up, {opts.duration:g}s measured")
             common = {"connections": opts.connections, "threads": opts.threads, "script": script, "args": args}
             wrk(url, seconds=opts.warmup, **common)
@@ -723,7 +768,10 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
     row("load average before / after (1 min)", lambda r: " / ".join(r.load))
     row("seeding (migrate + direct inserts)", lambda r: f"{r.seed_s:.1f} s")
     row("portal up to /ready", lambda r: f"{r.ready_s:.1f} s")
-    row(f"publish {scale.events:,} events", lambda r: f"{r.absorb['publish_per_s']:,.0f}/s ({r.absorb['publish_s']:.1f} s)")
+    row(
+        f"publish {scale.events:,} events",
+        lambda r: f"{r.absorb['publish_per_s']:,.0f}/s ({r.absorb['publish_s']:.1f} s)",
+    )
     row("absorbed, end to end (first publish to drained)", lambda r: (
         f"{r.absorb['end_to_end_per_s']:,.0f} events/s ({r.absorb['drained_s']:.1f} s)"
     ))  # fmt: skip
@@ -745,7 +793,10 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
             f"{short[n]} {v:.1f}" for n, v in r.wrk[label]["cpu"].items() if n in short and v >= 0.05  # noqa: B023 - called within this iteration
         ))  # fmt: skip
         if any(r.wrk.get(label, {}).get("non2xx") or r.wrk.get(label, {}).get("socket_errors") for r in runs):
-            row(f"{label}: errors", lambda r: f"{r.wrk[label]['non2xx']} non-2xx or partial {r.wrk[label]['socket_errors']}".strip())  # noqa: B023 - called within this iteration
+            row(
+                f"{label}: errors",
+                lambda r: f"{r.wrk[label]['non2xx']} non-2xx or partial {r.wrk[label]['socket_errors']}".strip(),  # noqa: B023 - called within this iteration
+            )
     for label in [k for k in labels if "overview" in k]:
         row(f"{label}: / one-request, / hello-world", lambda r: (
             f"{r.wrk[label]['rps'] / r.wrk[ONE_REQUEST]['rps']:.0%}, {r.wrk[label]['rps'] / r.wrk[HELLO]['rps']:.0%}"  # noqa: B023 - called within this iteration
@@ -767,7 +818,9 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
         "|" + "|".join(["-" * (width + 2), *("-" * (c + 2) for c in cols)]) + "|",
     ]
     for label, values in rows:
-        lines.append("| " + " | ".join([label.ljust(width), *(v.ljust(c) for v, c in zip(values, cols, strict=True))]) + " |")
+        lines.append(
+            "| " + " | ".join([label.ljust(width), *(v.ljust(c) for v, c in zip(values, cols, strict=True))]) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -795,9 +848,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warm-parents", type=int, default=1000, help="parents of the warm-cache overview run")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply pupils, parents and events (0.1 for a quick look)")
-    parser.add_argument("--env", action="append", default=[], metavar="PORTAL_X=VALUE", help="a setting for portal up (repeatable)")
-    parser.add_argument("--absorb-timeout", type=float, default=600, help="give up following overview's consumer after this")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply pupils, parents and events (0.1 for a quick look)"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="PORTAL_X=VALUE", help="a setting for portal up (repeatable)"
+    )
+    parser.add_argument(
+        "--absorb-timeout", type=float, default=600, help="give up following overview's consumer after this"
+    )
     parser.add_argument(
         "--no-pg-analyze", dest="pg_analyze", action="store_false",
         help="do not stand in for autovacuum (ANALYZE every 10 s) when the server has it off",

@@ -226,7 +226,7 @@ REGISTER: Rpc[RegisterRequest, RegisterReply] = Rpc(
     RegisterRequest,
     RegisterReply,
     title="register",
-    description='A parent registers; unverified until the emailed link is used.',
+    description="A parent registers; unverified until the emailed link is used.",
     errors=(E_WEAK_PASSWORD, E_VALIDATION, E_CONFLICT),
 )
 
@@ -235,7 +235,7 @@ VERIFY: Rpc[VerifyRequest, VerifyReply] = Rpc(
     VerifyRequest,
     VerifyReply,
     title="verify",
-    description='Use a verification token.',
+    description="Use a verification token.",
     errors=(E_INVALID_TOKEN,),
 )
 
@@ -244,7 +244,7 @@ RESEND_VERIFICATION: Rpc[EmailRequest, Accepted] = Rpc(
     EmailRequest,
     Accepted,
     title="resend verification",
-    description='Email a fresh verification link (rate-limited).',
+    description="Email a fresh verification link (rate-limited).",
 )
 
 LOGIN: Rpc[LoginRequest, LoginReply] = Rpc(
@@ -252,7 +252,7 @@ LOGIN: Rpc[LoginRequest, LoginReply] = Rpc(
     LoginRequest,
     LoginReply,
     title="login",
-    description='Check a password and open a session, within the guessing limits.',
+    description="Check a password and open a session, within the guessing limits.",
     errors=(E_INVALID_CREDENTIALS, E_NOT_VERIFIED, E_TOO_MANY),
 )
 
@@ -261,7 +261,7 @@ LOGOUT: Rpc[LogoutRequest, Accepted] = Rpc(
     LogoutRequest,
     Accepted,
     title="logout",
-    description='End a session.',
+    description="End a session.",
 )
 
 SESSION: Rpc[SessionRequest, Principal] = Rpc(
@@ -269,7 +269,7 @@ SESSION: Rpc[SessionRequest, Principal] = Rpc(
     SessionRequest,
     Principal,
     title="session",
-    description='Who holds a session token (the gateway caches the answer).',
+    description="Who holds a session token (the gateway caches the answer).",
     errors=(E_INVALID_SESSION,),
 )
 
@@ -278,7 +278,7 @@ PASSWORD_RESET: Rpc[EmailRequest, Accepted] = Rpc(
     EmailRequest,
     Accepted,
     title="password reset",
-    description='Email a reset link, answering the same for any address.',
+    description="Email a reset link, answering the same for any address.",
 )
 
 PASSWORD_RESET_CONFIRM: Rpc[PasswordResetConfirm, PasswordChangedReply] = Rpc(
@@ -286,7 +286,7 @@ PASSWORD_RESET_CONFIRM: Rpc[PasswordResetConfirm, PasswordChangedReply] = Rpc(
     PasswordResetConfirm,
     PasswordChangedReply,
     title="password reset confirm",
-    description='Set a new password with a reset token.',
+    description="Set a new password with a reset token.",
     errors=(E_INVALID_TOKEN, E_WEAK_PASSWORD),
 )
 
@@ -295,7 +295,7 @@ CHECK_PASSWORD: Rpc[CheckPasswordRequest, Accepted] = Rpc(
     CheckPasswordRequest,
     Accepted,
     title="check password",
-    description='Whether a password meets the policy.',
+    description="Whether a password meets the policy.",
     errors=(E_WEAK_PASSWORD,),
 )
 
@@ -304,7 +304,7 @@ CONTACTS: Rpc[ContactsRequest, ContactsReply] = Rpc(
     ContactsRequest,
     ContactsReply,
     title="contacts",
-    description='Names and addresses of a batch of accounts.',
+    description="Names and addresses of a batch of accounts.",
 )
 
 CREATE_STAFF: Rpc[CreateStaffRequest, CreateStaffReply] = Rpc(
@@ -312,6 +312,6 @@ CREATE_STAFF: Rpc[CreateStaffRequest, CreateStaffReply] = Rpc(
     CreateStaffRequest,
     CreateStaffReply,
     title="create staff",
-    description='Create or update a member of staff by hand.',
+    description="Create or update a member of staff by hand.",
     errors=(E_VALIDATION, E_CONFLICT, E_WEAK_PASSWORD),
 )

@@ -165,7 +165,7 @@ class ClassPupilsReply(Message):
 
 
 class CreateCodesRequest(StaffRequest):
-    """"Create QR codes": a new printed code for every pupil of a class, or for one pupil.
+    """ "Create QR codes": a new printed code for every pupil of a class, or for one pupil.
 
     Any earlier code of those pupils stops working in the same transaction.
     """
@@ -196,7 +196,7 @@ class CreateCodesReply(Message):
 
 
 class PreviewCodeRequest(Message):
-    """"Is this my child?": what a code is for, before anyone links with it.
+    """ "Is this my child?": what a code is for, before anyone links with it.
 
     `client_ip` and `parent_id` are for the guessing limits (a failed preview counts).
     """
@@ -449,7 +449,13 @@ class AuditEntry(Message):
     at: AwareDatetime
     actor: str
     action: Literal[
-        "invitation_sent", "link_created", "link_activated", "link_removed", "bar_added", "bar_lifted", "code_regenerated"
+        "invitation_sent",
+        "link_created",
+        "link_activated",
+        "link_removed",
+        "bar_added",
+        "bar_lifted",
+        "code_regenerated",
     ]
     parent_id: str | None = None
     reason: str = ""
@@ -523,8 +529,6 @@ class SchoolSettingsChanged(Event):
 
 
 # -- part 3: safeguarding bars, guessing limits and alerts -------------------------------------
-
-
 
 
 class PupilParentsRequest(StaffRequest):
@@ -682,7 +686,7 @@ CLASS_SHEET: Rpc[ClassSheetRequest, Document] = Rpc(
     ClassSheetRequest,
     Document,
     title="class QR sheet",
-    description='`GET /classes/{id}/qr-sheet[?format=pdf]`: one cut-out card per pupil, as HTML or an A4 PDF (base64).',
+    description="`GET /classes/{id}/qr-sheet[?format=pdf]`: one cut-out card per pupil, as HTML or an A4 PDF (base64).",
     errors=(E_NOT_FOUND, E_NO_CODE),
 )
 
@@ -700,7 +704,7 @@ UPDATE_SCHOOL_SETTINGS: Rpc[UpdateSchoolSettingsRequest, SchoolSettings] = Rpc(
     UpdateSchoolSettingsRequest,
     SchoolSettings,
     title="update school settings",
-    description='`PUT /schools/{id}/settings`: validated (validation_error names each field); a change is published.',
+    description="`PUT /schools/{id}/settings`: validated (validation_error names each field); a change is published.",
     errors=(E_NOT_FOUND, E_VALIDATION),
 )
 
@@ -718,7 +722,7 @@ ROSTER_STATUS: Rpc[RosterStatusRequest, RosterStatusReply] = Rpc(
     RosterStatusRequest,
     RosterStatusReply,
     title="roster status",
-    description='Which of the given roster event ids linking has applied: `portal roster import` waits until none is missing.',
+    description="Which of the given roster event ids linking has applied: `portal roster import` waits until none is missing.",
 )
 
 REDEEM: Rpc[RedeemRequest, RedeemReply] = Rpc(
@@ -726,7 +730,7 @@ REDEEM: Rpc[RedeemRequest, RedeemReply] = Rpc(
     RedeemRequest,
     RedeemReply,
     title="redeem code",
-    description='A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a barred address; too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own.',
+    description="A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a barred address; too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own.",
     errors=(E_INVALID_CODE, E_CODE_FULL, E_AUP_REQUIRED, E_TOO_MANY_ATTEMPTS, E_VALIDATION),
 )
 
@@ -735,7 +739,7 @@ PARENT_CHILDREN: Rpc[ParentRequest, ChildrenReply] = Rpc(
     ParentRequest,
     ChildrenReply,
     title="parent's children",
-    description='`GET /me/children`: every child a parent is linked to.',
+    description="`GET /me/children`: every child a parent is linked to.",
 )
 
 ACTIVE_PUPILS: Rpc[ParentRequest, ActivePupilsReply] = Rpc(
@@ -751,7 +755,7 @@ UNLINK: Rpc[UnlinkRequest, Done] = Rpc(
     UnlinkRequest,
     Done,
     title="unlink",
-    description='`DELETE /me/children/{id}`: a parent unlinks a child.',
+    description="`DELETE /me/children/{id}`: a parent unlinks a child.",
     errors=(E_NOT_FOUND,),
 )
 
@@ -760,7 +764,7 @@ INVITE: Rpc[InviteRequest, InvitationView] = Rpc(
     InviteRequest,
     InvitationView,
     title="invite",
-    description='`POST /pupils/{id}/invitations`: email an invitation with a single-use code.',
+    description="`POST /pupils/{id}/invitations`: email an invitation with a single-use code.",
     errors=(E_NOT_FOUND, E_VALIDATION),
 )
 
@@ -769,7 +773,7 @@ REMOVE_PARENT: Rpc[RemoveParentRequest, Done] = Rpc(
     RemoveParentRequest,
     Done,
     title="remove parent",
-    description='`DELETE /pupils/{id}/parents/{parent}`: one parent loses one pupil.',
+    description="`DELETE /pupils/{id}/parents/{parent}`: one parent loses one pupil.",
     errors=(E_NOT_FOUND,),
 )
 
@@ -805,7 +809,7 @@ PUPIL_PARENTS: Rpc[PupilParentsRequest, PupilParentsReply] = Rpc(
     PupilParentsRequest,
     PupilParentsReply,
     title="pupil's parents",
-    description='The parents with a standing link to a pupil (ids): the gateway checks their addresses before a bar.',
+    description="The parents with a standing link to a pupil (ids): the gateway checks their addresses before a bar.",
     errors=(E_NOT_FOUND,),
 )
 
@@ -832,7 +836,7 @@ LIFT_BAR: Rpc[LiftBarRequest, Done] = Rpc(
     LiftBarRequest,
     Done,
     title="lift bar",
-    description='`DELETE /pupils/{id}/bars/{bar}`: the address may be linked again; recorded.',
+    description="`DELETE /pupils/{id}/bars/{bar}`: the address may be linked again; recorded.",
     errors=(E_NOT_FOUND,),
 )
 
@@ -841,5 +845,5 @@ ALERTS: Rpc[AlertsRequest, AlertsReply] = Rpc(
     AlertsRequest,
     AlertsReply,
     title="guessing alerts",
-    description='`portal alerts`: failed codes per minute above the threshold, per trust and deployment-wide, newest first.',
+    description="`portal alerts`: failed codes per minute above the threshold, per trust and deployment-wide, newest first.",
 )

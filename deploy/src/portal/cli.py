@@ -158,8 +158,10 @@ def _run_with_nats(url: str, action: Callable[[NatsClient], Awaitable[T]]) -> T:
         done, _ = await asyncio.wait(racing, timeout=5, return_when=asyncio.FIRST_COMPLETED)
         if connecting not in done or connecting.exception() is not None:
             connecting.cancel()
-            cause = first_error.result() if first_error.done() else (
-                connecting.exception() if connecting.done() and not connecting.cancelled() else TimeoutError()
+            cause = (
+                first_error.result()
+                if first_error.done()
+                else (connecting.exception() if connecting.done() and not connecting.cancelled() else TimeoutError())
             )
             fail(f"cannot reach NATS at {redact_url(url)} ({type(cause).__name__}); is `portal up` running?", 2)
         nc = connecting.result()
@@ -189,9 +191,7 @@ def dead_letters_list() -> None:
         typer.echo("no dead letters")
         return
     header = ("id", "service", "consumer", "subject", "deliveries", "error", "at")
-    rows = [
-        (str(d.id), d.service, d.consumer, d.subject, d.deliveries, _cell(d.error, 60), d.at) for d in letters
-    ]
+    rows = [(str(d.id), d.service, d.consumer, d.subject, d.deliveries, _cell(d.error, 60), d.at) for d in letters]
     widths = [max(len(_cell(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(_cell(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
@@ -223,7 +223,9 @@ def staff_add(
     school: str | None = typer.Option(None, "--school", help="SCHOOL_ID (teacher, school_admin)."),
     trust: str | None = typer.Option(None, "--trust", help="TRUST_ID (trust_admin)."),
     password_stdin: bool = typer.Option(
-        False, "--password-stdin", help="Read the password from standard input; without it they get a set-password email."
+        False,
+        "--password-stdin",
+        help="Read the password from standard input; without it they get a set-password email.",
     ),
 ) -> None:
     """Create (or update) one member of staff."""
@@ -246,8 +248,12 @@ def staff_add(
     from contracts.kit import rpc
 
     request = c.CreateStaffRequest(
-        email=email, name=name, role=role, school_id=None if role == "trust_admin" else school,
-        trust_id=trust if role == "trust_admin" else None, password=password,
+        email=email,
+        name=name,
+        role=role,
+        school_id=None if role == "trust_admin" else school,
+        trust_id=trust if role == "trust_admin" else None,
+        password=password,
     )
 
     async def create(nc: NatsClient) -> CreateStaffReply | RpcError:
@@ -289,7 +295,14 @@ def alerts(hours: int = typer.Option(24, "--hours", min=1, max=24 * 90, help="Ho
         return
     header = ("at", "scope", "trust", "failures/min", "threshold", "last seen")
     rows = [
-        (a.at.isoformat(timespec="seconds"), a.scope, a.trust_id or "-", a.failures, a.threshold, a.last_at.isoformat(timespec="seconds"))
+        (
+            a.at.isoformat(timespec="seconds"),
+            a.scope,
+            a.trust_id or "-",
+            a.failures,
+            a.threshold,
+            a.last_at.isoformat(timespec="seconds"),
+        )
         for a in reply.alerts
     ]
     widths = [max(len(_cell(r[i])) for r in [header, *rows]) for i in range(len(header))]

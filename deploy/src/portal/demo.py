@@ -34,8 +34,14 @@ PUPILS_PER_CLASS = 25
 
 # school id -> (name, [(class id, class name)]): 2 schools, 6 classes.
 SCHOOLS: dict[str, tuple[str, list[tuple[str, str]]]] = {
-    "demo-oak": ("Oak Primary School", [("demo-oak-2r", "Year 2 Robins"), ("demo-oak-4w", "Year 4 Wrens"), ("demo-oak-6k", "Year 6 Kestrels")]),
-    "demo-ash": ("Ash Academy", [("demo-ash-7c", "Year 7 Cedar"), ("demo-ash-8l", "Year 8 Larch"), ("demo-ash-9r", "Year 9 Rowan")]),
+    "demo-oak": (
+        "Oak Primary School",
+        [("demo-oak-2r", "Year 2 Robins"), ("demo-oak-4w", "Year 4 Wrens"), ("demo-oak-6k", "Year 6 Kestrels")],
+    ),
+    "demo-ash": (
+        "Ash Academy",
+        [("demo-ash-7c", "Year 7 Cedar"), ("demo-ash-8l", "Year 8 Larch"), ("demo-ash-9r", "Year 9 Rowan")],
+    ),
 }
 
 
@@ -286,7 +292,9 @@ async def _seed(settings: PortalSettings) -> bool:
                 return False
             maildir = settings.data_dir / "mail"
             if settings.smtp_url:
-                raise DemoError("the demo parents verify their addresses through the local mail sink: unset PORTAL_SMTP_URL")
+                raise DemoError(
+                    "the demo parents verify their addresses through the local mail sink: unset PORTAL_SMTP_URL"
+                )
             classes = roster()
             events = roster_events(classes)
             js = nc.jetstream()
@@ -323,7 +331,12 @@ async def _create_staff(nc: Any, staff: DemoStaff) -> None:
     from contracts.kit import rpc
 
     request = identity.CreateStaffRequest(
-        email=staff.email, name=staff.name, role=staff.role, school_id=staff.school_id, trust_id=staff.trust_id, password=PASSWORD
+        email=staff.email,
+        name=staff.name,
+        role=staff.role,
+        school_id=staff.school_id,
+        trust_id=staff.trust_id,
+        password=PASSWORD,
     )
     await rpc.call(nc, identity.CREATE_STAFF, request, timeout=20)
 

@@ -191,7 +191,9 @@ class Schemas:
         required = set(schema.get("required", ()))
         out = []
         for name, field in schema.get("properties", {}).items():
-            out.append((f"`{prefix}{name}`", self.type_name(field), "yes" if name in required else "no", self.notes(field)))
+            out.append(
+                (f"`{prefix}{name}`", self.type_name(field), "yes" if name in required else "no", self.notes(field))
+            )
             inner = self.object_of(field)
             if inner is not None and depth < self.MAX_DEPTH:
                 resolved = self.resolve(field)
@@ -264,7 +266,7 @@ def render_http(doc: dict[str, Any]) -> str:
         _banner("the gateway's OpenAPI document (`/schema/openapi.json`)"),
         "# HTTP API reference\n\n",
         f"Every operation of the gateway's OpenAPI {doc.get('openapi', '')} document, "
-        f"\"{info.get('title', '')}\" {info.get('version', '')}. A running gateway serves the same "
+        f'"{info.get("title", "")}" {info.get("version", "")}. A running gateway serves the same '
         "document at `/schema/openapi.json`. How to use the API, with examples: "
         "[the HTTP API guide](../http-api.md).\n\n",
         f"{info.get('description', '')}\n\n",
@@ -274,7 +276,11 @@ def render_http(doc: dict[str, Any]) -> str:
         rows = []
         for name in sorted(schemes):
             sch = schemes[name]
-            where = f"`{sch['name']}` {sch.get('in', '')}" if sch.get("type") == "apiKey" else f"HTTP {sch.get('scheme', '')}"
+            where = (
+                f"`{sch['name']}` {sch.get('in', '')}"
+                if sch.get("type") == "apiKey"
+                else f"HTTP {sch.get('scheme', '')}"
+            )
             rows.append((f"`{name}`", where, sch.get("description", "")))
         out.append(_table(("scheme", "carried as", "description"), rows) + "\n")
     out.append("## Error bodies\n\nEvery 4xx and 5xx answer is JSON:\n\n")
@@ -322,8 +328,13 @@ def _render_operation(s: Schemas, method: str, path: str, op: dict[str, Any]) ->
     params = op.get("parameters", [])
     if params:
         rows = [
-            (f"`{p['name']}`", p.get("in", ""), s.type_name(p.get("schema", {})), "yes" if p.get("required") else "no",
-             s.notes({**p.get("schema", {}), **({"description": p["description"]} if p.get("description") else {})}))
+            (
+                f"`{p['name']}`",
+                p.get("in", ""),
+                s.type_name(p.get("schema", {})),
+                "yes" if p.get("required") else "no",
+                s.notes({**p.get("schema", {}), **({"description": p["description"]} if p.get("description") else {})}),
+            )
             for p in params
         ]
         out.append("Parameters:\n\n" + _table(("name", "in", "type", "required", "notes"), rows) + "\n")
@@ -334,7 +345,9 @@ def _render_operation(s: Schemas, method: str, path: str, op: dict[str, Any]) ->
         name = s.type_name(schema) if schema else ""
         out.append(f"Request body ({required}, `{media_type}`{', `' + name + '`' if name else ''}):\n\n")
         has_fields = schema is not None and s.object_of(schema) is not None
-        out.append((s.fields_table(schema) if schema is not None and has_fields else "Any JSON object (see above).\n") + "\n")
+        out.append(
+            (s.fields_table(schema) if schema is not None and has_fields else "Any JSON object (see above).\n") + "\n"
+        )
     responses = op.get("responses", {})
     answers: list[tuple[str, str, str]] = []
     bodies = []
@@ -558,10 +571,7 @@ def render_events(runtimes: dict[str, Any]) -> str:
         for subject in subjects:
             out.append(_render_event(events[subject]))
     out.append("## Core NATS only\n\n")
-    out.append(
-        "Subjects no stream keeps: a message reaches whoever listens at that moment, and nobody "
-        "else.\n\n"
-    )
+    out.append("Subjects no stream keeps: a message reaches whoever listens at that moment, and nobody else.\n\n")
     notices = {overview.CHANGED_NOTICE: overview.ChangedNotice}
     for subject, model in sorted(notices.items()):
         doc = _EventDoc(subject)
@@ -583,7 +593,9 @@ def _render_event(doc: _EventDoc) -> str:
     if doc.publishers:
         facts.append(f"- published by: {', '.join(sorted(set(doc.publishers)))}\n")
     for service, durable, described in sorted(doc.consumers):
-        facts.append(f"- consumed by: {service} (durable consumer `{durable}`){': ' + described if described else ''}\n")
+        facts.append(
+            f"- consumed by: {service} (durable consumer `{durable}`){': ' + described if described else ''}\n"
+        )
     if facts:
         out.append("".join(facts) + "\n")
     if doc.schema is not None and doc.schemas is not None:
@@ -604,7 +616,9 @@ def _render_dead_letters(runtimes: dict[str, Any], deadletters: ModuleType) -> s
                     consumer.max_deliveries,
                 )
             )
-    headers = sorted((value, key) for key, value in vars(deadletters).items() if key.startswith("H_") and isinstance(value, str))
+    headers = sorted(
+        (value, key) for key, value in vars(deadletters).items() if key.startswith("H_") and isinstance(value, str)
+    )
     return (
         "A consumer moves a message here once it failed `max deliveries` times (a message that "
         "does not validate against its schema: at once). The message keeps its body; these headers "
@@ -678,7 +692,12 @@ def settings_parts() -> list[tuple[str, str, type[BaseSettings], list[str]]]:
     services = [m.Settings for m in modules.values()]
     shared = [n for n in _declared(ServiceSettings) if not all(n in _declared(s) for s in services)]
     parts: list[tuple[str, str, type[BaseSettings], list[str]]] = [
-        ("every part", "every service, the gateway and the `portal` command", CommonSettings, _declared(CommonSettings)),
+        (
+            "every part",
+            "every service, the gateway and the `portal` command",
+            CommonSettings,
+            _declared(CommonSettings),
+        ),
         ("every service", "identity, linking, notify and overview", ServiceSettings, shared),
     ]
     for name, module in modules.items():
@@ -705,7 +724,10 @@ def render_settings() -> str:
     out.append(
         _table(
             ("variable", "read by"),
-            [(f"`{var}`", ", ".join(f"[{p}](#{_slug(p)})" for p in dict.fromkeys(readers[var]))) for var in sorted(readers)],
+            [
+                (f"`{var}`", ", ".join(f"[{p}](#{_slug(p)})" for p in dict.fromkeys(readers[var])))
+                for var in sorted(readers)
+            ],
         )
         + "\n"
     )
@@ -717,7 +739,13 @@ def render_settings() -> str:
             field = cls.model_fields[name]
             default = field.get_default(call_default_factory=True, validated_data={})
             rows.append(
-                (f"`{_variable(cls, name)}`", _type(field.annotation), _default(default), _allowed(field), field.description or "")
+                (
+                    f"`{_variable(cls, name)}`",
+                    _type(field.annotation),
+                    _default(default),
+                    _allowed(field),
+                    field.description or "",
+                )
             )
         out.append(_table(("variable", "type", "default", "allowed", "meaning"), rows) + "\n")
     return "".join(out).rstrip() + "\n"
@@ -742,8 +770,17 @@ def _value(param: Any) -> str:
     if getattr(param, "is_flag", False):
         return "flag"
     kind = param.type.name
-    text = {"str": "text", "text": "text", "int": "integer", "integer": "integer", "float": "number", "path": "path",
-            "int range": "integer", "integer range": "integer", "float range": "number"}.get(kind, kind)
+    text = {
+        "str": "text",
+        "text": "text",
+        "int": "integer",
+        "integer": "integer",
+        "float": "number",
+        "path": "path",
+        "int range": "integer",
+        "integer range": "integer",
+        "float range": "number",
+    }.get(kind, kind)
     lo, hi = getattr(param.type, "min", None), getattr(param.type, "max", None)
     if lo is not None and hi is not None:
         text += f", {_number(lo)}–{_number(hi)}"
@@ -803,7 +840,16 @@ def render_cli() -> str:
         for p in command.params:
             name = p.metavar or p.name.upper() if p.param_type_name == "argument" else ", ".join(p.opts)
             default = "" if p.required or p.default in (None, False) else _default(p.default)
-            rows.append((f"`{name}`", p.param_type_name, _value(p), "yes" if p.required else "no", default, getattr(p, "help", "") or ""))
+            rows.append(
+                (
+                    f"`{name}`",
+                    p.param_type_name,
+                    _value(p),
+                    "yes" if p.required else "no",
+                    default,
+                    getattr(p, "help", "") or "",
+                )
+            )
         if rows:
             out.append(_table(("name", "kind", "value", "required", "default", "meaning"), rows) + "\n")
     return "".join(out).rstrip() + "\n"
@@ -840,7 +886,9 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m portal.docs [--out DIR]`."""
     from contracts.kit.logs import configure_logging
 
-    parser = argparse.ArgumentParser(prog="python -m portal.docs", description="Write the reference pages under docs/reference/.")
+    parser = argparse.ArgumentParser(
+        prog="python -m portal.docs", description="Write the reference pages under docs/reference/."
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write them (default: docs/reference)")
     args = parser.parse_args(argv)
     configure_logging(service="docs", level="ERROR", fmt="console")

@@ -71,11 +71,15 @@ class NatsServer:
         """The command line that runs this server (`portal up` runs it under its supervisor)."""
         args = [
             str(nats_server_binary()),
-            "-a", "127.0.0.1",
-            "-p", str(self.port),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
             "-js",
-            "-sd", str(self.store_dir),
-            "--server_name", f"portal-{self.port}",
+            "-sd",
+            str(self.store_dir),
+            "--server_name",
+            f"portal-{self.port}",
         ]
         if self.log_file is not None:
             args += ["-l", str(self.log_file)]

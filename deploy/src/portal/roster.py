@@ -135,7 +135,9 @@ def read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[Ro
 def _check_header(header: list[str], columns: Sequence[str], problems: Problems) -> None:
     expected = ", ".join(columns)
     if len(header) == 1 and ";" in header[0]:
-        problems.add(1, f"columns are separated by ';': save the file with commas (CSV); the header must be: {expected}")
+        problems.add(
+            1, f"columns are separated by ';': save the file with commas (CSV); the header must be: {expected}"
+        )
         return
     if not set(header) & set(columns):
         problems.add(1, f"the first line must be the header: {expected}")
@@ -151,7 +153,9 @@ def _check_header(header: list[str], columns: Sequence[str], problems: Problems)
         seen.add(name)
     missing = [c for c in columns if c not in seen]
     if missing:
-        problems.add(1, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (the columns are: {expected})")
+        problems.add(
+            1, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (the columns are: {expected})"
+        )
 
 
 def _check_cells(row: Row, required: Iterable[str], problems: Problems) -> set[str]:
@@ -207,7 +211,9 @@ class Consistency:
         ok = True
         for name, value in attrs.items():
             if before[name] != value:
-                self.problems.add(row.line, f"{kind} {key} has {name} {value!r} here but {before[name]!r} on line {line}")
+                self.problems.add(
+                    row.line, f"{kind} {key} has {name} {value!r} here but {before[name]!r} on line {line}"
+                )
                 ok = False
         return ok
 
@@ -271,7 +277,13 @@ def parse_staff(path: Path, shown: str | None = None) -> list[dict[str, str]]:
             good.discard("email")
         if not {"staff_id", "email", "name", "role"} <= good or (scope not in good):
             continue
-        attrs = {"email": c["email"].lower(), "name": c["name"], "role": role, "school_id": c["school_id"], "trust_id": c["trust_id"]}
+        attrs = {
+            "email": c["email"].lower(),
+            "name": c["name"],
+            "role": role,
+            "school_id": c["school_id"],
+            "trust_id": c["trust_id"],
+        }
         if not same.check("staff", c["staff_id"], row, attrs):
             continue
         # One address, one account: a second staff_id with it would be dropped by identity.
@@ -305,11 +317,20 @@ class RosterPlan:
         out: list[tuple[str, Any]] = []
         for sid, c in self.schools.items():
             event = platform.SchoolUpserted(
-                trust_id=c["trust_id"], school_id=sid, name=c["school_name"], timezone=c["timezone"], trust_name=c["trust_name"]
+                trust_id=c["trust_id"],
+                school_id=sid,
+                name=c["school_name"],
+                timezone=c["timezone"],
+                trust_name=c["trust_name"],
             )
             out.append((platform.SCHOOL_UPSERTED, event))
         for cid, c in self.classes.items():
-            out.append((platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=c["school_id"], class_id=cid, name=c["class_name"])))
+            out.append(
+                (
+                    platform.CLASS_UPSERTED,
+                    platform.ClassUpserted(school_id=c["school_id"], class_id=cid, name=c["class_name"]),
+                )
+            )
         for pid, c in self.pupils.items():
             pupil = platform.PupilUpserted(
                 school_id=c["school_id"], pupil_id=pid, first_name=c["first_name"], last_name=c["last_name"],
@@ -404,7 +425,9 @@ async def _publish_one(js: Any, subject: str, event: Any) -> None:
             return
         except transient as exc:
             if attempt == PUBLISH_ATTEMPTS - 1:
-                raise PublishFailed(f"JetStream did not accept {subject} after {PUBLISH_ATTEMPTS} tries ({type(exc).__name__})") from exc
+                raise PublishFailed(
+                    f"JetStream did not accept {subject} after {PUBLISH_ATTEMPTS} tries ({type(exc).__name__})"
+                ) from exc
             await asyncio.sleep(min(4.0, 0.2 * 2**attempt))
 
 
@@ -502,7 +525,11 @@ def import_roster(
         try:
             await wait_applied(nc, [e.event_id for _, e in events], timeout)
         except NotApplied as exc:
-            why = "no linking service answers" if exc.unavailable else f"linking has applied {exc.applied} of {exc.total} events"
+            why = (
+                "no linking service answers"
+                if exc.unavailable
+                else f"linking has applied {exc.applied} of {exc.total} events"
+            )
             return (
                 f"timed out after {timeout:g}s waiting for the portal to apply the roster: {why}. Nothing is rolled "
                 "back: the import continues in the background once linking runs (check `portal service linking` "
@@ -544,4 +571,3 @@ def import_staff(
         fail(error, 1)
     # Identity has no "applied" query to wait on: say what happens next instead.
     typer.echo(f"published {len(staff)} staff; identity emails each new member a link to set their password")
-

@@ -165,9 +165,13 @@ class Supervisor:
         delay = child.backoff
         child.backoff = min(child.backoff * 2, BACKOFF_MAX)
         child.restart_at = now + delay
-        self._say(f"portal: {child.name} (pid {pid}) {describe_exit(code)} after {uptime:.1f}s; restarting in {delay:g}s")
+        self._say(
+            f"portal: {child.name} (pid {pid}) {describe_exit(code)} after {uptime:.1f}s; restarting in {delay:g}s"
+        )
 
-    def wait(self, child: Child, *, timeout: float | None = None, interrupted: Callable[[], bool] = lambda: False) -> int | None:
+    def wait(
+        self, child: Child, *, timeout: float | None = None, interrupted: Callable[[], bool] = lambda: False
+    ) -> int | None:
         """Wait for a one-shot child to finish, supervising the others meanwhile; its exit code,
         or None when interrupted or out of time."""
         deadline = None if timeout is None else self._clock() + timeout

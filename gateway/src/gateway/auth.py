@@ -303,6 +303,8 @@ def cookie_refresher(settings: GatewaySettings) -> Callable[[AsgiMessage, Scope]
         if any(k.lower() == b"set-cookie" and v.startswith(name + b"=") for k, v in raw):
             return
         token, max_age = pending
-        MutableScopeHeaders.from_message(message).add("set-cookie", session_cookie(settings, token, max_age).to_header(header=""))
+        MutableScopeHeaders.from_message(message).add(
+            "set-cookie", session_cookie(settings, token, max_age).to_header(header="")
+        )
 
     return refresh

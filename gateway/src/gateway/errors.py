@@ -178,7 +178,9 @@ RPC_ERRORS: dict[str, RpcErrorMapping] = {
 
 # (request, code) -> answer, where one request's error is worded apart from the others'.
 RPC_ERRORS_BY_REQUEST: dict[tuple[str, str], RpcErrorMapping] = {
-    (linking.UPDATE_SCHOOL_SETTINGS.subject, linking.E_VALIDATION): RpcErrorMapping(422, lead="Some settings are invalid"),
+    (linking.UPDATE_SCHOOL_SETTINGS.subject, linking.E_VALIDATION): RpcErrorMapping(
+        422, lead="Some settings are invalid"
+    ),
 }
 
 # Without a `retry_after` from the service, a client still learns when to come back.
@@ -193,7 +195,9 @@ def http_error(exc: RpcError) -> ApiError:
     the gateway and a service disagree about the contract)."""
     if isinstance(exc, RpcUnavailable | RpcTimeout):
         log.warning("rpc_unavailable", subject=exc.subject, error=exc.code)
-        return ApiError(503, "service_unavailable", DEFAULT_DETAILS[503], headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+        return ApiError(
+            503, "service_unavailable", DEFAULT_DETAILS[503], headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+        )
     mapping = RPC_ERRORS_BY_REQUEST.get((exc.subject, exc.code)) or RPC_ERRORS.get(exc.code)
     if mapping is None:
         log.error("rpc_unexpected_error", subject=exc.subject, error=exc.code)

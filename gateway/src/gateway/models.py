@@ -203,7 +203,9 @@ class InvitationRow(Struct):
     @classmethod
     def of(cls, i: linking.InvitationView) -> InvitationRow:
         """From linking's view."""
-        return cls(invitation_id=i.invitation_id, email=i.email, status=i.status, sent_at=i.sent_at, expires_at=i.expires_at)
+        return cls(
+            invitation_id=i.invitation_id, email=i.email, status=i.status, sent_at=i.sent_at, expires_at=i.expires_at
+        )
 
 
 class PupilRow(Struct):

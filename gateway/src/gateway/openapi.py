@@ -115,7 +115,10 @@ def _is_litestar_error(response: dict[str, Any]) -> bool:
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
 
 
 def with_error_format(document: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +160,7 @@ def openapi_config(version: str, *, session_cookie: str = "portal_session") -> O
         title="Parent Portal API",
         version=version,
         description=(
-            "The gateway's HTTP API. Errors are JSON `{\"error\": \"<code>\", \"detail\": \"<sentence>\"}`. "
+            'The gateway\'s HTTP API. Errors are JSON `{"error": "<code>", "detail": "<sentence>"}`. '
             "Authenticate with `Authorization: Bearer <access_token>` from `POST /api/v1/auth/login`, or with "
             "the session cookie it sets; a request with the cookie that changes something (POST, PUT, PATCH, "
             "DELETE) must also send the login's `csrf_token` as the `X-CSRF-Token` header (403 `csrf_failed`)."

@@ -61,7 +61,9 @@ class GatewaySettings(CommonSettings):
         "entry outlives the turn of a school's week. 0 asks overview every time.",
     )
     overview_cache_entries: int = Field(
-        default=200_000, ge=0, description="At most this many children's overviews are kept (PORTAL_OVERVIEW_CACHE_ENTRIES)."
+        default=200_000,
+        ge=0,
+        description="At most this many children's overviews are kept (PORTAL_OVERVIEW_CACHE_ENTRIES).",
     )
     overview_timeout: float = Field(
         default=0.5,
@@ -89,7 +91,8 @@ class GatewaySettings(CommonSettings):
     def trusted_proxy_networks(self) -> tuple[IpNetwork, ...]:
         """`trusted_proxies` parsed."""
         return tuple(
-            ipaddress.ip_network(part, strict=False) for part in filter(None, (p.strip() for p in self.trusted_proxies.split(",")))
+            ipaddress.ip_network(part, strict=False)
+            for part in filter(None, (p.strip() for p in self.trusted_proxies.split(",")))
         )
 
     @property

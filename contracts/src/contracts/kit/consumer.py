@@ -14,7 +14,6 @@
   message that is not valid JSON for its schema goes there at once.
 """
 
-
 import asyncio
 import contextlib
 import json
@@ -57,7 +56,6 @@ log = get_logger("contracts.kit.consumer")
 
 EventHandler = Callable[[UnitOfWork, Event, str], Awaitable[None]]
 BatchHandler = Callable[[UnitOfWork, list[tuple[str, Event]]], Awaitable[None]]
-
 
 
 class Transient(Exception):

@@ -158,9 +158,7 @@ class OutboxRelay:
     async def _hold_lease(self) -> bool:
         now = utcnow()
         async with self.db.session() as s:
-            row = (
-                await s.execute(select(outbox_lease).where(outbox_lease.c.name == self.name))
-            ).first()
+            row = (await s.execute(select(outbox_lease).where(outbox_lease.c.name == self.name))).first()
             if row is None:
                 await s.execute(
                     insert(outbox_lease).values(name=self.name, holder=self.holder, expires_at=now + self.lease)
@@ -179,9 +177,7 @@ class OutboxRelay:
         try:
             async with self.db.session() as s:
                 await s.execute(
-                    delete(outbox_lease).where(
-                        outbox_lease.c.name == self.name, outbox_lease.c.holder == self.holder
-                    )
+                    delete(outbox_lease).where(outbox_lease.c.name == self.name, outbox_lease.c.holder == self.holder)
                 )
         except Exception:  # noqa: BLE001, S110 - the lease lapses by itself anyway
             pass
@@ -189,9 +185,7 @@ class OutboxRelay:
     async def relay_once(self) -> bool:
         """Publish one batch; True when more rows may be waiting."""
         async with self.db.reader() as s:
-            pending = (
-                await s.execute(select(outbox.c.id).order_by(outbox.c.id).limit(1))
-            ).first()
+            pending = (await s.execute(select(outbox.c.id).order_by(outbox.c.id).limit(1))).first()
         if pending is None:
             return False
         if not await self._hold_lease():
@@ -199,9 +193,7 @@ class OutboxRelay:
             await asyncio.sleep(min(1.0, self.lease.total_seconds() / 4))
             return False
         async with self.db.reader() as s:
-            rows = (
-                await s.execute(select(outbox).order_by(outbox.c.id).limit(self.batch_size))
-            ).all()
+            rows = (await s.execute(select(outbox).order_by(outbox.c.id).limit(self.batch_size))).all()
         js = self._js()
         done: list[int] = []
         try:

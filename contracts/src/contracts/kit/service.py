@@ -70,7 +70,9 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
 
 def main(service: ServiceDefinition, argv: list[str] | None = None) -> None:
     """Entry point of `python -m <service>`."""
-    parser = argparse.ArgumentParser(prog=f"python -m {service.NAME}", description=f"Parent Portal {service.NAME} service")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {service.NAME}", description=f"Parent Portal {service.NAME} service"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run one replica")
     p_serve.add_argument("--no-migrate", action="store_true", help="do not bring the database schema up to date first")

@@ -22,10 +22,14 @@ class CommonSettings(BaseSettings):
         default=None,
         description="An external NATS with JetStream. Unset: the URL `portal up` wrote to DATA_DIR/nats.url.",
     )
-    data_dir: Path = Field(default=Path("./var"), description="Where SQLite files, the embedded NATS and the mail sink keep data.")
+    data_dir: Path = Field(
+        default=Path("./var"), description="Where SQLite files, the embedded NATS and the mail sink keep data."
+    )
     log_level: str = Field(default="INFO", description="Python log level name.")
     log_format: str = Field(default="json", description="`json` (one object a line) or `console`.")
-    stream_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a NATS cluster).")
+    stream_replicas: int = Field(
+        default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a NATS cluster)."
+    )
     http_port: int = Field(default=8000, ge=1, le=65535, description="The gateway's HTTP port (PORTAL_HTTP_PORT).")
     public_url: str = Field(
         default="",
@@ -55,9 +59,7 @@ class CommonSettings(BaseSettings):
         except FileNotFoundError:
             url = ""
         if not url:
-            raise NatsNotFound(
-                f"No NATS to connect to: set PORTAL_NATS_URL, or start `portal up` (it writes {path})."
-            )
+            raise NatsNotFound(f"No NATS to connect to: set PORTAL_NATS_URL, or start `portal up` (it writes {path}).")
         return url
 
 
@@ -94,7 +96,9 @@ class ServiceSettings(CommonSettings):
 
     service_name: ClassVar[str] = "service"
     database_url: str | None = None
-    instance_id: str | None = Field(default=None, description="A name for this replica in logs; a random one by default.")
+    instance_id: str | None = Field(
+        default=None, description="A name for this replica in logs; a random one by default."
+    )
 
     def resolved_database_url(self) -> str:
         """This service's database URL, defaulting to a SQLite file in the data directory."""

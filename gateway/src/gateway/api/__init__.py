@@ -21,6 +21,14 @@ def router(extra: Sequence[ControllerRouterHandler] = ()) -> Router:
     """The public API under `/api/v1`; its routes' paths (and `extra`'s) are relative to it."""
     return Router(
         path=PREFIX,
-        route_handlers=[*auth.ROUTES, *parents.ROUTES, *staff.ROUTES, *access.ROUTES, *bars.ROUTES, *codes.ROUTES, *extra],
+        route_handlers=[
+            *auth.ROUTES,
+            *parents.ROUTES,
+            *staff.ROUTES,
+            *access.ROUTES,
+            *bars.ROUTES,
+            *codes.ROUTES,
+            *extra,
+        ],
         tags=["api"],
     )

@@ -44,7 +44,9 @@ class InviteBody(BaseModel):
     tags=TAGS,
     security=SECURITY,
 )
-async def invite_parent(staff: NamedDependency[StaffLinking], pupil_id: FromPath[str], data: JSONBody[InviteBody]) -> Invitation:
+async def invite_parent(
+    staff: NamedDependency[StaffLinking], pupil_id: FromPath[str], data: JSONBody[InviteBody]
+) -> Invitation:
     """The invitation email goes out with its own single-use code; an earlier open invitation
     to the same address for this pupil stops working."""
     return Invitation.of(await staff.invite(checked_id(pupil_id), data.email))
@@ -92,7 +94,9 @@ async def parent_pupils(staff: NamedDependency[StaffLinking], parent_id: FromPat
     tags=TAGS,
     security=SECURITY,
 )
-async def remove_parent_everywhere(state: State, staff: NamedDependency[StaffLinking], parent_id: FromPath[str]) -> None:
+async def remove_parent_everywhere(
+    state: State, staff: NamedDependency[StaffLinking], parent_id: FromPath[str]
+) -> None:
     """The parent loses every pupil of the caller's school (trust) at once, one audit row each."""
     await staff.remove_parent_everywhere(checked_id(parent_id))
     get_links_cache(state).forget(parent_id)

@@ -106,6 +106,7 @@ class ResetConfirmBody(_Body):
 
 # -- routes ---------------------------------------------------------------------------------
 
+
 @post(
     "/auth/register",
     status_code=202,
@@ -196,7 +197,10 @@ async def login(
     summary="Sign out",
     operation_id="logout",
     security=SECURITY,
-    responses={204: ResponseSpec(None, description="Signed out; the session cookie is cleared."), **error_responses(401, 403, 503)},
+    responses={
+        204: ResponseSpec(None, description="Signed out; the session cookie is cleared."),
+        **error_responses(401, 403, 503),
+    },
 )
 async def logout(state: State, request: Request) -> Response[None]:
     """The session ends at once on every replica; the cookie is cleared."""
@@ -230,7 +234,9 @@ async def password_reset(clients: NamedDependency[Clients], data: JSONBody[Email
 async def password_reset_confirm(state: State, data: JSONBody[ResetConfirmBody]) -> Status:
     """Set the new password; every session of the account ends, on every replica, before the answer."""
     await change_password(state, data.token, data.password)
-    return Status("password_changed", "Your password is changed and every session was signed out: sign in with the new one.")
+    return Status(
+        "password_changed", "Your password is changed and every session was signed out: sign in with the new one."
+    )
 
 
 @get(

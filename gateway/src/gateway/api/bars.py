@@ -51,7 +51,9 @@ async def add_bar(
     data: JSONBody[BarBody],
 ) -> BarCreated:
     """201 `{bar_id}`."""
-    bar_id = await flows.add_bar(staff, clients.identity, get_links_cache(state), checked_id(pupil_id), data.email, data.reason)
+    bar_id = await flows.add_bar(
+        staff, clients.identity, get_links_cache(state), checked_id(pupil_id), data.email, data.reason
+    )
     return BarCreated(bar_id=bar_id)
 
 

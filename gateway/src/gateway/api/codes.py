@@ -28,7 +28,10 @@ MAX_CODE_LENGTH = 256
     responses=error_responses(404, 429, 503),
 )
 async def preview_code(
-    request: Request, clients: NamedDependency[Clients], code: FromPath[str], maybe_principal: NamedDependency[Principal | None]
+    request: Request,
+    clients: NamedDependency[Clients],
+    code: FromPath[str],
+    maybe_principal: NamedDependency[Principal | None],
 ) -> CodePreviewAnswer:
     """The child's first name, school and class, and the policy of that school."""
     # A longer one is still asked, cut short, so that it counts as a failed try like any other bad code.

@@ -157,7 +157,9 @@ async def child_overview(request: Request, pupil_id: str) -> Response[bytes]:
     """Outstanding homework, unread messages, this week's stars and the links, for one child."""
     principal = await parent_caller(request)
     state = request.app.state
-    data = await flows.child_overview(get_links_cache(state), get_overview_reader(state), principal.account_id, pupil_id)
+    data = await flows.child_overview(
+        get_links_cache(state), get_overview_reader(state), principal.account_id, pupil_id
+    )
     if data is None:
         raise not_found("No such child.")
     return Response(data, media_type=JSON)

@@ -58,7 +58,9 @@ def sheet_csp(page: str) -> str:
     handlers = re.findall(r'\son[a-z]+="([^"]*)"', page)
     style_src = " ".join(dict.fromkeys(map(_csp_hash, styles))) or "'none'"
     script_src = (
-        "'unsafe-hashes' " + " ".join(dict.fromkeys(_csp_hash(html.unescape(h)) for h in handlers)) if handlers else "'none'"
+        "'unsafe-hashes' " + " ".join(dict.fromkeys(_csp_hash(html.unescape(h)) for h in handlers))
+        if handlers
+        else "'none'"
     )
     return (
         f"default-src 'none'; style-src {style_src}; script-src {script_src}; img-src data:; "
@@ -217,7 +219,9 @@ async def pupil_qr_png(staff: NamedDependency[StaffLinking], pupil_id: FromPath[
     tags=TAGS,
     security=SECURITY,
 )
-async def get_school_settings(staff: NamedDependency[StaffLinking], school_id: FromPath[str]) -> contract.SchoolSettings:
+async def get_school_settings(
+    staff: NamedDependency[StaffLinking], school_id: FromPath[str]
+) -> contract.SchoolSettings:
     """Carers per printed code, code and invitation lifetimes, the acceptable-use policy, link templates."""
     return await staff.school_settings(checked_id(school_id))
 

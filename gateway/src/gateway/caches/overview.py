@@ -158,7 +158,14 @@ class Refresher:
     # One pupil per request would cost overview four queries each; a morning's entries age
     # together, so gathering them for a moment turns thousands of requests into tens.
 
-    def __init__(self, cache: OverviewCache, fetch: Callable[[list[str]], Awaitable[bytes]], *, max_batch: int = 100, delay: float = 0.02) -> None:
+    def __init__(
+        self,
+        cache: OverviewCache,
+        fetch: Callable[[list[str]], Awaitable[bytes]],
+        *,
+        max_batch: int = 100,
+        delay: float = 0.02,
+    ) -> None:
         self.cache = cache
         self.fetch = fetch
         self.max_batch = max_batch

@@ -277,4 +277,3 @@ class SessionAuth:
 def get_auth(state: State) -> SessionAuth:
     """The application's `SessionAuth`."""
     return state[STATE_KEY]
-

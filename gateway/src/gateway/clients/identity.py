@@ -21,12 +21,15 @@ class IdentityClient:
     async def register(self, email: str, password: str, name: str, aup_version: str) -> identity.RegisterReply:
         """A parent registers (the same reply whether the address was known or not)."""
         return await self._t.call(
-            identity.REGISTER, identity.RegisterRequest(email=email, password=password, name=name, aup_version=aup_version)
+            identity.REGISTER,
+            identity.RegisterRequest(email=email, password=password, name=name, aup_version=aup_version),
         )
 
     async def check_password(self, password: str, email: str, name: str) -> None:
         """Raises `weak_password` unless identity would accept this password for this person."""
-        await self._t.call(identity.CHECK_PASSWORD, identity.CheckPasswordRequest(password=password, email=email, name=name))
+        await self._t.call(
+            identity.CHECK_PASSWORD, identity.CheckPasswordRequest(password=password, email=email, name=name)
+        )
 
     async def verify(self, token: str) -> identity.VerifyReply:
         """Use a verification email's token."""
@@ -38,7 +41,9 @@ class IdentityClient:
 
     async def login(self, email: str, password: str, client_ip: str) -> identity.LoginReply:
         """A new session."""
-        return await self._t.call(identity.LOGIN, identity.LoginRequest(email=email, password=password, client_ip=client_ip))
+        return await self._t.call(
+            identity.LOGIN, identity.LoginRequest(email=email, password=password, client_ip=client_ip)
+        )
 
     async def logout(self, token: str) -> None:
         """End one session."""
@@ -59,7 +64,9 @@ class IdentityClient:
 
     async def password_reset_confirm(self, token: str, password: str) -> identity.PasswordChangedReply:
         """Set a new password with a reset token; every session of the account ends."""
-        return await self._t.call(identity.PASSWORD_RESET_CONFIRM, identity.PasswordResetConfirm(token=token, password=password))
+        return await self._t.call(
+            identity.PASSWORD_RESET_CONFIRM, identity.PasswordResetConfirm(token=token, password=password)
+        )
 
     async def contacts(self, account_ids: Iterable[str]) -> dict[str, identity.Contact]:
         """Names and addresses by account id (ids identity no longer knows are left out)."""

@@ -89,20 +89,27 @@ class StaffLinking:
 
     async def class_sheet(self, class_id: str, fmt: Literal["html", "pdf"]) -> linking.Document:
         """The class's printable QR sheet."""
-        return await self._t.call(linking.CLASS_SHEET, linking.ClassSheetRequest(**self._who(), class_id=class_id, format=fmt))
+        return await self._t.call(
+            linking.CLASS_SHEET, linking.ClassSheetRequest(**self._who(), class_id=class_id, format=fmt)
+        )
 
     async def pupil_qr(self, pupil_id: str, fmt: Literal["svg", "png"]) -> linking.Document:
         """A pupil's live printed code as a QR image."""
-        return await self._t.call(linking.PUPIL_QR, linking.PupilQrRequest(**self._who(), pupil_id=pupil_id, format=fmt))
+        return await self._t.call(
+            linking.PUPIL_QR, linking.PupilQrRequest(**self._who(), pupil_id=pupil_id, format=fmt)
+        )
 
     async def school_settings(self, school_id: str) -> linking.SchoolSettings:
         """A school's settings, defaults filled in."""
-        return await self._t.call(linking.GET_SCHOOL_SETTINGS, linking.SchoolSettingsRequest(**self._who(), school_id=school_id))
+        return await self._t.call(
+            linking.GET_SCHOOL_SETTINGS, linking.SchoolSettingsRequest(**self._who(), school_id=school_id)
+        )
 
     async def update_school_settings(self, school_id: str, settings: dict[str, Any]) -> linking.SchoolSettings:
         """Change the settings given (linking validates them)."""
         return await self._t.call(
-            linking.UPDATE_SCHOOL_SETTINGS, linking.UpdateSchoolSettingsRequest(**self._who(), school_id=school_id, settings=settings)
+            linking.UPDATE_SCHOOL_SETTINGS,
+            linking.UpdateSchoolSettingsRequest(**self._who(), school_id=school_id, settings=settings),
         )
 
     async def invite(self, pupil_id: str, email: str) -> linking.InvitationView:
@@ -111,15 +118,21 @@ class StaffLinking:
 
     async def remove_parent(self, pupil_id: str, parent_id: str) -> None:
         """That parent loses this pupil."""
-        await self._t.call(linking.REMOVE_PARENT, linking.RemoveParentRequest(**self._who(), pupil_id=pupil_id, parent_id=parent_id))
+        await self._t.call(
+            linking.REMOVE_PARENT, linking.RemoveParentRequest(**self._who(), pupil_id=pupil_id, parent_id=parent_id)
+        )
 
     async def parent_pupils(self, parent_id: str) -> list[linking.ParentPupilView]:
         """The pupils of the caller's schools a parent is linked to."""
-        return (await self._t.call(linking.PARENT_PUPILS, linking.StaffParentRequest(**self._who(), parent_id=parent_id))).pupils
+        return (
+            await self._t.call(linking.PARENT_PUPILS, linking.StaffParentRequest(**self._who(), parent_id=parent_id))
+        ).pupils
 
     async def remove_parent_everywhere(self, parent_id: str) -> list[str]:
         """That parent loses every pupil of the caller's schools; the pupils they lost."""
-        reply = await self._t.call(linking.REMOVE_PARENT_EVERYWHERE, linking.StaffParentRequest(**self._who(), parent_id=parent_id))
+        reply = await self._t.call(
+            linking.REMOVE_PARENT_EVERYWHERE, linking.StaffParentRequest(**self._who(), parent_id=parent_id)
+        )
         return reply.pupil_ids
 
     async def audit(self, pupil_id: str) -> list[linking.AuditEntry]:

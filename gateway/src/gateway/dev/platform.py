@@ -28,7 +28,9 @@ def _page(section: str, pupil: str) -> Template:
 
 
 @get("/{section:str}", sync_to_thread=False, include_in_schema=False, operation_id="platform_section")
-def platform_section(section: str, pupil: Annotated[str, Parameter(query="pupil", default="", max_length=128)]) -> Template:
+def platform_section(
+    section: str, pupil: Annotated[str, Parameter(query="pupil", default="", max_length=128)]
+) -> Template:
     """One section of the stand-in platform."""
     if section not in SECTIONS:
         from gateway.errors import ApiError

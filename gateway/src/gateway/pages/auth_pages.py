@@ -51,7 +51,9 @@ def _pydantic_errors(exc: ValidationError) -> FieldErrors:
 
 
 @get("/login", include_in_schema=False, operation_id="page_login")
-async def login_page(request: Request, next_: Annotated[str | None, Parameter(query="next", required=False, max_length=500)] = None) -> Template:
+async def login_page(
+    request: Request, next_: Annotated[str | None, Parameter(query="next", required=False, max_length=500)] = None
+) -> Template:
     """The sign-in form, for parents and staff alike."""
     return render(request, "pages/login.html", anonymous_form=True, next=safe_next(next_), values={}, errors={})
 
@@ -64,7 +66,16 @@ async def login_submit(request: Request, clients: NamedDependency[Clients]) -> R
     next_path = safe_next(_text(form, "next", 500))
 
     def again(errors: FieldErrors, message: str | None = None, status: int = 400) -> Template:
-        return render(request, "pages/login.html", anonymous_form=True, status=status, next=next_path, values=values, errors=errors, message=message)
+        return render(
+            request,
+            "pages/login.html",
+            anonymous_form=True,
+            status=status,
+            next=next_path,
+            values=values,
+            errors=errors,
+            message=message,
+        )
 
     if not anonymous_form_ok(request, form):
         return again(FieldErrors(), EXPIRED_FORM, 403)
@@ -85,7 +96,12 @@ async def login_submit(request: Request, clients: NamedDependency[Clients]) -> R
             return again(FieldErrors(password="The email address or password is not right"), status=401)
         if err.status_code == 403:
             return render(
-                request, "pages/check_email.html", anonymous_form=True, status=403, email=values["email"], unverified=True
+                request,
+                "pages/check_email.html",
+                anonymous_form=True,
+                status=403,
+                email=values["email"],
+                unverified=True,
             )
         if err.status_code in (422, 429):
             return again(FieldErrors(), err.detail, err.status_code)
@@ -133,7 +149,15 @@ async def _default_policy(clients: Clients) -> dict[str, Any]:
 async def register_page(request: Request, clients: NamedDependency[Clients], code: str | None = None) -> Template:
     """Create an account; with `?code=` it also links that child once the address is confirmed."""
     context = await _link_context(clients, request, code)
-    return render(request, "pages/register.html", anonymous_form=True, values={}, errors={}, relationships=RELATIONSHIPS, **context)
+    return render(
+        request,
+        "pages/register.html",
+        anonymous_form=True,
+        values={},
+        errors={},
+        relationships=RELATIONSHIPS,
+        **context,
+    )
 
 
 @post("/register", include_in_schema=False, status_code=200, operation_id="page_register_submit")
@@ -153,8 +177,15 @@ async def register_submit(request: Request, clients: NamedDependency[Clients]) -
         if context.get("child"):
             errors = FieldErrors({k: v.replace("the child", context["child"].first_name) for k, v in errors.items()})
         return render(
-            request, "pages/register.html", anonymous_form=True, status=status, values=values, errors=errors,
-            message=message, relationships=RELATIONSHIPS, **context,
+            request,
+            "pages/register.html",
+            anonymous_form=True,
+            status=status,
+            values=values,
+            errors=errors,
+            message=message,
+            relationships=RELATIONSHIPS,
+            **context,
         )
 
     if not anonymous_form_ok(request, form):
@@ -214,7 +245,9 @@ async def resend_submit(request: Request, clients: NamedDependency[Clients]) -> 
     form = await request.form()
     email = _text(form, "email", 254)
     if not anonymous_form_ok(request, form) or not email:
-        return render(request, "pages/check_email.html", anonymous_form=True, status=403, email=email, message=EXPIRED_FORM)
+        return render(
+            request, "pages/check_email.html", anonymous_form=True, status=403, email=email, message=EXPIRED_FORM
+        )
     await clients.identity.resend_verification(email)
     return render(request, "pages/check_email.html", anonymous_form=True, email=email, resent=True)
 
@@ -260,9 +293,24 @@ async def forgot_submit(request: Request, clients: NamedDependency[Clients]) -> 
     form = await request.form()
     email = _text(form, "email", 254)
     if not anonymous_form_ok(request, form):
-        return render(request, "pages/forgot.html", anonymous_form=True, status=403, values={"email": email}, errors={}, message=EXPIRED_FORM)
+        return render(
+            request,
+            "pages/forgot.html",
+            anonymous_form=True,
+            status=403,
+            values={"email": email},
+            errors={},
+            message=EXPIRED_FORM,
+        )
     if not email:
-        return render(request, "pages/forgot.html", anonymous_form=True, status=400, values={}, errors=FieldErrors(email="Enter your email address"))
+        return render(
+            request,
+            "pages/forgot.html",
+            anonymous_form=True,
+            status=400,
+            values={},
+            errors=FieldErrors(email="Enter your email address"),
+        )
     await clients.identity.password_reset(email)
     return render(request, "pages/forgot_sent.html", email=email)
 
@@ -282,7 +330,9 @@ async def reset_submit(state: State, request: Request) -> Template:
     password = given if isinstance(given, str) else ""
 
     def again(errors: FieldErrors, status: int = 400, **extra: Any) -> Template:
-        return render(request, "pages/reset.html", anonymous_form=True, status=status, token=token, errors=errors, **extra)
+        return render(
+            request, "pages/reset.html", anonymous_form=True, status=status, token=token, errors=errors, **extra
+        )
 
     if not anonymous_form_ok(request, form):
         return again(FieldErrors(), 403, message=EXPIRED_FORM)

@@ -103,7 +103,9 @@ def session_csrf(request: Request) -> str | None:
 
 def flash_cookie(message: str) -> Cookie:
     """A notice shown once by the next page (e.g. "Access removed")."""
-    return Cookie(key=FLASH_COOKIE, value=quote(message[:FLASH_MAX_CHARS]), path="/", httponly=True, samesite="lax", max_age=60)
+    return Cookie(
+        key=FLASH_COOKIE, value=quote(message[:FLASH_MAX_CHARS]), path="/", httponly=True, samesite="lax", max_age=60
+    )
 
 
 def redirect(path: str, *, notice: str | None = None, cookies: list[Cookie] | None = None) -> Redirect:
@@ -211,7 +213,12 @@ def _error_page(
         detail = "For your safety this form works only for a short while. Go back, reload the page and try again."
     return Template(
         template_name="pages/error.html",
-        context={"title": _TITLES.get(status, "Something went wrong"), "detail": detail, "status": status, "principal": None},
+        context={
+            "title": _TITLES.get(status, "Something went wrong"),
+            "detail": detail,
+            "status": status,
+            "principal": None,
+        },
         status_code=status,
         media_type=MediaType.HTML,
         headers=dict(headers or {}),
@@ -242,7 +249,13 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[Any]
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[Any]:
     """Anything unhandled: logged, answered with a page that names no detail."""
-    log.error("page_error", method=request.method, route=request.scope.get("path_template", ""), error=type(exc).__name__, exc_info=exc)
+    log.error(
+        "page_error",
+        method=request.method,
+        route=request.scope.get("path_template", ""),
+        error=type(exc).__name__,
+        exc_info=exc,
+    )
     return _error_page(request, 500, detail_for_status(500))
 
 

@@ -32,7 +32,10 @@ async def parent_home(request: Request, clients: Clients, principal: Principal, 
     firsts = [v.first_name for v in views]
     # Two children of the same first name are told apart by their last name too.
     children = [
-        {**v.model_dump(), "label": v.first_name if firsts.count(v.first_name) == 1 else f"{v.first_name} {v.last_name}"}
+        {
+            **v.model_dump(),
+            "label": v.first_name if firsts.count(v.first_name) == 1 else f"{v.first_name} {v.last_name}",
+        }
         for v in views
     ]
     selected = next((c for c in children if c["pupil_id"] == child), children[0] if children else None)
@@ -42,7 +45,9 @@ async def parent_home(request: Request, clients: Clients, principal: Principal, 
         data = await flows.child_overview(links, overviews, principal.account_id, selected["pupil_id"])
         # None: linked a moment ago and not yet in this replica's view, shown without numbers.
         overview = json.loads(data) if data is not None else None
-    return render(request, "pages/parent_home.html", principal=principal, children=children, selected=selected, overview=overview)
+    return render(
+        request, "pages/parent_home.html", principal=principal, children=children, selected=selected, overview=overview
+    )
 
 
 def _relationship_ok(value: str) -> bool:
@@ -72,7 +77,9 @@ async def link_page(
     except RpcError as exc:
         err = as_api_error(exc)
         if err.status_code in (404, 429):
-            return render(request, "pages/link_invalid.html", principal=maybe_principal, status=err.status_code, detail=err.detail)
+            return render(
+                request, "pages/link_invalid.html", principal=maybe_principal, status=err.status_code, detail=err.detail
+            )
         raise
     return render(
         request,
@@ -88,12 +95,20 @@ async def link_page(
 
 @get("/children/add", include_in_schema=False, guards=PARENTS_ONLY, operation_id="page_add_child")
 async def add_child_page(request: Request, principal: NamedDependency[Principal]) -> Template:
-    """"Add a child": type the code from a QR card or an invitation email."""
+    """ "Add a child": type the code from a QR card or an invitation email."""
     return render(request, "pages/add_child.html", principal=principal, values={}, errors={})
 
 
-@post("/children/add", include_in_schema=False, guards=PARENTS_ONLY, status_code=200, operation_id="page_add_child_preview")
-async def add_child_preview(request: Request, clients: NamedDependency[Clients], principal: NamedDependency[Principal]) -> Template:
+@post(
+    "/children/add",
+    include_in_schema=False,
+    guards=PARENTS_ONLY,
+    status_code=200,
+    operation_id="page_add_child_preview",
+)
+async def add_child_preview(
+    request: Request, clients: NamedDependency[Clients], principal: NamedDependency[Principal]
+) -> Template:
     """Show whose code it is before anything is linked."""
     form = await request.form()
     code = str(form.get("code") or "").strip()[:64]
@@ -106,16 +121,33 @@ async def add_child_preview(request: Request, clients: NamedDependency[Clients],
         err = as_api_error(exc)
         if err.status_code in (404, 429):
             return render(
-                request, "pages/add_child.html", principal=principal, status=err.status_code, values={"code": code},
+                request,
+                "pages/add_child.html",
+                principal=principal,
+                status=err.status_code,
+                values={"code": code},
                 errors=FieldErrors(code=err.detail),
             )
         raise
     return render(
-        request, "pages/link.html", principal=principal, code=code, child=preview, values={}, errors={}, relationships=RELATIONSHIPS
+        request,
+        "pages/link.html",
+        principal=principal,
+        code=code,
+        child=preview,
+        values={},
+        errors={},
+        relationships=RELATIONSHIPS,
     )
 
 
-@post("/children/confirm", include_in_schema=False, guards=PARENTS_ONLY, status_code=200, operation_id="page_add_child_confirm")
+@post(
+    "/children/confirm",
+    include_in_schema=False,
+    guards=PARENTS_ONLY,
+    status_code=200,
+    operation_id="page_add_child_confirm",
+)
 async def add_child_confirm(
     state: State, request: Request, clients: NamedDependency[Clients], principal: NamedDependency[Principal]
 ) -> Response[Any]:
@@ -128,8 +160,16 @@ async def add_child_confirm(
         preview = await _preview(clients, request, principal, code)
         errors = FieldErrors({k: v.replace("the child", preview.first_name) for k, v in errors.items()})
         return render(
-            request, "pages/link.html", principal=principal, status=status, code=code, child=preview, values=values,
-            errors=errors, message=message, relationships=RELATIONSHIPS,
+            request,
+            "pages/link.html",
+            principal=principal,
+            status=status,
+            code=code,
+            child=preview,
+            values=values,
+            errors=errors,
+            message=message,
+            relationships=RELATIONSHIPS,
         )
 
     if not _relationship_ok(str(values["relationship"])):
@@ -149,14 +189,18 @@ async def add_child_confirm(
     except RpcError as exc:
         err = as_api_error(exc)
         if exc.code == linking.E_AUP_REQUIRED:
-            return await again(FieldErrors(accept_aup="Accept the school's acceptable-use policy to link the child"), status=422)
+            return await again(
+                FieldErrors(accept_aup="Accept the school's acceptable-use policy to link the child"), status=422
+            )
         if err.status_code in (409, 422):
             return await again(FieldErrors(), err.detail, err.status_code)
         raise
     get_links_cache(state).forget(principal.account_id)
     assert reply.child is not None  # a redemption that is not a dry run names its link
     first = reply.child.first_name
-    notice = f"{first} is now linked to your account." if reply.created else f"{first} was already linked to your account."
+    notice = (
+        f"{first} is now linked to your account." if reply.created else f"{first} was already linked to your account."
+    )
     return redirect(f"/?child={reply.child.pupil_id}", notice=notice)
 
 
@@ -184,7 +228,11 @@ async def unlink_page(
     operation_id="page_unlink_child_submit",
 )
 async def unlink_submit(
-    state: State, request: Request, clients: NamedDependency[Clients], principal: NamedDependency[Principal], pupil_id: str
+    state: State,
+    request: Request,
+    clients: NamedDependency[Clients],
+    principal: NamedDependency[Principal],
+    pupil_id: str,
 ) -> Response[Any]:
     """Unlink the child; the school can invite the parent again."""
     child = await _my_child(clients, principal, pupil_id)

@@ -62,7 +62,9 @@ async def staff_home(request: Request, staff: StaffLinking, principal: Principal
     return render(request, "pages/staff_home.html", principal=principal, schools=list(schools.values()))
 
 
-async def _class(clients: Clients, staff: StaffLinking, class_id: str) -> tuple[contract.ClassPupilsReply, list[PupilRow]]:
+async def _class(
+    clients: Clients, staff: StaffLinking, class_id: str
+) -> tuple[contract.ClassPupilsReply, list[PupilRow]]:
     reply = await staff.class_pupils(checked_id(class_id))
     return reply, await flows.pupil_rows(clients.identity, reply)
 
@@ -99,7 +101,12 @@ async def class_page(
 # -- inviting ------------------------------------------------------------------------------------
 
 
-@get("/classes/{class_id:str}/pupils/{pupil_id:str}/invite", include_in_schema=False, guards=STAFF, operation_id="page_invite")
+@get(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/invite",
+    include_in_schema=False,
+    guards=STAFF,
+    operation_id="page_invite",
+)
 async def invite_page(
     request: Request,
     clients: NamedDependency[Clients],
@@ -108,9 +115,17 @@ async def invite_page(
     class_id: str,
     pupil_id: str,
 ) -> Template:
-    """"Invite parent": the address the invitation email goes to."""
+    """ "Invite parent": the address the invitation email goes to."""
     reply, pupils = await _class(clients, staff, class_id)
-    return render(request, "pages/invite.html", principal=principal, klass=reply, pupil=_pupil(pupils, pupil_id), values={}, errors={})
+    return render(
+        request,
+        "pages/invite.html",
+        principal=principal,
+        klass=reply,
+        pupil=_pupil(pupils, pupil_id),
+        values={},
+        errors={},
+    )
 
 
 @post(
@@ -136,8 +151,14 @@ async def invite_submit(
 
     def again(errors: FieldErrors, status: int) -> Template:
         return render(
-            request, "pages/invite.html", principal=principal, klass=reply, pupil=pupil, values={"email": email},
-            errors=errors, status=status,
+            request,
+            "pages/invite.html",
+            principal=principal,
+            klass=reply,
+            pupil=pupil,
+            values={"email": email},
+            errors=errors,
+            status=status,
         )
 
     if "@" not in email or len(email) < 3:
@@ -244,13 +265,19 @@ async def codes_page(
     principal: NamedDependency[Principal],
     class_id: str,
 ) -> Template:
-    """"Create QR codes", with the warning that codes printed before stop working."""
+    """ "Create QR codes", with the warning that codes printed before stop working."""
     reply, pupils = await _class(clients, staff, class_id)
     has_codes = any(p.code_expires_at for p in pupils)
     return render(request, "pages/codes.html", principal=principal, klass=reply, pupils=pupils, has_codes=has_codes)
 
 
-@post("/classes/{class_id:str}/codes", include_in_schema=False, guards=STAFF, status_code=200, operation_id="page_codes_submit")
+@post(
+    "/classes/{class_id:str}/codes",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    operation_id="page_codes_submit",
+)
 async def codes_submit(staff: NamedDependency[StaffLinking], class_id: str) -> Response[Any]:
     """Every pupil of the class gets a new printed code."""
     created = await staff.create_class_codes(checked_id(class_id))
@@ -274,7 +301,12 @@ AUDIT_ACTIONS = {
 }
 
 
-@get("/classes/{class_id:str}/pupils/{pupil_id:str}/audit", include_in_schema=False, guards=ADMINS, operation_id="page_audit")
+@get(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/audit",
+    include_in_schema=False,
+    guards=ADMINS,
+    operation_id="page_audit",
+)
 async def audit_page(
     request: Request,
     clients: NamedDependency[Clients],
@@ -318,7 +350,12 @@ async def _bars(staff: StaffLinking, pupil_id: str) -> list[Bar]:
     return [Bar.of(b) for b in await staff.bars(checked_id(pupil_id))]
 
 
-@get("/classes/{class_id:str}/pupils/{pupil_id:str}/bars", include_in_schema=False, guards=ADMINS, operation_id="page_bars")
+@get(
+    "/classes/{class_id:str}/pupils/{pupil_id:str}/bars",
+    include_in_schema=False,
+    guards=ADMINS,
+    operation_id="page_bars",
+)
 async def bars_page(
     request: Request,
     clients: NamedDependency[Clients],
@@ -331,7 +368,9 @@ async def bars_page(
     reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
     bars = await _bars(staff, pupil_id)
-    return render(request, "pages/bars.html", principal=principal, klass=reply, pupil=pupil, bars=bars, values={}, errors={})
+    return render(
+        request, "pages/bars.html", principal=principal, klass=reply, pupil=pupil, bars=bars, values={}, errors={}
+    )
 
 
 @post(
@@ -360,8 +399,16 @@ async def bar_submit(
     async def again(errors: FieldErrors, status: int, message: str | None = None) -> Template:
         bars = await _bars(staff, pupil_id)
         return render(
-            request, "pages/bars.html", principal=principal, klass=reply, pupil=pupil, bars=bars,
-            values={"email": email, "reason": reason}, errors=errors, message=message, status=status,
+            request,
+            "pages/bars.html",
+            principal=principal,
+            klass=reply,
+            pupil=pupil,
+            bars=bars,
+            values={"email": email, "reason": reason},
+            errors=errors,
+            message=message,
+            status=status,
         )
 
     errors = FieldErrors()
@@ -380,7 +427,10 @@ async def bar_submit(
             raise
         found, detail = field_errors_from(exc)
         return await again(FieldErrors({k: v for k, v in found.items() if k in ("email", "reason")}), 422, detail)
-    return redirect(_bars_path(class_id, pupil_id), notice=f"{email} can no longer be linked to {pupil.first_name}; their access ended.")
+    return redirect(
+        _bars_path(class_id, pupil_id),
+        notice=f"{email} can no longer be linked to {pupil.first_name}; their access ended.",
+    )
 
 
 async def _bar(staff: StaffLinking, pupil_id: str, bar_id: str) -> Bar:
@@ -452,7 +502,14 @@ async def settings_page(
 ) -> Template:
     """The school's settings: carers per code, expiries, the acceptable-use policy, links."""
     answer = await staff.school_settings(checked_id(school_id))
-    return render(request, "pages/settings.html", principal=principal, school_id=school_id, values=_settings_values(answer), errors={})
+    return render(
+        request,
+        "pages/settings.html",
+        principal=principal,
+        school_id=school_id,
+        values=_settings_values(answer),
+        errors={},
+    )
 
 
 @post(
@@ -484,8 +541,14 @@ async def settings_submit(
         # Linking says "must be between 1 and 20"; the page names the setting too.
         errors = FieldErrors({k: f"{SETTING_LABELS.get(k, k)} {v[:1].lower()}{v[1:]}" for k, v in errors.items()})
         return render(
-            request, "pages/settings.html", principal=principal, school_id=school_id, values=data, errors=errors,
-            message=None if errors else detail, status=422,
+            request,
+            "pages/settings.html",
+            principal=principal,
+            school_id=school_id,
+            values=data,
+            errors=errors,
+            message=None if errors else detail,
+            status=422,
         )
     return redirect(f"/schools/{school_id}/settings", notice="Settings saved.")
 

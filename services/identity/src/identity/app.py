@@ -26,22 +26,42 @@ class Settings(ServiceSettings):
     service_name: ClassVar[str] = NAME
     database_url: str | None = database_url_field(NAME)
     identity_argon2_time_cost: int = Field(default=3, ge=OWASP_MIN_TIME_COST, description="argon2id iterations.")
-    identity_argon2_memory_kib: int = Field(default=64 * 1024, ge=OWASP_MIN_MEMORY_KIB, description="argon2id memory (KiB).")
+    identity_argon2_memory_kib: int = Field(
+        default=64 * 1024, ge=OWASP_MIN_MEMORY_KIB, description="argon2id memory (KiB)."
+    )
     identity_argon2_parallelism: int = Field(default=4, ge=1, le=16, description="argon2id lanes.")
     identity_verify_hours: float = Field(default=48, gt=0, description="How long a verification link works.")
     identity_reset_minutes: float = Field(default=60, gt=0, description="How long a password reset link works.")
-    identity_set_password_hours: float = Field(default=72, gt=0, description="How long a new staff member's set-password link works.")
-    identity_resend_interval_seconds: float = Field(default=60, ge=0, description="Least time between two verification emails.")
-    identity_verification_emails_per_day: int = Field(default=5, ge=1, description="Verification emails an account may get a day.")
+    identity_set_password_hours: float = Field(
+        default=72, gt=0, description="How long a new staff member's set-password link works."
+    )
+    identity_resend_interval_seconds: float = Field(
+        default=60, ge=0, description="Least time between two verification emails."
+    )
+    identity_verification_emails_per_day: int = Field(
+        default=5, ge=1, description="Verification emails an account may get a day."
+    )
     identity_reset_emails_per_hour: int = Field(default=3, ge=1, description="Reset emails an account may get an hour.")
-    identity_parent_idle_minutes: float = Field(default=7 * 24 * 60, gt=0, description="A parent's session ends after this long unused.")
-    identity_parent_absolute_hours: float = Field(default=30 * 24, gt=0, description="A parent's session ends this long after sign-in.")
-    identity_staff_idle_minutes: float = Field(default=30, gt=0, description="A staff session ends after this long unused.")
-    identity_staff_absolute_hours: float = Field(default=12, gt=0, description="A staff session ends this long after sign-in.")
+    identity_parent_idle_minutes: float = Field(
+        default=7 * 24 * 60, gt=0, description="A parent's session ends after this long unused."
+    )
+    identity_parent_absolute_hours: float = Field(
+        default=30 * 24, gt=0, description="A parent's session ends this long after sign-in."
+    )
+    identity_staff_idle_minutes: float = Field(
+        default=30, gt=0, description="A staff session ends after this long unused."
+    )
+    identity_staff_absolute_hours: float = Field(
+        default=12, gt=0, description="A staff session ends this long after sign-in."
+    )
     identity_touch_seconds: float = Field(default=60, ge=0, description="Record a session's use at most this often.")
-    identity_account_failure_limit: int = Field(default=10, ge=1, description="Failed logins of one account within the window before 429.")
+    identity_account_failure_limit: int = Field(
+        default=10, ge=1, description="Failed logins of one account within the window before 429."
+    )
     identity_account_failure_window_minutes: float = Field(default=15, gt=0, description="The account's window.")
-    identity_ip_failure_limit: int = Field(default=100, ge=1, description="Failed logins from one address within an hour before 429.")
+    identity_ip_failure_limit: int = Field(
+        default=100, ge=1, description="Failed logins from one address within an hour before 429."
+    )
 
 
 def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:

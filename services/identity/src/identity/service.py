@@ -40,6 +40,7 @@ log = get_logger("identity.service")
 VERIFY = "verify"
 RESET = "reset"
 
+
 def digest(value: str) -> str:
     """SHA-256 hex of a token: tokens have 256 random bits, so no salt or stretching is needed."""
     return hashlib.sha256(value.encode()).hexdigest()
@@ -74,10 +75,18 @@ class IdentityService:
     def _url(self, path: str, token: str) -> str:
         return f"{self.s.public_url}{path}?token={token}"
 
-    async def _issue_token(self, uow: UnitOfWork, account: Account, purpose: str, lifetime: timedelta) -> tuple[str, datetime]:
+    async def _issue_token(
+        self, uow: UnitOfWork, account: Account, purpose: str, lifetime: timedelta
+    ) -> tuple[str, datetime]:
         token, now = new_token(), utcnow()
         uow.session.add(
-            Token(account_id=account.id, purpose=purpose, token_hash=digest(token), expires_at=now + lifetime, created_at=now)
+            Token(
+                account_id=account.id,
+                purpose=purpose,
+                token_hash=digest(token),
+                expires_at=now + lifetime,
+                created_at=now,
+            )
         )
         return token, now + lifetime
 
@@ -118,7 +127,9 @@ class IdentityService:
         ids = list(
             (
                 await uow.session.execute(
-                    select(col(Session.id)).where(col(Session.account_id) == account_id, col(Session.revoked_at).is_(None))
+                    select(col(Session.id)).where(
+                        col(Session.account_id) == account_id, col(Session.revoked_at).is_(None)
+                    )
                 )
             ).scalars()
         )
@@ -150,7 +161,9 @@ class IdentityService:
                     if existing is not None:
                         await self._known_address(uow, existing)
                         log.info("register_known_address", account_id=existing.id)
-                        return c.RegisterReply(parent_id=existing.id, created=False, verified=existing.verified_at is not None)
+                        return c.RegisterReply(
+                            parent_id=existing.id, created=False, verified=existing.verified_at is not None
+                        )
                     account = Account(
                         id=uuid.uuid4().hex,
                         role="parent",
@@ -166,7 +179,9 @@ class IdentityService:
                     )
                     uow.session.add(account)
                     await uow.session.flush()
-                    await uow.emit(c.PARENT_REGISTERED, c.ParentRegistered(parent_id=account.id), aggregate=f"account:{account.id}")
+                    await uow.emit(
+                        c.PARENT_REGISTERED, c.ParentRegistered(parent_id=account.id), aggregate=f"account:{account.id}"
+                    )
                     await self._send_verification(uow, account)
                 log.info("parent_registered", account_id=account.id)
                 return c.RegisterReply(parent_id=account.id, created=True, verified=False)
@@ -217,13 +232,17 @@ class IdentityService:
             if account.verified_at is None:
                 account.verified_at = now
                 account.updated_at = now
-                await uow.emit(c.PARENT_VERIFIED, c.ParentVerified(parent_id=account.id), aggregate=f"account:{account.id}")
+                await uow.emit(
+                    c.PARENT_VERIFIED, c.ParentVerified(parent_id=account.id), aggregate=f"account:{account.id}"
+                )
         log.info("parent_verified", account_id=account.id)
         return c.VerifyReply(parent_id=account.id)
 
     async def _use_token(self, uow: UnitOfWork, raw: str, purpose: str, now: datetime) -> Token:
         token = (
-            await uow.session.execute(select(Token).where(col(Token.token_hash) == digest(raw.strip()), col(Token.purpose) == purpose))
+            await uow.session.execute(
+                select(Token).where(col(Token.token_hash) == digest(raw.strip()), col(Token.purpose) == purpose)
+            )
         ).scalar_one_or_none()
         if token is None or token.used_at is not None or token.expires_at <= now:
             raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
@@ -260,7 +279,9 @@ class IdentityService:
         ip_key = "ip:" + digest("ip:" + client_ip)[:40] if client_ip else None
         return account_key, ip_key
 
-    async def _failures(self, session: AsyncSession, key: str, window: timedelta, now: datetime) -> tuple[int, datetime | None]:
+    async def _failures(
+        self, session: AsyncSession, key: str, window: timedelta, now: datetime
+    ) -> tuple[int, datetime | None]:
         count, oldest = (
             await session.execute(
                 select(func.count(), func.min(col(LoginFailure.at))).where(
@@ -405,7 +426,9 @@ class IdentityService:
         try:
             async with self.runtime.db.session() as s:
                 for i in range(0, len(ids), 500):
-                    await s.execute(update(Session).where(col(Session.id).in_(ids[i : i + 500])).values(last_seen_at=now))
+                    await s.execute(
+                        update(Session).where(col(Session.id).in_(ids[i : i + 500])).values(last_seen_at=now)
+                    )
         except Exception:
             self._used |= used  # tried again at the next flush
             raise
@@ -414,7 +437,9 @@ class IdentityService:
         """End the session of this token (every gateway hears of it at once)."""
         now = utcnow()
         async with self.runtime.unit_of_work() as uow:
-            sess = (await uow.session.execute(select(Session).where(col(Session.token_hash) == digest(req.token)))).scalar_one_or_none()
+            sess = (
+                await uow.session.execute(select(Session).where(col(Session.token_hash) == digest(req.token)))
+            ).scalar_one_or_none()
             if sess is None or sess.revoked_at is not None:
                 return c.Accepted()
             sess.revoked_at = now
@@ -447,11 +472,16 @@ class IdentityService:
             if recent >= self.s.identity_reset_emails_per_hour:
                 log.info("password_reset_rate_limited", account_id=account.id)
                 return c.Accepted()
-            token, expires = await self._issue_token(uow, account, RESET, timedelta(minutes=self.s.identity_reset_minutes))
+            token, expires = await self._issue_token(
+                uow, account, RESET, timedelta(minutes=self.s.identity_reset_minutes)
+            )
             await self._email(
                 uow,
                 notify.PasswordResetEmail(
-                    to=account.email, to_name=account.name, reset_url=self._url("/reset-password", token), expires_at=expires
+                    to=account.email,
+                    to_name=account.name,
+                    reset_url=self._url("/reset-password", token),
+                    expires_at=expires,
                 ),
             )
         log.info("password_reset_sent", account_id=account.id)
@@ -462,7 +492,9 @@ class IdentityService:
         now = utcnow()
         async with self.runtime.db.reader() as s:
             token = (
-                await s.execute(select(Token).where(col(Token.token_hash) == digest(req.token.strip()), col(Token.purpose) == RESET))
+                await s.execute(
+                    select(Token).where(col(Token.token_hash) == digest(req.token.strip()), col(Token.purpose) == RESET)
+                )
             ).scalar_one_or_none()
             account = await s.get(Account, token.account_id) if token else None
         if token is None or token.used_at is not None or token.expires_at <= now:
@@ -480,12 +512,18 @@ class IdentityService:
             if account.role == "parent" and account.verified_at is None:
                 # The link reached their inbox: that proves the address as well.
                 account.verified_at = now
-                await uow.emit(c.PARENT_VERIFIED, c.ParentVerified(parent_id=account.id), aggregate=f"account:{account.id}")
+                await uow.emit(
+                    c.PARENT_VERIFIED, c.ParentVerified(parent_id=account.id), aggregate=f"account:{account.id}"
+                )
             await self._revoke_all(uow, account.id, now)
-            await uow.emit(c.PASSWORD_CHANGED, c.PasswordChanged(account_id=account.id), aggregate=f"account:{account.id}")
+            await uow.emit(
+                c.PASSWORD_CHANGED, c.PasswordChanged(account_id=account.id), aggregate=f"account:{account.id}"
+            )
             await self._email(
                 uow,
-                notify.PasswordChangedEmail(to=account.email, to_name=account.name, reset_url=f"{self.s.public_url}/reset-password"),
+                notify.PasswordChangedEmail(
+                    to=account.email, to_name=account.name, reset_url=f"{self.s.public_url}/reset-password"
+                ),
             )
         log.info("password_changed", account_id=account.id)
         return c.PasswordChangedReply(account_id=account.id)
@@ -498,13 +536,24 @@ class IdentityService:
     # -- staff and contacts ------------------------------------------------------------------
 
     async def upsert_staff(
-        self, uow: UnitOfWork, *, staff_id: str | None, email: str, name: str, role: str, school_id: str | None, trust_id: str | None, password_hash: str | None
+        self,
+        uow: UnitOfWork,
+        *,
+        staff_id: str | None,
+        email: str,
+        name: str,
+        role: str,
+        school_id: str | None,
+        trust_id: str | None,
+        password_hash: str | None,
     ) -> tuple[Account | None, bool]:
         """Create or update a member of staff; new ones without a password get a set-password link."""
         now = utcnow()
         account = None
         if staff_id:
-            account = (await uow.session.execute(select(Account).where(col(Account.staff_id) == staff_id))).scalar_one_or_none()
+            account = (
+                await uow.session.execute(select(Account).where(col(Account.staff_id) == staff_id))
+            ).scalar_one_or_none()
         by_email = await self._account_by_email(uow, email)
         if account is None:
             account = by_email
@@ -523,10 +572,18 @@ class IdentityService:
         before = None if created else (account.role, account.email, account.name, account.school_id, account.trust_id)
         account.role, account.email, account.email_key, account.name = role, email, normalise_email(email), name
         account.school_id, account.trust_id = (None, trust_id) if role == "trust_admin" else (school_id, None)
-        if before is not None and before != (account.role, account.email, account.name, account.school_id, account.trust_id):
+        if before is not None and before != (
+            account.role,
+            account.email,
+            account.name,
+            account.school_id,
+            account.trust_id,
+        ):
             # Gateways cache sessions for minutes: a member of staff moved to another school
             # must not keep the old one's pupils that long.
-            await uow.emit(c.ACCOUNT_CHANGED, c.AccountChanged(account_id=account.id), aggregate=f"account:{account.id}")
+            await uow.emit(
+                c.ACCOUNT_CHANGED, c.AccountChanged(account_id=account.id), aggregate=f"account:{account.id}"
+            )
         account.staff_id = staff_id or account.staff_id
         account.verified_at = account.verified_at or now  # the school vouches for staff addresses
         account.updated_at = now
@@ -535,11 +592,16 @@ class IdentityService:
         uow.session.add(account)
         await uow.session.flush()
         if created and not password_hash:
-            token, expires = await self._issue_token(uow, account, RESET, timedelta(hours=self.s.identity_set_password_hours))
+            token, expires = await self._issue_token(
+                uow, account, RESET, timedelta(hours=self.s.identity_set_password_hours)
+            )
             await self._email(
                 uow,
                 notify.SetPasswordEmail(
-                    to=account.email, to_name=account.name, reset_url=self._url("/reset-password", token), expires_at=expires
+                    to=account.email,
+                    to_name=account.name,
+                    reset_url=self._url("/reset-password", token),
+                    expires_at=expires,
                 ),
             )
         return account, created
@@ -566,7 +628,9 @@ class IdentityService:
         if req.role == "trust_admin" and not req.trust_id:
             raise RpcFailure(c.E_VALIDATION, "A trust admin needs --trust.", fields=field_errors(trust_id="required"))
         if req.role != "trust_admin" and not req.school_id:
-            raise RpcFailure(c.E_VALIDATION, "A teacher or school admin needs --school.", fields=field_errors(school_id="required"))
+            raise RpcFailure(
+                c.E_VALIDATION, "A teacher or school admin needs --school.", fields=field_errors(school_id="required")
+            )
         password_hash = None
         if req.password is not None:
             self._check_password(req.password, email=email, name=req.name)

@@ -40,16 +40,24 @@ class Settings(ServiceSettings):
     )
 
     linking_parent_failures_per_hour: int = Field(
-        default=10, ge=1, description="Failed codes (redemptions and previews) a parent may make in an hour; then 429 until the oldest is an hour old."
+        default=10,
+        ge=1,
+        description="Failed codes (redemptions and previews) a parent may make in an hour; then 429 until the oldest is an hour old.",
     )
     linking_client_failures_per_hour: int = Field(
-        default=100, ge=1, description="Failed codes from one network address in an hour before its further failures answer 429 (good codes always work)."
+        default=100,
+        ge=1,
+        description="Failed codes from one network address in an hour before its further failures answer 429 (good codes always work).",
     )
     linking_alert_failures_per_minute: int = Field(
-        default=50, ge=1, description="Failed codes attributed to one trust within a minute above which an alert is logged and kept for `portal alerts`."
+        default=50,
+        ge=1,
+        description="Failed codes attributed to one trust within a minute above which an alert is logged and kept for `portal alerts`.",
     )
     linking_alert_deployment_failures_per_minute: int = Field(
-        default=500, ge=1, description="Failed codes across the deployment within a minute above which an alert is logged and kept."
+        default=500,
+        ge=1,
+        description="Failed codes across the deployment within a minute above which an alert is logged and kept.",
     )
 
     def limits(self) -> Limits:

@@ -75,7 +75,9 @@ class Bars:
         async with self.ctx.db.reader() as s:
             pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             rows = await s.execute(
-                select(col(Link.parent_id)).where(col(Link.pupil_id) == pupil.pupil_id, col(Link.removed_at).is_(None)).order_by(col(Link.created_at))
+                select(col(Link.parent_id))
+                .where(col(Link.pupil_id) == pupil.pupil_id, col(Link.removed_at).is_(None))
+                .order_by(col(Link.created_at))
             )
             return contract.PupilParentsReply(parent_ids=list(dict.fromkeys(rows.scalars())))
 
@@ -101,7 +103,9 @@ class Bars:
             await self._lock(s, pupil.pupil_id, shared=False)
             vault = self.vault
             email_hash = vault.lookup_hash(email)
-            bar = (await s.execute(select(Bar).where(col(Bar.live_key) == _live_key(pupil.pupil_id, email_hash)))).scalar_one_or_none()
+            bar = (
+                await s.execute(select(Bar).where(col(Bar.live_key) == _live_key(pupil.pupil_id, email_hash)))
+            ).scalar_one_or_none()
             created = bar is None
             if bar is None:
                 bar_id = uuid.uuid4().hex
@@ -119,46 +123,88 @@ class Bars:
                 )
                 s.add(bar)
                 await s.flush()
-                self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=actor, action="bar_added", reason=f"bar {bar.id}: {bar.reason}")
+                self.ctx.audit(
+                    uow,
+                    pupil_id=pupil.pupil_id,
+                    school_id=pupil.school_id,
+                    actor=actor,
+                    action="bar_added",
+                    reason=f"bar {bar.id}: {bar.reason}",
+                )
 
             # An invitation already sent to the address must not link it either.
             open_invitations = (
-                await s.execute(
-                    select(Invitation).where(
-                        col(Invitation.pupil_id) == pupil.pupil_id,
-                        col(Invitation.email_key) == normalise_email(email),
-                        col(Invitation.status).in_(["invited", "bounced"]),
+                (
+                    await s.execute(
+                        select(Invitation).where(
+                            col(Invitation.pupil_id) == pupil.pupil_id,
+                            col(Invitation.email_key) == normalise_email(email),
+                            col(Invitation.status).in_(["invited", "bounced"]),
+                        )
                     )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             for inv in open_invitations:
                 inv.status = "revoked"
                 await s.execute(update(LinkCode).where(col(LinkCode.id) == inv.code_id).values(revoked_at=now))
 
             standing = (
-                await s.execute(select(Link).where(col(Link.pupil_id) == pupil.pupil_id, col(Link.removed_at).is_(None)).order_by(col(Link.created_at)))
-            ).scalars().all()
+                (
+                    await s.execute(
+                        select(Link)
+                        .where(col(Link.pupil_id) == pupil.pupil_id, col(Link.removed_at).is_(None))
+                        .order_by(col(Link.created_at))
+                    )
+                )
+                .scalars()
+                .all()
+            )
             barred = set(req.parent_ids)
             checked = barred | set(req.checked_parent_ids)
             removed: list[str] = []
             for link in standing:
                 if link.parent_id in barred:
                     # No email to the parent: a bar is not announced to the person barred.
-                    await remove_link(self.ctx, uow, link, by="bar", actor=actor, actor_id=req.actor_id, reason=f"safeguarding bar {bar.id}")
+                    await remove_link(
+                        self.ctx,
+                        uow,
+                        link,
+                        by="bar",
+                        actor=actor,
+                        actor_id=req.actor_id,
+                        reason=f"safeguarding bar {bar.id}",
+                    )
                     removed.append(link.parent_id)
             unchecked = [link.parent_id for link in standing if link.parent_id not in checked]
-        log.info("bar_added" if created else "bar_confirmed", bar_id=bar.id, pupil_id=bar.pupil_id, removed=len(removed), unchecked=len(unchecked), revoked_invitations=len(open_invitations))
-        return contract.AddBarReply(bar_id=bar.id, created=created, removed_parent_ids=removed, unchecked_parent_ids=unchecked)
+        log.info(
+            "bar_added" if created else "bar_confirmed",
+            bar_id=bar.id,
+            pupil_id=bar.pupil_id,
+            removed=len(removed),
+            unchecked=len(unchecked),
+            revoked_invitations=len(open_invitations),
+        )
+        return contract.AddBarReply(
+            bar_id=bar.id, created=created, removed_parent_ids=removed, unchecked_parent_ids=unchecked
+        )
 
     async def list_bars(self, req: contract.BarsRequest) -> contract.BarsReply:
         """The pupil's bars in force, with the addresses decrypted for the school's admins."""
         async with self.ctx.db.reader() as s:
             pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
             bars = (
-                await s.execute(
-                    select(Bar).where(col(Bar.pupil_id) == pupil.pupil_id, col(Bar.lifted_at).is_(None)).order_by(col(Bar.created_at), col(Bar.id))
+                (
+                    await s.execute(
+                        select(Bar)
+                        .where(col(Bar.pupil_id) == pupil.pupil_id, col(Bar.lifted_at).is_(None))
+                        .order_by(col(Bar.created_at), col(Bar.id))
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         vault = self.vault
         views = []
         for bar in bars:
@@ -166,7 +212,9 @@ class Bars:
                 email = vault.decrypt(bar.email_cipher, bound_to=_bound(bar.pupil_id, bar.id))
             except Exception:  # noqa: BLE001 - written under another key: still in force, address unknown
                 email = ""
-            views.append(contract.BarView(bar_id=bar.id, email=email, reason=bar.reason, at=bar.created_at, by=bar.created_by))
+            views.append(
+                contract.BarView(bar_id=bar.id, email=email, reason=bar.reason, at=bar.created_at, by=bar.created_by)
+            )
         return contract.BarsReply(bars=views)
 
     async def lift(self, req: contract.LiftBarRequest) -> contract.Done:
@@ -181,6 +229,13 @@ class Bars:
             bar.lifted_by = req.actor_id
             bar.live_key = None
             s.add(bar)
-            self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="bar_lifted", reason=f"bar {bar.id} lifted")
+            self.ctx.audit(
+                uow,
+                pupil_id=pupil.pupil_id,
+                school_id=pupil.school_id,
+                actor=f"staff:{req.actor_id}",
+                action="bar_lifted",
+                reason=f"bar {bar.id} lifted",
+            )
         log.info("bar_lifted", bar_id=bar.id, pupil_id=bar.pupil_id)
         return contract.Done()

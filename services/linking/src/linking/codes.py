@@ -75,7 +75,9 @@ def load_or_create_key_file(path: Path) -> str:
         return path.read_text().strip()
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
-    log.warning("code_key_generated", path=str(path), detail="development key; set PORTAL_LINKING_CODE_KEY in production")
+    log.warning(
+        "code_key_generated", path=str(path), detail="development key; set PORTAL_LINKING_CODE_KEY in production"
+    )
     return key
 
 

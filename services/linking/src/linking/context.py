@@ -90,9 +90,25 @@ class LinkingContext:
         return self.settings_of(school_id, await s.get(SchoolSetting, school_id))
 
     def audit(
-        self, uow: UnitOfWork, *, pupil_id: str, school_id: str, actor: str, action: str, parent_id: str | None = None, reason: str = ""
+        self,
+        uow: UnitOfWork,
+        *,
+        pupil_id: str,
+        school_id: str,
+        actor: str,
+        action: str,
+        parent_id: str | None = None,
+        reason: str = "",
     ) -> None:
         """Append one row to the pupil's audit trail (in the caller's transaction)."""
         uow.session.add(
-            AuditRow(pupil_id=pupil_id, school_id=school_id, at=self.now(), actor=actor, action=action, parent_id=parent_id, reason=reason)
+            AuditRow(
+                pupil_id=pupil_id,
+                school_id=school_id,
+                at=self.now(),
+                actor=actor,
+                action=action,
+                parent_id=parent_id,
+                reason=reason,
+            )
         )

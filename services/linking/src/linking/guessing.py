@@ -39,7 +39,9 @@ PRUNE_CHANCE = 0.02
 def too_many(retry_after: float) -> RpcFailure:
     """429 `too_many_attempts`, with the seconds for `Retry-After`."""
     seconds = max(1, int(retry_after + 0.999))
-    return RpcFailure(contract.E_TOO_MANY_ATTEMPTS, f"Too many wrong codes; retry after {seconds} s", retry_after=seconds)
+    return RpcFailure(
+        contract.E_TOO_MANY_ATTEMPTS, f"Too many wrong codes; retry after {seconds} s", retry_after=seconds
+    )
 
 
 class Guessing:
@@ -49,7 +51,9 @@ class Guessing:
         self.ctx = ctx
         self.limits = ctx.limits
 
-    async def _retry_after(self, s: AsyncSession, where: ColumnElement[bool], limit: int, now: datetime) -> float | None:
+    async def _retry_after(
+        self, s: AsyncSession, where: ColumnElement[bool], limit: int, now: datetime
+    ) -> float | None:
         # While the limit-th newest failure is inside the window the limit is reached; it
         # ends when that one leaves the window.
         at = (
@@ -69,7 +73,9 @@ class Guessing:
             return
         now = self.ctx.now()
         async with self.ctx.db.reader() as s:
-            retry = await self._retry_after(s, col(GuessFailure.parent_id) == parent_id, self.limits.parent_failures_per_hour, now)
+            retry = await self._retry_after(
+                s, col(GuessFailure.parent_id) == parent_id, self.limits.parent_failures_per_hour, now
+            )
         if retry is not None:
             log.info("code_refused_parent_limit", parent_id=parent_id)
             raise too_many(retry)
@@ -145,7 +151,13 @@ class Guessing:
                 (
                     "trust",
                     trust_id,
-                    (await s.execute(select(func.count()).where(col(GuessFailure.trust_id) == trust_id, col(GuessFailure.at) > since))).scalar_one(),
+                    (
+                        await s.execute(
+                            select(func.count()).where(
+                                col(GuessFailure.trust_id) == trust_id, col(GuessFailure.at) > since
+                            )
+                        )
+                    ).scalar_one(),
                     self.limits.alert_trust_failures_per_minute,
                 )
             )
@@ -153,7 +165,9 @@ class Guessing:
             if failures > threshold:
                 await self._alert(s, scope, trust, failures, threshold, now)
 
-    async def _alert(self, s: AsyncSession, scope: str, trust_id: str | None, failures: int, threshold: int, now: datetime) -> None:
+    async def _alert(
+        self, s: AsyncSession, scope: str, trust_id: str | None, failures: int, threshold: int, now: datetime
+    ) -> None:
         # One row per scope and clock minute: replicas raising the same alert meet on its key,
         # and a long attack shows as one alert a minute rather than one per failure.
         key = f"{scope}:{trust_id or '*'}:{now:%Y-%m-%dT%H:%M}"
@@ -162,17 +176,35 @@ class Guessing:
             "CursorResult[Any]",
             await s.execute(
                 insert(s, GuessAlert)
-                .values(alert_key=key, scope=scope, trust_id=trust_id, at=now, last_at=now, failures=failures, threshold=threshold)
+                .values(
+                    alert_key=key,
+                    scope=scope,
+                    trust_id=trust_id,
+                    at=now,
+                    last_at=now,
+                    failures=failures,
+                    threshold=threshold,
+                )
                 .on_conflict_do_nothing(index_elements=["alert_key"])
             ),
         )
         if result.rowcount:
-            log.error("guessing_alert", scope=scope, trust_id=trust_id, failures=failures, threshold=threshold, window="1 minute")
+            log.error(
+                "guessing_alert",
+                scope=scope,
+                trust_id=trust_id,
+                failures=failures,
+                threshold=threshold,
+                window="1 minute",
+            )
             return
         await s.execute(
             update(GuessAlert)
             .where(col(GuessAlert.alert_key) == key)
-            .values(failures=case((col(GuessAlert.failures) < failures, failures), else_=col(GuessAlert.failures)), last_at=now)
+            .values(
+                failures=case((col(GuessAlert.failures) < failures, failures), else_=col(GuessAlert.failures)),
+                last_at=now,
+            )
         )
 
     async def alerts(self, req: contract.AlertsRequest) -> contract.AlertsReply:
@@ -181,13 +213,22 @@ class Guessing:
         async with self.ctx.db.reader() as s:
             rows = (
                 await s.execute(
-                    select(GuessAlert).where(col(GuessAlert.last_at) >= since).order_by(col(GuessAlert.at).desc(), col(GuessAlert.id).desc()).limit(req.limit)
+                    select(GuessAlert)
+                    .where(col(GuessAlert.last_at) >= since)
+                    .order_by(col(GuessAlert.at).desc(), col(GuessAlert.id).desc())
+                    .limit(req.limit)
                 )
             ).scalars()
             return contract.AlertsReply(
                 alerts=[
                     contract.GuessingAlert(
-                        alert_id=a.id, scope=a.scope, trust_id=a.trust_id, at=a.at, last_at=a.last_at, failures=a.failures, threshold=a.threshold
+                        alert_id=a.id,
+                        scope=a.scope,
+                        trust_id=a.trust_id,
+                        at=a.at,
+                        last_at=a.last_at,
+                        failures=a.failures,
+                        threshold=a.threshold,
                     )
                     for a in rows
                 ]

@@ -94,10 +94,25 @@ async def remove_link(
     uow.session.add(link)
     await uow.emit(
         contract.LINK_REMOVED,
-        contract.LinkRemoved(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id, by=by, actor_id=actor_id),
+        contract.LinkRemoved(
+            link_id=link.id,
+            parent_id=link.parent_id,
+            pupil_id=link.pupil_id,
+            school_id=link.school_id,
+            by=by,
+            actor_id=actor_id,
+        ),
         aggregate=f"link:{link.parent_id}:{link.pupil_id}",
     )
-    ctx.audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor=actor, action="link_removed", parent_id=link.parent_id, reason=reason or f"removed by {by.replace('_', ' ')}")
+    ctx.audit(
+        uow,
+        pupil_id=link.pupil_id,
+        school_id=link.school_id,
+        actor=actor,
+        action="link_removed",
+        parent_id=link.parent_id,
+        reason=reason or f"removed by {by.replace('_', ' ')}",
+    )
     if tell_parent:
         settings = await ctx.read_settings(uow.session, link.school_id)
         if settings.email_parent_on_removal:
@@ -199,13 +214,33 @@ class Links:
             await uow.emit(
                 contract.LINK_CREATED,
                 contract.LinkCreated(
-                    link_id=link.id, parent_id=parent_id, pupil_id=pupil.pupil_id, school_id=pupil.school_id, status=link.status, via=link.via
+                    link_id=link.id,
+                    parent_id=parent_id,
+                    pupil_id=pupil.pupil_id,
+                    school_id=pupil.school_id,
+                    status=link.status,
+                    via=link.via,
                 ),
                 aggregate=f"link:{parent_id}:{pupil.pupil_id}",
             )
-            self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"parent:{parent_id}", action="link_created", parent_id=parent_id, reason=f"{link.via} code, {link.relationship}")
+            self.ctx.audit(
+                uow,
+                pupil_id=pupil.pupil_id,
+                school_id=pupil.school_id,
+                actor=f"parent:{parent_id}",
+                action="link_created",
+                parent_id=parent_id,
+                reason=f"{link.via} code, {link.relationship}",
+            )
             child = await self._child_view(s, link)
-        log.info("link_created", link_id=link.id, parent_id=parent_id, pupil_id=link.pupil_id, status=link.status, via=link.via)
+        log.info(
+            "link_created",
+            link_id=link.id,
+            parent_id=parent_id,
+            pupil_id=link.pupil_id,
+            status=link.status,
+            via=link.via,
+        )
         return contract.RedeemReply(created=True, child=child, aup=aup)
 
     async def _read_redemption(self, s: AsyncSession, req: contract.RedeemRequest, code: str) -> _Read:
@@ -217,13 +252,17 @@ class Links:
         # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
         # take turns anyway), so a code with room for four links four, however many race.
         link_code = (
-            await s.execute(select(LinkCode).where(col(LinkCode.code_hash) == self.ctx.vault.lookup_hash(code)).with_for_update())
+            await s.execute(
+                select(LinkCode).where(col(LinkCode.code_hash) == self.ctx.vault.lookup_hash(code)).with_for_update()
+            )
         ).scalar_one_or_none()
         if link_code is None:
             return _Read(facts)
         facts = replace(
             facts,
-            code=redemption.CodeFacts(kind=link_code.kind, revoked=link_code.revoked_at is not None, expires_at=link_code.expires_at),
+            code=redemption.CodeFacts(
+                kind=link_code.kind, revoked=link_code.revoked_at is not None, expires_at=link_code.expires_at
+            ),
             pupil_id=link_code.pupil_id,
         )
         pupil = await s.get(Pupil, link_code.pupil_id)
@@ -259,7 +298,9 @@ class Links:
                 )
             ).scalar_one()
         else:
-            invitation = (await s.execute(select(Invitation).where(col(Invitation.code_id) == link_code.id))).scalar_one_or_none()
+            invitation = (
+                await s.execute(select(Invitation).where(col(Invitation.code_id) == link_code.id))
+            ).scalar_one_or_none()
 
         accepted_before = False
         if not req.accept_aup and req.parent_id:
@@ -303,13 +344,21 @@ class Links:
         """Every child the parent is linked to."""
         async with self.ctx.db.reader() as s:
             links = (
-                await s.execute(
-                    select(Link)
-                    .join(Pupil, col(Pupil.pupil_id) == col(Link.pupil_id))
-                    .where(col(Link.parent_id) == req.parent_id, col(Link.removed_at).is_(None), col(Pupil.left_at).is_(None))
-                    .order_by(col(Pupil.first_name), col(Pupil.pupil_id))
+                (
+                    await s.execute(
+                        select(Link)
+                        .join(Pupil, col(Pupil.pupil_id) == col(Link.pupil_id))
+                        .where(
+                            col(Link.parent_id) == req.parent_id,
+                            col(Link.removed_at).is_(None),
+                            col(Pupil.left_at).is_(None),
+                        )
+                        .order_by(col(Pupil.first_name), col(Pupil.pupil_id))
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             return contract.ChildrenReply(children=[await self._child_view(s, link) for link in links])
 
     async def active_pupils(self, req: contract.ParentRequest) -> contract.ActivePupilsReply:
@@ -339,7 +388,9 @@ class Links:
         """The parent unlinks a child themselves."""
         async with self.ctx.unit_of_work() as uow:
             link = (
-                await uow.session.execute(select(Link).where(col(Link.live_key) == _live_key(req.parent_id, req.pupil_id)))
+                await uow.session.execute(
+                    select(Link).where(col(Link.live_key) == _live_key(req.parent_id, req.pupil_id))
+                )
             ).scalar_one_or_none()
             if link is None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such child")
@@ -353,11 +404,22 @@ class Links:
         async with self.ctx.unit_of_work() as uow:
             pupil = await pupil_in_scope(uow.session, req.scope, req.pupil_id)
             link = (
-                await uow.session.execute(select(Link).where(col(Link.live_key) == _live_key(req.parent_id, pupil.pupil_id)))
+                await uow.session.execute(
+                    select(Link).where(col(Link.live_key) == _live_key(req.parent_id, pupil.pupil_id))
+                )
             ).scalar_one_or_none()
             if link is None:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent of this pupil")
-            await remove_link(self.ctx, uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
+            await remove_link(
+                self.ctx,
+                uow,
+                link,
+                by="staff",
+                actor=f"staff:{req.actor_id}",
+                actor_id=req.actor_id,
+                reason=req.reason,
+                tell_parent=True,
+            )
         return contract.Done()
 
     async def _parent_links_in_scope(self, s: AsyncSession, scope: contract.StaffScope, parent_id: str) -> list[Link]:
@@ -369,7 +431,12 @@ class Links:
                 await s.execute(
                     select(Link)
                     .join(Pupil, col(Pupil.pupil_id) == col(Link.pupil_id))
-                    .where(col(Link.parent_id) == parent_id, col(Link.removed_at).is_(None), col(Link.school_id).in_(allowed), col(Pupil.left_at).is_(None))
+                    .where(
+                        col(Link.parent_id) == parent_id,
+                        col(Link.removed_at).is_(None),
+                        col(Link.school_id).in_(allowed),
+                        col(Pupil.left_at).is_(None),
+                    )
                     .order_by(col(Pupil.first_name), col(Link.pupil_id))
                 )
             ).scalars()
@@ -391,12 +458,29 @@ class Links:
             if not links:
                 raise RpcFailure(contract.E_NOT_FOUND, "no such parent")
             for link in links:
-                await remove_link(self.ctx, uow, link, by="staff", actor=f"staff:{req.actor_id}", actor_id=req.actor_id, reason=req.reason, tell_parent=True)
+                await remove_link(
+                    self.ctx,
+                    uow,
+                    link,
+                    by="staff",
+                    actor=f"staff:{req.actor_id}",
+                    actor_id=req.actor_id,
+                    reason=req.reason,
+                    tell_parent=True,
+                )
         return contract.RemovedReply(pupil_ids=[link.pupil_id for link in links])
 
     async def on_pupil_left(self, uow: UnitOfWork, pupil_id: str, at: datetime | None = None) -> None:
         """A pupil left the school: every parent's link ends."""
-        links = (await uow.session.execute(select(Link).where(col(Link.pupil_id) == pupil_id, col(Link.removed_at).is_(None)))).scalars().all()
+        links = (
+            (
+                await uow.session.execute(
+                    select(Link).where(col(Link.pupil_id) == pupil_id, col(Link.removed_at).is_(None))
+                )
+            )
+            .scalars()
+            .all()
+        )
         for link in links:
             await remove_link(self.ctx, uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
 
@@ -419,14 +503,18 @@ class Links:
             school = await s.get(School, pupil.school_id)
             settings = await self.ctx.read_settings(s, pupil.school_id)
             earlier = (
-                await s.execute(
-                    select(Invitation).where(
-                        col(Invitation.pupil_id) == pupil.pupil_id,
-                        col(Invitation.email_key) == normalise_email(email),
-                        col(Invitation.status).in_(["invited", "bounced"]),
+                (
+                    await s.execute(
+                        select(Invitation).where(
+                            col(Invitation.pupil_id) == pupil.pupil_id,
+                            col(Invitation.email_key) == normalise_email(email),
+                            col(Invitation.status).in_(["invited", "bounced"]),
+                        )
                     )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             for inv in earlier:
                 inv.status = "revoked"
                 await s.execute(update(LinkCode).where(col(LinkCode.id) == inv.code_id).values(revoked_at=now))
@@ -469,7 +557,14 @@ class Links:
                 reference=f"invitation:{invitation.id}",
             )
             await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
-            self.ctx.audit(uow, pupil_id=pupil.pupil_id, school_id=pupil.school_id, actor=f"staff:{req.actor_id}", action="invitation_sent", reason=f"invitation {invitation.id}")
+            self.ctx.audit(
+                uow,
+                pupil_id=pupil.pupil_id,
+                school_id=pupil.school_id,
+                actor=f"staff:{req.actor_id}",
+                action="invitation_sent",
+                reason=f"invitation {invitation.id}",
+            )
         log.info("invitation_sent", invitation_id=invitation.id, pupil_id=pupil.pupil_id, revoked=len(earlier))
         return contract.InvitationView(
             invitation_id=invitation.id, email=email, status="invited", sent_at=now, expires_at=expires
@@ -483,21 +578,43 @@ class Links:
         s = uow.session
         now = self.ctx.now()
         await s.execute(
-            insert(s, VerifiedParent).values(parent_id=event.parent_id, verified_at=now).on_conflict_do_nothing(index_elements=["parent_id"])
+            insert(s, VerifiedParent)
+            .values(parent_id=event.parent_id, verified_at=now)
+            .on_conflict_do_nothing(index_elements=["parent_id"])
         )
         links = (
-            await s.execute(select(Link).where(col(Link.parent_id) == event.parent_id, col(Link.status) == AWAITING, col(Link.removed_at).is_(None)))
-        ).scalars().all()
+            (
+                await s.execute(
+                    select(Link).where(
+                        col(Link.parent_id) == event.parent_id,
+                        col(Link.status) == AWAITING,
+                        col(Link.removed_at).is_(None),
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
         for link in links:
             link.status = LINKED
             link.activated_at = now
             s.add(link)
             await uow.emit(
                 contract.LINK_ACTIVATED,
-                contract.LinkActivated(link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id),
+                contract.LinkActivated(
+                    link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id, school_id=link.school_id
+                ),
                 aggregate=f"link:{link.parent_id}:{link.pupil_id}",
             )
-            self.ctx.audit(uow, pupil_id=link.pupil_id, school_id=link.school_id, actor="system", action="link_activated", parent_id=link.parent_id, reason="the parent verified their email address")
+            self.ctx.audit(
+                uow,
+                pupil_id=link.pupil_id,
+                school_id=link.school_id,
+                actor="system",
+                action="link_activated",
+                parent_id=link.parent_id,
+                reason="the parent verified their email address",
+            )
             pupil = await s.get(Pupil, link.pupil_id)
             school = await s.get(School, link.school_id)
             request = notify.LinkActivatedEmail(
@@ -533,19 +650,32 @@ class Links:
         if not pupil_ids:
             return parents, invitations
         for link in (
-            await s.execute(select(Link).where(col(Link.pupil_id).in_(pupil_ids), col(Link.removed_at).is_(None)).order_by(col(Link.created_at)))
+            await s.execute(
+                select(Link)
+                .where(col(Link.pupil_id).in_(pupil_ids), col(Link.removed_at).is_(None))
+                .order_by(col(Link.created_at))
+            )
         ).scalars():
             parents[link.pupil_id].append(
                 contract.ParentLinkView(
-                    parent_id=link.parent_id, relationship=link.relationship, status=link.status, since=link.activated_at or link.created_at
+                    parent_id=link.parent_id,
+                    relationship=link.relationship,
+                    status=link.status,
+                    since=link.activated_at or link.created_at,
                 )
             )
         for inv in (
-            await s.execute(select(Invitation).where(col(Invitation.pupil_id).in_(pupil_ids)).order_by(col(Invitation.sent_at)))
+            await s.execute(
+                select(Invitation).where(col(Invitation.pupil_id).in_(pupil_ids)).order_by(col(Invitation.sent_at))
+            )
         ).scalars():
             invitations[inv.pupil_id].append(
                 contract.InvitationView(
-                    invitation_id=inv.id, email=inv.email, status=invitation_status(inv, now), sent_at=inv.sent_at, expires_at=inv.expires_at
+                    invitation_id=inv.id,
+                    email=inv.email,
+                    status=invitation_status(inv, now),
+                    sent_at=inv.sent_at,
+                    expires_at=inv.expires_at,
                 )
             )
         return parents, invitations
@@ -558,7 +688,12 @@ class Links:
             select(col(ClassMember.class_id), func.count(distinct(col(ClassMember.pupil_id))))
             .join(Pupil, col(Pupil.pupil_id) == col(ClassMember.pupil_id))
             .join(Link, col(Link.pupil_id) == col(ClassMember.pupil_id))
-            .where(col(ClassMember.class_id).in_(class_ids), col(Pupil.left_at).is_(None), col(Link.removed_at).is_(None), col(Link.status) == LINKED)
+            .where(
+                col(ClassMember.class_id).in_(class_ids),
+                col(Pupil.left_at).is_(None),
+                col(Link.removed_at).is_(None),
+                col(Link.status) == LINKED,
+            )
             .group_by(col(ClassMember.class_id))
         )
         return dict(rows.all())
@@ -567,8 +702,16 @@ class Links:
         """A pupil's audit trail, oldest first."""
         async with self.ctx.db.reader() as s:
             await pupil_record_in_scope(s, req.scope, req.pupil_id)
-            rows = (await s.execute(select(AuditRow).where(col(AuditRow.pupil_id) == req.pupil_id).order_by(col(AuditRow.at), col(AuditRow.id)))).scalars()
+            rows = (
+                await s.execute(
+                    select(AuditRow)
+                    .where(col(AuditRow.pupil_id) == req.pupil_id)
+                    .order_by(col(AuditRow.at), col(AuditRow.id))
+                )
+            ).scalars()
             return contract.AuditReply(
-                entries=[contract.AuditEntry(at=r.at, actor=r.actor, action=r.action, parent_id=r.parent_id, reason=r.reason) for r in rows]
+                entries=[
+                    contract.AuditEntry(at=r.at, actor=r.actor, action=r.action, parent_id=r.parent_id, reason=r.reason)
+                    for r in rows
+                ]
             )
-

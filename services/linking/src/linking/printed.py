@@ -55,7 +55,7 @@ class PrintedCodes:
         self.qr_cache = QrCache()
 
     async def create_codes(self, req: contract.CreateCodesRequest) -> contract.CreateCodesReply:
-        """"Create QR codes": new printed codes; the pupils' earlier ones stop working at once."""
+        """ "Create QR codes": new printed codes; the pupils' earlier ones stop working at once."""
         for attempt in range(3):
             try:
                 return await self._create_codes(req)
@@ -93,14 +93,19 @@ class PrintedCodes:
             # never wait on each other; SQLite's writers take turns anyway): each one then sees
             # the codes the one before made live, and replaces them.
             await s.execute(
-                select(col(Pupil.pupil_id)).where(col(Pupil.pupil_id).in_(pupil_ids)).order_by(col(Pupil.pupil_id)).with_for_update()
+                select(col(Pupil.pupil_id))
+                .where(col(Pupil.pupil_id).in_(pupil_ids))
+                .order_by(col(Pupil.pupil_id))
+                .with_for_update()
             )
             settings = await self.ctx.read_settings(s, school_id)
             expires_at = now + timedelta(days=settings.printed_code_days)
 
             old = (
                 await s.execute(
-                    select(col(LinkCode.id), col(LinkCode.pupil_id), col(LinkCode.code_cipher)).where(col(LinkCode.live_pupil_id).in_(pupil_ids))
+                    select(col(LinkCode.id), col(LinkCode.pupil_id), col(LinkCode.code_cipher)).where(
+                        col(LinkCode.live_pupil_id).in_(pupil_ids)
+                    )
                 )
             ).all()
             if old:
@@ -122,7 +127,9 @@ class PrintedCodes:
             fresh = [(pid, codes.generate()) for pid in pupil_ids]
             # The mask search is the slow part of a QR code: done once here, in a thread, and
             # the renderings kept, so the sheet printed next is quick.
-            masks = await asyncio.to_thread(lambda: [self.qr_cache.make(self.ctx.link_url(c)).qr.mask for _, c in fresh])
+            masks = await asyncio.to_thread(
+                lambda: [self.qr_cache.make(self.ctx.link_url(c)).qr.mask for _, c in fresh]
+            )
             created: list[contract.CreatedCode] = []
             for (pid, code), mask in zip(fresh, masks, strict=True):
                 code_id = uuid.uuid4().hex
@@ -147,7 +154,14 @@ class PrintedCodes:
             await s.flush()
             if created:
                 for c in created:
-                    self.ctx.audit(uow, pupil_id=c.pupil_id, school_id=school_id, actor=f"staff:{req.actor_id}", action="code_regenerated", reason=f"printed code {c.code_id}")
+                    self.ctx.audit(
+                        uow,
+                        pupil_id=c.pupil_id,
+                        school_id=school_id,
+                        actor=f"staff:{req.actor_id}",
+                        action="code_regenerated",
+                        reason=f"printed code {c.code_id}",
+                    )
                 await uow.emit(
                     contract.CODES_REGENERATED,
                     contract.CodesRegenerated(
@@ -204,11 +218,19 @@ class PrintedCodes:
     async def _live_codes(self, s: AsyncSession, pupil_ids: list[str]) -> dict[str, _LiveCode]:
         now = self.ctx.now()
         rows = await s.execute(
-            select(col(LinkCode.id), col(LinkCode.pupil_id), col(LinkCode.code_cipher), col(LinkCode.qr_mask), col(LinkCode.expires_at)).where(
-                col(LinkCode.live_pupil_id).in_(pupil_ids), col(LinkCode.expires_at) > now
-            )
+            select(
+                col(LinkCode.id),
+                col(LinkCode.pupil_id),
+                col(LinkCode.code_cipher),
+                col(LinkCode.qr_mask),
+                col(LinkCode.expires_at),
+            ).where(col(LinkCode.live_pupil_id).in_(pupil_ids), col(LinkCode.expires_at) > now)
         )
-        return {r.pupil_id: _LiveCode(r.id, r.pupil_id, r.code_cipher, r.qr_mask, r.expires_at) for r in rows if r.code_cipher}
+        return {
+            r.pupil_id: _LiveCode(r.id, r.pupil_id, r.code_cipher, r.qr_mask, r.expires_at)
+            for r in rows
+            if r.code_cipher
+        }
 
     async def pupil_qr(self, req: contract.PupilQrRequest) -> contract.Document:
         """One pupil's printed code as an SVG or PNG QR code."""
@@ -269,9 +291,15 @@ class PrintedCodes:
             if req.format == "pdf":
                 pdf = sheet.render_pdf(cards, class_name=cls.name, school_name=school_name, host=host)
                 return contract.Document(
-                    content_type="application/pdf", filename=_filename(f"qr-codes-{cls.class_id}", "pdf"), data_base64=base64.b64encode(pdf).decode()
+                    content_type="application/pdf",
+                    filename=_filename(f"qr-codes-{cls.class_id}", "pdf"),
+                    data_base64=base64.b64encode(pdf).decode(),
                 )
             html = sheet.render_html(cards, class_name=cls.name, school_name=school_name, host=host)
-            return contract.Document(content_type="text/html; charset=utf-8", filename=_filename(f"qr-codes-{cls.class_id}", "html"), text=html)
+            return contract.Document(
+                content_type="text/html; charset=utf-8",
+                filename=_filename(f"qr-codes-{cls.class_id}", "html"),
+                text=html,
+            )
 
         return await asyncio.to_thread(render)

@@ -41,9 +41,7 @@ class Rendering:
     def svg(self) -> str:
         """An inline `<svg>` that scales to its box (no width/height of its own)."""
         if self._svg is None:
-            self._svg = self.qr.svg_inline(
-                scale=1, border=BORDER, omitsize=True, svgclass="qr", lineclass=None
-            )
+            self._svg = self.qr.svg_inline(scale=1, border=BORDER, omitsize=True, svgclass="qr", lineclass=None)
         return self._svg
 
     def svg_document(self) -> str:

@@ -54,7 +54,9 @@ class _Batch:
     schools: dict[str, School]
     classes: dict[str, SchoolClass]
     pupils: dict[str, Pupil]
-    memberships: dict[str, list[str]] = field(default_factory=dict)  # pupil -> its classes, from the newest applied upsert
+    memberships: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # pupil -> its classes, from the newest applied upsert
     left: list[tuple[str, datetime]] = field(default_factory=list)
 
     @classmethod
@@ -64,10 +66,40 @@ class _Batch:
         school_ids = {e.school_id for _, e in items if isinstance(e, platform.SchoolUpserted)}
         class_ids = {e.class_id for _, e in items if isinstance(e, platform.ClassUpserted)}
         pupil_ids = {e.pupil_id for _, e in items if isinstance(e, (platform.PupilUpserted, platform.PupilLeft))}
-        trusts = {t.trust_id: t for t in (await s.execute(select(Trust).where(col(Trust.trust_id).in_(trust_ids)))).scalars()} if trust_ids else {}
-        schools = {x.school_id: x for x in (await s.execute(select(School).where(col(School.school_id).in_(school_ids)))).scalars()} if school_ids else {}
-        classes = {c.class_id: c for c in (await s.execute(select(SchoolClass).where(col(SchoolClass.class_id).in_(class_ids)))).scalars()} if class_ids else {}
-        pupils = {p.pupil_id: p for p in (await s.execute(select(Pupil).where(col(Pupil.pupil_id).in_(pupil_ids)))).scalars()} if pupil_ids else {}
+        trusts = (
+            {
+                t.trust_id: t
+                for t in (await s.execute(select(Trust).where(col(Trust.trust_id).in_(trust_ids)))).scalars()
+            }
+            if trust_ids
+            else {}
+        )
+        schools = (
+            {
+                x.school_id: x
+                for x in (await s.execute(select(School).where(col(School.school_id).in_(school_ids)))).scalars()
+            }
+            if school_ids
+            else {}
+        )
+        classes = (
+            {
+                c.class_id: c
+                for c in (
+                    await s.execute(select(SchoolClass).where(col(SchoolClass.class_id).in_(class_ids)))
+                ).scalars()
+            }
+            if class_ids
+            else {}
+        )
+        pupils = (
+            {
+                p.pupil_id: p
+                for p in (await s.execute(select(Pupil).where(col(Pupil.pupil_id).in_(pupil_ids)))).scalars()
+            }
+            if pupil_ids
+            else {}
+        )
         return cls(s, trusts, schools, classes, pupils)
 
     def school_upserted(self, ev: platform.SchoolUpserted) -> None:
@@ -93,7 +125,9 @@ class _Batch:
         at = ev.occurred_at
         cls = self.classes.get(ev.class_id)
         if cls is None:
-            self.classes[ev.class_id] = SchoolClass(class_id=ev.class_id, school_id=ev.school_id, name=ev.name, version_at=at)
+            self.classes[ev.class_id] = SchoolClass(
+                class_id=ev.class_id, school_id=ev.school_id, name=ev.name, version_at=at
+            )
             self.s.add(self.classes[ev.class_id])
         elif _newer(at, cls.version_at):
             cls.school_id, cls.name, cls.version_at = ev.school_id, ev.name, at

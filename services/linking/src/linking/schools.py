@@ -37,7 +37,9 @@ class Schools:
         """The schools of a scope (how the gateway expands a trust admin's trust)."""
         async with self.ctx.db.reader() as s:
             allowed = await school_ids(s, req.scope)
-            rows = (await s.execute(select(School).where(col(School.school_id).in_(allowed)).order_by(col(School.name)))).scalars()
+            rows = (
+                await s.execute(select(School).where(col(School.school_id).in_(allowed)).order_by(col(School.name)))
+            ).scalars()
             return contract.SchoolsReply(
                 schools=[
                     contract.SchoolSummary(school_id=x.school_id, trust_id=x.trust_id, name=x.name, timezone=x.timezone)
@@ -138,7 +140,12 @@ class Schools:
             after = {name: changes.get(name, getattr(before, name)) for name in school_settings.EDITABLE}
             # Values equal to the defaults are stored as NULL, so they keep following them.
             stored: dict[str, Any] = {
-                name: (None if name in ("aup_text", "homework_url", "files_url", "messages_url") and value == getattr(defaults, name) else value)
+                name: (
+                    None
+                    if name in ("aup_text", "homework_url", "files_url", "messages_url")
+                    and value == getattr(defaults, name)
+                    else value
+                )
                 for name, value in after.items()
             }
             now = self.ctx.now()

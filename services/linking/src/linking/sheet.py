@@ -74,6 +74,7 @@ GRID_MM = 25.4 / 150
 def _on_grid(mm: float) -> float:
     return round(mm / GRID_MM) * GRID_MM
 
+
 # Letters outside Windows-1252 (the PDF core fonts' set) that do not decompose into a base
 # letter and an accent.
 _FALLBACK = str.maketrans({"Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Ħ": "H", "ħ": "h", "ı": "i", "Ŧ": "T", "ŧ": "t"})

@@ -40,7 +40,9 @@ class Settings(ServiceSettings):
     notify_give_up_hours: float = Field(default=48.0, gt=0, description="An email not delivered by then fails.")
     notify_smtp_concurrency: int = Field(default=4, ge=1, le=64, description="SMTP connections per replica.")
     notify_smtp_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for each SMTP reply.")
-    notify_claim_seconds: float = Field(default=15.0, gt=1, description="How long a dead replica's emails wait before another takes them.")
+    notify_claim_seconds: float = Field(
+        default=15.0, gt=1, description="How long a dead replica's emails wait before another takes them."
+    )
 
 
 class NotifyRuntime(ServiceRuntime):
@@ -70,7 +72,9 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         title="email requests",
         description="Records each email request in the ledger (once per request id); the sender sends it.",
     )
-    runtime.publishes_events({contract.EMAIL_DELIVERED: contract.EmailDelivered, contract.EMAIL_FAILED: contract.EmailFailed})
+    runtime.publishes_events(
+        {contract.EMAIL_DELIVERED: contract.EmailDelivered, contract.EMAIL_FAILED: contract.EmailFailed}
+    )
 
     if sender is not None:
         runtime.app.after_startup(sender.start)
@@ -80,4 +84,3 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
     runtime.extra_checks["smtp"] = lambda: "ok" if sender is not None else "not configured"
     runtime.sender = sender
     return runtime
-

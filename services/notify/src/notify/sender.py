@@ -129,8 +129,10 @@ class Sender:
             )
             # A holder that died after it: it may have been delivered, so it never goes again.
             stale = (
-                await s.execute(select(Email).where(col(Email.status) == DELIVERING, col(Email.claim_until) < now))
-            ).scalars().all()
+                (await s.execute(select(Email).where(col(Email.status) == DELIVERING, col(Email.claim_until) < now)))
+                .scalars()
+                .all()
+            )
             for email in stale:
                 await self._finish(uow, email, SENT, detail="unconfirmed: the sender stopped after the final dot")
             due = (
@@ -179,7 +181,11 @@ class Sender:
             async with self.runtime.db.session() as s:
                 await s.execute(
                     update(Email)
-                    .where(col(Email.id).in_(list(self.held)), col(Email.status) == SENDING, col(Email.claimed_by) == self.token)
+                    .where(
+                        col(Email.id).in_(list(self.held)),
+                        col(Email.status) == SENDING,
+                        col(Email.claimed_by) == self.token,
+                    )
                     .values(status=PENDING, claimed_by=None, claim_until=None)
                 )
         except Exception:  # noqa: BLE001, S110 - the claims lapse by themselves
@@ -237,7 +243,9 @@ class Sender:
         key = normalise_email(recipient)
 
         if email.first_attempt_at is None and not await self._reserve(email, key, now):
-            await self._finish_now(email, FAILED, reason="daily_cap", detail=f"over {self.settings.notify_daily_cap} emails a day")
+            await self._finish_now(
+                email, FAILED, reason="daily_cap", detail=f"over {self.settings.notify_daily_cap} emails a day"
+            )
             return
 
         message_id, content = email.message_id, email.content
@@ -253,7 +261,9 @@ class Sender:
                     "CursorResult[Any]",
                     await s.execute(
                         update(Email)
-                        .where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == SENDING)
+                        .where(
+                            col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == SENDING
+                        )
                         .values(
                             status=DELIVERING,
                             attempts=col(Email.attempts) + 1,
@@ -346,7 +356,14 @@ class Sender:
         give_up_at = email.created_at + timedelta(hours=self.settings.notify_give_up_hours)
         if now + timedelta(seconds=delay) >= give_up_at:
             await self._finish_now(
-                email, FAILED, reason="gave_up", code=exc.code, detail=exc.detail[:300], counted=counted, status_from=status_from, first=first
+                email,
+                FAILED,
+                reason="gave_up",
+                code=exc.code,
+                detail=exc.detail[:300],
+                counted=counted,
+                status_from=status_from,
+                first=first,
             )
             return
         values: dict[str, object] = {
@@ -367,7 +384,9 @@ class Sender:
                 .where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == status_from)
                 .values(**values)
             )
-        log.info("email_retry", email_id=email.id, kind=email.kind, retry_in=round(delay, 1), error=scrub(exc.detail)[:120])
+        log.info(
+            "email_retry", email_id=email.id, kind=email.kind, retry_in=round(delay, 1), error=scrub(exc.detail)[:120]
+        )
 
     async def _finish_now(
         self,
@@ -384,7 +403,9 @@ class Sender:
         async with self.runtime.unit_of_work() as uow:
             current = (
                 await uow.session.execute(
-                    select(Email).where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == status_from)
+                    select(Email).where(
+                        col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == status_from
+                    )
                 )
             ).scalar_one_or_none()
             if current is None:
@@ -396,7 +417,14 @@ class Sender:
             await self._finish(uow, current, status, reason=reason, code=code, detail=detail)
 
     async def _finish(
-        self, uow: UnitOfWork, email: Email, status: str, *, reason: str | None = None, code: int | None = None, detail: str = ""
+        self,
+        uow: UnitOfWork,
+        email: Email,
+        status: str,
+        *,
+        reason: str | None = None,
+        code: int | None = None,
+        detail: str = "",
     ) -> None:
         email.status = status
         email.finished_at = utcnow()
@@ -406,7 +434,9 @@ class Sender:
         email.last_error = detail[:300] or email.last_error
         uow.session.add(email)
         if status == SENT:
-            delivered = EmailDelivered(request_id=email.request_id, kind=email.kind, reference=email.reference, attempts=email.attempts)
+            delivered = EmailDelivered(
+                request_id=email.request_id, kind=email.kind, reference=email.reference, attempts=email.attempts
+            )
             await uow.emit(EMAIL_DELIVERED, delivered, aggregate=email.request_id)
             log.info("email_sent", email_id=email.id, kind=email.kind, attempts=email.attempts)
         else:

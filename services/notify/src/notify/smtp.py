@@ -105,7 +105,9 @@ def _protocol(smtp: aiosmtplib.SMTP) -> SMTPProtocol:
 class SmtpConnection:
     """One connection to the SMTP server, reused for consecutive emails."""
 
-    def __init__(self, target: SmtpTarget, *, timeout: float = 30.0, local_hostname: str = "parent-portal.localhost") -> None:
+    def __init__(
+        self, target: SmtpTarget, *, timeout: float = 30.0, local_hostname: str = "parent-portal.localhost"
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self.local_hostname = local_hostname

@@ -39,9 +39,16 @@ class Settings(ServiceSettings):
 
     service_name: ClassVar[str] = NAME
     database_url: str | None = database_url_field(NAME)
-    overview_cache_seconds: float = Field(default=60, ge=0, description="Longest time an overview is served from memory.")
+    overview_cache_seconds: float = Field(
+        default=60, ge=0, description="Longest time an overview is served from memory."
+    )
     overview_cache_entries: int = Field(default=200_000, ge=0, description="Overviews kept in memory per replica.")
-    overview_batch_size: int = Field(default=2500, ge=1, le=5000, description="Events applied per transaction at most (a batch only grows this large while events queue up).")
+    overview_batch_size: int = Field(
+        default=2500,
+        ge=1,
+        le=5000,
+        description="Events applied per transaction at most (a batch only grows this large while events queue up).",
+    )
 
 
 class OverviewRuntime(ServiceRuntime):

@@ -45,7 +45,9 @@ def week_start(now: datetime, zone: str | None) -> datetime:
 Upsert = PgInsert | SqliteInsert
 
 
-async def _upsert(session: AsyncSession, table: Table, rows: list[dict], on_conflict: Callable[[Upsert], Upsert]) -> None:
+async def _upsert(
+    session: AsyncSession, table: Table, rows: list[dict], on_conflict: Callable[[Upsert], Upsert]
+) -> None:
     """Insert `rows` (dicts with the same keys) into `table`; `on_conflict` adds the ON CONFLICT
     clause to the insert it is given (its `excluded` names the incoming row)."""
     if dialect_name(session) != "postgresql":
@@ -123,7 +125,9 @@ class Batch:
             self.touched.add(ev.pupil_id)
         elif subject == platform.STARS_AWARDED:
             assert isinstance(ev, platform.StarsAwarded)
-            self.awards.setdefault(ev.award_id, {"pupil_id": ev.pupil_id, "stars": ev.stars, "awarded_at": ev.occurred_at})
+            self.awards.setdefault(
+                ev.award_id, {"pupil_id": ev.pupil_id, "stars": ev.stars, "awarded_at": ev.occurred_at}
+            )
             self.touched.add(ev.pupil_id)
 
     async def write(self, session: AsyncSession) -> set[str]:
@@ -205,7 +209,10 @@ class Batch:
                 [{"homework_id": h, "pupil_id": p, **v} for (h, p), v in self.homework_pupils.items()],
                 lambda stmt: stmt.on_conflict_do_update(
                     index_elements=["homework_id", "pupil_id"],
-                    set_={"assigned": t.assigned | stmt.excluded.assigned, "completed": t.completed | stmt.excluded.completed},
+                    set_={
+                        "assigned": t.assigned | stmt.excluded.assigned,
+                        "completed": t.completed | stmt.excluded.completed,
+                    },
                 ),
             )
         if self.messages:
@@ -227,7 +234,9 @@ class Batch:
                 lambda stmt: stmt.on_conflict_do_nothing(index_elements=["award_id"]),
             )
         if self.touched_schools:
-            rows = await session.execute(select(col(Pupil.pupil_id)).where(col(Pupil.school_id).in_(self.touched_schools)))
+            rows = await session.execute(
+                select(col(Pupil.pupil_id)).where(col(Pupil.school_id).in_(self.touched_schools))
+            )
             self.touched.update(rows.scalars())
         return self.touched
 
