@@ -1,5 +1,5 @@
 """Fixtures shared by the test modules: real NATS servers, real PostgreSQL and SQLite databases,
-the linking service.
+the linking service and a portal of linking and identity behind the gateway.
 
 - `nats_server`: one private nats-server (JetStream) for the session, on a free port.
 - `fresh_nats`: a nats-server of the test's own, safe to stop, kill and restart.
@@ -9,6 +9,8 @@ the linking service.
 - `smtp_server`: a real SMTP server of the test's own.
 - `env`: a linking replica with a nats-server of its own, one per test module and database
   (SQLite, PostgreSQL); `watched`: the same, recording the email requests linking sends.
+- `portal`: identity, linking and a gateway under uvicorn over a nats-server, one per test
+  module, with a roster, staff and a verified parent signed in.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 from portal.natsserver import NatsServer, free_port, start_nats
 
 if TYPE_CHECKING:
+    from gateway_portal import Portal
     from linking_env import Env
 
 PG_HOST = os.environ.get("PORTAL_TEST_PG_HOST", "127.0.0.1")
@@ -142,3 +145,16 @@ async def watched(env: Env) -> Env:
     from linking_env import watch_email_requests
 
     return await watch_email_requests(env)
+
+
+# -- identity and linking behind the gateway -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def portal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Portal]:
+    """One portal for the whole module (starting it per test would cost more than the tests):
+    its tests share the roster and the signed-in accounts, and each makes the codes it needs."""
+    from gateway_portal import running_portal
+
+    async with running_portal(tmp_path_factory.mktemp("gateway-linking")) as running:
+        yield running

@@ -10,10 +10,10 @@ import re
 
 import httpx
 import pytest
+from gateway_portal import PASSWORD, Portal, assert_error, auth, cards, login, verified_parent
+from helpers import eventually
 
 from contracts import notify
-from helpers import eventually
-from test_gateway_linking_part1 import PASSWORD, Portal, assert_error, auth, cards, login, portal, verified_parent  # noqa: F401 - portal is a fixture
 
 pytestmark = pytest.mark.asyncio
 
