@@ -1,6 +1,8 @@
-"""Linking part 1 through the gateway, the staff and link-code routes of docs/http-api.md: a real
-NATS, the real identity and linking services and a real gateway under uvicorn, asked with httpx.
-QR codes are read back with zbarimg (the PDF rendered with pdftoppm first)."""
+"""The staff and link-code routes of docs/http-api.md through the gateway: classes, pupils, codes,
+class sheets and QR codes, school settings and the policy, each in its staff member's scope. A
+real NATS, the real identity and linking services and a real gateway under uvicorn (the `portal`
+fixture of conftest.py), asked with httpx. QR codes are read back with zbarimg (the PDF
+rendered with pdftoppm first)."""
 
 from __future__ import annotations
 
@@ -210,7 +212,7 @@ async def test_default_aup_needs_no_login(portal: Portal) -> None:
 
 
 async def test_parents_names_are_composed_from_identity_in_one_request(portal: Portal) -> None:
-    # Linking lists no parents before part 2: the composition the route uses is fed a reply here.
+    # No parent is linked in this module: the composition the route uses is fed a reply here.
     since = datetime.now(UTC)
     reply = contract.ClassPupilsReply(
         class_id="c",

@@ -1,6 +1,6 @@
-"""Linking, part 3, over a real NATS on SQLite and PostgreSQL: safeguarding bars, the audit
-trail's actors, guessing limits, the trust-wide alert (read back with `portal alerts`) and
-expiry."""
+"""The linking service's safeguards over a real NATS on SQLite and PostgreSQL: bars on an
+address, the audit trail's actors, the limits on guessing codes per parent and per address, the
+trust-wide alert (read back with `portal alerts`) and the expiry of codes and invitations."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Linking part 3 through the gateway: safeguarding bars (`/pupils/{id}/bars`) composed from
+"""Linking's safeguards through the gateway: safeguarding bars (`/pupils/{id}/bars`) composed from
 linking and identity, and the per-parent guessing limit answered as 429 with `Retry-After`.
-A real NATS, the real identity and linking services and a gateway under uvicorn, as
-tests/test_gateway_linking_part1.py runs them."""
+A real NATS, the real identity and linking services and a gateway under uvicorn (the `portal`
+fixture of conftest.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Linking, part 2, over a real NATS on SQLite and PostgreSQL: redeeming codes, capacity and
-races, verification, policies, invitations, removal, and the audit rows each leaves."""
+"""The linking service over a real NATS on SQLite and PostgreSQL, as parents link and are
+unlinked: redeeming codes, a code's room for carers and races for it, verification, the
+school's policy, invitations, removal by staff, by the parent and when a pupil leaves, and the
+audit rows each leaves."""
 
 from __future__ import annotations
 

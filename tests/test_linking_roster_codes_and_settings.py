@@ -1,8 +1,10 @@
-"""Linking, part 1, over a real NATS on SQLite and PostgreSQL: the roster copy, staff views,
-printed codes, QR codes and sheets (read back with zbarimg), school settings.
+"""The linking service over a real NATS on SQLite and PostgreSQL, as staff use it: the copy of
+the roster (whatever the order or repetition of its events), staff views and their scope,
+printed codes and their regeneration, QR codes and class sheets (read back with zbarimg), and
+school settings.
 
-One linking replica and one nats-server per database for the whole module (starting them per
-test would cost more than the tests); every test works in a school of its own.
+One linking replica and one nats-server per database for the whole module (the `env` fixture
+of conftest.py); every test works in a school of its own.
 """
 
 from __future__ import annotations
