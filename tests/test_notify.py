@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 from pathlib import Path
 

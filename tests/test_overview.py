@@ -16,7 +16,7 @@ from contracts.base import utcnow
 from contracts.kit import rpc
 from contracts.kit.migrations import upgrade
 from contracts.kit.service import migrate
-from contracts.overview import GET, OverviewReply, OverviewRequest
+from contracts.overview import GET, OverviewRequest
 from helpers import eventually
 from overview import app as overview_app
 from overview.projection import Batch, read_overviews, week_start
