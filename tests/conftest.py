@@ -1,10 +1,16 @@
-"""Fixtures shared by every test: real NATS servers, real PostgreSQL and SQLite databases.
+"""Fixtures shared by the test modules: real NATS servers, real PostgreSQL and SQLite databases,
+the linking service and a portal of linking and identity behind the gateway.
 
 - `nats_server`: one private nats-server (JetStream) for the session, on a free port.
 - `fresh_nats`: a nats-server of the test's own, safe to stop, kill and restart.
-- `pg_server_url`: the machine's PostgreSQL; each test run gets databases of its own,
+- `pg`: the machine's PostgreSQL; each test run gets databases of its own,
   dropped at the end.
 - `database_url`: parametrised over SQLite and PostgreSQL where a test asks for both.
+- `smtp_server`: a real SMTP server of the test's own.
+- `env`: a linking replica with a nats-server of its own, one per test module and database
+  (SQLite, PostgreSQL); `watched`: the same, recording the email requests linking sends.
+- `portal`: identity, linking and a gateway under uvicorn over a nats-server, one per test
+  module, with a roster, staff and a verified parent signed in.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats
 import pytest
 
 from portal.natsserver import NatsServer, free_port, start_nats
+
+if TYPE_CHECKING:
+    from gateway_portal import Portal
+    from linking_env import Env
 
 PG_HOST = os.environ.get("PORTAL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PORTAL_TEST_PG_PORT", "5432"))
@@ -108,3 +119,42 @@ def smtp_server() -> Iterator:
     server = SmtpServer(free_port()).start()
     yield server
     server.stop()
+
+
+# -- the linking service ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    """One linking replica and one nats-server per database for the whole module: starting them
+    per test would cost more than the tests, so every test works in a school of its own."""
+    from linking_env import running_linking
+
+    tmp = tmp_path_factory.mktemp(f"linking-{request.param}")
+    if request.param == "sqlite":
+        db_url = f"sqlite+aiosqlite:///{tmp / 'linking.db'}"
+    else:
+        db_url = request.getfixturevalue("pg").create("linking")
+    async with running_linking(db_url, tmp) as linking:
+        yield linking
+
+
+@pytest.fixture
+async def watched(env: Env) -> Env:
+    """`env`, recording in `env.requests` the email requests linking sends (for `invite`)."""
+    from linking_env import watch_email_requests
+
+    return await watch_email_requests(env)
+
+
+# -- identity and linking behind the gateway -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def portal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Portal]:
+    """One portal for the whole module (starting it per test would cost more than the tests):
+    its tests share the roster and the signed-in accounts, and each makes the codes it needs."""
+    from gateway_portal import running_portal
+
+    async with running_portal(tmp_path_factory.mktemp("gateway-linking")) as running:
+        yield running

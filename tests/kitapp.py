@@ -2,17 +2,21 @@
 
 Run as `python tests/kitapp.py relay|consume --db URL --nats URL`: `relay` only relays the
 outbox, `consume` applies `kittest.thing.happened.v1` events to a running total (an effect
-that is *not* idempotent by itself, so double application would show).
+that is *not* idempotent by itself, so double application would show). The tests drive it
+with `spawn`, `emit_things` and `outbox_count`, at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import ClassVar
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -22,9 +26,10 @@ from contracts.kit.logs import configure_logging
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
-from contracts.kit.tables import KIT_METADATA
+from contracts.kit.tables import KIT_METADATA, outbox
 from contracts.streams import StreamDef
 
+HERE = Path(__file__).parent
 SUBJECT = "kittest.thing.happened.v1"
 STREAM = StreamDef("KITTEST", ("kittest.>",), "Events of the kit's test service.")
 DURABLE = "kittest-totals"
@@ -111,6 +116,36 @@ def build(settings: KitSettings, *, consume: bool, max_deliveries: int = 3, batc
             batch_size=batch_size,
         )
     return runtime
+
+
+# -- for the tests that drive the service -------------------------------------------------------
+
+
+def spawn(mode: str, db: str, nats_url: str, *extra: str) -> subprocess.Popen:
+    """This service in a process of its own (`relay` or `consume`), to kill or stop."""
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "kitapp.py"), mode, "--db", db, "--nats", nats_url, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+    )
+
+
+async def outbox_count(runtime: ServiceRuntime) -> int:
+    """Events committed and not yet relayed."""
+    async with runtime.db.reader() as s:
+        return (await s.execute(select(func.count()).select_from(outbox))).scalar_one()
+
+
+async def emit_things(runtime: ServiceRuntime, n: int, *, per_tx: int = 100) -> list[str]:
+    """Commit `n` events to the outbox, `per_tx` a transaction; returns their event ids."""
+    ids: list[str] = []
+    for start in range(0, n, per_tx):
+        async with runtime.unit_of_work() as uow:
+            for i in range(start, min(n, start + per_tx)):
+                ev = ThingHappened(key=f"k{i}", amount=i)
+                ids.append(await uow.emit(SUBJECT, ev, aggregate=f"k{i % 7}"))
+    return ids
 
 
 def main() -> None:

@@ -5,41 +5,37 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import pytest
-import uvicorn
-from litestar import Litestar, get, post
+from gateway_harness import Gateway, bearer, running_gateway
+from helpers import eventually
+from litestar import get, post
 from litestar.datastructures import Headers
 from litestar.di import NamedDependency
+from smtp_server import SmtpServer
 from sqlalchemy import update
 
 from contracts import identity as contract
 from contracts.base import utcnow
 from contracts.kit import rpc
 from contracts.kit.service import migrate
-from gateway.app import create_app
 from gateway.auth import client_ip, cookie_name, csrf_token_for, require_role, session_cookie
 from gateway.caches.sessions import SessionCache, token_key
 from gateway.settings import GatewaySettings
-from helpers import eventually
 from identity import app as identity_app
 from identity.service import digest
 from identity.tables import Token
 from notify import app as notify_app
 from portal.natsserver import NatsServer, free_port
-from smtp_server import SmtpServer
 
 PUBLIC_URL = "http://portal.test"
 PASSWORD = "correct horse battery staple"
@@ -57,40 +53,7 @@ async def _whoami(maybe_principal: NamedDependency[contract.Principal | None]) -
     return {"id": maybe_principal.account_id if maybe_principal else None}
 
 
-class Gateway:
-    """One gateway replica on a real socket, in a thread with its own event loop."""
-
-    def __init__(self, app: Litestar, http: httpx.AsyncClient) -> None:
-        self.app = app
-        self.http = http
-
-    @property
-    def cache(self) -> SessionCache:
-        return self.app.state["auth"].cache
-
-
-@asynccontextmanager
-async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
-    app = create_app(settings, extra_route_handlers=[_staff_only, _whoami])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", access_log=False, log_config=None, loop="asyncio", proxy_headers=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        await eventually(lambda: server.started, timeout=10, message="uvicorn started")
-        # A jar that keeps nothing: each request says which credential it carries.
-        jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, cookies=jar) as http:
-            gw = Gateway(app, http)
-            await eventually(lambda: gw.cache.live, timeout=10, message="gateway subscribed to revocations")
-            yield gw
-    finally:
-        server.should_exit = True
-        await asyncio.to_thread(thread.join, 10)
-        sock.close()
+TEST_ROUTES = [_staff_only, _whoami]
 
 
 @dataclass
@@ -148,8 +111,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             await stack.enter_async_context(runtime.running())
             await stack.enter_async_context(notify_app.build(notify_settings).running())
             gw_settings = {"nats_url": nats_server.url, "data_dir": tmp / "gw", "public_url": PUBLIC_URL}
-            a = await stack.enter_async_context(running_gateway(GatewaySettings(**gw_settings)))
-            b = await stack.enter_async_context(running_gateway(GatewaySettings(**gw_settings)))
+            a = await stack.enter_async_context(running_gateway(GatewaySettings(**gw_settings), extra_route_handlers=TEST_ROUTES))
+            b = await stack.enter_async_context(running_gateway(GatewaySettings(**gw_settings), extra_route_handlers=TEST_ROUTES))
             yield Stack(a, b, smtp, runtime)
     finally:
         smtp.stop()
@@ -158,10 +121,6 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 
 def new_email() -> str:
     return f"parent-{uuid.uuid4().hex[:10]}@example.org"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def cookie(token: str) -> dict[str, str]:
@@ -514,7 +473,7 @@ async def test_openapi_documents_the_auth_routes(stack: Stack) -> None:
 
 
 async def test_identity_away_answers_503(fresh_nats, tmp_path: Path) -> None:
-    async with running_gateway(GatewaySettings(nats_url=fresh_nats.url, data_dir=tmp_path, rpc_timeout=0.5)) as gw:
+    async with running_gateway(GatewaySettings(nats_url=fresh_nats.url, data_dir=tmp_path, rpc_timeout=0.5), extra_route_handlers=TEST_ROUTES) as gw:
         login_ = await gw.http.post("/api/v1/auth/login", json={"email": "a@example.org", "password": "x" * 12})
         assert_error(login_, 503, "service_unavailable")
         assert_error(await gw.http.get("/api/v1/me", headers=bearer("some-token")), 503, "service_unavailable")
@@ -523,7 +482,7 @@ async def test_identity_away_answers_503(fresh_nats, tmp_path: Path) -> None:
 
 
 async def test_a_reconnect_empties_the_session_cache(fresh_nats, tmp_path: Path) -> None:
-    async with running_gateway(GatewaySettings(nats_url=fresh_nats.url, data_dir=tmp_path)) as gw:
+    async with running_gateway(GatewaySettings(nats_url=fresh_nats.url, data_dir=tmp_path), extra_route_handlers=TEST_ROUTES) as gw:
         # Revocations sent while the connection was down are lost: nothing cached may survive it.
         gw.cache.put("k", principal(), gw.cache.generation)
         assert len(gw.cache) == 1

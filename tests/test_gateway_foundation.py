@@ -9,10 +9,8 @@ import json
 import mailbox
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,21 +20,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from litestar import Litestar, get, post
+from gateway_harness import Gateway, running_gateway
+from helpers import eventually
+from litestar import get, post
 from litestar.params import JSONBody
-from litestar.types import ControllerRouterHandler
 from pydantic import BaseModel, Field
 
 from contracts.kit.service import migrate
 from contracts.rpc import SERVICES
 from gateway import __version__
-from gateway.app import create_app
 from gateway.dev.mail import linkify
 from gateway.edge import CONTENT_SECURITY_POLICY
 from gateway.errors import ApiError
 from gateway.settings import GatewaySettings
-from helpers import eventually
 from identity import app as identity_app
 from linking import app as linking_app
 from notify import app as notify_app
@@ -51,42 +47,6 @@ SECURITY_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-frame-options": "DENY",
 }
-
-
-class Gateway:
-    """A gateway served by uvicorn on a real socket, in a thread with its own event loop, so
-    services running in the test's loop can answer it meanwhile."""
-
-    def __init__(self, app: Litestar, client: httpx.AsyncClient) -> None:
-        self.app = app
-        self.http = client
-
-    @property
-    def nats_connected(self) -> bool:
-        return self.app.state["nats"].is_connected
-
-
-@asynccontextmanager
-async def running_gateway(
-    settings: GatewaySettings, *, extra_route_handlers: Sequence[ControllerRouterHandler] = ()
-) -> AsyncIterator[Gateway]:
-    app = create_app(settings, extra_route_handlers=extra_route_handlers)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, lifespan="on", access_log=False, log_config=None, loop="asyncio")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        await eventually(lambda: server.started, timeout=10, message="uvicorn started")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield Gateway(app, client)
-    finally:
-        server.should_exit = True
-        await asyncio.to_thread(thread.join, 10)
-        sock.close()
 
 
 def gateway_settings(tmp_path: Path, nats_url: str, **overrides) -> GatewaySettings:
@@ -146,7 +106,7 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_
 
 async def test_health_answers_without_nats_and_ready_says_why(tmp_path: Path) -> None:
     nowhere = f"nats://127.0.0.1:{free_port()}"
-    async with running_gateway(gateway_settings(tmp_path, nowhere)) as gw:
+    async with running_gateway(gateway_settings(tmp_path, nowhere), wait_until_live=False) as gw:
         health = await gw.http.get("/health")
         assert health.status_code == 200
         assert health.json() == {"status": "ok"}
@@ -159,7 +119,7 @@ async def test_health_answers_without_nats_and_ready_says_why(tmp_path: Path) ->
 async def test_ready_names_exactly_the_services_not_running(fresh_nats, tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path, fresh_nats.url)
     three = [name for name in SERVICES if name != "overview"]
-    async with running_gateway(settings) as gw, running_services(three, fresh_nats.url, tmp_path):
+    async with running_gateway(settings, wait_until_live=False) as gw, running_services(three, fresh_nats.url, tmp_path):
         await eventually(lambda: gw.nats_connected, message="gateway connected to NATS")
 
         body = assert_error(await gw.http.get("/ready"), 503, "not_ready")
@@ -206,7 +166,7 @@ TEST_ROUTES = [_signup, _conflict, _boom]
 
 @pytest.fixture
 async def gateway(nats_server, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with running_gateway(gateway_settings(tmp_path, nats_server.url), extra_route_handlers=TEST_ROUTES) as gw:
+    async with running_gateway(gateway_settings(tmp_path, nats_server.url), extra_route_handlers=TEST_ROUTES, wait_until_live=False) as gw:
         yield gw
 
 
@@ -318,7 +278,7 @@ async def test_dev_mail_lists_the_sink(nats_server, tmp_path: Path) -> None:
     second = _deliver(box, subject="Plain only", to="other@example.org", text="No links here.", html=None, sent=now)
 
     settings = gateway_settings(tmp_path, nats_server.url, dev_mail_dir=maildir)
-    async with running_gateway(settings) as gw:
+    async with running_gateway(settings, wait_until_live=False) as gw:
         listed = await gw.http.get("/dev/mail.json")
         assert listed.status_code == 200
         assert listed.headers["cache-control"] == "no-store"
@@ -358,7 +318,7 @@ async def test_dev_mail_lists_the_sink(nats_server, tmp_path: Path) -> None:
 
 async def test_dev_mail_with_an_empty_sink(nats_server, tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path, nats_server.url, dev_mail_dir=tmp_path / "not-yet-created")
-    async with running_gateway(settings) as gw:
+    async with running_gateway(settings, wait_until_live=False) as gw:
         assert (await gw.http.get("/dev/mail.json")).json() == []
         page = await gw.http.get("/dev/mail")
         assert page.status_code == 200 and "No messages yet." in page.text
@@ -379,7 +339,7 @@ async def test_dev_mail_reads_what_the_sink_stores(nats_server, tmp_path: Path) 
     )
     maildir = tmp_path / "mail"
     key = mailbox.Maildir(maildir, create=True).add(raw)
-    async with running_gateway(gateway_settings(tmp_path, nats_server.url, dev_mail_dir=maildir)) as gw:
+    async with running_gateway(gateway_settings(tmp_path, nats_server.url, dev_mail_dir=maildir), wait_until_live=False) as gw:
         [mail] = (await gw.http.get("/dev/mail.json")).json()
     assert mail["id"] == key
     assert (mail["to"], mail["subject"], mail["html"]) == ("bcc@example.org", "Réinitialiser", None)

@@ -12,27 +12,27 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
 from datetime import timedelta
+from typing import Any
 
 import nats
 import pytest
+from gateway_harness import Gateway, bearer, running_gateway
+from helpers import eventually
+from smtp_server import SmtpServer
 
 from contracts import identity, platform
-from contracts import overview as oc
 from contracts import linking as lc
+from contracts import overview as oc
 from contracts.base import utcnow
 from contracts.kit import rpc
 from contracts.kit.service import migrate
 from gateway.settings import GatewaySettings
-from helpers import eventually
 from identity import app as identity_app
 from linking import app as linking_app
 from notify import app as notify_app
 from overview import app as overview_app
 from portal.natsserver import NatsServer, free_port
-from smtp_server import SmtpServer
-from test_gateway_auth import Gateway, bearer, running_gateway
 
 PUBLIC_URL = "http://portal.test"
 PASSWORD = "correct horse battery staple"

@@ -9,17 +9,17 @@ import time
 import uuid
 from pathlib import Path
 
+import kitapp
 import nats
 import pytest
+from helpers import eventually
+from kitapp import emit_things, outbox_count, spawn
 from pydantic import ConfigDict
 
-import kitapp
+from contracts.base import Message, Rpc
 from contracts.kit import rpc
 from contracts.kit.deadletters import DeadLetterNotFound, list_dead_letters, replay_dead_letter
 from contracts.kit.streams import ensure_streams
-from contracts.base import Message, Rpc
-from helpers import eventually
-from test_messaging_outbox import emit_things, spawn
 
 
 async def _totals(url_or_runtime, expected: tuple[int, int]) -> bool:
@@ -65,8 +65,6 @@ async def test_consumer_killed_mid_batch_applies_every_effect_once(database_url:
 
 
 async def _relayed(producer) -> bool:
-    from test_messaging_outbox import outbox_count
-
     return await outbox_count(producer) == 0
 
 

@@ -4,32 +4,17 @@ relay crash and through a NATS outage, with real processes, NATS, SQLite and Pos
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import kitapp
 import nats
 import pytest
-from nats.js.errors import NotFoundError
-from sqlalchemy import func, select
-
-import kitapp
-from contracts.kit.streams import ensure_streams
-from contracts.kit.tables import outbox
 from helpers import eventually
+from kitapp import emit_things, outbox_count, spawn
+from nats.js.errors import NotFoundError
 
-HERE = Path(__file__).parent
-
-
-def spawn(mode: str, db: str, nats_url: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "kitapp.py"), mode, "--db", db, "--nats", nats_url, *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(HERE)},
-    )
+from contracts.kit.streams import ensure_streams
 
 
 async def stream_count(js) -> int:
@@ -45,21 +30,6 @@ async def stream_event_ids(js) -> list[str]:
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(kitapp.STREAM.name, seq)
         ids.append(kitapp.ThingHappened.model_validate_json(msg.data).event_id)
-    return ids
-
-
-async def outbox_count(runtime) -> int:
-    async with runtime.db.reader() as s:
-        return (await s.execute(select(func.count()).select_from(outbox))).scalar_one()
-
-
-async def emit_things(runtime, n: int, *, per_tx: int = 100) -> list[str]:
-    ids: list[str] = []
-    for start in range(0, n, per_tx):
-        async with runtime.unit_of_work() as uow:
-            for i in range(start, min(n, start + per_tx)):
-                ev = kitapp.ThingHappened(key=f"k{i}", amount=i)
-                ids.append(await uow.emit(kitapp.SUBJECT, ev, aggregate=f"k{i % 7}"))
     return ids
 
 

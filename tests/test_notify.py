@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import nats
 import pytest
+from helpers import eventually
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -21,7 +21,6 @@ from contracts import notify as contract
 from contracts.base import utcnow
 from contracts.identity import CONTACTS, Contact, ContactsReply, ContactsRequest
 from contracts.kit.service import migrate
-from helpers import eventually
 from notify import app as notify_app
 from notify.tables import Email
 

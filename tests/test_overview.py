@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from helpers import eventually
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contracts import linking, platform
@@ -16,8 +17,7 @@ from contracts.base import utcnow
 from contracts.kit import rpc
 from contracts.kit.migrations import upgrade
 from contracts.kit.service import migrate
-from contracts.overview import GET, OverviewReply, OverviewRequest
-from helpers import eventually
+from contracts.overview import GET, OverviewRequest
 from overview import app as overview_app
 from overview.projection import Batch, read_overviews, week_start
 

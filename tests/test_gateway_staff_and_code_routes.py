@@ -1,250 +1,29 @@
-"""Linking part 1 through the gateway, the staff and link-code routes of docs/http-api.md: a real
-NATS, the real identity and linking services and a real gateway under uvicorn, asked with httpx.
-QR codes are read back with zbarimg (the PDF rendered with pdftoppm first)."""
+"""The staff and link-code routes of docs/http-api.md through the gateway: classes, pupils, codes,
+class sheets and QR codes, school settings and the policy, each in its staff member's scope. A
+real NATS, the real identity and linking services and a real gateway under uvicorn (the `portal`
+fixture of conftest.py), asked with httpx. QR codes are read back with zbarimg (the PDF
+rendered with pdftoppm first)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import re
-import socket
 import subprocess
-import threading
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-import httpx
-import nats
-import pytest
-import uvicorn
+from gateway_portal import PUBLIC_URL, Portal, assert_error, auth, cards
+from helpers import eventually
 
-from contracts import identity, notify, platform
+from contracts import identity
 from contracts import linking as contract
-from contracts.base import Event
-from contracts.kit.rpc import call
-from contracts.kit.service import migrate
 from gateway import flows
-from gateway.app import create_app
 from gateway.clients import IdentityClient
 from gateway.clients.nats import NatsTransport
-from gateway.settings import GatewaySettings
-from helpers import eventually
-from identity import app as identity_app
-from linking import app as linking_app
-from portal.natsserver import NatsServer, free_port
 
-PUBLIC_URL = "http://portal.test"
-PASSWORD = "correct horse battery staple"
-CHEAP_ARGON2 = {"identity_argon2_time_cost": 2, "identity_argon2_memory_kib": 19456, "identity_argon2_parallelism": 1}
 CODE = re.compile(r"[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}")
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@dataclass
-class Roster:
-    """Trust 1 with schools A and B, trust 2 with school C; each class's pupils by first name."""
-
-    trust1: str = field(default_factory=lambda: uid("trust1"))
-    trust2: str = field(default_factory=lambda: uid("trust2"))
-    school_a: str = field(default_factory=lambda: uid("oak"))
-    school_b: str = field(default_factory=lambda: uid("birch"))
-    school_c: str = field(default_factory=lambda: uid("cedar"))
-    a1: str = field(default_factory=lambda: uid("a1"))
-    a2: str = field(default_factory=lambda: uid("a2"))
-    b1: str = field(default_factory=lambda: uid("b1"))
-    c1: str = field(default_factory=lambda: uid("c1"))
-    pupils: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def events(self) -> list[tuple[str, Event]]:
-        schools = [
-            (self.trust1, self.school_a, "Oak Primary"),
-            (self.trust1, self.school_b, "Birch School"),
-            (self.trust2, self.school_c, "Cedar Academy"),
-        ]
-        classes = [
-            (self.school_a, self.a1, "Year 3 Robins", ["Amy Adams", "Ben Brown", "Cara Clark"]),
-            (self.school_a, self.a2, "Year 4 Owls", ["Dan Dale", "Eve Evans"]),
-            (self.school_b, self.b1, "Birch 1", ["Fay Ford", "Gus Green"]),
-            (self.school_c, self.c1, "Cedar 1", ["Hal Hill"]),
-        ]
-        out: list[tuple[str, Event]] = [
-            (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id=t, school_id=s, name=n, timezone="Europe/London"))
-            for t, s, n in schools
-        ]
-        for school_id, class_id, name, pupils in classes:
-            out.append((platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school_id, class_id=class_id, name=name)))
-            for full in pupils:
-                first, last = full.split()
-                pupil_id = uid("pupil")
-                self.pupils.setdefault(class_id, {})[first] = pupil_id
-                out.append(
-                    (
-                        platform.PUPIL_UPSERTED,
-                        platform.PupilUpserted(school_id=school_id, pupil_id=pupil_id, first_name=first, last_name=last, class_ids=[class_id]),
-                    )
-                )
-        return out
-
-
-@dataclass
-class Portal:
-    http: httpx.AsyncClient
-    nc: nats.NATS
-    roster: Roster
-    gateway_settings: GatewaySettings
-    tokens: dict[str, str]  # who -> bearer token
-    parent_id: str
-
-    async def get(self, who: str | None, path: str, **kw) -> httpx.Response:  # noqa: ANN003
-        return await self.http.get(f"/api/v1{path}", headers=auth(self.tokens.get(who or "")), **kw)
-
-    async def post(self, who: str | None, path: str, **kw) -> httpx.Response:  # noqa: ANN003
-        return await self.http.post(f"/api/v1{path}", headers=auth(self.tokens.get(who or "")), **kw)
-
-    async def put(self, who: str | None, path: str, **kw) -> httpx.Response:  # noqa: ANN003
-        return await self.http.put(f"/api/v1{path}", headers=auth(self.tokens.get(who or "")), **kw)
-
-
-def auth(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == code, body
-    assert isinstance(body["detail"], str) and body["detail"].strip()
-    return body
-
-
-@asynccontextmanager
-async def serve(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
-    """One gateway replica under uvicorn, in a thread of its own, and a client for it."""
-    app = create_app(settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="on", access_log=False, log_config=None, loop="asyncio", proxy_headers=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        await eventually(lambda: server.started, timeout=10, message="uvicorn started")
-        # A jar that keeps nothing: login's session cookie would make every later request signed in.
-        jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=20, cookies=jar) as http:
-            await eventually(lambda: app.state["auth"].cache.live, timeout=10, message="gateway connected to NATS")
-            yield http
-    finally:
-        server.should_exit = True
-        await asyncio.to_thread(thread.join, 10)
-        sock.close()
-
-
-async def login(http: httpx.AsyncClient, email: str) -> str:
-    response = await http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return response.json()["access_token"]
-
-
-async def verified_parent(http: httpx.AsyncClient, nc: nats.NATS) -> str:
-    """A parent registered through the gateway and verified with the link of identity's email request."""
-    email = f"parent-{uuid.uuid4().hex[:8]}@example.org"
-    urls: list[str] = []
-
-    async def on_request(msg) -> None:  # noqa: ANN001
-        body = json.loads(msg.data)
-        if body.get("to") == email:
-            urls.append(body["verify_url"])
-
-    # A plain subscriber sees what the work-queue stream keeps for notify.
-    sub = await nc.subscribe(notify.request_subject("verification"), cb=on_request)
-    await nc.flush()
-    body = {"email": email, "password": PASSWORD, "name": "Mary Parent", "accept_aup": True}
-    assert (await http.post("/api/v1/auth/register", json=body)).status_code == 202
-    await eventually(lambda: urls, timeout=10, message="verification email request")
-    await sub.unsubscribe()
-    token = parse_qs(urlsplit(urls[0]).query)["token"][0]
-    assert (await http.post("/api/v1/auth/verify", json={"token": token})).status_code == 200
-    return email
-
-
-@pytest.fixture(scope="module")
-async def portal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Portal]:
-    tmp = tmp_path_factory.mktemp("gateway-linking")
-    server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
-    try:
-        async with AsyncExitStack() as stack:
-            id_settings = identity_app.Settings(nats_url=server.url, data_dir=tmp / "identity", public_url=PUBLIC_URL, **CHEAP_ARGON2)
-            link_settings = linking_app.Settings(nats_url=server.url, data_dir=tmp / "linking", public_url=PUBLIC_URL)
-            # One after the other: alembic's context is process-wide.
-            await asyncio.to_thread(migrate, identity_app, id_settings)
-            await asyncio.to_thread(migrate, linking_app, link_settings)
-            await stack.enter_async_context(identity_app.build(id_settings).running())
-            await stack.enter_async_context(linking_app.build(link_settings).running())
-            nc = await nats.connect(server.url)
-            stack.push_async_callback(nc.close)
-
-            roster = Roster()
-            events = roster.events()
-            js = nc.jetstream()
-            for subject, event in events:
-                await js.publish(subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.event_id})
-
-            async def applied() -> bool:
-                status = await call(
-                    nc, contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=[e.event_id for _, e in events])
-                )
-                return not status.missing
-
-            await eventually(applied, timeout=15, message="roster applied")
-
-            staff = {
-                "teacher_a": ("teacher", roster.school_a, None),
-                "admin_a": ("school_admin", roster.school_a, None),
-                "trust1": ("trust_admin", None, roster.trust1),
-                "trust2": ("trust_admin", None, roster.trust2),
-            }
-            for who, (role, school_id, trust_id) in staff.items():
-                await call(
-                    nc,
-                    identity.CREATE_STAFF,
-                    identity.CreateStaffRequest(
-                        email=f"{who}@school.example", name=who, role=role, school_id=school_id, trust_id=trust_id, password=PASSWORD
-                    ),
-                    timeout=10,
-                )
-
-            gw_settings = GatewaySettings(nats_url=server.url, data_dir=tmp / "gateway", public_url=PUBLIC_URL)
-            http = await stack.enter_async_context(serve(gw_settings))
-            parent_email = await verified_parent(http, nc)
-            tokens = dict(
-                zip(
-                    [*staff, "parent"],
-                    await asyncio.gather(*(login(http, f"{who}@school.example") for who in staff), login(http, parent_email)),
-                    strict=True,
-                )
-            )
-            parent_id = (await http.get("/api/v1/me", headers=auth(tokens["parent"]))).json()["id"]
-            yield Portal(http, nc, roster, gw_settings, tokens, parent_id)
-    finally:
-        server.stop(kill=True)
-
-
-def cards(page: str) -> dict[str, str]:
-    """The sheet's cards: pupil's full name -> the code printed on the card."""
-    found = re.findall(r'<section class="card" aria-label="([^"]+)">.*?class="code">([^<]+)<', page, re.S)
-    return dict(found)
 
 
 def zbar(paths: list[Path]) -> list[str]:
@@ -433,7 +212,7 @@ async def test_default_aup_needs_no_login(portal: Portal) -> None:
 
 
 async def test_parents_names_are_composed_from_identity_in_one_request(portal: Portal) -> None:
-    # Linking lists no parents before part 2: the composition the route uses is fed a reply here.
+    # No parent is linked in this module: the composition the route uses is fed a reply here.
     since = datetime.now(UTC)
     reply = contract.ClassPupilsReply(
         class_id="c",

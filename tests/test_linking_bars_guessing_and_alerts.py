@@ -1,6 +1,6 @@
-"""Linking, part 3, over a real NATS on SQLite and PostgreSQL: safeguarding bars, the audit
-trail's actors, guessing limits, the trust-wide alert (read back with `portal alerts`) and
-expiry."""
+"""The linking service's safeguards over a real NATS on SQLite and PostgreSQL: bars on an
+address, the audit trail's actors, the limits on guessing codes per parent and per address, the
+trust-wide alert (read back with `portal alerts`) and the expiry of codes and invitations."""
 
 from __future__ import annotations
 
@@ -14,16 +14,28 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from helpers import eventually
+from linking_env import (
+    Env,
+    children,
+    class_view,
+    codes_in,
+    create_codes,
+    invite,
+    make_school,
+    parent,
+    printed_codes,
+    redeem,
+    refused,
+    sheet,
+)
 from sqlalchemy import update
 
 from contracts import identity, platform
 from contracts import linking as contract
 from contracts.base import utcnow
 from contracts.kit.rpc import RpcError
-from helpers import eventually
 from linking.tables import Invitation, LinkCode
-from test_linking_links import children, class_view, invite, parent, printed_codes, redeem, refused, watched  # noqa: F401 - watched is a fixture
-from test_linking_service import Env, codes_in, create_codes, env, make_school, sheet  # noqa: F401 - env is a fixture
 
 pytestmark = pytest.mark.asyncio
 

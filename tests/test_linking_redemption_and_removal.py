@@ -1,66 +1,33 @@
-"""Linking, part 2, over a real NATS on SQLite and PostgreSQL: redeeming codes, capacity and
-races, verification, policies, invitations, removal, and the audit rows each leaves."""
+"""The linking service over a real NATS on SQLite and PostgreSQL, as parents link and are
+unlinked: redeeming codes, a code's room for carers and races for it, verification, the
+school's policy, invitations, removal by staff, by the parent and when a pupil leaves, and the
+audit rows each leaves."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 
 import pytest
+from helpers import eventually
+from linking_env import (
+    Env,
+    children,
+    class_view,
+    email_requests,
+    invite,
+    make_school,
+    parent,
+    printed_codes,
+    redeem,
+    refused,
+)
 
-from contracts import identity, notify
+from contracts import identity, notify, platform
 from contracts import linking as contract
-from contracts import platform
 from contracts.base import utcnow
 from contracts.kit.rpc import RpcError
-from helpers import eventually
-from test_linking_service import Env, codes_in, create_codes, env, make_school, sheet  # noqa: F401 - env is a fixture
 
 pytestmark = pytest.mark.asyncio
-
-
-def parent() -> str:
-    return f"parent-{uuid.uuid4().hex[:8]}"
-
-
-async def redeem(env: Env, code: str, parent_id: str, **kw) -> contract.RedeemReply:  # noqa: ANN003
-    kw.setdefault("relationship", "mother")
-    kw.setdefault("accept_aup", True)
-    return await env.ask(contract.REDEEM, contract.RedeemRequest(code=code, parent_id=parent_id, **kw), contract.RedeemReply)
-
-
-async def refused(env: Env, code: str, parent_id: str, **kw) -> str:  # noqa: ANN003
-    with pytest.raises(RpcError) as info:
-        await redeem(env, code, parent_id, **kw)
-    return info.value.code
-
-
-async def printed_codes(env: Env, school, class_id: str) -> list[str]:  # noqa: ANN001
-    await create_codes(env, school, class_id=class_id)
-    return codes_in((await sheet(env, school, class_id)).text)
-
-
-async def class_view(env: Env, school, class_id: str) -> contract.ClassPupilsReply:  # noqa: ANN001
-    return await env.ask(
-        contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply
-    )
-
-
-async def children(env: Env, parent_id: str) -> list[contract.ChildView]:
-    return (await env.ask(contract.PARENT_CHILDREN, contract.ParentRequest(parent_id=parent_id), contract.ChildrenReply)).children
-
-
-@pytest.fixture
-async def watched(env: Env) -> Env:  # noqa: F811
-    if not hasattr(env, "requests"):
-        env.requests = []
-
-        async def on_request(msg) -> None:  # noqa: ANN001
-            env.requests.append((msg.subject, json.loads(msg.data)))
-
-        await env.nc.subscribe("notify.request.>", cb=on_request)
-    return env
 
 
 async def test_printed_code_links_up_to_the_schools_number_of_carers(watched: Env) -> None:
@@ -98,19 +65,6 @@ async def test_races_one_link_per_invitation_and_four_per_printed_code(watched: 
     assert (len(made), len(invalid)) == (1, 9)
 
 
-async def _emails_now(env: Env, kind: str, after: int = 0):  # noqa: ANN202
-    found = [body for s, body in env.requests[after:] if s == notify.request_subject(kind)]
-    return found or None
-
-
-async def invite(env: Env, school, pupil_id: str, email: str) -> tuple[contract.InvitationView, dict]:  # noqa: ANN001
-    """Invite and return the invitation and the email request it sent."""
-    before = len(env.requests)
-    view = await env.ask(contract.INVITE, contract.InviteRequest(scope=school.scope, actor_id="head", pupil_id=pupil_id, email=email), contract.InvitationView)
-    request = (await eventually(lambda: _emails_now(env, "invitation", before), timeout=10))[-1]
-    return view, request
-
-
 async def test_registration_link_waits_for_verification_then_activates(watched: Env) -> None:
     env = watched
     school, class_id, pupils = await make_school(env, pupils=1)
@@ -126,7 +80,7 @@ async def test_registration_link_waits_for_verification_then_activates(watched: 
         return (await children(env, p))[0].status == "linked"
 
     await eventually(linked, timeout=10)
-    activated = await eventually(lambda: _emails_now(env, "link_activated"), timeout=10)  # any parent's so far
+    activated = await eventually(lambda: email_requests(env, "link_activated"), timeout=10)  # any parent's so far
     assert any(e["parent_id"] == p and e["pupil_first_name"] == "Amy00" for e in activated)
     active = await env.ask(contract.ACTIVE_PUPILS, contract.ParentRequest(parent_id=p), contract.ActivePupilsReply)
     assert active.pupil_ids == pupils

@@ -1,8 +1,10 @@
-"""Linking, part 1, over a real NATS on SQLite and PostgreSQL: the roster copy, staff views,
-printed codes, QR codes and sheets (read back with zbarimg), school settings.
+"""The linking service over a real NATS on SQLite and PostgreSQL, as staff use it: the copy of
+the roster (whatever the order or repetition of its events), staff views and their scope,
+printed codes and their regeneration, QR codes and class sheets (read back with zbarimg), and
+school settings.
 
-One linking replica and one nats-server per database for the whole module (starting them per
-test would cost more than the tests); every test works in a school of its own.
+One linking replica and one nats-server per database for the whole module (the `env` fixture
+of conftest.py); every test works in a school of its own.
 """
 
 from __future__ import annotations
@@ -12,154 +14,21 @@ import json
 import re
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nats
-import pytest
-from contracts.base import Event
-from contracts.kit.rpc import RpcError, call
-from contracts.kit.service import migrate
 from helpers import eventually
-from linking import app as linking_app
-from linking import codes
+from linking_env import PUBLIC_URL, Env, codes_in, create_codes, make_school, sheet, uid
 from PIL import Image
-from portal.natsserver import start_nats
 
 from contracts import linking as contract
 from contracts import platform
-
-PUBLIC_URL = "https://portal.example.test"
-
-
-@dataclass
-class Env:
-    """A running linking replica, a client connection and what the service published."""
-
-    runtime: object
-    nc: nats.NATS
-    published: list[tuple[str, dict]] = field(default_factory=list)
-
-    @property
-    def js(self):  # noqa: ANN201
-        return self.nc.jetstream()
-
-    async def ask(self, subject: str, request: object, reply: type, *, timeout: float = 5.0):  # noqa: ANN001
-        return await call(self.nc, subject, request, timeout=timeout)
-
-    async def fails(self, subject: str, request: object) -> RpcError:
-        with pytest.raises(RpcError) as info:
-            await call(self.nc, subject, request, timeout=5.0)
-        return info.value
-
-    async def publish(self, subject: str, event: Event, *, msg_id: str | None = None) -> None:
-        await self.js.publish(
-            subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": msg_id or event.event_id}
-        )
-
-    async def applied(self, events: list[Event]) -> None:
-        """Wait until linking has applied every one of `events`."""
-        ids = [e.event_id for e in events]
-
-        async def done() -> bool:
-            status = await self.ask(contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=ids), contract.RosterStatusReply)
-            return not status.missing
-
-        await eventually(done, timeout=15, message="roster events applied")
-
-    def events(self, subject: str) -> list[dict]:
-        return [body for s, body in self.published if s == subject]
-
-
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
-    tmp = tmp_path_factory.mktemp(f"linking-{request.param}")
-    if request.param == "sqlite":
-        db_url = f"sqlite+aiosqlite:///{tmp / 'linking.db'}"
-    else:
-        db_url = request.getfixturevalue("pg").create("linking")
-    server = start_nats(tmp / "nats")
-    settings = linking_app.Settings(
-        nats_url=server.url, database_url=db_url, public_url=PUBLIC_URL, data_dir=tmp, platform_url="https://platform.example.test"
-    )
-    await asyncio.to_thread(migrate, linking_app, settings)
-    runtime = linking_app.build(settings)
-    nc = await nats.connect(server.url)
-    env = Env(runtime=runtime, nc=nc)
-
-    async def on_event(msg) -> None:  # noqa: ANN001
-        env.published.append((msg.subject, json.loads(msg.data)))
-
-    await nc.subscribe("linking.>", cb=on_event)
-    try:
-        async with runtime.running():
-            yield env
-    finally:
-        await nc.close()
-        server.stop()
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from contracts.base import Event
+from linking import codes
 
 
 def at(seconds: float) -> datetime:
     return datetime(2020, 9, 1, 8, 0, tzinfo=UTC) + timedelta(seconds=seconds)
-
-
-@dataclass
-class School:
-    """A school of the test's own, with a trust, in scope for its staff."""
-
-    trust_id: str
-    school_id: str
-    name: str
-
-    @property
-    def scope(self) -> contract.StaffScope:
-        return contract.StaffScope(school_ids=[self.school_id])
-
-
-async def make_school(env: Env, *, pupils: int = 3, name: str = "Oak Primary") -> tuple[School, str, list[str]]:
-    """A school with one class of `pupils` pupils, applied; returns the school, class id and pupil ids."""
-    school = School(uid("trust"), uid("school"), name)
-    class_id = uid("class")
-    pupil_ids = [uid("pupil") for _ in range(pupils)]
-    events: list[tuple[str, Event]] = [
-        (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id=school.trust_id, school_id=school.school_id, name=name, timezone="Europe/London")),
-        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school.school_id, class_id=class_id, name="Year 3 Robins")),
-    ]
-    for i, pid in enumerate(pupil_ids):
-        events.append(
-            (
-                platform.PUPIL_UPSERTED,
-                platform.PupilUpserted(school_id=school.school_id, pupil_id=pid, first_name=f"Amy{i:02d}", last_name=f"Smith{i:02d}", class_ids=[class_id]),
-            )
-        )
-    for subject, ev in events:
-        await env.publish(subject, ev)
-    await env.applied([ev for _, ev in events])
-    return school, class_id, pupil_ids
-
-
-async def create_codes(env: Env, school: School, *, class_id: str | None = None, pupil_id: str | None = None) -> contract.CreateCodesReply:
-    return await env.ask(
-        contract.CREATE_CODES,
-        contract.CreateCodesRequest(scope=school.scope, actor_id="staff-1", class_id=class_id, pupil_id=pupil_id),
-        contract.CreateCodesReply,
-    )
-
-
-async def sheet(env: Env, school: School, class_id: str, fmt: str = "html") -> contract.Document:
-    return await env.ask(
-        contract.CLASS_SHEET, contract.ClassSheetRequest(scope=school.scope, class_id=class_id, format=fmt), contract.Document
-    )
-
-
-def codes_in(html: str) -> list[str]:
-    return re.findall(r'class="code">([0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4})<', html)
 
 
 def zbar(paths: list[Path]) -> list[str]:
