@@ -96,7 +96,7 @@ def pg() -> Iterator[PgDatabases]:
     dbs = PgDatabases()
     try:
         dbs._admin("SELECT 1")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - whatever the cause, the suite cannot run without it
         pytest.fail(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}")
     yield dbs
     dbs.drop_all()

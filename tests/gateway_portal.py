@@ -68,11 +68,16 @@ class Roster:
             (self.school_c, self.c1, "Cedar 1", ["Hal Hill"]),
         ]
         out: list[tuple[str, Event]] = [
-            (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id=t, school_id=s, name=n, timezone="Europe/London"))
+            (
+                platform.SCHOOL_UPSERTED,
+                platform.SchoolUpserted(trust_id=t, school_id=s, name=n, timezone="Europe/London"),
+            )
             for t, s, n in schools
         ]
         for school_id, class_id, name, pupils in classes:
-            out.append((platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school_id, class_id=class_id, name=name)))
+            out.append(
+                (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school_id, class_id=class_id, name=name))
+            )
             for full in pupils:
                 first, last = full.split()
                 pupil_id = uid("pupil")
@@ -80,7 +85,13 @@ class Roster:
                 out.append(
                     (
                         platform.PUPIL_UPSERTED,
-                        platform.PupilUpserted(school_id=school_id, pupil_id=pupil_id, first_name=first, last_name=last, class_ids=[class_id]),
+                        platform.PupilUpserted(
+                            school_id=school_id,
+                            pupil_id=pupil_id,
+                            first_name=first,
+                            last_name=last,
+                            class_ids=[class_id],
+                        ),
                     )
                 )
         return out
@@ -152,7 +163,9 @@ async def running_portal(tmp: Path) -> AsyncIterator[Portal]:
     server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
     try:
         async with AsyncExitStack() as stack:
-            id_settings = identity_app.Settings(nats_url=server.url, data_dir=tmp / "identity", public_url=PUBLIC_URL, **CHEAP_ARGON2)
+            id_settings = identity_app.Settings(
+                nats_url=server.url, data_dir=tmp / "identity", public_url=PUBLIC_URL, **CHEAP_ARGON2
+            )
             link_settings = linking_app.Settings(nats_url=server.url, data_dir=tmp / "linking", public_url=PUBLIC_URL)
             # One after the other: alembic's context is process-wide.
             await asyncio.to_thread(migrate, identity_app, id_settings)
@@ -187,7 +200,12 @@ async def running_portal(tmp: Path) -> AsyncIterator[Portal]:
                     nc,
                     identity.CREATE_STAFF,
                     identity.CreateStaffRequest(
-                        email=f"{who}@school.example", name=who, role=role, school_id=school_id, trust_id=trust_id, password=PASSWORD
+                        email=f"{who}@school.example",
+                        name=who,
+                        role=role,
+                        school_id=school_id,
+                        trust_id=trust_id,
+                        password=PASSWORD,
                     ),
                     timeout=10,
                 )
@@ -198,7 +216,9 @@ async def running_portal(tmp: Path) -> AsyncIterator[Portal]:
             tokens = dict(
                 zip(
                     [*staff, "parent"],
-                    await asyncio.gather(*(login(http, f"{who}@school.example") for who in staff), login(http, parent_email)),
+                    await asyncio.gather(
+                        *(login(http, f"{who}@school.example") for who in staff), login(http, parent_email)
+                    ),
                     strict=True,
                 )
             )

@@ -61,7 +61,9 @@ class Env:
         ids = [e.event_id for e in events]
 
         async def done() -> bool:
-            status = await self.ask(contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=ids), contract.RosterStatusReply)
+            status = await self.ask(
+                contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=ids), contract.RosterStatusReply
+            )
             return not status.missing
 
         await eventually(done, timeout=15, message="roster events applied")
@@ -75,7 +77,11 @@ async def running_linking(database_url: str, tmp: Path) -> AsyncIterator[Env]:
     """A linking replica on `database_url` with a nats-server of its own, both under `tmp`."""
     server = start_nats(tmp / "nats")
     settings = linking_app.Settings(
-        nats_url=server.url, database_url=database_url, public_url=PUBLIC_URL, data_dir=tmp, platform_url="https://platform.example.test"
+        nats_url=server.url,
+        database_url=database_url,
+        public_url=PUBLIC_URL,
+        data_dir=tmp,
+        platform_url="https://platform.example.test",
     )
     await asyncio.to_thread(migrate, linking_app, settings)
     runtime = linking_app.build(settings)
@@ -132,14 +138,28 @@ async def make_school(env: Env, *, pupils: int = 3, name: str = "Oak Primary") -
     class_id = uid("class")
     pupil_ids = [uid("pupil") for _ in range(pupils)]
     events: list[tuple[str, Event]] = [
-        (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id=school.trust_id, school_id=school.school_id, name=name, timezone="Europe/London")),
-        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school.school_id, class_id=class_id, name="Year 3 Robins")),
+        (
+            platform.SCHOOL_UPSERTED,
+            platform.SchoolUpserted(
+                trust_id=school.trust_id, school_id=school.school_id, name=name, timezone="Europe/London"
+            ),
+        ),
+        (
+            platform.CLASS_UPSERTED,
+            platform.ClassUpserted(school_id=school.school_id, class_id=class_id, name="Year 3 Robins"),
+        ),
     ]
     for i, pid in enumerate(pupil_ids):
         events.append(
             (
                 platform.PUPIL_UPSERTED,
-                platform.PupilUpserted(school_id=school.school_id, pupil_id=pid, first_name=f"Amy{i:02d}", last_name=f"Smith{i:02d}", class_ids=[class_id]),
+                platform.PupilUpserted(
+                    school_id=school.school_id,
+                    pupil_id=pid,
+                    first_name=f"Amy{i:02d}",
+                    last_name=f"Smith{i:02d}",
+                    class_ids=[class_id],
+                ),
             )
         )
     for subject, ev in events:
@@ -148,7 +168,9 @@ async def make_school(env: Env, *, pupils: int = 3, name: str = "Oak Primary") -
     return school, class_id, pupil_ids
 
 
-async def create_codes(env: Env, school: School, *, class_id: str | None = None, pupil_id: str | None = None) -> contract.CreateCodesReply:
+async def create_codes(
+    env: Env, school: School, *, class_id: str | None = None, pupil_id: str | None = None
+) -> contract.CreateCodesReply:
     return await env.ask(
         contract.CREATE_CODES,
         contract.CreateCodesRequest(scope=school.scope, actor_id="staff-1", class_id=class_id, pupil_id=pupil_id),
@@ -158,7 +180,9 @@ async def create_codes(env: Env, school: School, *, class_id: str | None = None,
 
 async def sheet(env: Env, school: School, class_id: str, fmt: str = "html") -> contract.Document:
     return await env.ask(
-        contract.CLASS_SHEET, contract.ClassSheetRequest(scope=school.scope, class_id=class_id, format=fmt), contract.Document
+        contract.CLASS_SHEET,
+        contract.ClassSheetRequest(scope=school.scope, class_id=class_id, format=fmt),
+        contract.Document,
     )
 
 
@@ -174,7 +198,9 @@ async def printed_codes(env: Env, school: School, class_id: str) -> list[str]:
 
 async def class_view(env: Env, school: School, class_id: str) -> contract.ClassPupilsReply:
     return await env.ask(
-        contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=school.scope, class_id=class_id),
+        contract.ClassPupilsReply,
     )
 
 
@@ -188,7 +214,9 @@ def parent() -> str:
 async def redeem(env: Env, code: str, parent_id: str, **kw) -> contract.RedeemReply:
     kw.setdefault("relationship", "mother")
     kw.setdefault("accept_aup", True)
-    return await env.ask(contract.REDEEM, contract.RedeemRequest(code=code, parent_id=parent_id, **kw), contract.RedeemReply)
+    return await env.ask(
+        contract.REDEEM, contract.RedeemRequest(code=code, parent_id=parent_id, **kw), contract.RedeemReply
+    )
 
 
 async def refused(env: Env, code: str, parent_id: str, **kw) -> str:
@@ -199,7 +227,9 @@ async def refused(env: Env, code: str, parent_id: str, **kw) -> str:
 
 
 async def children(env: Env, parent_id: str) -> list[contract.ChildView]:
-    return (await env.ask(contract.PARENT_CHILDREN, contract.ParentRequest(parent_id=parent_id), contract.ChildrenReply)).children
+    return (
+        await env.ask(contract.PARENT_CHILDREN, contract.ParentRequest(parent_id=parent_id), contract.ChildrenReply)
+    ).children
 
 
 async def email_requests(env: Env, kind: str, after: int = 0) -> list[dict] | None:
@@ -211,6 +241,10 @@ async def email_requests(env: Env, kind: str, after: int = 0) -> list[dict] | No
 async def invite(env: Env, school: School, pupil_id: str, email: str) -> tuple[contract.InvitationView, dict]:
     """Invite and return the invitation and the email request it sent (needs `watch_email_requests`)."""
     before = len(env.requests)
-    view = await env.ask(contract.INVITE, contract.InviteRequest(scope=school.scope, actor_id="head", pupil_id=pupil_id, email=email), contract.InvitationView)
+    view = await env.ask(
+        contract.INVITE,
+        contract.InviteRequest(scope=school.scope, actor_id="head", pupil_id=pupil_id, email=email),
+        contract.InvitationView,
+    )
     request = (await eventually(lambda: email_requests(env, "invitation", before), timeout=10))[-1]
     return view, request

@@ -40,14 +40,14 @@ class _Handler:
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001, N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd calls handle_<VERB> by name
         self.rcpt_attempts.append(address)
         if address.lower() in self.reject:
             return self.reject[address.lower()]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, N802
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd calls handle_<VERB> by name
         if self.delay:
             time.sleep(self.delay)  # a slow server, on its own thread
         msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)

@@ -31,7 +31,9 @@ def test_committed_asyncapi_document_is_current(name: str) -> None:
 @pytest.mark.parametrize("name", SERVICES)
 def test_every_request_documents_its_reply(name: str) -> None:
     doc = asyncapi_document(MODULES[name])
-    requests = {key: ch["address"] for key, ch in doc["channels"].items() if (ch.get("address") or "").startswith("rpc.")}
+    requests = {
+        key: ch["address"] for key, ch in doc["channels"].items() if (ch.get("address") or "").startswith("rpc.")
+    }
     assert requests, "the service answers requests"
     for key, subject in requests.items():
         reply = doc["operations"][key].get("reply")

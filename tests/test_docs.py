@@ -85,6 +85,8 @@ def test_nothing_cites_the_missing_api_document() -> None:
     citing = []
     for name in CHECKED_FOR_API_MD:
         path = ROOT / name
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in (".py", ".md", ".json", ".html")]
+        files = (
+            [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in (".py", ".md", ".json", ".html")]
+        )
         citing += [str(f.relative_to(ROOT)) for f in files if missing in f.read_text(encoding="utf-8")]
     assert not citing, f"these cite {missing}, which does not exist; point them into docs/: " + ", ".join(citing)

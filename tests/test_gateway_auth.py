@@ -68,7 +68,9 @@ class Stack:
 
     async def email(self, to: str, subject: str, count: int = 1) -> str:
         """The text of the `count`-th email with this subject to this address, once it arrived."""
-        found = await eventually(lambda: len(self.emails(to, subject)) >= count, timeout=15, message=f"email {subject!r}")
+        found = await eventually(
+            lambda: len(self.emails(to, subject)) >= count, timeout=15, message=f"email {subject!r}"
+        )
         assert found
         return self.emails(to, subject)[count - 1]
 
@@ -111,8 +113,12 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             await stack.enter_async_context(runtime.running())
             await stack.enter_async_context(notify_app.build(notify_settings).running())
             gw_settings = {"nats_url": nats_server.url, "data_dir": tmp / "gw", "public_url": PUBLIC_URL}
-            a = await stack.enter_async_context(running_gateway(GatewaySettings(**gw_settings), extra_route_handlers=TEST_ROUTES))
-            b = await stack.enter_async_context(running_gateway(GatewaySettings(**gw_settings), extra_route_handlers=TEST_ROUTES))
+            a = await stack.enter_async_context(
+                running_gateway(GatewaySettings(**gw_settings), extra_route_handlers=TEST_ROUTES)
+            )
+            b = await stack.enter_async_context(
+                running_gateway(GatewaySettings(**gw_settings), extra_route_handlers=TEST_ROUTES)
+            )
             yield Stack(a, b, smtp, runtime)
     finally:
         smtp.stop()
@@ -167,7 +173,11 @@ async def test_register_verify_login_and_me(stack: Stack) -> None:
     assert registered.headers["cache-control"] == "no-store"
 
     # Not verified yet: no session at all.
-    assert_error(await stack.a.http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}), 403, "email_not_verified")
+    assert_error(
+        await stack.a.http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}),
+        403,
+        "email_not_verified",
+    )
 
     text = await stack.email(email, VERIFY_SUBJECT)
     token = link_token(text, "/verify")
@@ -199,7 +209,11 @@ async def test_register_verify_login_and_me(stack: Stack) -> None:
     # Identity extends a used session: the cookie is renewed with it, once per cache lifetime.
     renewed = await stack.b.http.get("/api/v1/me", headers=cookie(session["access_token"]))
     [set_again] = renewed.headers.get_list("set-cookie")
-    assert set_again.startswith(f"{COOKIE}={session['access_token']};") and "HttpOnly" in set_again and "Max-Age=" in set_again
+    assert (
+        set_again.startswith(f"{COOKIE}={session['access_token']};")
+        and "HttpOnly" in set_again
+        and "Max-Age=" in set_again
+    )
     assert "set-cookie" not in (await stack.b.http.get("/api/v1/me", headers=cookie(session["access_token"]))).headers
 
     assert_error(await stack.a.http.get("/api/v1/me"), 401, "unauthorized")
@@ -248,7 +262,9 @@ async def test_register_refuses_bad_input_with_nothing_created(stack: Stack) -> 
     aup = assert_error(await post_("/api/v1/auth/register", json={**base, "accept_aup": False}), 422, "aup_required")
     assert aup["errors"][0]["field"] == "accept_aup"
 
-    weak = assert_error(await post_("/api/v1/auth/register", json={**base, "password": "password1234"}), 422, "weak_password")
+    weak = assert_error(
+        await post_("/api/v1/auth/register", json={**base, "password": "password1234"}), 422, "weak_password"
+    )
     assert "common" in weak["detail"].lower() or "guess" in weak["detail"].lower(), weak["detail"]
     assert weak["errors"][0]["field"] == "password"
     short = assert_error(await post_("/api/v1/auth/register", json={**base, "password": "Xy7!q"}), 422, "weak_password")
@@ -257,12 +273,18 @@ async def test_register_refuses_bad_input_with_nothing_created(stack: Stack) -> 
     missing = assert_error(await post_("/api/v1/auth/register", json={"email": email}), 422, "validation_error")
     assert {e["field"] for e in missing["errors"]} == {"password", "name", "accept_aup"}
     wrong_types = assert_error(
-        await post_("/api/v1/auth/register", json={**base, "accept_aup": "perhaps", "name": ["x"]}), 422, "validation_error"
+        await post_("/api/v1/auth/register", json={**base, "accept_aup": "perhaps", "name": ["x"]}),
+        422,
+        "validation_error",
     )
     assert {e["field"] for e in wrong_types["errors"]} == {"accept_aup", "name"}
-    relation = assert_error(await post_("/api/v1/auth/register", json={**base, "relationship": "uncle"}), 422, "validation_error")
+    relation = assert_error(
+        await post_("/api/v1/auth/register", json={**base, "relationship": "uncle"}), 422, "validation_error"
+    )
     assert [e["field"] for e in relation["errors"]] == ["relationship"]
-    bad_email = assert_error(await post_("/api/v1/auth/register", json={**base, "email": "not-an-address"}), 422, "validation_error")
+    bad_email = assert_error(
+        await post_("/api/v1/auth/register", json={**base, "email": "not-an-address"}), 422, "validation_error"
+    )
     assert bad_email["errors"] == [{"field": "email", "message": "Enter an email address like name@example.org"}]
     blank = assert_error(await post_("/api/v1/auth/register", json={**base, "name": "   "}), 422, "validation_error")
     assert blank["errors"][0]["field"] == "name"
@@ -272,9 +294,16 @@ async def test_register_refuses_bad_input_with_nothing_created(stack: Stack) -> 
 
     await asyncio.sleep(0.5)
     assert stack.smtp.to(email) == []
-    assert_error(await post_("/api/v1/auth/login", json={"email": email, "password": PASSWORD}), 401, "invalid_credentials")
+    assert_error(
+        await post_("/api/v1/auth/login", json={"email": email, "password": PASSWORD}), 401, "invalid_credentials"
+    )
 
-    for path in ("/api/v1/auth/login", "/api/v1/auth/verify", "/api/v1/auth/password-reset/confirm", "/api/v1/auth/password-reset"):
+    for path in (
+        "/api/v1/auth/login",
+        "/api/v1/auth/verify",
+        "/api/v1/auth/password-reset/confirm",
+        "/api/v1/auth/password-reset",
+    ):
         body = assert_error(await post_(path, json={}), 422, "validation_error")
         assert body["errors"], path
 
@@ -294,9 +323,15 @@ async def test_verify_unknown_reused_and_expired_tokens(stack: Stack) -> None:
     expired = link_token(await stack.email(late, VERIFY_SUBJECT), "/verify")
     # Age the token rather than wait 48 hours.
     async with stack.identity.db.session() as s:
-        await s.execute(update(Token).where(Token.token_hash == digest(expired)).values(expires_at=utcnow() - timedelta(seconds=1)))
+        await s.execute(
+            update(Token).where(Token.token_hash == digest(expired)).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     assert_error(await stack.a.http.post("/api/v1/auth/verify", json={"token": expired}), 400, "invalid_token")
-    assert_error(await stack.a.http.post("/api/v1/auth/login", json={"email": late, "password": PASSWORD}), 403, "email_not_verified")
+    assert_error(
+        await stack.a.http.post("/api/v1/auth/login", json={"email": late, "password": PASSWORD}),
+        403,
+        "email_not_verified",
+    )
 
 
 async def test_resend_verification(stack: Stack) -> None:
@@ -326,7 +361,11 @@ async def test_wrong_password_and_the_eleventh_failure(stack: Stack) -> None:
     assert_error(limited, 429, "too_many_attempts")
     assert 0 < int(limited.headers["retry-after"]) <= 15 * 60
     # Even the right password waits: guessing gains nothing; other accounts on the same network go on.
-    assert_error(await stack.a.http.post("/api/v1/auth/login", json={"email": victim, "password": PASSWORD}), 429, "too_many_attempts")
+    assert_error(
+        await stack.a.http.post("/api/v1/auth/login", json={"email": victim, "password": PASSWORD}),
+        429,
+        "too_many_attempts",
+    )
     await login(stack.a, neighbour)
 
 
@@ -363,7 +402,9 @@ async def test_a_staff_members_new_school_is_seen_by_every_replica_at_once(stack
     email = f"teacher-{uuid.uuid4().hex[:8]}@school.example"
 
     async def staff(school_id: str) -> None:
-        request = contract.CreateStaffRequest(email=email, name="Tess Teacher", role="teacher", school_id=school_id, password=NEW_PASSWORD)
+        request = contract.CreateStaffRequest(
+            email=email, name="Tess Teacher", role="teacher", school_id=school_id, password=NEW_PASSWORD
+        )
         await rpc.call(nc, contract.CREATE_STAFF, request, timeout=10)
 
     await staff("oak")
@@ -375,7 +416,12 @@ async def test_a_staff_members_new_school_is_seen_by_every_replica_at_once(stack
     await staff("elm")  # the roster moves them to another school
 
     async def moved() -> bool:
-        return all([(await gw.http.get("/api/v1/me", headers=bearer(token))).json()["school_id"] == "elm" for gw in (stack.a, stack.b)])
+        return all(
+            [
+                (await gw.http.get("/api/v1/me", headers=bearer(token))).json()["school_id"] == "elm"
+                for gw in (stack.a, stack.b)
+            ]
+        )
 
     started = time.perf_counter()
     assert await eventually(moved, timeout=5)
@@ -389,7 +435,9 @@ async def test_cookie_requests_need_the_csrf_token(stack: Stack) -> None:
 
     assert_error(await stack.a.http.post("/api/v1/auth/logout", headers=cookie(token)), 403, "csrf_failed")
     assert_error(
-        await stack.b.http.post("/api/v1/auth/logout", headers={**cookie(token), "X-CSRF-Token": csrf_token_for("other")}),
+        await stack.b.http.post(
+            "/api/v1/auth/logout", headers={**cookie(token), "X-CSRF-Token": csrf_token_for("other")}
+        ),
         403,
         "csrf_failed",
     )
@@ -428,13 +476,17 @@ async def test_password_reset(stack: Stack) -> None:
     token = link_token(await stack.email(email, RESET_SUBJECT), "/reset-password")
 
     weak = assert_error(
-        await stack.a.http.post("/api/v1/auth/password-reset/confirm", json={"token": token, "password": "qwertyuiop123"}),
+        await stack.a.http.post(
+            "/api/v1/auth/password-reset/confirm", json={"token": token, "password": "qwertyuiop123"}
+        ),
         422,
         "weak_password",
     )
     assert "password" in weak["detail"].lower() and len(weak["detail"]) > 20, weak["detail"]
 
-    done = await stack.a.http.post("/api/v1/auth/password-reset/confirm", json={"token": token, "password": NEW_PASSWORD})
+    done = await stack.a.http.post(
+        "/api/v1/auth/password-reset/confirm", json={"token": token, "password": NEW_PASSWORD}
+    )
     assert done.status_code == 200, done.text
     # Every session of the account ended, on both replicas, by the time of the answer.
     for gw in (stack.a, stack.b):
@@ -442,12 +494,20 @@ async def test_password_reset(stack: Stack) -> None:
             assert_error(await gw.http.get("/api/v1/me", headers=bearer(old)), 401, "unauthorized")
     assert (await stack.b.http.get("/api/v1/me", headers=bearer(bystander))).status_code == 200
 
-    assert_error(await stack.a.http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}), 401, "invalid_credentials")
+    assert_error(
+        await stack.a.http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}),
+        401,
+        "invalid_credentials",
+    )
     await login(stack.b, email, NEW_PASSWORD)
-    reused = await stack.a.http.post("/api/v1/auth/password-reset/confirm", json={"token": token, "password": "another fine long passphrase"})
+    reused = await stack.a.http.post(
+        "/api/v1/auth/password-reset/confirm", json={"token": token, "password": "another fine long passphrase"}
+    )
     assert_error(reused, 400, "invalid_token")
     assert_error(
-        await stack.a.http.post("/api/v1/auth/password-reset/confirm", json={"token": "unknown", "password": NEW_PASSWORD}),
+        await stack.a.http.post(
+            "/api/v1/auth/password-reset/confirm", json={"token": "unknown", "password": NEW_PASSWORD}
+        ),
         400,
         "invalid_token",
     )
@@ -459,7 +519,15 @@ async def test_password_reset(stack: Stack) -> None:
 async def test_openapi_documents_the_auth_routes(stack: Stack) -> None:
     doc = (await stack.a.http.get("/schema/openapi.json")).json()
     paths = doc["paths"]
-    for path in ("register", "verify", "resend-verification", "login", "logout", "password-reset", "password-reset/confirm"):
+    for path in (
+        "register",
+        "verify",
+        "resend-verification",
+        "login",
+        "logout",
+        "password-reset",
+        "password-reset/confirm",
+    ):
         assert f"/api/v1/auth/{path}" in paths, path
     assert paths["/api/v1/me"]["get"]["security"] == [{"bearer": []}, {"session_cookie": []}]
     assert "401" in paths["/api/v1/me"]["get"]["responses"]
@@ -473,16 +541,26 @@ async def test_openapi_documents_the_auth_routes(stack: Stack) -> None:
 
 
 async def test_identity_away_answers_503(fresh_nats, tmp_path: Path) -> None:
-    async with running_gateway(GatewaySettings(nats_url=fresh_nats.url, data_dir=tmp_path, rpc_timeout=0.5), extra_route_handlers=TEST_ROUTES) as gw:
+    async with running_gateway(
+        GatewaySettings(nats_url=fresh_nats.url, data_dir=tmp_path, rpc_timeout=0.5), extra_route_handlers=TEST_ROUTES
+    ) as gw:
         login_ = await gw.http.post("/api/v1/auth/login", json={"email": "a@example.org", "password": "x" * 12})
         assert_error(login_, 503, "service_unavailable")
         assert_error(await gw.http.get("/api/v1/me", headers=bearer("some-token")), 503, "service_unavailable")
-        assert_error(await gw.http.post("/api/v1/auth/register", json={
-            "email": "a@example.org", "password": PASSWORD, "name": "A", "accept_aup": True}), 503, "service_unavailable")
+        assert_error(
+            await gw.http.post(
+                "/api/v1/auth/register",
+                json={"email": "a@example.org", "password": PASSWORD, "name": "A", "accept_aup": True},
+            ),
+            503,
+            "service_unavailable",
+        )
 
 
 async def test_a_reconnect_empties_the_session_cache(fresh_nats, tmp_path: Path) -> None:
-    async with running_gateway(GatewaySettings(nats_url=fresh_nats.url, data_dir=tmp_path), extra_route_handlers=TEST_ROUTES) as gw:
+    async with running_gateway(
+        GatewaySettings(nats_url=fresh_nats.url, data_dir=tmp_path), extra_route_handlers=TEST_ROUTES
+    ) as gw:
         # Revocations sent while the connection was down are lost: nothing cached may survive it.
         gw.cache.put("k", principal(), gw.cache.generation)
         assert len(gw.cache) == 1
@@ -498,7 +576,12 @@ async def test_a_reconnect_empties_the_session_cache(fresh_nats, tmp_path: Path)
 
 def principal(session_id: str = "s1", account_id: str = "a1", expires_in: int = 3600) -> contract.Principal:
     return contract.Principal(
-        account_id=account_id, session_id=session_id, role="parent", email="p@example.org", name="P", expires_in=expires_in
+        account_id=account_id,
+        session_id=session_id,
+        role="parent",
+        email="p@example.org",
+        name="P",
+        expires_in=expires_in,
     )
 
 

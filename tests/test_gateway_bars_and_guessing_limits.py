@@ -47,7 +47,9 @@ async def test_a_bar_through_the_gateway(portal: Portal) -> None:
         assert_error(await portal.post(who, path, json=body), 404, "not_found")
     assert_error(await portal.post(None, path, json=body), 401, "unauthorized")
     assert_error(await portal.post("admin_a", f"/pupils/{r.pupils[r.b1]['Fay']}/bars", json=body), 404, "not_found")
-    assert_error(await portal.post("admin_a", path, json={"email": "not an address", "reason": "x"}), 422, "validation_error")
+    assert_error(
+        await portal.post("admin_a", path, json={"email": "not an address", "reason": "x"}), 422, "validation_error"
+    )
     assert_error(await portal.post("admin_a", path, json={"email": email}), 422, "validation_error")
 
     added = await portal.post("admin_a", path, json=body)
@@ -62,10 +64,21 @@ async def test_a_bar_through_the_gateway(portal: Portal) -> None:
     assert_error(await add_child(portal, "parent", fresh), 404, "invalid_code")
 
     # Registering with a barred address and a good code: 404 and nothing is created.
-    assert (await portal.post("admin_a", path, json={"email": "newcomer@example.org", "reason": "police advice"})).status_code == 201
-    registering = {"email": "newcomer@example.org", "password": PASSWORD, "name": "New Comer", "accept_aup": True, "code": fresh, "relationship": "father"}
+    assert (
+        await portal.post("admin_a", path, json={"email": "newcomer@example.org", "reason": "police advice"})
+    ).status_code == 201
+    registering = {
+        "email": "newcomer@example.org",
+        "password": PASSWORD,
+        "name": "New Comer",
+        "accept_aup": True,
+        "code": fresh,
+        "relationship": "father",
+    }
     assert_error(await portal.http.post("/api/v1/auth/register", json=registering), 404, "invalid_code")
-    assert (await portal.http.post("/api/v1/auth/login", json={"email": "newcomer@example.org", "password": PASSWORD})).status_code == 401
+    assert (
+        await portal.http.post("/api/v1/auth/login", json={"email": "newcomer@example.org", "password": PASSWORD})
+    ).status_code == 401
 
     listed = await portal.get("admin_a", path)
     assert listed.status_code == 200, listed.text
@@ -83,7 +96,7 @@ async def test_a_bar_through_the_gateway(portal: Portal) -> None:
     # Lifted: an invitation to the address links the child again.
     invitations: list[dict] = []
 
-    async def on_request(msg) -> None:  # noqa: ANN001
+    async def on_request(msg) -> None:
         invitations.append(json.loads(msg.data))
 
     sub = await portal.nc.subscribe(notify.request_subject("invitation"), cb=on_request)

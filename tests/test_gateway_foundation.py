@@ -119,18 +119,21 @@ async def test_health_answers_without_nats_and_ready_says_why(tmp_path: Path) ->
 async def test_ready_names_exactly_the_services_not_running(fresh_nats, tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path, fresh_nats.url)
     three = [name for name in SERVICES if name != "overview"]
-    async with running_gateway(settings, wait_until_live=False) as gw, running_services(three, fresh_nats.url, tmp_path):
+    async with (
+        running_gateway(settings, wait_until_live=False) as gw,
+        running_services(three, fresh_nats.url, tmp_path),
+    ):
         await eventually(lambda: gw.nats_connected, message="gateway connected to NATS")
 
         body = assert_error(await gw.http.get("/ready"), 503, "not_ready")
         assert body["missing"] == ["overview"]
         assert body["detail"] == "not answering: overview"
-        assert body["services"] == {**{name: "ok" for name in three}, "overview": "missing"}
+        assert body["services"] == {**dict.fromkeys(three, "ok"), "overview": "missing"}
 
         async with running_services(["overview"], fresh_nats.url, tmp_path):
             ready = await gw.http.get("/ready")
             assert ready.status_code == 200, ready.text
-            assert ready.json() == {"status": "ready", "services": {name: "ok" for name in SERVICES}}
+            assert ready.json() == {"status": "ready", "services": dict.fromkeys(SERVICES, "ok")}
 
         # The fourth stopped again: readiness follows at once.
         body = assert_error(await gw.http.get("/ready"), 503, "not_ready")
@@ -166,7 +169,9 @@ TEST_ROUTES = [_signup, _conflict, _boom]
 
 @pytest.fixture
 async def gateway(nats_server, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with running_gateway(gateway_settings(tmp_path, nats_server.url), extra_route_handlers=TEST_ROUTES, wait_until_live=False) as gw:
+    async with running_gateway(
+        gateway_settings(tmp_path, nats_server.url), extra_route_handlers=TEST_ROUTES, wait_until_live=False
+    ) as gw:
         yield gw
 
 
@@ -181,21 +186,29 @@ async def test_openapi_document(gateway: Gateway) -> None:
     error_ref = {"$ref": "#/components/schemas/ErrorBody"}
     assert doc["paths"]["/ready"]["get"]["responses"]["503"]["content"]["application/json"]["schema"] == error_ref
     signup = doc["paths"]["/api/v1/test/signup"]["post"]["responses"]
-    assert signup["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ValidationErrorBody"}
+    assert signup["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ValidationErrorBody"
+    }
     assert signup["400"]["content"]["application/json"]["schema"] == error_ref
     assert set(doc["components"]["schemas"]["ErrorBody"]["required"]) == {"error", "detail"}
 
 
 async def test_malformed_body_is_422_in_the_error_format(gateway: Gateway) -> None:
-    ok = await gateway.http.post("/api/v1/test/signup", json={"email": "a@example.org", "password": "long enough", "accept_aup": True})
+    ok = await gateway.http.post(
+        "/api/v1/test/signup", json={"email": "a@example.org", "password": "long enough", "accept_aup": True}
+    )
     assert ok.status_code == 202, ok.text
 
-    missing = assert_error(await gateway.http.post("/api/v1/test/signup", json={"email": "a@example.org"}), 422, "validation_error")
+    missing = assert_error(
+        await gateway.http.post("/api/v1/test/signup", json={"email": "a@example.org"}), 422, "validation_error"
+    )
     assert {e["field"] for e in missing["errors"]} == {"password", "accept_aup"}
     assert "password" in missing["detail"] and "accept_aup" in missing["detail"]
 
     weak = assert_error(
-        await gateway.http.post("/api/v1/test/signup", json={"email": "a@example.org", "password": "short", "accept_aup": True}),
+        await gateway.http.post(
+            "/api/v1/test/signup", json={"email": "a@example.org", "password": "short", "accept_aup": True}
+        ),
         422,
         "validation_error",
     )
@@ -339,7 +352,9 @@ async def test_dev_mail_reads_what_the_sink_stores(nats_server, tmp_path: Path) 
     )
     maildir = tmp_path / "mail"
     key = mailbox.Maildir(maildir, create=True).add(raw)
-    async with running_gateway(gateway_settings(tmp_path, nats_server.url, dev_mail_dir=maildir), wait_until_live=False) as gw:
+    async with running_gateway(
+        gateway_settings(tmp_path, nats_server.url, dev_mail_dir=maildir), wait_until_live=False
+    ) as gw:
         [mail] = (await gw.http.get("/dev/mail.json")).json()
     assert mail["id"] == key
     assert (mail["to"], mail["subject"], mail["html"]) == ("bcc@example.org", "Réinitialiser", None)
@@ -394,7 +409,10 @@ async def test_serve_runs_uvicorn_with_json_access_logs(nats_server, tmp_path: P
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]  # every line is JSON
     assert all(line["service"] == "gateway" for line in lines)
     access = [line for line in lines if line["event"] == "request"]
-    assert [(a["method"], a["path"], a["status"]) for a in access] == [("GET", "/health", 200), ("GET", "/missing", 404)]
+    assert [(a["method"], a["path"], a["status"]) for a in access] == [
+        ("GET", "/health", 200),
+        ("GET", "/missing", 404),
+    ]
     assert all(isinstance(a["duration_ms"], float | int) and a["request_id"] for a in access)
     assert "SECRET-TOKEN" not in stderr
     assert any(line["event"] == "nats_connected" for line in lines)
@@ -417,6 +435,8 @@ async def test_platform_stand_in_serves_the_demo_links_unless_a_platform_is_name
         page = await client.get("/platform/homework", params={"pupil": "amy"})
         assert page.status_code == 200 and "Homework" in page.text and "amy" in page.text
         assert (await client.get("/platform/nonsense")).status_code == 404
-    named = create_app(GatewaySettings(nats_url=nats_server.url, data_dir=tmp_path, platform_url="https://platform.example"))
+    named = create_app(
+        GatewaySettings(nats_url=nats_server.url, data_dir=tmp_path, platform_url="https://platform.example")
+    )
     async with AsyncTestClient(named) as client:
         assert (await client.get("/platform/homework")).status_code == 404

@@ -24,7 +24,13 @@ from gateway.clients.fake import FakeTransport
 from gateway.settings import GatewaySettings
 
 ADMIN = Principal(
-    account_id="adm-1", session_id="s-1", role="school_admin", email="h@oak.example", name="Head", school_id="oak", expires_in=3600
+    account_id="adm-1",
+    session_id="s-1",
+    role="school_admin",
+    email="h@oak.example",
+    name="Head",
+    school_id="oak",
+    expires_in=3600,
 )
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 PDF = b"%PDF-1.7 a sheet"
@@ -37,13 +43,19 @@ async def session(req: identity.SessionRequest) -> Principal:
 
 async def sheet(req: linking.ClassSheetRequest) -> linking.Document:
     if req.format == "pdf":
-        return linking.Document(content_type="application/pdf", filename="y3.pdf", data_base64=base64.b64encode(PDF).decode())
-    return linking.Document(content_type="text/html", filename="y3.html", text="<html><style>p{}</style><p>Amy</p></html>")
+        return linking.Document(
+            content_type="application/pdf", filename="y3.pdf", data_base64=base64.b64encode(PDF).decode()
+        )
+    return linking.Document(
+        content_type="text/html", filename="y3.html", text="<html><style>p{}</style><p>Amy</p></html>"
+    )
 
 
 async def qr(req: linking.PupilQrRequest) -> linking.Document:
     if req.format == "png":
-        return linking.Document(content_type="image/png", filename="amy.png", data_base64=base64.b64encode(PNG).decode())
+        return linking.Document(
+            content_type="image/png", filename="amy.png", data_base64=base64.b64encode(PNG).decode()
+        )
     return linking.Document(content_type="image/svg+xml", filename="amy.svg", text="<svg/>")
 
 
@@ -54,7 +66,9 @@ def build(tmp_path: Path) -> Litestar:
 
 @pytest.fixture
 async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build(tmp_path)), base_url="http://portal.test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build(tmp_path)), base_url="http://portal.test"
+    ) as client:
         yield client
 
 
@@ -133,10 +147,18 @@ async def test_the_main_reads_and_documents_are_documented_as_served(doc: dict[s
     paths = doc["paths"]
     overview = paths["/api/v1/me/overview"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert "children" in resolve(doc, overview)["properties"]
-    one = paths["/api/v1/me/children/{pupil_id}/overview"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
-    assert {"pupil_id", "outstanding_homework", "unread_messages", "stars_this_week", "next_due", "links", "as_of"} <= set(
-        resolve(doc, one)["properties"]
-    )
+    one = paths["/api/v1/me/children/{pupil_id}/overview"]["get"]["responses"]["200"]["content"]["application/json"][
+        "schema"
+    ]
+    assert {
+        "pupil_id",
+        "outstanding_homework",
+        "unread_messages",
+        "stars_this_week",
+        "next_due",
+        "links",
+        "as_of",
+    } <= set(resolve(doc, one)["properties"])
     sheet_types = paths["/api/v1/classes/{class_id}/qr-sheet"]["get"]["responses"]["200"]["content"]
     assert set(sheet_types) == {"text/html", "application/pdf"}
     assert sheet_types["application/pdf"]["schema"] == {"type": "string", "format": "binary"}

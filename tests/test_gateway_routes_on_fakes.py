@@ -26,10 +26,22 @@ PARENT = Principal(
     account_id="par-1", session_id="s-1", role="parent", email="mary@example.org", name="Mary", expires_in=3600
 )
 TEACHER = Principal(
-    account_id="tea-1", session_id="s-2", role="teacher", email="t@oak.example", name="Tom", school_id="oak", expires_in=3600
+    account_id="tea-1",
+    session_id="s-2",
+    role="teacher",
+    email="t@oak.example",
+    name="Tom",
+    school_id="oak",
+    expires_in=3600,
 )
 TRUST_ADMIN = Principal(
-    account_id="tru-1", session_id="s-3", role="trust_admin", email="a@trust.example", name="Ann", trust_id="t1", expires_in=3600
+    account_id="tru-1",
+    session_id="s-3",
+    role="trust_admin",
+    email="a@trust.example",
+    name="Ann",
+    trust_id="t1",
+    expires_in=3600,
 )
 SESSIONS = {"tok-parent": PARENT, "tok-teacher": TEACHER, "tok-trust": TRUST_ADMIN}
 
@@ -55,7 +67,9 @@ async def session(req: identity.SessionRequest) -> Principal:
 
 
 async def children(req: linking.ParentRequest) -> linking.ChildrenReply:
-    return linking.ChildrenReply(children=[child("p-amy", "Amy"), child("p-ben", "Ben")] if req.parent_id == PARENT.account_id else [])
+    return linking.ChildrenReply(
+        children=[child("p-amy", "Amy"), child("p-ben", "Ben")] if req.parent_id == PARENT.account_id else []
+    )
 
 
 @dataclass
@@ -122,7 +136,12 @@ async def test_only_parents_have_children_and_only_signed_in(gw: Gateway) -> Non
 async def test_staff_requests_carry_the_callers_scope(gw: Gateway) -> None:
     async def classes(req: linking.ClassesRequest) -> linking.ClassesReply:
         summary = linking.ClassSummary(
-            class_id="oak-y3", name="Year 3", school_id="oak", school_name="Oak School", pupil_count=28, linked_pupil_count=20
+            class_id="oak-y3",
+            name="Year 3",
+            school_id="oak",
+            school_name="Oak School",
+            pupil_count=28,
+            linked_pupil_count=20,
         )
         return linking.ClassesReply(classes=[summary])
 
@@ -165,7 +184,9 @@ async def test_the_overview_passes_overviews_json_through_and_is_partial_without
     partial = response.json()
     amy, ben = partial["children"]
     assert partial["partial"] is True
-    assert (amy["pupil_id"], amy["partial"], amy["stars_this_week"]) == ("p-amy", True, 3), "the last numbers this replica saw"
+    assert (amy["pupil_id"], amy["partial"], amy["stars_this_week"]) == ("p-amy", True, 3), (
+        "the last numbers this replica saw"
+    )
     assert (ben["pupil_id"], ben["partial"], ben["stars_this_week"], ben["links"]) == ("p-ben", True, None, None)
 
 
@@ -190,7 +211,9 @@ async def test_a_validation_error_names_the_fields(gw: Gateway) -> None:
 
     gw.fake.on(linking.UPDATE_SCHOOL_SETTINGS, update)
     response = await gw.http.put(
-        "/api/v1/schools/oak/settings", json={"max_carers_per_code": 99, "homework_url": "x"}, headers=bearer("tok-trust")
+        "/api/v1/schools/oak/settings",
+        json={"max_carers_per_code": 99, "homework_url": "x"},
+        headers=bearer("tok-trust"),
     )
     body = error(response, 422, "validation_error")
     assert [e["field"] for e in body["errors"]] == ["max_carers_per_code", "homework_url"]
@@ -230,7 +253,9 @@ async def test_registering_with_a_code_checks_first_and_links_only_a_new_account
 
     async def redeem(req: linking.RedeemRequest) -> linking.RedeemReply:
         aup = linking.AupReply(version="oak-2", text="Be kind.")
-        return linking.RedeemReply(created=not req.dry_run, child=None if req.dry_run else child("p-amy", "Amy"), aup=aup)
+        return linking.RedeemReply(
+            created=not req.dry_run, child=None if req.dry_run else child("p-amy", "Amy"), aup=aup
+        )
 
     async def register(req: identity.RegisterRequest) -> identity.RegisterReply:
         return identity.RegisterReply(parent_id="par-new", created=created["now"], verified=False)
@@ -239,8 +264,12 @@ async def test_registering_with_a_code_checks_first_and_links_only_a_new_account
     gw.fake.on(linking.REDEEM, redeem)
     gw.fake.on(identity.REGISTER, register)
     body = {
-        "email": "new@example.org", "password": "a long passphrase", "name": "New Parent", "accept_aup": True,
-        "code": "ABCD-EFGH", "relationship": "father",
+        "email": "new@example.org",
+        "password": "a long passphrase",
+        "name": "New Parent",
+        "accept_aup": True,
+        "code": "ABCD-EFGH",
+        "relationship": "father",
     }
     assert (await gw.http.post("/api/v1/auth/register", json=body)).status_code == 202
     dry, real = gw.fake.asked(linking.REDEEM)
@@ -269,13 +298,17 @@ async def test_adding_a_bar_names_the_parents_holding_the_address_and_checks_lat
     async def add_bar(req: linking.AddBarRequest) -> linking.AddBarReply:
         # par-c linked while the gateway was looking: linking names them back once.
         late = [] if "par-c" in req.checked_parent_ids else ["par-c"]
-        return linking.AddBarReply(bar_id="bar-1", created=True, removed_parent_ids=req.parent_ids, unchecked_parent_ids=late)
+        return linking.AddBarReply(
+            bar_id="bar-1", created=True, removed_parent_ids=req.parent_ids, unchecked_parent_ids=late
+        )
 
     gw.fake.on(linking.PUPIL_PARENTS, pupil_parents)
     gw.fake.on(identity.CONTACTS, look_up)
     gw.fake.on(linking.ADD_BAR, add_bar)
     response = await gw.http.post(
-        "/api/v1/pupils/p-amy/bars", json={"email": "barred@example.org", "reason": "Court order"}, headers=bearer("tok-trust")
+        "/api/v1/pupils/p-amy/bars",
+        json={"email": "barred@example.org", "reason": "Court order"},
+        headers=bearer("tok-trust"),
     )
     assert response.status_code == 201, response.text
     assert response.json() == {"bar_id": "bar-1"}
@@ -283,7 +316,9 @@ async def test_adding_a_bar_names_the_parents_holding_the_address_and_checks_lat
     assert (first.parent_ids, first.checked_parent_ids) == (["par-a"], ["par-a", "par-b"])
     assert (second.parent_ids, second.checked_parent_ids) == (["par-c"], ["par-a", "par-b", "par-c"])
     error(
-        await gw.http.post("/api/v1/pupils/p-amy/bars", json={"email": "x@example.org", "reason": "r"}, headers=bearer("tok-teacher")),
+        await gw.http.post(
+            "/api/v1/pupils/p-amy/bars", json={"email": "x@example.org", "reason": "r"}, headers=bearer("tok-teacher")
+        ),
         404,
         "not_found",
     )

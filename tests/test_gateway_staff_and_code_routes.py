@@ -39,25 +39,54 @@ async def test_staff_see_their_school_and_a_trust_admin_the_trust(portal: Portal
     response = await portal.get("teacher_a", "/classes")
     assert response.status_code == 200, response.text
     assert response.json() == [
-        {"class_id": r.a1, "name": "Year 3 Robins", "school_id": r.school_a, "school_name": "Oak Primary", "pupil_count": 3, "linked_pupil_count": 0},
-        {"class_id": r.a2, "name": "Year 4 Owls", "school_id": r.school_a, "school_name": "Oak Primary", "pupil_count": 2, "linked_pupil_count": 0},
+        {
+            "class_id": r.a1,
+            "name": "Year 3 Robins",
+            "school_id": r.school_a,
+            "school_name": "Oak Primary",
+            "pupil_count": 3,
+            "linked_pupil_count": 0,
+        },
+        {
+            "class_id": r.a2,
+            "name": "Year 4 Owls",
+            "school_id": r.school_a,
+            "school_name": "Oak Primary",
+            "pupil_count": 2,
+            "linked_pupil_count": 0,
+        },
     ]
     assert response.headers["cache-control"] == "no-store"
 
     pupils = (await portal.get("teacher_a", f"/classes/{r.a1}/pupils")).json()
-    assert [(p["first_name"], p["last_name"]) for p in pupils] == [("Amy", "Adams"), ("Ben", "Brown"), ("Cara", "Clark")]
+    assert [(p["first_name"], p["last_name"]) for p in pupils] == [
+        ("Amy", "Adams"),
+        ("Ben", "Brown"),
+        ("Cara", "Clark"),
+    ]
     assert pupils[0]["pupil_id"] == r.pupils[r.a1]["Amy"]
     assert all(p["parents"] == [] and p["invitations"] == [] and "code_expires_at" in p for p in pupils)
 
     b_pupil = r.pupils[r.b1]["Fay"]
-    for path in (f"/classes/{r.b1}/pupils", f"/pupils/{b_pupil}/qr.png", f"/pupils/{b_pupil}/qr.svg", f"/classes/{r.b1}/qr-sheet",
-                 f"/schools/{r.school_b}/settings", "/classes/no-such-class/pupils", f"/classes/{'x' * 300}/pupils"):
+    for path in (
+        f"/classes/{r.b1}/pupils",
+        f"/pupils/{b_pupil}/qr.png",
+        f"/pupils/{b_pupil}/qr.svg",
+        f"/classes/{r.b1}/qr-sheet",
+        f"/schools/{r.school_b}/settings",
+        "/classes/no-such-class/pupils",
+        f"/classes/{'x' * 300}/pupils",
+    ):
         assert_error(await portal.get("teacher_a", path), 404, "not_found")
     assert_error(await portal.post("teacher_a", f"/classes/{r.b1}/codes"), 404, "not_found")
     assert_error(await portal.post("teacher_a", f"/pupils/{b_pupil}/code"), 404, "not_found")
 
     trust1 = (await portal.get("trust1", "/classes")).json()
-    assert [(c["school_name"], c["class_id"]) for c in trust1] == [("Birch School", r.b1), ("Oak Primary", r.a1), ("Oak Primary", r.a2)]
+    assert [(c["school_name"], c["class_id"]) for c in trust1] == [
+        ("Birch School", r.b1),
+        ("Oak Primary", r.a1),
+        ("Oak Primary", r.a2),
+    ]
     assert len((await portal.get("trust1", f"/classes/{r.b1}/pupils")).json()) == 2
     assert_error(await portal.get("trust1", f"/classes/{r.c1}/pupils"), 404, "not_found")
     assert_error(await portal.get("trust1", f"/pupils/{r.pupils[r.c1]['Hal']}/qr.png"), 404, "not_found")
@@ -68,14 +97,22 @@ async def test_staff_see_their_school_and_a_trust_admin_the_trust(portal: Portal
 async def test_parents_get_404_and_anonymous_callers_401(portal: Portal) -> None:
     r = portal.roster
     pupil = r.pupils[r.a1]["Amy"]
-    gets = ["/classes", f"/classes/{r.a1}/pupils", f"/classes/{r.a1}/qr-sheet", f"/pupils/{pupil}/qr.png", f"/schools/{r.school_a}/settings"]
+    gets = [
+        "/classes",
+        f"/classes/{r.a1}/pupils",
+        f"/classes/{r.a1}/qr-sheet",
+        f"/pupils/{pupil}/qr.png",
+        f"/schools/{r.school_a}/settings",
+    ]
     for path in gets:
         assert_error(await portal.get("parent", path), 404, "not_found")
         assert_error(await portal.get(None, path), 401, "unauthorized")
     for path in (f"/classes/{r.a1}/codes", f"/pupils/{pupil}/code"):
         assert_error(await portal.post("parent", path), 404, "not_found")
         assert_error(await portal.post(None, path), 401, "unauthorized")
-    assert_error(await portal.put("parent", f"/schools/{r.school_a}/settings", json={"invitation_days": 3}), 404, "not_found")
+    assert_error(
+        await portal.put("parent", f"/schools/{r.school_a}/settings", json={"invitation_days": 3}), 404, "not_found"
+    )
     assert_error(await portal.http.get("/api/v1/classes", headers=auth("not-a-session")), 401, "unauthorized")
 
 
@@ -116,7 +153,9 @@ async def test_codes_make_a_sheet_a_pdf_and_qr_codes_that_decode(portal: Portal,
     assert re.fullmatch(r'attachment; filename="[A-Za-z0-9._-]+\.pdf"', pdf.headers["content-disposition"])
     assert pdf.headers["cache-control"] == "no-store"
     (tmp_path / "sheet.pdf").write_bytes(pdf.content)
-    subprocess.run(["pdftoppm", "-r", "150", "-png", str(tmp_path / "sheet.pdf"), str(tmp_path / "page")], check=True, timeout=60)
+    subprocess.run(
+        ["pdftoppm", "-r", "150", "-png", str(tmp_path / "sheet.pdf"), str(tmp_path / "page")], check=True, timeout=60
+    )
     assert sorted(zbar(sorted(tmp_path.glob("page*.png")))) == sorted(urls.values())
 
     png = await portal.get("teacher_a", f"/pupils/{amy}/qr.png")
@@ -128,7 +167,9 @@ async def test_codes_make_a_sheet_a_pdf_and_qr_codes_that_decode(portal: Portal,
     assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
     assert svg.text.startswith("<?xml") and "<svg" in svg.text
 
-    assert_error(await portal.get("teacher_a", f"/classes/{r.a1}/qr-sheet", params={"format": "doc"}), 422, "validation_error")
+    assert_error(
+        await portal.get("teacher_a", f"/classes/{r.a1}/qr-sheet", params={"format": "doc"}), 422, "validation_error"
+    )
 
 
 async def test_a_new_pupil_code_kills_the_old_one(portal: Portal) -> None:
@@ -172,15 +213,29 @@ async def test_school_settings_for_school_and_trust_admins_only(portal: Portal) 
     path = f"/schools/{r.school_a}/settings"
     before = (await portal.get("admin_a", path)).json()
     assert (before["max_carers_per_code"], before["printed_code_days"], before["invitation_days"]) == (4, 30, 14)
-    assert set(before) >= {"max_carers_per_code", "printed_code_days", "invitation_days", "aup_text", "homework_url",
-                           "files_url", "messages_url", "email_parent_on_removal"}
+    assert set(before) >= {
+        "max_carers_per_code",
+        "printed_code_days",
+        "invitation_days",
+        "aup_text",
+        "homework_url",
+        "files_url",
+        "messages_url",
+        "email_parent_on_removal",
+    }
 
     assert_error(await portal.get("teacher_a", path), 404, "not_found")
     assert_error(await portal.put("teacher_a", path, json={"invitation_days": 3}), 404, "not_found")
-    assert_error(await portal.put("admin_a", f"/schools/{r.school_b}/settings", json={"invitation_days": 3}), 404, "not_found")
+    assert_error(
+        await portal.put("admin_a", f"/schools/{r.school_b}/settings", json={"invitation_days": 3}), 404, "not_found"
+    )
 
-    change = {"max_carers_per_code": 6, "invitation_days": 7, "homework_url": "https://lp.example/hw/{pupil_id}",
-              "email_parent_on_removal": False}
+    change = {
+        "max_carers_per_code": 6,
+        "invitation_days": 7,
+        "homework_url": "https://lp.example/hw/{pupil_id}",
+        "email_parent_on_removal": False,
+    }
     put = await portal.put("admin_a", path, json=change)
     assert put.status_code == 200, put.text
     assert {k: put.json()[k] for k in change} == change
@@ -191,7 +246,15 @@ async def test_school_settings_for_school_and_trust_admins_only(portal: Portal) 
     assert {e["field"] for e in body["errors"]} == {"max_carers_per_code", "homework_url", "colour"}
     assert "max_carers_per_code" in body["detail"] and "homework_url" in body["detail"]
     assert_error(await portal.put("admin_a", path, json=[1, 2]), 422, "validation_error")
-    assert_error(await portal.http.put(f"/api/v1{path}", content=b"{", headers={**auth(portal.tokens["admin_a"]), "content-type": "application/json"}), 400, "bad_request")
+    assert_error(
+        await portal.http.put(
+            f"/api/v1{path}",
+            content=b"{",
+            headers={**auth(portal.tokens["admin_a"]), "content-type": "application/json"},
+        ),
+        400,
+        "bad_request",
+    )
     assert {k: (await portal.get("admin_a", path)).json()[k] for k in change} == change, "nothing changed"
 
     # A trust admin manages every school of the trust, and no other trust's.
@@ -226,8 +289,12 @@ async def test_parents_names_are_composed_from_identity_in_one_request(portal: P
                 last_name="B",
                 code_expires_at=None,
                 parents=[
-                    contract.ParentLinkView(parent_id=portal.parent_id, relationship="mother", status="linked", since=since),
-                    contract.ParentLinkView(parent_id="gone", relationship="father", status="awaiting_verification", since=since),
+                    contract.ParentLinkView(
+                        parent_id=portal.parent_id, relationship="mother", status="linked", since=since
+                    ),
+                    contract.ParentLinkView(
+                        parent_id="gone", relationship="father", status="awaiting_verification", since=since
+                    ),
                 ],
             )
             for i in range(2)
@@ -235,7 +302,7 @@ async def test_parents_names_are_composed_from_identity_in_one_request(portal: P
     )
     asked: list[dict] = []
 
-    async def on_contacts(msg) -> None:  # noqa: ANN001
+    async def on_contacts(msg) -> None:
         asked.append(json.loads(msg.data))
 
     sub = await portal.nc.subscribe(identity.CONTACTS.subject, cb=on_contacts)
@@ -254,9 +321,16 @@ async def test_parents_names_are_composed_from_identity_in_one_request(portal: P
 
 async def test_the_routes_are_documented(portal: Portal) -> None:
     doc = (await portal.http.get("/schema/openapi.json")).json()
-    staff = ["/classes", "/classes/{class_id}/pupils", "/classes/{class_id}/codes", "/pupils/{pupil_id}/code",
-             "/classes/{class_id}/qr-sheet", "/pupils/{pupil_id}/qr.svg", "/pupils/{pupil_id}/qr.png",
-             "/schools/{school_id}/settings"]
+    staff = [
+        "/classes",
+        "/classes/{class_id}/pupils",
+        "/classes/{class_id}/codes",
+        "/pupils/{pupil_id}/code",
+        "/classes/{class_id}/qr-sheet",
+        "/pupils/{pupil_id}/qr.svg",
+        "/pupils/{pupil_id}/qr.png",
+        "/schools/{school_id}/settings",
+    ]
     for path in staff:
         for method, operation in doc["paths"][f"/api/v1{path}"].items():
             assert operation["security"] and "404" in operation["responses"], (method, path)

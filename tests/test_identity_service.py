@@ -12,21 +12,21 @@ from pathlib import Path
 
 import nats
 import pytest
+from helpers import eventually
 from sqlalchemy import select, update
 
 from contracts import identity as c
 from contracts import platform
-from contracts.kit import rpc
 from contracts.base import utcnow
+from contracts.kit import rpc
 from contracts.kit.service import migrate
-from helpers import eventually
 from identity import app as identity_app
 from identity.tables import Account, Session
 
 CHEAP = {"identity_argon2_time_cost": 2, "identity_argon2_memory_kib": 19456, "identity_argon2_parallelism": 1}
 
 
-async def _stored_hash(runtime, email: str) -> str:  # noqa: ANN001
+async def _stored_hash(runtime, email: str) -> str:
     async with runtime.db.reader() as s:
         return (await s.execute(select(Account.password_hash).where(Account.email_key == email))).scalar_one()
 
@@ -38,15 +38,27 @@ async def test_password_is_rehashed_on_login_when_the_parameters_change(fresh_na
     runtime = identity_app.build(old)
     async with runtime.running():
         await rpc.call(
-            nc, c.CREATE_STAFF,
-            c.CreateStaffRequest(email="t@school.example", name="T", role="teacher", school_id="s", password="a long staff passphrase"), timeout=10,
+            nc,
+            c.CREATE_STAFF,
+            c.CreateStaffRequest(
+                email="t@school.example", name="T", role="teacher", school_id="s", password="a long staff passphrase"
+            ),
+            timeout=10,
         )
         before = await _stored_hash(runtime, "t@school.example")
     assert "m=19456,t=2,p=1" in before
-    stronger = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, identity_argon2_time_cost=3, identity_argon2_memory_kib=19456, identity_argon2_parallelism=1)
+    stronger = identity_app.Settings(
+        nats_url=fresh_nats.url,
+        data_dir=tmp_path,
+        identity_argon2_time_cost=3,
+        identity_argon2_memory_kib=19456,
+        identity_argon2_parallelism=1,
+    )
     runtime = identity_app.build(stronger)
     async with runtime.running():
-        await rpc.call(nc, c.LOGIN, c.LoginRequest(email="t@school.example", password="a long staff passphrase"), timeout=10)
+        await rpc.call(
+            nc, c.LOGIN, c.LoginRequest(email="t@school.example", password="a long staff passphrase"), timeout=10
+        )
         after = await _stored_hash(runtime, "t@school.example")
     assert "m=19456,t=3,p=1" in after, "rehashed with today's parameters"
     await nc.close()
@@ -54,21 +66,29 @@ async def test_password_is_rehashed_on_login_when_the_parameters_change(fresh_na
 
 async def test_staff_from_the_roster_get_an_account_and_a_set_password_email(fresh_nats, tmp_path: Path) -> None:
     nc = await nats.connect(fresh_nats.url)
-    settings = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, public_url="https://portal.example", **CHEAP)
+    settings = identity_app.Settings(
+        nats_url=fresh_nats.url, data_dir=tmp_path, public_url="https://portal.example", **CHEAP
+    )
     await asyncio.to_thread(migrate, identity_app, settings)
     requests: list[dict] = []
 
-    async def on_request(msg) -> None:  # noqa: ANN001
+    async def on_request(msg) -> None:
         requests.append(json.loads(msg.data))
 
     await nc.subscribe("notify.request.set_password.v1", cb=on_request)
     runtime = identity_app.build(settings)
     async with runtime.running():
         js = nc.jetstream()
-        head = platform.StaffUpserted(school_id="oak", staff_id="st-1", email="Head@Oak.example", name="Hannah Head", role="school_admin")
-        boss = platform.StaffUpserted(trust_id="t-1", staff_id="st-2", email="boss@trust.example", name="Bo Ss", role="trust_admin")
+        head = platform.StaffUpserted(
+            school_id="oak", staff_id="st-1", email="Head@Oak.example", name="Hannah Head", role="school_admin"
+        )
+        boss = platform.StaffUpserted(
+            trust_id="t-1", staff_id="st-2", email="boss@trust.example", name="Bo Ss", role="trust_admin"
+        )
         for ev in (head, boss, head.model_copy(update={"event_id": "again"})):
-            await js.publish(platform.STAFF_UPSERTED, ev.model_dump_json().encode(), headers={"Nats-Msg-Id": ev.event_id})
+            await js.publish(
+                platform.STAFF_UPSERTED, ev.model_dump_json().encode(), headers={"Nats-Msg-Id": ev.event_id}
+            )
         await eventually(lambda: len(requests) >= 2, timeout=10)
         await asyncio.sleep(0.5)
         async with runtime.db.reader() as s:
@@ -76,12 +96,16 @@ async def test_staff_from_the_roster_get_an_account_and_a_set_password_email(fre
     assert len(requests) == 2, "one set-password email per new member of staff, not per event"
     assert all(r["reset_url"].startswith("https://portal.example/reset-password?token=") for r in requests)
     assert (staff["head@oak.example"].role, staff["head@oak.example"].school_id) == ("school_admin", "oak")
-    assert (staff["boss@trust.example"].role, staff["boss@trust.example"].trust_id, staff["boss@trust.example"].school_id) == ("trust_admin", "t-1", None)
+    assert (
+        staff["boss@trust.example"].role,
+        staff["boss@trust.example"].trust_id,
+        staff["boss@trust.example"].school_id,
+    ) == ("trust_admin", "t-1", None)
     await nc.close()
 
 
 @pytest.fixture
-async def served(fresh_nats, tmp_path: Path) -> AsyncIterator[tuple[object, nats.NATS]]:  # noqa: ANN001
+async def served(fresh_nats, tmp_path: Path) -> AsyncIterator[tuple[object, nats.NATS]]:
     """A running identity and a client connection."""
     nc = await nats.connect(fresh_nats.url)
     settings = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, **CHEAP)
@@ -94,10 +118,15 @@ async def served(fresh_nats, tmp_path: Path) -> AsyncIterator[tuple[object, nats
         await nc.close()
 
 
-async def test_using_a_session_keeps_it_alive_written_in_batches(served) -> None:  # noqa: ANN001
+async def test_using_a_session_keeps_it_alive_written_in_batches(served) -> None:
     runtime, nc = served
     email, password = "t2@school.example", "a long staff passphrase"
-    await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name="T", role="teacher", school_id="s", password=password), timeout=10)
+    await rpc.call(
+        nc,
+        c.CREATE_STAFF,
+        c.CreateStaffRequest(email=email, name="T", role="teacher", school_id="s", password=password),
+        timeout=10,
+    )
     token = (await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), timeout=10)).access_token
     # Last used 20 minutes ago: 10 minutes of a staff member's 30 idle minutes are left.
     async with runtime.db.session() as s:
@@ -115,13 +144,18 @@ async def test_using_a_session_keeps_it_alive_written_in_batches(served) -> None
     assert again.expires_in > 29 * 60
 
 
-async def test_concurrent_session_lookups_each_get_their_own_account(served) -> None:  # noqa: ANN001
+async def test_concurrent_session_lookups_each_get_their_own_account(served) -> None:
     runtime, nc = served
     password = "a long staff passphrase"
     tokens: dict[str, str] = {}
     for i in range(4):
         email = f"s{i}@school.example"
-        reply = await rpc.call(nc, c.CREATE_STAFF, c.CreateStaffRequest(email=email, name=f"S{i}", role="teacher", school_id=f"school-{i}", password=password), timeout=10)
+        reply = await rpc.call(
+            nc,
+            c.CREATE_STAFF,
+            c.CreateStaffRequest(email=email, name=f"S{i}", role="teacher", school_id=f"school-{i}", password=password),
+            timeout=10,
+        )
         for _ in range(3):
             login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), timeout=10)
             tokens[login.access_token] = reply.account_id

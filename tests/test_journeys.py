@@ -85,13 +85,28 @@ def uid(prefix: str) -> str:
 async def roster(nc: nats.NATS, trust_id: str, name: str, first_names: list[str]) -> School:
     school = School(uid("school"), uid("class"), [uid("pupil") for _ in first_names], {})
     events = [
-        (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id=trust_id, school_id=school.school_id, name=name, timezone="Europe/London")),
-        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school.school_id, class_id=school.class_id, name="Year 3")),
+        (
+            platform.SCHOOL_UPSERTED,
+            platform.SchoolUpserted(trust_id=trust_id, school_id=school.school_id, name=name, timezone="Europe/London"),
+        ),
+        (
+            platform.CLASS_UPSERTED,
+            platform.ClassUpserted(school_id=school.school_id, class_id=school.class_id, name="Year 3"),
+        ),
     ]
     for pid, first in zip(school.pupils, first_names, strict=True):
         school.names[pid] = first
         events.append(
-            (platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id=school.school_id, pupil_id=pid, first_name=first, last_name="Smith", class_ids=[school.class_id]))
+            (
+                platform.PUPIL_UPSERTED,
+                platform.PupilUpserted(
+                    school_id=school.school_id,
+                    pupil_id=pid,
+                    first_name=first,
+                    last_name="Smith",
+                    class_ids=[school.class_id],
+                ),
+            )
         )
     js = nc.jetstream()
     for subject, ev in events:
@@ -108,8 +123,12 @@ async def roster(nc: nats.NATS, trust_id: str, name: str, first_names: list[str]
 async def staff_token(world_a: Gateway, nc: nats.NATS, school_id: str, role: str) -> str:
     email = f"{uid(role)}@school.example"
     await rpc.call(
-        nc, identity.CREATE_STAFF,
-        identity.CreateStaffRequest(email=email, name=f"{role.title()} Person", role=role, school_id=school_id, password=STAFF_PASSWORD), timeout=10,
+        nc,
+        identity.CREATE_STAFF,
+        identity.CreateStaffRequest(
+            email=email, name=f"{role.title()} Person", role=role, school_id=school_id, password=STAFF_PASSWORD
+        ),
+        timeout=10,
     )
     login = await world_a.http.post("/api/v1/auth/login", json={"email": email, "password": STAFF_PASSWORD})
     assert login.status_code == 200, login.text
@@ -130,7 +149,9 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     try:
         async with AsyncExitStack() as stack:
             settings = {
-                identity_app: identity_app.Settings(data_dir=tmp / "identity", **common, **CHEAP_ARGON, **db("identity")),
+                identity_app: identity_app.Settings(
+                    data_dir=tmp / "identity", **common, **CHEAP_ARGON, **db("identity")
+                ),
                 linking_app: linking_app.Settings(data_dir=tmp / "linking", **common, **db("linking")),
                 notify_app: notify_app.Settings(data_dir=tmp / "notify", smtp_url=smtp.url, **common, **db("notify")),
                 overview_app: overview_app.Settings(data_dir=tmp / "overview", **common, **db("overview")),
@@ -172,10 +193,11 @@ async def printed_codes(world: World, school: School) -> dict[str, str]:
     return found
 
 
-async def register_and_verify(world: World, email: str, **extra) -> str:  # noqa: ANN003
+async def register_and_verify(world: World, email: str, **extra) -> str:
     """Register (optionally with a code), verify from the email, sign in; returns the token."""
     reg = await world.a.http.post(
-        "/api/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "Mary Smith", "accept_aup": True, **extra}
+        "/api/v1/auth/register",
+        json={"email": email, "password": PASSWORD, "name": "Mary Smith", "accept_aup": True, **extra},
     )
     assert reg.status_code == 202, reg.text
     text = await world.email(email, VERIFY_SUBJECT)
@@ -192,8 +214,10 @@ async def children(gw: Gateway, token: str) -> dict[str, dict]:
     return {c["pupil_id"]: c for c in r.json()}
 
 
-async def add_child(world: World, token: str, code: str, relationship: str = "mother", **extra):  # noqa: ANN003, ANN201
-    return await world.a.http.post("/api/v1/me/children", headers=bearer(token), json={"code": code, "relationship": relationship, **extra})
+async def add_child(world: World, token: str, code: str, relationship: str = "mother", **extra):
+    return await world.a.http.post(
+        "/api/v1/me/children", headers=bearer(token), json={"code": code, "relationship": relationship, **extra}
+    )
 
 
 async def test_qr_path_register_with_code_verify_then_linked(world: World) -> None:
@@ -204,15 +228,19 @@ async def test_qr_path_register_with_code_verify_then_linked(world: World) -> No
     assert preview.json()["school_name"] == "Oak Primary" and preview.json()["aup"]["version"]
     email = f"{uid('qr')}@example.org"
     token = await register_and_verify(world, email, code=codes[amy], relationship="mother")
-    mine = await eventually(lambda: _children_if(world, token, lambda c: c.get(amy, {}).get("status") == "linked"), timeout=10)
+    mine = await eventually(
+        lambda: _children_if(world, token, lambda c: c.get(amy, {}).get("status") == "linked"), timeout=10
+    )
     assert mine[amy]["first_name"] == "Amy" and mine[amy]["relationship"] == "mother"
     # Staff see the parent, named from identity.
-    pupils = (await world.a.http.get(f"/api/v1/classes/{world.oak.class_id}/pupils", headers=bearer(world.oak.teacher_token))).json()
+    pupils = (
+        await world.a.http.get(f"/api/v1/classes/{world.oak.class_id}/pupils", headers=bearer(world.oak.teacher_token))
+    ).json()
     row = next(p for p in pupils if p["pupil_id"] == amy)
     assert [(p["email"], p["name"], p["status"]) for p in row["parents"]] == [(email, "Mary Smith", "linked")]
 
 
-async def _children_if(world: World, token: str, predicate):  # noqa: ANN001, ANN202
+async def _children_if(world: World, token: str, predicate):
     got = await children(world.a, token)
     return got if predicate(got) else None
 
@@ -220,7 +248,8 @@ async def _children_if(world: World, token: str, predicate):  # noqa: ANN001, AN
 async def test_a_bad_code_creates_nothing_and_a_known_address_is_not_linked(world: World) -> None:
     email = f"{uid('bad')}@example.org"
     r = await world.a.http.post(
-        "/api/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "X", "accept_aup": True, "code": "AAAA-BBBB-CCCC"}
+        "/api/v1/auth/register",
+        json={"email": email, "password": PASSWORD, "name": "X", "accept_aup": True, "code": "AAAA-BBBB-CCCC"},
     )
     assert r.status_code == 404 and r.json()["error"] == "invalid_code"
     # Nothing was created: registering again (no code) gets a verification email, not "already registered".
@@ -230,7 +259,15 @@ async def test_a_bad_code_creates_nothing_and_a_known_address_is_not_linked(worl
     codes = await printed_codes(world, world.elm)
     eve = world.elm.pupils[0]
     again = await world.a.http.post(
-        "/api/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "X", "accept_aup": True, "code": codes[eve], "relationship": "other"}
+        "/api/v1/auth/register",
+        json={
+            "email": email,
+            "password": PASSWORD,
+            "name": "X",
+            "accept_aup": True,
+            "code": codes[eve],
+            "relationship": "other",
+        },
     )
     assert again.status_code == 202
     await world.email(email, EXISTS_SUBJECT)
@@ -242,7 +279,9 @@ async def test_email_path_three_children_switching_and_removing_one(world: World
     oak = world.oak
     ben, cat, dan = oak.pupils[1], oak.pupils[2], oak.pupils[3]
     school_address = f"{uid('dad')}@example.org"
-    invited = await world.a.http.post(f"/api/v1/pupils/{ben}/invitations", headers=bearer(oak.teacher_token), json={"email": school_address})
+    invited = await world.a.http.post(
+        f"/api/v1/pupils/{ben}/invitations", headers=bearer(oak.teacher_token), json={"email": school_address}
+    )
     assert invited.status_code == 201, invited.text
     text = await world.email(school_address, "Oak Primary invites you to see Ben's schoolwork")
     link = re.search(re.escape(PUBLIC_URL) + r"/link/([0-9A-Z-]{14})", text)
@@ -264,7 +303,9 @@ async def test_email_path_three_children_switching_and_removing_one(world: World
         r = await world.b.http.get(f"/api/v1/me/children/{pupil}/overview", headers=bearer(token))
         assert r.status_code == 200 and r.json()["pupil_id"] == pupil and r.json()["partial"] is False
 
-    pupils = (await world.a.http.get(f"/api/v1/classes/{oak.class_id}/pupils", headers=bearer(oak.teacher_token))).json()
+    pupils = (
+        await world.a.http.get(f"/api/v1/classes/{oak.class_id}/pupils", headers=bearer(oak.teacher_token))
+    ).json()
     parent_id = next(p for p in pupils if p["pupil_id"] == ben)["parents"][0]["parent_id"]
     invitation = next(p for p in pupils if p["pupil_id"] == ben)["invitations"][0]
     assert invitation["status"] == "accepted" and invitation["email"] == school_address
@@ -276,7 +317,12 @@ async def test_email_path_three_children_switching_and_removing_one(world: World
     assert removed.status_code == 204
     assert (await world.a.http.get(f"/api/v1/me/children/{cat}/overview", headers=bearer(token))).status_code == 404
     started = asyncio.get_running_loop().time()
-    await eventually(lambda: _status_is(world.b, token, cat, 404), timeout=1.0, interval=0.02, message="removal seen by the other replica")
+    await eventually(
+        lambda: _status_is(world.b, token, cat, 404),
+        timeout=1.0,
+        interval=0.02,
+        message="removal seen by the other replica",
+    )
     assert asyncio.get_running_loop().time() - started < 1.0
     assert set(await children(world.a, token)) == {ben, dan}, "removing one sibling leaves two"
 
@@ -312,7 +358,9 @@ async def test_remove_a_parent_everywhere_then_reinvite(world: World) -> None:
     oak = world.oak
     listed = await world.a.http.get(f"/api/v1/parents/{parent_id}/pupils", headers=bearer(oak.admin_token))
     assert listed.status_code == 200 and len(listed.json()) == 2
-    assert (await world.a.http.get(f"/api/v1/parents/{parent_id}/pupils", headers=bearer(world.elm.admin_token))).status_code == 404
+    assert (
+        await world.a.http.get(f"/api/v1/parents/{parent_id}/pupils", headers=bearer(world.elm.admin_token))
+    ).status_code == 404
     gone = await world.a.http.delete(f"/api/v1/parents/{parent_id}/pupils", headers=bearer(oak.admin_token))
     assert gone.status_code == 204
     assert await children(world.a, token) == {}
@@ -321,7 +369,9 @@ async def test_remove_a_parent_everywhere_then_reinvite(world: World) -> None:
 
     # Re-invite the same address: the new invitation links again.
     address = f"{uid('again')}@example.org"
-    await world.a.http.post(f"/api/v1/pupils/{oak.pupils[1]}/invitations", headers=bearer(oak.teacher_token), json={"email": address})
+    await world.a.http.post(
+        f"/api/v1/pupils/{oak.pupils[1]}/invitations", headers=bearer(oak.teacher_token), json={"email": address}
+    )
     text = await world.email(address, "Oak Primary invites you to see Ben's schoolwork")
     code = re.search(r"/link/([0-9A-Z-]{14})", text)[1]
     assert (await add_child(world, token, code, "father")).status_code == 201
@@ -330,7 +380,9 @@ async def test_remove_a_parent_everywhere_then_reinvite(world: World) -> None:
 
 async def test_two_carers_on_one_printed_code_then_full(world: World) -> None:
     oak = world.oak
-    put = await world.a.http.put(f"/api/v1/schools/{oak.school_id}/settings", headers=bearer(oak.admin_token), json={"max_carers_per_code": 2})
+    put = await world.a.http.put(
+        f"/api/v1/schools/{oak.school_id}/settings", headers=bearer(oak.admin_token), json={"max_carers_per_code": 2}
+    )
     assert put.status_code == 200, put.text
     codes = await printed_codes(world, oak)
     dan = oak.pupils[3]
@@ -367,7 +419,16 @@ async def test_overview_numbers_and_partial_while_overview_is_away(world: World)
     js = world.nc.jetstream()
     now = utcnow()
     for subject, ev in [
-        (platform.HOMEWORK_ASSIGNED, platform.HomeworkAssigned(homework_id=uid("hw"), school_id=world.oak.school_id, pupil_ids=[amy], title="Fractions", due_at=now + timedelta(days=2))),
+        (
+            platform.HOMEWORK_ASSIGNED,
+            platform.HomeworkAssigned(
+                homework_id=uid("hw"),
+                school_id=world.oak.school_id,
+                pupil_ids=[amy],
+                title="Fractions",
+                due_at=now + timedelta(days=2),
+            ),
+        ),
         (platform.MESSAGE_DELIVERED, platform.MessageDelivered(message_id=uid("m"), pupil_id=amy)),
         (platform.STARS_AWARDED, platform.StarsAwarded(award_id=uid("s"), pupil_id=amy, stars=3)),
     ]:
@@ -376,7 +437,11 @@ async def test_overview_numbers_and_partial_while_overview_is_away(world: World)
     async def numbers() -> dict | None:
         r = await world.a.http.get("/api/v1/me/overview", headers=bearer(token))
         child = r.json()["children"][0]
-        return child if (child["outstanding_homework"], child["unread_messages"], child["stars_this_week"]) == (1, 1, 3) else None
+        return (
+            child
+            if (child["outstanding_homework"], child["unread_messages"], child["stars_this_week"]) == (1, 1, 3)
+            else None
+        )
 
     child = await eventually(numbers, timeout=10)
     assert child["next_due"][0]["title"] == "Fractions" and child["links"]["homework"].endswith(f"pupil={amy}")
@@ -385,7 +450,9 @@ async def test_overview_numbers_and_partial_while_overview_is_away(world: World)
     try:
         r = await world.a.http.get("/api/v1/me/overview", headers=bearer(token))
         assert r.status_code == 200, r.text
-        assert "partial" not in r.json() and r.json()["children"][0]["stars_this_week"] == 3, "fresh in the gateway's memory"
+        assert "partial" not in r.json() and r.json()["children"][0]["stars_this_week"] == 3, (
+            "fresh in the gateway's memory"
+        )
         # Overview says Amy's numbers changed (as a replica does after applying her events),
         # but no replica is there to answer: the last numbers seen, marked partial.
         await world.nc.publish(oc.CHANGED_NOTICE, oc.ChangedNotice(pupil_ids=[amy]).model_dump_json().encode())

@@ -52,39 +52,56 @@ def bad_code() -> str:
     return "2222-3333-" + uuid.uuid4().hex[:4].upper().translate(str.maketrans("01ABCDEF", "23456789"))
 
 
-async def preview(env: Env, code: str, **kw) -> contract.CodePreview:  # noqa: ANN003
+async def preview(env: Env, code: str, **kw) -> contract.CodePreview:
     return await env.ask(contract.PREVIEW_CODE, contract.PreviewCodeRequest(code=code, **kw), contract.CodePreview)
 
 
-async def preview_refused(env: Env, code: str, **kw) -> RpcError:  # noqa: ANN003
+async def preview_refused(env: Env, code: str, **kw) -> RpcError:
     with pytest.raises(RpcError) as info:
         await preview(env, code, **kw)
     return info.value
 
 
-async def add_bar(env: Env, school, pupil_id: str, email: str, parent_ids: list[str], checked: list[str], reason: str = "court order") -> contract.AddBarReply:  # noqa: ANN001
+async def add_bar(
+    env: Env, school, pupil_id: str, email: str, parent_ids: list[str], checked: list[str], reason: str = "court order"
+) -> contract.AddBarReply:
     return await env.ask(
         contract.ADD_BAR,
         contract.AddBarRequest(
-            scope=school.scope, actor_id="admin-1", pupil_id=pupil_id, email=email, reason=reason, parent_ids=parent_ids, checked_parent_ids=checked
+            scope=school.scope,
+            actor_id="admin-1",
+            pupil_id=pupil_id,
+            email=email,
+            reason=reason,
+            parent_ids=parent_ids,
+            checked_parent_ids=checked,
         ),
         contract.AddBarReply,
     )
 
 
-async def bars(env: Env, school, pupil_id: str) -> list[contract.BarView]:  # noqa: ANN001
-    return (await env.ask(contract.BARS, contract.BarsRequest(scope=school.scope, pupil_id=pupil_id), contract.BarsReply)).bars
+async def bars(env: Env, school, pupil_id: str) -> list[contract.BarView]:
+    return (
+        await env.ask(contract.BARS, contract.BarsRequest(scope=school.scope, pupil_id=pupil_id), contract.BarsReply)
+    ).bars
 
 
-async def trail(env: Env, school, pupil_id: str) -> list[tuple[str, str, str | None]]:  # noqa: ANN001
-    reply = await env.ask(contract.AUDIT, contract.AuditRequest(scope=school.scope, pupil_id=pupil_id), contract.AuditReply)
+async def trail(env: Env, school, pupil_id: str) -> list[tuple[str, str, str | None]]:
+    reply = await env.ask(
+        contract.AUDIT, contract.AuditRequest(scope=school.scope, pupil_id=pupil_id), contract.AuditReply
+    )
     return [(e.action, e.actor, e.parent_id) for e in reply.entries]
 
 
 async def run_portal(*args: str, nats_url: str) -> subprocess.CompletedProcess:
     # In a thread: linking answers from this test's own event loop.
     return await asyncio.to_thread(
-        subprocess.run, [PORTAL, *args], capture_output=True, text=True, timeout=60, env={**os.environ, "PORTAL_NATS_URL": nats_url}
+        subprocess.run,
+        [PORTAL, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PORTAL_NATS_URL": nats_url},
     )
 
 
@@ -101,13 +118,19 @@ async def test_a_bar_ends_links_and_blocks_every_code_for_that_address_not_for_a
     await redeem(env, amy_code, dad, email="dad@example.org", relationship="father")
     _, first_invitation = await invite(env, school, amy, "mum@example.org")
 
-    listed = await env.ask(contract.PUPIL_PARENTS, contract.PupilParentsRequest(scope=school.scope, pupil_id=amy), contract.PupilParentsReply)
+    listed = await env.ask(
+        contract.PUPIL_PARENTS,
+        contract.PupilParentsRequest(scope=school.scope, pupil_id=amy),
+        contract.PupilParentsReply,
+    )
     assert listed.parent_ids == [mum, dad]
     bar = await add_bar(env, school, amy, " Mum@Example.org", [mum], [mum, dad])
     assert bar.created and bar.removed_parent_ids == [mum] and bar.unchecked_parent_ids == []
     assert [c.pupil_id for c in await children(env, mum)] == [ben], "the sibling is unaffected"
     assert [c.pupil_id for c in await children(env, dad)] == [amy], "another address keeps its link"
-    removed = await eventually(lambda: [e for e in env.events(contract.LINK_REMOVED) if e["parent_id"] == mum], timeout=10)
+    removed = await eventually(
+        lambda: [e for e in env.events(contract.LINK_REMOVED) if e["parent_id"] == mum], timeout=10
+    )
     assert [(e["pupil_id"], e["by"], e["actor_id"]) for e in removed] == [(amy, "bar", "admin-1")]
 
     # Every code, printed or invited, refuses any account with that address, as a bad code would.
@@ -118,10 +141,18 @@ async def test_a_bar_ends_links_and_blocks_every_code_for_that_address_not_for_a
     for code in (fresh_code, other_invitation["code"], first_invitation["code"]):
         assert await refused(env, code, second_account, email="MUM@example.org") == contract.E_INVALID_CODE
     with pytest.raises(RpcError) as registering:
-        await env.ask(contract.REDEEM, contract.RedeemRequest(code=fresh_code, dry_run=True, accept_aup=True, email="mum@example.org"), contract.RedeemReply)
+        await env.ask(
+            contract.REDEEM,
+            contract.RedeemRequest(code=fresh_code, dry_run=True, accept_aup=True, email="mum@example.org"),
+            contract.RedeemReply,
+        )
     assert registering.value.code == contract.E_INVALID_CODE
     with pytest.raises(RpcError) as inviting:
-        await env.ask(contract.INVITE, contract.InviteRequest(scope=school.scope, actor_id="head", pupil_id=amy, email="mum@example.org"), contract.InvitationView)
+        await env.ask(
+            contract.INVITE,
+            contract.InviteRequest(scope=school.scope, actor_id="head", pupil_id=amy, email="mum@example.org"),
+            contract.InvitationView,
+        )
     assert inviting.value.code == contract.E_VALIDATION
     view = await class_view(env, school, class_id)
     amy_view = next(p for p in view.pupils if p.pupil_id == amy)
@@ -131,7 +162,9 @@ async def test_a_bar_ends_links_and_blocks_every_code_for_that_address_not_for_a
     gran = parent()
     assert (await redeem(env, fresh_code, gran, email="gran@example.org")).created
 
-    assert [(b.bar_id, b.email, b.reason, b.by) for b in await bars(env, school, amy)] == [(bar.bar_id, "Mum@Example.org", "court order", "admin-1")]
+    assert [(b.bar_id, b.email, b.reason, b.by) for b in await bars(env, school, amy)] == [
+        (bar.bar_id, "Mum@Example.org", "court order", "admin-1")
+    ]
     again = await add_bar(env, school, amy, "mum@example.org", [], [dad], reason="repeated")
     assert (again.bar_id, again.created) == (bar.bar_id, False), "the same address is the same bar"
     assert await bars(env, school, ben) == []
@@ -143,8 +176,14 @@ async def test_a_bar_ends_links_and_blocks_every_code_for_that_address_not_for_a
         assert (await env.fails(request, reply)).code == contract.E_NOT_FOUND
 
     # Lifted: recorded, and the address may be linked again.
-    await env.ask(contract.LIFT_BAR, contract.LiftBarRequest(scope=school.scope, actor_id="admin-2", pupil_id=amy, bar_id=bar.bar_id), contract.Done)
-    assert (await env.fails(contract.LIFT_BAR, contract.LiftBarRequest(scope=school.scope, pupil_id=amy, bar_id=bar.bar_id))).code == contract.E_NOT_FOUND
+    await env.ask(
+        contract.LIFT_BAR,
+        contract.LiftBarRequest(scope=school.scope, actor_id="admin-2", pupil_id=amy, bar_id=bar.bar_id),
+        contract.Done,
+    )
+    assert (
+        await env.fails(contract.LIFT_BAR, contract.LiftBarRequest(scope=school.scope, pupil_id=amy, bar_id=bar.bar_id))
+    ).code == contract.E_NOT_FOUND
     assert await bars(env, school, amy) == []
     _, welcome_back = await invite(env, school, amy, "mum@example.org")
     assert (await redeem(env, welcome_back["code"], mum, email="mum@example.org")).created
@@ -181,9 +220,17 @@ async def test_every_action_is_audited_with_its_actor(watched: Env) -> None:
     await eventually(activated, timeout=10)
     await env.ask(contract.UNLINK, contract.UnlinkRequest(parent_id=mum, pupil_id=amy), contract.Done)
     await redeem(env, invitation["code"], carer, email="carer@example.org", relationship="carer")
-    await env.ask(contract.REMOVE_PARENT, contract.RemoveParentRequest(scope=school.scope, actor_id="head", pupil_id=amy, parent_id=carer), contract.Done)
+    await env.ask(
+        contract.REMOVE_PARENT,
+        contract.RemoveParentRequest(scope=school.scope, actor_id="head", pupil_id=amy, parent_id=carer),
+        contract.Done,
+    )
     bar = await add_bar(env, school, amy, "stranger@example.org", [], [])
-    await env.ask(contract.LIFT_BAR, contract.LiftBarRequest(scope=school.scope, actor_id="admin-1", pupil_id=amy, bar_id=bar.bar_id), contract.Done)
+    await env.ask(
+        contract.LIFT_BAR,
+        contract.LiftBarRequest(scope=school.scope, actor_id="admin-1", pupil_id=amy, bar_id=bar.bar_id),
+        contract.Done,
+    )
     await redeem(env, code, mum)
     left = platform.PupilLeft(pupil_id=amy, occurred_at=utcnow())
     await env.publish(platform.PUPIL_LEFT, left)
@@ -218,7 +265,9 @@ async def test_the_eleventh_wrong_code_answers_429_and_another_parent_is_unaffec
     guesser, neighbour, address = parent(), parent(), ip()
     for i in range(10):
         if i % 2:
-            assert (await preview_refused(env, bad_code(), parent_id=guesser, client_ip=address)).code == contract.E_INVALID_CODE
+            assert (
+                await preview_refused(env, bad_code(), parent_id=guesser, client_ip=address)
+            ).code == contract.E_INVALID_CODE
         else:
             assert await refused(env, bad_code(), guesser, client_ip=address) == contract.E_INVALID_CODE
     # Refused before the code is looked at: a good code gets the same answer.
@@ -243,12 +292,22 @@ async def test_an_address_is_limited_on_failures_only(env: Env) -> None:
         assert {r.code for r in results} == {contract.E_INVALID_CODE}
     # The 101st failure, a registration with a bad code, is one too many...
     with pytest.raises(RpcError) as info:
-        await env.ask(contract.REDEEM, contract.RedeemRequest(code=bad_code(), dry_run=True, accept_aup=True, email="x@example.org", client_ip=hall), contract.RedeemReply)
+        await env.ask(
+            contract.REDEEM,
+            contract.RedeemRequest(
+                code=bad_code(), dry_run=True, accept_aup=True, email="x@example.org", client_ip=hall
+            ),
+            contract.RedeemReply,
+        )
     assert info.value.code == contract.E_TOO_MANY_ATTEMPTS and RETRY.search(info.value.detail)
     assert (await preview_refused(env, bad_code(), client_ip=hall)).code == contract.E_TOO_MANY_ATTEMPTS
     # ... while the hall's good codes keep working, and another address is not limited.
     assert (await preview(env, good, client_ip=hall)).first_name == "Amy00"
-    dry = await env.ask(contract.REDEEM, contract.RedeemRequest(code=good, dry_run=True, accept_aup=True, client_ip=hall), contract.RedeemReply)
+    dry = await env.ask(
+        contract.REDEEM,
+        contract.RedeemRequest(code=good, dry_run=True, accept_aup=True, client_ip=hall),
+        contract.RedeemReply,
+    )
     assert dry.aup is not None
     assert (await redeem(env, good, parent(), client_ip=hall)).created
     assert (await preview_refused(env, bad_code(), client_ip=ip())).code == contract.E_INVALID_CODE
@@ -263,7 +322,9 @@ async def test_guesses_spread_over_50_accounts_trip_the_trust_alert(env: Env) ->
     school, class_id, _ = await make_school(env, pupils=3)
     await env.ask(
         contract.UPDATE_SCHOOL_SETTINGS,
-        contract.UpdateSchoolSettingsRequest(scope=school.scope, school_id=school.school_id, settings={"max_carers_per_code": 20}),
+        contract.UpdateSchoolSettingsRequest(
+            scope=school.scope, school_id=school.school_id, settings={"max_carers_per_code": 20}
+        ),
         contract.SchoolSettings,
     )
     good = await printed_codes(env, school, class_id)

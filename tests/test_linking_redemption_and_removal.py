@@ -70,7 +70,9 @@ async def test_registration_link_waits_for_verification_then_activates(watched: 
     school, class_id, pupils = await make_school(env, pupils=1)
     code = (await printed_codes(env, school, class_id))[0]
     p = parent()
-    dry = await env.ask(contract.REDEEM, contract.RedeemRequest(code=code, dry_run=True, accept_aup=True), contract.RedeemReply)
+    dry = await env.ask(
+        contract.REDEEM, contract.RedeemRequest(code=code, dry_run=True, accept_aup=True), contract.RedeemReply
+    )
     assert not dry.created and dry.aup.version
     reply = await redeem(env, code, p, verified=False)
     assert reply.child.status == "awaiting_verification"
@@ -107,15 +109,25 @@ async def test_removal_siblings_everywhere_and_reinvitation(watched: Env) -> Non
         await redeem(env, c, dad, relationship="father")
     assert len(await children(env, dad)) == 3
 
-    await env.ask(contract.REMOVE_PARENT, contract.RemoveParentRequest(scope=school.scope, actor_id="head", pupil_id=pupils[1], parent_id=dad), contract.Done)
+    await env.ask(
+        contract.REMOVE_PARENT,
+        contract.RemoveParentRequest(scope=school.scope, actor_id="head", pupil_id=pupils[1], parent_id=dad),
+        contract.Done,
+    )
     assert sorted(c.pupil_id for c in await children(env, dad)) == sorted([pupils[0], pupils[2]])
     # The code that was used must not undo the school's removal.
     assert await refused(env, codes[1], dad) == contract.E_INVALID_CODE
 
-    listed = await env.ask(contract.PARENT_PUPILS, contract.StaffParentRequest(scope=school.scope, parent_id=dad), contract.ParentPupilsReply)
+    listed = await env.ask(
+        contract.PARENT_PUPILS,
+        contract.StaffParentRequest(scope=school.scope, parent_id=dad),
+        contract.ParentPupilsReply,
+    )
     assert len(listed.pupils) == 2
     removed = await env.ask(
-        contract.REMOVE_PARENT_EVERYWHERE, contract.StaffParentRequest(scope=school.scope, actor_id="head", parent_id=dad), contract.RemovedReply
+        contract.REMOVE_PARENT_EVERYWHERE,
+        contract.StaffParentRequest(scope=school.scope, actor_id="head", parent_id=dad),
+        contract.RemovedReply,
     )
     assert sorted(removed.pupil_ids) == sorted([pupils[0], pupils[2]])
     assert await children(env, dad) == []
@@ -124,7 +136,9 @@ async def test_removal_siblings_everywhere_and_reinvitation(watched: Env) -> Non
     _, request = await invite(env, school, pupils[1], "dad@example.org")
     assert request["to"] == "dad@example.org" and request["pupil_first_name"] == "Amy01"
     assert (await redeem(env, request["code"], dad)).created
-    trail = await env.ask(contract.AUDIT, contract.AuditRequest(scope=school.scope, pupil_id=pupils[1]), contract.AuditReply)
+    trail = await env.ask(
+        contract.AUDIT, contract.AuditRequest(scope=school.scope, pupil_id=pupils[1]), contract.AuditReply
+    )
     actions = [(e.action, e.actor) for e in trail.entries]
     assert actions == [
         ("code_regenerated", "staff:staff-1"),
@@ -145,7 +159,14 @@ async def test_invitations_revoke_earlier_ones_and_show_bounces(watched: Env) ->
     second, _ = await invite(env, school, pupils[0], "mum@example.org")
     await env.publish(
         notify.EMAIL_FAILED,
-        notify.EmailFailed(request_id="r", kind="invitation", reference=f"invitation:{second.invitation_id}", attempts=1, reason="rejected", smtp_code=550),
+        notify.EmailFailed(
+            request_id="r",
+            kind="invitation",
+            reference=f"invitation:{second.invitation_id}",
+            attempts=1,
+            reason="rejected",
+            smtp_code=550,
+        ),
     )
 
     async def statuses() -> dict | None:
@@ -157,7 +178,11 @@ async def test_invitations_revoke_earlier_ones_and_show_bounces(watched: Env) ->
     assert got[first.invitation_id] == "revoked"
     assert await refused(env, first_code, parent()) == contract.E_INVALID_CODE
     with pytest.raises(RpcError) as bad:
-        await env.ask(contract.INVITE, contract.InviteRequest(scope=school.scope, pupil_id=pupils[0], email="not an address"), contract.InvitationView)
+        await env.ask(
+            contract.INVITE,
+            contract.InviteRequest(scope=school.scope, pupil_id=pupils[0], email="not an address"),
+            contract.InvitationView,
+        )
     assert bad.value.code == contract.E_VALIDATION
 
 
@@ -193,7 +218,11 @@ async def test_concurrent_access_checks_each_get_their_own_parents_children(watc
     asks = [*parents, *parents, *parents, parent()]  # and one with no child at all
 
     async def active(p: str) -> set[str]:
-        return set((await env.ask(contract.ACTIVE_PUPILS, contract.ParentRequest(parent_id=p), contract.ActivePupilsReply)).pupil_ids)
+        return set(
+            (
+                await env.ask(contract.ACTIVE_PUPILS, contract.ParentRequest(parent_id=p), contract.ActivePupilsReply)
+            ).pupil_ids
+        )
 
     answers = await asyncio.gather(*(active(p) for p in asks))
     for p, answer in zip(asks, answers, strict=True):

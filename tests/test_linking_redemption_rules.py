@@ -40,7 +40,9 @@ GOOD = RedemptionFacts(
 )
 # The same with an invitation's code, its invitation open.
 INVITED = replace(
-    GOOD, code=CodeFacts(kind=INVITATION, revoked=False, expires_at=NOW + timedelta(days=14)), invitation_status="invited"
+    GOOD,
+    code=CodeFacts(kind=INVITATION, revoked=False, expires_at=NOW + timedelta(days=14)),
+    invitation_status="invited",
 )
 
 
@@ -91,7 +93,12 @@ def test_a_revoked_code_is_invalid() -> None:
 
 def test_a_code_is_invalid_from_the_moment_it_expires() -> None:
     assert_invalid_code(replace(GOOD, code=CodeFacts(kind=PRINTED, revoked=False, expires_at=NOW)))
-    assert decide(replace(GOOD, code=CodeFacts(kind=PRINTED, revoked=False, expires_at=NOW + timedelta(seconds=1)))).outcome is Outcome.LINK
+    assert (
+        decide(
+            replace(GOOD, code=CodeFacts(kind=PRINTED, revoked=False, expires_at=NOW + timedelta(seconds=1)))
+        ).outcome
+        is Outcome.LINK
+    )
 
 
 def test_a_pupil_who_left_cannot_be_linked() -> None:

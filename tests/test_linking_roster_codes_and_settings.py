@@ -72,7 +72,11 @@ async def test_roster_is_applied_and_shown_to_staff(env: Env) -> None:
             "linked_pupil_count": 0,
         }
     ]
-    listed = await env.ask(contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply)
+    listed = await env.ask(
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=school.scope, class_id=class_id),
+        contract.ClassPupilsReply,
+    )
     assert [p.pupil_id for p in listed.pupils] == pupils
     assert all(p.code_expires_at is None and p.parents == [] and p.invitations == [] for p in listed.pupils)
     assert (listed.name, listed.school_name) == ("Year 3 Robins", "Oak Primary")
@@ -86,27 +90,56 @@ async def test_roster_is_applied_and_shown_to_staff(env: Env) -> None:
 
 async def test_reapplied_and_replayed_events_change_nothing(env: Env) -> None:
     school, class_id, pupils = await make_school(env, pupils=2)
-    before = await env.ask(contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply)
-    first = platform.PupilUpserted(school_id=school.school_id, pupil_id=pupils[0], first_name="Renamed", last_name="Later", class_ids=[class_id], occurred_at=at(0))
+    before = await env.ask(
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=school.scope, class_id=class_id),
+        contract.ClassPupilsReply,
+    )
+    first = platform.PupilUpserted(
+        school_id=school.school_id,
+        pupil_id=pupils[0],
+        first_name="Renamed",
+        last_name="Later",
+        class_ids=[class_id],
+        occurred_at=at(0),
+    )
     # The same event under another message id gets past the stream's duplicate window, as a
     # retrying publisher's would; the consumer still applies it once.
     await env.publish(platform.PUPIL_UPSERTED, first, msg_id=uuid.uuid4().hex)
     await env.publish(platform.PUPIL_UPSERTED, first, msg_id=uuid.uuid4().hex)
     await env.applied([first])
     # An old event (from before the roster was made) replayed: older than what is there.
-    listed = await env.ask(contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply)
+    listed = await env.ask(
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=school.scope, class_id=class_id),
+        contract.ClassPupilsReply,
+    )
     assert listed == before, "an older upsert, however often it comes, changes nothing"
     # A re-import: the same facts as new events changes nothing either.
     again = [
-        platform.PupilUpserted(school_id=school.school_id, pupil_id=p.pupil_id, first_name=p.first_name, last_name=p.last_name, class_ids=[class_id])
+        platform.PupilUpserted(
+            school_id=school.school_id,
+            pupil_id=p.pupil_id,
+            first_name=p.first_name,
+            last_name=p.last_name,
+            class_ids=[class_id],
+        )
         for p in before.pupils
     ]
     for ev in again:
         await env.publish(platform.PUPIL_UPSERTED, ev)
     await env.applied(again)
-    after = await env.ask(contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply)
+    after = await env.ask(
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=school.scope, class_id=class_id),
+        contract.ClassPupilsReply,
+    )
     assert after == before
-    status = await env.ask(contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=[first.event_id, "never-sent"]), contract.RosterStatusReply)
+    status = await env.ask(
+        contract.ROSTER_STATUS,
+        contract.RosterStatusRequest(event_ids=[first.event_id, "never-sent"]),
+        contract.RosterStatusReply,
+    )
     assert (status.applied, status.missing) == (1, ["never-sent"])
 
 
@@ -116,28 +149,98 @@ async def test_out_of_order_roster_events(env: Env) -> None:
     scope = contract.StaffScope(school_ids=[school_id])
     events: list[tuple[str, Event]] = [
         # The pupil before its classes and school; a class before its school.
-        (platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id=school_id, pupil_id=pupil, first_name="New", last_name="Name", class_ids=[class_b], occurred_at=at(20))),
-        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school_id, class_id=class_a, name="Hawks", occurred_at=at(5))),
+        (
+            platform.PUPIL_UPSERTED,
+            platform.PupilUpserted(
+                school_id=school_id,
+                pupil_id=pupil,
+                first_name="New",
+                last_name="Name",
+                class_ids=[class_b],
+                occurred_at=at(20),
+            ),
+        ),
+        (
+            platform.CLASS_UPSERTED,
+            platform.ClassUpserted(school_id=school_id, class_id=class_a, name="Hawks", occurred_at=at(5)),
+        ),
         # The newer upsert first, the older one late: the newer stands.
-        (platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id=school_id, pupil_id=pupil, first_name="Old", last_name="Name", class_ids=[class_a], occurred_at=at(10))),
-        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=school_id, class_id=class_b, name="Owls", occurred_at=at(5))),
-        (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id=trust_id, school_id=school_id, name="Elm Academy", timezone="Europe/London", occurred_at=at(30))),
-        (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id=trust_id, school_id=school_id, name="Elm School (old name)", timezone="Europe/London", occurred_at=at(1))),
+        (
+            platform.PUPIL_UPSERTED,
+            platform.PupilUpserted(
+                school_id=school_id,
+                pupil_id=pupil,
+                first_name="Old",
+                last_name="Name",
+                class_ids=[class_a],
+                occurred_at=at(10),
+            ),
+        ),
+        (
+            platform.CLASS_UPSERTED,
+            platform.ClassUpserted(school_id=school_id, class_id=class_b, name="Owls", occurred_at=at(5)),
+        ),
+        (
+            platform.SCHOOL_UPSERTED,
+            platform.SchoolUpserted(
+                trust_id=trust_id, school_id=school_id, name="Elm Academy", timezone="Europe/London", occurred_at=at(30)
+            ),
+        ),
+        (
+            platform.SCHOOL_UPSERTED,
+            platform.SchoolUpserted(
+                trust_id=trust_id,
+                school_id=school_id,
+                name="Elm School (old name)",
+                timezone="Europe/London",
+                occurred_at=at(1),
+            ),
+        ),
         # Left before we heard of the pupil, then its (older) upsert: still gone.
         (platform.PUPIL_LEFT, platform.PupilLeft(pupil_id=leaver, occurred_at=at(50))),
-        (platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id=school_id, pupil_id=leaver, first_name="Gone", last_name="Away", class_ids=[class_b], occurred_at=at(40))),
+        (
+            platform.PUPIL_UPSERTED,
+            platform.PupilUpserted(
+                school_id=school_id,
+                pupil_id=leaver,
+                first_name="Gone",
+                last_name="Away",
+                class_ids=[class_b],
+                occurred_at=at(40),
+            ),
+        ),
         # Left, then upserted after leaving (re-enrolled): back; the late old `left` changes nothing.
-        (platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id=school_id, pupil_id=returner, first_name="Back", last_name="Again", class_ids=[class_b], occurred_at=at(70))),
+        (
+            platform.PUPIL_UPSERTED,
+            platform.PupilUpserted(
+                school_id=school_id,
+                pupil_id=returner,
+                first_name="Back",
+                last_name="Again",
+                class_ids=[class_b],
+                occurred_at=at(70),
+            ),
+        ),
         (platform.PUPIL_LEFT, platform.PupilLeft(pupil_id=returner, occurred_at=at(60))),
         # A member of staff: identity's business, acknowledged unread.
-        (platform.STAFF_UPSERTED, platform.StaffUpserted(school_id=school_id, staff_id=uid("staff"), email="t@example.org", name="T", role="teacher")),
+        (
+            platform.STAFF_UPSERTED,
+            platform.StaffUpserted(
+                school_id=school_id, staff_id=uid("staff"), email="t@example.org", name="T", role="teacher"
+            ),
+        ),
     ]
     for subject, ev in events:
         await env.publish(subject, ev)
     await env.applied([ev for s, ev in events if s != platform.STAFF_UPSERTED])
     classes = await env.ask(contract.CLASSES, contract.ClassesRequest(scope=scope), contract.ClassesReply)
-    assert [(c.name, c.school_name, c.pupil_count) for c in classes.classes] == [("Hawks", "Elm Academy", 0), ("Owls", "Elm Academy", 2)]
-    owls = await env.ask(contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=scope, class_id=class_b), contract.ClassPupilsReply)
+    assert [(c.name, c.school_name, c.pupil_count) for c in classes.classes] == [
+        ("Hawks", "Elm Academy", 0),
+        ("Owls", "Elm Academy", 2),
+    ]
+    owls = await env.ask(
+        contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=scope, class_id=class_b), contract.ClassPupilsReply
+    )
     assert [(p.first_name, p.last_name) for p in owls.pupils] == [("Back", "Again"), ("New", "Name")]
 
 
@@ -150,9 +253,15 @@ async def test_a_pupil_who_leaves_loses_their_code_and_their_place(env: Env) -> 
     await env.applied([left])
     err = await env.fails(contract.PREVIEW_CODE, contract.PreviewCodeRequest(code=code))
     assert err.code == "invalid_code"
-    listed = await env.ask(contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply)
+    listed = await env.ask(
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=school.scope, class_id=class_id),
+        contract.ClassPupilsReply,
+    )
     assert [p.pupil_id for p in listed.pupils] == pupils[1:]
-    assert (await env.fails(contract.PUPIL_QR, contract.PupilQrRequest(scope=school.scope, pupil_id=pupils[0]))).code == "not_found"
+    assert (
+        await env.fails(contract.PUPIL_QR, contract.PupilQrRequest(scope=school.scope, pupil_id=pupils[0]))
+    ).code == "not_found"
 
 
 # -- codes ---------------------------------------------------------------------------------------
@@ -160,12 +269,18 @@ async def test_a_pupil_who_leaves_loses_their_code_and_their_place(env: Env) -> 
 
 async def test_codes_preview_and_regeneration_kills_the_old_code(env: Env) -> None:
     school, class_id, pupils = await make_school(env, pupils=3)
-    assert (await env.fails(contract.CLASS_SHEET, contract.ClassSheetRequest(scope=school.scope, class_id=class_id))).code == "no_code"
+    assert (
+        await env.fails(contract.CLASS_SHEET, contract.ClassSheetRequest(scope=school.scope, class_id=class_id))
+    ).code == "no_code"
     made = await create_codes(env, school, class_id=class_id)
     assert sorted(c.pupil_id for c in made.codes) == sorted(pupils)
     expires = made.codes[0].expires_at
     assert timedelta(days=29, hours=23) < expires - datetime.now(UTC) <= timedelta(days=30)
-    listed = await env.ask(contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply)
+    listed = await env.ask(
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=school.scope, class_id=class_id),
+        contract.ClassPupilsReply,
+    )
     assert all(p.code_expires_at == expires for p in listed.pupils)
 
     page = (await sheet(env, school, class_id)).text
@@ -175,7 +290,12 @@ async def test_codes_preview_and_regeneration_kills_the_old_code(env: Env) -> No
     # Amy00's card comes first (sorted by name); typed sloppily, it still works.
     typed = "  " + printed[0].lower().replace("-", " ") + " "
     preview = await env.ask(contract.PREVIEW_CODE, contract.PreviewCodeRequest(code=typed), contract.CodePreview)
-    assert (preview.first_name, preview.school_name, preview.class_name, preview.kind) == ("Amy00", "Oak Primary", "Year 3 Robins", "printed")
+    assert (preview.first_name, preview.school_name, preview.class_name, preview.kind) == (
+        "Amy00",
+        "Oak Primary",
+        "Year 3 Robins",
+        "printed",
+    )
     assert preview.aup.version and "acceptable use" in preview.aup.text
 
     # Printing again prints the same codes.
@@ -204,7 +324,9 @@ async def test_codes_preview_and_regeneration_kills_the_old_code(env: Env) -> No
     assert (first["class_id"], sorted(first["pupil_ids"]), first["revoked_code_ids"]) == (class_id, sorted(pupils), [])
     assert single["pupil_ids"] == [pupils[0]] and len(single["revoked_code_ids"]) == 1
     assert len(whole["revoked_code_ids"]) == 3 and whole["actor_id"] == "staff-1"
-    assert not any(c.replace("-", "") in json.dumps(e) or c in json.dumps(e) for e in regenerated() for c in printed), "ids only"
+    assert not any(c.replace("-", "") in json.dumps(e) or c in json.dumps(e) for e in regenerated() for c in printed), (
+        "ids only"
+    )
 
 
 async def test_bad_codes_are_invalid(env: Env) -> None:
@@ -235,25 +357,39 @@ async def test_every_qr_code_decodes_in_png_svg_html_and_pdf(env: Env, tmp_path:
     pdf = await sheet(env, school, class_id, "pdf")
     assert pdf.content_type == "application/pdf" and pdf.body().startswith(b"%PDF")
     (tmp_path / "sheet.pdf").write_bytes(pdf.body())
-    subprocess.run(["pdftoppm", "-r", "150", "-png", str(tmp_path / "sheet.pdf"), str(tmp_path / "page")], check=True, timeout=60)
+    subprocess.run(
+        ["pdftoppm", "-r", "150", "-png", str(tmp_path / "sheet.pdf"), str(tmp_path / "page")], check=True, timeout=60
+    )
     pages = sorted(tmp_path.glob("page-*.png"))
     assert len(pages) == 3, "ten cards a page"
     found = zbar(pages)
     assert sorted(found) == sorted(expected), "every card's QR code, once"
-    text = subprocess.run(["pdftotext", str(tmp_path / "sheet.pdf"), "-"], capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        ["pdftotext", str(tmp_path / "sheet.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
     assert all(c.split("/link/")[1] in text for c in expected), "the typed code is on each card"
     assert "Lódz" in text or "Łódź" in text
 
     # One pupil's PNG and SVG.
-    qr_png = await env.ask(contract.PUPIL_QR, contract.PupilQrRequest(scope=school.scope, pupil_id=pupils[0], format="png"), contract.Document)
+    qr_png = await env.ask(
+        contract.PUPIL_QR,
+        contract.PupilQrRequest(scope=school.scope, pupil_id=pupils[0], format="png"),
+        contract.Document,
+    )
     assert qr_png.content_type == "image/png"
     (tmp_path / "one.png").write_bytes(qr_png.body())
     (decoded,) = zbar([tmp_path / "one.png"])
     assert decoded in expected
-    qr_svg = await env.ask(contract.PUPIL_QR, contract.PupilQrRequest(scope=school.scope, pupil_id=pupils[0], format="svg"), contract.Document)
+    qr_svg = await env.ask(
+        contract.PUPIL_QR,
+        contract.PupilQrRequest(scope=school.scope, pupil_id=pupils[0], format="svg"),
+        contract.Document,
+    )
     assert qr_svg.content_type == "image/svg+xml" and qr_svg.text.startswith("<?xml")
     inline = re.search(r"<svg.*</svg>", qr_svg.text, re.S).group(0)
-    (decoded_svg,) = zbar([svg_to_png(inline.replace('xmlns="http://www.w3.org/2000/svg" ', ""), tmp_path / "one-svg.png")])
+    (decoded_svg,) = zbar(
+        [svg_to_png(inline.replace('xmlns="http://www.w3.org/2000/svg" ', ""), tmp_path / "one-svg.png")]
+    )
     assert decoded_svg == decoded
 
     # Warm: the renderings are cached, so a sheet costs little.
@@ -281,17 +417,28 @@ async def test_another_schools_things_are_not_found(env: Env) -> None:
         (contract.CREATE_CODES, contract.CreateCodesRequest(scope=scope, class_id=their_class)),
         (contract.CREATE_CODES, contract.CreateCodesRequest(scope=scope, pupil_id=their_pupils[0])),
         (contract.GET_SCHOOL_SETTINGS, contract.SchoolSettingsRequest(scope=scope, school_id=theirs.school_id)),
-        (contract.UPDATE_SCHOOL_SETTINGS, contract.UpdateSchoolSettingsRequest(scope=scope, school_id=theirs.school_id, settings={"invitation_days": 3})),
+        (
+            contract.UPDATE_SCHOOL_SETTINGS,
+            contract.UpdateSchoolSettingsRequest(
+                scope=scope, school_id=theirs.school_id, settings={"invitation_days": 3}
+            ),
+        ),
         (contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=scope, class_id="no-such-class")),
     ]
     for subject, request in probes:
         assert (await env.fails(subject, request)).code == "not_found", subject
     listed = await env.ask(contract.CLASSES, contract.ClassesRequest(scope=scope), contract.ClassesReply)
     assert [c.class_id for c in listed.classes] == [my_class]
-    nothing = await env.ask(contract.CLASSES, contract.ClassesRequest(scope=contract.StaffScope()), contract.ClassesReply)
+    nothing = await env.ask(
+        contract.CLASSES, contract.ClassesRequest(scope=contract.StaffScope()), contract.ClassesReply
+    )
     assert nothing.classes == []
     # Their settings were not changed by the refused request.
-    theirs_now = await env.ask(contract.GET_SCHOOL_SETTINGS, contract.SchoolSettingsRequest(scope=theirs.scope, school_id=theirs.school_id), contract.SchoolSettings)
+    theirs_now = await env.ask(
+        contract.GET_SCHOOL_SETTINGS,
+        contract.SchoolSettingsRequest(scope=theirs.scope, school_id=theirs.school_id),
+        contract.SchoolSettings,
+    )
     assert theirs_now.invitation_days == 14
 
 
@@ -302,17 +449,31 @@ async def test_school_settings_defaults_validation_and_change_event(env: Env) ->
     school, _, pupils = await make_school(env, pupils=1)
     get = contract.SchoolSettingsRequest(scope=school.scope, school_id=school.school_id)
     current = await env.ask(contract.GET_SCHOOL_SETTINGS, get, contract.SchoolSettings)
-    assert (current.max_carers_per_code, current.printed_code_days, current.invitation_days, current.email_parent_on_removal) == (4, 30, 14, True)
+    assert (
+        current.max_carers_per_code,
+        current.printed_code_days,
+        current.invitation_days,
+        current.email_parent_on_removal,
+    ) == (4, 30, 14, True)
     assert current.homework_url == "https://platform.example.test/homework?pupil={pupil_id}"
     default_aup = await env.ask(contract.AUP, contract.AupRequest(), contract.AupReply)
     assert (current.aup_text, current.aup_version) == (default_aup.text, default_aup.version)
 
-    def put(**changes) -> contract.UpdateSchoolSettingsRequest:  # noqa: ANN003
-        return contract.UpdateSchoolSettingsRequest(scope=school.scope, school_id=school.school_id, actor_id="admin-1", settings=changes)
+    def put(**changes) -> contract.UpdateSchoolSettingsRequest:
+        return contract.UpdateSchoolSettingsRequest(
+            scope=school.scope, school_id=school.school_id, actor_id="admin-1", settings=changes
+        )
 
     bad = await env.fails(
         contract.UPDATE_SCHOOL_SETTINGS,
-        put(max_carers_per_code=0, printed_code_days="thirty", aup_text="  ", files_url="ftp://x/{pupil_id}", messages_url="https://x/inbox", colour="red"),
+        put(
+            max_carers_per_code=0,
+            printed_code_days="thirty",
+            aup_text="  ",
+            files_url="ftp://x/{pupil_id}",
+            messages_url="https://x/inbox",
+            colour="red",
+        ),
     )
     assert bad.code == "validation_error"
     for name in ("max_carers_per_code", "printed_code_days", "aup_text", "files_url", "messages_url", "colour"):
@@ -321,7 +482,12 @@ async def test_school_settings_defaults_validation_and_change_event(env: Env) ->
 
     changed = await env.ask(
         contract.UPDATE_SCHOOL_SETTINGS,
-        put(max_carers_per_code=2, aup_text="Be kind.", homework_url="https://hw.example.test/p/{pupil_id}", invitation_days=14),
+        put(
+            max_carers_per_code=2,
+            aup_text="Be kind.",
+            homework_url="https://hw.example.test/p/{pupil_id}",
+            invitation_days=14,
+        ),
         contract.SchoolSettings,
     )
     assert (changed.max_carers_per_code, changed.aup_text.strip(), changed.invitation_days) == (2, "Be kind.", 14)
@@ -340,7 +506,9 @@ async def test_school_settings_defaults_validation_and_change_event(env: Env) ->
     await asyncio.sleep(0.3)
     (event,) = mine()
     assert event["changed"] == ["aup_text", "homework_url", "max_carers_per_code"]
-    assert event["homework_url"] == "https://hw.example.test/p/{pupil_id}" and event["aup_version"] == changed.aup_version
+    assert (
+        event["homework_url"] == "https://hw.example.test/p/{pupil_id}" and event["aup_version"] == changed.aup_version
+    )
     assert event["files_url"] == "https://platform.example.test/files?pupil={pupil_id}"
     assert "Be kind" not in json.dumps(event)
 
@@ -363,5 +531,9 @@ async def test_concurrent_regenerations_leave_one_live_code(env: Env) -> None:
     # Whatever the interleaving, each pupil has exactly one working code: the one printed.
     for code in printed:
         await env.ask(contract.PREVIEW_CODE, contract.PreviewCodeRequest(code=code), contract.CodePreview)
-    listed = await env.ask(contract.CLASS_PUPILS, contract.ClassPupilsRequest(scope=school.scope, class_id=class_id), contract.ClassPupilsReply)
+    listed = await env.ask(
+        contract.CLASS_PUPILS,
+        contract.ClassPupilsRequest(scope=school.scope, class_id=class_id),
+        contract.ClassPupilsReply,
+    )
     assert all(p.code_expires_at is not None for p in listed.pupils)

@@ -29,7 +29,9 @@ async def _totals(url_or_runtime, expected: tuple[int, int]) -> bool:
 
 
 @pytest.mark.slow
-async def test_consumer_killed_mid_batch_applies_every_effect_once(database_url: str, fresh_nats, tmp_path: Path) -> None:
+async def test_consumer_killed_mid_batch_applies_every_effect_once(
+    database_url: str, fresh_nats, tmp_path: Path
+) -> None:
     producer_db = f"sqlite+aiosqlite:///{tmp_path / 'producer.db'}"
     await kitapp.create_schema(producer_db)
     await kitapp.create_schema(database_url)
@@ -113,7 +115,9 @@ async def test_same_event_under_two_message_ids_is_applied_once(database_url: st
 async def test_poison_messages_go_to_dead_letters_and_can_be_replayed(tmp_path: Path, fresh_nats) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
     await kitapp.create_schema(url)
-    consumer = kitapp.build(kitapp.KitSettings(nats_url=fresh_nats.url, database_url=url), consume=True, max_deliveries=3)
+    consumer = kitapp.build(
+        kitapp.KitSettings(nats_url=fresh_nats.url, database_url=url), consume=True, max_deliveries=3
+    )
     nc = await nats.connect(fresh_nats.url)
     js = nc.jetstream()
     kitapp.BLOCKED.add("blocked")
@@ -159,7 +163,9 @@ class Anything(Message):
     model_config = ConfigDict(extra="allow")
 
 
-EXPLODE = Rpc("rpc.kittest.explode.v1", kitapp.ThingHappened, kitapp.ThingHappened, title="explode", description="Always fails.")
+EXPLODE = Rpc(
+    "rpc.kittest.explode.v1", kitapp.ThingHappened, kitapp.ThingHappened, title="explode", description="Always fails."
+)
 COUNT = Rpc("rpc.kittest.count.v1", kitapp.ThingHappened, kitapp.ThingHappened, title="count", description="Counts.")
 
 
@@ -170,7 +176,9 @@ async def test_rpc_errors_are_replies_within_the_deadline(nats_server, tmp_path:
 
     async def explode(req: kitapp.ThingHappened) -> kitapp.ThingHappened:
         if req.key == "refuse":
-            raise rpc.RpcFailure("not_allowed", "refused on purpose", fields=rpc.field_errors(key="refused"), retry_after=7)
+            raise rpc.RpcFailure(
+                "not_allowed", "refused on purpose", fields=rpc.field_errors(key="refused"), retry_after=7
+            )
         raise RuntimeError("boom")
 
     runtime.serve(EXPLODE, explode)

@@ -34,9 +34,7 @@ async def stream_event_ids(js) -> list[str]:
 
 
 @pytest.mark.slow
-async def test_relay_killed_between_publish_and_delete_publishes_each_event_once(
-    database_url: str, fresh_nats
-) -> None:
+async def test_relay_killed_between_publish_and_delete_publishes_each_event_once(database_url: str, fresh_nats) -> None:
     await kitapp.create_schema(database_url)
     producer = kitapp.build(kitapp.KitSettings(nats_url=fresh_nats.url, database_url=database_url), consume=False)
     n = 3000
@@ -51,7 +49,7 @@ async def test_relay_killed_between_publish_and_delete_publishes_each_event_once
     for _ in range(8):
         relay = spawn("relay", database_url, fresh_nats.url)
         before = await stream_count(js)
-        await eventually(lambda: _grew(js, before), timeout=30, interval=0.005)
+        await eventually(lambda: _grew(js, before), timeout=30, interval=0.005)  # noqa: B023 - awaited within this iteration
         relay.send_signal(signal.SIGKILL)
         relay.wait()
         in_stream, left = await stream_count(js), await outbox_count(producer)

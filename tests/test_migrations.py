@@ -41,7 +41,7 @@ async def test_migrations_apply_and_match_the_models(name: str, database_url: st
         async with engine.connect() as conn:
             names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
 
-            def diff(c):  # noqa: ANN001, ANN202
+            def diff(c):
                 ctx = MigrationContext.configure(c, opts={"compare_type": True})
                 return compare_metadata(ctx, [tables.metadata, KIT_METADATA])
 

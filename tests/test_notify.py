@@ -37,7 +37,9 @@ async def start_notify(nats_url: str, db_url: str, smtp_url: str | None, **overr
 
 async def publish(js, request: contract.EmailRequest) -> None:
     await js.publish(
-        contract.request_subject(request.kind), request.model_dump_json().encode(), headers={"Nats-Msg-Id": request.event_id}
+        contract.request_subject(request.kind),
+        request.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": request.event_id},
     )
 
 
@@ -49,7 +51,7 @@ class Outcomes:
         self.failed: list[contract.EmailFailed] = []
 
     async def attach(self, nc) -> None:
-        async def on_msg(msg) -> None:  # noqa: ANN001
+        async def on_msg(msg) -> None:
             if msg.subject == contract.EMAIL_DELIVERED:
                 self.delivered.append(contract.EmailDelivered.model_validate_json(msg.data))
             else:
@@ -60,11 +62,22 @@ class Outcomes:
 
 def sample_requests(to: str) -> list[contract.EmailRequest]:
     return [
-        contract.VerificationEmail(to=to, to_name="Mary Smith", verify_url="http://portal.test/verify?token=tok-verify", expires_at=IN_TWO_DAYS),
-        contract.AccountExistsEmail(to=to, login_url="http://portal.test/login", reset_url="http://portal.test/reset-password"),
-        contract.PasswordResetEmail(to=to, reset_url="http://portal.test/reset-password?token=tok-reset", expires_at=IN_TWO_DAYS),
+        contract.VerificationEmail(
+            to=to, to_name="Mary Smith", verify_url="http://portal.test/verify?token=tok-verify", expires_at=IN_TWO_DAYS
+        ),
+        contract.AccountExistsEmail(
+            to=to, login_url="http://portal.test/login", reset_url="http://portal.test/reset-password"
+        ),
+        contract.PasswordResetEmail(
+            to=to, reset_url="http://portal.test/reset-password?token=tok-reset", expires_at=IN_TWO_DAYS
+        ),
         contract.PasswordChangedEmail(to=to, reset_url="http://portal.test/reset-password"),
-        contract.SetPasswordEmail(to=to, reset_url="http://portal.test/reset-password?token=tok-set", expires_at=IN_TWO_DAYS, school_name="Oak School"),
+        contract.SetPasswordEmail(
+            to=to,
+            reset_url="http://portal.test/reset-password?token=tok-set",
+            expires_at=IN_TWO_DAYS,
+            school_name="Oak School",
+        ),
         contract.InvitationEmail(
             to=to,
             school_name="Oak School",
@@ -74,7 +87,9 @@ def sample_requests(to: str) -> list[contract.EmailRequest]:
             expires_at=IN_TWO_DAYS,
             reference="invitation:inv-1",
         ),
-        contract.LinkActivatedEmail(to=to, school_name="Oak School", pupil_first_name="Amy", portal_url="http://portal.test/"),
+        contract.LinkActivatedEmail(
+            to=to, school_name="Oak School", pupil_first_name="Amy", portal_url="http://portal.test/"
+        ),
         contract.LinkRemovedEmail(to=to, school_name="Oak School", pupil_first_name="Amy"),
     ]
 
@@ -124,7 +139,9 @@ async def test_smtp_down_for_twenty_seconds_then_delivered_once(fresh_nats, smtp
     runtime = await start_notify(fresh_nats.url, f"sqlite+aiosqlite:///{tmp_path / 'n.db'}", smtp_server.url)
     nc = await nats.connect(fresh_nats.url)
     smtp_server.stop()
-    request = contract.PasswordResetEmail(to="late@example.org", reset_url="http://portal.test/r?token=t", expires_at=IN_TWO_DAYS)
+    request = contract.PasswordResetEmail(
+        to="late@example.org", reset_url="http://portal.test/r?token=t", expires_at=IN_TWO_DAYS
+    )
     async with runtime.running():
         await publish(nc.jetstream(), request)
         await asyncio.sleep(20)
@@ -178,8 +195,14 @@ async def test_daily_cap_per_recipient(fresh_nats, smtp_server, tmp_path: Path) 
     await outcomes.attach(nc)
     async with runtime.running():
         for _ in range(5):
-            await publish(nc.jetstream(), contract.AccountExistsEmail(to="Busy@Example.org", login_url="http://l", reset_url="http://r"))
-        await publish(nc.jetstream(), contract.AccountExistsEmail(to="other@example.org", login_url="http://l", reset_url="http://r"))
+            await publish(
+                nc.jetstream(),
+                contract.AccountExistsEmail(to="Busy@Example.org", login_url="http://l", reset_url="http://r"),
+            )
+        await publish(
+            nc.jetstream(),
+            contract.AccountExistsEmail(to="other@example.org", login_url="http://l", reset_url="http://r"),
+        )
         await eventually(lambda: len(outcomes.delivered) + len(outcomes.failed) == 6, timeout=20)
     assert len(smtp_server.to("Busy@Example.org")) == 3
     assert len(smtp_server.to("other@example.org")) == 1
@@ -193,7 +216,7 @@ async def test_a_request_naming_a_parent_asks_identity_for_the_address(fresh_nat
     asked: list[list[str]] = []
 
     # A stand-in for identity's contacts request, answering over the real NATS.
-    async def contacts(msg) -> None:  # noqa: ANN001
+    async def contacts(msg) -> None:
         req = ContactsRequest.model_validate_json(msg.data)
         asked.append(req.ids)
         found = [Contact(id=i, email="dad@example.org", name="Dan Smith") for i in req.ids if i == "parent-1"]
@@ -205,7 +228,9 @@ async def test_a_request_naming_a_parent_asks_identity_for_the_address(fresh_nat
     async with runtime.running():
         await publish(
             nc.jetstream(),
-            contract.LinkActivatedEmail(parent_id="parent-1", school_name="Oak School", pupil_first_name="Amy", portal_url="http://p/"),
+            contract.LinkActivatedEmail(
+                parent_id="parent-1", school_name="Oak School", pupil_first_name="Amy", portal_url="http://p/"
+            ),
         )
         await publish(
             nc.jetstream(),
@@ -223,13 +248,17 @@ async def _sent_count(db_url: str) -> int:
     engine = create_async_engine(db_url)
     try:
         async with engine.connect() as conn:
-            return (await conn.execute(select(func.count()).select_from(Email).where(Email.status.in_(["sent", "failed"])))).scalar_one()
+            return (
+                await conn.execute(select(func.count()).select_from(Email).where(Email.status.in_(["sent", "failed"])))
+            ).scalar_one()
     finally:
         await engine.dispose()
 
 
 @pytest.mark.slow
-async def test_notify_killed_mid_batch_sends_each_of_200_once(database_url: str, fresh_nats, smtp_server, tmp_path: Path) -> None:
+async def test_notify_killed_mid_batch_sends_each_of_200_once(
+    database_url: str, fresh_nats, smtp_server, tmp_path: Path
+) -> None:
     smtp_server.handler.delay = 0.02
     settings = notify_app.Settings(nats_url=fresh_nats.url, database_url=database_url, smtp_url=smtp_server.url)
     await asyncio.to_thread(migrate, notify_app, settings)
@@ -245,7 +274,10 @@ async def test_notify_killed_mid_batch_sends_each_of_200_once(database_url: str,
 
     def spawn() -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "notify", "serve", "--no-migrate"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "notify", "serve", "--no-migrate"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     nc = await nats.connect(fresh_nats.url)
@@ -254,7 +286,9 @@ async def test_notify_killed_mid_batch_sends_each_of_200_once(database_url: str,
     try:
         await eventually(lambda: _health(nc), timeout=20)
         batch = [
-            contract.PasswordResetEmail(to=f"p{i}@example.org", reset_url=f"http://p/r?token={i}", expires_at=IN_TWO_DAYS)
+            contract.PasswordResetEmail(
+                to=f"p{i}@example.org", reset_url=f"http://p/r?token={i}", expires_at=IN_TWO_DAYS
+            )
             for i in range(200)
         ]
         for r in batch:
@@ -276,11 +310,11 @@ async def test_notify_killed_mid_batch_sends_each_of_200_once(database_url: str,
     await nc.close()
 
 
-async def _health(nc) -> bool:  # noqa: ANN001
+async def _health(nc) -> bool:
     try:
         await nc.request("rpc.notify.health.v1", b"{}", timeout=1)
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any failure to answer means not healthy yet
         return False
 
 
@@ -297,7 +331,10 @@ async def test_two_replicas_send_each_email_once(fresh_nats, smtp_server, pg) ->
     nc = await nats.connect(fresh_nats.url)
     async with a.running(), b.running():
         for i in range(100):
-            await publish(nc.jetstream(), contract.AccountExistsEmail(to=f"r{i}@example.org", login_url="http://l", reset_url="http://r"))
+            await publish(
+                nc.jetstream(),
+                contract.AccountExistsEmail(to=f"r{i}@example.org", login_url="http://l", reset_url="http://r"),
+            )
         await eventually(lambda: _all_finished(db_url, 100), timeout=60)
         await asyncio.sleep(1)
     received = sorted(m.envelope_to[0] for m in smtp_server.messages)

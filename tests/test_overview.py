@@ -58,19 +58,82 @@ async def test_numbers_are_the_same_whatever_the_order_or_repetition(overview) -
         # A completion before its assignment; a read before its delivery.
         (platform.HOMEWORK_COMPLETED, ev(platform.HomeworkCompleted, homework_id="h1", pupil_id="amy")),
         (platform.MESSAGE_READ, ev(platform.MessageRead, message_id="m1", pupil_id="amy")),
-        (platform.SCHOOL_UPSERTED, ev(platform.SchoolUpserted, trust_id="t", school_id="oak", name="Oak", timezone="Europe/London")),
-        (platform.PUPIL_UPSERTED, ev(platform.PupilUpserted, school_id="oak", pupil_id="amy", first_name="Amy", last_name="S", class_ids=["3a"])),
-        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h1", school_id="oak", pupil_ids=["amy", "ben"], title="Fractions", due_at=due)),
-        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h2", school_id="oak", pupil_ids=["amy"], title="Spelling", due_at=due + timedelta(days=1))),
-        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h3", school_id="oak", pupil_ids=["amy"], title="Poem", due_at=now + timedelta(days=1))),
-        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h4", school_id="oak", pupil_ids=["amy"], title="Withdrawn one", due_at=due)),
+        (
+            platform.SCHOOL_UPSERTED,
+            ev(platform.SchoolUpserted, trust_id="t", school_id="oak", name="Oak", timezone="Europe/London"),
+        ),
+        (
+            platform.PUPIL_UPSERTED,
+            ev(
+                platform.PupilUpserted,
+                school_id="oak",
+                pupil_id="amy",
+                first_name="Amy",
+                last_name="S",
+                class_ids=["3a"],
+            ),
+        ),
+        (
+            platform.HOMEWORK_ASSIGNED,
+            ev(
+                platform.HomeworkAssigned,
+                homework_id="h1",
+                school_id="oak",
+                pupil_ids=["amy", "ben"],
+                title="Fractions",
+                due_at=due,
+            ),
+        ),
+        (
+            platform.HOMEWORK_ASSIGNED,
+            ev(
+                platform.HomeworkAssigned,
+                homework_id="h2",
+                school_id="oak",
+                pupil_ids=["amy"],
+                title="Spelling",
+                due_at=due + timedelta(days=1),
+            ),
+        ),
+        (
+            platform.HOMEWORK_ASSIGNED,
+            ev(
+                platform.HomeworkAssigned,
+                homework_id="h3",
+                school_id="oak",
+                pupil_ids=["amy"],
+                title="Poem",
+                due_at=now + timedelta(days=1),
+            ),
+        ),
+        (
+            platform.HOMEWORK_ASSIGNED,
+            ev(
+                platform.HomeworkAssigned,
+                homework_id="h4",
+                school_id="oak",
+                pupil_ids=["amy"],
+                title="Withdrawn one",
+                due_at=due,
+            ),
+        ),
         (platform.HOMEWORK_WITHDRAWN, ev(platform.HomeworkWithdrawn, homework_id="h4")),
         (platform.MESSAGE_DELIVERED, ev(platform.MessageDelivered, message_id="m1", pupil_id="amy")),
         (platform.MESSAGE_DELIVERED, ev(platform.MessageDelivered, message_id="m2", pupil_id="amy")),
         (platform.MESSAGE_DELIVERED, ev(platform.MessageDelivered, message_id="m3", pupil_id="amy")),
         (platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="s1", pupil_id="amy", stars=2, reason="kind")),
         (platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="s2", pupil_id="amy", stars=3, reason="maths")),
-        (platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="s0", pupil_id="amy", stars=9, reason="old", occurred_at=now - timedelta(days=8))),
+        (
+            platform.STARS_AWARDED,
+            ev(
+                platform.StarsAwarded,
+                award_id="s0",
+                pupil_id="amy",
+                stars=9,
+                reason="old",
+                occurred_at=now - timedelta(days=8),
+            ),
+        ),
     ]
     for subject, event in events:
         await publish(js, subject, event)
@@ -83,7 +146,12 @@ async def test_numbers_are_the_same_whatever_the_order_or_repetition(overview) -
     def right(got: dict) -> bool:
         # Amy's numbers do not depend on h1's assignment (she completed it): Ben's do.
         amy, ben = got["amy"], got["ben"]
-        return (amy.outstanding_homework, amy.unread_messages, amy.stars_this_week, ben.outstanding_homework) == (2, 2, 5, 1)
+        return (amy.outstanding_homework, amy.unread_messages, amy.stars_this_week, ben.outstanding_homework) == (
+            2,
+            2,
+            5,
+            1,
+        )
 
     got = await eventually(lambda: _asked_if(nc, right, "amy", "ben"), timeout=15)
     amy, ben = got["amy"], got["ben"]
@@ -99,9 +167,16 @@ async def _asked_if(nc, predicate, *pupils):
 
 async def test_changes_reach_a_cached_overview_and_school_links(overview) -> None:
     runtime, nc, js = overview
-    await publish(js, platform.PUPIL_UPSERTED, ev(platform.PupilUpserted, school_id="elm", pupil_id="cat", first_name="Cat", last_name="T"))
+    await publish(
+        js,
+        platform.PUPIL_UPSERTED,
+        ev(platform.PupilUpserted, school_id="elm", pupil_id="cat", first_name="Cat", last_name="T"),
+    )
     first = await ask(nc, "cat", "nobody")
-    assert first["nobody"].outstanding_homework == 0 and first["nobody"].links.files == "https://platform.example/files?pupil=nobody"
+    assert (
+        first["nobody"].outstanding_homework == 0
+        and first["nobody"].links.files == "https://platform.example/files?pupil=nobody"
+    )
     await publish(js, platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="x1", pupil_id="cat", stars=4))
     await eventually(lambda: _asked_if(nc, lambda g: g["cat"].stars_this_week == 4, "cat"), timeout=10)
     settings = linking.SchoolSettingsChanged(
@@ -117,7 +192,9 @@ async def test_changes_reach_a_cached_overview_and_school_links(overview) -> Non
         email_parent_on_removal=False,
     )
     await publish(js, linking.SCHOOL_SETTINGS_CHANGED, settings)
-    got = await eventually(lambda: _asked_if(nc, lambda g: g["cat"].links.files.startswith("https://elm"), "cat"), timeout=10)
+    got = await eventually(
+        lambda: _asked_if(nc, lambda g: g["cat"].links.files.startswith("https://elm"), "cat"), timeout=10
+    )
     assert got["cat"].links.model_dump() == {
         "homework": "https://elm.example/hw/cat",
         "files": "https://elm.example/files/cat",
@@ -127,11 +204,19 @@ async def test_changes_reach_a_cached_overview_and_school_links(overview) -> Non
 
 def test_week_starts_on_monday_midnight_in_the_schools_zone_across_dst() -> None:
     # Clocks went forward in the UK on Sunday 29 March 2026 at 01:00 GMT.
-    assert week_start(datetime(2026, 3, 30, 0, 30, tzinfo=UTC), "Europe/London") == datetime(2026, 3, 29, 23, 0, tzinfo=UTC)
+    assert week_start(datetime(2026, 3, 30, 0, 30, tzinfo=UTC), "Europe/London") == datetime(
+        2026, 3, 29, 23, 0, tzinfo=UTC
+    )
     # ... and back on Sunday 25 October 2026 at 02:00 BST.
-    assert week_start(datetime(2026, 10, 25, 12, 0, tzinfo=UTC), "Europe/London") == datetime(2026, 10, 18, 23, 0, tzinfo=UTC)
-    assert week_start(datetime(2026, 10, 26, 0, 30, tzinfo=UTC), "Europe/London") == datetime(2026, 10, 26, 0, 0, tzinfo=UTC)
-    assert week_start(datetime(2026, 10, 26, 9, 0, tzinfo=UTC), "Australia/Sydney") == datetime(2026, 10, 25, 13, 0, tzinfo=UTC)
+    assert week_start(datetime(2026, 10, 25, 12, 0, tzinfo=UTC), "Europe/London") == datetime(
+        2026, 10, 18, 23, 0, tzinfo=UTC
+    )
+    assert week_start(datetime(2026, 10, 26, 0, 30, tzinfo=UTC), "Europe/London") == datetime(
+        2026, 10, 26, 0, 0, tzinfo=UTC
+    )
+    assert week_start(datetime(2026, 10, 26, 9, 0, tzinfo=UTC), "Australia/Sydney") == datetime(
+        2026, 10, 25, 13, 0, tzinfo=UTC
+    )
 
 
 async def test_stars_this_week_across_the_spring_dst_change(database_url: str) -> None:
@@ -140,16 +225,27 @@ async def test_stars_this_week_across_the_spring_dst_change(database_url: str) -
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     monday_bst = datetime(2026, 3, 29, 23, 0, tzinfo=UTC)  # Monday 30 March 00:00 BST
     batch = Batch()
-    batch.add(platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id="t", school_id="oak", name="Oak", timezone="Europe/London"))
-    batch.add(platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id="oak", pupil_id="amy", first_name="A", last_name="S"))
-    batch.add(platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id="nowhere", pupil_id="utc-kid", first_name="U", last_name="K"))
+    batch.add(
+        platform.SCHOOL_UPSERTED,
+        platform.SchoolUpserted(trust_id="t", school_id="oak", name="Oak", timezone="Europe/London"),
+    )
+    batch.add(
+        platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id="oak", pupil_id="amy", first_name="A", last_name="S")
+    )
+    batch.add(
+        platform.PUPIL_UPSERTED,
+        platform.PupilUpserted(school_id="nowhere", pupil_id="utc-kid", first_name="U", last_name="K"),
+    )
     for award, at, stars in [
         ("sunday-late", monday_bst - timedelta(minutes=30), 1),  # Sunday 23:30 BST: last week
         ("monday-early", monday_bst + timedelta(minutes=30), 2),  # Monday 00:30 BST: this week
         ("wednesday", monday_bst + timedelta(days=2), 4),
     ]:
         for pupil in ("amy", "utc-kid"):
-            batch.add(platform.STARS_AWARDED, platform.StarsAwarded(award_id=f"{award}-{pupil}", pupil_id=pupil, stars=stars, occurred_at=at))
+            batch.add(
+                platform.STARS_AWARDED,
+                platform.StarsAwarded(award_id=f"{award}-{pupil}", pupil_id=pupil, stars=stars, occurred_at=at),
+            )
     async with sessions() as s, s.begin():
         await batch.write(s)
     async with sessions() as s:
@@ -184,6 +280,11 @@ class ChildOverviewFactory:
         from contracts.overview import ChildOverview, Links
 
         return ChildOverview(
-            pupil_id=pupil_id, outstanding_homework=0, unread_messages=0, stars_this_week=stars, next_due=[],
-            links=Links(homework="h", files="f", messages="m"), as_of=utcnow(),
+            pupil_id=pupil_id,
+            outstanding_homework=0,
+            unread_messages=0,
+            stars_this_week=stars,
+            next_due=[],
+            links=Links(homework="h", files="f", messages="m"),
+            as_of=utcnow(),
         )

@@ -16,7 +16,15 @@ from gateway.caches import overview as overview_cache
 from gateway.caches.overview import OverviewCache, Refresher, split_children
 from overview.projection import week_start
 
-ZONES = ["Europe/London", "Pacific/Kiritimati", "Etc/GMT+12", "Asia/Kathmandu", "Pacific/Chatham", "America/St_Johns", "UTC"]
+ZONES = [
+    "Europe/London",
+    "Pacific/Kiritimati",
+    "Etc/GMT+12",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+    "America/St_Johns",
+    "UTC",
+]
 
 
 @pytest.mark.parametrize("zone", ZONES)

@@ -74,7 +74,9 @@ def test_demo_trust_is_seeded_and_usable(tmp_path: Path) -> None:
         printed = _wait_for_logins(proc, out, err)
         three = next(p for p in demo.PARENTS if len(p.children) == 3)
         one = next(p for p in demo.PARENTS if len(p.children) == 1)
-        teacher, school_admin, trust_admin = (next(s for s in demo.STAFF if s.role == r) for r in ("teacher", "school_admin", "trust_admin"))
+        teacher, school_admin, trust_admin = (
+            next(s for s in demo.STAFF if s.role == r) for r in ("teacher", "school_admin", "trust_admin")
+        )
         for email in (three.email, one.email, teacher.email, school_admin.email, trust_admin.email):
             assert email in printed
         assert demo.PASSWORD in printed

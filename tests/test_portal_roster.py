@@ -19,16 +19,16 @@ from pathlib import Path
 import nats
 import nats.js.errors
 import pytest
-from contracts.kit.rpc import call
-from contracts.kit.service import migrate
-from contracts.kit.streams import ensure_streams
 from helpers import eventually
-from identity import app as identity_app
-from linking import app as linking_app
-from portal.natsserver import start_nats
 
 from contracts import linking as contract
 from contracts import streams
+from contracts.kit.rpc import call
+from contracts.kit.service import migrate
+from contracts.kit.streams import ensure_streams
+from identity import app as identity_app
+from linking import app as linking_app
+from portal.natsserver import start_nats
 
 PORTAL = str(Path(sys.executable).with_name("portal"))
 CHEAP = {"identity_argon2_time_cost": 2, "identity_argon2_memory_kib": 19456, "identity_argon2_parallelism": 1}
@@ -72,7 +72,9 @@ class Linking:
 async def linking(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Linking]:
     tmp = tmp_path_factory.mktemp("roster")
     server = start_nats(tmp / "nats")
-    settings = linking_app.Settings(nats_url=server.url, database_url=f"sqlite+aiosqlite:///{tmp / 'linking.db'}", data_dir=tmp)
+    settings = linking_app.Settings(
+        nats_url=server.url, database_url=f"sqlite+aiosqlite:///{tmp / 'linking.db'}", data_dir=tmp
+    )
     await asyncio.to_thread(migrate, linking_app, settings)
     nc = await nats.connect(server.url)
     try:
@@ -94,7 +96,9 @@ def roster_rows(trust: str, schools: list[str], classes: dict[str, str], pupils:
         tz = "Europe/London" if school == schools[0] else "Europe/Dublin"
         for i in range(pupils):
             pupil = f"{class_id}-p{i}"
-            rows.append(f"{trust},Oak Trust,{school},School {school},{tz},{class_id},Class {class_id},{pupil},Amy{i},Smith{i}")
+            rows.append(
+                f"{trust},Oak Trust,{school},School {school},{tz},{class_id},Class {class_id},{pupil},Amy{i},Smith{i}"
+            )
     return rows
 
 
@@ -115,9 +119,16 @@ async def test_import_applies_and_reimport_changes_nothing(linking: Linking, tmp
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "imported 2 schools, 3 classes, 15 pupils (applied)"
     # No waiting here: the command returned only once linking had applied everything.
-    expected = {c1: (f"Class {c1}", f"School {oak}", 5), c2: (f"Class {c2}", f"School {oak}", 6), c3: (f"Class {c3}", f"School {elm}", 5)}
+    expected = {
+        c1: (f"Class {c1}", f"School {oak}", 5),
+        c2: (f"Class {c2}", f"School {oak}", 6),
+        c3: (f"Class {c3}", f"School {elm}", 5),
+    }
     assert await linking.classes(oak, elm) == expected
-    assert await linking.schools(oak, elm) == {oak: (trust, f"School {oak}", "Europe/London"), elm: (trust, f"School {elm}", "Europe/Dublin")}
+    assert await linking.schools(oak, elm) == {
+        oak: (trust, f"School {oak}", "Europe/London"),
+        elm: (trust, f"School {elm}", "Europe/Dublin"),
+    }
 
     again = await portal("roster", "import", str(csv_file), nats_url=linking.url)
     assert again.returncode == 0, again.stderr
@@ -198,7 +209,9 @@ async def test_timeout_when_linking_is_not_running_and_the_import_continues(fres
     assert "continues in the background" in done.stderr
 
     # It does: once linking runs, it applies what was published.
-    settings = linking_app.Settings(nats_url=fresh_nats.url, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path)
+    settings = linking_app.Settings(
+        nats_url=fresh_nats.url, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path
+    )
     await asyncio.to_thread(migrate, linking_app, settings)
     nc = await nats.connect(fresh_nats.url)
     try:
@@ -240,7 +253,9 @@ async def test_import_staff_sends_each_new_member_a_set_password_email(fresh_nat
         async with identity_app.build(settings).running():
             done = await portal("roster", "import-staff", str(csv_file), nats_url=fresh_nats.url)
             assert done.returncode == 0, done.stderr
-            assert done.stdout.strip() == "published 3 staff; identity emails each new member a link to set their password"
+            assert (
+                done.stdout.strip() == "published 3 staff; identity emails each new member a link to set their password"
+            )
 
             emails = await eventually(
                 lambda: _at_least(set_password_emails(), 3), timeout=20, message="three set-password emails"
@@ -257,7 +272,7 @@ async def test_import_staff_sends_each_new_member_a_set_password_email(fresh_nat
         await nc.close()
 
 
-async def _at_least(found, n: int) -> list[dict] | None:  # noqa: ANN001
+async def _at_least(found, n: int) -> list[dict] | None:
     items = await found
     return items if len(items) >= n else None
 

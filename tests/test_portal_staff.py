@@ -32,25 +32,53 @@ async def test_staff_add_then_login_with_role(nats_server, tmp_path: Path) -> No
     async with identity_app.build(settings).running():
         done = await asyncio.to_thread(
             run_portal,
-            ["staff", "add", "--email", "Head@Oak.example", "--name", "Hannah Head", "--school", "oak", "--role", "school_admin", "--password-stdin"],
+            [
+                "staff",
+                "add",
+                "--email",
+                "Head@Oak.example",
+                "--name",
+                "Hannah Head",
+                "--school",
+                "oak",
+                "--role",
+                "school_admin",
+                "--password-stdin",
+            ],
             nats_server.url,
             "a long staff passphrase\n",
         )
         assert done.returncode == 0, done.stderr
         assert "created school_admin Head@Oak.example at school oak" in done.stdout
-        login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email="head@oak.example", password="a long staff passphrase"))
+        login = await rpc.call(
+            nc, c.LOGIN, c.LoginRequest(email="head@oak.example", password="a long staff passphrase")
+        )
         assert login.role == "school_admin"
         me = await rpc.call(nc, c.SESSION, c.SessionRequest(token=login.access_token))
         assert (me.school_id, me.trust_id, me.name) == ("oak", None, "Hannah Head")
 
         missing_school = await asyncio.to_thread(
-            run_portal, ["staff", "add", "--email", "t@oak.example", "--name", "T", "--role", "teacher"], nats_server.url
+            run_portal,
+            ["staff", "add", "--email", "t@oak.example", "--name", "T", "--role", "teacher"],
+            nats_server.url,
         )
         assert missing_school.returncode == 2 and "needs --school" in missing_school.stderr
 
         weak = await asyncio.to_thread(
             run_portal,
-            ["staff", "add", "--email", "w@oak.example", "--name", "W", "--school", "oak", "--role", "teacher", "--password-stdin"],
+            [
+                "staff",
+                "add",
+                "--email",
+                "w@oak.example",
+                "--name",
+                "W",
+                "--school",
+                "oak",
+                "--role",
+                "teacher",
+                "--password-stdin",
+            ],
             nats_server.url,
             "password1234\n",
         )
@@ -60,5 +88,7 @@ async def test_staff_add_then_login_with_role(nats_server, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("role", ["janitor"])
 def test_staff_add_refuses_unknown_roles(role: str, nats_server) -> None:
-    done = run_portal(["staff", "add", "--email", "x@y.example", "--name", "X", "--school", "s", "--role", role], nats_server.url)
+    done = run_portal(
+        ["staff", "add", "--email", "x@y.example", "--name", "X", "--school", "s", "--role", role], nats_server.url
+    )
     assert done.returncode == 2 and "--role must be one of" in done.stderr

@@ -22,12 +22,12 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from helpers import eventually
 
 from contracts.kit import consumer as c
 from contracts.kit.streams import ensure_streams
 from contracts.rpc import SERVICES, health
 from contracts.streams import DEADLETTERS, StreamDef
-from helpers import eventually
 from portal.natsserver import free_port, wait_for_port
 
 BIN = Path(sys.executable).parent
@@ -123,7 +123,7 @@ class Running:
     def tree(self) -> list[int]:
         return process_tree(self.proc.pid)
 
-    def find(self, match) -> list[int]:  # noqa: ANN001
+    def find(self, match) -> list[int]:
         return [p for p in self.tree() if match(cmdline(p))]
 
     def part(self, name: str) -> int | None:
@@ -173,8 +173,12 @@ async def wait_for_health(url: str, *, deadline: float) -> None:
                     return False
             return True
 
-        await eventually(all_healthy, timeout=max(1.0, deadline - time.monotonic()), interval=0.2,
-                         message="every service answering health")
+        await eventually(
+            all_healthy,
+            timeout=max(1.0, deadline - time.monotonic()),
+            interval=0.2,
+            message="every service answering health",
+        )
     finally:
         await nc.close()
 
@@ -210,9 +214,15 @@ async def test_dead_letters_list_and_replay(fresh_nats, tmp_path: Path) -> None:
         js = nc.jetstream()
         await ensure_streams(js, [DEADLETTERS, StreamDef("DLTEST", ("dltest.>",), "test events")])
         headers = {
-            c.H_SUBJECT: "dltest.thing.happened.v1", c.H_STREAM: "DLTEST", c.H_SEQ: "7",
-            c.H_CONSUMER: "dltest-totals", c.H_SERVICE: "dltest", c.H_ERROR: "ValueError: boom\nsecond line",
-            c.H_DELIVERIES: "5", c.H_AT: "2026-11-30T12:00:00Z", c.H_MSG_ID: "evt-1",
+            c.H_SUBJECT: "dltest.thing.happened.v1",
+            c.H_STREAM: "DLTEST",
+            c.H_SEQ: "7",
+            c.H_CONSUMER: "dltest-totals",
+            c.H_SERVICE: "dltest",
+            c.H_ERROR: "ValueError: boom\nsecond line",
+            c.H_DELIVERIES: "5",
+            c.H_AT: "2026-11-30T12:00:00Z",
+            c.H_MSG_ID: "evt-1",
         }
         ack = await js.publish("deadletter.dltest.dltest-totals", b'{"event_id": "evt-1"}', headers=headers)
         # The data dir's nats.url is how an operator's commands find a `portal up`.
@@ -243,7 +253,9 @@ def test_mail_sink_stores_each_message_in_the_maildir(tmp_path: Path) -> None:
     port, maildir = free_port(), tmp_path / "mail"
     sink = subprocess.Popen(
         [PORTAL, "mail-sink", "--port", str(port), "--maildir", str(maildir)],
-        env=clean_env(), stderr=subprocess.PIPE, text=True,
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for_port(port, timeout=10, proc=sink)

@@ -33,8 +33,16 @@ async def test_batches_in_any_order_give_the_same_rows(database_url: str) -> Non
     try:
         await _write(
             db,
-            (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id="t", school_id="oak", name="Oak", timezone="Europe/Paris", occurred_at=new)),
-            (platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id="oak", pupil_id="amy", first_name="A", last_name="S", occurred_at=new)),
+            (
+                platform.SCHOOL_UPSERTED,
+                platform.SchoolUpserted(
+                    trust_id="t", school_id="oak", name="Oak", timezone="Europe/Paris", occurred_at=new
+                ),
+            ),
+            (
+                platform.PUPIL_UPSERTED,
+                platform.PupilUpserted(school_id="oak", pupil_id="amy", first_name="A", last_name="S", occurred_at=new),
+            ),
             (platform.HOMEWORK_WITHDRAWN, platform.HomeworkWithdrawn(homework_id="h1")),
             (platform.HOMEWORK_COMPLETED, platform.HomeworkCompleted(homework_id="h1", pupil_id="amy")),
             (platform.MESSAGE_READ, platform.MessageRead(message_id="m1", pupil_id="amy")),
@@ -43,9 +51,22 @@ async def test_batches_in_any_order_give_the_same_rows(database_url: str) -> Non
         touched = await _write(
             db,
             # Older roster facts than those already written: ignored.
-            (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id="t", school_id="oak", name="Oak", timezone="Europe/London", occurred_at=old)),
-            (platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id="elm", pupil_id="amy", first_name="A", last_name="S", occurred_at=old)),
-            (platform.HOMEWORK_ASSIGNED, platform.HomeworkAssigned(homework_id="h1", school_id="oak", pupil_ids=["amy", "ben"], title="Fractions", due_at=due)),
+            (
+                platform.SCHOOL_UPSERTED,
+                platform.SchoolUpserted(
+                    trust_id="t", school_id="oak", name="Oak", timezone="Europe/London", occurred_at=old
+                ),
+            ),
+            (
+                platform.PUPIL_UPSERTED,
+                platform.PupilUpserted(school_id="elm", pupil_id="amy", first_name="A", last_name="S", occurred_at=old),
+            ),
+            (
+                platform.HOMEWORK_ASSIGNED,
+                platform.HomeworkAssigned(
+                    homework_id="h1", school_id="oak", pupil_ids=["amy", "ben"], title="Fractions", due_at=due
+                ),
+            ),
             (platform.MESSAGE_DELIVERED, platform.MessageDelivered(message_id="m1", pupil_id="amy")),
             (platform.MESSAGE_DELIVERED, platform.MessageDelivered(message_id="m2", pupil_id="amy")),
             # The same award again, other numbers: the first one stays.
@@ -53,7 +74,13 @@ async def test_batches_in_any_order_give_the_same_rows(database_url: str) -> Non
             (linking.SCHOOL_SETTINGS_CHANGED, _settings("oak", "https://oak.example/{pupil_id}", old)),
         )
         assert {"amy", "ben"} <= touched
-        await _write(db, (linking.SCHOOL_SETTINGS_CHANGED, _settings("oak", "https://older.example/{pupil_id}", old - timedelta(hours=1))))
+        await _write(
+            db,
+            (
+                linking.SCHOOL_SETTINGS_CHANGED,
+                _settings("oak", "https://older.example/{pupil_id}", old - timedelta(hours=1)),
+            ),
+        )
         async with db.reader() as s:
             school = (await s.execute(select(School))).scalar_one()
             assert (school.timezone, school.homework_url) == ("Europe/Paris", "https://oak.example/{pupil_id}")
@@ -70,7 +97,7 @@ async def test_batches_in_any_order_give_the_same_rows(database_url: str) -> Non
         await db.dispose()
 
 
-def _settings(school_id: str, url: str, at) -> linking.SchoolSettingsChanged:  # noqa: ANN001
+def _settings(school_id: str, url: str, at) -> linking.SchoolSettingsChanged:
     return linking.SchoolSettingsChanged(
         school_id=school_id,
         changed=["homework_url"],

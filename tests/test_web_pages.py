@@ -28,13 +28,13 @@ import httpx
 import nats
 import pytest
 from axe_playwright_python.async_playwright import Axe
+from helpers import eventually
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from smtp_server import SmtpServer
 
 from contracts import platform
 from contracts.base import utcnow
-from helpers import eventually
 from portal.natsserver import free_port
-from smtp_server import SmtpServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -91,7 +91,9 @@ class Portal:
 
     async def mail(self, to: str, subject: str, count: int = 1) -> str:
         """The `count`-th email with `subject` to `to`, once it has arrived."""
-        await eventually(lambda: len(self.mails(to, subject)) >= count, timeout=20, message=f"email {subject!r} to {to}")
+        await eventually(
+            lambda: len(self.mails(to, subject)) >= count, timeout=20, message=f"email {subject!r} to {to}"
+        )
         return self.mails(to, subject)[count - 1]
 
     def link(self, text: str, path: str) -> str:
@@ -124,7 +126,9 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
         PORTAL_IDENTITY_RESEND_INTERVAL_SECONDS="0",
     )
     out, err = (tmp / "up.out").open("w"), (tmp / "up.err").open("w")
-    proc = subprocess.Popen([PORTAL, "up"], env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [PORTAL, "up"], env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -140,16 +144,58 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
         roster = tmp / "roster.csv"
         with roster.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["trust_id", "trust_name", "school_id", "school_name", "timezone", "class_id", "class_name", "pupil_id", "first_name", "last_name"])
+            w.writerow(
+                [
+                    "trust_id",
+                    "trust_name",
+                    "school_id",
+                    "school_name",
+                    "timezone",
+                    "class_id",
+                    "class_name",
+                    "pupil_id",
+                    "first_name",
+                    "last_name",
+                ]
+            )
             for class_id, class_name, pupils in [
                 (CLASS_Y3, "Year 3", [(AMY, "Amy", "Smith"), (ZOE, "Zoe", "Brown")]),
                 (CLASS_Y5, "Year 5", [(BEN, "Ben", "Smith"), (SAM, "Sam", "Jones")]),
             ]:
                 for pid, first, last in pupils:
-                    w.writerow(["oak-trust", "Oak Trust", SCHOOL, "Oak Primary", "Europe/London", class_id, class_name, pid, first, last])
+                    w.writerow(
+                        [
+                            "oak-trust",
+                            "Oak Trust",
+                            SCHOOL,
+                            "Oak Primary",
+                            "Europe/London",
+                            class_id,
+                            class_name,
+                            pid,
+                            first,
+                            last,
+                        ]
+                    )
         _portal_cmd(["roster", "import", str(roster)], env)
         for email, name, role in [(TEACHER, "Tess Teacher", "teacher"), (ADMIN, "Hannah Head", "school_admin")]:
-            _portal_cmd(["staff", "add", "--email", email, "--name", name, "--school", SCHOOL, "--role", role, "--password-stdin"], env, STAFF_PASSWORD + "\n")
+            _portal_cmd(
+                [
+                    "staff",
+                    "add",
+                    "--email",
+                    email,
+                    "--name",
+                    name,
+                    "--school",
+                    SCHOOL,
+                    "--role",
+                    role,
+                    "--password-stdin",
+                ],
+                env,
+                STAFF_PASSWORD + "\n",
+            )
         yield Portal(url, tmp / "data", smtp, env)
     finally:
         if proc.poll() is None:
@@ -220,7 +266,9 @@ async def sign_in(page: Page, email: str, password: str, name: str | None = None
     await page.wait_for_load_state()
 
 
-async def register_and_verify(page: Page, portal: Portal, email: str, name: str, relationship: str, screens: bool) -> None:
+async def register_and_verify(
+    page: Page, portal: Portal, email: str, name: str, relationship: str, screens: bool
+) -> None:
     """From a /link/<CODE> page: register with the code, then verify from the email."""
     await page.get_by_role("link", name=re.compile("Create an account and link")).click()
     if screens:
@@ -258,10 +306,31 @@ async def publish_activity(portal: Portal) -> None:
         js = nc.jetstream()
         now = utcnow()
         events = [
-            (platform.HOMEWORK_ASSIGNED, platform.HomeworkAssigned(homework_id="hw-1", school_id=SCHOOL, pupil_ids=[AMY], title="Fractions worksheet", due_at=now + timedelta(days=2))),
-            (platform.HOMEWORK_ASSIGNED, platform.HomeworkAssigned(homework_id="hw-2", school_id=SCHOOL, pupil_ids=[AMY], title="Spelling: silent letters", due_at=now + timedelta(days=4))),
+            (
+                platform.HOMEWORK_ASSIGNED,
+                platform.HomeworkAssigned(
+                    homework_id="hw-1",
+                    school_id=SCHOOL,
+                    pupil_ids=[AMY],
+                    title="Fractions worksheet",
+                    due_at=now + timedelta(days=2),
+                ),
+            ),
+            (
+                platform.HOMEWORK_ASSIGNED,
+                platform.HomeworkAssigned(
+                    homework_id="hw-2",
+                    school_id=SCHOOL,
+                    pupil_ids=[AMY],
+                    title="Spelling: silent letters",
+                    due_at=now + timedelta(days=4),
+                ),
+            ),
             (platform.MESSAGE_DELIVERED, platform.MessageDelivered(message_id="m-1", pupil_id=AMY)),
-            (platform.STARS_AWARDED, platform.StarsAwarded(award_id="s-1", pupil_id=AMY, stars=3, reason="Great reading")),
+            (
+                platform.STARS_AWARDED,
+                platform.StarsAwarded(award_id="s-1", pupil_id=AMY, stars=3, reason="Great reading"),
+            ),
         ]
         for subject, ev in events:
             await js.publish(subject, ev.model_dump_json().encode(), headers={"Nats-Msg-Id": ev.event_id})
@@ -272,7 +341,9 @@ async def publish_activity(portal: Portal) -> None:
 # -- journeys ----------------------------------------------------------------------------------
 
 
-async def test_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child(browser: Browser, portal: Portal, shots: Path) -> None:
+async def test_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child(
+    browser: Browser, portal: Portal, shots: Path
+) -> None:
     await publish_activity(portal)
     staff_ctx, staff = await new_page(browser, portal)
     await staff.goto("/")
@@ -284,7 +355,9 @@ async def test_staff_invite_by_email_then_parent_registers_verifies_and_sees_the
     await check(staff, "login-error")
     await sign_in(staff, TEACHER, STAFF_PASSWORD, name="login")
     await expect(staff.get_by_role("heading", name="Your classes")).to_be_visible()
-    await expect(staff.get_by_role("link", name=re.compile("Year 3"))).to_contain_text("0 of 2 pupils with a linked parent")
+    await expect(staff.get_by_role("link", name=re.compile("Year 3"))).to_contain_text(
+        "0 of 2 pupils with a linked parent"
+    )
     await check(staff, "staff-home")
     await staff.get_by_role("link", name=re.compile("Year 3")).click()
     await expect(staff.get_by_role("heading", name="Year 3: parents")).to_be_visible()
@@ -434,7 +507,10 @@ async def test_school_admin_settings_and_audit_trail(browser: Browser, portal: P
     await admin.get_by_label("Parents or carers who can use one printed QR code").fill("0")
     await admin.get_by_role("button", name="Save settings").click()
     await expect(admin.get_by_role("alert")).to_be_visible()
-    assert await admin.get_by_label("Parents or carers who can use one printed QR code").get_attribute("aria-invalid") == "true"
+    assert (
+        await admin.get_by_label("Parents or carers who can use one printed QR code").get_attribute("aria-invalid")
+        == "true"
+    )
     await check(admin, "settings-error")
     await admin.get_by_label("Parents or carers who can use one printed QR code").fill("3")
     await admin.get_by_role("button", name="Save settings").click()
@@ -514,7 +590,9 @@ async def test_school_admin_bars_an_address_then_lifts_the_bar(browser: Browser,
     await admin.get_by_label("Email address to bar").fill(MARY)
     await admin.get_by_label("Reason for the bar").fill("Court order")
     await admin.get_by_role("button", name="Bar this address from Ben").click()
-    await expect(admin.get_by_role("status")).to_contain_text(f"{MARY} can no longer be linked to Ben; their access ended")
+    await expect(admin.get_by_role("status")).to_contain_text(
+        f"{MARY} can no longer be linked to Ben; their access ended"
+    )
     await expect(admin.locator(".bar-list")).to_contain_text("Court order")
     await check(admin, "bars")
 

@@ -16,12 +16,14 @@ from gateway.pages.common import safe_next
 from gateway.settings import GatewaySettings
 
 
-def _app(nats_url: str, tmp_path: Path, public_url: str):  # noqa: ANN202
+def _app(nats_url: str, tmp_path: Path, public_url: str):
     return create_app(GatewaySettings(nats_url=nats_url, data_dir=tmp_path, public_url=public_url))
 
 
 async def test_pages_over_https_send_hsts_no_store_and_a_secure_form_cookie(nats_server, tmp_path: Path) -> None:
-    async with AsyncTestClient(_app(nats_server.url, tmp_path, "https://portal.example"), base_url="https://portal.example") as client:
+    async with AsyncTestClient(
+        _app(nats_server.url, tmp_path, "https://portal.example"), base_url="https://portal.example"
+    ) as client:
         page = await client.get("/login")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert page.headers["strict-transport-security"].startswith("max-age=")

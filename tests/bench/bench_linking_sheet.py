@@ -18,6 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
+
+from contracts import linking as contract
+from contracts import platform
 from contracts.kit.logs import configure_logging
 from contracts.kit.rpc import call
 from contracts.kit.service import migrate
@@ -25,9 +28,6 @@ from linking import app as linking_app
 from linking import codes, sheet
 from linking.qr import QrCache, best_mask
 from portal.natsserver import start_nats
-
-from contracts import linking as contract
-from contracts import platform
 
 PUPILS = 30
 RUNS = 20
@@ -48,8 +48,17 @@ def render_only() -> None:
         out = []
         for i, (c, mask) in enumerate(zip(made, masks, strict=True)):
             url = f"{public}/link/{codes.display(c)}"
-            out.append(sheet.Card(f"Pupil{i:02d} Surname", "Year 3 Robins", "Oak Primary", codes.display(c), url,
-                                  sheet.expiry_date(expires, "Europe/London"), cache.get(url, mask)))
+            out.append(
+                sheet.Card(
+                    f"Pupil{i:02d} Surname",
+                    "Year 3 Robins",
+                    "Oak Primary",
+                    codes.display(c),
+                    url,
+                    sheet.expiry_date(expires, "Europe/London"),
+                    cache.get(url, mask),
+                )
+            )
         return out
 
     for fmt, render in (("html", sheet.render_html), ("pdf", sheet.render_pdf)):
@@ -71,7 +80,9 @@ def render_only() -> None:
 async def over_nats() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_nats(Path(tmp) / "nats")
-        settings = linking_app.Settings(nats_url=server.url, database_url=f"sqlite+aiosqlite:///{tmp}/l.db", data_dir=Path(tmp), log_level="WARNING")
+        settings = linking_app.Settings(
+            nats_url=server.url, database_url=f"sqlite+aiosqlite:///{tmp}/l.db", data_dir=Path(tmp), log_level="WARNING"
+        )
         await asyncio.to_thread(migrate, linking_app, settings)
         runtime = linking_app.build(settings)
         nc = await nats.connect(server.url)
@@ -79,10 +90,27 @@ async def over_nats() -> None:
         try:
             async with runtime.running():
                 events = [
-                    (platform.SCHOOL_UPSERTED, platform.SchoolUpserted(trust_id="t", school_id="s", name="Oak Primary", timezone="Europe/London")),
-                    (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id="s", class_id="c", name="Year 3 Robins")),
+                    (
+                        platform.SCHOOL_UPSERTED,
+                        platform.SchoolUpserted(
+                            trust_id="t", school_id="s", name="Oak Primary", timezone="Europe/London"
+                        ),
+                    ),
+                    (
+                        platform.CLASS_UPSERTED,
+                        platform.ClassUpserted(school_id="s", class_id="c", name="Year 3 Robins"),
+                    ),
                 ] + [
-                    (platform.PUPIL_UPSERTED, platform.PupilUpserted(school_id="s", pupil_id=f"p{i}", first_name=f"Pupil{i:02d}", last_name="Surname", class_ids=["c"]))
+                    (
+                        platform.PUPIL_UPSERTED,
+                        platform.PupilUpserted(
+                            school_id="s",
+                            pupil_id=f"p{i}",
+                            first_name=f"Pupil{i:02d}",
+                            last_name="Surname",
+                            class_ids=["c"],
+                        ),
+                    )
                     for i in range(PUPILS)
                 ]
                 for subject, ev in events:
@@ -92,18 +120,24 @@ async def over_nats() -> None:
                     await asyncio.sleep(0.05)
                 scope = contract.StaffScope(school_ids=["s"])
                 t = time.perf_counter()
-                await call(nc, contract.CREATE_CODES, contract.CreateCodesRequest(scope=scope, class_id="c"), timeout=10)
+                await call(
+                    nc, contract.CREATE_CODES, contract.CreateCodesRequest(scope=scope, class_id="c"), timeout=10
+                )
                 report("create codes for 30 (one-off: picks 30 masks)", [time.perf_counter() - t])
                 for fmt in ("html", "pdf"):
                     cold, warm = [], []
                     for _ in range(RUNS):
                         runtime.linking.printed.qr_cache.clear()
                         t = time.perf_counter()
-                        await call(nc, contract.CLASS_SHEET, contract.ClassSheetRequest(scope=scope, class_id="c", format=fmt))
+                        await call(
+                            nc, contract.CLASS_SHEET, contract.ClassSheetRequest(scope=scope, class_id="c", format=fmt)
+                        )
                         cold.append(time.perf_counter() - t)
                     for _ in range(RUNS):
                         t = time.perf_counter()
-                        await call(nc, contract.CLASS_SHEET, contract.ClassSheetRequest(scope=scope, class_id="c", format=fmt))
+                        await call(
+                            nc, contract.CLASS_SHEET, contract.ClassSheetRequest(scope=scope, class_id="c", format=fmt)
+                        )
                         warm.append(time.perf_counter() - t)
                     report(f"rpc class_sheet {fmt} over NATS + SQLite, cold", cold)
                     report(f"rpc class_sheet {fmt} over NATS + SQLite, warm", warm)
