@@ -125,7 +125,7 @@ class ParentLinkView(Message):
     """A parent linked to a pupil; the gateway adds `name` and `email` from identity."""
 
     parent_id: str
-    relationship: str
+    relationship: Relationship
     status: LinkStatus
     since: AwareDatetime
 
@@ -353,7 +353,7 @@ class ChildView(Message):
     school_id: str
     school_name: str
     class_name: str
-    relationship: str
+    relationship: Relationship
     status: LinkStatus
     since: AwareDatetime
 

@@ -97,7 +97,7 @@ class Child(Struct):
     school_id: str
     school_name: str
     class_name: str
-    relationship: str
+    relationship: linking.Relationship
     status: linking.LinkStatus
     since: IsoTime
 
@@ -157,36 +157,13 @@ class Overview(Struct):
 # -- staff: classes and pupils ------------------------------------------------------------------
 
 
-class ClassRow(Struct):
-    """One class of `GET /classes`."""
-
-    class_id: str
-    name: str
-    school_id: str
-    school_name: str
-    pupil_count: int
-    linked_pupil_count: int
-
-    @classmethod
-    def of(cls, c: linking.ClassSummary) -> ClassRow:
-        """From linking's summary."""
-        return cls(
-            class_id=c.class_id,
-            name=c.name,
-            school_id=c.school_id,
-            school_name=c.school_name,
-            pupil_count=c.pupil_count,
-            linked_pupil_count=c.linked_pupil_count,
-        )
-
-
 class ParentRow(Struct):
     """A parent linked to a pupil; `name` and `email` are null if identity no longer knows them."""
 
     parent_id: str
     name: str | None
     email: str | None
-    relationship: str
+    relationship: linking.Relationship
     status: linking.LinkStatus
     since: datetime
 

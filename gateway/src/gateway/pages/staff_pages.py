@@ -25,7 +25,7 @@ from gateway.auth import admins_only, staff_only
 from gateway.caches.links import get_links_cache
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id, not_found
-from gateway.models import AuditRow, Bar, ClassRow, PupilRow
+from gateway.models import AuditRow, Bar, PupilRow
 from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, redirect, render
 
 STAFF = [staff_only]
@@ -52,7 +52,7 @@ def display_name(row: Any) -> str:
 
 async def staff_home(request: Request, staff: StaffLinking, principal: Principal) -> Template:
     """The classes the member of staff may see, by school, with how many pupils have a linked parent."""
-    classes = [ClassRow.of(c) for c in await staff.classes()]
+    classes = await staff.classes()
     schools: dict[str, dict[str, Any]] = {}
     for row in classes:
         school = schools.setdefault(row.school_id, {"school_id": row.school_id, "name": row.school_name, "classes": []})
