@@ -4,7 +4,6 @@ On fake services (`FakeTransport`): no NATS needed."""
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,51 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_fakes import PDF, PNG, qr, session, sheet
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
 
 from contracts import identity, linking
-from contracts.identity import Principal
 from gateway.app import create_app
 from gateway.clients import Clients
 from gateway.clients.fake import FakeTransport
 from gateway.settings import GatewaySettings
 
-ADMIN = Principal(
-    account_id="adm-1",
-    session_id="s-1",
-    role="school_admin",
-    email="h@oak.example",
-    name="Head",
-    school_id="oak",
-    expires_in=3600,
-)
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-PDF = b"%PDF-1.7 a sheet"
-PNG = b"\x89PNG a code"
-
-
-async def session(req: identity.SessionRequest) -> Principal:
-    return ADMIN
-
-
-async def sheet(req: linking.ClassSheetRequest) -> linking.Document:
-    if req.format == "pdf":
-        return linking.Document(
-            content_type="application/pdf", filename="y3.pdf", data_base64=base64.b64encode(PDF).decode()
-        )
-    return linking.Document(
-        content_type="text/html", filename="y3.html", text="<html><style>p{}</style><p>Amy</p></html>"
-    )
-
-
-async def qr(req: linking.PupilQrRequest) -> linking.Document:
-    if req.format == "png":
-        return linking.Document(
-            content_type="image/png", filename="amy.png", data_base64=base64.b64encode(PNG).decode()
-        )
-    return linking.Document(content_type="image/svg+xml", filename="amy.svg", text="<svg/>")
 
 
 def build(tmp_path: Path) -> Litestar:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -341,8 +341,8 @@ async def publish_activity(portal: Portal) -> None:
 # -- journeys ----------------------------------------------------------------------------------
 
 
-async def test_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child(
-    browser: Browser, portal: Portal, shots: Path
+async def scene_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child(
+    browser: Browser, portal: Portal
 ) -> None:
     await publish_activity(portal)
     staff_ctx, staff = await new_page(browser, portal)
@@ -399,7 +399,7 @@ async def test_staff_invite_by_email_then_parent_registers_verifies_and_sees_the
     portal.seen["mary"] = (mary_ctx, mary)
 
 
-async def test_qr_path_from_a_printed_code_url(browser: Browser, portal: Portal) -> None:
+async def scene_qr_path_from_a_printed_code_url(browser: Browser, portal: Portal) -> None:
     _, staff = portal.seen["staff"]
     await staff.goto("/")
     await staff.get_by_role("link", name=re.compile("Year 5")).click()
@@ -432,7 +432,7 @@ async def test_qr_path_from_a_printed_code_url(browser: Browser, portal: Portal)
     await check(dad, "link-invalid")
 
 
-async def test_second_child_by_typed_code_and_switching(portal: Portal) -> None:
+async def scene_second_child_by_typed_code_and_switching(browser: Browser, portal: Portal) -> None:
     _, mary = portal.seen["mary"]
     await mary.goto("/")
     await mary.get_by_role("link", name="Add a child").click()
@@ -464,7 +464,7 @@ async def test_second_child_by_typed_code_and_switching(portal: Portal) -> None:
     await expect(mary.get_by_role("heading", name="Ben Smith")).to_be_visible()
 
 
-async def test_staff_remove_one_child_the_sibling_stays(portal: Portal) -> None:
+async def scene_staff_remove_one_child_the_sibling_stays(browser: Browser, portal: Portal) -> None:
     _, staff = portal.seen["staff"]
     await staff.goto("/")
     await staff.get_by_role("link", name=re.compile("Year 3")).click()
@@ -488,7 +488,7 @@ async def test_staff_remove_one_child_the_sibling_stays(portal: Portal) -> None:
     assert (await mary.request.get(f"/api/v1/me/children/{AMY}/overview")).status == 404
 
 
-async def test_parent_unlinks_a_child_after_confirming(portal: Portal) -> None:
+async def scene_parent_unlinks_a_child_after_confirming(browser: Browser, portal: Portal) -> None:
     _, dad = portal.seen["dad"]
     await dad.goto("/")
     await dad.get_by_role("link", name="Unlink Ben").click()
@@ -499,7 +499,7 @@ async def test_parent_unlinks_a_child_after_confirming(portal: Portal) -> None:
     await check(dad, "parent-home-empty")
 
 
-async def test_school_admin_settings_and_audit_trail(browser: Browser, portal: Portal) -> None:
+async def scene_school_admin_settings_and_audit_trail(browser: Browser, portal: Portal) -> None:
     ctx, admin = await new_page(browser, portal)
     await sign_in(admin, ADMIN, STAFF_PASSWORD)
     await admin.get_by_role("link", name="Settings for Oak Primary").click()
@@ -531,7 +531,7 @@ async def test_school_admin_settings_and_audit_trail(browser: Browser, portal: P
     await ctx.close()
 
 
-async def test_forgot_and_reset_password_then_sign_out(portal: Portal) -> None:
+async def scene_forgot_and_reset_password_then_sign_out(browser: Browser, portal: Portal) -> None:
     _, mary = portal.seen["mary"]
     await mary.get_by_role("button", name="Sign out").click()
     await expect(mary.get_by_role("status")).to_have_text("You have signed out.")
@@ -554,7 +554,9 @@ async def test_forgot_and_reset_password_then_sign_out(portal: Portal) -> None:
     await expect(mary.get_by_role("heading", name="Ben Smith")).to_be_visible()
 
 
-async def test_pages_send_safety_headers_and_refuse_forms_without_their_token(portal: Portal) -> None:
+async def scene_pages_send_safety_headers_and_refuse_forms_without_their_token(
+    browser: Browser, portal: Portal
+) -> None:
     _, mary = portal.seen["mary"]
     response = await mary.goto("/")
     headers = response.headers
@@ -575,7 +577,7 @@ async def test_pages_send_safety_headers_and_refuse_forms_without_their_token(po
     assert len(CHECKED) >= 25, CHECKED
 
 
-async def test_school_admin_bars_an_address_then_lifts_the_bar(browser: Browser, portal: Portal) -> None:
+async def scene_school_admin_bars_an_address_then_lifts_the_bar(browser: Browser, portal: Portal) -> None:
     # Last: the bar ends Mary's link to Ben for good (lifting it does not link her again).
     ctx, admin = await new_page(browser, portal)
     await sign_in(admin, ADMIN, STAFF_PASSWORD)
@@ -616,3 +618,79 @@ async def test_school_admin_bars_an_address_then_lifts_the_bar(browser: Browser,
     _, staff = portal.seen["staff"]
     assert (await staff.goto(f"/classes/{CLASS_Y5}/pupils/{BEN}/bars")).status == 404
     await ctx.close()
+
+
+# -- the story ---------------------------------------------------------------------------------
+# The scenes above are one school's story: each starts from where the one before it left the
+# portal (the accounts, links and browser sessions in `portal.seen`). So that any test also runs
+# alone (`-k`), a test plays every earlier scene it has not seen yet, in order, then its own.
+
+SCENES = [
+    scene_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child,
+    scene_qr_path_from_a_printed_code_url,
+    scene_second_child_by_typed_code_and_switching,
+    scene_staff_remove_one_child_the_sibling_stays,
+    scene_parent_unlinks_a_child_after_confirming,
+    scene_school_admin_settings_and_audit_trail,
+    scene_forgot_and_reset_password_then_sign_out,
+    scene_pages_send_safety_headers_and_refuse_forms_without_their_token,
+    scene_school_admin_bars_an_address_then_lifts_the_bar,
+]
+
+
+@dataclass
+class Story:
+    """Plays the scenes in order, each at most once per portal."""
+
+    browser: Browser
+    portal: Portal
+    played: set[str] = field(default_factory=set)
+
+    async def upto(self, scene: Callable[[Browser, Portal], Awaitable[None]]) -> None:
+        """Play every scene before `scene` not played yet, then `scene` itself."""
+        for earlier in SCENES[: SCENES.index(scene) + 1]:
+            if earlier.__name__ not in self.played:
+                # Marked first: a scene that fails is not played again by the next test.
+                self.played.add(earlier.__name__)
+                await earlier(self.browser, self.portal)
+
+
+@pytest.fixture(scope="module")
+def story(browser: Browser, portal: Portal, shots: Path) -> Story:
+    return Story(browser, portal)
+
+
+async def test_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child(story: Story) -> None:
+    await story.upto(scene_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child)
+
+
+async def test_qr_path_from_a_printed_code_url(story: Story) -> None:
+    await story.upto(scene_qr_path_from_a_printed_code_url)
+
+
+async def test_second_child_by_typed_code_and_switching(story: Story) -> None:
+    await story.upto(scene_second_child_by_typed_code_and_switching)
+
+
+async def test_staff_remove_one_child_the_sibling_stays(story: Story) -> None:
+    await story.upto(scene_staff_remove_one_child_the_sibling_stays)
+
+
+async def test_parent_unlinks_a_child_after_confirming(story: Story) -> None:
+    await story.upto(scene_parent_unlinks_a_child_after_confirming)
+
+
+async def test_school_admin_settings_and_audit_trail(story: Story) -> None:
+    await story.upto(scene_school_admin_settings_and_audit_trail)
+
+
+async def test_forgot_and_reset_password_then_sign_out(story: Story) -> None:
+    await story.upto(scene_forgot_and_reset_password_then_sign_out)
+
+
+async def test_pages_send_safety_headers_and_refuse_forms_without_their_token(story: Story) -> None:
+    await story.upto(scene_pages_send_safety_headers_and_refuse_forms_without_their_token)
+
+
+async def test_school_admin_bars_an_address_then_lifts_the_bar(story: Story) -> None:
+    await story.upto(scene_school_admin_bars_an_address_then_lifts_the_bar)

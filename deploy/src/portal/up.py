@@ -140,12 +140,17 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
         # Migrations, NATS and the mail sink start together; each is independent of the others.
         migrate = sup.spawn(ChildSpec("migrate", [*portal, "migrate"], env, restart=False))
 
+        # The gateway binds its port only once it starts: the ports picked here must not be it.
+        taken = {settings.http_port}
         nats: NatsServer | None = None
         nats_child: Child | None = None
         if settings.nats_url:
             nats_url = settings.nats_url
         else:
-            nats = NatsServer(port=free_port(), store_dir=data_dir / "nats", log_file=data_dir / "nats.log")
+            nats = NatsServer(
+                port=free_port(besides=taken), store_dir=data_dir / "nats", log_file=data_dir / "nats.log"
+            )
+            taken.add(nats.port)
             nats.store_dir.mkdir(parents=True, exist_ok=True)
             nats_child = sup.spawn(ChildSpec("nats-server", nats.command(), env, stop_order=_STOP_INFRA))
             nats_url = nats.url
@@ -155,7 +160,7 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
         sink_port: int | None = None
         sink_child: Child | None = None
         if not smtp_url:
-            sink_port = free_port()
+            sink_port = free_port(besides=taken)
             sink_child = sup.spawn(
                 ChildSpec(
                     "mail-sink",

@@ -104,7 +104,7 @@ def create_app(
         lifespan=lifespan,
         dependencies=auth.dependencies(),
         exception_handlers=exception_handlers(),
-        before_send=[security_headers, auth.cookie_refresher(settings)],
+        before_send=[security_headers(https=settings.secure_cookies), auth.cookie_refresher(settings)],
         openapi_config=openapi_config(__version__, session_cookie=auth.cookie_name(settings)),
         template_config=TemplateConfig(
             directory=TEMPLATES_DIR,

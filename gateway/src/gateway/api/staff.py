@@ -63,7 +63,7 @@ def sheet_csp(page: str) -> str:
         else "'none'"
     )
     return (
-        f"default-src 'none'; style-src {style_src}; script-src {script_src}; img-src data:; "
+        f"default-src 'none'; object-src 'none'; style-src {style_src}; script-src {script_src}; img-src data:; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     )
 

@@ -28,7 +28,7 @@ from gateway.errors import ApiError
 # The message's own HTML is shown as it would be in a mail client, but it is not ours:
 # no scripts, no forms, an origin of its own; only inline styles, which emails rely on.
 MAIL_HTML_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "default-src 'none'; object-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox"
 )
 

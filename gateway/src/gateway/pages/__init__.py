@@ -23,7 +23,6 @@ from gateway.settings import GatewaySettings
 
 # Parents and staff read dates in the UK first; the pages name no zone, so this one is used.
 DISPLAY_ZONE = ZoneInfo("Europe/London")
-HSTS = "max-age=31536000; includeSubDomains"
 
 
 @get("/", include_in_schema=False, operation_id="page_home")
@@ -80,8 +79,6 @@ def router(settings: GatewaySettings) -> Router:
     async def page_headers(response: Response) -> Response:
         # Pages carry children's names and one-time tokens: nothing may keep a copy.
         response.headers["Cache-Control"] = "no-store"
-        if settings.secure_cookies:
-            response.headers["Strict-Transport-Security"] = HSTS
         return response
 
     return Router(
