@@ -91,15 +91,15 @@ class CodePreviewAnswer(Struct):
 class Child(Struct):
     """A child as the API answers it, to its parent or to staff."""
 
-    pupil_id: str
+    pupil_id: Annotated[str, Meta(description="The id to ask this child's overview with")]
     first_name: str
     last_name: str
     school_id: str
-    school_name: str
-    class_name: str
-    relationship: linking.Relationship
-    status: linking.LinkStatus
-    since: IsoTime
+    school_name: Annotated[str, Meta(description="The child's school now")]
+    class_name: Annotated[str, Meta(description="The child's class (the first by name, when in several)")]
+    relationship: Annotated[linking.Relationship, Meta(description="What the parent said they are to the child")]
+    status: Annotated[linking.LinkStatus, Meta(description="awaiting_verification until the parent verifies")]
+    since: Annotated[IsoTime, Meta(description="When the link was made, or activated by verification")]
 
     @classmethod
     def of(cls, view: linking.ChildView) -> Child:
