@@ -92,3 +92,36 @@ async def test_no_hsts_over_plain_http(plain: httpx.AsyncClient) -> None:
     for path, headers in PATHS:
         response = await plain.get(path, headers=headers)
         assert "strict-transport-security" not in response.headers, path
+
+
+# -- the development mail viewer ------------------------------------------------------------------
+
+
+async def viewer(tmp_path: Path, peer: str, **settings: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        GatewaySettings(data_dir=tmp_path, dev_mail_dir=tmp_path / "mail", **settings),
+        clients=Clients.over(FakeTransport({identity.SESSION: session})),
+    )
+    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+        yield http
+
+
+async def test_the_mail_viewer_answers_only_this_machine(tmp_path: Path) -> None:
+    """It shows reset links and invitation codes: a caller from elsewhere sees nothing at all."""
+    mail_id = deliver(tmp_path / "mail")
+    paths = ["/dev/mail", "/dev/mail.json", f"/dev/mail/{mail_id}"]
+    async for local in viewer(tmp_path, "127.0.0.1"):
+        for path in paths:
+            assert (await local.get(path)).status_code == 200, path
+        assert "Welcome" in (await local.get("/dev/mail.json")).text
+    async for remote in viewer(tmp_path, "192.0.2.7"):
+        for path in paths:
+            response = await remote.get(path)
+            assert response.status_code == 404, path
+            assert "Welcome" not in response.text and "mary@example.org" not in response.text, path
+    # Behind a trusted proxy on this machine, the address that counts is the proxy's client.
+    async for proxied in viewer(tmp_path, "127.0.0.1", trusted_proxies="127.0.0.1/32"):
+        relayed = await proxied.get("/dev/mail.json", headers={"X-Forwarded-For": "198.51.100.4"})
+        assert relayed.status_code == 404
+        assert "Welcome" not in relayed.text

@@ -6,6 +6,7 @@ deployment that sends real mail has no such page at all.
 
 from __future__ import annotations
 
+import ipaddress
 import mailbox
 import re
 from dataclasses import dataclass
@@ -18,11 +19,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import MediaType, Response, get
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.handlers import BaseRouteHandler
 from litestar.params import QueryParameter
 from litestar.response import Template
 from markupsafe import Markup, escape
 
+from gateway.auth import client_ip
 from gateway.errors import ApiError
 
 # The message's own HTML is shown as it would be in a mail client, but it is not ours:
@@ -141,6 +145,17 @@ def linkify(text: str) -> Markup:
     return Markup("".join(out))  # noqa: S704 - every piece of the text was escaped above
 
 
+def loopback_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """A guard: the mail viewer shows reset links and invitation codes, so it answers only a
+    browser on this machine (the caller's address as `client_ip` reads it, proxies included)."""
+    try:
+        local = ipaddress.ip_address(client_ip(connection)).is_loopback
+    except ValueError:
+        local = False
+    if not local:
+        raise ApiError(404, "not_found", "Nothing was found at this address.")
+
+
 def _mail_dir(state: State) -> Path:
     directory = state.settings.dev_mail_dir
     if directory is None:  # not registered then; kept as a second lock
@@ -148,7 +163,7 @@ def _mail_dir(state: State) -> Path:
     return Path(directory)
 
 
-@get("/dev/mail", include_in_schema=False, sync_to_thread=True, operation_id="dev_mail_index")
+@get("/dev/mail", include_in_schema=False, sync_to_thread=True, operation_id="dev_mail_index", guards=[loopback_only])
 def mail_index(state: State, fmt: Annotated[str | None, QueryParameter(name="format")] = None) -> Response[Any]:
     """The sink's messages, newest first: an HTML page, or JSON with `?format=json`."""
     mails = read_maildir(_mail_dir(state))
@@ -157,13 +172,25 @@ def mail_index(state: State, fmt: Annotated[str | None, QueryParameter(name="for
     return Template("dev_mail.html", context={"mails": mails}, media_type=MediaType.HTML)
 
 
-@get("/dev/mail.json", include_in_schema=False, sync_to_thread=True, operation_id="dev_mail_index_json")
+@get(
+    "/dev/mail.json",
+    include_in_schema=False,
+    sync_to_thread=True,
+    operation_id="dev_mail_index_json",
+    guards=[loopback_only],
+)
 def mail_index_json(state: State) -> list[dict[str, Any]]:
     """The sink's messages, newest first, as JSON `[{id, date, from, to, subject, text, html}]`."""
     return [m.as_json() for m in read_maildir(_mail_dir(state))]
 
 
-@get("/dev/mail/{mail_id:str}", include_in_schema=False, sync_to_thread=True, operation_id="dev_mail_message")
+@get(
+    "/dev/mail/{mail_id:str}",
+    include_in_schema=False,
+    sync_to_thread=True,
+    operation_id="dev_mail_message",
+    guards=[loopback_only],
+)
 def mail_html(state: State, mail_id: str) -> Response[Any]:
     """One message's HTML part as a mail client shows it (its text part when it has none)."""
     mail = read_mail(_mail_dir(state), mail_id)
