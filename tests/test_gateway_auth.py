@@ -643,3 +643,46 @@ def test_client_ip_believes_only_trusted_proxies() -> None:
     assert client_ip(_connection("10.0.0.2", [], "10.0.0.0/8")) == "10.0.0.2"
     with pytest.raises(ValueError):
         GatewaySettings(trusted_proxies="not-a-network")
+
+
+# --- long passwords (a passphrase is welcome; past 256 characters a clear 422, never a 500) -----
+
+PASSPHRASE_100 = ("maple tram ochre violin kettle " * 4)[:100]
+
+
+async def test_long_passphrases_are_accepted_and_longer_ones_refused_clearly(stack: Stack) -> None:
+    email = new_email()
+    base = {"email": email, "name": "Mary Smith", "accept_aup": True}
+    for length in (257, 1025, 5000):
+        too_long = assert_error(
+            await stack.a.http.post("/api/v1/auth/register", json={**base, "password": "x" * length}),
+            422,
+            "password_too_long",
+        )
+        assert too_long["errors"][0]["field"] == "password" and "256" in too_long["detail"]
+    # 73 to 256 characters: a strong passphrase registers, verifies and signs in.
+    registered = await stack.a.http.post("/api/v1/auth/register", json={**base, "password": PASSPHRASE_100})
+    assert registered.status_code == 202, registered.text
+    token = link_token(await stack.email(email, VERIFY_SUBJECT), "/verify")
+    assert (await stack.a.http.post("/api/v1/auth/verify", json={"token": token})).status_code == 200
+    await login(stack.b, email, PASSPHRASE_100)
+    # A long but weak one is refused as weak, not with a 500.
+    weak = assert_error(
+        await stack.a.http.post("/api/v1/auth/register", json={**base, "email": new_email(), "password": "a" * 200}),
+        422,
+        "weak_password",
+    )
+    assert weak["errors"][0]["field"] == "password"
+
+    # The same limits when choosing a new password.
+    await stack.a.http.post("/api/v1/auth/password-reset", json={"email": email})
+    reset = link_token(await stack.email(email, RESET_SUBJECT), "/reset-password")
+    assert_error(
+        await stack.a.http.post("/api/v1/auth/password-reset/confirm", json={"token": reset, "password": "y" * 300}),
+        422,
+        "password_too_long",
+    )
+    longer = PASSPHRASE_100 + " and then some more words"
+    changed = await stack.a.http.post("/api/v1/auth/password-reset/confirm", json={"token": reset, "password": longer})
+    assert changed.status_code == 200, changed.text
+    await login(stack.a, email, longer)

@@ -20,6 +20,7 @@ STAFF_ROLES: tuple[str, ...] = ("teacher", "school_admin", "trust_admin")
 
 # Error codes in replies (`contracts.rpc.ErrorReply.error`); the gateway maps each to HTTP.
 E_WEAK_PASSWORD = "weak_password"  # 422
+E_PASSWORD_TOO_LONG = "password_too_long"  # 422: over 256 characters
 E_INVALID_TOKEN = "invalid_token"  # 400
 E_INVALID_CREDENTIALS = "invalid_credentials"  # 401
 E_NOT_VERIFIED = "email_not_verified"  # 403
@@ -227,7 +228,7 @@ REGISTER: Rpc[RegisterRequest, RegisterReply] = Rpc(
     RegisterReply,
     title="register",
     description="A parent registers; unverified until the emailed link is used.",
-    errors=(E_WEAK_PASSWORD, E_VALIDATION, E_CONFLICT),
+    errors=(E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_VALIDATION, E_CONFLICT),
 )
 
 VERIFY: Rpc[VerifyRequest, VerifyReply] = Rpc(
@@ -287,7 +288,7 @@ PASSWORD_RESET_CONFIRM: Rpc[PasswordResetConfirm, PasswordChangedReply] = Rpc(
     PasswordChangedReply,
     title="password reset confirm",
     description="Set a new password with a reset token.",
-    errors=(E_INVALID_TOKEN, E_WEAK_PASSWORD),
+    errors=(E_INVALID_TOKEN, E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG),
 )
 
 CHECK_PASSWORD: Rpc[CheckPasswordRequest, Accepted] = Rpc(
@@ -296,7 +297,7 @@ CHECK_PASSWORD: Rpc[CheckPasswordRequest, Accepted] = Rpc(
     Accepted,
     title="check password",
     description="Whether a password meets the policy.",
-    errors=(E_WEAK_PASSWORD,),
+    errors=(E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG),
 )
 
 CONTACTS: Rpc[ContactsRequest, ContactsReply] = Rpc(
@@ -313,5 +314,5 @@ CREATE_STAFF: Rpc[CreateStaffRequest, CreateStaffReply] = Rpc(
     CreateStaffReply,
     title="create staff",
     description="Create or update a member of staff by hand.",
-    errors=(E_VALIDATION, E_CONFLICT, E_WEAK_PASSWORD),
+    errors=(E_VALIDATION, E_CONFLICT, E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG),
 )

@@ -160,6 +160,7 @@ class RpcErrorMapping:
 # one place where a service's error becomes an HTTP one (the API's and the pages' alike).
 RPC_ERRORS: dict[str, RpcErrorMapping] = {
     identity.E_WEAK_PASSWORD: RpcErrorMapping(422),
+    identity.E_PASSWORD_TOO_LONG: RpcErrorMapping(422),
     identity.E_INVALID_TOKEN: RpcErrorMapping(400),
     identity.E_INVALID_CREDENTIALS: RpcErrorMapping(401),
     identity.E_NOT_VERIFIED: RpcErrorMapping(403),

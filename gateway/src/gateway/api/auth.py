@@ -54,11 +54,17 @@ def _valid_email(value: str) -> str:
     return value
 
 
+MAX_PASSWORD = 256
+# A longer body is refused before it is read into a model: nobody types 64 KiB.
+MAX_BODY_PASSWORD = 65536
+PASSWORD_RULE = "12 to 256 characters, not a commonly used or easily guessed one"
+
+
 class RegisterBody(_Body):
     """A parent registers; `code` and `relationship` when they came with a child's code."""
 
     email: str = Field(max_length=254, examples=["mary@example.org"])
-    password: str = Field(max_length=1024, description="At least 12 characters, not a commonly used one")
+    password: str = Field(max_length=MAX_BODY_PASSWORD, description=PASSWORD_RULE)
     name: str = Field(max_length=200, examples=["Mary Smith"])
     accept_aup: bool = Field(description="Must be true: the acceptable-use policy is accepted")
     code: str | None = Field(default=None, max_length=64, description="A child's link code, as typed")
@@ -101,7 +107,14 @@ class ResetConfirmBody(_Body):
     """A reset token and the new password."""
 
     token: str = Field(min_length=1, max_length=256)
-    password: str = Field(max_length=1024, description="At least 12 characters, not a commonly used one")
+    password: str = Field(max_length=MAX_BODY_PASSWORD, description=PASSWORD_RULE)
+
+
+def _not_too_long(password: str) -> None:
+    # Answered here, not by identity: its requests carry at most 1,024 characters.
+    if len(password) > MAX_PASSWORD:
+        message = f"Use at most {MAX_PASSWORD} characters."
+        raise ApiError(422, "password_too_long", message, extra={"errors": [{"field": "password", "message": message}]})
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -124,6 +137,7 @@ async def register(request: Request, clients: NamedDependency[Clients], data: JS
             "Accept the acceptable-use policy to register.",
             extra={"errors": [{"field": "accept_aup", "message": "Must be true"}]},
         )
+    _not_too_long(data.password)
     await flows.register(
         clients,
         flows.Registration(
@@ -233,6 +247,7 @@ async def password_reset(clients: NamedDependency[Clients], data: JSONBody[Email
 )
 async def password_reset_confirm(state: State, data: JSONBody[ResetConfirmBody]) -> Status:
     """Set the new password; every session of the account ends, on every replica, before the answer."""
+    _not_too_long(data.password)
     await change_password(state, data.token, data.password)
     return Status(
         "password_changed", "Your password is changed and every session was signed out: sign in with the new one."

@@ -1,8 +1,9 @@
 """Passwords: argon2id hashes, and the policy a new password must meet.
 
-The policy is NIST SP 800-63B's: at least 12 characters and at most 128, no composition rules,
-and refused when it is commonly used or trivially guessable (zxcvbn's dictionaries of leaked
-passwords, names, words and keyboard patterns, plus the account's own email and name).
+The policy is NIST SP 800-63B's: at least 12 characters and at most 256 (passphrases welcome),
+no composition rules, and refused when it is commonly used or trivially guessable (zxcvbn's
+dictionaries of leaked passwords, names, words and keyboard patterns, plus the account's own
+email and name).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from zxcvbn import zxcvbn  # type: ignore[import-untyped]  # zxcvbn has no type hints; its stubs (types-zxcvbn) are not installed
 
 MIN_LENGTH = 12
-MAX_LENGTH = 128
+MAX_LENGTH = 256
+# zxcvbn refuses longer input (it raises), and its cost grows with the length: it judges the
+# first 72 characters, which a long passphrase's strength already shows in.
+JUDGED_LENGTH = 72
 
 # OWASP's minimum for argon2id (m=19 MiB, t=2, p=1); the settings may only go above it.
 OWASP_MIN_MEMORY_KIB = 19 * 1024
@@ -25,15 +29,23 @@ OWASP_MIN_TIME_COST = 2
 class WeakPassword(ValueError):
     """The password does not meet the policy; the message says why, for the person."""
 
+    code = "weak_password"
+
+
+class PasswordTooLong(WeakPassword):
+    """Longer than the policy allows."""
+
+    code = "password_too_long"
+
 
 def check_policy(password: str, *, email: str = "", name: str = "") -> None:
     """Raise `WeakPassword` with a clear reason unless `password` may be used."""
     if len(password) < MIN_LENGTH:
         raise WeakPassword(f"Use at least {MIN_LENGTH} characters; a few unrelated words make a good password.")
     if len(password) > MAX_LENGTH:
-        raise WeakPassword(f"Use at most {MAX_LENGTH} characters.")
-    hints = [h for h in (email, email.split("@")[0], name, *name.split()) if h]
-    result = zxcvbn(password[:MAX_LENGTH], user_inputs=hints)
+        raise PasswordTooLong(f"Use at most {MAX_LENGTH} characters.")
+    hints = [h[:JUDGED_LENGTH] for h in (email, email.split("@")[0], name, *name.split()) if h]
+    result = zxcvbn(password[:JUDGED_LENGTH], user_inputs=hints)
     if result["score"] < 2:
         warning = result["feedback"].get("warning") or "This password is too easy to guess."
         raise WeakPassword(f"{warning.rstrip('.')}. Choose a less common password, for example a few unrelated words.")
