@@ -528,7 +528,8 @@ async def settings_submit(
     for name in SETTING_INTS:
         raw = str(form.get(name) or "").strip()
         # A number goes as a number; anything else as typed, for linking to name the field.
-        data[name] = int(raw) if raw.isdigit() else raw
+        # ASCII digits only: str.isdigit() is true of "²", which int() refuses.
+        data[name] = int(raw) if raw.isascii() and raw.isdigit() else raw
     for name in (*SETTING_URLS, "aup_text"):
         data[name] = str(form.get(name) or "").replace("\r\n", "\n")
     data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
