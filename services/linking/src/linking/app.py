@@ -152,12 +152,13 @@ def document_events(runtime: ServiceRuntime) -> None:
         title="school settings changed",
         description="A school's settings changed; the event carries the effective values (link templates for overview).",
     )
-    for subject, model, title in [
-        (contract.LINK_CREATED, contract.LinkCreated, "link created"),
-        (contract.LINK_ACTIVATED, contract.LinkActivated, "link activated"),
-        (contract.LINK_REMOVED, contract.LinkRemoved, "link removed"),
-    ]:
-        runtime.publishes(subject, model, title=title, description=model.__doc__ or title)
+    runtime.publishes_events(
+        {
+            contract.LINK_CREATED: contract.LinkCreated,
+            contract.LINK_ACTIVATED: contract.LinkActivated,
+            contract.LINK_REMOVED: contract.LinkRemoved,
+        }
+    )
 
 
 class LinkingRuntime(ServiceRuntime):
