@@ -37,6 +37,7 @@ class RegisterRequest(Message):
     password: str = Field(max_length=1024)
     name: str = Field(min_length=1, max_length=200)
     aup_version: str = Field(default="", max_length=64, description="The policy version accepted")
+    client_ip: str = Field(default="", max_length=64, description="The caller's address, for the limit on failures")
 
 
 class RegisterReply(Message):

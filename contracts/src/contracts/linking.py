@@ -35,6 +35,7 @@ E_VALIDATION = "validation_error"  # 422: the fields name each problem
 E_CODE_FULL = "code_full"  # 409: a printed code has linked as many carers as the school allows
 E_AUP_REQUIRED = "aup_required"  # 422: the school's policy must be accepted first
 E_TOO_MANY_ATTEMPTS = "too_many_attempts"  # 429: with retry_after
+E_TOO_MANY_INVITATIONS = "too_many_invitations"  # 409: a pupil has 10 pending invitations already
 
 RELATIONSHIPS = ("mother", "father", "carer", "guardian", "grandparent", "other")
 Relationship = Literal["mother", "father", "carer", "guardian", "grandparent", "other"]

@@ -18,7 +18,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from contracts import identity, linking
+from contracts import identity, linking, names
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import INVALID_REQUEST, VALIDATION_ERROR, RpcError, RpcTimeout, RpcUnavailable
 
@@ -175,6 +175,8 @@ RPC_ERRORS: dict[str, RpcErrorMapping] = {
     linking.E_NO_CODE: RpcErrorMapping(404),
     linking.E_CODE_FULL: RpcErrorMapping(409),
     linking.E_AUP_REQUIRED: RpcErrorMapping(422),
+    linking.E_TOO_MANY_INVITATIONS: RpcErrorMapping(409),
+    names.E_INVALID_NAME: RpcErrorMapping(422),
 }
 
 # (request, code) -> answer, where one request's error is worded apart from the others'.
