@@ -69,6 +69,7 @@ async def register(clients: Clients, r: Registration) -> None:
         r.password,
         r.name,
         aup_version if aup_version is not None else await default_aup_version(clients.linking),
+        r.client_ip,
     )
     if r.code and reply.created:
         # Only a new account is linked here, awaiting its verification. An address that

@@ -18,11 +18,15 @@ class IdentityClient:
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 
-    async def register(self, email: str, password: str, name: str, aup_version: str) -> identity.RegisterReply:
+    async def register(
+        self, email: str, password: str, name: str, aup_version: str, client_ip: str = ""
+    ) -> identity.RegisterReply:
         """A parent registers (the same reply whether the address was known or not)."""
         return await self._t.call(
             identity.REGISTER,
-            identity.RegisterRequest(email=email, password=password, name=name, aup_version=aup_version),
+            identity.RegisterRequest(
+                email=email, password=password, name=name, aup_version=aup_version, client_ip=client_ip
+            ),
         )
 
     async def check_password(self, password: str, email: str, name: str) -> None:
