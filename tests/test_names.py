@@ -33,3 +33,16 @@ def test_control_and_invisible_characters_and_overlong_names_are_refused(name: s
     assert problem_with_name(name)
     with pytest.raises(InvalidName):
         clean_name(name)
+
+
+def test_a_platform_event_naming_a_pupil_or_staff_member_badly_is_invalid() -> None:
+    from pydantic import ValidationError
+
+    from contracts.platform import PupilUpserted, StaffUpserted
+
+    good = PupilUpserted(school_id="s", pupil_id="p", first_name=" Ann ", last_name="Lee")
+    assert good.first_name == "Ann"
+    with pytest.raises(ValidationError):
+        PupilUpserted(school_id="s", pupil_id="p", first_name="Ann\u202e", last_name="Lee")
+    with pytest.raises(ValidationError):
+        StaffUpserted(school_id="s", staff_id="t", email="t@example.org", name="Sam\nBcc: x", role="teacher")

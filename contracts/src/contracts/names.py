@@ -10,6 +10,9 @@ zero-width joiners, soft hyphens). Everything else, any script, is a name.
 from __future__ import annotations
 
 import unicodedata
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 MAX_LENGTH = 100
 
@@ -40,3 +43,19 @@ def clean_name(value: str) -> str:
     if problem is not None:
         raise InvalidName(problem)
     return value.strip()
+
+
+def _validated(value: str) -> str:
+    problem = problem_with_name(value)
+    if problem is not None:
+        raise ValueError(problem)  # pydantic reports it as this field's error
+    return value.strip()
+
+
+# A person's name inside a message: a message carrying another is refused as invalid (an event
+# with one is dead-lettered, a request answered with a validation error).
+PersonName = Annotated[
+    str,
+    AfterValidator(_validated),
+    Field(description="1 to 100 characters after trimming; no control or invisible formatting characters"),
+]

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import AwareDatetime, Field, model_validator
 
 from contracts.base import Event
+from contracts.names import PersonName
 
 Id = str  # platform ids are opaque strings
 
@@ -55,8 +56,8 @@ class PupilUpserted(Event):
 
     school_id: Id = Field(min_length=1)
     pupil_id: Id = Field(min_length=1)
-    first_name: str = Field(min_length=1)
-    last_name: str = Field(min_length=1)
+    first_name: PersonName
+    last_name: PersonName
     class_ids: list[Id] = Field(default_factory=list)
 
 
@@ -76,7 +77,7 @@ class StaffUpserted(Event):
     trust_id: Id | None = None
     staff_id: Id = Field(min_length=1)
     email: str = Field(min_length=3, max_length=254)
-    name: str = Field(min_length=1)
+    name: PersonName
     role: StaffRole
 
     @model_validator(mode="after")
