@@ -22,7 +22,7 @@ from gateway.clients import STATE_KEY as CLIENTS_KEY
 from gateway.clients import Clients
 from gateway.clients.nats import NatsTransport, nats_lifespan
 from gateway.dev import bench, mail, platform
-from gateway.edge import security_headers, wrap_access_log
+from gateway.edge import BrowserChecks, security_headers, wrap_access_log
 from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
 from gateway.settings import GatewaySettings
@@ -102,6 +102,8 @@ def create_app(
             }
         ),
         lifespan=lifespan,
+        # Before any guard, body or service: a page of another site gets nothing done.
+        middleware=[BrowserChecks(settings.public_url, API_PREFIX)],
         dependencies=auth.dependencies(),
         exception_handlers=exception_handlers(),
         before_send=[security_headers(https=settings.secure_cookies), auth.cookie_refresher(settings)],

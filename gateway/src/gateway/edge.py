@@ -1,8 +1,12 @@
-"""What every response gets: security headers, a request id and one access log line.
+"""What every request and response goes through: the browser checks, security headers, a
+request id and one access log line.
 
-Both work on every response, unknown paths and errors included. Litestar's own `middleware`
-runs only for requests that matched a route, so the access log wraps the application's ASGI
-handler instead (see `wrap_access_log`), and the headers use a `before_send` hook.
+The headers and the access log work on every response, unknown paths and errors included.
+Litestar's own `middleware` runs only for requests that matched a route, so the access log wraps
+the application's ASGI handler instead (see `wrap_access_log`), and the headers use a
+`before_send` hook. The browser checks (`BrowserChecks`) are that middleware: they run once the
+route is known, so that a page's refusal is a page and the API's is JSON, and before any body
+is read, any guard runs or any service is asked.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import structlog
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
 
 from contracts.kit.logs import get_logger
+from gateway.errors import ApiError
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -65,6 +72,89 @@ def security_headers(*, https: bool) -> Callable[[Message, Scope], Awaitable[Non
             headers["cache-control"] = "no-store"
 
     return add_headers
+
+
+# -- browser checks ----------------------------------------------------------------------------
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# What a browser says of a request another site's page made. "same-site" is refused too: a
+# sibling host under the same registrable domain is another party's page all the same.
+_OTHER_SITES = frozenset({"cross-site", "same-site"})
+JSON_TYPE = "application/json"
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` of a URL as browsers send it in `Origin` (lower case, default port
+    left out); None when it has none (`null`, not a URL)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"  # IPv6, as it is written in a URL
+    return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
+
+
+def _has_body(headers: Headers) -> bool:
+    if "transfer-encoding" in headers:
+        return True
+    try:
+        return int(headers.get("content-length") or 0) > 0
+    except ValueError:
+        return True  # garbled: judge it as a body
+
+
+class BrowserChecks(ASGIMiddleware):
+    """Refuses what a page of another site could make a visitor's browser send.
+
+    - An unsafe request (POST, PUT, PATCH, DELETE) whose `Origin` is not the portal's own (the
+      origin of `PORTAL_PUBLIC_URL`), or which says `Sec-Fetch-Site: cross-site` or
+      `same-site`: 403 `cross_origin`, signed in or not. Without either header the request is
+      not a browser's (an app, a script) and goes on as before.
+    - A request to the API with a body that is not `Content-Type: application/json`: 415
+      `unsupported_media_type`. A page of another site can send a form (`text/plain` included)
+      without asking, but JSON only after a CORS preflight, which the portal never grants.
+    """
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, public_url: str, api_prefix: str) -> None:
+        own = origin_of(public_url)
+        if own is None:
+            raise ValueError(f"the public URL has no origin: {public_url!r}")
+        self.origin = own
+        self.api_prefix = api_prefix
+
+    def cross_origin(self, headers: Headers) -> bool:
+        """Whether a browser says another site's page made this request."""
+        if any(site.strip().lower() in _OTHER_SITES for site in headers.getall("sec-fetch-site", [])):
+            return True
+        # "null" (a sandboxed frame, a file, some redirects) has no origin: never ours.
+        return any(origin_of(sent) != self.origin for sent in headers.getall("origin", []))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        headers = Headers.from_scope(scope)
+        api = _under(scope.get("path", ""), self.api_prefix)
+        if scope.get("method") in UNSAFE_METHODS and self.cross_origin(headers):
+            log.warning("cross_origin_refused", method=scope.get("method"), path=scope.get("path_template"))
+            raise ApiError(
+                403,
+                "cross_origin",
+                "This request came from another website, so nothing was done: "
+                f"use Parent Portal from its own pages at {self.origin}.",
+            )
+        if api and _has_body(headers):
+            media_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+            if media_type != JSON_TYPE:
+                raise ApiError(
+                    415, "unsupported_media_type", "Send the request body as JSON, with Content-Type: application/json."
+                )
+        await next_app(scope, receive, send)
 
 
 class AccessLog:

@@ -121,17 +121,27 @@ def _json(ref: str, description: str) -> dict[str, Any]:
     }
 
 
+_UNSAFE = frozenset({"post", "put", "patch", "delete"})
+CROSS_ORIGIN = "A browser sent this change from a page of another site (`cross_origin`)."
+NOT_JSON = "The body is not `Content-Type: application/json` (`unsupported_media_type`)."
+
+
 def with_error_format(document: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `document` whose error responses have the gateway's real shape."""
+    """A copy of `document` whose error responses have the gateway's real shape, with the
+    browser checks' answers (`gateway.edge.BrowserChecks`) on every route they apply to."""
     doc = copy.deepcopy(document)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in _SCHEMAS.items():
         schemas.setdefault(name, schema)
     for path_item in doc.get("paths", {}).values():
-        for operation in path_item.values():
+        for method, operation in path_item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
+            if method in _UNSAFE:
+                responses.setdefault("403", _json("ErrorBody", CROSS_ORIGIN))
+            if "requestBody" in operation:
+                responses.setdefault("415", _json("ErrorBody", NOT_JSON))
             for status, response in list(responses.items()):
                 if not _is_litestar_error(response):
                     continue
@@ -163,7 +173,9 @@ def openapi_config(version: str, *, session_cookie: str = "portal_session") -> O
             'The gateway\'s HTTP API. Errors are JSON `{"error": "<code>", "detail": "<sentence>"}`. '
             "Authenticate with `Authorization: Bearer <access_token>` from `POST /api/v1/auth/login`, or with "
             "the session cookie it sets; a request with the cookie that changes something (POST, PUT, PATCH, "
-            "DELETE) must also send the login's `csrf_token` as the `X-CSRF-Token` header (403 `csrf_failed`)."
+            "DELETE) must also send the login's `csrf_token` as the `X-CSRF-Token` header (403 `csrf_failed`). "
+            "A body must be `Content-Type: application/json` (415 `unsupported_media_type`), and a change a "
+            "browser sends from a page of another site is refused (403 `cross_origin`)."
         ),
         path="/schema",
         render_plugins=[GatewayJsonRenderPlugin()],

@@ -209,12 +209,19 @@ def _error_page(
             query = urlencode({"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")})
             return Redirect(path=f"/login?{query}", status_code=303)
         return Redirect(path="/login", status_code=303)
+    title = _TITLES.get(status, "Something went wrong")
     if code == "csrf_failed":
         detail = "For your safety this form works only for a short while. Go back, reload the page and try again."
+    elif code == "cross_origin":
+        title = "This form came from another website"
+        detail = (
+            "For your safety Parent Portal only accepts forms from its own pages, so nothing was done. "
+            f"Open {settings_of(request).public_url} and try again from there."
+        )
     return Template(
         template_name="pages/error.html",
         context={
-            "title": _TITLES.get(status, "Something went wrong"),
+            "title": title,
             "detail": detail,
             "status": status,
             "principal": None,

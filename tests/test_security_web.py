@@ -1,0 +1,203 @@
+"""The gateway against a page of another site, a shared browser and a second replica: what an
+attacker's page can make a visitor's browser send is refused (415 for a body that is not JSON,
+403 `cross_origin` for another site's unsafe request), a login ends the session the browser
+held, notices after a redirect carry no names or addresses, and a removal by staff is gone on
+every replica when its answer comes.
+
+A real NATS, the real identity and linking services and gateways under uvicorn (the `portal`
+fixture of conftest.py, `PORTAL_PUBLIC_URL` http://portal.test), spoken to over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_harness import Gateway, running_gateway
+from gateway_portal import PASSWORD, PUBLIC_URL, Portal, assert_error, auth, cards, login, verified_parent
+
+pytestmark = pytest.mark.asyncio
+
+OTHER_SITE = "https://evil.example"
+TEACHER = "teacher_a@school.example"
+
+
+def json_body(email: str, password: str = PASSWORD) -> bytes:
+    return json.dumps({"email": email, "password": password}).encode()
+
+
+def set_cookies(response: httpx.Response) -> list[str]:
+    return response.headers.get_list("set-cookie")
+
+
+def cookie_value(response: httpx.Response, name: str) -> str | None:
+    """The value `response` sets for cookie `name`, if it sets one."""
+    for header in set_cookies(response):
+        if header.startswith(f"{name}="):
+            return header.split("=", 1)[1].split(";", 1)[0]
+    return None
+
+
+def cookie_header(response: httpx.Response, name: str) -> str:
+    """The whole Set-Cookie header of cookie `name`."""
+    found = [h for h in set_cookies(response) if h.startswith(f"{name}=")]
+    assert found, f"no {name} cookie in {set_cookies(response)}"
+    return found[0]
+
+
+async def signed_in(http: httpx.AsyncClient, token: str) -> bool:
+    answer = await http.get("/api/v1/me", headers=auth(token))
+    assert answer.status_code in (200, 401), answer.text
+    return answer.status_code == 200
+
+
+async def login_form(http: httpx.AsyncClient) -> tuple[str, str]:
+    """The sign-in page's form cookie and the token its form carries."""
+    page = await http.get("/login")
+    secret = cookie_value(page, "portal_form")
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert secret and token, page.text
+    return secret, token[1]
+
+
+async def new_parent(portal: Portal) -> tuple[str, str, str]:
+    """A verified parent of this test's own: email, token, account id."""
+    email = await verified_parent(portal.http, portal.nc)
+    token = await login(portal.http, email)
+    me = await portal.http.get("/api/v1/me", headers=auth(token))
+    return email, token, me.json()["id"]
+
+
+async def code_for(portal: Portal, class_id: str, first: str) -> str:
+    """A fresh printed code of one pupil (the earlier one stops working)."""
+    pupil_id = portal.roster.pupils[class_id][first]
+    assert (await portal.post("admin_a", f"/pupils/{pupil_id}/code")).status_code == 201
+    sheet = cards((await portal.get("teacher_a", f"/classes/{class_id}/qr-sheet")).text)
+    return next(code for name, code in sheet.items() if name.split()[0] == first)
+
+
+async def link(portal: Portal, token: str, class_id: str, first: str) -> str:
+    """Link the parent of `token` to a pupil; the pupil's id."""
+    body = {"code": await code_for(portal, class_id, first), "relationship": "mother", "accept_aup": True}
+    answer = await portal.http.post("/api/v1/me/children", json=body, headers=auth(token))
+    assert answer.status_code == 201, answer.text
+    return portal.roster.pupils[class_id][first]
+
+
+async def seen_children(gateway: httpx.AsyncClient, token: str) -> set[str]:
+    """The children a parent's overview lists on one replica."""
+    answer = await gateway.get("/api/v1/me/overview", headers=auth(token))
+    assert answer.status_code == 200, answer.text
+    return {child["pupil_id"] for child in answer.json()["children"]}
+
+
+@asynccontextmanager
+async def second_replica(portal: Portal, tmp_path: Path, **changes: str) -> AsyncIterator[Gateway]:
+    """Another gateway replica on the same NATS (with `changes` to its settings)."""
+    settings = portal.gateway_settings.model_copy(update={"data_dir": tmp_path / "gateway-2", **changes})
+    async with running_gateway(settings, timeout=20) as gateway:
+        yield gateway
+
+
+# -- A. another site's page ------------------------------------------------------------------------
+
+
+async def test_a_login_body_that_is_not_json_answers_415_and_signs_nobody_in(portal: Portal) -> None:
+    # <form enctype="text/plain"> on any site can send this body, with the attacker's password.
+    for content_type in ("text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": content_type} if content_type else {}
+        refused = await portal.http.post("/api/v1/auth/login", content=json_body(TEACHER), headers=headers)
+        assert_error(refused, 415, "unsupported_media_type")
+        assert not set_cookies(refused) and "access_token" not in refused.text, content_type
+
+    # JSON, with or without parameters, signs in as before.
+    for content_type in ("application/json", "Application/JSON; charset=utf-8"):
+        answer = await portal.http.post(
+            "/api/v1/auth/login", content=json_body(TEACHER), headers={"content-type": content_type}
+        )
+        assert answer.status_code == 200 and cookie_value(answer, "portal_session"), answer.text
+
+
+async def test_a_signed_in_request_with_a_body_that_is_not_json_changes_nothing(portal: Portal) -> None:
+    r = portal.roster
+    cara = r.pupils[r.a1]["Cara"]
+    address = "not-json-invite@example.org"
+    refused = await portal.http.post(
+        f"/api/v1/pupils/{cara}/invitations",
+        content=json.dumps({"email": address}).encode(),
+        headers={**auth(portal.tokens["teacher_a"]), "content-type": "text/plain"},
+    )
+    assert_error(refused, 415, "unsupported_media_type")
+    pupils = (await portal.get("teacher_a", f"/classes/{r.a1}/pupils")).json()
+    invited = [i["email"] for p in pupils if p["pupil_id"] == cara for i in p["invitations"]]
+    assert address not in invited, "nothing was sent"
+
+
+async def test_a_login_from_another_sites_page_is_refused_even_with_the_right_password(portal: Portal) -> None:
+    json_type = {"content-type": "application/json"}
+    for browser_says in (
+        {"origin": OTHER_SITE},
+        {"origin": "null"},  # a sandboxed frame or a file: no origin is not ours
+        {"origin": "http://portal.test:8080"},
+        {"origin": "https://portal.test"},  # another scheme is another origin
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},
+        {"origin": PUBLIC_URL, "sec-fetch-site": "cross-site"},
+    ):
+        refused = await portal.http.post(
+            "/api/v1/auth/login", content=json_body(TEACHER), headers={**json_type, **browser_says}
+        )
+        body = assert_error(refused, 403, "cross_origin")
+        assert not set_cookies(refused) and "access_token" not in body, browser_says
+
+    # The portal's own pages, and clients that are not browsers, sign in as before.
+    for browser_says in (
+        {"origin": PUBLIC_URL, "sec-fetch-site": "same-origin"},
+        {"origin": "HTTP://Portal.Test:80"},
+        {"sec-fetch-site": "none"},  # typed by the user
+        {},
+    ):
+        answer = await portal.http.post(
+            "/api/v1/auth/login", content=json_body(TEACHER), headers={**json_type, **browser_says}
+        )
+        assert answer.status_code == 200, (browser_says, answer.text)
+
+
+async def test_another_sites_page_cannot_sign_out_or_register_a_visitor(portal: Portal) -> None:
+    token = await login(portal.http, TEACHER)
+    refused = await portal.http.post("/api/v1/auth/logout", headers={**auth(token), "origin": OTHER_SITE})
+    assert_error(refused, 403, "cross_origin")
+    assert await signed_in(portal.http, token), "still signed in"
+
+    email = "cross-site-registration@example.org"
+    body = {"email": email, "password": PASSWORD, "name": "Cross Site", "accept_aup": True}
+    assert_error(
+        await portal.http.post("/api/v1/auth/register", json=body, headers={"sec-fetch-site": "cross-site"}),
+        403,
+        "cross_origin",
+    )
+    # No account was made: an unverified one would answer 403 email_not_verified.
+    assert_error(await portal.http.post("/api/v1/auth/login", json=body), 401, "invalid_credentials")
+
+
+async def test_a_form_posted_to_a_page_from_another_site_is_refused(portal: Portal) -> None:
+    secret, token = await login_form(portal.http)
+    form = {"email": TEACHER, "password": PASSWORD, "csrf_token": token, "next": "/"}
+    cookies = {"cookie": f"portal_form={secret}"}
+    for browser_says in ({"sec-fetch-site": "cross-site"}, {"origin": OTHER_SITE}, {"origin": "null"}):
+        refused = await portal.http.post("/login", data=form, headers={**cookies, **browser_says})
+        assert refused.status_code == 403, (browser_says, refused.status_code)
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "another website" in refused.text and PUBLIC_URL in refused.text
+        assert cookie_value(refused, "portal_session") is None, "not signed in"
+
+    # The same form from the portal's own page signs in.
+    same = await portal.http.post(
+        "/login", data=form, headers={**cookies, "origin": PUBLIC_URL, "sec-fetch-site": "same-origin"}
+    )
+    assert same.status_code == 303 and cookie_value(same, "portal_session"), same.text
