@@ -201,3 +201,50 @@ async def test_a_form_posted_to_a_page_from_another_site_is_refused(portal: Port
         "/login", data=form, headers={**cookies, "origin": PUBLIC_URL, "sec-fetch-site": "same-origin"}
     )
     assert same.status_code == 303 and cookie_value(same, "portal_session"), same.text
+
+
+# -- C. a login ends the session it replaces ---------------------------------------------------------
+
+
+async def test_logging_in_ends_the_session_the_request_still_carried(portal: Portal) -> None:
+    parent_email, _, _ = await new_parent(portal)
+
+    # Someone else signs in on a browser that still holds the teacher's session cookie.
+    before = await login(portal.http, TEACHER)
+    answer = await portal.http.post(
+        "/api/v1/auth/login",
+        json={"email": parent_email, "password": PASSWORD},
+        headers={"cookie": f"portal_session={before}"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert not await signed_in(portal.http, before), "the earlier session ended"
+    assert await signed_in(portal.http, answer.json()["access_token"])
+
+    # The same with a bearer token.
+    before = await login(portal.http, TEACHER)
+    answer = await portal.http.post(
+        "/api/v1/auth/login", json={"email": parent_email, "password": PASSWORD}, headers=auth(before)
+    )
+    assert answer.status_code == 200 and not await signed_in(portal.http, before)
+
+    # A mistyped password signs nobody out.
+    before = await login(portal.http, TEACHER)
+    wrong = await portal.http.post(
+        "/api/v1/auth/login",
+        json={"email": parent_email, "password": "not the password at all"},
+        headers={"cookie": f"portal_session={before}"},
+    )
+    assert_error(wrong, 401, "invalid_credentials")
+    assert await signed_in(portal.http, before)
+
+    # The sign-in page does the same.
+    secret, token = await login_form(portal.http)
+    page = await portal.http.post(
+        "/login",
+        data={"email": parent_email, "password": PASSWORD, "csrf_token": token},
+        headers={"cookie": f"portal_form={secret}; portal_session={before}"},
+    )
+    assert page.status_code == 303, page.text
+    assert not await signed_in(portal.http, before), "the earlier session ended"
+    new = cookie_value(page, "portal_session")
+    assert new and new != before and await signed_in(portal.http, new)

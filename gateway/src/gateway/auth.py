@@ -181,6 +181,35 @@ async def end_session(request: Request) -> None:
     forget_principal(request)
 
 
+async def end_replaced_sessions(request: Request) -> None:
+    """After a login: end, on every replica, the sessions the request still carried (its bearer
+    token and its cookie), so that one browser holds one session."""
+    # Whoever used this browser before (a shared computer, or a session planted in it) must
+    # not stay signed in behind the new session. Ended after the new login succeeded: a
+    # mistyped password signs nobody out.
+    tokens = {creds.token for creds in _all_credentials(request) if creds.token}
+    auth = get_auth(request.app.state)
+    for token in tokens:
+        principal, _ = await auth.resolve(token)
+        auth.cache.drop_token(token_key(token))
+        if principal is not None:
+            await auth.until_revoked(auth.identity.logout(token), session_id=principal.session_id)
+            log.info("session_replaced", account_id=principal.account_id, session_id=principal.session_id)
+    forget_principal(request)
+
+
+def _all_credentials(connection: ASGIConnection) -> list[Credentials]:
+    found = []
+    header = credentials(connection)
+    if header is not None:
+        found.append(header)
+    settings: GatewaySettings = connection.app.state.settings
+    cookie = connection.cookies.get(cookie_name(settings))
+    if cookie and (header is None or header.source != "cookie"):
+        found.append(Credentials(cookie, "cookie"))
+    return found
+
+
 async def change_password(state: State, token: str, password: str) -> None:
     """Set a new password with a reset token; every session of the account ends, on every
     replica, before this returns (the web page's reset does the same)."""

@@ -28,6 +28,7 @@ from gateway.auth import (
     client_ip,
     credentials,
     csrf_token_for,
+    end_replaced_sessions,
     end_session,
     session_cookie,
 )
@@ -191,8 +192,10 @@ async def resend_verification(clients: NamedDependency[Clients], data: JSONBody[
 async def login(
     state: State, request: Request, clients: NamedDependency[Clients], data: JSONBody[LoginBody]
 ) -> Response[LoginAnswer]:
-    """A new session: the token as bearer token and in the session cookie, with its CSRF token."""
+    """A new session: the token as bearer token and in the session cookie, with its CSRF token.
+    A session the request still carried (cookie or bearer token) ends."""
     reply = await clients.identity.login(data.email, data.password, client_ip(request))
+    await end_replaced_sessions(request)
     settings: GatewaySettings = state.settings
     body = LoginAnswer(
         access_token=reply.access_token,

@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from contracts.kit.rpc import RpcError
 from gateway import flows
 from gateway.api.auth import RegisterBody
-from gateway.auth import change_password, clear_session_cookie, client_ip, end_session, session_cookie
+from gateway.auth import (
+    change_password,
+    clear_session_cookie,
+    client_ip,
+    end_replaced_sessions,
+    end_session,
+    session_cookie,
+)
 from gateway.clients import Clients
 from gateway.errors import ApiError
 from gateway.pages.common import (
@@ -60,7 +67,8 @@ async def login_page(
 
 @post("/login", include_in_schema=False, status_code=200, operation_id="page_login_submit")
 async def login_submit(request: Request, clients: NamedDependency[Clients]) -> Response[Any]:
-    """Sign in: the session cookie is set and the browser goes where it was heading."""
+    """Sign in: the session cookie is set (replacing any session the browser held, which ends)
+    and the browser goes where it was heading."""
     form = await request.form()
     values = {"email": _text(form, "email", 254)}
     next_path = safe_next(_text(form, "next", 500))
@@ -106,6 +114,7 @@ async def login_submit(request: Request, clients: NamedDependency[Clients]) -> R
         if err.status_code in (422, 429):
             return again(FieldErrors(), err.detail, err.status_code)
         raise
+    await end_replaced_sessions(request)
     cookie = session_cookie(settings_of(request), reply.access_token, reply.expires_in)
     return redirect(next_path, cookies=[cookie])
 
