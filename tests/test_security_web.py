@@ -21,6 +21,8 @@ import pytest
 from gateway_harness import Gateway, running_gateway
 from gateway_portal import PASSWORD, PUBLIC_URL, Portal, assert_error, auth, cards, login, verified_parent
 
+from contracts import linking
+
 pytestmark = pytest.mark.asyncio
 
 OTHER_SITE = "https://evil.example"
@@ -248,3 +250,94 @@ async def test_logging_in_ends_the_session_the_request_still_carried(portal: Por
     assert not await signed_in(portal.http, before), "the earlier session ended"
     new = cookie_value(page, "portal_session")
     assert new and new != before and await signed_in(portal.http, new)
+
+
+# -- D. removal on other replicas -----------------------------------------------------------------
+
+
+async def test_a_removal_is_gone_on_another_replica_when_its_answer_comes(portal: Portal, tmp_path: Path) -> None:
+    r = portal.roster
+    parent_email, parent, parent_id = await new_parent(portal)
+    heard: list[tuple[str, str]] = []
+
+    async def on_removed(msg) -> None:
+        body = json.loads(msg.data)
+        heard.append((body["parent_id"], body["pupil_id"]))
+
+    sub = await portal.nc.subscribe(linking.LINK_REMOVED, cb=on_removed)
+    await portal.nc.flush()
+    try:
+        async with second_replica(portal, tmp_path) as other:
+            dan = await link(portal, parent, r.a2, "Dan")
+            eve = await link(portal, parent, r.a2, "Eve")
+            cara = await link(portal, parent, r.a1, "Cara")
+            # The second replica remembers the three (for minutes, unless an event says otherwise).
+            assert await seen_children(other.http, parent) == {dan, eve, cara}
+
+            # One pupil, by staff on the first replica.
+            removed = await portal.http.delete(
+                f"/api/v1/pupils/{dan}/parents/{parent_id}", headers=auth(portal.tokens["teacher_a"])
+            )
+            assert removed.status_code == 204, removed.text
+            # Answered only once the event was out: anyone subscribed has been sent it already.
+            await portal.nc.flush()
+            assert (parent_id, dan) in heard
+            assert await seen_children(other.http, parent) == {eve, cara}
+            assert_error(
+                await other.http.get(f"/api/v1/me/children/{dan}/overview", headers=auth(parent)), 404, "not_found"
+            )
+
+            # A bar on the parent's address.
+            barred = await portal.http.post(
+                f"/api/v1/pupils/{eve}/bars",
+                json={"email": parent_email, "reason": "court order"},
+                headers=auth(portal.tokens["admin_a"]),
+            )
+            assert barred.status_code == 201, barred.text
+            await portal.nc.flush()
+            assert (parent_id, eve) in heard
+            assert await seen_children(other.http, parent) == {cara}
+
+            # From all their children at the school.
+            everywhere = await portal.http.delete(
+                f"/api/v1/parents/{parent_id}/pupils", headers=auth(portal.tokens["teacher_a"])
+            )
+            assert everywhere.status_code == 204, everywhere.text
+            await portal.nc.flush()
+            assert (parent_id, cara) in heard
+            assert await seen_children(other.http, parent) == set()
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_a_removal_whose_event_does_not_come_is_logged_as_an_error(nats_server, capfd) -> None:
+    import nats as nats_client
+
+    from gateway.caches.links import LinksCache
+
+    async def fetch(parent_id: str) -> list[str]:
+        return ["pupil-1", "pupil-2"]
+
+    cache = LinksCache(fetch, ttl=300, removal_wait=10)
+    nc = await nats_client.connect(nats_server.url)
+    try:
+        await cache.subscribe(nc)
+        assert await cache.active("parent-1") == ("pupil-1", "pupil-2")
+
+        # The event comes: the block ends without a word.
+        async with cache.removals() as removed:
+            removed.expect("parent-1", "pupil-1")
+            await nc.publish(
+                linking.LINK_REMOVED, json.dumps({"parent_id": "parent-1", "pupil_id": "pupil-1"}).encode()
+            )
+        assert "link_removal_not_seen" not in capfd.readouterr().out
+
+        # It does not (a relay that is stuck): the change still stands, loudly.
+        cache.removal_wait = 0.2
+        async with cache.removals() as removed:
+            removed.expect("parent-1", "pupil-2")
+        logged = [line for line in capfd.readouterr().out.splitlines() if "link_removal_not_seen" in line]
+        assert len(logged) == 1 and "error" in logged[0] and "pupil-2" in logged[0], logged
+        assert linking.LINK_REMOVED in logged[0]
+    finally:
+        await nc.close()

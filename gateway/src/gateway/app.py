@@ -61,7 +61,9 @@ def create_app(
     settings = settings or GatewaySettings()
     clients = clients or Clients.over(NatsTransport(settings))
     auth_cache = sessions.SessionAuth(settings, clients.identity)
-    links = links_cache.LinksCache(clients.linking.active_pupils, settings.links_cache_seconds)
+    links = links_cache.LinksCache(
+        clients.linking.active_pupils, settings.links_cache_seconds, removal_wait=settings.revocation_wait_seconds
+    )
     overviews = overview_cache.OverviewReader(
         overview_cache.OverviewCache(settings.overview_cache_seconds, settings.overview_cache_entries),
         functools.partial(clients.overview.get_raw, timeout=settings.overview_timeout),

@@ -156,17 +156,18 @@ async def add_bar(
     Linking holds no parents' addresses, so the bar is composed here: linking names the pupil's
     parents, identity gives their addresses, and linking is told which of them have the barred
     one and ends their links (it stays the one that decides). Anyone who linked in between is
-    named back by linking and checked in another round. This replica forgets the links that
-    ended before the answer; the others when linking's events reach them.
+    named back by linking and checked in another round. The links that ended are gone on every
+    replica before this returns (`LinksCache.removals`).
     """
     checked = await staff.pupil_parents(pupil_id)
     holders = await _holders(identity, checked, email)
-    for _ in range(BAR_ROUNDS):
-        reply = await staff.add_bar(pupil_id, email, reason, parent_ids=holders, checked_parent_ids=checked)
-        for parent_id in reply.removed_parent_ids:
-            links.forget(parent_id)
-        if not reply.unchecked_parent_ids:
-            break
-        checked = [*checked, *reply.unchecked_parent_ids]
-        holders = await _holders(identity, reply.unchecked_parent_ids, email)
+    async with links.removals() as removed:
+        for _ in range(BAR_ROUNDS):
+            reply = await staff.add_bar(pupil_id, email, reason, parent_ids=holders, checked_parent_ids=checked)
+            for parent_id in reply.removed_parent_ids:
+                removed.expect(parent_id, pupil_id)
+            if not reply.unchecked_parent_ids:
+                break
+            checked = [*checked, *reply.unchecked_parent_ids]
+            holders = await _holders(identity, reply.unchecked_parent_ids, email)
     return reply.bar_id

@@ -42,8 +42,10 @@ class GatewaySettings(CommonSettings):
         default=1.0,
         ge=0,
         le=10,
-        description="How long logout and password change wait to see their revocation event broadcast, so that "
-        "every replica has dropped the session before the answer (PORTAL_REVOCATION_WAIT_SECONDS).",
+        description="How long logout, login (ending the session it replaces), password change, and staff removing "
+        "a parent's access (one pupil, all of them, or by a bar) wait to see their event broadcast, so that every "
+        "replica has dropped the session or the link before the answer (PORTAL_REVOCATION_WAIT_SECONDS). A removal "
+        "whose event does not come in time is logged as an error (`link_removal_not_seen`).",
     )
     links_cache_seconds: float = Field(
         default=300.0,

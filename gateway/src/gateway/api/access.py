@@ -1,8 +1,9 @@
 """Staff managing parents' access: inviting by email, removing a parent from one pupil or from
 all of them at once, a parent's pupils, and a pupil's audit trail.
 
-A removal takes effect at once on this replica (its links cache forgets the parent before the
-answer) and on every other as soon as linking's `linking.link.removed.v1` reaches it.
+A removal takes effect on every replica before the answer: this replica's links cache forgets
+the parent at once, and the answer waits (briefly) until linking's `linking.link.removed.v1` of
+each ended link is back, so that every other replica has been sent it too.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ async def remove_parent(
     state: State, staff: NamedDependency[StaffLinking], pupil_id: FromPath[str], parent_id: FromPath[str]
 ) -> None:
     """That parent loses this pupil, and only this pupil."""
-    await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
-    get_links_cache(state).forget(parent_id)
+    async with get_links_cache(state).removals() as removed:
+        await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
+        removed.expect(parent_id, pupil_id)
 
 
 @get(
@@ -98,8 +100,9 @@ async def remove_parent_everywhere(
     state: State, staff: NamedDependency[StaffLinking], parent_id: FromPath[str]
 ) -> None:
     """The parent loses every pupil of the caller's school (trust) at once, one audit row each."""
-    await staff.remove_parent_everywhere(checked_id(parent_id))
-    get_links_cache(state).forget(parent_id)
+    async with get_links_cache(state).removals() as removed:
+        for pupil_id in await staff.remove_parent_everywhere(checked_id(parent_id)):
+            removed.expect(parent_id, pupil_id)
 
 
 @get(

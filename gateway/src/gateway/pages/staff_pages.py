@@ -225,12 +225,13 @@ async def remove_submit(
     pupil_id: str,
     parent_id: str,
 ) -> Response[Any]:
-    """That parent loses this pupil only."""
+    """That parent loses this pupil only, on every replica before the answer."""
     reply, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
     parent = next((p for p in pupil.parents if p.parent_id == parent_id), None)
-    await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
-    get_links_cache(state).forget(parent_id)
+    async with get_links_cache(state).removals() as removed:
+        await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
+        removed.expect(parent_id, pupil_id)
     who = display_name(parent) if parent else "The parent"
     return redirect(f"/classes/{class_id}", notice=f"{who} can no longer see {pupil.first_name}'s schoolwork.")
 
@@ -245,10 +246,12 @@ async def remove_submit(
 async def remove_all_submit(
     state: State, clients: NamedDependency[Clients], staff: NamedDependency[StaffLinking], class_id: str, parent_id: str
 ) -> Response[Any]:
-    """The parent loses every child of the caller's school (trust) at once."""
+    """The parent loses every child of the caller's school (trust) at once, on every replica
+    before the answer."""
     contacts = await clients.identity.contacts([checked_id(parent_id)])
-    await staff.remove_parent_everywhere(parent_id)
-    get_links_cache(state).forget(parent_id)
+    async with get_links_cache(state).removals() as removed:
+        for pupil_id in await staff.remove_parent_everywhere(parent_id):
+            removed.expect(parent_id, pupil_id)
     contact = contacts.get(parent_id)
     who = contact.name if contact else "The parent"
     return redirect(f"/classes/{class_id}", notice=f"{who} can no longer see any of their children at this school.")
