@@ -10,11 +10,13 @@ fixture of conftest.py, `PORTAL_PUBLIC_URL` http://portal.test), spoken to over 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from gateway_harness import Gateway, running_gateway
 from gateway_portal import PASSWORD, PUBLIC_URL, Portal, assert_error, auth, cards, login, verified_parent
 
 from contracts import linking
+from gateway.auth import csrf_token_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -250,6 +253,110 @@ async def test_logging_in_ends_the_session_the_request_still_carried(portal: Por
     assert not await signed_in(portal.http, before), "the earlier session ended"
     new = cookie_value(page, "portal_session")
     assert new and new != before and await signed_in(portal.http, new)
+
+
+# -- B. notices -----------------------------------------------------------------------------------
+
+
+def assert_nothing_personal(value: str | None, *words: str) -> None:
+    assert value is not None, "a notice was set"
+    plain = unquote(unquote(value)).lower()
+    for word in words:
+        assert word.lower() not in plain, f"{word!r} in the notice cookie {plain!r}"
+    assert "@" not in plain, plain
+
+
+async def test_notices_carry_no_names_or_addresses_and_are_secure_over_https(portal: Portal, tmp_path: Path) -> None:
+    r = portal.roster
+    teacher = portal.tokens["teacher_a"]
+    admin = portal.tokens["admin_a"]
+    parent_email, parent, parent_id = await new_parent(portal)
+    dan = portal.roster.pupils[r.a2]["Dan"]
+
+    async with second_replica(portal, tmp_path, public_url="https://portal.test") as secure:
+        # A parent adds a child with a typed code (http): the cookie names no child.
+        form = {
+            "code": await code_for(portal, r.a2, "Dan"),
+            "relationship": "mother",
+            "accept_aup": "yes",
+            "csrf_token": csrf_token_for(parent),
+        }
+        added = await portal.http.post("/children/confirm", data=form, headers={"cookie": f"portal_session={parent}"})
+        assert added.status_code == 303, added.text
+        notice = cookie_value(added, "portal_notice")
+        assert_nothing_personal(notice, "Dan", parent_email)
+        assert "Secure" not in cookie_header(added, "portal_notice"), "plain http in development"
+        home = await portal.http.get(
+            added.headers["location"], headers={"cookie": f"portal_session={parent}; portal_notice={notice}"}
+        )
+        assert "Dan is now linked to your account." in html.unescape(home.text), "the page names the child"
+        assert dan in await seen_children(secure.http, parent)  # remembered by the second replica
+
+        # Staff invite over https: Secure, and no address or child's name in it.
+        invited = "invited-for-amy@example.org"
+        amy_page = f"/classes/{r.a1}/pupils/{r.pupils[r.a1]['Amy']}/invite"
+        sent = await secure.http.post(
+            amy_page,
+            data={"email": invited, "csrf_token": csrf_token_for(teacher)},
+            headers={"cookie": f"__Host-portal_session={teacher}"},
+        )
+        assert sent.status_code == 303, sent.text
+        header = cookie_header(sent, "__Host-portal_notice")
+        assert "Secure" in header and "HttpOnly" in header
+        notice = cookie_value(sent, "__Host-portal_notice")
+        assert_nothing_personal(notice, "Amy", invited)
+        page = await secure.http.get(
+            sent.headers["location"],
+            headers={"cookie": f"__Host-portal_session={teacher}; __Host-portal_notice={notice}"},
+        )
+        assert f"Invitation sent to {invited} for Amy." in html.unescape(page.text)
+        assert "Secure" in cookie_header(page, "__Host-portal_notice"), "cleared the same way"
+
+        # Staff remove the parent (http page): no parent's name or address, no child's name; and
+        # the second replica stopped showing the child by the time the answer came.
+        removed = await portal.http.post(
+            f"/classes/{r.a2}/pupils/{dan}/parents/{parent_id}/remove",
+            data={"csrf_token": csrf_token_for(teacher)},
+            headers={"cookie": f"portal_session={teacher}"},
+        )
+        assert removed.status_code == 303, removed.text
+        assert dan not in await seen_children(secure.http, parent)
+        notice = cookie_value(removed, "portal_notice")
+        assert_nothing_personal(notice, "Dan", "Mary", parent_email)
+        page = await portal.http.get(
+            removed.headers["location"], headers={"cookie": f"portal_session={teacher}; portal_notice={notice}"}
+        )
+        assert "The parent can no longer see Dan's schoolwork." in html.unescape(page.text)
+
+        # A bar (https page): the address is on the bars page, not in the cookie.
+        barred = "barred-from-eve@example.org"
+        bars = f"/classes/{r.a2}/pupils/{r.pupils[r.a2]['Eve']}/bars"
+        added_bar = await secure.http.post(
+            bars,
+            data={"email": barred, "reason": "court order", "csrf_token": csrf_token_for(admin)},
+            headers={"cookie": f"__Host-portal_session={admin}"},
+        )
+        assert added_bar.status_code == 303, added_bar.text
+        notice = cookie_value(added_bar, "__Host-portal_notice")
+        assert_nothing_personal(notice, "Eve", barred, "court")
+        assert "Secure" in cookie_header(added_bar, "__Host-portal_notice")
+        page = await secure.http.get(
+            bars, headers={"cookie": f"__Host-portal_session={admin}; __Host-portal_notice={notice}"}
+        )
+        assert f"{barred} can no longer be linked to Eve; their access ended." in html.unescape(page.text)
+
+
+async def test_a_notice_cookie_can_only_show_the_portals_own_sentences(portal: Portal) -> None:
+    teacher = portal.tokens["teacher_a"]
+    page_of = f"/classes/{portal.roster.a1}"
+    for planted in ("Call%2001234%20to%20verify%20your%20account", "n%3Dnot_a_notice"):
+        page = await portal.http.get(page_of, headers={"cookie": f"portal_session={teacher}; portal_notice={planted}"})
+        assert page.status_code == 200 and "01234" not in page.text and "notice-banner" not in page.text
+    # A notice of ours with an id the page does not know shows general words, never the value.
+    planted = "n%3Dparent_removed%26pupil%3D%253Cb%253EMallory"
+    page = await portal.http.get(page_of, headers={"cookie": f"portal_session={teacher}; portal_notice={planted}"})
+    assert "The parent can no longer see the pupil's schoolwork." in html.unescape(page.text)
+    assert "Mallory" not in page.text
 
 
 # -- D. removal on other replicas -----------------------------------------------------------------

@@ -32,6 +32,7 @@ from gateway.pages.common import (
     anonymous_form_ok,
     as_api_error,
     field_errors_from,
+    flash,
     redirect,
     render,
     safe_next,
@@ -124,7 +125,7 @@ async def logout_submit(request: Request) -> Response[Any]:
     """Sign out on every replica, then back to the sign-in page."""
     await request.form()  # parsed once; the CSRF check reads the same
     await end_session(request)
-    return redirect("/login", notice="You have signed out.", cookies=[clear_session_cookie(settings_of(request))])
+    return redirect("/login", cookies=[clear_session_cookie(settings_of(request)), flash(request, "signed_out")])
 
 
 # -- register and verify ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import hmac
 import secrets
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from litestar import MediaType, Request, Response
 from litestar.datastructures import Cookie
@@ -33,7 +33,8 @@ log = get_logger("gateway.pages")
 FORM_COOKIE = "portal_form"
 SECURE_FORM_COOKIE = "__Host-portal_form"
 FLASH_COOKIE = "portal_notice"
-FLASH_MAX_CHARS = 300
+SECURE_FLASH_COOKIE = "__Host-portal_notice"
+FLASH_MAX_CHARS = 600
 
 RELATIONSHIPS = [
     ("mother", "Mother"),
@@ -100,20 +101,81 @@ def session_csrf(request: Request) -> str | None:
 
 # -- notices carried across one redirect ---------------------------------------------------
 
+# The cookie names a notice and the ids it is about, never a name or an address: it travels
+# unencrypted (and over plain http in development), and a browser keeps it after the page.
+# The page it leads to fills in the names from what it shows the same caller anyway. Only
+# these sentences can appear, so a cookie set by anyone else cannot put words on our pages.
+# key -> (sentence, the words for an id the page does not know)
+NOTICES: dict[str, tuple[str, dict[str, str]]] = {
+    "signed_out": ("You have signed out.", {}),
+    "child_linked": ("{pupil} is now linked to your account.", {"pupil": "Your child"}),
+    "child_already_linked": ("{pupil} was already linked to your account.", {"pupil": "Your child"}),
+    "child_unlinked": ("The child is no longer linked to your account.", {}),
+    "invitation_sent": (
+        "Invitation sent to {invitation} for {pupil}.",
+        {"invitation": "the address you entered", "pupil": "the pupil"},
+    ),
+    "parent_removed": ("The parent can no longer see {pupil}'s schoolwork.", {"pupil": "the pupil"}),
+    "parent_removed_everywhere": ("The parent can no longer see any of their children at this school.", {}),
+    "codes_created": ("New QR codes created for {count}. Print the QR sheet to hand them out.", {"count": "the class"}),
+    "bar_added": (
+        "{bar} can no longer be linked to {pupil}; their access ended.",
+        {"bar": "The address", "pupil": "the pupil"},
+    ),
+    "bar_lifted": ("The bar is lifted: that address may be linked to {pupil} again.", {"pupil": "the pupil"}),
+    "settings_saved": ("Settings saved.", {}),
+}
+NOTICE_PARAMS = ("pupil", "invitation", "bar", "count")
+MAX_NOTICE_ID = 128
 
-def flash_cookie(message: str) -> Cookie:
-    """A notice shown once by the next page (e.g. "Access removed")."""
+
+def _flash_cookie_name(settings: GatewaySettings) -> str:
+    return SECURE_FLASH_COOKIE if settings.secure_cookies else FLASH_COOKIE
+
+
+def _flash(settings: GatewaySettings, value: str, max_age: int) -> Cookie:
     return Cookie(
-        key=FLASH_COOKIE, value=quote(message[:FLASH_MAX_CHARS]), path="/", httponly=True, samesite="lax", max_age=60
+        key=_flash_cookie_name(settings),
+        value=value,
+        path="/",
+        secure=settings.secure_cookies,
+        httponly=True,
+        samesite="lax",
+        max_age=max_age,
     )
 
 
-def redirect(path: str, *, notice: str | None = None, cookies: list[Cookie] | None = None) -> Redirect:
-    """303 to a page of ours, with an optional notice for it."""
-    jar = list(cookies or [])
-    if notice:
-        jar.append(flash_cookie(notice))
-    return Redirect(path=path, status_code=303, cookies=jar)
+def flash(request: Request, key: str, **params: str | int) -> Cookie:
+    """A notice shown once by the next page: one of `NOTICES`, with the ids (a pupil's, an
+    invitation's, a bar's) or the count it is about."""
+    if key not in NOTICES or set(params) - set(NOTICE_PARAMS):
+        raise ValueError(f"no such notice: {key} {sorted(params)}")
+    value = urlencode({"n": key, **{k: str(v)[:MAX_NOTICE_ID] for k, v in params.items()}})
+    # Quoted once more: "=" and "&" are not cookie characters.
+    return _flash(settings_of(request), quote(value, safe=""), 60)
+
+
+def notice_text(value: str, names: Mapping[str, Mapping[str, str]]) -> str | None:
+    """The sentence of a notice cookie, each id replaced by what `names` (kind -> id -> words)
+    says of it, or by general words; None for anything that is not one of ours."""
+    fields = dict(parse_qsl(unquote(value[:FLASH_MAX_CHARS]), keep_blank_values=True))
+    known = NOTICES.get(fields.pop("n", ""))
+    if known is None:
+        return None
+    sentence, general = known
+    words: dict[str, str] = {}
+    for kind in NOTICE_PARAMS:
+        given = fields.get(kind, "")[:MAX_NOTICE_ID]
+        if kind == "count" and given.isascii() and given.isdigit():
+            words[kind] = f"{int(given)} pupil{'' if int(given) == 1 else 's'}"
+        else:
+            words[kind] = names.get(kind, {}).get(given) or general.get(kind, "")
+    return sentence.format(**words)
+
+
+def redirect(path: str, *, cookies: list[Cookie] | None = None) -> Redirect:
+    """303 to a page of ours (with `flash(...)` among the cookies for a notice)."""
+    return Redirect(path=path, status_code=303, cookies=list(cookies or []))
 
 
 def safe_next(value: str | None) -> str:
@@ -135,9 +197,11 @@ def render(
     status: int = 200,
     anonymous_form: bool = False,
     cookies: list[Cookie] | None = None,
+    names: Mapping[str, Mapping[str, str]] | None = None,
     **context: Any,
 ) -> Template:
-    """A page: the caller, the CSRF token its forms need and any pending notice in the context."""
+    """A page: the caller, the CSRF token its forms need and any pending notice in the context
+    (`names`: kind -> id -> words, for the ids a notice names, from what the page shows)."""
     jar = list(cookies or [])
     if anonymous_form:
         secret, new_cookie = form_secret(request)
@@ -146,15 +210,17 @@ def render(
             jar.append(new_cookie)
     else:
         csrf = session_csrf(request) if principal is not None else None
-    notice = request.cookies.get(FLASH_COOKIE)
-    if notice:
-        jar.append(Cookie(key=FLASH_COOKIE, value="", path="/", max_age=0, httponly=True, samesite="lax"))
+    settings = settings_of(request)
+    pending = request.cookies.get(_flash_cookie_name(settings))
+    notice = notice_text(pending, names or {}) if pending else None
+    if pending:
+        jar.append(_flash(settings, "", 0))
     return Template(
         template_name=template,
         context={
             "principal": principal,
             "csrf_token": csrf,
-            "notice": unquote(notice)[:FLASH_MAX_CHARS] if notice else None,
+            "notice": notice,
             "is_staff": principal is not None and principal.role != "parent",
             "is_admin": principal is not None and principal.role in ("school_admin", "trust_admin"),
             **context,

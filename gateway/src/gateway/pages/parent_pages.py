@@ -20,7 +20,7 @@ from gateway.caches.links import get_links_cache
 from gateway.caches.overview import get_overview_reader
 from gateway.clients import Clients
 from gateway.errors import not_found
-from gateway.pages.common import RELATIONSHIPS, FieldErrors, as_api_error, redirect, render
+from gateway.pages.common import RELATIONSHIPS, FieldErrors, as_api_error, flash, redirect, render
 
 PARENTS_ONLY = [parents_only]
 
@@ -46,7 +46,13 @@ async def parent_home(request: Request, clients: Clients, principal: Principal, 
         # None: linked a moment ago and not yet in this replica's view, shown without numbers.
         overview = json.loads(data) if data is not None else None
     return render(
-        request, "pages/parent_home.html", principal=principal, children=children, selected=selected, overview=overview
+        request,
+        "pages/parent_home.html",
+        principal=principal,
+        children=children,
+        selected=selected,
+        overview=overview,
+        names={"pupil": {c["pupil_id"]: c["label"] for c in children}},
     )
 
 
@@ -197,11 +203,8 @@ async def add_child_confirm(
         raise
     get_links_cache(state).forget(principal.account_id)
     assert reply.child is not None  # a redemption that is not a dry run names its link
-    first = reply.child.first_name
-    notice = (
-        f"{first} is now linked to your account." if reply.created else f"{first} was already linked to your account."
-    )
-    return redirect(f"/?child={reply.child.pupil_id}", notice=notice)
+    notice = flash(request, "child_linked" if reply.created else "child_already_linked", pupil=reply.child.pupil_id)
+    return redirect(f"/?child={reply.child.pupil_id}", cookies=[notice])
 
 
 async def _my_child(clients: Clients, principal: Principal, pupil_id: str) -> linking.ChildView:
@@ -235,10 +238,10 @@ async def unlink_submit(
     pupil_id: str,
 ) -> Response[Any]:
     """Unlink the child; the school can invite the parent again."""
-    child = await _my_child(clients, principal, pupil_id)
+    await _my_child(clients, principal, pupil_id)
     await clients.linking.unlink(principal.account_id, pupil_id)
     get_links_cache(state).forget(principal.account_id)
-    return redirect("/", notice=f"{child.first_name} is no longer linked to your account.")
+    return redirect("/", cookies=[flash(request, "child_unlinked")])
 
 
 ROUTES = [link_typed, link_page, add_child_page, add_child_preview, add_child_confirm, unlink_page, unlink_submit]

@@ -26,7 +26,7 @@ from gateway.caches.links import get_links_cache
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id, not_found
 from gateway.models import AuditRow, Bar, PupilRow
-from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, redirect, render
+from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, flash, redirect, render
 
 STAFF = [staff_only]
 ADMINS = [admins_only]
@@ -95,6 +95,10 @@ async def class_page(
         has_codes=any(p.code_expires_at for p in pupils),
         shown_invitations=INVITATION_STATES_SHOWN,
         display_name=display_name,
+        names={
+            "pupil": {p.pupil_id: p.first_name for p in pupils},
+            "invitation": {i.invitation_id: i.email for p in pupils for i in p.invitations},
+        },
     )
 
 
@@ -164,13 +168,14 @@ async def invite_submit(
     if "@" not in email or len(email) < 3:
         return again(FieldErrors(email="Enter an email address like name@example.org"), 400)
     try:
-        await staff.invite(checked_id(pupil_id), email)
+        invitation = await staff.invite(checked_id(pupil_id), email)
     except RpcError as exc:
         if as_api_error(exc).status_code == 422:
             errors, _ = field_errors_from(exc, "email")
             return again(FieldErrors(email=next(iter(errors.values()))), 422)
         raise
-    return redirect(f"/classes/{class_id}", notice=f"Invitation sent to {email} for {pupil.first_name}.")
+    notice = flash(request, "invitation_sent", pupil=pupil.pupil_id, invitation=invitation.invitation_id)
+    return redirect(f"/classes/{class_id}", cookies=[notice])
 
 
 # -- removing access -----------------------------------------------------------------------------
@@ -219,6 +224,7 @@ async def remove_page(
 )
 async def remove_submit(
     state: State,
+    request: Request,
     clients: NamedDependency[Clients],
     staff: NamedDependency[StaffLinking],
     class_id: str,
@@ -226,14 +232,12 @@ async def remove_submit(
     parent_id: str,
 ) -> Response[Any]:
     """That parent loses this pupil only, on every replica before the answer."""
-    reply, pupils = await _class(clients, staff, class_id)
+    _, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
-    parent = next((p for p in pupil.parents if p.parent_id == parent_id), None)
     async with get_links_cache(state).removals() as removed:
         await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
         removed.expect(parent_id, pupil_id)
-    who = display_name(parent) if parent else "The parent"
-    return redirect(f"/classes/{class_id}", notice=f"{who} can no longer see {pupil.first_name}'s schoolwork.")
+    return redirect(f"/classes/{class_id}", cookies=[flash(request, "parent_removed", pupil=pupil.pupil_id)])
 
 
 @post(
@@ -244,17 +248,14 @@ async def remove_submit(
     operation_id="page_remove_parent_everywhere",
 )
 async def remove_all_submit(
-    state: State, clients: NamedDependency[Clients], staff: NamedDependency[StaffLinking], class_id: str, parent_id: str
+    state: State, request: Request, staff: NamedDependency[StaffLinking], class_id: str, parent_id: str
 ) -> Response[Any]:
     """The parent loses every child of the caller's school (trust) at once, on every replica
     before the answer."""
-    contacts = await clients.identity.contacts([checked_id(parent_id)])
     async with get_links_cache(state).removals() as removed:
-        for pupil_id in await staff.remove_parent_everywhere(parent_id):
+        for pupil_id in await staff.remove_parent_everywhere(checked_id(parent_id)):
             removed.expect(parent_id, pupil_id)
-    contact = contacts.get(parent_id)
-    who = contact.name if contact else "The parent"
-    return redirect(f"/classes/{class_id}", notice=f"{who} can no longer see any of their children at this school.")
+    return redirect(f"/classes/{class_id}", cookies=[flash(request, "parent_removed_everywhere")])
 
 
 # -- QR codes ------------------------------------------------------------------------------------
@@ -281,14 +282,10 @@ async def codes_page(
     status_code=200,
     operation_id="page_codes_submit",
 )
-async def codes_submit(staff: NamedDependency[StaffLinking], class_id: str) -> Response[Any]:
+async def codes_submit(request: Request, staff: NamedDependency[StaffLinking], class_id: str) -> Response[Any]:
     """Every pupil of the class gets a new printed code."""
     created = await staff.create_class_codes(checked_id(class_id))
-    count = len(created.codes)
-    return redirect(
-        f"/classes/{class_id}",
-        notice=f"New QR codes created for {count} pupil{'' if count == 1 else 's'}. Print the QR sheet to hand them out.",
-    )
+    return redirect(f"/classes/{class_id}", cookies=[flash(request, "codes_created", count=len(created.codes))])
 
 
 # -- school admins ---------------------------------------------------------------------------------
@@ -372,7 +369,15 @@ async def bars_page(
     pupil = _pupil(pupils, pupil_id)
     bars = await _bars(staff, pupil_id)
     return render(
-        request, "pages/bars.html", principal=principal, klass=reply, pupil=pupil, bars=bars, values={}, errors={}
+        request,
+        "pages/bars.html",
+        principal=principal,
+        klass=reply,
+        pupil=pupil,
+        bars=bars,
+        values={},
+        errors={},
+        names={"pupil": {pupil.pupil_id: pupil.first_name}, "bar": {b.bar_id: b.email for b in bars}},
     )
 
 
@@ -424,16 +429,16 @@ async def bar_submit(
     if errors:
         return await again(errors, 400)
     try:
-        await flows.add_bar(staff, clients.identity, get_links_cache(state), checked_id(pupil_id), email, reason)
+        bar_id = await flows.add_bar(
+            staff, clients.identity, get_links_cache(state), checked_id(pupil_id), email, reason
+        )
     except RpcError as exc:
         if as_api_error(exc).status_code != 422:
             raise
         found, detail = field_errors_from(exc)
         return await again(FieldErrors({k: v for k, v in found.items() if k in ("email", "reason")}), 422, detail)
-    return redirect(
-        _bars_path(class_id, pupil_id),
-        notice=f"{email} can no longer be linked to {pupil.first_name}; their access ended.",
-    )
+    notice = flash(request, "bar_added", pupil=pupil.pupil_id, bar=bar_id)
+    return redirect(_bars_path(class_id, pupil_id), cookies=[notice])
 
 
 async def _bar(staff: StaffLinking, pupil_id: str, bar_id: str) -> Bar:
@@ -473,17 +478,19 @@ async def lift_page(
     operation_id="page_lift_bar_submit",
 )
 async def lift_submit(
-    clients: NamedDependency[Clients], staff: NamedDependency[StaffLinking], class_id: str, pupil_id: str, bar_id: str
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    class_id: str,
+    pupil_id: str,
+    bar_id: str,
 ) -> Response[Any]:
     """The address may be linked to the pupil again."""
     _, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
-    bar = await _bar(staff, pupil_id, bar_id)
+    await _bar(staff, pupil_id, bar_id)
     await staff.lift_bar(checked_id(pupil_id), checked_id(bar_id))
-    return redirect(
-        _bars_path(class_id, pupil_id),
-        notice=f"The bar on {bar.email} is lifted: it may be linked to {pupil.first_name} again.",
-    )
+    return redirect(_bars_path(class_id, pupil_id), cookies=[flash(request, "bar_lifted", pupil=pupil.pupil_id)])
 
 
 def _settings_values(answer: contract.SchoolSettings) -> dict[str, Any]:
@@ -554,7 +561,7 @@ async def settings_submit(
             message=None if errors else detail,
             status=422,
         )
-    return redirect(f"/schools/{school_id}/settings", notice="Settings saved.")
+    return redirect(f"/schools/{school_id}/settings", cookies=[flash(request, "settings_saved")])
 
 
 ROUTES = [
