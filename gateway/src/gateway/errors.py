@@ -20,7 +20,14 @@ from litestar.types import ExceptionHandlersMap
 
 from contracts import identity, linking, names
 from contracts.kit.logs import get_logger
-from contracts.kit.rpc import INVALID_REQUEST, VALIDATION_ERROR, RpcError, RpcTimeout, RpcUnavailable
+from contracts.kit.rpc import (
+    INVALID_REQUEST,
+    SERVICE_UNAVAILABLE,
+    VALIDATION_ERROR,
+    RpcError,
+    RpcTimeout,
+    RpcUnavailable,
+)
 
 log = get_logger("gateway.errors")
 
@@ -194,13 +201,15 @@ UNAVAILABLE_RETRY_AFTER = 5
 def http_error(exc: RpcError) -> ApiError:
     """The HTTP answer to a service's error: its status and code from `RPC_ERRORS`, the
     service's sentence as detail, its `fields` as `errors` (422) and its `retry_after` as
-    `Retry-After` (429). A service away or too slow is 503; a code not listed, 500 (logged:
-    the gateway and a service disagree about the contract)."""
-    if isinstance(exc, RpcUnavailable | RpcTimeout):
+    `Retry-After` (429). A service away, too slow, or unable to reach its database is 503 with
+    `Retry-After`; a code not listed, 500 (logged: the gateway and a service disagree about the
+    contract)."""
+    if isinstance(exc, RpcUnavailable | RpcTimeout) or exc.code == SERVICE_UNAVAILABLE:
         log.warning("rpc_unavailable", subject=exc.subject, error=exc.code)
-        return ApiError(
-            503, "service_unavailable", DEFAULT_DETAILS[503], headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+        retry_after = (
+            exc.retry_after if exc.code == SERVICE_UNAVAILABLE and exc.retry_after else UNAVAILABLE_RETRY_AFTER
         )
+        return ApiError(503, SERVICE_UNAVAILABLE, DEFAULT_DETAILS[503], headers={"Retry-After": str(retry_after)})
     mapping = RPC_ERRORS_BY_REQUEST.get((exc.subject, exc.code)) or RPC_ERRORS.get(exc.code)
     if mapping is None:
         log.error("rpc_unexpected_error", subject=exc.subject, error=exc.code)

@@ -8,7 +8,9 @@ generated from the same objects.
 A real NATS server sends nothing back when a handler raises, so the caller would only time
 out. Every failure is answered with an error reply instead (`Portal-Error` header and an
 `ErrorReply` body: a code, a sentence, field errors as data, `retry_after` in seconds); the
-client side turns that reply, a missing responder and a deadline into distinct exceptions.
+client side turns that reply, a missing responder and a deadline into distinct exceptions. A
+handler that fails because its database cannot be reached answers `service_unavailable` (the
+gateway's 503, to be tried again), anything else unexpected `internal_error`.
 There is one server path (`Responder`, on nats-py directly), so every request answers its
 errors the same way.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic
 
@@ -38,6 +41,9 @@ _JSON = {"content-type": "application/json"}
 INVALID_REQUEST = "invalid_request"
 INTERNAL_ERROR = "internal_error"
 VALIDATION_ERROR = "validation_error"
+# The service is there but cannot do its work now (its database is down or refusing
+# connections): the same answer as no service at all, to be tried again shortly.
+SERVICE_UNAVAILABLE = "service_unavailable"
 
 
 class RawReply(bytes):
@@ -110,7 +116,7 @@ class RpcUnavailable(RpcError):
     """No replica of the service is listening (or the caller has no connection)."""
 
     def __init__(self, subject: str) -> None:
-        super().__init__(subject, ErrorReply(error="service_unavailable", detail=f"no service answers {subject}"))
+        super().__init__(subject, ErrorReply(error=SERVICE_UNAVAILABLE, detail=f"no service answers {subject}"))
 
 
 class RpcTimeout(RpcError):
@@ -194,6 +200,10 @@ class Responder(Generic[Req, Rep]):
         except RpcFailure as failure:
             return _error_body(failure.reply())
         except Exception as exc:
+            if is_database_outage(exc):
+                log.error("rpc_database_unavailable", subject=self.rpc.subject, error=describe_error(exc))
+                detail = f"{self.rpc.subject} cannot reach its database right now"
+                return _error_body(ErrorReply(error=SERVICE_UNAVAILABLE, detail=detail, retry_after=5))
             log.exception("rpc_handler_failed", subject=self.rpc.subject, error=describe_error(exc))
             detail = f"{self.rpc.subject} failed: {type(exc).__name__}"
             return _error_body(ErrorReply(error=INTERNAL_ERROR, detail=detail))
@@ -215,6 +225,57 @@ class Responder(Generic[Req, Rep]):
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await self._sub.unsubscribe()
             self._sub = None
+
+
+# PostgreSQL's SQLSTATEs of a lost or refused connection: class 08 (connection exception),
+# 57P01-57P05 (shut down, crashed, not accepting connections yet, idle too long) and 53300 (too
+# many connections). While connecting, also 55000 (the database does not accept connections),
+# 3D000 (it does not exist) and class 28 (refused credentials): the service cannot work either.
+_OUTAGE_SQLSTATES = ("08", "57P", "53300")
+_CONNECT_SQLSTATES = ("55000", "3D000", "28")
+
+
+def _sqlstate(err: BaseException | None) -> str | None:
+    for _ in range(10):
+        if err is None:
+            return None
+        state = getattr(err, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database cannot be reached or used right
+    now: refused or lost connections, a pool that hands out none in time. Neither the request
+    nor the data is at fault, so the same request may succeed shortly."""
+    from sqlalchemy import exc as sa  # the services' databases; imported here, not by every caller
+
+    err: BaseException | None = exc
+    for _ in range(10):
+        if err is None:
+            return False
+        if isinstance(err, sa.DBAPIError):
+            if err.connection_invalidated or isinstance(err, sa.OperationalError | sa.InterfaceError):
+                return True
+            state = _sqlstate(err.orig)
+            if state is not None:
+                # No statement: it failed while connecting (or committing).
+                connecting = err.statement is None
+                return state.startswith(_OUTAGE_SQLSTATES) or (connecting and state.startswith(_CONNECT_SQLSTATES))
+            return err.statement is None and not isinstance(err, sa.IntegrityError)
+        if isinstance(err, sa.TimeoutError | sa.DisconnectionError):
+            return True  # the pool had no connection to give in time
+        if isinstance(err, ConnectionError | TimeoutError | socket.gaierror):
+            return True  # refused, reset, or no answer while connecting
+        state = _sqlstate(err) if hasattr(err, "sqlstate") else None
+        if state is not None and state.startswith(_OUTAGE_SQLSTATES):
+            return True
+        if type(err).__module__.startswith("asyncpg") and type(err).__name__ == "ConnectionDoesNotExistError":
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _error_body(reply: ErrorReply) -> tuple[bytes, str]:
