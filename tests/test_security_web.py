@@ -96,6 +96,12 @@ async def link(portal: Portal, token: str, class_id: str, first: str) -> str:
 
 async def seen_children(gateway: httpx.AsyncClient, token: str) -> set[str]:
     """The children a parent's overview lists on one replica."""
+    # The replicas here are threads of one process, which may leave one unscheduled while the
+    # others run. `/ready` is a round trip over its NATS connection: it returns once the replica
+    # has read whatever NATS sent it before, as a replica in a process of its own does at
+    # once. What NATS had sent it is the point: all that was published before the first
+    # replica answered.
+    assert (await gateway.get("/ready")).status_code in (200, 503)
     answer = await gateway.get("/api/v1/me/overview", headers=auth(token))
     assert answer.status_code == 200, answer.text
     return {child["pupil_id"] for child in answer.json()["children"]}
