@@ -425,3 +425,21 @@ async def test_staff_names_follow_the_same_rule(stack: Stack) -> None:
     # Nothing was created: no account to sign in to, no set-password email.
     assert_error(await stack.login("sam@oak.example", PASSWORD, new_ip()), 401, "invalid_credentials")
     assert [r for r in stack.requests if r.get("to") == "sam@oak.example"] == []
+
+
+async def test_a_password_check_before_registering_counts_as_a_refused_registration(stack: Stack) -> None:
+    """The check a registration with a child's code makes first, with the caller's address."""
+    prober = new_ip()
+
+    async def check(password: str) -> None:
+        request = contract.CheckPasswordRequest(password=password, email=new_email(), client_ip=prober)
+        await rpc.call(stack.nc, contract.CHECK_PASSWORD, request, timeout=10)
+
+    for _ in range(REGISTRATION_FAILURE_LIMIT):
+        with pytest.raises(rpc.RpcError) as weak:
+            await check("password1234")
+        assert weak.value.code == contract.E_WEAK_PASSWORD
+    with pytest.raises(rpc.RpcError) as limited:
+        await check(PASSWORD)
+    assert limited.value.code == contract.E_TOO_MANY and limited.value.retry_after
+    assert_too_many(await stack.register(new_email(), prober), 3600)

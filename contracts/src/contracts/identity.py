@@ -143,6 +143,11 @@ class CheckPasswordRequest(Message):
     password: str = Field(max_length=1024)
     email: str = Field(default="", max_length=254)
     name: str = Field(default="", max_length=200)
+    client_ip: str = Field(
+        default="",
+        max_length=64,
+        description="The registering caller's address: a refusal counts as a refused registration",
+    )
 
 
 class CreateStaffRequest(Message):
@@ -302,7 +307,7 @@ CHECK_PASSWORD: Rpc[CheckPasswordRequest, Accepted] = Rpc(
     Accepted,
     title="check password",
     description="Whether a password meets the policy.",
-    errors=(E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG),
+    errors=(E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_TOO_MANY),
 )
 
 CONTACTS: Rpc[ContactsRequest, ContactsReply] = Rpc(

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -230,27 +231,10 @@ class IdentityService:
         an email instead, and the same answer. Registering an address that is not verified yet
         starts again: the newest registration's password and name, and links, are the ones."""
         now = utcnow()
-        failures = f"reg:{_hashed('ip', req.client_ip)}" if req.client_ip else None
-        if failures:
-            # Refused registrations cost a policy check each: an address that keeps sending
-            # them waits. Successful ones are never counted (a school hall shares one address).
-            async with self.runtime.db.reader() as s:
-                blocked = await _blocked_for(
-                    s, RateEvent, failures, self.s.identity_registration_failure_limit, HOUR, now
-                )
-            if blocked is not None:
-                log.info("register_refused_client_limit")
-                raise _too_many(blocked)
-        try:
+        async with self._refusals_counted(req.client_ip, now):
             email = self._check_email(req.email)
             name = self._check_name(req.name)
             await self._check_password(req.password, email=email, name=name)
-        except RpcFailure as refused:
-            if failures:
-                async with self.runtime.db.session() as s:
-                    s.add(RateEvent(key=failures, at=now))
-            log.info("register_refused", error=refused.code)
-            raise
         password_hash = await self._hash(req.password)
         for _ in range(3):
             try:
@@ -298,6 +282,29 @@ class IdentityService:
             except IntegrityError:
                 continue  # the same address registered at the same moment: look again
         raise RpcFailure(c.E_CONFLICT, "Please try again.")
+
+    @contextlib.asynccontextmanager
+    async def _refusals_counted(self, client_ip: str, now: datetime) -> AsyncIterator[None]:
+        """Refuse a client address with too many refused registrations (429), else count a
+        refusal (an `RpcFailure`) raised inside the block against it."""
+        if not client_ip:
+            yield
+            return
+        key = f"reg:{_hashed('ip', client_ip)}"
+        # Refused registrations cost a policy check each: an address that keeps sending them
+        # waits. Successful ones are never counted (a school hall shares one address).
+        async with self.runtime.db.reader() as s:
+            blocked = await _blocked_for(s, RateEvent, key, self.s.identity_registration_failure_limit, HOUR, now)
+        if blocked is not None:
+            log.info("register_refused_client_limit")
+            raise _too_many(blocked)
+        try:
+            yield
+        except RpcFailure as refused:
+            async with self.runtime.db.session() as s:
+                s.add(RateEvent(key=key, at=now))
+            log.info("register_refused", error=refused.code)
+            raise
 
     async def _forget_unverified(self, uow: UnitOfWork, account: Account) -> None:
         """Remove a registration nobody confirmed, with its links' tokens: the earlier
@@ -685,8 +692,10 @@ class IdentityService:
         return c.PasswordChangedReply(account_id=account.id)
 
     async def check_password(self, req: c.CheckPasswordRequest) -> c.Accepted:
-        """Raise `weak_password` unless the password would be accepted."""
-        await self._check_password(req.password, email=req.email, name=req.name)
+        """Raise `weak_password` unless the password would be accepted; with the caller's
+        address, a refusal counts as a refused registration."""
+        async with self._refusals_counted(req.client_ip, utcnow()):
+            await self._check_password(req.password, email=req.email, name=req.name)
         return c.Accepted()
 
     # -- staff and contacts ------------------------------------------------------------------
