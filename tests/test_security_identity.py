@@ -420,7 +420,7 @@ async def test_staff_names_follow_the_same_rule(stack: Stack) -> None:
     env = {**os.environ, "PORTAL_NATS_URL": stack.nats_url}
     args = ["staff", "add", "--email", "sam@oak.example", "--name", "Sam\nX", "--school", "oak", "--role", "teacher"]
     done = await asyncio.to_thread(subprocess.run, [PORTAL, *args], capture_output=True, text=True, env=env, timeout=60)
-    assert done.returncode != 0
+    assert done.returncode == 2, "a usage error: the input was refused"
     assert "line breaks" in done.stderr, done.stderr
     # Nothing was created: no account to sign in to, no set-password email.
     assert_error(await stack.login("sam@oak.example", PASSWORD, new_ip()), 401, "invalid_credentials")
