@@ -492,13 +492,14 @@ class LinkActivated(Event):
 
 
 class LinkRemoved(Event):
-    """A parent lost a child: removed by staff, by the parent, by a bar, or the pupil left."""
+    """A parent lost a child: removed by staff, by the parent, by a bar, the pupil left, or the
+    pupil moved to another school (`school_changed`: `school_id` is the school the link was made at)."""
 
     link_id: str
     parent_id: str
     pupil_id: str
     school_id: str
-    by: Literal["staff", "parent", "bar", "pupil_left"]
+    by: Literal["staff", "parent", "bar", "pupil_left", "school_changed"]
     actor_id: str = ""
 
 

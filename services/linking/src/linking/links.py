@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import distinct, func, select, update
+from sqlalchemy import and_, distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -266,7 +266,9 @@ class Links:
             pupil_id=link_code.pupil_id,
         )
         pupil = await s.get(Pupil, link_code.pupil_id)
-        if pupil is None or pupil.left_at is not None:
+        # A code links its pupil only at the school that made it: one printed by a school the
+        # pupil has since left for another must not link them at the new one.
+        if pupil is None or pupil.left_at is not None or pupil.school_id != link_code.school_id:
             return _Read(facts, link_code)
         barred = await self.bars.is_barred(s, pupil.pupil_id, req.email) if req.email else False
         settings = await self.ctx.read_settings(s, pupil.school_id)
@@ -484,6 +486,40 @@ class Links:
         for link in links:
             await remove_link(self.ctx, uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
 
+    async def on_pupil_moved(self, uow: UnitOfWork, pupil_id: str, school_id: str) -> None:
+        """A pupil moved to `school_id`: the links made at their earlier schools end, and so do
+        those schools' open invitations (their codes are revoked with the pupil's other codes).
+
+        A parent linked through one school is known to that school, not to the next one: the
+        new school's staff must not find them on the pupil's page, and the old school's staff
+        no longer have the pupil. Parents link again through the new school's codes.
+        """
+        s = uow.session
+        links = (
+            (
+                await s.execute(
+                    select(Link).where(
+                        col(Link.pupil_id) == pupil_id,
+                        col(Link.removed_at).is_(None),
+                        col(Link.school_id) != school_id,
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for link in links:
+            await remove_link(self.ctx, uow, link, by="school_changed", actor="system", reason="school_changed")
+        await s.execute(
+            update(Invitation)
+            .where(
+                col(Invitation.pupil_id) == pupil_id,
+                col(Invitation.school_id) != school_id,
+                col(Invitation.status).in_(redemption.OPEN_INVITATION),
+            )
+            .values(status="revoked")
+        )
+
     # -- invitations ------------------------------------------------------------------------------
 
     async def invite(self, req: contract.InviteRequest) -> contract.InvitationView:
@@ -649,9 +685,13 @@ class Links:
         invitations: dict[str, list[contract.InvitationView]] = {p: [] for p in pupil_ids}
         if not pupil_ids:
             return parents, invitations
+        # Only what the pupil's school now gave: a school a pupil came from keeps its
+        # invitations (addresses its staff typed) to itself.
+        at_school = col(Pupil.pupil_id) == col(Link.pupil_id), col(Pupil.school_id) == col(Link.school_id)
         for link in (
             await s.execute(
                 select(Link)
+                .join(Pupil, and_(*at_school))
                 .where(col(Link.pupil_id).in_(pupil_ids), col(Link.removed_at).is_(None))
                 .order_by(col(Link.created_at))
             )
@@ -666,7 +706,16 @@ class Links:
             )
         for inv in (
             await s.execute(
-                select(Invitation).where(col(Invitation.pupil_id).in_(pupil_ids)).order_by(col(Invitation.sent_at))
+                select(Invitation)
+                .join(
+                    Pupil,
+                    and_(
+                        col(Pupil.pupil_id) == col(Invitation.pupil_id),
+                        col(Pupil.school_id) == col(Invitation.school_id),
+                    ),
+                )
+                .where(col(Invitation.pupil_id).in_(pupil_ids))
+                .order_by(col(Invitation.sent_at))
             )
         ).scalars():
             invitations[inv.pupil_id].append(
@@ -701,14 +750,23 @@ class Links:
     async def audit_trail(self, req: contract.AuditRequest) -> contract.AuditReply:
         """A pupil's audit trail, oldest first."""
         async with self.ctx.db.reader() as s:
-            await pupil_record_in_scope(s, req.scope, req.pupil_id)
+            allowed = await school_ids(s, req.scope)
+            # Each school sees the entries of its own time with the pupil: a school the pupil
+            # moved to does not see which parents the earlier one linked (nor its bars' reasons),
+            # and the earlier one still sees its own.
             rows = (
-                await s.execute(
-                    select(AuditRow)
-                    .where(col(AuditRow.pupil_id) == req.pupil_id)
-                    .order_by(col(AuditRow.at), col(AuditRow.id))
+                (
+                    await s.execute(
+                        select(AuditRow)
+                        .where(col(AuditRow.pupil_id) == req.pupil_id, col(AuditRow.school_id).in_(allowed))
+                        .order_by(col(AuditRow.at), col(AuditRow.id))
+                    )
                 )
-            ).scalars()
+                .scalars()
+                .all()
+            )
+            if not rows:
+                await pupil_record_in_scope(s, req.scope, req.pupil_id)
             return contract.AuditReply(
                 entries=[
                     contract.AuditEntry(at=r.at, actor=r.actor, action=r.action, parent_id=r.parent_id, reason=r.reason)
