@@ -1,6 +1,8 @@
 """Linking's part of closing the holes an attacker would use, attacked through the public
 interfaces: the gateway's HTTP API, and platform and notify events published on NATS.
 
+- registering with a printed code answers and links a barred address as any other (the answer
+  reveals no bar) and never makes the barred link;
 - a pupil who moves school loses the links, invitations and codes of the old school.
 
 A real NATS, the real identity, linking and notify services (notify sending to a real SMTP
@@ -162,6 +164,39 @@ async def invitation_statuses(world: World, class_id: str, pupil_id: str) -> dic
     row = await pupil_row(world, "teacher_a", class_id, pupil_id)
     assert row is not None
     return {i["email"]: i["status"] for i in row["invitations"]}
+
+
+# -- bars and the registration's dry run -----------------------------------------------------------
+
+
+async def test_registering_a_barred_address_answers_as_any_other_and_never_links(world: World) -> None:
+    p, r = world.portal, world.portal.roster
+    amy = r.pupils[r.a1]["Amy"]
+    code = await printed_code(world, r.a1, amy, "Amy Adams")
+    barred, other = address("barred"), address("other")
+    bar = await p.post("admin_a", f"/pupils/{amy}/bars", json={"email": barred, "reason": "court order"})
+    assert bar.status_code == 201, bar.text
+
+    # A code holder learns nothing from the answer: the same status and body either way (the
+    # barred address typed as a person might, in capitals).
+    answers = [await register(world, email, code) for email in (barred.upper(), other)]
+    assert [a.status_code for a in answers] == [202, 202], [a.text for a in answers]
+    assert answers[0].json() == answers[1].json()
+
+    # Both accounts are real and verified as usual; only the other one has the child.
+    barred_token, other_token = await verify(world, barred.upper()), await verify(world, other)
+    assert await children(world, other_token) == [amy]
+    assert await children(world, barred_token) == []
+    assert_error(await p.http.get(f"/api/v1/me/children/{amy}/overview", headers=auth(barred_token)), 404, "not_found")
+    # Signed in, the barred parent's code is refused as a bad code would be.
+    assert_error(await add_child(world, barred_token, code), 404, "invalid_code")
+    assert await children(world, barred_token) == []
+
+    barred_id = (await p.http.get("/api/v1/me", headers=auth(barred_token))).json()["id"]
+    trail = (await p.get("admin_a", f"/pupils/{amy}/audit")).json()
+    assert not [e for e in trail if e["parent_id"] == barred_id], trail
+    parents = (await pupil_row(world, "admin_a", r.a1, amy))["parents"]
+    assert barred_id not in [x["parent_id"] for x in parents]
 
 
 # -- a pupil moving school -----------------------------------------------------------------------------

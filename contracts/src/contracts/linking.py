@@ -330,9 +330,11 @@ class RosterStatusReply(Message):
 class RedeemRequest(Message):
     """A parent uses a code: registering with it (`verified` false) or signed in (true).
 
-    `dry_run` checks everything (valid, room left, not barred) and links nothing: the gateway
-    asks it before a registration creates an account. `email` is the caller's verified address,
-    for the safeguarding bars; `client_ip` for the guessing limits.
+    `dry_run` checks everything but the bars (valid, room left, policy) and links nothing: the
+    gateway asks it before a registration creates an account. `email` is the caller's address,
+    for the safeguarding bars: signed in, a barred one answers `invalid_code`; registering, it
+    links nothing and answers `created` false without a child, so that a registration answers
+    the same whoever the address is barred for. `client_ip` is for the guessing limits.
     """
 
     code: str = Field(max_length=256)
@@ -732,7 +734,7 @@ REDEEM: Rpc[RedeemRequest, RedeemReply] = Rpc(
     RedeemRequest,
     RedeemReply,
     title="redeem code",
-    description="A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a barred address; too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own.",
+    description="A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a signed-in parent's barred address (a registration's links nothing, silently; a dry run ignores bars); too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own.",
     errors=(E_INVALID_CODE, E_CODE_FULL, E_AUP_REQUIRED, E_TOO_MANY_ATTEMPTS, E_VALIDATION),
 )
 

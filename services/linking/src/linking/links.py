@@ -182,7 +182,7 @@ class Links:
             if decision.outcome is redemption.Outcome.ALREADY_LINKED:
                 assert read.existing is not None
                 return contract.RedeemReply(created=False, child=await self._child_view(s, read.existing), aup=aup)
-            if decision.outcome is redemption.Outcome.WOULD_LINK:
+            if decision.outcome in (redemption.Outcome.WOULD_LINK, redemption.Outcome.NOT_LINKED):
                 return contract.RedeemReply(created=False, child=None, aup=aup)
 
             now = read.facts.now
@@ -247,7 +247,12 @@ class Links:
         # Read in the order the rules use them; past a missing code, or a pupil who left, nothing
         # more can matter.
         facts = redemption.RedemptionFacts(
-            now=self.ctx.now(), parent_id=req.parent_id, dry_run=req.dry_run, accept_aup=req.accept_aup, code=None
+            now=self.ctx.now(),
+            parent_id=req.parent_id,
+            dry_run=req.dry_run,
+            accept_aup=req.accept_aup,
+            code=None,
+            registering=not req.verified and not req.dry_run,
         )
         # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
         # take turns anyway), so a code with room for four links four, however many race.
