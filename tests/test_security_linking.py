@@ -3,7 +3,8 @@ interfaces: the gateway's HTTP API, and platform and notify events published on 
 
 - registering with a printed code answers and links a barred address as any other (the answer
   reveals no bar) and never makes the barred link;
-- a pupil who moves school loses the links, invitations and codes of the old school.
+- a pupil who moves school loses the links, invitations and codes of the old school;
+- a pupil has at most 10 pending invitations.
 
 A real NATS, the real identity, linking and notify services (notify sending to a real SMTP
 server, at most one email an address a day) and a gateway under uvicorn, one for the module;
@@ -278,3 +279,31 @@ async def test_a_pupil_who_moves_school_loses_what_the_old_school_gave(world: Wo
 
 async def _without(found, pupil_id: str) -> bool:
     return pupil_id not in await found
+
+
+# -- pending invitations -----------------------------------------------------------------------------
+
+
+async def test_a_pupil_has_at_most_10_pending_invitations(world: World) -> None:
+    r = world.portal.roster
+    dan, eve = r.pupils[r.a2]["Dan"], r.pupils[r.a2]["Eve"]
+    addresses = [address(f"carer{i}") for i in range(10)]
+    for email in addresses:
+        answer = await invite(world, "teacher_a", dan, email)
+        assert answer.status_code == 201, answer.text
+
+    eleventh = address("eleventh")
+    body = assert_error(await invite(world, "teacher_a", dan, eleventh), 409, "too_many_invitations")
+    assert "10" in body["detail"]
+    assert_error(await invite(world, "admin_a", dan, eleventh), 409, "too_many_invitations")
+    statuses = await invitation_statuses(world, r.a2, dan)
+    assert sorted(statuses) == sorted(addresses) and set(statuses.values()) == {"invited"}
+    assert world.heard.request("invitation", eleventh) is None
+
+    # Inviting an address again replaces its invitation, so it is always allowed.
+    again = await invite(world, "teacher_a", dan, addresses[0])
+    assert again.status_code == 201, again.text
+    statuses = await invitation_statuses(world, r.a2, dan)
+    assert list(statuses.values()).count("invited") == 10
+    # The limit is the pupil's: another pupil of the class is invited as usual.
+    assert (await invite(world, "teacher_a", eve, eleventh)).status_code == 201

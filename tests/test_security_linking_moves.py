@@ -1,6 +1,6 @@
-"""A pupil moving school, on SQLite and PostgreSQL: the linking service driven through its
-requests, with the platform's roster events published on NATS (tests/test_security_linking.py
-attacks the same through the gateway)."""
+"""A pupil moving school, and the limit on pending invitations, on SQLite and PostgreSQL: the
+linking service driven through its requests, with the platform's roster events published on NATS
+(tests/test_security_linking.py attacks the same through the gateway)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from linking_env import (
     printed_codes,
     redeem,
     refused,
+    uid,
 )
 
 from contracts import linking as contract
@@ -95,3 +96,25 @@ async def test_a_move_ends_the_old_schools_links_invitations_and_codes(watched: 
     assert amy in [c.pupil_id for c in linked if c is not None]
     row = next(p for p in (await class_view(env, new, new_class)).pupils if p.pupil_id == amy)
     assert [x.parent_id for x in row.parents] == [dad]
+
+
+async def test_the_eleventh_pending_invitation_of_a_pupil_is_refused(watched: Env) -> None:
+    env = watched
+    school, class_id, (amy, ben) = await make_school(env, pupils=2)
+    for i in range(10):
+        await invite(env, school, amy, f"carer{i}@example.org")
+
+    def request(email: str) -> contract.InviteRequest:
+        return contract.InviteRequest(scope=school.scope, actor_id="head", pupil_id=amy, email=email)
+
+    failure = await env.fails(contract.INVITE, request(f"{uid('more')}@example.org"))
+    assert failure.code == contract.E_TOO_MANY_INVITATIONS
+    view = next(p for p in (await class_view(env, school, class_id)).pupils if p.pupil_id == amy)
+    assert len(view.invitations) == 10 and {i.status for i in view.invitations} == {"invited"}
+
+    # Replacing one is allowed; an accepted one no longer counts; another pupil has room.
+    _, again = await invite(env, school, amy, "carer0@example.org")
+    await redeem(env, again["code"], parent(), email="carer0@example.org")
+    await invite(env, school, amy, "carer10@example.org")
+    assert (await env.fails(contract.INVITE, request("carer11@example.org"))).code == contract.E_TOO_MANY_INVITATIONS
+    await invite(env, school, ben, "carer11@example.org")

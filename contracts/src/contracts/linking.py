@@ -768,8 +768,8 @@ INVITE: Rpc[InviteRequest, InvitationView] = Rpc(
     InviteRequest,
     InvitationView,
     title="invite",
-    description="`POST /pupils/{id}/invitations`: email an invitation with a single-use code.",
-    errors=(E_NOT_FOUND, E_VALIDATION),
+    description="`POST /pupils/{id}/invitations`: email an invitation with a single-use code; too_many_invitations while the pupil has 10 pending.",
+    errors=(E_NOT_FOUND, E_VALIDATION, E_TOO_MANY_INVITATIONS),
 )
 
 REMOVE_PARENT: Rpc[RemoveParentRequest, Done] = Rpc(

@@ -51,6 +51,12 @@ if TYPE_CHECKING:
 log = get_logger("linking.links")
 
 
+# Pending (sent, unanswered, unexpired) invitations a pupil may have at once. A child has a few
+# carers; more open invitations than this are not a family but a way to send the school's email,
+# naming the child, to many addresses (a staff account misused or taken over).
+MAX_PENDING_INVITATIONS = 10
+
+
 def _live_key(parent_id: str, pupil_id: str) -> str:
     return f"{parent_id}:{pupil_id}"
 
@@ -541,6 +547,7 @@ class Links:
             if await self.bars.is_barred(s, pupil.pupil_id, email):
                 # Staff may know: the invitation would name the child to someone barred from them.
                 raise invalid(email="this address cannot be invited for this pupil (ask a school admin)")
+            await self._check_room_for_invitation(s, pupil, normalise_email(email), now)
             school = await s.get(School, pupil.school_id)
             settings = await self.ctx.read_settings(s, pupil.school_id)
             earlier = (
@@ -610,6 +617,29 @@ class Links:
         return contract.InvitationView(
             invitation_id=invitation.id, email=email, status="invited", sent_at=now, expires_at=expires
         )
+
+    async def _check_room_for_invitation(self, s: AsyncSession, pupil: Pupil, email_key: str, now: datetime) -> None:
+        # Invitations of one pupil take turns on PostgreSQL (SQLite's writers do anyway), so
+        # that two at once cannot both find room for the tenth.
+        await s.execute(select(col(Pupil.pupil_id)).where(col(Pupil.pupil_id) == pupil.pupil_id).with_for_update())
+        pending = (
+            await s.execute(
+                select(func.count()).where(
+                    col(Invitation.pupil_id) == pupil.pupil_id,
+                    col(Invitation.school_id) == pupil.school_id,
+                    col(Invitation.status) == "invited",
+                    col(Invitation.expires_at) > now,
+                    # Inviting the same address again replaces its invitation: no more pending.
+                    col(Invitation.email_key) != email_key,
+                )
+            )
+        ).scalar_one()
+        if pending >= MAX_PENDING_INVITATIONS:
+            raise RpcFailure(
+                contract.E_TOO_MANY_INVITATIONS,
+                f"this pupil has {MAX_PENDING_INVITATIONS} invitations waiting for an answer already: "
+                "wait until one is accepted or expires",
+            )
 
     # -- events from other services -----------------------------------------------------------------
 
