@@ -4,7 +4,8 @@ interfaces: the gateway's HTTP API, and platform and notify events published on 
 - registering with a printed code answers and links a barred address as any other (the answer
   reveals no bar) and never makes the barred link;
 - a pupil who moves school loses the links, invitations and codes of the old school;
-- a pupil has at most 10 pending invitations.
+- a pupil has at most 10 pending invitations;
+- an invitation shows as bounced only when the receiving mail server rejected it.
 
 A real NATS, the real identity, linking and notify services (notify sending to a real SMTP
 server, at most one email an address a day) and a gateway under uvicorn, one for the module;
@@ -307,3 +308,35 @@ async def test_a_pupil_has_at_most_10_pending_invitations(world: World) -> None:
     assert list(statuses.values()).count("invited") == 10
     # The limit is the pupil's: another pupil of the class is invited as usual.
     assert (await invite(world, "teacher_a", eve, eleventh)).status_code == 201
+
+
+# -- bounced ----------------------------------------------------------------------------------------
+
+
+async def test_only_a_rejection_by_the_mail_server_marks_an_invitation_bounced(world: World) -> None:
+    r = world.portal.roster
+    ben, eve = r.pupils[r.a1]["Ben"], r.pupils[r.a2]["Eve"]
+    capped, wrong = address("capped"), address("wrong")
+
+    # The address has had its one email today: the second invitation to it is not sent.
+    assert (await invite(world, "teacher_a", ben, capped)).status_code == 201
+    await eventually(lambda: world.smtp.to(capped), timeout=15, message="the first invitation delivered")
+    second = await invite(world, "teacher_a", eve, capped)
+    assert second.status_code == 201, second.text
+    reference = f"invitation:{second.json()['invitation_id']}"
+    failed = await eventually(lambda: world.heard.failure(reference), timeout=15, message="the capped email failed")
+    assert failed["reason"] == "daily_cap"
+
+    # The receiving server refuses this address: that invitation bounces. Linking applies
+    # notify's events in their order, so by then it has applied the daily cap's too.
+    world.smtp.handler.reject[wrong] = f"550 5.1.1 <{wrong}>: no such user"
+    rejected = await invite(world, "teacher_a", ben, wrong)
+    assert rejected.status_code == 201, rejected.text
+
+    async def bounced() -> bool:
+        return (await invitation_statuses(world, r.a1, ben)).get(wrong) == "bounced"
+
+    await eventually(bounced, timeout=20, message="the rejected invitation bounced")
+    assert world.heard.failure(f"invitation:{rejected.json()['invitation_id']}")["reason"] == "rejected"
+    assert (await invitation_statuses(world, r.a2, eve))[capped] == "invited"
+    assert (await invitation_statuses(world, r.a1, ben))[capped] == "invited"

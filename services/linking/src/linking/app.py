@@ -135,7 +135,8 @@ def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:
         schemas={notify.EMAIL_FAILED: notify.EmailFailed},
         handler=h.links.on_email_failed,
         title="email failed",
-        description="An invitation email that could not be delivered shows as bounced to staff.",
+        description="An invitation email the receiving mail server rejected shows as bounced to staff "
+        "(other failures change nothing).",
     )
 
 

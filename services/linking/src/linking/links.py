@@ -699,9 +699,15 @@ class Links:
             log.info("link_activated", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id)
 
     async def on_email_failed(self, uow: UnitOfWork, event: Event, subject: str) -> None:
-        """An invitation that bounced shows as bounced to staff."""
+        """An invitation the receiving mail server rejected shows as bounced to staff.
+
+        Only a rejection says the address is wrong. Notify also gives up on emails for reasons
+        of its own (a recipient's daily cap, a mail server down for two days): the address may
+        be right, so the invitation stays as it was ("invited") and staff are not led to replace
+        a good address.
+        """
         assert isinstance(event, notify.EmailFailed)  # the consumer's only schema
-        if not event.reference.startswith("invitation:"):
+        if event.reason != "rejected" or not event.reference.startswith("invitation:"):
             return
         await uow.session.execute(
             update(Invitation)
