@@ -5,7 +5,8 @@ interfaces: the gateway's HTTP API, and platform and notify events published on 
   reveals no bar) and never makes the barred link;
 - a pupil who moves school loses the links, invitations and codes of the old school;
 - a pupil has at most 10 pending invitations;
-- an invitation shows as bounced only when the receiving mail server rejected it.
+- an invitation shows as bounced only when the receiving mail server rejected it;
+- a platform event naming a pupil with an invisible character is dead-lettered, not applied.
 
 A real NATS, the real identity, linking and notify services (notify sending to a real SMTP
 server, at most one email an address a day) and a gateway under uvicorn, one for the module;
@@ -340,3 +341,35 @@ async def test_only_a_rejection_by_the_mail_server_marks_an_invitation_bounced(w
     assert world.heard.failure(f"invitation:{rejected.json()['invitation_id']}")["reason"] == "rejected"
     assert (await invitation_statuses(world, r.a2, eve))[capped] == "invited"
     assert (await invitation_statuses(world, r.a1, ben))[capped] == "invited"
+
+
+# -- names in platform events -----------------------------------------------------------------------
+
+
+async def test_a_pupil_event_with_a_bidi_override_in_a_name_is_dead_lettered(world: World) -> None:
+    p, r = world.portal, world.portal.roster
+    gus = r.pupils[r.b1]["Gus"]
+    newcomer = f"pupil-{uuid.uuid4().hex[:8]}"
+    js = p.nc.jetstream()
+    sent = []
+    for pupil_id, first_name in ((gus, "Gus\u202eneerG"), (newcomer, "\u202eIvy")):
+        event = platform.PupilUpserted(
+            school_id=r.school_b, pupil_id=pupil_id, first_name="placeholder", last_name="Green", class_ids=[r.b1]
+        )
+        # As a platform that does not check its names would send it: the schema refuses it.
+        data = json.loads(event.model_dump_json())
+        data["first_name"] = first_name
+        await js.publish(platform.PUPIL_UPSERTED, json.dumps(data).encode(), headers={"Nats-Msg-Id": event.event_id})
+        sent.append(event.event_id)
+
+    await eventually(
+        lambda: {e["event_id"] for e in world.heard.roster_dead_letters} >= set(sent),
+        timeout=15,
+        message="both events dead-lettered",
+    )
+    status = await call(p.nc, contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=sent), timeout=5)
+    assert sorted(status.missing) == sorted(sent)
+    rows = (await p.get("trust1", f"/classes/{r.b1}/pupils")).json()
+    assert [(x["first_name"], x["last_name"]) for x in rows if x["pupil_id"] == gus] == [("Gus", "Green")]
+    assert newcomer not in [x["pupil_id"] for x in rows]
+    assert not [x for x in rows if "\u202e" in x["first_name"]]
