@@ -1,22 +1,40 @@
-"""Notify under attack: names that try to add recipients, requests that cannot be rendered."""
+"""Notify under attack: names that try to add recipients, requests that cannot be rendered,
+and SMTP servers that do not protect a password."""
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
+import ipaddress
+import json
+import ssl
+import threading
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from pathlib import Path
 
 import nats
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from helpers import eventually
+from smtp_server import SmtpServer, _Handler
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_notify import IN_TWO_DAYS, Outcomes, publish, start_notify
 
 from contracts import notify as contract
 from contracts.identity import CONTACTS, Contact, ContactsReply
+from notify import app as notify_app
 from notify.render import Renderer, RenderError
+from notify.smtp import SmtpUrlError
 from notify.tables import Email
+from portal.natsserver import free_port
 
 ATTACKER = "attacker@example.org"
 
@@ -219,3 +237,241 @@ async def test_an_attempt_that_crashes_waits_its_turn_instead_of_coming_back_fir
         await eventually(lambda: len(smtp_server.to("dad@example.org")) == 1, timeout=20)
     await nc.close()
     assert outcomes.failed == []
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Certificate:
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> Certificate:
+    """A self-signed certificate for 127.0.0.1, as a small relay would have."""
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    paths = Certificate(folder / "cert.pem", folder / "key.pem")
+    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+@dataclass
+class _Watching(_Handler):
+    over_tls: list[bool] = field(default_factory=list)  # one per accepted message
+    logins: list[tuple[str, str, bool]] = field(default_factory=list)  # (user, password, over TLS)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd calls handle_<VERB> by name
+        with self.guard:
+            self.over_tls.append(session.ssl is not None)
+        return await super().handle_DATA(server, session, envelope)
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        assert isinstance(auth_data, LoginPassword)
+        with self.guard:
+            self.logins.append((auth_data.login.decode(), auth_data.password.decode(), session.ssl is not None))
+        return AuthResult(success=True)
+
+
+class RelayServer(SmtpServer):
+    """An SMTP server that offers STARTTLS (with a context) or not, and takes any password,
+    including over a connection in clear text, which a careless relay does."""
+
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(port)
+        self.handler: _Watching = _Watching()
+        self.tls = tls
+
+    def start(self) -> RelayServer:
+        self._controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            ready_timeout=10,
+            tls_context=self.tls,
+            authenticator=self.handler.authenticate,
+            auth_require_tls=False,
+        )
+        self._controller.start()
+        return self
+
+    def with_credentials(self, query: str = "") -> str:
+        return f"smtp://mailer:s3cret-pass@127.0.0.1:{self.port}{query}"
+
+
+@pytest.fixture
+def relay(certificate):
+    """Start a relay (`tls=True`: offering STARTTLS); stopped after the test."""
+    started: list[RelayServer] = []
+
+    def start(*, tls: bool) -> RelayServer:
+        server = RelayServer(free_port(), certificate.server_context() if tls else None).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+async def smtp_health(nc) -> str:
+    reply = await nc.request("rpc.notify.health.v1", b"{}", timeout=2)
+    return json.loads(reply.data)["checks"]["smtp"]
+
+
+async def test_a_server_offering_starttls_gets_the_email_over_tls(fresh_nats, relay, tmp_path: Path) -> None:
+    server = relay(tls=True)
+    runtime = await start_notify(fresh_nats.url, f"sqlite+aiosqlite:///{tmp_path / 'n.db'}", server.url)
+    nc = await nats.connect(fresh_nats.url)
+    async with runtime.running():
+        await publish(nc.jetstream(), reset("mary@example.org"))
+        await eventually(lambda: len(server.messages) == 1, timeout=15)
+        assert await smtp_health(nc) == "ok"
+    await nc.close()
+    assert server.handler.over_tls == [True], "the reset link did not go in clear text"
+
+
+async def test_credentials_go_only_over_tls_with_a_checked_certificate(
+    fresh_nats, relay, certificate, tmp_path: Path
+) -> None:
+    server = relay(tls=True)
+    runtime = await start_notify(
+        fresh_nats.url,
+        f"sqlite+aiosqlite:///{tmp_path / 'n.db'}",
+        server.with_credentials(),
+        smtp_ca=str(certificate.cert),
+    )
+    nc = await nats.connect(fresh_nats.url)
+    async with runtime.running():
+        await publish(nc.jetstream(), reset("mary@example.org"))
+        await eventually(lambda: len(server.messages) == 1, timeout=15)
+    await nc.close()
+    assert server.handler.logins == [("mailer", "s3cret-pass", True)]
+    assert server.handler.over_tls == [True]
+
+
+async def test_a_password_is_never_sent_to_a_server_without_starttls_and_the_email_waits(
+    fresh_nats, relay, certificate, tmp_path: Path
+) -> None:
+    server = relay(tls=False)
+    db = f"sqlite+aiosqlite:///{tmp_path / 'n.db'}"
+    runtime = await start_notify(fresh_nats.url, db, server.with_credentials(), smtp_ca=str(certificate.cert))
+    nc = await nats.connect(fresh_nats.url)
+    outcomes = Outcomes()
+    await outcomes.attach(nc)
+    request = reset("mary@example.org")
+    async with runtime.running():
+        await publish(nc.jetstream(), request)
+        problem = await eventually(lambda: _refused(nc), timeout=15)
+        assert "offers no STARTTLS" in problem and "s3cret" not in problem
+        (row,) = await ledger(db)
+        assert row.status == "pending" and "offers no STARTTLS" in (row.last_error or "")
+        assert server.handler.logins == [] and server.messages == [], "no password, no email"
+        assert outcomes.failed == [], "the email is kept, not dropped"
+        # The relay is given TLS (or a path without an attacker): the waiting email goes out.
+        server.stop()
+        server.tls = certificate.server_context()
+        server.start()
+        await eventually(lambda: len(outcomes.delivered) == 1, timeout=20)
+        assert await smtp_health(nc) == "ok"
+    await nc.close()
+    assert server.handler.logins == [("mailer", "s3cret-pass", True)]
+    assert [m.envelope_to for m in server.messages] == [["mary@example.org"]]
+
+
+async def _refused(nc) -> str | None:
+    check = await smtp_health(nc)
+    return None if check == "ok" else check
+
+
+async def test_a_password_is_never_sent_to_a_certificate_that_does_not_check_out(
+    fresh_nats, relay, tmp_path: Path
+) -> None:
+    server = relay(tls=True)  # self-signed, and no PORTAL_SMTP_CA trusting it
+    runtime = await start_notify(fresh_nats.url, f"sqlite+aiosqlite:///{tmp_path / 'n.db'}", server.with_credentials())
+    nc = await nats.connect(fresh_nats.url)
+    async with runtime.running():
+        await publish(nc.jetstream(), reset("mary@example.org"))
+        problem = await eventually(lambda: _refused(nc), timeout=15)
+    await nc.close()
+    assert "certificate" in problem
+    assert server.handler.logins == [] and server.messages == []
+
+
+async def test_starttls_true_sends_nothing_in_clear_text(fresh_nats, relay, tmp_path: Path) -> None:
+    server = relay(tls=False)
+    runtime = await start_notify(
+        fresh_nats.url, f"sqlite+aiosqlite:///{tmp_path / 'n.db'}", f"{server.url}?starttls=true"
+    )
+    nc = await nats.connect(fresh_nats.url)
+    async with runtime.running():
+        await publish(nc.jetstream(), reset("mary@example.org"))
+        problem = await eventually(lambda: _refused(nc), timeout=15)
+    await nc.close()
+    assert "starttls=true" in problem
+    assert server.handler.rcpt_attempts == [] and server.messages == []
+
+
+async def test_a_local_relay_without_tls_or_credentials_still_gets_mail_in_clear_text(
+    fresh_nats, relay, tmp_path: Path
+) -> None:
+    plain = relay(tls=False)
+    offering = relay(tls=True)
+    runtime_plain = await start_notify(fresh_nats.url, f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", plain.url)
+    nc = await nats.connect(fresh_nats.url)
+    async with runtime_plain.running():
+        await publish(nc.jetstream(), reset("one@example.org"))
+        await eventually(lambda: len(plain.messages) == 1, timeout=15)
+        assert await smtp_health(nc) == "ok"
+    # starttls=false: never TLS, even when offered (a relay whose TLS is broken).
+    runtime_never = await start_notify(
+        fresh_nats.url, f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", f"{offering.url}?starttls=false"
+    )
+    async with runtime_never.running():
+        await publish(nc.jetstream(), reset("two@example.org"))
+        await eventually(lambda: len(offering.messages) == 1, timeout=15)
+    await nc.close()
+    assert plain.handler.over_tls == [False] and offering.handler.over_tls == [False]
+    assert plain.handler.logins == offering.handler.logins == []
+
+
+@pytest.mark.parametrize(
+    ("url", "ca", "error"),
+    [
+        ("smtp://mailer:pw@127.0.0.1:25?starttls=false", None, "credentials are never sent without TLS"),
+        ("smtp://127.0.0.1:25?starttls=maybe", None, "expected true or false"),
+        ("smtps://127.0.0.1:465?starttls=true", None, "TLS from the start"),
+        ("smtp://127.0.0.1:25", "/nonexistent/ca.pem", "PORTAL_SMTP_CA"),
+    ],
+)
+def test_an_unsafe_or_unclear_smtp_url_stops_notify_at_start(url: str, ca: str | None, error: str) -> None:
+    settings = notify_app.Settings(
+        nats_url="nats://127.0.0.1:1", database_url="sqlite+aiosqlite://", smtp_url=url, smtp_ca=ca
+    )
+    with pytest.raises(SmtpUrlError, match=error):
+        notify_app.build(settings)

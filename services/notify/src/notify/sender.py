@@ -30,7 +30,7 @@ from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.notify import EMAIL_DELIVERED, EMAIL_FAILED, REQUESTS, EmailDelivered, EmailFailed, request_subject
 from notify.render import Renderer, RenderError
-from notify.smtp import Rejected, SmtpConnection, SmtpTarget, TryLater, Unconfirmed
+from notify.smtp import Rejected, SmtpConnection, SmtpTarget, TlsRefused, TryLater, Unconfirmed
 from notify.tables import DELIVERING, FAILED, PENDING, SENDING, SENT, Email
 
 if TYPE_CHECKING:
@@ -66,6 +66,12 @@ class Sender:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.sent_total = 0
+        # Why the SMTP server is refused (no TLS where it is required), until a send succeeds.
+        self.smtp_problem: str | None = None
+
+    def health(self) -> str:
+        """notify's `smtp` health check: "ok", or why mail cannot go out."""
+        return "ok" if self.smtp_problem is None else self.smtp_problem
 
     def wake(self) -> None:
         """New emails were recorded."""
@@ -330,6 +336,10 @@ class Sender:
             )
             return
         except TryLater as exc:
+            if isinstance(exc, TlsRefused):
+                if self.smtp_problem != exc.detail:
+                    log.error("smtp_refused", target=self.target.describe(), detail=exc.detail)
+                self.smtp_problem = exc.detail
             if marked:
                 # A 4xx reply to the final "." itself: the server did not take it.
                 await self._retry(email, exc, counted=False, status_from=DELIVERING)
@@ -341,6 +351,7 @@ class Sender:
             return
         await self._finish_now(email, SENT, status_from=DELIVERING)
         self.sent_total += 1
+        self.smtp_problem = None
 
     async def _render_failed(self, email: Email, exc: RenderError) -> None:
         log.error("email_render_failed", email_id=email.id, kind=email.kind, error=str(exc))
