@@ -214,7 +214,10 @@ class SmtpConnection:
         try:
             await smtp.connect()
             if not t.use_tls and t.start_tls is not False:
-                await smtp.ehlo()
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await smtp.helo()  # an old server: no extensions, so no STARTTLS either
                 if smtp.supports_extension("starttls"):
                     await smtp.starttls(tls_context=self._checked if t.tls_required else _opportunistic_context())
                 elif t.tls_required:
