@@ -110,6 +110,16 @@ def test_a_barred_address_is_answered_like_a_bad_code() -> None:
     assert_invalid_code(replace(GOOD, barred=True, already_linked=True))
 
 
+def test_a_registration_answers_the_same_for_a_barred_address_and_links_nothing() -> None:
+    registering = replace(GOOD, registering=True, parent_verified=False)
+    assert decide(replace(GOOD, dry_run=True, parent_id=None, barred=True)) == Decision(Outcome.WOULD_LINK)
+    assert decide(replace(registering, barred=True)) == Decision(Outcome.NOT_LINKED)
+    assert decide(registering).outcome is Outcome.LINK
+    # Every other rule answers as it would for any address: only the link is left out.
+    assert refused(replace(registering, barred=True, other_carers=4)).code == contract.E_CODE_FULL
+    assert_invalid_code(replace(registering, barred=True, pupil_at_school=False))
+
+
 # -- the parent ------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from contracts.base import Event, Message, Rpc
+from contracts.names import E_INVALID_NAME
 
 # -- requests ---------------------------------------------------------------------------------
 
@@ -42,6 +43,9 @@ class RegisterRequest(Message):
 
 class RegisterReply(Message):
     """`parent_id` of the account the registration is about: new, or the existing one.
+
+    An address registered before but never verified gets a new account (`created`): the
+    earlier registration, its password, name and links are gone.
 
     The gateway never shows it to the caller (the answer must not reveal who is registered);
     linking needs it to hold a child for the registration's code.
@@ -139,6 +143,11 @@ class CheckPasswordRequest(Message):
     password: str = Field(max_length=1024)
     email: str = Field(default="", max_length=254)
     name: str = Field(default="", max_length=200)
+    client_ip: str = Field(
+        default="",
+        max_length=64,
+        description="The registering caller's address: a refusal counts as a refused registration",
+    )
 
 
 class CreateStaffRequest(Message):
@@ -229,7 +238,7 @@ REGISTER: Rpc[RegisterRequest, RegisterReply] = Rpc(
     RegisterReply,
     title="register",
     description="A parent registers; unverified until the emailed link is used.",
-    errors=(E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_VALIDATION, E_CONFLICT),
+    errors=(E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_VALIDATION, E_INVALID_NAME, E_TOO_MANY, E_CONFLICT),
 )
 
 VERIFY: Rpc[VerifyRequest, VerifyReply] = Rpc(
@@ -289,7 +298,7 @@ PASSWORD_RESET_CONFIRM: Rpc[PasswordResetConfirm, PasswordChangedReply] = Rpc(
     PasswordChangedReply,
     title="password reset confirm",
     description="Set a new password with a reset token.",
-    errors=(E_INVALID_TOKEN, E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG),
+    errors=(E_INVALID_TOKEN, E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_TOO_MANY),
 )
 
 CHECK_PASSWORD: Rpc[CheckPasswordRequest, Accepted] = Rpc(
@@ -298,7 +307,7 @@ CHECK_PASSWORD: Rpc[CheckPasswordRequest, Accepted] = Rpc(
     Accepted,
     title="check password",
     description="Whether a password meets the policy.",
-    errors=(E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG),
+    errors=(E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_TOO_MANY),
 )
 
 CONTACTS: Rpc[ContactsRequest, ContactsReply] = Rpc(
@@ -315,5 +324,5 @@ CREATE_STAFF: Rpc[CreateStaffRequest, CreateStaffReply] = Rpc(
     CreateStaffReply,
     title="create staff",
     description="Create or update a member of staff by hand.",
-    errors=(E_VALIDATION, E_CONFLICT, E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG),
+    errors=(E_VALIDATION, E_INVALID_NAME, E_CONFLICT, E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_TOO_MANY),
 )

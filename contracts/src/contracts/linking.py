@@ -330,9 +330,11 @@ class RosterStatusReply(Message):
 class RedeemRequest(Message):
     """A parent uses a code: registering with it (`verified` false) or signed in (true).
 
-    `dry_run` checks everything (valid, room left, not barred) and links nothing: the gateway
-    asks it before a registration creates an account. `email` is the caller's verified address,
-    for the safeguarding bars; `client_ip` for the guessing limits.
+    `dry_run` checks everything but the bars (valid, room left, policy) and links nothing: the
+    gateway asks it before a registration creates an account. `email` is the caller's address,
+    for the safeguarding bars: signed in, a barred one answers `invalid_code`; registering, it
+    links nothing and answers `created` false without a child, so that a registration answers
+    the same whoever the address is barred for. `client_ip` is for the guessing limits.
     """
 
     code: str = Field(max_length=256)
@@ -492,13 +494,14 @@ class LinkActivated(Event):
 
 
 class LinkRemoved(Event):
-    """A parent lost a child: removed by staff, by the parent, by a bar, or the pupil left."""
+    """A parent lost a child: removed by staff, by the parent, by a bar, the pupil left, or the
+    pupil moved to another school (`school_changed`: `school_id` is the school the link was made at)."""
 
     link_id: str
     parent_id: str
     pupil_id: str
     school_id: str
-    by: Literal["staff", "parent", "bar", "pupil_left"]
+    by: Literal["staff", "parent", "bar", "pupil_left", "school_changed"]
     actor_id: str = ""
 
 
@@ -731,7 +734,7 @@ REDEEM: Rpc[RedeemRequest, RedeemReply] = Rpc(
     RedeemRequest,
     RedeemReply,
     title="redeem code",
-    description="A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a barred address; too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own.",
+    description="A parent links a child with a code (or, dry run, checks that it would). invalid_code also for a signed-in parent's barred address (a registration's links nothing, silently; a dry run ignores bars); too_many_attempts for a parent past their failures this hour (refused before the code is looked at) or for a failure from an address past its own.",
     errors=(E_INVALID_CODE, E_CODE_FULL, E_AUP_REQUIRED, E_TOO_MANY_ATTEMPTS, E_VALIDATION),
 )
 
@@ -765,8 +768,8 @@ INVITE: Rpc[InviteRequest, InvitationView] = Rpc(
     InviteRequest,
     InvitationView,
     title="invite",
-    description="`POST /pupils/{id}/invitations`: email an invitation with a single-use code.",
-    errors=(E_NOT_FOUND, E_VALIDATION),
+    description="`POST /pupils/{id}/invitations`: email an invitation with a single-use code; too_many_invitations while the pupil has 10 pending.",
+    errors=(E_NOT_FOUND, E_VALIDATION, E_TOO_MANY_INVITATIONS),
 )
 
 REMOVE_PARENT: Rpc[RemoveParentRequest, Done] = Rpc(

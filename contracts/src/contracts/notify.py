@@ -138,12 +138,13 @@ class EmailDelivered(Event):
 
 
 class EmailFailed(Event):
-    """The email will not be delivered (rejected, gave up, over the daily cap)."""
+    """The email will not be delivered (rejected, gave up, over the daily cap, no recipient, or
+    a request that cannot become an email: `render_failed`, e.g. an address that is not one)."""
 
     request_id: str
     kind: str
     reference: str = ""
     attempts: int
-    reason: Literal["rejected", "gave_up", "daily_cap", "no_recipient"]
+    reason: Literal["rejected", "gave_up", "daily_cap", "no_recipient", "render_failed"]
     smtp_code: int | None = None
     detail: str = ""

@@ -264,7 +264,9 @@ def staff_add(
 
     reply = _run_with_nats(url, create)
     if isinstance(reply, rpc.RpcError):
-        code = 2 if reply.code in ("validation_error", "weak_password", "conflict") else 1
+        # The command's input was refused (exit 2, a usage error); anything else is the system's (1).
+        refused = ("validation_error", "weak_password", "password_too_long", "invalid_name", "conflict")
+        code = 2 if reply.code in refused else 1
         fail(f"{reply.detail}", code)
     where = f"trust {trust}" if role == "trust_admin" else f"school {school}"
     verb = "created" if reply.created else "updated"

@@ -33,7 +33,10 @@ STAFF_ROLES = ("teacher", "school_admin", "trust_admin")
 
 MAX_PROBLEMS = 50
 MAX_ID = 128  # the longest id the portal's requests accept (class ids in URLs, scopes)
-MAX_NAME = 200
+MAX_NAME = 200  # a school's, trust's or class's name
+# A person's name (a pupil's first and last name, a member of staff's) follows the portal's one
+# rule for names (contracts.names), checked here so that a file breaking it is refused whole.
+PERSON_NAMES = ("first_name", "last_name", "name")
 MAX_EMAIL = 254
 STATUS_CHUNK = 5000  # ROSTER_STATUS takes at most this many ids a request
 PUBLISH_CONCURRENCY = 64
@@ -159,13 +162,19 @@ def _check_header(header: list[str], columns: Sequence[str], problems: Problems)
 
 
 def _check_cells(row: Row, required: Iterable[str], problems: Problems) -> set[str]:
-    """Report empty, too long or multi-line cells; returns the columns whose cell is usable."""
+    """Report empty, too long or multi-line cells and bad names; returns the columns whose cell is usable."""
     empty = [c for c in required if not row.cells.get(c)]
     if empty:
         problems.add(row.line, f"empty cell{'s' if len(empty) > 1 else ''}: {', '.join(empty)}")
     good = set()
     for name, value in row.cells.items():
         if not value:
+            continue
+        if name in PERSON_NAMES:
+            if why := _name_problem(value):
+                problems.add(row.line, f"{name}: {why}")
+            else:
+                good.add(name)
             continue
         limit = MAX_EMAIL if name == "email" else MAX_ID if name.endswith("_id") else MAX_NAME
         if len(value) > limit:
@@ -175,6 +184,26 @@ def _check_cells(row: Row, required: Iterable[str], problems: Problems) -> set[s
         else:
             good.add(name)
     return good
+
+
+def _name_problem(value: str) -> str | None:
+    """Why `value` is not a person's name, naming the first invisible character (which no
+    spreadsheet shows), or None when it is one."""
+    import unicodedata
+
+    from contracts.names import MAX_LENGTH, problem_with_name
+
+    why = problem_with_name(value)
+    if why is None:
+        return None
+    name = value.strip()
+    hidden = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf")), None)
+    if hidden is not None:
+        label = {"\n": "LINE BREAK", "\r": "LINE BREAK", "\t": "TAB"}.get(hidden) or unicodedata.name(hidden, "CONTROL")
+        return f"{why.rstrip('.')} (U+{ord(hidden):04X} {label} at character {name.index(hidden) + 1})"
+    if len(name) > MAX_LENGTH:
+        return f"{why.rstrip('.')} (this one has {len(name)})"
+    return why
 
 
 @cache

@@ -30,18 +30,36 @@ class Settings(ServiceSettings):
         default=64 * 1024, ge=OWASP_MIN_MEMORY_KIB, description="argon2id memory (KiB)."
     )
     identity_argon2_parallelism: int = Field(default=4, ge=1, le=16, description="argon2id lanes.")
+    identity_argon2_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Password hashes and checks (argon2id) a replica runs at once; more wait their turn. "
+        "Each holds identity_argon2_memory_kib of memory and a core: about one per core.",
+    )
+    identity_argon2_queue_seconds: float = Field(
+        default=3,
+        gt=0,
+        description="How long a login, registration or password change waits for its turn to hash before it "
+        "answers 429 (try again in a few seconds). Below the gateway's PORTAL_RPC_TIMEOUT.",
+    )
     identity_verify_hours: float = Field(default=48, gt=0, description="How long a verification link works.")
     identity_reset_minutes: float = Field(default=60, gt=0, description="How long a password reset link works.")
     identity_set_password_hours: float = Field(
         default=72, gt=0, description="How long a new staff member's set-password link works."
     )
+    identity_registration_emails_per_hour: int = Field(
+        default=3,
+        ge=1,
+        description='Emails about registration (verification, "you already have an account", resent links) one '
+        "address may get an hour, however often it is registered; later registrations answer the same.",
+    )
     identity_resend_interval_seconds: float = Field(
-        default=60, ge=0, description="Least time between two verification emails."
+        default=60, ge=0, description='Least time between two verification links sent by "send it again".'
     )
-    identity_verification_emails_per_day: int = Field(
-        default=5, ge=1, description="Verification emails an account may get a day."
+    identity_reset_emails_per_hour: int = Field(
+        default=3, ge=1, description="Reset emails one address may get an hour."
     )
-    identity_reset_emails_per_hour: int = Field(default=3, ge=1, description="Reset emails an account may get an hour.")
     identity_parent_idle_minutes: float = Field(
         default=7 * 24 * 60, gt=0, description="A parent's session ends after this long unused."
     )
@@ -56,11 +74,25 @@ class Settings(ServiceSettings):
     )
     identity_touch_seconds: float = Field(default=60, ge=0, description="Record a session's use at most this often.")
     identity_account_failure_limit: int = Field(
-        default=10, ge=1, description="Failed logins of one account within the window before 429."
+        default=10,
+        ge=1,
+        description="Failed logins of one account from one client address within the window, after which that "
+        "address gets 429 for that account (the right password from another address still works).",
     )
-    identity_account_failure_window_minutes: float = Field(default=15, gt=0, description="The account's window.")
+    identity_account_failure_window_minutes: float = Field(
+        default=15, gt=0, description="The window of identity_account_failure_limit."
+    )
     identity_ip_failure_limit: int = Field(
-        default=100, ge=1, description="Failed logins from one address within an hour before 429."
+        default=100,
+        ge=1,
+        description="Failed logins from one client address within an hour (any accounts), after which its logins "
+        "get 429 before any password is checked.",
+    )
+    identity_registration_failure_limit: int = Field(
+        default=50,
+        ge=1,
+        description="Refused registrations (weak password, invalid name or address) from one client address within "
+        "an hour, after which its registrations get 429. Successful ones are never counted.",
     )
 
 
@@ -100,7 +132,9 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
             time_cost=settings.identity_argon2_time_cost,
             memory_kib=settings.identity_argon2_memory_kib,
             parallelism=settings.identity_argon2_parallelism,
-        )
+        ),
+        concurrency=settings.identity_argon2_concurrency,
+        queue_seconds=settings.identity_argon2_queue_seconds,
     )
     svc = IdentityService(runtime, settings, passwords)
 

@@ -9,11 +9,15 @@ email and name).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from zxcvbn import zxcvbn  # type: ignore[import-untyped]  # zxcvbn has no type hints; its stubs (types-zxcvbn) are not installed
+
+T = TypeVar("T")
 
 MIN_LENGTH = 12
 MAX_LENGTH = 256
@@ -64,23 +68,49 @@ class HashParams:
             raise ValueError("argon2id parameters below OWASP's minimum (m=19456 KiB, t=2, p=1)")
 
 
-class Passwords:
-    """Hashes and verifies off the event loop (argon2 takes tens of milliseconds by design)."""
+class PasswordsBusy(Exception):
+    """Every argon2 slot stayed taken for longer than the queue may wait."""
 
-    def __init__(self, params: HashParams) -> None:
+
+class Passwords:
+    """Hashes and verifies off the event loop (argon2 takes tens of milliseconds by design),
+    at most `concurrency` at once.
+
+    Each hash holds `memory_kib` of memory and a core for its duration: without a cap, a flood
+    of logins or registrations would take every core and as many times 64 MiB as there are
+    requests in flight. Beyond the cap they queue, and one that waited `queue_seconds` gives up
+    with `PasswordsBusy` (the caller answers "try again shortly") rather than pile up behind
+    answers nobody waits for any more.
+    """
+
+    def __init__(self, params: HashParams, *, concurrency: int = 2, queue_seconds: float = 3.0) -> None:
         self.hasher = PasswordHasher(
             time_cost=params.time_cost, memory_cost=params.memory_kib, parallelism=params.parallelism
         )
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queue_seconds = queue_seconds
         # Verifying against this when the account does not exist takes as long as a real
         # check, so timing does not tell who is registered.
         self._dummy = self.hasher.hash("not a real password, only for timing")
 
+    async def _run(self, work: Callable[[], T]) -> T:
+        try:
+            async with asyncio.timeout(self._queue_seconds):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PasswordsBusy from None
+        try:
+            return await asyncio.to_thread(work)
+        finally:
+            self._slots.release()
+
     async def hash(self, password: str) -> str:
-        """An argon2id hash of `password`."""
-        return await asyncio.to_thread(self.hasher.hash, password)
+        """An argon2id hash of `password`; `PasswordsBusy` when no slot came free in time."""
+        return await self._run(lambda: self.hasher.hash(password))
 
     async def verify(self, stored: str | None, password: str) -> bool:
-        """Whether `password` matches `stored` (a missing hash never matches)."""
+        """Whether `password` matches `stored` (a missing hash never matches); `PasswordsBusy`
+        when no slot came free in time."""
 
         def run() -> bool:
             try:
@@ -88,7 +118,7 @@ class Passwords:
             except (VerificationError, InvalidHashError):
                 return False
 
-        return await asyncio.to_thread(run)
+        return await self._run(run)
 
     def needs_rehash(self, stored: str) -> bool:
         """Whether `stored` was made with other parameters than today's."""

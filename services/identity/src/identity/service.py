@@ -7,26 +7,29 @@ import contextlib
 import hashlib
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from sqlalchemy import CursorResult, Result, Row, delete, func, select, update
+from sqlalchemy import CursorResult, Result, Row, delete, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
 from contracts import identity as c
-from contracts import notify
+from contracts import names, notify
 from contracts.addresses import looks_like_email, normalise_email
 from contracts.base import Event, utcnow
+from contracts.kit.db import dialect_name
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure, field_errors
 from contracts.kit.runtime import ServiceRuntime
 from contracts.platform import StaffUpserted
-from identity.passwords import Passwords, WeakPassword, check_policy
-from identity.tables import Account, LoginFailure, Session, Token
+from identity.passwords import Passwords, PasswordsBusy, WeakPassword, check_policy
+from identity.tables import Account, LoginFailure, RateEvent, Session, Token
 
 if TYPE_CHECKING:
     from identity.app import Settings
@@ -39,6 +42,10 @@ log = get_logger("identity.service")
 
 VERIFY = "verify"
 RESET = "reset"
+
+HOUR = timedelta(hours=1)
+# When every argon2 slot stayed taken: long enough for the queue to drain.
+BUSY_RETRY_AFTER = 5
 
 
 def digest(value: str) -> str:
@@ -54,6 +61,55 @@ def new_token() -> str:
 def _too_many(retry_after: float) -> RpcFailure:
     seconds = max(1, int(retry_after + 0.999))
     return RpcFailure(c.E_TOO_MANY, f"Too many attempts; retry after {seconds} s", retry_after=seconds)
+
+
+def _busy() -> RpcFailure:
+    return RpcFailure(
+        c.E_TOO_MANY,
+        f"Many people are signing in right now; retry after {BUSY_RETRY_AFTER} s",
+        retry_after=BUSY_RETRY_AFTER,
+    )
+
+
+def _hashed(kind: str, value: str) -> str:
+    # Counters hold no addresses, only what tells one from another.
+    return digest(f"{kind}:{value}")[:32]
+
+
+def _lock_id(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(b"identity limit " + key.encode()).digest()[:8], "big", signed=True)
+
+
+async def _lock(session: AsyncSession, *keys: str) -> None:
+    """Make transactions counting the same keys take turns, so that concurrent ones cannot all
+    see room under a limit and all go past it. SQLite's writers take turns anyway (BEGIN
+    IMMEDIATE); on PostgreSQL a transaction-scoped advisory lock per key, in one order."""
+    if dialect_name(session) == "postgresql":
+        for key in sorted(set(keys)):
+            await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_id(key)})
+
+
+async def _blocked_for(
+    session: AsyncSession,
+    table: type[LoginFailure] | type[RateEvent],
+    key: str,
+    limit: int,
+    window: timedelta,
+    now: datetime,
+) -> float | None:
+    """Seconds until `key` is under `limit` events in `window` again; None when it is now."""
+    # While the limit-th newest event is inside the window the limit is reached; it ends when
+    # that one leaves the window.
+    at = (
+        await session.execute(
+            select(col(table.at))
+            .where(col(table.key) == key, col(table.at) > now - window)
+            .order_by(col(table.at).desc())
+            .offset(limit - 1)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    return None if at is None else max(1.0, (at + window - now).total_seconds())
 
 
 class IdentityService:
@@ -93,12 +149,17 @@ class IdentityService:
 
     async def _send_verification(self, uow: UnitOfWork, account: Account) -> None:
         token, expires = await self._issue_token(uow, account, VERIFY, timedelta(hours=self.s.identity_verify_hours))
+        # No name: whoever registered typed it, and the address has not said it is theirs yet.
         await self._email(
             uow,
-            notify.VerificationEmail(
-                to=account.email, to_name=account.name, verify_url=self._url("/verify", token), expires_at=expires
-            ),
+            notify.VerificationEmail(to=account.email, verify_url=self._url("/verify", token), expires_at=expires),
         )
+
+    @staticmethod
+    def _greeting(account: Account) -> str | None:
+        """The name an email to this account may greet with: a verified account's own, never
+        one typed by whoever registered an address that has not said it is theirs."""
+        return account.name if account.verified_at is not None else None
 
     async def _email(self, uow: UnitOfWork, request: notify.EmailRequest) -> None:
         # Through the outbox: no account change without its email, and no email without it.
@@ -112,6 +173,20 @@ class IdentityService:
                 await asyncio.to_thread(check_policy, password, email=email, name=name)
         except WeakPassword as exc:
             raise RpcFailure(exc.code, str(exc), fields=field_errors(password=str(exc))) from exc
+
+    @staticmethod
+    def _check_name(name: str) -> str:
+        problem = names.problem_with_name(name)
+        if problem is not None:
+            raise RpcFailure(names.E_INVALID_NAME, problem, fields=field_errors(name=problem))
+        return name.strip()
+
+    async def _hash(self, password: str) -> str:
+        try:
+            return await self.passwords.hash(password)
+        except PasswordsBusy:
+            log.warning("password_hashing_busy")
+            raise _busy() from None
 
     @staticmethod
     def _check_email(email: str) -> str:
@@ -148,26 +223,38 @@ class IdentityService:
 
     # -- parents -----------------------------------------------------------------------------
 
+    def _address_key(self, kind: str, email: str) -> str:
+        return f"{kind}:{_hashed('email', normalise_email(email))}"
+
     async def register(self, req: c.RegisterRequest) -> c.RegisterReply:
-        """Create an unverified parent and email a verification link; a known address gets an
-        email instead, and the same answer."""
-        email = self._check_email(req.email)
-        name = req.name.strip()
-        if not name:
-            raise RpcFailure(c.E_VALIDATION, "Enter your name.", fields=field_errors(name="Enter your name."))
-        await self._check_password(req.password, email=email, name=name)
-        password_hash = await self.passwords.hash(req.password)
+        """Create an unverified parent and email a verification link; a verified address gets
+        an email instead, and the same answer. Registering an address that is not verified yet
+        starts again: the newest registration's password and name, and links, are the ones."""
         now = utcnow()
-        for _ in range(2):
+        async with self._refusals_counted(req.client_ip, now):
+            email = self._check_email(req.email)
+            name = self._check_name(req.name)
+            await self._check_password(req.password, email=email, name=name)
+        password_hash = await self._hash(req.password)
+        for _ in range(3):
             try:
                 async with self.runtime.unit_of_work() as uow:
-                    existing = await self._account_by_email(uow, email)
-                    if existing is not None:
-                        await self._known_address(uow, existing)
-                        log.info("register_known_address", account_id=existing.id)
-                        return c.RegisterReply(
-                            parent_id=existing.id, created=False, verified=existing.verified_at is not None
+                    # Registrations of one address take turns: its email budget and the
+                    # replacing of an unverified registration are decided one at a time.
+                    await _lock(uow.session, self._address_key("mail", email))
+                    existing = (
+                        await uow.session.execute(
+                            select(Account).where(col(Account.email_key) == normalise_email(email)).with_for_update()
                         )
+                    ).scalar_one_or_none()
+                    if existing is not None and (existing.role != "parent" or existing.verified_at is not None):
+                        await self._known_address(uow, existing, now)
+                        log.info("register_known_address", account_id=existing.id)
+                        return c.RegisterReply(parent_id=existing.id, created=False, verified=True)
+                    replaced = None
+                    if existing is not None:
+                        replaced = existing.id
+                        await self._forget_unverified(uow, existing)
                     account = Account(
                         id=uuid.uuid4().hex,
                         role="parent",
@@ -186,45 +273,70 @@ class IdentityService:
                     await uow.emit(
                         c.PARENT_REGISTERED, c.ParentRegistered(parent_id=account.id), aggregate=f"account:{account.id}"
                     )
-                    await self._send_verification(uow, account)
-                log.info("parent_registered", account_id=account.id)
+                    if await self._registration_email_allowed(uow.session, email, now):
+                        await self._send_verification(uow, account)
+                    else:
+                        log.info("registration_email_rate_limited", account_id=account.id)
+                log.info("parent_registered", account_id=account.id, replaced=replaced)
                 return c.RegisterReply(parent_id=account.id, created=True, verified=False)
             except IntegrityError:
-                continue  # the same address registered at the same moment: answer as known
+                continue  # the same address registered at the same moment: look again
         raise RpcFailure(c.E_CONFLICT, "Please try again.")
 
-    async def _known_address(self, uow: UnitOfWork, account: Account) -> None:
-        if account.role == "parent" and account.verified_at is None:
-            # They registered before and lost the email: a fresh link helps more than "you
-            # already have an account" would. The stored password stays as it was.
-            if await self._verification_budget_left(uow, account):
-                await self._send_verification(uow, account)
+    @contextlib.asynccontextmanager
+    async def _refusals_counted(self, client_ip: str, now: datetime) -> AsyncIterator[None]:
+        """Refuse a client address with too many refused registrations (429), else count a
+        refusal (an `RpcFailure`) raised inside the block against it."""
+        if not client_ip:
+            yield
+            return
+        key = f"reg:{_hashed('ip', client_ip)}"
+        # Refused registrations cost a policy check each: an address that keeps sending them
+        # waits. Successful ones are never counted (a school hall shares one address).
+        async with self.runtime.db.reader() as s:
+            blocked = await _blocked_for(s, RateEvent, key, self.s.identity_registration_failure_limit, HOUR, now)
+        if blocked is not None:
+            log.info("register_refused_client_limit")
+            raise _too_many(blocked)
+        try:
+            yield
+        except RpcFailure as refused:
+            async with self.runtime.db.session() as s:
+                s.add(RateEvent(key=key, at=now))
+            log.info("register_refused", error=refused.code)
+            raise
+
+    async def _forget_unverified(self, uow: UnitOfWork, account: Account) -> None:
+        """Remove a registration nobody confirmed, with its links' tokens: the earlier
+        registrant's password never works, and the children their code held are never linked
+        (linking holds them for an account id that is never verified)."""
+        await uow.session.execute(delete(Token).where(col(Token.account_id) == account.id))
+        await uow.session.execute(delete(Session).where(col(Session.account_id) == account.id))
+        await uow.session.delete(account)
+        await uow.session.flush()
+
+    async def _registration_email_allowed(self, session: AsyncSession, email: str, now: datetime) -> bool:
+        """Count one email about registration to `email` if its hourly budget has room (the
+        caller holds the address's lock)."""
+        key = self._address_key("mail", email)
+        if await _blocked_for(session, RateEvent, key, self.s.identity_registration_emails_per_hour, HOUR, now):
+            return False
+        session.add(RateEvent(key=key, at=now))
+        return True
+
+    async def _known_address(self, uow: UnitOfWork, account: Account, now: datetime) -> None:
+        if not await self._registration_email_allowed(uow.session, account.email, now):
+            log.info("account_exists_email_rate_limited", account_id=account.id)
             return
         await self._email(
             uow,
             notify.AccountExistsEmail(
                 to=account.email,
-                to_name=account.name,
+                to_name=self._greeting(account),
                 login_url=f"{self.s.public_url}/login",
                 reset_url=f"{self.s.public_url}/reset-password",
             ),
         )
-
-    async def _verification_budget_left(self, uow: UnitOfWork, account: Account) -> bool:
-        now = utcnow()
-        recent = (
-            await uow.session.execute(
-                select(func.count(), func.max(col(Token.created_at))).where(
-                    col(Token.account_id) == account.id,
-                    col(Token.purpose) == VERIFY,
-                    col(Token.created_at) >= now - timedelta(days=1),
-                )
-            )
-        ).one()
-        count, last = recent
-        if count >= self.s.identity_verification_emails_per_day:
-            return False
-        return last is None or now - last >= timedelta(seconds=self.s.identity_resend_interval_seconds)
 
     async def verify(self, req: c.VerifyRequest) -> c.VerifyReply:
         """Use a verification token: the parent's address is verified."""
@@ -232,7 +344,7 @@ class IdentityService:
         async with self.runtime.unit_of_work() as uow:
             token = await self._use_token(uow, req.token, VERIFY, now)
             account = await uow.session.get(Account, token.account_id)
-            assert account is not None  # a token's account_id is a foreign key
+            assert account is not None  # _use_token found it
             if account.verified_at is None:
                 account.verified_at = now
                 account.updated_at = now
@@ -243,13 +355,23 @@ class IdentityService:
         return c.VerifyReply(parent_id=account.id)
 
     async def _use_token(self, uow: UnitOfWork, raw: str, purpose: str, now: datetime) -> Token:
+        invalid = RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
         token = (
             await uow.session.execute(
                 select(Token).where(col(Token.token_hash) == digest(raw.strip()), col(Token.purpose) == purpose)
             )
         ).scalar_one_or_none()
         if token is None or token.used_at is not None or token.expires_at <= now:
-            raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
+            raise invalid
+        # The account first, then its token, in the order a registration replacing it takes
+        # them: one of the two waits for the other, and a replaced registration's link fails.
+        locked = (
+            await uow.session.execute(
+                select(col(Account.id)).where(col(Account.id) == token.account_id).with_for_update()
+            )
+        ).scalar_one_or_none()
+        if locked is None:
+            raise invalid
         # Single use even under a race: only the transaction that flips used_at succeeds.
         # An UPDATE's result is a CursorResult, which has the rowcount.
         result = cast(
@@ -259,73 +381,109 @@ class IdentityService:
             ),
         )
         if result.rowcount != 1:
-            raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
+            raise invalid
         return token
 
     async def resend_verification(self, req: c.EmailRequest) -> c.Accepted:
-        """Send a fresh verification link to an unverified parent (rate-limited, silent otherwise)."""
+        """Send a fresh verification link to an unverified parent, within the address's budget
+        of registration emails (silent otherwise)."""
+        now = utcnow()
         async with self.runtime.unit_of_work() as uow:
+            await _lock(uow.session, self._address_key("mail", req.email))
             account = await self._account_by_email(uow, req.email)
-            if (
-                account is not None
-                and account.role == "parent"
-                and account.verified_at is None
-                and await self._verification_budget_left(uow, account)
-            ):
-                await self._send_verification(uow, account)
-                log.info("verification_resent", account_id=account.id)
+            if account is None or account.role != "parent" or account.verified_at is not None:
+                return c.Accepted()
+            key = self._address_key("mail", account.email)
+            last = (
+                await uow.session.execute(
+                    select(col(RateEvent.at))
+                    .where(col(RateEvent.key) == key)
+                    .order_by(col(RateEvent.at).desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            if last is not None and now - last < timedelta(seconds=self.s.identity_resend_interval_seconds):
+                return c.Accepted()
+            if not await self._registration_email_allowed(uow.session, account.email, now):
+                log.info("verification_resend_rate_limited", account_id=account.id)
+                return c.Accepted()
+            await self._send_verification(uow, account)
+        log.info("verification_resent", account_id=account.id)
         return c.Accepted()
 
     # -- login and sessions -----------------------------------------------------------------
 
-    def _failure_keys(self, email: str, client_ip: str) -> tuple[str, str | None]:
-        account_key = "a:" + digest(normalise_email(email))[:40]
-        ip_key = "ip:" + digest("ip:" + client_ip)[:40] if client_ip else None
-        return account_key, ip_key
+    def _login_keys(self, email: str, client_ip: str) -> tuple[str, str | None]:
+        """The counters of a login: this account from this address, and this address."""
+        address = _hashed("ip", client_ip)
+        pair_key = f"a:{_hashed('email', normalise_email(email))}:{address}"
+        return pair_key, f"ip:{address}" if client_ip else None
 
-    async def _failures(
-        self, session: AsyncSession, key: str, window: timedelta, now: datetime
-    ) -> tuple[int, datetime | None]:
-        count, oldest = (
-            await session.execute(
-                select(func.count(), func.min(col(LoginFailure.at))).where(
-                    col(LoginFailure.key) == key, col(LoginFailure.at) > now - window
-                )
-            )
-        ).one()
-        return count, oldest
+    def _login_limits(self, pair_key: str, ip_key: str | None) -> list[tuple[str, int, timedelta]]:
+        pair = (
+            pair_key,
+            self.s.identity_account_failure_limit,
+            timedelta(minutes=self.s.identity_account_failure_window_minutes),
+        )
+        # Only failures are limited per address: a school hall shares one.
+        return [(ip_key, self.s.identity_ip_failure_limit, HOUR), pair] if ip_key else [pair]
+
+    async def _claim_attempt(self, limits: list[tuple[str, int, timedelta]], now: datetime) -> list[int]:
+        """Count this login as a failure before its password is checked, unless a limit is
+        reached (429): concurrent attempts cannot all pass a count none of them is in yet. A
+        login that succeeds takes its rows back."""
+        async with self.runtime.db.session() as s:
+            await _lock(s, *(key for key, _, _ in limits))
+            for key, limit, window in limits:
+                blocked = await _blocked_for(s, LoginFailure, key, limit, window, now)
+                if blocked is not None:
+                    log.info("login_refused_limit", counter=key.split(":")[0])
+                    raise _too_many(blocked)
+            rows = [LoginFailure(key=key, at=now) for key, _, _ in limits]
+            s.add_all(rows)
+            await s.flush()
+            return [row.id for row in rows if row.id is not None]
+
+    async def _release_attempt(self, attempt: list[int], pair_key: str | None = None) -> None:
+        """Take back a login's counted failure (and, after the right password, every failure of
+        its account from its address)."""
+        async with self.runtime.db.session() as s:
+            where: ColumnElement[bool] = col(LoginFailure.id).in_(attempt)
+            if pair_key is not None:
+                where = or_(where, col(LoginFailure.key) == pair_key)
+            await s.execute(delete(LoginFailure).where(where))
 
     async def login(self, req: c.LoginRequest) -> c.LoginReply:
-        """Check the password and open a session, within the guessing limits."""
-        now = utcnow()
-        account_key, ip_key = self._failure_keys(req.email, req.client_ip)
-        account_window = timedelta(minutes=self.s.identity_account_failure_window_minutes)
-        ip_window = timedelta(hours=1)
-        async with self.runtime.db.reader() as s:
-            count, oldest = await self._failures(s, account_key, account_window, now)
-            account = await self._account_by_email(s, req.email)
-        if count >= self.s.identity_account_failure_limit:
-            # Refused before the password is even checked: guessing gains nothing here.
-            log.info("login_refused_account_limit", account_id=account.id if account else None)
-            assert oldest is not None  # there are failures in the window
-            raise _too_many((oldest + account_window - now).total_seconds())
+        """Check the password and open a session, within the guessing limits.
 
-        ok = await self.passwords.verify(account.password_hash if account else None, req.password)
+        Failures are counted per account and client address (10 in 15 minutes make that
+        address wait, for that account alone: nobody can lock someone else out from their own
+        address) and per client address (100 in an hour, any accounts). Both are read before
+        any password is hashed, so an address over its limit costs one read, and claimed
+        atomically, so concurrent attempts cannot race past them.
+        """
+        now = utcnow()
+        pair_key, ip_key = self._login_keys(req.email, req.client_ip)
+        limits = self._login_limits(pair_key, ip_key)
+        async with self.runtime.db.reader() as s:
+            for key, limit, window in limits:
+                blocked = await _blocked_for(s, LoginFailure, key, limit, window, now)
+                if blocked is not None:
+                    log.info("login_refused_limit", counter=key.split(":")[0])
+                    raise _too_many(blocked)
+            account = await self._account_by_email(s, req.email)
+        attempt = await self._claim_attempt(limits, now)
+        try:
+            ok = await self.passwords.verify(account.password_hash if account else None, req.password)
+        except PasswordsBusy:
+            await self._release_attempt(attempt)
+            log.warning("password_hashing_busy")
+            raise _busy() from None
         if not ok:
-            async with self.runtime.db.session() as s:
-                s.add(LoginFailure(key=account_key, at=now))
-                if ip_key:
-                    s.add(LoginFailure(key=ip_key, at=now))
             log.info("login_failed", account_id=account.id if account else None)
-            if ip_key:
-                async with self.runtime.db.reader() as s:
-                    ip_count, ip_oldest = await self._failures(s, ip_key, ip_window, now)
-                # Only failures are limited per address: a school hall shares one.
-                if ip_count > self.s.identity_ip_failure_limit:
-                    assert ip_oldest is not None  # there are failures in the window
-                    raise _too_many((ip_oldest + ip_window - now).total_seconds())
             raise RpcFailure(c.E_INVALID_CREDENTIALS, "The email address or password is not right.")
         assert account is not None and account.password_hash is not None  # verify() matches stored hashes only
+        await self._release_attempt(attempt, pair_key)
 
         if account.role == "parent" and account.verified_at is None:
             log.info("login_unverified", account_id=account.id)
@@ -335,8 +493,10 @@ class IdentityService:
         idle = self._idle_seconds(account.role)
         absolute = self._absolute_seconds(account.role)
         session_id = uuid.uuid4().hex
-        rehash = self.passwords.needs_rehash(account.password_hash)
-        new_hash = await self.passwords.hash(req.password) if rehash else None
+        new_hash = None
+        if self.passwords.needs_rehash(account.password_hash):
+            with contextlib.suppress(PasswordsBusy):  # the next login rehashes it
+                new_hash = await self.passwords.hash(req.password)
         async with self.runtime.db.session() as s:
             s.add(
                 Session(
@@ -349,7 +509,6 @@ class IdentityService:
                     absolute_expires_at=now + timedelta(seconds=absolute),
                 )
             )
-            await s.execute(delete(LoginFailure).where(col(LoginFailure.key) == account_key))
             if new_hash:
                 await s.execute(update(Account).where(col(Account.id) == account.id).values(password_hash=new_hash))
         log.info("login_succeeded", account_id=account.id, session_id=session_id, rehashed=bool(new_hash))
@@ -461,21 +620,17 @@ class IdentityService:
         """Email a reset link if the address has an account; the answer is the same either way."""
         now = utcnow()
         async with self.runtime.unit_of_work() as uow:
+            # Counted per address, not per account: a registration that replaces an
+            # unverified account must not give the address a fresh budget.
+            key = self._address_key("reset", req.email)
+            await _lock(uow.session, key)
             account = await self._account_by_email(uow, req.email)
             if account is None:
                 return c.Accepted()
-            recent = (
-                await uow.session.execute(
-                    select(func.count()).where(
-                        col(Token.account_id) == account.id,
-                        col(Token.purpose) == RESET,
-                        col(Token.created_at) >= now - timedelta(hours=1),
-                    )
-                )
-            ).scalar_one()
-            if recent >= self.s.identity_reset_emails_per_hour:
+            if await _blocked_for(uow.session, RateEvent, key, self.s.identity_reset_emails_per_hour, HOUR, now):
                 log.info("password_reset_rate_limited", account_id=account.id)
                 return c.Accepted()
+            uow.session.add(RateEvent(key=key, at=now))
             token, expires = await self._issue_token(
                 uow, account, RESET, timedelta(minutes=self.s.identity_reset_minutes)
             )
@@ -483,7 +638,7 @@ class IdentityService:
                 uow,
                 notify.PasswordResetEmail(
                     to=account.email,
-                    to_name=account.name,
+                    to_name=self._greeting(account),
                     reset_url=self._url("/reset-password", token),
                     expires_at=expires,
                 ),
@@ -492,7 +647,8 @@ class IdentityService:
         return c.Accepted()
 
     async def password_reset_confirm(self, req: c.PasswordResetConfirm) -> c.PasswordChangedReply:
-        """Set a new password with a reset token; every session of the account ends."""
+        """Set a new password with a reset token; every session of the account ends, and so do
+        the limits its failed logins put on any address."""
         now = utcnow()
         async with self.runtime.db.reader() as s:
             token = (
@@ -501,15 +657,15 @@ class IdentityService:
                 )
             ).scalar_one_or_none()
             account = await s.get(Account, token.account_id) if token else None
-        if token is None or token.used_at is not None or token.expires_at <= now:
+        if token is None or account is None or token.used_at is not None or token.expires_at <= now:
             raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
-        assert account is not None  # a token's account_id is a foreign key
         await self._check_password(req.password, email=account.email, name=account.name)
-        new_hash = await self.passwords.hash(req.password)
+        new_hash = await self._hash(req.password)
         async with self.runtime.unit_of_work() as uow:
             await self._use_token(uow, req.token, RESET, now)
             account = await uow.session.get(Account, account.id)
-            assert account is not None  # accounts are never deleted
+            assert account is not None  # _use_token found it
+            greeting = self._greeting(account)  # before this link verifies the address
             account.password_hash = new_hash
             account.password_changed_at = now
             account.updated_at = now
@@ -520,21 +676,26 @@ class IdentityService:
                     c.PARENT_VERIFIED, c.ParentVerified(parent_id=account.id), aggregate=f"account:{account.id}"
                 )
             await self._revoke_all(uow, account.id, now)
+            # Whoever locked themselves out by mistyping, or was guessed at, starts afresh.
+            prefix = f"a:{_hashed('email', account.email_key)}:"
+            await uow.session.execute(delete(LoginFailure).where(col(LoginFailure.key).startswith(prefix)))
             await uow.emit(
                 c.PASSWORD_CHANGED, c.PasswordChanged(account_id=account.id), aggregate=f"account:{account.id}"
             )
             await self._email(
                 uow,
                 notify.PasswordChangedEmail(
-                    to=account.email, to_name=account.name, reset_url=f"{self.s.public_url}/reset-password"
+                    to=account.email, to_name=greeting, reset_url=f"{self.s.public_url}/reset-password"
                 ),
             )
         log.info("password_changed", account_id=account.id)
         return c.PasswordChangedReply(account_id=account.id)
 
     async def check_password(self, req: c.CheckPasswordRequest) -> c.Accepted:
-        """Raise `weak_password` unless the password would be accepted."""
-        await self._check_password(req.password, email=req.email, name=req.name)
+        """Raise `weak_password` unless the password would be accepted; with the caller's
+        address, a refusal counts as a refused registration."""
+        async with self._refusals_counted(req.client_ip, utcnow()):
+            await self._check_password(req.password, email=req.email, name=req.name)
         return c.Accepted()
 
     # -- staff and contacts ------------------------------------------------------------------
@@ -629,6 +790,7 @@ class IdentityService:
     async def create_staff(self, req: c.CreateStaffRequest) -> c.CreateStaffReply:
         """`portal staff add`: one member of staff, with a password or a set-password email."""
         email = self._check_email(req.email)
+        name = self._check_name(req.name)
         if req.role == "trust_admin" and not req.trust_id:
             raise RpcFailure(c.E_VALIDATION, "A trust admin needs --trust.", fields=field_errors(trust_id="required"))
         if req.role != "trust_admin" and not req.school_id:
@@ -637,14 +799,14 @@ class IdentityService:
             )
         password_hash = None
         if req.password is not None:
-            await self._check_password(req.password, email=email, name=req.name)
-            password_hash = await self.passwords.hash(req.password)
+            await self._check_password(req.password, email=email, name=name)
+            password_hash = await self._hash(req.password)
         async with self.runtime.unit_of_work() as uow:
             account, created = await self.upsert_staff(
                 uow,
                 staff_id=None,
                 email=email,
-                name=req.name.strip(),
+                name=name,
                 role=req.role,
                 school_id=req.school_id,
                 trust_id=req.trust_id,
@@ -689,6 +851,9 @@ class IdentityService:
                 log.warning("session_use_not_recorded", error=type(exc).__name__)
 
     async def prune(self) -> None:
-        """Forget login failures older than every window that counts them."""
+        """Forget login failures and counted emails older than every window that counts them."""
+        now = utcnow()
+        login_window = max(HOUR, timedelta(minutes=self.s.identity_account_failure_window_minutes))
         async with self.runtime.db.session() as s:
-            await s.execute(delete(LoginFailure).where(col(LoginFailure.at) < utcnow() - timedelta(hours=2)))
+            await s.execute(delete(LoginFailure).where(col(LoginFailure.at) < now - login_window - HOUR))
+            await s.execute(delete(RateEvent).where(col(RateEvent.at) < now - 2 * HOUR))

@@ -88,11 +88,24 @@ class Session(Base, table=True):
 
 
 class LoginFailure(Base, table=True):
-    """One failed login, counted per account and per network address for guessing limits."""
+    """One failed login (or one being checked), counted per account and client address and per
+    client address for the guessing limits."""
 
     __tablename__ = "login_failures"
     __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    key: str = Field(max_length=80)  # "a:<account hash>" or "ip:<address hash>"
+    key: str = Field(max_length=80)  # "a:<account hash>:<address hash>" or "ip:<address hash>"
+    at: datetime = Field(sa_column=_ts())
+
+
+class RateEvent(Base, table=True):
+    """One counted event of the other limits: a registration email to an address, a reset
+    email to an address, a failed registration from a client address."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (Index("ix_rate_events_key_at", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=80)  # "<kind>:<hash of the address>"
     at: datetime = Field(sa_column=_ts())

@@ -116,7 +116,8 @@ def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:
         batch_handler=h.apply_roster,
         title="roster",
         description="Keeps linking's copy of trusts, schools, classes and pupils (newest event wins, "
-        "whatever the order they arrive in); a pupil who leaves loses their codes. Staff events are identity's.",
+        "whatever the order they arrive in); a pupil who leaves loses their codes and links, a pupil who moves "
+        "school those of the school they left. Staff events are identity's.",
     )
     runtime.consume(
         stream=streams.IDENTITY,
@@ -134,7 +135,8 @@ def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:
         schemas={notify.EMAIL_FAILED: notify.EmailFailed},
         handler=h.links.on_email_failed,
         title="email failed",
-        description="An invitation email that could not be delivered shows as bounced to staff.",
+        description="An invitation email the receiving mail server rejected shows as bounced to staff "
+        "(other failures change nothing).",
     )
 
 

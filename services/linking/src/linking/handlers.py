@@ -42,5 +42,8 @@ class Handlers:
         return await self.printed.preview_code(req)
 
     async def apply_roster(self, uow: UnitOfWork, items: list[tuple[str, Event]]) -> None:
-        """A batch of roster events; a pupil who left loses their links in the same transaction."""
-        await roster.apply_batch(uow, items, on_pupil_left=self.links.on_pupil_left)
+        """A batch of roster events; a pupil who left, or moved to another school, loses their
+        links (those made at the school they left) in the same transaction."""
+        await roster.apply_batch(
+            uow, items, on_pupil_left=self.links.on_pupil_left, on_pupil_moved=self.links.on_pupil_moved
+        )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import distinct, func, select, update
+from sqlalchemy import and_, distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -49,6 +49,12 @@ if TYPE_CHECKING:
     from linking.guessing import Guessing
 
 log = get_logger("linking.links")
+
+
+# Pending (sent, unanswered, unexpired) invitations a pupil may have at once. A child has a few
+# carers; more open invitations than this are not a family but a way to send the school's email,
+# naming the child, to many addresses (a staff account misused or taken over).
+MAX_PENDING_INVITATIONS = 10
 
 
 def _live_key(parent_id: str, pupil_id: str) -> str:
@@ -182,7 +188,7 @@ class Links:
             if decision.outcome is redemption.Outcome.ALREADY_LINKED:
                 assert read.existing is not None
                 return contract.RedeemReply(created=False, child=await self._child_view(s, read.existing), aup=aup)
-            if decision.outcome is redemption.Outcome.WOULD_LINK:
+            if decision.outcome in (redemption.Outcome.WOULD_LINK, redemption.Outcome.NOT_LINKED):
                 return contract.RedeemReply(created=False, child=None, aup=aup)
 
             now = read.facts.now
@@ -247,7 +253,12 @@ class Links:
         # Read in the order the rules use them; past a missing code, or a pupil who left, nothing
         # more can matter.
         facts = redemption.RedemptionFacts(
-            now=self.ctx.now(), parent_id=req.parent_id, dry_run=req.dry_run, accept_aup=req.accept_aup, code=None
+            now=self.ctx.now(),
+            parent_id=req.parent_id,
+            dry_run=req.dry_run,
+            accept_aup=req.accept_aup,
+            code=None,
+            registering=not req.verified and not req.dry_run,
         )
         # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
         # take turns anyway), so a code with room for four links four, however many race.
@@ -266,7 +277,9 @@ class Links:
             pupil_id=link_code.pupil_id,
         )
         pupil = await s.get(Pupil, link_code.pupil_id)
-        if pupil is None or pupil.left_at is not None:
+        # A code links its pupil only at the school that made it: one printed by a school the
+        # pupil has since left for another must not link them at the new one.
+        if pupil is None or pupil.left_at is not None or pupil.school_id != link_code.school_id:
             return _Read(facts, link_code)
         barred = await self.bars.is_barred(s, pupil.pupil_id, req.email) if req.email else False
         settings = await self.ctx.read_settings(s, pupil.school_id)
@@ -484,6 +497,40 @@ class Links:
         for link in links:
             await remove_link(self.ctx, uow, link, by="pupil_left", actor="system", reason="the pupil left the school")
 
+    async def on_pupil_moved(self, uow: UnitOfWork, pupil_id: str, school_id: str) -> None:
+        """A pupil moved to `school_id`: the links made at their earlier schools end, and so do
+        those schools' open invitations (their codes are revoked with the pupil's other codes).
+
+        A parent linked through one school is known to that school, not to the next one: the
+        new school's staff must not find them on the pupil's page, and the old school's staff
+        no longer have the pupil. Parents link again through the new school's codes.
+        """
+        s = uow.session
+        links = (
+            (
+                await s.execute(
+                    select(Link).where(
+                        col(Link.pupil_id) == pupil_id,
+                        col(Link.removed_at).is_(None),
+                        col(Link.school_id) != school_id,
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for link in links:
+            await remove_link(self.ctx, uow, link, by="school_changed", actor="system", reason="school_changed")
+        await s.execute(
+            update(Invitation)
+            .where(
+                col(Invitation.pupil_id) == pupil_id,
+                col(Invitation.school_id) != school_id,
+                col(Invitation.status).in_(redemption.OPEN_INVITATION),
+            )
+            .values(status="revoked")
+        )
+
     # -- invitations ------------------------------------------------------------------------------
 
     async def invite(self, req: contract.InviteRequest) -> contract.InvitationView:
@@ -500,6 +547,7 @@ class Links:
             if await self.bars.is_barred(s, pupil.pupil_id, email):
                 # Staff may know: the invitation would name the child to someone barred from them.
                 raise invalid(email="this address cannot be invited for this pupil (ask a school admin)")
+            await self._check_room_for_invitation(s, pupil, normalise_email(email), now)
             school = await s.get(School, pupil.school_id)
             settings = await self.ctx.read_settings(s, pupil.school_id)
             earlier = (
@@ -570,6 +618,29 @@ class Links:
             invitation_id=invitation.id, email=email, status="invited", sent_at=now, expires_at=expires
         )
 
+    async def _check_room_for_invitation(self, s: AsyncSession, pupil: Pupil, email_key: str, now: datetime) -> None:
+        # Invitations of one pupil take turns on PostgreSQL (SQLite's writers do anyway), so
+        # that two at once cannot both find room for the tenth.
+        await s.execute(select(col(Pupil.pupil_id)).where(col(Pupil.pupil_id) == pupil.pupil_id).with_for_update())
+        pending = (
+            await s.execute(
+                select(func.count()).where(
+                    col(Invitation.pupil_id) == pupil.pupil_id,
+                    col(Invitation.school_id) == pupil.school_id,
+                    col(Invitation.status) == "invited",
+                    col(Invitation.expires_at) > now,
+                    # Inviting the same address again replaces its invitation: no more pending.
+                    col(Invitation.email_key) != email_key,
+                )
+            )
+        ).scalar_one()
+        if pending >= MAX_PENDING_INVITATIONS:
+            raise RpcFailure(
+                contract.E_TOO_MANY_INVITATIONS,
+                f"this pupil has {MAX_PENDING_INVITATIONS} invitations waiting for an answer already: "
+                "wait until one is accepted or expires",
+            )
+
     # -- events from other services -----------------------------------------------------------------
 
     async def on_parent_verified(self, uow: UnitOfWork, event: Event, subject: str) -> None:
@@ -628,9 +699,15 @@ class Links:
             log.info("link_activated", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id)
 
     async def on_email_failed(self, uow: UnitOfWork, event: Event, subject: str) -> None:
-        """An invitation that bounced shows as bounced to staff."""
+        """An invitation the receiving mail server rejected shows as bounced to staff.
+
+        Only a rejection says the address is wrong. Notify also gives up on emails for reasons
+        of its own (a recipient's daily cap, a mail server down for two days): the address may
+        be right, so the invitation stays as it was ("invited") and staff are not led to replace
+        a good address.
+        """
         assert isinstance(event, notify.EmailFailed)  # the consumer's only schema
-        if not event.reference.startswith("invitation:"):
+        if event.reason != "rejected" or not event.reference.startswith("invitation:"):
             return
         await uow.session.execute(
             update(Invitation)
@@ -649,9 +726,13 @@ class Links:
         invitations: dict[str, list[contract.InvitationView]] = {p: [] for p in pupil_ids}
         if not pupil_ids:
             return parents, invitations
+        # Only what the pupil's school now gave: a school a pupil came from keeps its
+        # invitations (addresses its staff typed) to itself.
+        at_school = col(Pupil.pupil_id) == col(Link.pupil_id), col(Pupil.school_id) == col(Link.school_id)
         for link in (
             await s.execute(
                 select(Link)
+                .join(Pupil, and_(*at_school))
                 .where(col(Link.pupil_id).in_(pupil_ids), col(Link.removed_at).is_(None))
                 .order_by(col(Link.created_at))
             )
@@ -666,7 +747,16 @@ class Links:
             )
         for inv in (
             await s.execute(
-                select(Invitation).where(col(Invitation.pupil_id).in_(pupil_ids)).order_by(col(Invitation.sent_at))
+                select(Invitation)
+                .join(
+                    Pupil,
+                    and_(
+                        col(Pupil.pupil_id) == col(Invitation.pupil_id),
+                        col(Pupil.school_id) == col(Invitation.school_id),
+                    ),
+                )
+                .where(col(Invitation.pupil_id).in_(pupil_ids))
+                .order_by(col(Invitation.sent_at))
             )
         ).scalars():
             invitations[inv.pupil_id].append(
@@ -701,14 +791,23 @@ class Links:
     async def audit_trail(self, req: contract.AuditRequest) -> contract.AuditReply:
         """A pupil's audit trail, oldest first."""
         async with self.ctx.db.reader() as s:
-            await pupil_record_in_scope(s, req.scope, req.pupil_id)
+            allowed = await school_ids(s, req.scope)
+            # Each school sees the entries of its own time with the pupil: a school the pupil
+            # moved to does not see which parents the earlier one linked (nor its bars' reasons),
+            # and the earlier one still sees its own.
             rows = (
-                await s.execute(
-                    select(AuditRow)
-                    .where(col(AuditRow.pupil_id) == req.pupil_id)
-                    .order_by(col(AuditRow.at), col(AuditRow.id))
+                (
+                    await s.execute(
+                        select(AuditRow)
+                        .where(col(AuditRow.pupil_id) == req.pupil_id, col(AuditRow.school_id).in_(allowed))
+                        .order_by(col(AuditRow.at), col(AuditRow.id))
+                    )
                 )
-            ).scalars()
+                .scalars()
+                .all()
+            )
+            if not rows:
+                await pupil_record_in_scope(s, req.scope, req.pupil_id)
             return contract.AuditReply(
                 entries=[
                     contract.AuditEntry(at=r.at, actor=r.actor, action=r.action, parent_id=r.parent_id, reason=r.reason)

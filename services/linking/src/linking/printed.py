@@ -195,6 +195,8 @@ class PrintedCodes:
                             col(LinkCode.revoked_at).is_(None),
                             col(LinkCode.expires_at) > now,
                             col(Pupil.left_at).is_(None),
+                            # As a redemption: a code only names its pupil at the school that made it.
+                            col(LinkCode.school_id) == col(Pupil.school_id),
                         )
                     )
                 ).first()

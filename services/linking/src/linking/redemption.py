@@ -6,17 +6,24 @@ that fails answers:
 
 1. the code is well formed, and a real redemption names its parent (`check_request`);
 2. the code exists, is not revoked and has not expired;
-3. its pupil is at the school (has not left);
-4. the caller's verified address is not barred from the pupil;
+3. its pupil is at the code's school (has not left, nor moved to another school);
+4. a signed-in parent's verified address is not barred from the pupil;
 5. a parent already linked to the pupil gets their link back (nothing else is checked);
 6. a parent whom staff or a bar removed cannot come back through the same code;
 7. a printed code links at most the school's number of carers; an invitation's code works
    while its invitation is open;
 8. the school's acceptable-use policy is accepted, now or before;
-9. a dry run stops here; otherwise the link is made, active if the parent is verified.
+9. a dry run stops here;
+10. a registration's address barred from the pupil links nothing, and is answered as a success;
+11. otherwise the link is made, active if the parent is verified.
 
 Everything refused for what the code is, or for a bar, answers `invalid_code` with one sentence,
 so nobody learns whether a code exists, expired, or is barred to them.
+
+Registering answers 202 whatever the address (anyone may type anyone's address), so a
+registration must not answer differently for a barred address: its dry run does not look at the
+bars, and the redemption that follows once the account exists quietly makes no link (rule 10),
+after every other rule, so that nothing else it answers differs either.
 """
 
 from __future__ import annotations
@@ -69,7 +76,8 @@ class RedemptionFacts:
     code: CodeFacts | None  # None: no such code
     pupil_id: str = ""
     pupil_at_school: bool = False  # the code's pupil is in the roster copy and has not left
-    barred: bool = False  # the caller's verified address is barred from the pupil
+    barred: bool = False  # the caller's address is barred from the pupil
+    registering: bool = False  # the redemption of a registration, for the account it just made
     already_linked: bool = False  # this parent has a standing link to the pupil
     removed_via_code: bool = False  # staff or a bar ended a link this parent made with this code
     other_carers: int = 0  # other parents ever linked through this (printed) code
@@ -84,6 +92,7 @@ class Outcome(Enum):
 
     ALREADY_LINKED = "already_linked"  # answer with the parent's existing link
     WOULD_LINK = "would_link"  # a dry run: the code would link
+    NOT_LINKED = "not_linked"  # a registration's barred address: answered as a success, no link
     LINK = "link"  # make the link
 
 
@@ -115,6 +124,10 @@ def decide(facts: RedemptionFacts) -> Decision:
     _check_may_link(facts, code)
     if facts.dry_run:
         return Decision(Outcome.WOULD_LINK)
+    if facts.barred:
+        # Only a registration reaches this (`_usable_code` refused the others).
+        log.info("redeem_barred", pupil_id=facts.pupil_id, parent_id=facts.parent_id, registering=True)
+        return Decision(Outcome.NOT_LINKED)
     return Decision(
         Outcome.LINK,
         status=LINKED if facts.parent_verified else AWAITING,
@@ -130,7 +143,7 @@ def _usable_code(facts: RedemptionFacts) -> CodeFacts:
         raise invalid_code()
     if not facts.pupil_at_school:
         raise invalid_code()
-    if facts.barred:
+    if facts.barred and not (facts.dry_run or facts.registering):
         # Answered like a bad code, so that a bar is not revealed.
         log.info("redeem_barred", pupil_id=facts.pupil_id, parent_id=facts.parent_id)
         raise invalid_code()

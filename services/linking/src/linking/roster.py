@@ -37,6 +37,8 @@ SCHEMAS: dict[str, type[Event]] = {
 
 # Links.on_pupil_left: the pupil's links end in the same transaction as the departure.
 PupilLeftHook = Callable[[UnitOfWork, str, datetime], Awaitable[None]]
+# Links.on_pupil_moved(uow, pupil_id, school_id): what the pupil's earlier schools gave ends.
+PupilMovedHook = Callable[[UnitOfWork, str, str], Awaitable[None]]
 
 
 def _newer(incoming: datetime, stored: datetime | None) -> bool:
@@ -58,6 +60,7 @@ class _Batch:
         default_factory=dict
     )  # pupil -> its classes, from the newest applied upsert
     left: list[tuple[str, datetime]] = field(default_factory=list)
+    moved: set[str] = field(default_factory=set)  # pupils whose school changed
 
     @classmethod
     async def read(cls, s: AsyncSession, items: list[tuple[str, Event]]) -> _Batch:
@@ -141,6 +144,8 @@ class _Batch:
             self.s.add(pupil)
         if not _newer(at, pupil.version_at):
             return
+        if pupil.school_id and pupil.school_id != ev.school_id:
+            self.moved.add(ev.pupil_id)
         pupil.school_id, pupil.first_name, pupil.last_name, pupil.version_at = (
             ev.school_id,
             ev.first_name,
@@ -168,7 +173,11 @@ class _Batch:
 
 
 async def apply_batch(
-    uow: UnitOfWork, items: list[tuple[str, Event]], *, on_pupil_left: PupilLeftHook | None = None
+    uow: UnitOfWork,
+    items: list[tuple[str, Event]],
+    *,
+    on_pupil_left: PupilLeftHook | None = None,
+    on_pupil_moved: PupilMovedHook | None = None,
 ) -> None:
     """Apply a batch of roster events in one transaction, in stream order."""
     s = uow.session
@@ -189,6 +198,13 @@ async def apply_batch(
         rows = [{"class_id": c, "pupil_id": p} for p, cs in batch.memberships.items() for c in cs]
         if rows:
             await s.execute(insert(ClassMember), rows)
+    for pupil_id in sorted(batch.moved):
+        # Moved within the batch, perhaps more than once: what counts is the school now.
+        school_id = batch.pupils[pupil_id].school_id
+        await revoke_pupil_codes(uow, pupil_id, except_school_id=school_id)
+        if on_pupil_moved is not None:
+            await on_pupil_moved(uow, pupil_id, school_id)
+        log.info("pupil_moved", pupil_id=pupil_id, school_id=school_id)
     for pupil_id, at in batch.left:
         await revoke_pupil_codes(uow, pupil_id)
         if on_pupil_left is not None:
@@ -196,13 +212,14 @@ async def apply_batch(
         log.info("pupil_left", pupil_id=pupil_id)
 
 
-async def revoke_pupil_codes(uow: UnitOfWork, pupil_id: str) -> None:
-    """Stop every code of a pupil who left: nobody can link a pupil who is not at the school."""
-    await uow.session.execute(
-        update(LinkCode)
-        .where(col(LinkCode.pupil_id) == pupil_id, col(LinkCode.revoked_at).is_(None))
-        .values(revoked_at=utcnow(), live_pupil_id=None)
-    )
+async def revoke_pupil_codes(uow: UnitOfWork, pupil_id: str, *, except_school_id: str | None = None) -> None:
+    """Stop every code of a pupil who left (nobody can link a pupil who is not at the school),
+    or, for a pupil who moved, every code of the schools they left (`except_school_id`: the
+    school they are at now, whose codes stay)."""
+    where = [col(LinkCode.pupil_id) == pupil_id, col(LinkCode.revoked_at).is_(None)]
+    if except_school_id is not None:
+        where.append(col(LinkCode.school_id) != except_school_id)
+    await uow.session.execute(update(LinkCode).where(*where).values(revoked_at=utcnow(), live_pupil_id=None))
 
 
 async def class_name(s: AsyncSession, pupil_id: str, preferred: str | None = None) -> str:

@@ -93,7 +93,13 @@ class Schools:
                     select(Pupil, col(LinkCode.expires_at))
                     .join(ClassMember, col(ClassMember.pupil_id) == col(Pupil.pupil_id))
                     .outerjoin(LinkCode, col(LinkCode.live_pupil_id) == col(Pupil.pupil_id))
-                    .where(col(ClassMember.class_id) == cls.class_id, col(Pupil.left_at).is_(None))
+                    .where(
+                        col(ClassMember.class_id) == cls.class_id,
+                        col(Pupil.left_at).is_(None),
+                        # A pupil who moved school is not in the old school's classes, whatever
+                        # class ids the platform sent with the move.
+                        col(Pupil.school_id) == cls.school_id,
+                    )
                     .order_by(col(Pupil.last_name), col(Pupil.first_name), col(Pupil.pupil_id))
                 )
             ).all()

@@ -192,7 +192,7 @@ class Link(Base, table=True):
     created_at: datetime = Field(sa_column=_ts())
     activated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     removed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    removed_by: str | None = Field(default=None, max_length=16)  # staff, parent, bar, pupil_left
+    removed_by: str | None = Field(default=None, max_length=16)  # staff, parent, bar, pupil_left, school_changed
     removed_actor: str | None = Field(default=None, max_length=ID)
 
 

@@ -31,7 +31,13 @@ class Settings(ServiceSettings):
     database_url: str | None = database_url_field(NAME)
     smtp_url: str | None = Field(
         default=None,
-        description="smtp://[user:pass@]host:port[?starttls=true] or smtps://…; `portal up` points it at its local sink.",
+        description="smtp://[user:pass@]host:port[?starttls=true|false] or smtps://…: STARTTLS whenever the "
+        "server offers it, required (certificate checked) with starttls=true or credentials, never with "
+        "starttls=false (no credentials then); `portal up` points it at its local sink.",
+    )
+    smtp_ca: str | None = Field(
+        default=None,
+        description="A PEM file of the CA certificates to check the SMTP server's against, instead of the system's.",
     )
     mail_from: str = Field(default="no-reply@parent-portal.localhost", description="The From address of every email.")
     notify_daily_cap: int = Field(default=50, ge=1, description="Emails one address may receive in 24 hours.")
@@ -61,7 +67,8 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         streams=[streams.NOTIFY, streams.NOTIFY_REQUESTS],
     )
     renderer = Renderer(mail_from=settings.mail_from)
-    sender = Sender(runtime, settings, renderer, SmtpTarget.from_url(settings.smtp_url)) if settings.smtp_url else None
+    target = SmtpTarget.from_url(settings.smtp_url, ca_file=settings.smtp_ca) if settings.smtp_url else None
+    sender = Sender(runtime, settings, renderer, target) if target is not None else None
 
     runtime.consume(
         stream=streams.NOTIFY_REQUESTS,
@@ -81,6 +88,6 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         runtime.app.on_shutdown(sender.stop)
     else:
         log.warning("smtp_not_configured", detail="PORTAL_SMTP_URL is not set: emails are recorded but not sent")
-    runtime.extra_checks["smtp"] = lambda: "ok" if sender is not None else "not configured"
+    runtime.extra_checks["smtp"] = sender.health if sender is not None else lambda: "not configured"
     runtime.sender = sender
     return runtime

@@ -1,16 +1,31 @@
-"""Rendering email requests into MIME messages: plain text and HTML, from Jinja2 templates."""
+"""Rendering email requests into MIME messages: plain text and HTML, from Jinja2 templates.
+
+Requests carry text from people (a parent's name, a pupil's, a school's). None of it can add a
+header or a recipient: a display name that is not a name (contracts.names: a line break, a
+control or invisible character) is left out and the email goes to the bare address; line breaks
+in a subject become spaces; addresses are built with `email.headerregistry.Address`, which
+quotes what needs quoting. What still cannot become an email (an address that is not one, or
+that needs SMTPUTF8) raises `RenderError`, which the sender treats as final.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
 from datetime import datetime
+from email import message_from_bytes, policy
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from contracts.addresses import looks_like_email
 from contracts.base import utcnow
+from contracts.names import problem_with_name
 from contracts.notify import EmailRequest
 
 SUBJECTS = {
@@ -39,13 +54,80 @@ def message_id(request_id: str, recipient: str, domain: str) -> str:
     return f"<{digest}@{domain}>"
 
 
+class RenderError(Exception):
+    """This request cannot become an email, however often it is tried. `str()` names no address."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An email ready for SMTP."""
+
+    message_id: str
+    content: bytes
+    recipient: str  # the envelope address, as in the To header (an IDN domain in its ASCII form)
+
+
+def _address(value: str) -> Address:
+    """`value` as an address fit for a header and an SMTP command, or `RenderError`."""
+    value = value.strip()
+    if not looks_like_email(value) or any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+        raise RenderError("the recipient is not an email address")
+    local, domain = value.rsplit("@", 1)
+    if not local.isascii():
+        raise RenderError("the recipient's address has non-ASCII characters in its local part (needs SMTPUTF8)")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+        return Address(username=local, domain=domain)
+    except (UnicodeError, ValueError) as exc:  # email.errors' header defects are ValueErrors
+        raise RenderError(f"the recipient's address cannot be written in a header ({type(exc).__name__})") from exc
+
+
+def display_name(name: str | None) -> str:
+    """The name to greet and address someone by, or "" when `name` is not a name."""
+    if not name or problem_with_name(name) is not None:
+        return ""
+    # Python's email package decodes RFC 2047 encoded words ("=?utf-8?q?...?=") in a header it
+    # is given, even from a display name, and writes what they decode to unquoted: such a
+    # "name" could add a Bcc or a recipient to the To header. No one is called that.
+    if "=?" in name:
+        return ""
+    return name.strip()
+
+
+_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """`text` for a header: line breaks and other control characters as single spaces, and no
+    RFC 2047 encoded word (Python's email package decodes "=?utf-8?q?=0A...?=" in a header it
+    is given and, before 3.11.10, writes the line break it decodes to)."""
+    return " ".join(_BREAKS.sub(" ", text).split()).replace("=?", "= ?")
+
+
+_HEADERS = sorted(["Subject", "From", "To", "Date", "Message-ID", "Auto-Submitted", "MIME-Version", "Content-Type"])
+
+
+def _check(content: bytes, recipient: str) -> None:
+    """Read the message back as a mail program would: exactly our headers, one recipient."""
+    msg = message_from_bytes(content, policy=policy.default)
+    if sorted(msg.keys()) != _HEADERS:
+        raise RenderError("the message's headers are not the ones written")
+    if [a.addr_spec for a in msg["To"].addresses] != [recipient]:
+        raise RenderError("the message's To header is not its one recipient")
+
+
 class Renderer:
     """Turns a request into the bytes that go over SMTP."""
 
     def __init__(self, *, mail_from: str, mail_from_name: str = "Parent Portal") -> None:
+        try:
+            # Checked once here: a bad PORTAL_MAIL_FROM stops the service rather than failing every email.
+            self.sender = Address(display_name=mail_from_name, addr_spec=mail_from)
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"PORTAL_MAIL_FROM {mail_from!r} is not an email address") from exc
         self.mail_from = mail_from
         self.mail_from_name = mail_from_name
-        self.domain = mail_from.rsplit("@", 1)[-1] or "parent-portal.localhost"
+        self.domain = self.sender.domain or "parent-portal.localhost"
         self.env = Environment(
             loader=PackageLoader("notify", "templates"),
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -55,24 +137,36 @@ class Renderer:
         )
         self.env.filters["when"] = _when
 
-    def render(self, request: EmailRequest, *, recipient: str, recipient_name: str | None) -> tuple[str, bytes]:
-        """(Message-ID, the whole RFC 5322 message) for `request` to `recipient`."""
+    def render(self, request: EmailRequest, *, recipient: str, recipient_name: str | None) -> Rendered:
+        """The email for `request` to `recipient`; `RenderError` when there can be none."""
+        try:
+            return self._render(request, recipient=recipient, recipient_name=recipient_name)
+        except RenderError:
+            raise
+        except Exception as exc:  # a template or header the request breaks: trying again changes nothing
+            raise RenderError(f"{request.kind} cannot be rendered: {type(exc).__name__}") from exc
+
+    def _render(self, request: EmailRequest, *, recipient: str, recipient_name: str | None) -> Rendered:
+        to = _address(recipient)
+        name = display_name(recipient_name)
         kind = request.kind
         values = request.model_dump()
-        values["recipient_name"] = recipient_name or ""
-        subject = SUBJECTS[kind].format(**values)
+        values["recipient_name"] = name
+        subject = one_line(SUBJECTS[kind].format(**values))
         values["subject"] = subject
         text = self.env.get_template(f"{kind}.txt").render(**values)
         html = self.env.get_template(f"{kind}.html").render(**values)
         mid = message_id(request.event_id, recipient, self.domain)
         msg = EmailMessage()
         msg["Subject"] = subject
-        msg["From"] = formataddr((self.mail_from_name, self.mail_from))
-        msg["To"] = formataddr((recipient_name or "", recipient))
+        msg["From"] = self.sender
+        msg["To"] = Address(display_name=name, username=to.username, domain=to.domain)
         msg["Date"] = format_datetime(utcnow())
         msg["Message-ID"] = mid
         # Tells mail systems not to answer with out-of-office replies.
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
-        return mid, msg.as_bytes()
+        content = msg.as_bytes()
+        _check(content, to.addr_spec)
+        return Rendered(mid, content, to.addr_spec)

@@ -3,8 +3,9 @@
 Replicas share the ledger. An email is claimed (status `sending`, a claim that its holder
 renews while it lives) before it is sent; a claim that lapses (its holder died) returns the
 email to `pending`. Failures that may pass (4xx, no connection) are retried with exponential
-backoff and jitter until the give-up time; 5xx replies fail at once. Every outcome is
-published through the outbox.
+backoff and jitter until the give-up time; 5xx replies fail at once, and so does a request
+that cannot be rendered into an email (retrying it would change nothing, and it would sit at the
+head of the queue for two days). Every outcome is published through the outbox.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from pydantic import ValidationError
 from sqlalchemy import CursorResult, func, select, text, true, update
 from sqlmodel import col
 
@@ -27,8 +29,8 @@ from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
 from contracts.notify import EMAIL_DELIVERED, EMAIL_FAILED, REQUESTS, EmailDelivered, EmailFailed, request_subject
-from notify.render import Renderer
-from notify.smtp import Rejected, SmtpConnection, SmtpTarget, TryLater, Unconfirmed
+from notify.render import Renderer, RenderError
+from notify.smtp import Rejected, SmtpConnection, SmtpTarget, TlsRefused, TryLater, Unconfirmed
 from notify.tables import DELIVERING, FAILED, PENDING, SENDING, SENT, Email
 
 if TYPE_CHECKING:
@@ -64,6 +66,12 @@ class Sender:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.sent_total = 0
+        # Why the SMTP server is refused (no TLS where it is required), until a send succeeds.
+        self.smtp_problem: str | None = None
+
+    def health(self) -> str:
+        """notify's `smtp` health check: "ok", or why mail cannot go out."""
+        return "ok" if self.smtp_problem is None else self.smtp_problem
 
     def wake(self) -> None:
         """New emails were recorded."""
@@ -209,20 +217,34 @@ class Sender:
                     log.info("notify_claim_lost", email_id=email.id)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # logged; left claimed, the claim lapses and it is retried
+                except Exception as exc:  # logged, and tried again later with backoff
                     log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
+                    await self._after_crash(email, exc)
                 finally:
                     self.held.discard(email.id)
         finally:
             await conn.close()
 
-    async def _attempt(self, conn: SmtpConnection, email: Email) -> None:
-        now = utcnow()
-        request = REQUESTS[request_subject(email.kind)].model_validate_json(email.request)
+    async def _after_crash(self, email: Email, exc: Exception) -> None:
+        """Put a crashed attempt back with the usual backoff, so that an email that crashes
+        every time waits longer each time instead of coming back first every claim period."""
+        try:
+            await self._retry(email, TryLater(f"crashed: {type(exc).__name__}"), counted=True)
+        except Exception:  # noqa: BLE001, S110 - the claim lapses and the email is taken up again
+            pass
+
+    async def _prepare(self, email: Email, now: datetime) -> tuple[str, str, str | None, bytes] | None:
+        """(envelope recipient, its daily-cap key, Message-ID, content), or None when the email
+        was finished or put back instead."""
+        try:
+            request = REQUESTS[request_subject(email.kind)].model_validate_json(email.request)
+        except (KeyError, ValidationError) as exc:
+            await self._render_failed(email, RenderError(f"the recorded request is not valid: {type(exc).__name__}"))
+            return None
         give_up_at = email.created_at + timedelta(hours=self.settings.notify_give_up_hours)
         if now >= give_up_at:
             await self._finish_now(email, FAILED, reason="gave_up", detail=email.last_error or "")
-            return
+            return None
 
         recipient, name = email.recipient, request.to_name
         if recipient is None:
@@ -235,22 +257,36 @@ class Sender:
                 )
             except rpc.RpcError as exc:
                 await self._retry(email, TryLater(f"identity: {exc.code}"), counted=False)
-                return
+                return None
             if not reply.contacts:
                 await self._finish_now(email, FAILED, reason="no_recipient", detail="no such account")
-                return
+                return None
             recipient, name = reply.contacts[0].email, reply.contacts[0].name
         key = normalise_email(recipient)
 
+        if email.content is not None:  # rendered by an earlier attempt, which recorded its recipient
+            return recipient, email.recipient_key or key, email.message_id, email.content
+        try:
+            rendered = self.renderer.render(request, recipient=recipient, recipient_name=name)
+        except RenderError as exc:
+            await self._render_failed(email, exc)
+            return None
+        return rendered.recipient, key, rendered.message_id, rendered.content
+
+    async def _attempt(self, conn: SmtpConnection, email: Email) -> None:
+        now = utcnow()
+        prepared = await self._prepare(email, now)
+        if prepared is None:
+            return
+        recipient, key, message_id, content = prepared
+
+        # After rendering: an email that can never be sent takes none of the address's places.
         if email.first_attempt_at is None and not await self._reserve(email, key, now):
             await self._finish_now(
                 email, FAILED, reason="daily_cap", detail=f"over {self.settings.notify_daily_cap} emails a day"
             )
             return
 
-        message_id, content = email.message_id, email.content
-        if content is None:
-            message_id, content = self.renderer.render(request, recipient=recipient, recipient_name=name)
         marked = False
 
         async def mark_delivering() -> None:
@@ -300,6 +336,10 @@ class Sender:
             )
             return
         except TryLater as exc:
+            if isinstance(exc, TlsRefused):
+                if self.smtp_problem != exc.detail:
+                    log.error("smtp_refused", target=self.target.describe(), detail=exc.detail)
+                self.smtp_problem = exc.detail
             if marked:
                 # A 4xx reply to the final "." itself: the server did not take it.
                 await self._retry(email, exc, counted=False, status_from=DELIVERING)
@@ -311,6 +351,11 @@ class Sender:
             return
         await self._finish_now(email, SENT, status_from=DELIVERING)
         self.sent_total += 1
+        self.smtp_problem = None
+
+    async def _render_failed(self, email: Email, exc: RenderError) -> None:
+        log.error("email_render_failed", email_id=email.id, kind=email.kind, error=str(exc))
+        await self._finish_now(email, FAILED, reason="render_failed", detail=str(exc))
 
     async def _reserve(self, email: Email, key: str, now: datetime) -> bool:
         """Take one of the recipient's daily places for this email, or say there is none."""
