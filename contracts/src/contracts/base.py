@@ -41,8 +41,9 @@ Rep = TypeVar("Rep", bound=BaseModel)
 class Rpc(Generic[Req, Rep]):
     """One request/reply operation: where it is asked, what it takes and what it answers.
 
-    `errors` lists the error codes the operation may answer besides `invalid_request` and
-    `internal_error`, so that the document and the callers' mappings can be checked against it.
+    `errors` lists the error codes the operation may answer besides those any request may answer
+    (`invalid_request`, `service_unavailable`, `internal_error`), so that the document and the
+    callers' mappings can be checked against it.
     """
 
     subject: str

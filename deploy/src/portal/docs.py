@@ -390,7 +390,7 @@ def rpc_declarations() -> list[Any]:
 
 
 def render_requests(rpcs: Sequence[Any]) -> str:
-    from contracts.kit.rpc import INTERNAL_ERROR, INVALID_REQUEST
+    from contracts.kit.rpc import INTERNAL_ERROR, INVALID_REQUEST, SERVICE_UNAVAILABLE
     from contracts.rpc import ERROR_HEADER, SERVICES, ErrorReply
 
     es, error_schema = _model_schemas(ErrorReply)
@@ -407,7 +407,8 @@ def render_requests(rpcs: Sequence[Any]) -> str:
         "and an `ErrorReply` body (below). A caller acts on the code, the fields and `retry_after`; "
         "`detail` is a sentence for people.\n",
         f"- Any request may answer `{INVALID_REQUEST}` (the request did not validate: `fields` "
-        f"names each problem) and `{INTERNAL_ERROR}`; each request below lists all its codes.\n",
+        f"names each problem), `{SERVICE_UNAVAILABLE}` (its database cannot be reached; `retry_after` says "
+        f"when to try again) and `{INTERNAL_ERROR}`; each request below lists all its codes.\n",
         "- No stream captures `rpc.>`: a request nobody answers fails at once (no responders) or "
         "times out at the caller's deadline.\n\n",
         f"`ErrorReply`: {_doc(ErrorReply)}\n\n{es.fields_table(error_schema)}\n",
@@ -428,7 +429,7 @@ def render_requests(rpcs: Sequence[Any]) -> str:
         for rpc in by_service[service]:
             out.append(f"### {rpc.subject}\n\n")
             out.append(f"{' '.join(rpc.description.split())}\n\n")
-            codes = ", ".join(f"`{c}`" for c in (INVALID_REQUEST, *rpc.errors, INTERNAL_ERROR))
+            codes = ", ".join(f"`{c}`" for c in (INVALID_REQUEST, *rpc.errors, SERVICE_UNAVAILABLE, INTERNAL_ERROR))
             out.append(
                 f"- title: {rpc.title}\n- answered by: {rpc.service} (queue group `{rpc.service}`)\n"
                 f"- error codes: {codes}\n\n"

@@ -203,6 +203,9 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
     gateway = settings.gateway_url
     out("Parent Portal is starting:")
     out(f"  gateway    {gateway}  (health {gateway}/health, readiness {gateway}/ready)")
+    if settings.public_url != gateway:
+        # Browsers must use the public address: a change sent from any other origin is refused.
+        out(f"  open       {settings.public_url}  (PORTAL_PUBLIC_URL: sign in there, not at {gateway})")
     if nats is not None:
         out(f"  NATS       {nats_url}  (embedded, JetStream store {nats.store_dir}, log {data_dir / 'nats.log'})")
     else:

@@ -59,7 +59,7 @@ async def register(clients: Clients, r: Registration) -> None:
     if r.code:
         # A bad code answers 404 and a full one 409 with nothing created (docs/http-api.md),
         # so the password and the code are checked before identity creates the account.
-        await clients.identity.check_password(r.password, r.email, r.name)
+        await clients.identity.check_password(r.password, r.email, r.name, r.client_ip)
         check = await clients.linking.redeem(
             linking.RedeemRequest(code=r.code, dry_run=True, accept_aup=True, email=r.email, client_ip=r.client_ip)
         )

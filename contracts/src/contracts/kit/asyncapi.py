@@ -55,7 +55,7 @@ def add_replies(doc: dict[str, Any], rpcs: Iterable[Rpc[Any, Any]]) -> None:
             "summary": f"The answer: {rpc.reply.__name__}.",
             "payload": _add_schema(doc, rpc.reply),
         }
-        codes = ", ".join(("invalid_request", *rpc.errors, "internal_error"))
+        codes = ", ".join(("invalid_request", *rpc.errors, "service_unavailable", "internal_error"))
         messages[error_key] = {
             "title": error_key,
             "summary": f"An error, with the header {ERROR_HEADER}: its code ({codes}).",

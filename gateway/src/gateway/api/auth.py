@@ -127,7 +127,7 @@ def _not_too_long(password: str) -> None:
     tags=TAGS,
     summary="Register a parent account",
     operation_id="register",
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(404, 409, 422, 429, 503),
 )
 async def register(request: Request, clients: NamedDependency[Clients], data: JSONBody[RegisterBody]) -> Status:
     """A verification email is sent (a known address gets a different email, and the same answer)."""

@@ -29,10 +29,12 @@ class IdentityClient:
             ),
         )
 
-    async def check_password(self, password: str, email: str, name: str) -> None:
-        """Raises `weak_password` unless identity would accept this password for this person."""
+    async def check_password(self, password: str, email: str, name: str, client_ip: str = "") -> None:
+        """Raises `weak_password` unless identity would accept this password for this person; with the
+        caller's address, a refusal counts against it as a refused registration."""
         await self._t.call(
-            identity.CHECK_PASSWORD, identity.CheckPasswordRequest(password=password, email=email, name=name)
+            identity.CHECK_PASSWORD,
+            identity.CheckPasswordRequest(password=password, email=email, name=name, client_ip=client_ip),
         )
 
     async def verify(self, token: str) -> identity.VerifyReply:
