@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from contracts.base import Event, Message, Rpc
 from contracts.names import E_INVALID_NAME
@@ -29,6 +29,8 @@ E_TOO_MANY = "too_many_attempts"  # 429, with retry_after
 E_VALIDATION = "validation_error"  # 422, with the fields
 E_INVALID_SESSION = "invalid_session"  # 401
 E_CONFLICT = "conflict"  # 409
+E_NOT_FOUND = "not_found"  # 404: no such member of staff, or one outside the caller's scope
+E_FORBIDDEN = "forbidden"  # 403: a member of staff disabling themselves
 
 
 class RegisterRequest(Message):
@@ -166,6 +168,56 @@ class CreateStaffReply(Message):
 
     account_id: str
     created: bool
+    disabled: bool = Field(default=False, description="Disabled: it cannot sign in until enabled again")
+
+
+class AdminScope(Message):
+    """The members of staff an admin may see and disable: those of these schools, and the trust
+    admins of these trusts. The gateway fills it in from the caller's session (a trust admin's
+    trust expanded into its schools); staff of anywhere else are unknown to the request."""
+
+    school_ids: list[str] = Field(default_factory=list, max_length=2000)
+    trust_ids: list[str] = Field(default_factory=list, max_length=50)
+
+
+class StaffMember(Message):
+    """A member of staff as an admin sees them."""
+
+    account_id: str
+    name: str
+    email: str
+    role: Literal["teacher", "school_admin", "trust_admin"]
+    school_id: str | None = None
+    trust_id: str | None = None
+    disabled: bool = Field(description="Cannot sign in, and has no session, until enabled again")
+    disabled_at: AwareDatetime | None = None
+
+
+class StaffListRequest(Message):
+    """Every member of staff within a scope."""
+
+    scope: AdminScope
+
+
+class StaffListReply(Message):
+    """Members of staff, by name."""
+
+    staff: list[StaffMember]
+
+
+class StaffAccessRequest(Message):
+    """Disable (or enable again) one member of staff, named by account id or email address.
+
+    Without `scope` (an operator's `portal staff disable`) any member of staff; with it, only one
+    inside it, anyone else answers `not_found`. `actor_id` is the caller's own account, which
+    can never be disabled by itself.
+    """
+
+    account_id: str | None = Field(default=None, max_length=64)
+    email: str | None = Field(default=None, max_length=254)
+    disabled: bool
+    scope: AdminScope | None = None
+    actor_id: str = Field(default="", max_length=64)
 
 
 class ContactsRequest(Message):
@@ -195,6 +247,7 @@ PARENT_VERIFIED = "identity.parent.verified.v1"
 PASSWORD_CHANGED = "identity.password.changed.v1"
 SESSION_REVOKED = "identity.session.revoked.v1"
 ACCOUNT_CHANGED = "identity.account.changed.v1"
+STAFF_ACCESS_CHANGED = "identity.staff.access_changed.v1"
 
 
 class ParentRegistered(Event):
@@ -220,6 +273,15 @@ class AccountChanged(Event):
     whoever caches the account's sessions asks again."""
 
     account_id: str
+
+
+class StaffAccessChanged(Event):
+    """A member of staff was disabled (every session of theirs ended with it) or enabled again;
+    `by` is the account that did it, or `operator` / `roster`."""
+
+    account_id: str
+    disabled: bool
+    by: str = ""
 
 
 class SessionRevoked(Event):
@@ -325,4 +387,22 @@ CREATE_STAFF: Rpc[CreateStaffRequest, CreateStaffReply] = Rpc(
     title="create staff",
     description="Create or update a member of staff by hand.",
     errors=(E_VALIDATION, E_INVALID_NAME, E_CONFLICT, E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_TOO_MANY),
+)
+
+STAFF_LIST: Rpc[StaffListRequest, StaffListReply] = Rpc(
+    "rpc.identity.staff_list.v1",
+    StaffListRequest,
+    StaffListReply,
+    title="staff list",
+    description="The members of staff of a scope, disabled ones included.",
+)
+
+SET_STAFF_ACCESS: Rpc[StaffAccessRequest, StaffMember] = Rpc(
+    "rpc.identity.set_staff_access.v1",
+    StaffAccessRequest,
+    StaffMember,
+    title="set staff access",
+    description="Disable a member of staff (their sessions end, logging in fails as with a wrong password) "
+    "or enable them again with their old password.",
+    errors=(E_VALIDATION, E_NOT_FOUND, E_FORBIDDEN),
 )

@@ -20,6 +20,7 @@ CLASS_UPSERTED = "platform.roster.class.upserted.v1"
 PUPIL_UPSERTED = "platform.roster.pupil.upserted.v1"
 PUPIL_LEFT = "platform.roster.pupil.left.v1"
 STAFF_UPSERTED = "platform.roster.staff.upserted.v1"
+STAFF_LEFT = "platform.roster.staff.left.v1"
 HOMEWORK_ASSIGNED = "platform.homework.assigned.v1"
 HOMEWORK_COMPLETED = "platform.homework.completed.v1"
 HOMEWORK_WITHDRAWN = "platform.homework.withdrawn.v1"
@@ -28,6 +29,7 @@ MESSAGE_READ = "platform.message.read.v1"
 STARS_AWARDED = "platform.stars.awarded.v1"
 
 ROSTER_ALL = "platform.roster.>"
+STAFF_ALL = "platform.roster.staff.>"
 HOMEWORK_ALL = "platform.homework.>"
 MESSAGE_ALL = "platform.message.>"
 STARS_ALL = "platform.stars.>"
@@ -89,6 +91,13 @@ class StaffUpserted(Event):
         return self
 
 
+class StaffLeft(Event):
+    """A member of staff left: their account is disabled (their sessions end, they cannot sign in)
+    until a later `platform.roster.staff.upserted.v1` names them again."""
+
+    staff_id: Id = Field(min_length=1)
+
+
 class HomeworkAssigned(Event):
     """Homework was set for some pupils."""
 
@@ -141,6 +150,7 @@ SCHEMAS: dict[str, type[Event]] = {
     PUPIL_UPSERTED: PupilUpserted,
     PUPIL_LEFT: PupilLeft,
     STAFF_UPSERTED: StaffUpserted,
+    STAFF_LEFT: StaffLeft,
     HOMEWORK_ASSIGNED: HomeworkAssigned,
     HOMEWORK_COMPLETED: HomeworkCompleted,
     HOMEWORK_WITHDRAWN: HomeworkWithdrawn,

@@ -8,6 +8,7 @@ the same way). Heavy imports (services, NATS client) happen inside the commands,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.js.client import JetStreamContext
 
-    from contracts.identity import CreateStaffReply
+    from contracts.identity import CreateStaffReply, StaffMember
     from contracts.kit.deadletters import DeadLetter
     from contracts.kit.rpc import RpcError
     from contracts.linking import AlertsReply
@@ -272,6 +273,95 @@ def staff_add(
     verb = "created" if reply.created else "updated"
     how = "" if password else "; a set-password email is on its way"
     typer.echo(f"{verb} {role} {email} at {where} (account {reply.account_id}){how}")
+    if reply.disabled:
+        typer.echo(f"{email} stays disabled: `portal staff enable --email {email}` lets them sign in again")
+
+
+# How long `portal staff disable` waits for identity's revocation event: the outbox relays it
+# within a fraction of a second, so a longer wait means identity's relay is stuck.
+REVOCATION_WAIT_SECONDS = 5.0
+
+
+def _set_staff_access(email: str, disabled: bool) -> None:
+    """Disable or enable one member of staff; disabling returns once every gateway replica was
+    sent the event that ends their sessions."""
+    url = _nats_url()
+    from contracts import identity as c
+    from contracts.kit import rpc
+
+    async def change(nc: NatsClient) -> tuple[StaffMember, bool] | RpcError:
+        revoked: set[str] = set()
+        heard = asyncio.Event()
+
+        async def on_revoked(msg: Any) -> None:
+            try:
+                event = c.SessionRevoked.model_validate_json(msg.data)
+            except ValueError:
+                return
+            if event.all_sessions:
+                revoked.add(event.account_id)
+                heard.set()
+
+        # Subscribed before asking, since the event may overtake the reply. Gateways hear it on
+        # the same core subject at the same moment: once it is here, every replica was sent it.
+        sub = await nc.subscribe(c.SESSION_REVOKED, cb=on_revoked)
+        await nc.flush()
+        try:
+            try:
+                member = await rpc.call(
+                    nc, c.SET_STAFF_ACCESS, c.StaffAccessRequest(email=email, disabled=disabled), timeout=10
+                )
+            except rpc.RpcError as exc:
+                return exc
+            deadline = asyncio.get_running_loop().time() + REVOCATION_WAIT_SECONDS
+            while disabled and member.account_id not in revoked:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    return member, False
+                heard.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(heard.wait(), left)
+            return member, True
+        finally:
+            await sub.unsubscribe()
+
+    reply = _run_with_nats(url, change)
+    if isinstance(reply, rpc.RpcError):
+        fail(reply.detail, 2 if reply.code in ("validation_error", "not_found", "invalid_request") else 1)
+    member, heard = reply
+    if not disabled:
+        typer.echo(
+            f"enabled {member.role} {member.email} (account {member.account_id}): their old password works again"
+        )
+        return
+    if not heard:
+        fail(
+            f"disabled {member.email} (account {member.account_id}), but identity's event ending their sessions "
+            f"did not come within {REVOCATION_WAIT_SECONDS:g} s: gateways may let their sessions work until "
+            "PORTAL_SESSION_CACHE_SECONDS pass; check identity's outbox",
+            1,
+        )
+    typer.echo(
+        f"disabled {member.role} {member.email} (account {member.account_id}): their sessions have ended and "
+        "they cannot sign in"
+    )
+
+
+@staff_app.command("disable")
+def staff_disable(
+    email: str = typer.Option(..., "--email", help="The member of staff's email address (their login)."),
+) -> None:
+    """Disable one member of staff: every session of theirs ends on every gateway, and signing in
+    fails as with a wrong password. Their password is kept for `portal staff enable`."""
+    _set_staff_access(email, True)
+
+
+@staff_app.command("enable")
+def staff_enable(
+    email: str = typer.Option(..., "--email", help="The member of staff's email address (their login)."),
+) -> None:
+    """Enable a disabled member of staff again: they sign in with their old password."""
+    _set_staff_access(email, False)
 
 
 @app.command()

@@ -174,6 +174,7 @@ RPC_ERRORS: dict[str, RpcErrorMapping] = {
     identity.E_TOO_MANY: RpcErrorMapping(429),
     identity.E_INVALID_SESSION: RpcErrorMapping(401, "unauthorized"),
     identity.E_CONFLICT: RpcErrorMapping(409),
+    identity.E_FORBIDDEN: RpcErrorMapping(403),
     VALIDATION_ERROR: RpcErrorMapping(422),
     # The service could not parse what the gateway sent: the caller's input was out of range.
     INVALID_REQUEST: RpcErrorMapping(422, VALIDATION_ERROR),

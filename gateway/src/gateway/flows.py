@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts import linking
+from contracts import identity, linking
 from contracts.addresses import same_email
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
 from gateway.caches.links import LinksCache
 from gateway.caches.overview import OverviewReader
+from gateway.caches.sessions import SessionAuth
 from gateway.clients import Clients, IdentityClient, LinkingClient, StaffLinking
 from gateway.models import InvitationRow, ParentRow, PupilRow
 
@@ -171,3 +172,52 @@ async def add_bar(
             checked = [*checked, *reply.unchecked_parent_ids]
             holders = await _holders(identity, reply.unchecked_parent_ids, email)
     return reply.bar_id
+
+
+# -- disabling staff ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaffOfScope:
+    """The members of staff an admin may disable, with the names of the schools they are at."""
+
+    staff: list[identity.StaffMember]
+    schools: dict[str, str]
+
+
+async def admin_scope(staff: StaffLinking, principal: identity.Principal) -> tuple[identity.AdminScope, dict[str, str]]:
+    """Whose accounts an admin acts on: a school admin's school; a trust admin's trust (its trust
+    admins) and the trust's schools, which linking knows. With the schools' names by id."""
+    schools = {s.school_id: s.name for s in await staff.schools()}
+    if principal.role == "trust_admin":
+        trust_ids = [principal.trust_id] if principal.trust_id else []
+        return identity.AdminScope(school_ids=list(schools), trust_ids=trust_ids), schools
+    school_ids = [principal.school_id] if principal.role == "school_admin" and principal.school_id else []
+    return identity.AdminScope(school_ids=school_ids), schools
+
+
+async def staff_of_scope(clients: Clients, staff: StaffLinking, principal: identity.Principal) -> StaffOfScope:
+    """Every member of staff within the admin's scope (identity's accounts, linking's schools)."""
+    scope, schools = await admin_scope(staff, principal)
+    return StaffOfScope(await clients.identity.staff_list(scope), schools)
+
+
+async def set_staff_access(
+    clients: Clients,
+    auth: SessionAuth,
+    staff: StaffLinking,
+    principal: identity.Principal,
+    account_id: str,
+    *,
+    disabled: bool,
+) -> identity.StaffMember:
+    """Disable a member of staff of the admin's scope, answering once every gateway replica was
+    sent the event ending their sessions; or enable them again. Anyone outside the scope: 404."""
+    scope, _ = await admin_scope(staff, principal)
+    change = clients.identity.set_staff_access(
+        account_id, disabled=disabled, scope=scope, actor_id=principal.account_id
+    )
+    if disabled:
+        member: identity.StaffMember = await auth.until_account_revoked(change)
+        return member
+    return await change

@@ -16,13 +16,16 @@ import html
 import re
 from typing import Any, Literal
 
-from litestar import MediaType, Response, get, post, put
+from litestar import MediaType, Request, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
+from contracts import identity
 from contracts import linking as contract
+from contracts.identity import Principal
 from gateway import flows
 from gateway.auth import SECURITY, admins_only, staff_only
+from gateway.caches.sessions import get_auth
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id, not_found
 from gateway.models import CreatedCodes, NewCode, PupilRow
@@ -250,6 +253,83 @@ async def put_school_settings(
     return await staff.update_school_settings(checked_id(school_id), data)
 
 
+# -- staff accounts --------------------------------------------------------------------------------
+
+
+@get(
+    "/staff",
+    summary="The members of staff an admin may disable",
+    operation_id="list_staff",
+    description="A school admin: the staff of their school; a trust admin: the staff of the trust's schools and "
+    "its trust admins. Disabled ones included (`disabled`). Anyone else: 404.",
+    responses=error_responses(401, 404, 503),
+    guards=ADMINS,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def list_staff(
+    clients: NamedDependency[Clients], staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal]
+) -> list[identity.StaffMember]:
+    """Each member of staff with their role, school or trust, and whether they are disabled."""
+    return (await flows.staff_of_scope(clients, staff, principal)).staff
+
+
+async def _set_access(
+    request: Request, clients: Clients, staff: StaffLinking, principal: Principal, account_id: str, disabled: bool
+) -> identity.StaffMember:
+    return await flows.set_staff_access(
+        clients, get_auth(request.app.state), staff, principal, checked_id(account_id), disabled=disabled
+    )
+
+
+@post(
+    "/staff/{account_id:str}/disable",
+    status_code=200,
+    summary="Disable a member of staff",
+    operation_id="disable_staff",
+    description="Every session of theirs ends, on every gateway replica by the time this answers, and signing "
+    "in fails as with a wrong password (401 `invalid_credentials`); no password reset email is sent to them. "
+    "Their password is kept for `enable`. Staff outside the caller's scope (see `GET /staff`) and unknown ids: "
+    "404. The caller's own account: 403 `forbidden`.",
+    responses=error_responses(401, 403, 404, 503),
+    guards=ADMINS,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def disable_staff(
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    account_id: FromPath[str],
+) -> identity.StaffMember:
+    """The member of staff as they now are (`disabled` true)."""
+    return await _set_access(request, clients, staff, principal, account_id, True)
+
+
+@post(
+    "/staff/{account_id:str}/enable",
+    status_code=200,
+    summary="Enable a disabled member of staff again",
+    operation_id="enable_staff",
+    description="They sign in with their old password again. The same scope as `disable`: anyone else, 404; "
+    "the caller's own account, 403 `forbidden`.",
+    responses=error_responses(401, 403, 404, 503),
+    guards=ADMINS,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def enable_staff(
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    account_id: FromPath[str],
+) -> identity.StaffMember:
+    """The member of staff as they now are (`disabled` false)."""
+    return await _set_access(request, clients, staff, principal, account_id, False)
+
+
 ROUTES = [
     list_classes,
     class_pupils,
@@ -260,4 +340,7 @@ ROUTES = [
     pupil_qr_png,
     get_school_settings,
     put_school_settings,
+    list_staff,
+    disable_staff,
+    enable_staff,
 ]

@@ -86,3 +86,16 @@ class IdentityClient:
             )
         )
         return {c.id: c for reply in replies for c in reply.contacts}
+
+    async def staff_list(self, scope: identity.AdminScope) -> list[identity.StaffMember]:
+        """The members of staff an admin with `scope` may see, disabled ones included."""
+        return (await self._t.call(identity.STAFF_LIST, identity.StaffListRequest(scope=scope))).staff
+
+    async def set_staff_access(
+        self, account_id: str, *, disabled: bool, scope: identity.AdminScope, actor_id: str
+    ) -> identity.StaffMember:
+        """Disable a member of staff within `scope` (their sessions end) or enable them again."""
+        return await self._t.call(
+            identity.SET_STAFF_ACCESS,
+            identity.StaffAccessRequest(account_id=account_id, disabled=disabled, scope=scope, actor_id=actor_id),
+        )

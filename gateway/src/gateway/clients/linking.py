@@ -71,6 +71,10 @@ class StaffLinking:
     def _who(self) -> dict[str, Any]:
         return {"scope": self.scope, "actor_id": self.actor_id}
 
+    async def schools(self) -> list[linking.SchoolSummary]:
+        """The caller's schools (a trust admin's: the trust's), by name."""
+        return (await self._t.call(linking.SCHOOLS, linking.SchoolsRequest(scope=self.scope))).schools
+
     async def classes(self) -> list[linking.ClassSummary]:
         """Every class of the caller's schools."""
         return (await self._t.call(linking.CLASSES, linking.ClassesRequest(**self._who()))).classes

@@ -124,8 +124,13 @@ NOTICES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "bar_lifted": ("The bar is lifted: that address may be linked to {pupil} again.", {"pupil": "the pupil"}),
     "settings_saved": ("Settings saved.", {}),
+    "staff_disabled": (
+        "{staff} can no longer sign in; their sessions have ended.",
+        {"staff": "The member of staff"},
+    ),
+    "staff_enabled": ("{staff} can sign in again with their old password.", {"staff": "The member of staff"}),
 }
-NOTICE_PARAMS = ("pupil", "invitation", "bar", "count")
+NOTICE_PARAMS = ("pupil", "invitation", "bar", "count", "staff")
 MAX_NOTICE_ID = 128
 
 

@@ -23,6 +23,7 @@ from contracts.kit.rpc import RpcError
 from gateway import flows
 from gateway.auth import admins_only, staff_only
 from gateway.caches.links import get_links_cache
+from gateway.caches.sessions import get_auth
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id, not_found
 from gateway.models import AuditRow, Bar, PupilRow
@@ -564,6 +565,93 @@ async def settings_submit(
     return redirect(f"/schools/{school_id}/settings", cookies=[flash(request, "settings_saved")])
 
 
+# -- staff accounts ------------------------------------------------------------------------------
+
+ROLE_LABELS = {"teacher": "Teacher", "school_admin": "School admin", "trust_admin": "Trust admin"}
+
+
+@get("/staff", include_in_schema=False, guards=ADMINS, operation_id="page_staff")
+async def staff_page(
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+) -> Template:
+    """The members of staff of the admin's school (trust), each with "Disable" or "Enable"."""
+    found = await flows.staff_of_scope(clients, staff, principal)
+    groups: dict[str, dict[str, Any]] = {}
+    for m in found.staff:
+        if m.role == "trust_admin":
+            key, title = "trust", "Trust admins"
+        else:
+            key = f"school:{m.school_id}"
+            title = found.schools.get(m.school_id or "", "Your school")
+        groups.setdefault(key, {"title": title, "members": []})["members"].append(m)
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0] != "trust", kv[1]["title"]))
+    return render(
+        request,
+        "pages/staff.html",
+        principal=principal,
+        groups=[g for _, g in ordered],
+        roles=ROLE_LABELS,
+        names={"staff": {m.account_id: m.name for m in found.staff}},
+    )
+
+
+async def _staff_access_submit(
+    state: State,
+    request: Request,
+    clients: Clients,
+    staff: StaffLinking,
+    principal: Principal,
+    account_id: str,
+    disabled: bool,
+) -> Response[Any]:
+    member = await flows.set_staff_access(
+        clients, get_auth(state), staff, principal, checked_id(account_id), disabled=disabled
+    )
+    notice = flash(request, "staff_disabled" if disabled else "staff_enabled", staff=member.account_id)
+    return redirect("/staff", cookies=[notice])
+
+
+@post(
+    "/staff/{account_id:str}/disable",
+    include_in_schema=False,
+    guards=ADMINS,
+    status_code=200,
+    operation_id="page_staff_disable",
+)
+async def staff_disable_submit(
+    state: State,
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    account_id: str,
+) -> Response[Any]:
+    """They are signed out on every replica before the answer, and cannot sign in."""
+    return await _staff_access_submit(state, request, clients, staff, principal, account_id, True)
+
+
+@post(
+    "/staff/{account_id:str}/enable",
+    include_in_schema=False,
+    guards=ADMINS,
+    status_code=200,
+    operation_id="page_staff_enable",
+)
+async def staff_enable_submit(
+    state: State,
+    request: Request,
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    principal: NamedDependency[Principal],
+    account_id: str,
+) -> Response[Any]:
+    """They may sign in again with their old password."""
+    return await _staff_access_submit(state, request, clients, staff, principal, account_id, False)
+
+
 ROUTES = [
     class_page,
     invite_page,
@@ -580,4 +668,7 @@ ROUTES = [
     lift_submit,
     settings_page,
     settings_submit,
+    staff_page,
+    staff_disable_submit,
+    staff_enable_submit,
 ]

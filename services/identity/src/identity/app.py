@@ -110,6 +110,8 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.CHECK_PASSWORD, svc.check_password)
     runtime.serve(c.CONTACTS, svc.contacts)
     runtime.serve(c.CREATE_STAFF, svc.create_staff)
+    runtime.serve(c.STAFF_LIST, svc.staff_list)
+    runtime.serve(c.SET_STAFF_ACCESS, svc.set_staff_access)
 
 
 class IdentityRuntime(ServiceRuntime):
@@ -139,14 +141,17 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
     svc = IdentityService(runtime, settings, passwords)
 
     serve_requests(runtime, svc)
+    # One consumer for both subjects, so a member of staff's events apply in the order the
+    # platform published them (a departure then a return ends enabled).
     runtime.consume(
         stream=streams.PLATFORM,
-        subject=platform.STAFF_UPSERTED,
+        subject=platform.STAFF_ALL,
         durable="identity-staff",
-        schemas={platform.STAFF_UPSERTED: platform.StaffUpserted},
-        handler=svc.on_staff_upserted,
+        schemas={platform.STAFF_UPSERTED: platform.StaffUpserted, platform.STAFF_LEFT: platform.StaffLeft},
+        handler=svc.on_staff_event,
         title="staff roster",
-        description="Creates or updates staff accounts from the platform's roster; new ones get a set-password email.",
+        description="Creates or updates staff accounts from the platform's roster; new ones get a set-password email. "
+        "A member of staff who left is disabled (their sessions end); naming them again enables them.",
     )
     runtime.publishes_events(
         {
@@ -155,6 +160,7 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
             c.PASSWORD_CHANGED: c.PasswordChanged,
             c.SESSION_REVOKED: c.SessionRevoked,
             c.ACCOUNT_CHANGED: c.AccountChanged,
+            c.STAFF_ACCESS_CHANGED: c.StaffAccessChanged,
         }
     )
 

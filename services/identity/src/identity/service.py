@@ -27,7 +27,7 @@ from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure, field_errors
 from contracts.kit.runtime import ServiceRuntime
-from contracts.platform import StaffUpserted
+from contracts.platform import StaffLeft, StaffUpserted
 from identity.passwords import Passwords, PasswordsBusy, WeakPassword, check_policy
 from identity.tables import Account, LoginFailure, RateEvent, Session, Token
 
@@ -325,6 +325,10 @@ class IdentityService:
         return True
 
     async def _known_address(self, uow: UnitOfWork, account: Account, now: datetime) -> None:
+        if account.disabled_at is not None:
+            # Its reset link would lead nowhere: a disabled account gets no reset email.
+            log.info("account_exists_email_disabled", account_id=account.id)
+            return
         if not await self._registration_email_allowed(uow.session, account.email, now):
             log.info("account_exists_email_rate_limited", account_id=account.id)
             return
@@ -473,14 +477,18 @@ class IdentityService:
                     raise _too_many(blocked)
             account = await self._account_by_email(s, req.email)
         attempt = await self._claim_attempt(limits, now)
+        # A disabled account is checked against no hash at all: the same work, the same
+        # answer and the same counted failure as a wrong password, whatever was typed.
+        disabled = account is not None and account.disabled_at is not None
+        stored = account.password_hash if account is not None and not disabled else None
         try:
-            ok = await self.passwords.verify(account.password_hash if account else None, req.password)
+            ok = await self.passwords.verify(stored, req.password)
         except PasswordsBusy:
             await self._release_attempt(attempt)
             log.warning("password_hashing_busy")
             raise _busy() from None
         if not ok:
-            log.info("login_failed", account_id=account.id if account else None)
+            log.info("login_failed", account_id=account.id if account else None, disabled=disabled)
             raise RpcFailure(c.E_INVALID_CREDENTIALS, "The email address or password is not right.")
         assert account is not None and account.password_hash is not None  # verify() matches stored hashes only
         await self._release_attempt(attempt, pair_key)
@@ -498,6 +506,15 @@ class IdentityService:
             with contextlib.suppress(PasswordsBusy):  # the next login rehashes it
                 new_hash = await self.passwords.hash(req.password)
         async with self.runtime.db.session() as s:
+            # Disabling may have committed while the password was checked: read the account
+            # again in this transaction (its row locked, where the database has row locks), so
+            # a session is either refused here or revoked by the disabling.
+            disabled_now = (
+                await s.execute(select(col(Account.disabled_at)).where(col(Account.id) == account.id).with_for_update())
+            ).scalar_one_or_none()
+            if disabled_now is not None:
+                log.info("login_failed", account_id=account.id, disabled=True)
+                raise RpcFailure(c.E_INVALID_CREDENTIALS, "The email address or password is not right.")
             s.add(
                 Session(
                     id=session_id,
@@ -535,7 +552,12 @@ class IdentityService:
         if row is None:
             raise RpcFailure(c.E_INVALID_SESSION, "Not signed in.")
         idle_end = row.last_seen_at + timedelta(seconds=row.idle_seconds)
-        if row.revoked_at is not None or now >= row.absolute_expires_at or now >= idle_end:
+        if (
+            row.revoked_at is not None
+            or row.disabled_at is not None
+            or now >= row.absolute_expires_at
+            or now >= idle_end
+        ):
             raise RpcFailure(c.E_INVALID_SESSION, "The session has ended: sign in again.")
         if (now - row.last_seen_at).total_seconds() >= self.s.identity_touch_seconds:
             self._used.add(row.id)
@@ -570,6 +592,7 @@ class IdentityService:
                     col(Account.name),
                     col(Account.school_id),
                     col(Account.trust_id),
+                    col(Account.disabled_at),
                 )
                 .join(Account, col(Account.id) == col(Session.account_id))
                 .where(col(Session.token_hash).in_(token_hashes))
@@ -627,6 +650,10 @@ class IdentityService:
             account = await self._account_by_email(uow, req.email)
             if account is None:
                 return c.Accepted()
+            if account.disabled_at is not None:
+                # A reset must not let a disabled member of staff back in: no link is sent.
+                log.info("password_reset_disabled_account", account_id=account.id)
+                return c.Accepted()
             if await _blocked_for(uow.session, RateEvent, key, self.s.identity_reset_emails_per_hour, HOUR, now):
                 log.info("password_reset_rate_limited", account_id=account.id)
                 return c.Accepted()
@@ -657,7 +684,13 @@ class IdentityService:
                 )
             ).scalar_one_or_none()
             account = await s.get(Account, token.account_id) if token else None
-        if token is None or account is None or token.used_at is not None or token.expires_at <= now:
+        if (
+            token is None
+            or account is None
+            or account.disabled_at is not None
+            or token.used_at is not None
+            or token.expires_at <= now
+        ):
             raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
         await self._check_password(req.password, email=account.email, name=account.name)
         new_hash = await self._hash(req.password)
@@ -665,6 +698,8 @@ class IdentityService:
             await self._use_token(uow, req.token, RESET, now)
             account = await uow.session.get(Account, account.id)
             assert account is not None  # _use_token found it
+            if account.disabled_at is not None:  # disabled since the read above
+                raise RpcFailure(c.E_INVALID_TOKEN, "This link is not valid: it is unknown, expired, or already used.")
             greeting = self._greeting(account)  # before this link verifies the address
             account.password_hash = new_hash
             account.password_changed_at = now
@@ -711,8 +746,12 @@ class IdentityService:
         school_id: str | None,
         trust_id: str | None,
         password_hash: str | None,
+        enable_as_of: datetime | None = None,
     ) -> tuple[Account | None, bool]:
-        """Create or update a member of staff; new ones without a password get a set-password link."""
+        """Create or update a member of staff; new ones without a password get a set-password link.
+
+        With `enable_as_of` (a roster event's time) a disabled member of staff is enabled again,
+        unless disabling was decided after that time."""
         now = utcnow()
         account = None
         if staff_id:
@@ -756,6 +795,11 @@ class IdentityService:
             account.password_hash, account.password_changed_at = password_hash, now
         uow.session.add(account)
         await uow.session.flush()
+        if enable_as_of is not None and account.disabled_at is not None:
+            if account.access_changed_at is None or enable_as_of >= account.access_changed_at:
+                await self._set_disabled(uow, account, False, now=now, decided_at=enable_as_of, by="roster")
+            else:
+                log.info("staff_upserted_stays_disabled", account_id=account.id)
         if created and not password_hash:
             token, expires = await self._issue_token(
                 uow, account, RESET, timedelta(hours=self.s.identity_set_password_hours)
@@ -771,9 +815,30 @@ class IdentityService:
             )
         return account, created
 
+    async def on_staff_event(self, uow: UnitOfWork, event: Event, subject: str) -> None:
+        """The platform's roster names a member of staff, or says they left."""
+        if isinstance(event, StaffLeft):
+            await self.on_staff_left(uow, event)
+        else:
+            await self.on_staff_upserted(uow, event, subject)
+
+    async def on_staff_left(self, uow: UnitOfWork, event: StaffLeft) -> None:
+        """A member of staff left: disabled, unless enabling was decided after the event."""
+        account = (
+            await uow.session.execute(select(Account).where(col(Account.staff_id) == event.staff_id).with_for_update())
+        ).scalar_one_or_none()
+        if account is None or account.role == "parent":
+            log.info("staff_left_unknown")
+            return
+        if account.access_changed_at is not None and event.occurred_at < account.access_changed_at:
+            log.info("staff_left_stale", account_id=account.id)
+            return
+        await self._set_disabled(uow, account, True, now=utcnow(), decided_at=event.occurred_at, by="roster")
+        log.info("staff_left", account_id=account.id)
+
     async def on_staff_upserted(self, uow: UnitOfWork, event: Event, subject: str) -> None:
         """The platform's roster names a member of staff."""
-        assert isinstance(event, StaffUpserted)  # the consumer's only schema
+        assert isinstance(event, StaffUpserted)  # the consumer's other schema
         account, created = await self.upsert_staff(
             uow,
             staff_id=event.staff_id,
@@ -783,6 +848,7 @@ class IdentityService:
             school_id=event.school_id,
             trust_id=event.trust_id,
             password_hash=None,
+            enable_as_of=event.occurred_at,
         )
         if account is not None:
             log.info("staff_upserted", account_id=account.id, created=created, role=event.role)
@@ -814,7 +880,105 @@ class IdentityService:
             )
         if account is None:
             raise RpcFailure(c.E_CONFLICT, "That email address already belongs to another account.")
-        return c.CreateStaffReply(account_id=account.id, created=created)
+        return c.CreateStaffReply(account_id=account.id, created=created, disabled=account.disabled_at is not None)
+
+    # -- disabling staff ---------------------------------------------------------------------
+
+    async def _set_disabled(
+        self, uow: UnitOfWork, account: Account, disabled: bool, *, now: datetime, decided_at: datetime, by: str
+    ) -> None:
+        """Disable a member of staff (every session ends, unused emailed links stop working) or
+        enable them again; their password stays as it was."""
+        changed = (account.disabled_at is not None) != disabled
+        account.access_changed_at = decided_at
+        account.updated_at = now
+        if disabled:
+            account.disabled_at = account.disabled_at or now
+            # A reset or set-password link sent earlier must not let them back in later either.
+            await uow.session.execute(
+                delete(Token).where(col(Token.account_id) == account.id, col(Token.used_at).is_(None))
+            )
+            # Even when already disabled: the event is what every gateway replica drops the
+            # account's cached sessions on, and what the caller waits for.
+            await self._revoke_all(uow, account.id, now)
+        else:
+            account.disabled_at = None
+        uow.session.add(account)
+        if changed:
+            await uow.emit(
+                c.STAFF_ACCESS_CHANGED,
+                c.StaffAccessChanged(account_id=account.id, disabled=disabled, by=by),
+                aggregate=f"account:{account.id}",
+            )
+        log.info("staff_disabled" if disabled else "staff_enabled", account_id=account.id, changed=changed, by=by)
+
+    @staticmethod
+    def _member(account: Account) -> c.StaffMember:
+        return c.StaffMember(
+            account_id=account.id,
+            name=account.name,
+            email=account.email,
+            role=cast("Any", account.role),
+            school_id=account.school_id,
+            trust_id=account.trust_id,
+            disabled=account.disabled_at is not None,
+            disabled_at=account.disabled_at,
+        )
+
+    @staticmethod
+    def _in_scope(account: Account, scope: c.AdminScope) -> bool:
+        if account.role == "trust_admin":
+            return account.trust_id is not None and account.trust_id in scope.trust_ids
+        return account.school_id is not None and account.school_id in scope.school_ids
+
+    async def staff_list(self, req: c.StaffListRequest) -> c.StaffListReply:
+        """Every member of staff of the scope's schools, and the trust admins of its trusts."""
+        scope = req.scope
+        if not scope.school_ids and not scope.trust_ids:
+            return c.StaffListReply(staff=[])
+        async with self.runtime.db.reader() as s:
+            rows = (
+                (
+                    await s.execute(
+                        select(Account)
+                        .where(
+                            col(Account.role).in_(c.STAFF_ROLES),
+                            or_(
+                                col(Account.school_id).in_(scope.school_ids),
+                                col(Account.trust_id).in_(scope.trust_ids),
+                            ),
+                        )
+                        .order_by(col(Account.name), col(Account.id))
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        return c.StaffListReply(staff=[self._member(a) for a in rows if self._in_scope(a, scope)])
+
+    async def set_staff_access(self, req: c.StaffAccessRequest) -> c.StaffMember:
+        """Disable a member of staff or enable them again (`portal staff disable` / `enable`, or
+        an admin within their scope). Nobody disables themselves."""
+        if (req.account_id is None) == (req.email is None):
+            raise RpcFailure(c.E_VALIDATION, "Name the member of staff by account id or by email address.")
+        missing = RpcFailure(c.E_NOT_FOUND, "There is no such member of staff.")
+        now = utcnow()
+        async with self.runtime.unit_of_work() as uow:
+            where = (
+                col(Account.id) == req.account_id
+                if req.account_id is not None
+                else col(Account.email_key) == normalise_email(req.email or "")
+            )
+            account = (await uow.session.execute(select(Account).where(where).with_for_update())).scalar_one_or_none()
+            if account is None or account.role not in c.STAFF_ROLES:
+                raise missing
+            if req.scope is not None and not self._in_scope(account, req.scope):
+                raise missing
+            if req.actor_id and req.actor_id == account.id:
+                raise RpcFailure(c.E_FORBIDDEN, "You cannot disable or enable your own account.")
+            await self._set_disabled(uow, account, req.disabled, now=now, decided_at=now, by=req.actor_id or "operator")
+            member = self._member(account)
+        return member
 
     async def contacts(self, req: c.ContactsRequest) -> c.ContactsReply:
         """Names and addresses of the given accounts."""

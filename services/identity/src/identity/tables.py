@@ -48,6 +48,12 @@ class Account(Base, table=True):
     password_changed_at: datetime | None = Field(default=None, sa_column=_ts(True))
     created_at: datetime = Field(sa_column=_ts())
     updated_at: datetime = Field(sa_column=_ts())
+    # A disabled member of staff keeps their password (enabling them gives it back) but cannot
+    # sign in, has no session, and gets no reset email.
+    disabled_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    # When disabling or enabling was last decided (by an operator, an admin or a roster event):
+    # a roster event that happened before it does not undo it.
+    access_changed_at: datetime | None = Field(default=None, sa_column=_ts(True))
 
 
 class Token(Base, table=True):
