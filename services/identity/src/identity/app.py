@@ -110,6 +110,8 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.CHECK_PASSWORD, svc.check_password)
     runtime.serve(c.CONTACTS, svc.contacts)
     runtime.serve(c.CREATE_STAFF, svc.create_staff)
+    runtime.serve(c.DELETE_ACCOUNT, svc.delete_account)
+    runtime.serve(c.DELETE_PARENT, svc.delete_parent)
 
 
 class IdentityRuntime(ServiceRuntime):
@@ -155,6 +157,7 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
             c.PASSWORD_CHANGED: c.PasswordChanged,
             c.SESSION_REVOKED: c.SessionRevoked,
             c.ACCOUNT_CHANGED: c.AccountChanged,
+            c.ACCOUNT_DELETED: c.AccountDeleted,
         }
     )
 
