@@ -31,6 +31,9 @@ E_INVALID_SESSION = "invalid_session"  # 401
 E_CONFLICT = "conflict"  # 409
 E_NOT_FOUND = "not_found"  # 404: no such member of staff, or one outside the caller's scope
 E_FORBIDDEN = "forbidden"  # 403: a member of staff disabling themselves
+E_WRONG_PASSWORD = "wrong_password"  # 403: deleting an account with a password that is not its own
+E_NOT_A_PARENT = "not_a_parent"  # 403: only parents' accounts are deleted this way
+E_NO_SUCH_ACCOUNT = "no_such_account"  # 404: no parent account has that address
 
 
 class RegisterRequest(Message):
@@ -240,6 +243,26 @@ class ContactsReply(Message):
     contacts: list[Contact]
 
 
+class DeleteAccountRequest(Message):
+    """A parent deletes their own account, confirming with their password."""
+
+    account_id: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+    client_ip: str = Field(default="", max_length=64, description="The caller's address, for the limit on failures")
+
+
+class DeleteParentRequest(Message):
+    """An operator deletes a parent's account by its address (`portal parent delete`)."""
+
+    email: str = Field(max_length=254)
+
+
+class AccountDeletedReply(Message):
+    """The account that was deleted; every one of its sessions ended."""
+
+    account_id: str
+
+
 # -- events -------------------------------------------------------------------------------------
 
 PARENT_REGISTERED = "identity.parent.registered.v1"
@@ -248,6 +271,7 @@ PASSWORD_CHANGED = "identity.password.changed.v1"
 SESSION_REVOKED = "identity.session.revoked.v1"
 ACCOUNT_CHANGED = "identity.account.changed.v1"
 STAFF_ACCESS_CHANGED = "identity.staff.access_changed.v1"
+ACCOUNT_DELETED = "identity.account.deleted.v1"
 
 
 class ParentRegistered(Event):
@@ -282,6 +306,15 @@ class StaffAccessChanged(Event):
     account_id: str
     disabled: bool
     by: str = ""
+
+
+class AccountDeleted(Event):
+    """A parent's account was deleted: identity holds nothing of it any more (its sessions ended
+    in the same transaction). Every service erases what it keeps about that parent. Ids only:
+    the address and name are gone, and a later registration of the address is a new account."""
+
+    account_id: str
+    role: Role = "parent"
 
 
 class SessionRevoked(Event):
@@ -405,4 +438,22 @@ SET_STAFF_ACCESS: Rpc[StaffAccessRequest, StaffMember] = Rpc(
     description="Disable a member of staff (their sessions end, logging in fails as with a wrong password) "
     "or enable them again with their old password.",
     errors=(E_VALIDATION, E_NOT_FOUND, E_FORBIDDEN),
+)
+
+DELETE_ACCOUNT: Rpc[DeleteAccountRequest, AccountDeletedReply] = Rpc(
+    "rpc.identity.delete_account.v1",
+    DeleteAccountRequest,
+    AccountDeletedReply,
+    title="delete account",
+    description="A parent deletes their account with their password: sessions end, the account is erased.",
+    errors=(E_WRONG_PASSWORD, E_NOT_A_PARENT, E_INVALID_SESSION, E_TOO_MANY),
+)
+
+DELETE_PARENT: Rpc[DeleteParentRequest, AccountDeletedReply] = Rpc(
+    "rpc.identity.delete_parent.v1",
+    DeleteParentRequest,
+    AccountDeletedReply,
+    title="delete parent",
+    description="An operator deletes a parent's account by its address (no password asked).",
+    errors=(E_NO_SUCH_ACCOUNT, E_NOT_A_PARENT),
 )

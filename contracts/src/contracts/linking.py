@@ -494,14 +494,15 @@ class LinkActivated(Event):
 
 
 class LinkRemoved(Event):
-    """A parent lost a child: removed by staff, by the parent, by a bar, the pupil left, or the
-    pupil moved to another school (`school_changed`: `school_id` is the school the link was made at)."""
+    """A parent lost a child: removed by staff, by the parent, by a bar, the pupil left, the
+    pupil moved to another school (`school_changed`: `school_id` is the school the link was made at),
+    or the parent deleted their account (`account_deleted`)."""
 
     link_id: str
     parent_id: str
     pupil_id: str
     school_id: str
-    by: Literal["staff", "parent", "bar", "pupil_left", "school_changed"]
+    by: Literal["staff", "parent", "bar", "pupil_left", "school_changed", "account_deleted"]
     actor_id: str = ""
 
 

@@ -48,6 +48,9 @@ app.add_typer(staff_app, name="staff")
 from portal.roster import roster_app  # noqa: E402 - its commands import this module's helpers when run
 
 app.add_typer(roster_app, name="roster")
+from portal.parents import parent_app  # noqa: E402 - its command imports this module's helpers when run
+
+app.add_typer(parent_app, name="parent")
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -175,6 +175,8 @@ RPC_ERRORS: dict[str, RpcErrorMapping] = {
     identity.E_INVALID_SESSION: RpcErrorMapping(401, "unauthorized"),
     identity.E_CONFLICT: RpcErrorMapping(409),
     identity.E_FORBIDDEN: RpcErrorMapping(403),
+    identity.E_WRONG_PASSWORD: RpcErrorMapping(403),
+    identity.E_NOT_A_PARENT: RpcErrorMapping(403, "forbidden"),
     VALIDATION_ERROR: RpcErrorMapping(422),
     # The service could not parse what the gateway sent: the caller's input was out of range.
     INVALID_REQUEST: RpcErrorMapping(422, VALIDATION_ERROR),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from contracts import identity, linking
 from contracts.addresses import same_email
+from contracts.identity import Principal
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
 from gateway.caches.links import LinksCache
@@ -88,6 +89,29 @@ async def register(clients: Clients, r: Registration) -> None:
                 client_ip=r.client_ip,
             )
         )
+
+
+# -- deleting an account ----------------------------------------------------------------------
+
+
+async def delete_account(
+    clients: Clients, auth: SessionAuth, links: LinksCache, principal: Principal, password: str, client_ip: str = ""
+) -> None:
+    """A parent deletes their own account (identity checks the password: `wrong_password`
+    changes nothing; a member of staff gets `not_a_parent`).
+
+    Identity deletes the account and, in the same transaction, ends every session and records
+    `identity.account.deleted.v1`; linking and notify apply that event through their durable
+    consumers whenever they are up (ending the links, erasing addresses and emails). This
+    returns once every replica was sent the end of the sessions (`until_account_revoked`),
+    so the token answers 401 wherever it is used next.
+    """
+    await auth.until_account_revoked(clients.identity.delete_account(principal.account_id, password, client_ip))
+    # The parent can no longer sign in; their children leave this replica's memory now
+    # rather than when linking's removal events arrive.
+    auth.cache.drop_account(principal.account_id)
+    links.forget(principal.account_id)
+    log.info("account_deleted", account_id=principal.account_id)
 
 
 # -- a parent's overview -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -12,6 +13,14 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from contracts.kit.logs import get_logger
+
+log = get_logger("contracts.kit.db")
+
+# Seconds between the checkpoints after an erasure: at once, then after the rows deleted right
+# after it (published outbox rows) are gone too. Well inside the 30 s an erasure may take.
+SCRUB_DELAYS = (0.0, 2.0, 8.0)
 
 
 def is_sqlite(url: str) -> bool:
@@ -31,6 +40,9 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows are overwritten with zeros, not left in free space: an erased address
+        # must not be readable in the file afterwards (see Database.checkpoint for the WAL).
+        cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -55,6 +67,7 @@ class Database:
         else:
             self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
             self.read_engine = self.engine
+        self._scrubs: set[asyncio.Task[None]] = set()
         self._write = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -70,6 +83,41 @@ class Database:
         async with self._read() as session, session.begin():
             yield session
 
+    async def checkpoint(self) -> bool:
+        """SQLite: copy the write-ahead log into the database file and empty it, so that the
+        older copies of pages it holds (with what a transaction since erased) are gone from
+        disk; with `secure_delete` the erased bytes are zeros in the file itself. True when
+        done (or nothing to do: PostgreSQL); False when a reader kept it from finishing."""
+        if not self.sqlite:
+            return True
+        async with self.engine.connect() as conn:
+            # The driver's own connection: SQLAlchemy would open a transaction first, and a
+            # checkpoint inside one cannot finish.
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = await cursor.fetchone()
+            await cursor.close()
+        return row is not None and row[0] == 0
+
+    def scrub_soon(self) -> None:
+        """After an erasure: checkpoint now and twice more in the next seconds, in the
+        background (the outbox relay and the consumers delete rows of their own right after a
+        commit; their older copies must leave the log too)."""
+        if not self.sqlite:
+            return
+        task = asyncio.create_task(self._scrub())
+        self._scrubs.add(task)
+        task.add_done_callback(self._scrubs.discard)
+
+    async def _scrub(self) -> None:
+        for delay in SCRUB_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - the next one tries again
+                log.warning("checkpoint_failed", error=type(exc).__name__)
+
     async def ping(self) -> None:
         """Raise unless the database answers."""
         async with self.read_engine.connect() as conn:
@@ -77,6 +125,8 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        for task in list(self._scrubs):
+            task.cancel()
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
@@ -30,8 +30,11 @@ from gateway.auth import (
     csrf_token_for,
     end_replaced_sessions,
     end_session,
+    forget_principal,
     session_cookie,
 )
+from gateway.caches.links import get_links_cache
+from gateway.caches.sessions import get_auth
 from gateway.clients import Clients
 from gateway.errors import ApiError
 from gateway.models import LoginAnswer, Me, Status
@@ -102,6 +105,12 @@ class LoginBody(_Body):
 
     email: str = Field(min_length=1, max_length=254, examples=["mary@example.org"])
     password: str = Field(min_length=1, max_length=1024)
+
+
+class DeleteAccountBody(_Body):
+    """The account's password, to confirm its deletion."""
+
+    password: str = Field(min_length=1, max_length=MAX_BODY_PASSWORD)
 
 
 class ResetConfirmBody(_Body):
@@ -280,4 +289,48 @@ async def me(request: Request, principal: NamedDependency[Principal]) -> Me:
     )
 
 
-ROUTES = [register, verify, resend_verification, login, logout, password_reset, password_reset_confirm, me]
+@delete(
+    "/me",
+    status_code=204,
+    tags=TAGS,
+    summary="Delete my account",
+    operation_id="delete_me",
+    security=SECURITY,
+    responses={
+        204: ResponseSpec(None, description="The account is deleted; every session ended and the cookie is cleared."),
+        **error_responses(401, 403, 422, 429, 503),
+    },
+)
+async def delete_me(
+    state: State,
+    request: Request,
+    clients: NamedDependency[Clients],
+    principal: NamedDependency[Principal],
+    data: JSONBody[DeleteAccountBody],
+) -> Response[None]:
+    """A parent deletes their account with their password: every session ends at once on every
+    replica, every link ends, and their name and address are erased from every service (a later
+    registration of the address is a new account). A wrong password answers 403
+    `wrong_password` and changes nothing; a member of staff gets 403 `forbidden` (staff accounts
+    come from the school's roster)."""
+    if len(data.password) > MAX_PASSWORD:
+        # No password that long was ever accepted: wrong, without asking identity.
+        raise ApiError(403, "wrong_password", "That is not your password: nothing was deleted.")
+    await flows.delete_account(
+        clients, get_auth(state), get_links_cache(state), principal, data.password, client_ip(request)
+    )
+    forget_principal(request)
+    return Response(None, status_code=204, cookies=[clear_session_cookie(state.settings)])
+
+
+ROUTES = [
+    register,
+    verify,
+    resend_verification,
+    login,
+    logout,
+    password_reset,
+    password_reset_confirm,
+    me,
+    delete_me,
+]

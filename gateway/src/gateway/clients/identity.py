@@ -74,6 +74,13 @@ class IdentityClient:
             identity.PASSWORD_RESET_CONFIRM, identity.PasswordResetConfirm(token=token, password=password)
         )
 
+    async def delete_account(self, account_id: str, password: str, client_ip: str = "") -> identity.AccountDeletedReply:
+        """A parent deletes their account with their password; every session of it ends."""
+        return await self._t.call(
+            identity.DELETE_ACCOUNT,
+            identity.DeleteAccountRequest(account_id=account_id, password=password, client_ip=client_ip),
+        )
+
     async def contacts(self, account_ids: Iterable[str]) -> dict[str, identity.Contact]:
         """Names and addresses by account id (ids identity no longer knows are left out)."""
         ids = list(dict.fromkeys(account_ids))

@@ -112,6 +112,8 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.CREATE_STAFF, svc.create_staff)
     runtime.serve(c.STAFF_LIST, svc.staff_list)
     runtime.serve(c.SET_STAFF_ACCESS, svc.set_staff_access)
+    runtime.serve(c.DELETE_ACCOUNT, svc.delete_account)
+    runtime.serve(c.DELETE_PARENT, svc.delete_parent)
 
 
 class IdentityRuntime(ServiceRuntime):
@@ -161,6 +163,7 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
             c.SESSION_REVOKED: c.SessionRevoked,
             c.ACCOUNT_CHANGED: c.AccountChanged,
             c.STAFF_ACCESS_CHANGED: c.StaffAccessChanged,
+            c.ACCOUNT_DELETED: c.AccountDeleted,
         }
     )
 

@@ -152,8 +152,18 @@ class IdentityService:
         # No name: whoever registered typed it, and the address has not said it is theirs yet.
         await self._email(
             uow,
-            notify.VerificationEmail(to=account.email, verify_url=self._url("/verify", token), expires_at=expires),
+            notify.VerificationEmail(
+                to=account.email,
+                parent_id=self._parent_id(account),
+                verify_url=self._url("/verify", token),
+                expires_at=expires,
+            ),
         )
+
+    @staticmethod
+    def _parent_id(account: Account) -> str | None:
+        """The account an email to a parent is about: notify erases it when the account is deleted."""
+        return account.id if account.role == "parent" else None
 
     @staticmethod
     def _greeting(account: Account) -> str | None:
@@ -336,6 +346,7 @@ class IdentityService:
             uow,
             notify.AccountExistsEmail(
                 to=account.email,
+                parent_id=self._parent_id(account),
                 to_name=self._greeting(account),
                 login_url=f"{self.s.public_url}/login",
                 reset_url=f"{self.s.public_url}/reset-password",
@@ -665,6 +676,7 @@ class IdentityService:
                 uow,
                 notify.PasswordResetEmail(
                     to=account.email,
+                    parent_id=self._parent_id(account),
                     to_name=self._greeting(account),
                     reset_url=self._url("/reset-password", token),
                     expires_at=expires,
@@ -720,7 +732,10 @@ class IdentityService:
             await self._email(
                 uow,
                 notify.PasswordChangedEmail(
-                    to=account.email, to_name=greeting, reset_url=f"{self.s.public_url}/reset-password"
+                    to=account.email,
+                    parent_id=self._parent_id(account),
+                    to_name=greeting,
+                    reset_url=f"{self.s.public_url}/reset-password",
                 ),
             )
         log.info("password_changed", account_id=account.id)
@@ -732,6 +747,77 @@ class IdentityService:
         async with self._refusals_counted(req.client_ip, utcnow()):
             await self._check_password(req.password, email=req.email, name=req.name)
         return c.Accepted()
+
+    # -- deleting an account -------------------------------------------------------------------
+
+    async def delete_account(self, req: c.DeleteAccountRequest) -> c.AccountDeletedReply:
+        """A parent deletes their own account with their password. A wrong password counts as a
+        failed login of that account from that address (the same limits), and changes nothing."""
+        now = utcnow()
+        async with self.runtime.db.reader() as s:
+            account = await s.get(Account, req.account_id)
+        if account is None:
+            raise RpcFailure(c.E_INVALID_SESSION, "The session has ended: sign in again.")
+        if account.role != "parent":
+            raise RpcFailure(c.E_NOT_A_PARENT, "Staff accounts come from the school's roster and are not deleted here.")
+        pair_key, ip_key = self._login_keys(account.email, req.client_ip)
+        limits = self._login_limits(pair_key, ip_key)
+        attempt = await self._claim_attempt(limits, now)
+        try:
+            ok = await self.passwords.verify(account.password_hash, req.password)
+        except PasswordsBusy:
+            await self._release_attempt(attempt)
+            log.warning("password_hashing_busy")
+            raise _busy() from None
+        if not ok:
+            log.info("delete_account_wrong_password", account_id=account.id)
+            raise RpcFailure(c.E_WRONG_PASSWORD, "That is not your password: nothing was deleted.")
+        await self._release_attempt(attempt, pair_key)
+        if not await self._erase(account.id, by="parent"):
+            raise RpcFailure(c.E_INVALID_SESSION, "The session has ended: sign in again.")
+        return c.AccountDeletedReply(account_id=account.id)
+
+    async def delete_parent(self, req: c.DeleteParentRequest) -> c.AccountDeletedReply:
+        """`portal parent delete --email`: an operator deletes a parent's account, no password asked."""
+        async with self.runtime.db.reader() as s:
+            account = await self._account_by_email(s, req.email.strip())
+        if account is None:
+            raise RpcFailure(c.E_NO_SUCH_ACCOUNT, "No account has that email address.")
+        if account.role != "parent":
+            raise RpcFailure(c.E_NOT_A_PARENT, "That address belongs to a member of staff, not a parent.")
+        if not await self._erase(account.id, by="operator"):
+            raise RpcFailure(c.E_NO_SUCH_ACCOUNT, "No account has that email address.")
+        return c.AccountDeletedReply(account_id=account.id)
+
+    async def _erase(self, account_id: str, *, by: str) -> bool:
+        """Delete a parent's account row with its tokens and sessions, in one transaction with
+        the events that end its sessions everywhere and tell every service to erase what it
+        keeps about the parent (`identity.account.deleted.v1`, ids only). False when it was
+        gone already (a second deletion at the same moment)."""
+        now = utcnow()
+        async with self.runtime.unit_of_work() as uow:
+            account = (
+                await uow.session.execute(select(Account).where(col(Account.id) == account_id).with_for_update())
+            ).scalar_one_or_none()
+            if account is None:
+                return False
+            await self._revoke_all(uow, account.id, now)
+            await uow.session.execute(delete(Token).where(col(Token.account_id) == account.id))
+            await uow.session.execute(delete(Session).where(col(Session.account_id) == account.id))
+            # Its failed logins are counted under a hash of the address; they go with it. The
+            # counted emails to the address (rate_events) stay: a new account at the same
+            # address must not get a fresh budget of emails.
+            prefix = f"a:{_hashed('email', account.email_key)}:"
+            await uow.session.execute(delete(LoginFailure).where(col(LoginFailure.key).startswith(prefix)))
+            await uow.session.delete(account)
+            await uow.emit(
+                c.ACCOUNT_DELETED,
+                c.AccountDeleted(account_id=account.id, role="parent"),
+                aggregate=f"account:{account.id}",
+            )
+        log.info("account_deleted", account_id=account_id, by=by)
+        self.runtime.db.scrub_soon()
+        return True
 
     # -- staff and contacts ------------------------------------------------------------------
 

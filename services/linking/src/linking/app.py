@@ -129,6 +129,16 @@ def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:
         description="A parent verified their address: their links awaiting it become linked (and they are emailed).",
     )
     runtime.consume(
+        stream=streams.IDENTITY,
+        subject=identity.ACCOUNT_DELETED,
+        durable="linking-account-deleted",
+        schemas={identity.ACCOUNT_DELETED: identity.AccountDeleted},
+        handler=h.links.on_account_deleted,
+        title="account deleted",
+        description="A parent deleted their account: every link of theirs ends (audit `link_removed`, reason "
+        "`account_deleted`, their id only), and the addresses of invitations they accepted are erased.",
+    )
+    runtime.consume(
         stream=streams.NOTIFY,
         subject=notify.EMAIL_FAILED,
         durable="linking-email-failed",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, distinct, func, select, update
+from sqlalchemy import and_, delete, distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -697,6 +697,56 @@ class Links:
             )
             await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
             log.info("link_activated", link_id=link.id, parent_id=link.parent_id, pupil_id=link.pupil_id)
+
+    async def on_account_deleted(self, uow: UnitOfWork, event: Event, subject: str) -> None:
+        """A parent deleted their account: every link of theirs ends (standing or awaiting
+        verification, which is how a registration's code holds a child), each with its audit
+        row (`link_removed`, reason `account_deleted`, the parent's id and nothing else), and
+        the addresses of the invitations they accepted are erased, with every other invitation
+        to those addresses (open ones are revoked: nobody is left to accept them). Nobody is
+        emailed. Applied again, it finds nothing left to do."""
+        assert isinstance(event, identity.AccountDeleted)  # the consumer's only schema
+        s = uow.session
+        parent_id = event.account_id
+        links = (
+            (await s.execute(select(Link).where(col(Link.parent_id) == parent_id, col(Link.removed_at).is_(None))))
+            .scalars()
+            .all()
+        )
+        for link in links:
+            await remove_link(
+                self.ctx,
+                uow,
+                link,
+                by="account_deleted",
+                actor=f"parent:{parent_id}",
+                actor_id=parent_id,
+                reason="account_deleted",
+            )
+        keys = set(
+            (
+                await s.execute(
+                    select(col(Invitation.email_key)).where(
+                        col(Invitation.accepted_by) == parent_id, col(Invitation.email_key) != ""
+                    )
+                )
+            ).scalars()
+        )
+        erased = 0
+        if keys:
+            await s.execute(
+                update(Invitation)
+                .where(col(Invitation.email_key).in_(keys), col(Invitation.status).in_(redemption.OPEN_INVITATION))
+                .values(status="revoked")
+            )
+            result = await s.execute(
+                update(Invitation).where(col(Invitation.email_key).in_(keys)).values(email="", email_key="")
+            )
+            erased = int(getattr(result, "rowcount", 0) or 0)
+        await s.execute(delete(VerifiedParent).where(col(VerifiedParent.parent_id) == parent_id))
+        await s.execute(delete(AupAcceptance).where(col(AupAcceptance.parent_id) == parent_id))
+        uow.after_commit(self.ctx.db.scrub_soon)
+        log.info("account_erased", parent_id=parent_id, links_ended=len(links), invitations_erased=erased)
 
     async def on_email_failed(self, uow: UnitOfWork, event: Event, subject: str) -> None:
         """An invitation the receiving mail server rejected shows as bounced to staff.

@@ -6,13 +6,13 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from contracts import identity, streams
 from contracts import notify as contract
-from contracts import streams
 from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from notify import __version__
-from notify.handlers import Requests
+from notify.handlers import Erasure, Requests
 from notify.render import Renderer
 from notify.sender import Sender
 from notify.smtp import SmtpTarget
@@ -64,7 +64,7 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         settings,
         version=__version__,
         description=DESCRIPTION,
-        streams=[streams.NOTIFY, streams.NOTIFY_REQUESTS],
+        streams=[streams.NOTIFY, streams.NOTIFY_REQUESTS, streams.IDENTITY],
     )
     renderer = Renderer(mail_from=settings.mail_from)
     target = SmtpTarget.from_url(settings.smtp_url, ca_file=settings.smtp_ca) if settings.smtp_url else None
@@ -78,6 +78,16 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         handler=Requests(sender).record,
         title="email requests",
         description="Records each email request in the ledger (once per request id); the sender sends it.",
+    )
+    runtime.consume(
+        stream=streams.IDENTITY,
+        subject=identity.ACCOUNT_DELETED,
+        durable="notify-account-deleted",
+        schemas={identity.ACCOUNT_DELETED: identity.AccountDeleted},
+        handler=Erasure(runtime.db).on_account_deleted,
+        title="account deleted",
+        description="A parent deleted their account: every email about them or to their addresses is deleted "
+        "(address and content), and later requests about them are dropped.",
     )
     runtime.publishes_events(
         {contract.EMAIL_DELIVERED: contract.EmailDelivered, contract.EMAIL_FAILED: contract.EmailFailed}
