@@ -31,6 +31,9 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows are overwritten with zeros rather than left in free pages: erased data
+        # (an address, a delivered email's link) is gone from the file, not just unreachable.
+        cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -74,6 +77,20 @@ class Database:
         """Raise unless the database answers."""
         async with self.read_engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def checkpoint(self) -> None:
+        """On SQLite, copy the write-ahead log into the database file and truncate it to nothing:
+        old versions of pages (erased rows among them) live on in the log until then. Nothing
+        to do on PostgreSQL (see docs/data-protection.md: VACUUM)."""
+        if not self.sqlite:
+            return
+        async with self.engine.connect() as conn:
+            # On the driver's connection: SQLAlchemy would open a transaction first, and a
+            # checkpoint cannot run inside one.
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await cursor.close()
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
