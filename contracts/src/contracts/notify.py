@@ -11,6 +11,7 @@ request's id, its kind and the requester's `reference` (e.g. `invitation:<id>`).
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import AwareDatetime, Field, model_validator
@@ -126,6 +127,27 @@ REQUESTS: dict[str, type[EmailRequest]] = {
         LinkRemovedEmail,
     )
 }
+
+
+# What a request may keep once it can no longer be sent (delivered, given up, dead-lettered):
+# its ids and kind. Everything else is either the working link, code or token the email carries,
+# or the recipient's address and name.
+KEPT_FIELDS = ("event_id", "occurred_at", "kind", "reference", "parent_id")
+
+
+def redact_request(data: bytes | str) -> bytes:
+    """An email request (JSON) with only `KEPT_FIELDS` left: no link, code, token or address.
+
+    Whatever is not a JSON object keeps nothing at all.
+    """
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return b'{"redacted": true}'
+    kept = {k: parsed[k] for k in KEPT_FIELDS if k in parsed and isinstance(parsed[k], str | None)}
+    return json.dumps({**kept, "redacted": True}, separators=(",", ":")).encode()
 
 
 class EmailDelivered(Event):

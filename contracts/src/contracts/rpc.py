@@ -57,3 +57,27 @@ class ErrorReply(Message):
     detail: str = Field(description="A sentence for people")
     fields: list[FieldError] = Field(default_factory=list, description="The fields the error is about")
     retry_after: int | None = Field(default=None, ge=0, description="Seconds after which trying again may succeed")
+
+
+class RetentionRequest(Message):
+    """Asks a service to apply its retention settings now (`portal retention run`)."""
+
+
+class RetentionReply(Message):
+    """What a service erased, per kind of record (e.g. `sessions`, `emails`, `processed_events`)."""
+
+    service: str
+    erased: dict[str, int] = Field(description="Records erased, per kind")
+
+
+@cache
+def retention(service: str) -> Rpc[RetentionRequest, RetentionReply]:
+    """`rpc.<service>.retention.v1`: every service answers it."""
+    return Rpc(
+        f"rpc.{service}.retention.v1",
+        RetentionRequest,
+        RetentionReply,
+        title=f"{service} retention",
+        description="Erases now what the PORTAL_RETENTION_* settings say is kept no longer (each service also "
+        "does it daily) and answers how many records of each kind it erased.",
+    )

@@ -52,6 +52,10 @@ from portal.parents import parent_app  # noqa: E402 - its command imports this m
 
 app.add_typer(parent_app, name="parent")
 
+from portal.retention import retention_app  # noqa: E402 - its command imports this module's helpers when run
+
+app.add_typer(retention_app, name="retention")
+
 
 def fail(message: str, code: int) -> NoReturn:
     """Print `portal: <message>` on stderr and exit with `code`."""
@@ -205,16 +209,24 @@ def dead_letters_list() -> None:
 def dead_letters_replay(dead_letter_id: int = typer.Argument(..., metavar="ID", help="The id `list` shows.")) -> None:
     """Publish a dead letter again on its original subject, then remove it."""
     url = _nats_url()
-    from contracts.kit.deadletters import DeadLetterNotFound, replay_dead_letter
+    from contracts.kit.deadletters import DeadLetterNotFound, DeadLetterRedacted, replay_dead_letter
 
-    async def replay(js: JetStreamContext) -> DeadLetter | None:
+    async def replay(js: JetStreamContext) -> DeadLetter | None | str:
         try:
             return await replay_dead_letter(js, dead_letter_id)
         except DeadLetterNotFound:
             return None
+        except DeadLetterRedacted:
+            return "redacted"
 
     dl = _run_with_jetstream(url, replay)
-    if dl is None:
+    if dl == "redacted":
+        fail(
+            f"dead letter {dead_letter_id} keeps only the ids of an email request (never its link, code or "
+            "address), so it cannot be sent again: ask for the email again (e.g. resend the invitation)",
+            1,
+        )
+    if dl is None or isinstance(dl, str):
         fail(f"no dead letter with id {dead_letter_id} (see `portal dead-letters list`)", 1)
     typer.echo(f"replayed dead letter {dl.id} to {dl.subject} (consumer {dl.consumer} of {dl.service})")
 

@@ -373,7 +373,7 @@ def _render_operation(s: Schemas, method: str, path: str, op: dict[str, Any]) ->
 
 
 def rpc_declarations() -> list[Any]:
-    """Every `Rpc` declared in `contracts`, each service's health request included, by subject."""
+    """Every `Rpc` declared in `contracts`, each service's health and retention requests included, by subject."""
     from contracts import rpc as rpc_module
     from contracts.base import Rpc
 
@@ -386,6 +386,8 @@ def rpc_declarations() -> list[Any]:
     for service in rpc_module.SERVICES:
         health = rpc_module.health(service)
         found[health.subject] = health
+        retention = rpc_module.retention(service)
+        found[retention.subject] = retention
     return [found[subject] for subject in sorted(found)]
 
 

@@ -42,6 +42,7 @@ from contracts.kit.deadletters import (
     H_DELIVERIES,
     H_ERROR,
     H_MSG_ID,
+    H_REDACTED,
     H_SEQ,
     H_SERVICE,
     H_STREAM,
@@ -233,6 +234,9 @@ class EventConsumer:
     poll_timeout: float = 5.0
     # Messages in flight when a connection drops come back only after this long.
     ack_wait: float = 15.0
+    # Set for messages that carry secrets (an email's link or code): what a dead letter keeps
+    # of them, since the DEADLETTERS stream keeps its messages for weeks.
+    redact: Callable[[bytes], bytes] | None = None
     _sub: Any = field(default=None, init=False, repr=False)
     _task: asyncio.Task | None = field(default=None, init=False, repr=False)
     _running: bool = field(default=False, init=False, repr=False)
@@ -338,8 +342,12 @@ class EventConsumer:
         }
         if raw.headers and raw.headers.get("Nats-Msg-Id"):
             headers[H_MSG_ID] = raw.headers["Nats-Msg-Id"]
+        data = raw.data
+        if self.redact is not None:
+            data = self.redact(raw.data)
+            headers[H_REDACTED] = "true"
         try:
-            await self.runtime.js.publish(self.dead_letter_subject, raw.data, headers=headers, timeout=5)
+            await self.runtime.js.publish(self.dead_letter_subject, data, headers=headers, timeout=5)
         except Exception as pub_exc:  # noqa: BLE001 - keep the message; try again later
             log.warning("dead_letter_publish_failed", consumer=self.durable, error=describe_error(pub_exc))
             await raw.nak(delay=backoff_delay(meta.num_delivered or 1))

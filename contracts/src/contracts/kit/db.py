@@ -40,8 +40,8 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
-        # Deleted rows are overwritten with zeros, not left in free space: an erased address
-        # must not be readable in the file afterwards (see Database.checkpoint for the WAL).
+        # Deleted rows are overwritten with zeros rather than left in free pages: erased data
+        # (an address, a delivered email's link) is gone from the file, not just unreachable.
         cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 

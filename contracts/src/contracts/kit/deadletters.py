@@ -20,6 +20,8 @@ H_ERROR = "Portal-DL-Error"
 H_DELIVERIES = "Portal-DL-Deliveries"
 H_MSG_ID = "Portal-DL-Msg-Id"
 H_AT = "Portal-DL-At"
+# Present when the dead letter keeps only part of the message (no secrets): it cannot be replayed.
+H_REDACTED = "Portal-DL-Redacted"
 
 
 @dataclass
@@ -36,6 +38,7 @@ class DeadLetter:
     error: str
     at: str
     size: int
+    redacted: bool = False
 
 
 def _from_raw(seq: int, headers: dict[str, str], data: bytes) -> DeadLetter:
@@ -50,6 +53,7 @@ def _from_raw(seq: int, headers: dict[str, str], data: bytes) -> DeadLetter:
         error=headers.get(H_ERROR, ""),
         at=headers.get(H_AT, ""),
         size=len(data or b""),
+        redacted=headers.get(H_REDACTED) == "true",
     )
 
 
@@ -78,6 +82,10 @@ class DeadLetterNotFound(LookupError):
     """No dead letter has that id."""
 
 
+class DeadLetterRedacted(ValueError):
+    """The dead letter keeps only the message's ids (it carried a link or code): nothing to send again."""
+
+
 async def replay_dead_letter(js: JetStreamContext, dl_id: int) -> DeadLetter:
     """Publish a dead letter again on its original subject, then remove it.
 
@@ -92,6 +100,8 @@ async def replay_dead_letter(js: JetStreamContext, dl_id: int) -> DeadLetter:
     dl = _from_raw(dl_id, headers, msg.data or b"")
     if not dl.subject:
         raise DeadLetterNotFound(dl_id)
+    if dl.redacted:
+        raise DeadLetterRedacted(dl_id)
     original_id = headers.get(H_MSG_ID, f"{dl.stream}:{dl.stream_seq}")
     await js.publish(
         dl.subject,

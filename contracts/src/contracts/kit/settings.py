@@ -99,6 +99,30 @@ class ServiceSettings(CommonSettings):
     instance_id: str | None = Field(
         default=None, description="A name for this replica in logs; a random one by default."
     )
+    retention_email_days: float = Field(
+        default=30,
+        ge=0,
+        description="notify keeps the record of an email (kind, status, times, recipient; never its content) "
+        "this many days after it was delivered or given up.",
+    )
+    retention_session_days: float = Field(
+        default=30,
+        ge=0,
+        description="identity keeps a session this many days after it ended (expired, logged out), and a used "
+        "or expired verification or reset token as long.",
+    )
+    retention_event_days: float = Field(
+        default=100,
+        ge=0,
+        description="Every service keeps the record that it applied an event this many days: longer than any "
+        "stream keeps an event (90 days), so a replayed event is still recognised.",
+    )
+    retention_leaver_days: float = Field(
+        default=30,
+        ge=0,
+        description="A pupil who left loses every link at once; this many days later linking erases their roster "
+        "copy (name, classes, codes, invitations) and overview their homework, messages and stars.",
+    )
 
     def resolved_database_url(self) -> str:
         """This service's database URL, defaulting to a SQLite file in the data directory."""

@@ -8,10 +8,12 @@ from pydantic import Field
 
 from contracts import identity as c
 from contracts import platform, streams
+from contracts.kit import retention
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from identity import __version__
 from identity.passwords import OWASP_MIN_MEMORY_KIB, OWASP_MIN_TIME_COST, HashParams, Passwords
+from identity.retention import IdentityRetention
 from identity.service import IdentityService
 
 NAME = "identity"
@@ -167,6 +169,7 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
         }
     )
 
+    retention.install(runtime, IdentityRetention(settings).purge)
     runtime.app.after_startup(svc.start_background)
     runtime.app.on_shutdown(svc.stop_background)
     runtime.service = svc

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from contracts import identity, notify, platform, streams
 from contracts import linking as contract
+from contracts.kit import retention
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from linking import __version__, codes, roster
@@ -17,6 +18,7 @@ from linking.guessing import Guessing
 from linking.handlers import Handlers
 from linking.links import Links
 from linking.printed import PrintedCodes
+from linking.retention import LinkingRetention
 from linking.schools import Schools
 
 NAME = "linking"
@@ -210,6 +212,7 @@ def build(settings: Settings | None = None) -> LinkingRuntime:
     serve_requests(runtime, handlers)
     consume_events(runtime, handlers)
     document_events(runtime)
+    retention.install(runtime, LinkingRetention(settings).purge)
     runtime.app.on_startup(ctx.load_keys)
     runtime.linking = handlers
     return runtime

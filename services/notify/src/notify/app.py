@@ -8,12 +8,14 @@ from pydantic import Field
 
 from contracts import identity, streams
 from contracts import notify as contract
+from contracts.kit import retention
 from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from notify import __version__
 from notify.handlers import Erasure, Requests
 from notify.render import Renderer
+from notify.retention import NotifyRetention
 from notify.sender import Sender
 from notify.smtp import SmtpTarget
 
@@ -70,7 +72,7 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
     target = SmtpTarget.from_url(settings.smtp_url, ca_file=settings.smtp_ca) if settings.smtp_url else None
     sender = Sender(runtime, settings, renderer, target) if target is not None else None
 
-    runtime.consume(
+    requests = runtime.consume(
         stream=streams.NOTIFY_REQUESTS,
         subject=contract.REQUEST_ALL,
         durable="notify-requests",
@@ -89,6 +91,9 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         description="A parent deleted their account: every email about them or to their addresses is deleted "
         "(address and content), and later requests about them are dropped.",
     )
+    # A dead letter is kept for weeks: it keeps the request's ids, never its link, code or address.
+    requests.redact = contract.redact_request
+    retention.install(runtime, NotifyRetention(settings).purge)
     runtime.publishes_events(
         {contract.EMAIL_DELIVERED: contract.EmailDelivered, contract.EMAIL_FAILED: contract.EmailFailed}
     )

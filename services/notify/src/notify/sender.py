@@ -28,7 +28,15 @@ from contracts.kit.db import dialect_name
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.runtime import ServiceRuntime
-from contracts.notify import EMAIL_DELIVERED, EMAIL_FAILED, REQUESTS, EmailDelivered, EmailFailed, request_subject
+from contracts.notify import (
+    EMAIL_DELIVERED,
+    EMAIL_FAILED,
+    REQUESTS,
+    EmailDelivered,
+    EmailFailed,
+    redact_request,
+    request_subject,
+)
 from notify.render import Renderer, RenderError
 from notify.smtp import Rejected, SmtpConnection, SmtpTarget, TlsRefused, TryLater, Unconfirmed
 from notify.tables import DELIVERING, FAILED, PENDING, SENDING, SENT, Email
@@ -473,6 +481,10 @@ class Sender:
     ) -> None:
         email.status = status
         email.finished_at = utcnow()
+        # It will never be sent again: what it carried (the working link, code or token, and
+        # the rendered message) goes now; the record keeps its ids, kind, status and times.
+        email.content = None
+        email.request = redact_request(email.request).decode()
         email.claimed_by = None
         email.claim_until = None
         email.smtp_code = code if code is not None else email.smtp_code

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from contracts import linking, platform, streams
+from contracts.kit import retention
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
@@ -14,6 +15,7 @@ from contracts.overview import GET
 from overview import __version__
 from overview.cache import OverviewCache
 from overview.handlers import Overviews
+from overview.retention import OverviewRetention
 
 NAME = "overview"
 MIGRATIONS = "overview:migrations"
@@ -24,6 +26,7 @@ PLATFORM_SCHEMAS = {
     for subject in (
         platform.SCHOOL_UPSERTED,
         platform.PUPIL_UPSERTED,
+        platform.PUPIL_LEFT,
         platform.HOMEWORK_ASSIGNED,
         platform.HOMEWORK_COMPLETED,
         platform.HOMEWORK_WITHDRAWN,
@@ -95,6 +98,7 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
     )
 
     runtime.serve(GET, overviews.get, concurrency=1024)
+    retention.install(runtime, OverviewRetention(settings).purge)
     runtime.cache = cache
     runtime.reads = overviews.reads
     return runtime

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Table, and_, bindparam, func, select
+from sqlalchemy import Table, and_, bindparam, case, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -68,6 +68,7 @@ class Batch:
         self.schools: dict[str, dict] = {}
         self.settings: dict[str, dict] = {}
         self.pupils: dict[str, dict] = {}
+        self.left: dict[str, datetime] = {}
         self.homework: dict[str, dict] = {}
         self.homework_pupils: dict[tuple[str, str], dict] = defaultdict(lambda: {"assigned": False, "completed": False})
         self.messages: dict[tuple[str, str], dict] = defaultdict(lambda: {"delivered": False, "read": False})
@@ -79,8 +80,25 @@ class Batch:
     def _newer(current: dict | None, at: datetime) -> bool:
         return current is None or at >= current["at"]
 
+    def _add_pupil(self, subject: str, ev: Event) -> bool:
+        """Fold in a pupil's upsert or departure; False for any other event."""
+        if subject == platform.PUPIL_UPSERTED:
+            assert isinstance(ev, platform.PupilUpserted)
+            if self._newer(self.pupils.get(ev.pupil_id), ev.occurred_at):
+                self.pupils[ev.pupil_id] = {"school_id": ev.school_id, "at": ev.occurred_at}
+            self.touched.add(ev.pupil_id)
+            return True
+        if subject == platform.PUPIL_LEFT:
+            assert isinstance(ev, platform.PupilLeft)
+            if ev.pupil_id not in self.left or ev.occurred_at > self.left[ev.pupil_id]:
+                self.left[ev.pupil_id] = ev.occurred_at
+            return True
+        return False
+
     def add(self, subject: str, ev: Event) -> None:
         """Fold one event in (the consumers parse each subject into its own event class)."""
+        if self._add_pupil(subject, ev):
+            return
         if subject == platform.SCHOOL_UPSERTED:
             assert isinstance(ev, platform.SchoolUpserted)
             if self._newer(self.schools.get(ev.school_id), ev.occurred_at):
@@ -96,11 +114,6 @@ class Batch:
                     "at": ev.occurred_at,
                 }
             self.touched_schools.add(ev.school_id)
-        elif subject == platform.PUPIL_UPSERTED:
-            assert isinstance(ev, platform.PupilUpserted)
-            if self._newer(self.pupils.get(ev.pupil_id), ev.occurred_at):
-                self.pupils[ev.pupil_id] = {"school_id": ev.school_id, "at": ev.occurred_at}
-            self.touched.add(ev.pupil_id)
         elif subject == platform.HOMEWORK_ASSIGNED:
             assert isinstance(ev, platform.HomeworkAssigned)
             self.homework.setdefault(ev.homework_id, {"withdrawn": False})
@@ -165,8 +178,30 @@ class Batch:
                 [{"pupil_id": k, "school_id": v["school_id"], "roster_at": v["at"]} for k, v in self.pupils.items()],
                 lambda stmt: stmt.on_conflict_do_update(
                     index_elements=["pupil_id"],
-                    set_={"school_id": stmt.excluded.school_id, "roster_at": stmt.excluded.roster_at},
+                    set_={
+                        "school_id": stmt.excluded.school_id,
+                        "roster_at": stmt.excluded.roster_at,
+                        # Upserted after leaving: the pupil is back.
+                        "left_at": case((t.left_at < stmt.excluded.roster_at, None), else_=t.left_at),
+                    },
                     where=func.coalesce(t.roster_at, stmt.excluded.roster_at) <= stmt.excluded.roster_at,
+                ),
+            )
+        if self.left:
+            t = Pupil.__table__.c
+            # Left unless a newer upsert brought them back; a pupil not heard of yet is
+            # remembered as left, so that an older upsert arriving late keeps them left.
+            await _upsert(
+                session,
+                Pupil.__table__,
+                [{"pupil_id": k, "school_id": "", "roster_at": None, "left_at": at} for k, at in self.left.items()],
+                lambda stmt: stmt.on_conflict_do_update(
+                    index_elements=["pupil_id"],
+                    set_={"left_at": stmt.excluded.left_at},
+                    where=and_(
+                        func.coalesce(t.roster_at, stmt.excluded.left_at) < stmt.excluded.left_at,
+                        func.coalesce(t.left_at, stmt.excluded.left_at) <= stmt.excluded.left_at,
+                    ),
                 ),
             )
         if self.homework:

@@ -48,13 +48,15 @@ class School(Base, table=True):
 
 
 class Pupil(Base, table=True):
-    """Which school a pupil is at."""
+    """Which school a pupil is at; `left_at` while the pupil has left (their projections are
+    erased `PORTAL_RETENTION_LEAVER_DAYS` later)."""
 
     __tablename__ = "pupils"
 
     pupil_id: str = Field(primary_key=True, max_length=128)
     school_id: str = Field(max_length=128)
     roster_at: datetime | None = Field(default=None, sa_column=_ts())
+    left_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class Homework(Base, table=True):
