@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from contracts.base import Event, Message, Rpc
 from contracts.names import E_INVALID_NAME
@@ -188,6 +188,32 @@ class ContactsReply(Message):
     contacts: list[Contact]
 
 
+class ExportRequest(Message):
+    """Everything identity holds about one account, for that account's own export."""
+
+    account_id: str = Field(min_length=1, max_length=64)
+
+
+class ExportedSession(Message):
+    """One session of the account (live or ended): when it began and when it was last used."""
+
+    created_at: AwareDatetime
+    last_seen_at: AwareDatetime
+
+
+class AccountExport(Message):
+    """An account as identity holds it, without its password hash or any token: its details
+    and every session it still has a record of, oldest first."""
+
+    id: str
+    email: str
+    name: str
+    role: Role
+    created_at: AwareDatetime
+    verified_at: AwareDatetime | None = None
+    sessions: list[ExportedSession]
+
+
 # -- events -------------------------------------------------------------------------------------
 
 PARENT_REGISTERED = "identity.parent.registered.v1"
@@ -325,4 +351,14 @@ CREATE_STAFF: Rpc[CreateStaffRequest, CreateStaffReply] = Rpc(
     title="create staff",
     description="Create or update a member of staff by hand.",
     errors=(E_VALIDATION, E_INVALID_NAME, E_CONFLICT, E_WEAK_PASSWORD, E_PASSWORD_TOO_LONG, E_TOO_MANY),
+)
+
+EXPORT: Rpc[ExportRequest, AccountExport] = Rpc(
+    "rpc.identity.export.v1",
+    ExportRequest,
+    AccountExport,
+    title="export",
+    description="An account's own data for its export (`GET /me/export`): details and sessions, never a "
+    "password hash or a token. invalid_session when the account is gone.",
+    errors=(E_INVALID_SESSION,),
 )

@@ -86,3 +86,7 @@ class IdentityClient:
             )
         )
         return {c.id: c for reply in replies for c in reply.contacts}
+
+    async def export(self, account_id: str) -> identity.AccountExport:
+        """Everything identity holds about an account (never a hash or a token), for its own export."""
+        return await self._t.call(identity.EXPORT, identity.ExportRequest(account_id=account_id))

@@ -11,6 +11,7 @@ from contracts import platform, streams
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from identity import __version__
+from identity.export import AccountExports
 from identity.passwords import OWASP_MIN_MEMORY_KIB, OWASP_MIN_TIME_COST, HashParams, Passwords
 from identity.service import IdentityService
 
@@ -110,6 +111,7 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.CHECK_PASSWORD, svc.check_password)
     runtime.serve(c.CONTACTS, svc.contacts)
     runtime.serve(c.CREATE_STAFF, svc.create_staff)
+    runtime.serve(c.EXPORT, AccountExports(runtime).export)
 
 
 class IdentityRuntime(ServiceRuntime):

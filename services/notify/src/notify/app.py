@@ -12,6 +12,7 @@ from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from notify import __version__
+from notify.export import EmailExports
 from notify.handlers import Requests
 from notify.render import Renderer
 from notify.sender import Sender
@@ -79,6 +80,7 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         title="email requests",
         description="Records each email request in the ledger (once per request id); the sender sends it.",
     )
+    runtime.serve(contract.EXPORT, EmailExports(runtime).export)
     runtime.publishes_events(
         {contract.EMAIL_DELIVERED: contract.EmailDelivered, contract.EMAIL_FAILED: contract.EmailFailed}
     )
