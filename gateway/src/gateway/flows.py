@@ -13,10 +13,11 @@ from contracts import linking
 from contracts.addresses import same_email
 from contracts.identity import Principal
 from contracts.kit.logs import get_logger
-from contracts.kit.rpc import RpcError
+from contracts.kit.rpc import SERVICE_UNAVAILABLE, RpcError
 from gateway.caches.links import LinksCache
 from gateway.caches.overview import OverviewReader
 from gateway.clients import Clients, IdentityClient, LinkingClient, StaffLinking
+from gateway.errors import ApiError
 from gateway.models import AccountExport, InvitationRow, ParentRow, PupilRow
 
 log = get_logger("gateway.flows")
@@ -191,3 +192,15 @@ async def add_bar(
             checked = [*checked, *reply.unchecked_parent_ids]
             holders = await _holders(identity, reply.unchecked_parent_ids, email)
     return reply.bar_id
+
+
+# -- deleting an account ------------------------------------------------------------------------
+
+
+async def delete_account(clients: Clients, principal: Principal, password: str) -> None:
+    """Delete the caller's account once `password` is confirmed (403 `wrong_password` else).
+
+    PLACEHOLDER: stands in for the account-deletion flow, which replaces it. Until then nothing
+    is deleted and the answer is 503 `service_unavailable`.
+    """
+    raise ApiError(503, SERVICE_UNAVAILABLE, "Deleting an account is not available yet.", headers={"Retry-After": "60"})

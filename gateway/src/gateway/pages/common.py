@@ -124,6 +124,7 @@ NOTICES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "bar_lifted": ("The bar is lifted: that address may be linked to {pupil} again.", {"pupil": "the pupil"}),
     "settings_saved": ("Settings saved.", {}),
+    "account_deleted": ("Your account has been deleted.", {}),
 }
 NOTICE_PARAMS = ("pupil", "invitation", "bar", "count")
 MAX_NOTICE_ID = 128
