@@ -4,7 +4,8 @@
 Journeys, in file order, sharing one portal and one browser: staff invite by email and the
 parent registers and verifies from the emails; the QR path from a printed code's URL; a second
 child added by typed code and switching between children; staff removing one child's access
-(the sibling stays); a parent unlinking a child; school admin pages; forgot and reset password.
+(the sibling stays); a parent unlinking a child; school admin pages; forgot and reset password;
+a parent downloading their data from their account page.
 Every page is screenshotted at 390×844 and 1280×800 into test-artifacts/screenshots/ and
 checked with axe-core: no serious or critical violation.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import os
 import re
 import signal
@@ -623,6 +625,30 @@ async def scene_school_admin_bars_an_address_then_lifts_the_bar(browser: Browser
     await ctx.close()
 
 
+async def scene_parent_downloads_their_data_from_the_account_page(browser: Browser, portal: Portal) -> None:
+    _, mary = portal.seen["mary"]
+    await mary.goto("/")
+    await mary.get_by_role("link", name="Your account").click()
+    await expect(mary.get_by_role("heading", name="Your account", exact=True)).to_be_visible()
+    await expect(mary.locator("main")).to_contain_text(MARY)
+    await check(mary, "account")
+    async with mary.expect_download() as started:
+        await mary.get_by_role("link", name="Download my data").click()
+    download = await started.value
+    assert re.fullmatch(r"parent-portal-data-\d{4}-\d{2}-\d{2}\.json", download.suggested_filename)
+    text = Path(await download.path()).read_text()
+    data = json.loads(text)
+    assert data["account"]["email"] == MARY and data["account"]["role"] == "parent"
+    assert {"Amy", "Ben"} <= {c["first_name"] for c in data["children"]}
+    assert data["emails"] and data["sessions"]
+    assert "argon2" not in text and "token" not in text.lower()
+    # Asked without a password, nothing is deleted and the field says why.
+    await mary.get_by_role("button", name="Delete my account").click()
+    await expect(mary.get_by_role("alert")).to_contain_text("Enter your password")
+    assert await mary.get_by_label("Your password").get_attribute("aria-invalid") == "true"
+    await check(mary, "account-errors")
+
+
 # -- the story ---------------------------------------------------------------------------------
 # The scenes above are one school's story: each starts from where the one before it left the
 # portal (the accounts, links and browser sessions in `portal.seen`). So that any test also runs
@@ -638,6 +664,7 @@ SCENES = [
     scene_forgot_and_reset_password_then_sign_out,
     scene_pages_send_safety_headers_and_refuse_forms_without_their_token,
     scene_school_admin_bars_an_address_then_lifts_the_bar,
+    scene_parent_downloads_their_data_from_the_account_page,
 ]
 
 
@@ -697,3 +724,7 @@ async def test_pages_send_safety_headers_and_refuse_forms_without_their_token(st
 
 async def test_school_admin_bars_an_address_then_lifts_the_bar(story: Story) -> None:
     await story.upto(scene_school_admin_bars_an_address_then_lifts_the_bar)
+
+
+async def test_parent_downloads_their_data_from_the_account_page(story: Story) -> None:
+    await story.upto(scene_parent_downloads_their_data_from_the_account_page)

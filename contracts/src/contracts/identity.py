@@ -263,6 +263,32 @@ class AccountDeletedReply(Message):
     account_id: str
 
 
+class ExportRequest(Message):
+    """Everything identity holds about one account, for that account's own export."""
+
+    account_id: str = Field(min_length=1, max_length=64)
+
+
+class ExportedSession(Message):
+    """One session of the account (live or ended): when it began and when it was last used."""
+
+    created_at: AwareDatetime
+    last_seen_at: AwareDatetime
+
+
+class AccountExport(Message):
+    """An account as identity holds it, without its password hash or any token: its details
+    and every session it still has a record of, oldest first."""
+
+    id: str
+    email: str
+    name: str
+    role: Role
+    created_at: AwareDatetime
+    verified_at: AwareDatetime | None = None
+    sessions: list[ExportedSession]
+
+
 # -- events -------------------------------------------------------------------------------------
 
 PARENT_REGISTERED = "identity.parent.registered.v1"
@@ -456,4 +482,14 @@ DELETE_PARENT: Rpc[DeleteParentRequest, AccountDeletedReply] = Rpc(
     title="delete parent",
     description="An operator deletes a parent's account by its address (no password asked).",
     errors=(E_NO_SUCH_ACCOUNT, E_NOT_A_PARENT),
+)
+
+EXPORT: Rpc[ExportRequest, AccountExport] = Rpc(
+    "rpc.identity.export.v1",
+    ExportRequest,
+    AccountExport,
+    title="export",
+    description="An account's own data for its export (`GET /me/export`): details and sessions, never a "
+    "password hash or a token. invalid_session when the account is gone.",
+    errors=(E_INVALID_SESSION,),
 )

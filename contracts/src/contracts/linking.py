@@ -470,6 +470,37 @@ class AuditReply(Message):
     entries: list[AuditEntry]
 
 
+class ExportedChild(Message):
+    """A child the parent is or was linked to: `status` is `removed` once the link ended
+    (`ended_at`), and `since` when it was made (or, once linked, activated)."""
+
+    pupil_id: str
+    first_name: str
+    last_name: str
+    school_name: str
+    relationship: Relationship
+    status: Literal["awaiting_verification", "linked", "removed"]
+    since: AwareDatetime
+    ended_at: AwareDatetime | None = None
+
+
+class ExportedAuditEntry(Message):
+    """One audit row about the parent: when, what, which pupil (never the staff member who did
+    it, nor a reason staff wrote)."""
+
+    at: AwareDatetime
+    action: str
+    pupil_id: str
+
+
+class ParentExport(Message):
+    """What linking holds about one parent: every link ever made for them (oldest first) and
+    every audit row that names them (oldest first)."""
+
+    children: list[ExportedChild]
+    audit: list[ExportedAuditEntry]
+
+
 # -- events ----------------------------------------------------------------------------------
 
 
@@ -851,4 +882,12 @@ ALERTS: Rpc[AlertsRequest, AlertsReply] = Rpc(
     AlertsReply,
     title="guessing alerts",
     description="`portal alerts`: failed codes per minute above the threshold, per trust and deployment-wide, newest first.",
+)
+
+EXPORT: Rpc[ParentRequest, ParentExport] = Rpc(
+    "rpc.linking.export.v1",
+    ParentRequest,
+    ParentExport,
+    title="parent's export",
+    description="`GET /me/export`: every link of a parent, ended ones too, and the audit rows that name them.",
 )

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
-from contracts.base import Event
+from contracts.base import Event, Message, Rpc
 
 REQUEST_PREFIX = "notify.request"
 REQUEST_ALL = "notify.request.>"
@@ -170,3 +170,40 @@ class EmailFailed(Event):
     reason: Literal["rejected", "gave_up", "daily_cap", "no_recipient", "render_failed"]
     smtp_code: int | None = None
     detail: str = ""
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class EmailsExportRequest(Message):
+    """The emails of one person, for their own export: those addressed to their account, and
+    those sent to their address."""
+
+    parent_id: str = Field(min_length=1, max_length=128)
+    email: str = Field(default="", max_length=254)
+
+
+class ExportedEmail(Message):
+    """One email of the ledger: when it was asked for, its kind, and what became of it
+    (`pending` until an attempt, `sending` while one runs, `sent`, or `failed`). Never its
+    content, its address or its link."""
+
+    at: AwareDatetime
+    kind: str
+    status: Literal["pending", "sending", "sent", "failed"]
+
+
+class EmailsExport(Message):
+    """Oldest first."""
+
+    emails: list[ExportedEmail]
+
+
+EXPORT: Rpc[EmailsExportRequest, EmailsExport] = Rpc(
+    "rpc.notify.export.v1",
+    EmailsExportRequest,
+    EmailsExport,
+    title="export",
+    description="`GET /me/export`: the emails of one person (by account id, or to their address), without "
+    "their content.",
+)

@@ -6,6 +6,7 @@ Each flow is asked by an API route and a web page alike. A service's error is le
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from contracts import identity, linking
@@ -17,7 +18,7 @@ from gateway.caches.links import LinksCache
 from gateway.caches.overview import OverviewReader
 from gateway.caches.sessions import SessionAuth
 from gateway.clients import Clients, IdentityClient, LinkingClient, StaffLinking
-from gateway.models import InvitationRow, ParentRow, PupilRow
+from gateway.models import AccountExport, InvitationRow, ParentRow, PupilRow
 
 log = get_logger("gateway.flows")
 
@@ -128,6 +129,24 @@ async def child_overview(links: LinksCache, overviews: OverviewReader, parent_id
     if pupil_id not in await links.active(parent_id):
         return None
     return await overviews.read_one(parent_id, pupil_id)
+
+
+# -- a person's own data ------------------------------------------------------------------------
+
+
+async def export_data(clients: Clients, principal: Principal) -> AccountExport:
+    """Everything the portal holds about the caller (`GET /me/export`): identity's account and
+    sessions; for a parent also linking's links and audit rows naming them, and notify's emails
+    to their account or address. A member of staff gets their own account and sessions only:
+    the pupils and parents they deal with are the school's data, not theirs."""
+    account = await clients.identity.export(principal.account_id)
+    if account.role != "parent":
+        return AccountExport.of(account)
+    # The address identity holds now, not the session's copy of it.
+    links, emails = await asyncio.gather(
+        clients.linking.export(account.id), clients.notify.export(account.id, account.email)
+    )
+    return AccountExport.of(account, links, emails)
 
 
 # -- a class's pupils ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from contracts import linking
+from contracts import identity, linking, notify
 
 # A timestamp some answers have always given as Python's `isoformat()` ("+00:00"), where the
 # others (datetime fields) are encoded by msgspec ("Z"). Kept as it was; documented as a
@@ -49,6 +49,108 @@ class Me(Struct):
     csrf_token: str
     school_id: str | None
     trust_id: str | None
+
+
+# -- a person's own data ------------------------------------------------------------------------
+
+
+class ExportedAccount(Struct):
+    """The caller's account as identity holds it (never its password hash or a token)."""
+
+    id: str
+    email: str
+    name: str
+    role: str
+    created_at: datetime
+    verified_at: Annotated[datetime | None, Meta(description="When the address was confirmed; null until then")]
+
+
+class ExportedChild(Struct):
+    """A child the parent is or was linked to."""
+
+    pupil_id: str
+    first_name: str
+    last_name: str
+    school_name: str
+    relationship: linking.Relationship
+    status: Annotated[
+        Literal["awaiting_verification", "linked", "removed"],
+        Meta(description="removed once the link ended (ended_at says when)"),
+    ]
+    since: Annotated[datetime, Meta(description="When the link was made, or activated by verification")]
+    ended_at: datetime | None
+
+
+class ExportedAuditEntry(Struct):
+    """One entry of a child's audit trail that names the parent (who else acted is left out)."""
+
+    at: datetime
+    action: Annotated[str, Meta(description="link_created, link_activated, link_removed, ...")]
+    pupil_id: str
+
+
+class ExportedEmail(Struct):
+    """An email the portal sent (or is sending) to the caller: never its content or its link."""
+
+    at: Annotated[datetime, Meta(description="When the email was asked for")]
+    kind: Annotated[str, Meta(description="verification, password_reset, invitation, link_activated, ...")]
+    status: Literal["pending", "sending", "sent", "failed"]
+
+
+class ExportedSession(Struct):
+    """One of the caller's sessions, live or ended."""
+
+    created_at: datetime
+    last_seen_at: datetime
+
+
+class AccountExport(Struct):
+    """Everything the portal holds about the caller (`GET /me/export`). It never contains a code,
+    a token or a password hash. A member of staff's holds their account and sessions only."""
+
+    account: ExportedAccount
+    children: list[ExportedChild]
+    audit: list[ExportedAuditEntry]
+    emails: list[ExportedEmail]
+    sessions: list[ExportedSession]
+
+    @classmethod
+    def of(
+        cls,
+        account: identity.AccountExport,
+        links: linking.ParentExport | None = None,
+        emails: list[notify.ExportedEmail] | None = None,
+    ) -> AccountExport:
+        """From identity's, linking's and notify's exports (a member of staff has no links)."""
+        return cls(
+            account=ExportedAccount(
+                id=account.id,
+                email=account.email,
+                name=account.name,
+                role=account.role,
+                created_at=account.created_at,
+                verified_at=account.verified_at,
+            ),
+            children=[
+                ExportedChild(
+                    pupil_id=c.pupil_id,
+                    first_name=c.first_name,
+                    last_name=c.last_name,
+                    school_name=c.school_name,
+                    relationship=c.relationship,
+                    status=c.status,
+                    since=c.since,
+                    ended_at=c.ended_at,
+                )
+                for c in (links.children if links else [])
+            ],
+            audit=[
+                ExportedAuditEntry(at=a.at, action=a.action, pupil_id=a.pupil_id)
+                for a in (links.audit if links else [])
+            ],
+            emails=[ExportedEmail(at=e.at, kind=e.kind, status=e.status) for e in emails or []],
+            sessions=[ExportedSession(created_at=s.created_at, last_seen_at=s.last_seen_at) for s in account.sessions],
+        )
 
 
 # -- link codes ---------------------------------------------------------------------------------

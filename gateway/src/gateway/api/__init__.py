@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from litestar import Router
 from litestar.types import ControllerRouterHandler
 
-from gateway.api import access, auth, bars, codes, health, parents, staff
+from gateway.api import access, auth, bars, codes, export, health, parents, staff
 
 PREFIX = "/api/v1"
 ROOT_ROUTES = health.ROUTES
@@ -28,6 +28,7 @@ def router(extra: Sequence[ControllerRouterHandler] = ()) -> Router:
             *access.ROUTES,
             *bars.ROUTES,
             *codes.ROUTES,
+            *export.ROUTES,
             *extra,
         ],
         tags=["api"],

@@ -15,6 +15,7 @@ from litestar.datastructures import State
 from gateway.clients.health import HealthClient
 from gateway.clients.identity import IdentityClient
 from gateway.clients.linking import LinkingClient, StaffLinking, staff_scope
+from gateway.clients.notify import NotifyClient
 from gateway.clients.overview import OverviewClient
 from gateway.clients.transport import Transport
 
@@ -23,6 +24,7 @@ __all__ = [
     "HealthClient",
     "IdentityClient",
     "LinkingClient",
+    "NotifyClient",
     "OverviewClient",
     "StaffLinking",
     "Transport",
@@ -42,6 +44,7 @@ class Clients:
     linking: LinkingClient
     overview: OverviewClient
     health: HealthClient
+    notify: NotifyClient
 
     @classmethod
     def over(cls, transport: Transport) -> Clients:
@@ -52,6 +55,7 @@ class Clients:
             linking=LinkingClient(transport),
             overview=OverviewClient(transport),
             health=HealthClient(transport),
+            notify=NotifyClient(transport),
         )
 
 

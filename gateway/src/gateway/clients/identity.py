@@ -106,3 +106,7 @@ class IdentityClient:
             identity.SET_STAFF_ACCESS,
             identity.StaffAccessRequest(account_id=account_id, disabled=disabled, scope=scope, actor_id=actor_id),
         )
+
+    async def export(self, account_id: str) -> identity.AccountExport:
+        """Everything identity holds about an account (never a hash or a token), for its own export."""
+        return await self._t.call(identity.EXPORT, identity.ExportRequest(account_id=account_id))

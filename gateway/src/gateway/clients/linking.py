@@ -59,6 +59,10 @@ class LinkingClient:
         """A parent unlinks a child."""
         await self._t.call(linking.UNLINK, linking.UnlinkRequest(parent_id=parent_id, pupil_id=pupil_id))
 
+    async def export(self, parent_id: str) -> linking.ParentExport:
+        """Everything linking holds about a parent, for their own export."""
+        return await self._t.call(linking.EXPORT, linking.ParentRequest(parent_id=parent_id))
+
 
 class StaffLinking:
     """Linking's staff requests for one caller: every one carries their scope and id."""

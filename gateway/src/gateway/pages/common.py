@@ -129,6 +129,7 @@ NOTICES: dict[str, tuple[str, dict[str, str]]] = {
         {"staff": "The member of staff"},
     ),
     "staff_enabled": ("{staff} can sign in again with their old password.", {"staff": "The member of staff"}),
+    "account_deleted": ("Your account has been deleted.", {}),
 }
 NOTICE_PARAMS = ("pupil", "invitation", "bar", "count", "staff")
 MAX_NOTICE_ID = 128

@@ -12,6 +12,7 @@ from contracts.kit import retention
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from identity import __version__
+from identity.export import AccountExports
 from identity.passwords import OWASP_MIN_MEMORY_KIB, OWASP_MIN_TIME_COST, HashParams, Passwords
 from identity.retention import IdentityRetention
 from identity.service import IdentityService
@@ -116,6 +117,7 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.SET_STAFF_ACCESS, svc.set_staff_access)
     runtime.serve(c.DELETE_ACCOUNT, svc.delete_account)
     runtime.serve(c.DELETE_PARENT, svc.delete_parent)
+    runtime.serve(c.EXPORT, AccountExports(runtime).export)
 
 
 class IdentityRuntime(ServiceRuntime):

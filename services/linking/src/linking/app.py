@@ -14,6 +14,7 @@ from contracts.kit.settings import ServiceSettings, database_url_field
 from linking import __version__, codes, roster
 from linking.bars import Bars
 from linking.context import Limits, LinkingContext
+from linking.export import ParentExports
 from linking.guessing import Guessing
 from linking.handlers import Handlers
 from linking.links import Links
@@ -106,6 +107,7 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     runtime.serve(contract.BARS, h.bars.list_bars)
     runtime.serve(contract.LIFT_BAR, h.bars.lift)
     runtime.serve(contract.ALERTS, h.guessing.alerts)
+    runtime.serve(contract.EXPORT, ParentExports(h.ctx).export)
 
 
 def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:

@@ -13,6 +13,7 @@ from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from notify import __version__
+from notify.export import EmailExports
 from notify.handlers import Erasure, Requests
 from notify.render import Renderer
 from notify.retention import NotifyRetention
@@ -94,6 +95,7 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
     # A dead letter is kept for weeks: it keeps the request's ids, never its link, code or address.
     requests.redact = contract.redact_request
     retention.install(runtime, NotifyRetention(settings).purge)
+    runtime.serve(contract.EXPORT, EmailExports(runtime).export)
     runtime.publishes_events(
         {contract.EMAIL_DELIVERED: contract.EmailDelivered, contract.EMAIL_FAILED: contract.EmailFailed}
     )
