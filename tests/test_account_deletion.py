@@ -128,7 +128,7 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             stack.push_async_callback(nc.close)
 
             school_id, class_id = uid("school"), uid("class")
-            pupils = {first: uid("pupil") for first in ("Amy", "Ben", "Cat", "Dan", "Eve", "Fay")}
+            pupils = {first: uid("pupil") for first in ("Amy", "Ben", "Cat", "Dan", "Eve", "Fay", "Gus", "Hal")}
             events = [
                 (
                     platform.SCHOOL_UPSERTED,
@@ -430,6 +430,25 @@ async def test_portal_parent_delete_does_the_same_without_a_password(world: Worl
         run_portal, ["parent", "delete", "--email", "nobody-staff@school.example"], world.nats_url
     )
     assert staff.returncode == 1
+
+
+async def test_portal_parent_delete_by_id_as_the_audit_names_it(world: World) -> None:
+    """After restoring a backup, an operator deletes again the accounts the audit trails say were
+    deleted since: by id, since the address is not in the audit."""
+    parent = await parent_with_two_children(world, "Gus", "Hal")
+    both = await asyncio.to_thread(
+        run_portal, ["parent", "delete", "--email", parent.email, "--id", parent.id], world.nats_url
+    )
+    neither = await asyncio.to_thread(run_portal, ["parent", "delete"], world.nats_url)
+    assert both.returncode == 2 and neither.returncode == 2
+    assert (await world.a.http.get("/api/v1/me", headers=bearer(parent.token))).status_code == 200, "nothing changed"
+    done = await asyncio.to_thread(run_portal, ["parent", "delete", "--id", parent.id], world.nats_url)
+    assert done.returncode == 0, done.stderr
+    for gw in (world.a, world.b):
+        assert (await gw.http.get("/api/v1/me", headers=bearer(parent.token))).status_code == 401
+    await eventually(lambda: _no_parents(world, parent.pupils), timeout=10, message="links ended")
+    again = await asyncio.to_thread(run_portal, ["parent", "delete", "--id", parent.id], world.nats_url)
+    assert again.returncode == 1 and "No account has that id" in again.stderr
 
 
 def _files_holding(dirs: list[Path], needles: list[bytes]) -> list[str]:

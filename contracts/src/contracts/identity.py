@@ -252,9 +252,11 @@ class DeleteAccountRequest(Message):
 
 
 class DeleteParentRequest(Message):
-    """An operator deletes a parent's account by its address (`portal parent delete`)."""
+    """An operator deletes a parent's account by its address or its id (`portal parent delete`;
+    the id, as audit trails name it, serves to delete again after a backup was restored)."""
 
-    email: str = Field(max_length=254)
+    email: str = Field(default="", max_length=254)
+    account_id: str = Field(default="", max_length=64)
 
 
 class AccountDeletedReply(Message):
@@ -481,7 +483,7 @@ DELETE_PARENT: Rpc[DeleteParentRequest, AccountDeletedReply] = Rpc(
     AccountDeletedReply,
     title="delete parent",
     description="An operator deletes a parent's account by its address (no password asked).",
-    errors=(E_NO_SUCH_ACCOUNT, E_NOT_A_PARENT),
+    errors=(E_NO_SUCH_ACCOUNT, E_NOT_A_PARENT, E_VALIDATION),
 )
 
 EXPORT: Rpc[ExportRequest, AccountExport] = Rpc(

@@ -778,15 +778,21 @@ class IdentityService:
         return c.AccountDeletedReply(account_id=account.id)
 
     async def delete_parent(self, req: c.DeleteParentRequest) -> c.AccountDeletedReply:
-        """`portal parent delete --email`: an operator deletes a parent's account, no password asked."""
+        """`portal parent delete`: an operator deletes a parent's account, no password asked."""
+        if bool(req.email.strip()) == bool(req.account_id.strip()):
+            raise RpcFailure(c.E_VALIDATION, "Name the account by its email address or by its id, not both.")
         async with self.runtime.db.reader() as s:
-            account = await self._account_by_email(s, req.email.strip())
+            if req.account_id.strip():
+                account = await s.get(Account, req.account_id.strip())
+            else:
+                account = await self._account_by_email(s, req.email.strip())
+        missing = "No account has that id." if req.account_id.strip() else "No account has that email address."
         if account is None:
-            raise RpcFailure(c.E_NO_SUCH_ACCOUNT, "No account has that email address.")
+            raise RpcFailure(c.E_NO_SUCH_ACCOUNT, missing)
         if account.role != "parent":
-            raise RpcFailure(c.E_NOT_A_PARENT, "That address belongs to a member of staff, not a parent.")
+            raise RpcFailure(c.E_NOT_A_PARENT, "That account belongs to a member of staff, not a parent.")
         if not await self._erase(account.id, by="operator"):
-            raise RpcFailure(c.E_NO_SUCH_ACCOUNT, "No account has that email address.")
+            raise RpcFailure(c.E_NO_SUCH_ACCOUNT, missing)
         return c.AccountDeletedReply(account_id=account.id)
 
     async def _erase(self, account_id: str, *, by: str) -> bool:
