@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 DAY = 24 * 3600.0
+MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
 @dataclass(frozen=True)
 class StreamDef:
-    """What a stream captures and how long it keeps it."""
+    """What a stream captures and how long it keeps it (by age and by size: the oldest
+    messages go first once either limit is reached)."""
 
     name: str
     subjects: tuple[str, ...]
@@ -23,9 +26,11 @@ class StreamDef:
     max_age: float = 30 * DAY
     work_queue: bool = False
     duplicate_window: float = 120.0
+    max_bytes: int = GIB
 
-    def config(self, *, replicas: int = 1) -> StreamConfig:
-        """The nats-py configuration of this stream."""
+    def config(self, *, replicas: int = 1, max_bytes: int | None = None) -> StreamConfig:
+        """The nats-py configuration of this stream; `max_bytes` (PORTAL_STREAM_MAX_BYTES)
+        replaces the stream's own size limit when given."""
         return StreamConfig(
             name=self.name,
             description=self.description,
@@ -35,6 +40,7 @@ class StreamDef:
             discard=DiscardPolicy.OLD,
             max_age=self.max_age,
             duplicate_window=self.duplicate_window,
+            max_bytes=max_bytes or self.max_bytes,
             num_replicas=replicas,
         )
 
@@ -44,6 +50,7 @@ PLATFORM = StreamDef(
     ("platform.>",),
     "Events of the learning platform (roster, homework, messages, stars).",
     max_age=90 * DAY,
+    max_bytes=8 * GIB,
 )
 IDENTITY = StreamDef("IDENTITY", ("identity.>",), "Events of the identity service.")
 LINKING = StreamDef("LINKING", ("linking.>",), "Events of the linking service.")
@@ -54,6 +61,7 @@ NOTIFY_REQUESTS = StreamDef(
     "Email requests, dropped once notify has handled them (they carry addresses).",
     max_age=7 * DAY,
     work_queue=True,
+    max_bytes=GIB,
 )
 OVERVIEW = StreamDef("OVERVIEW", ("overview.>",), "Events of the overview service.")
 DEADLETTERS = StreamDef(

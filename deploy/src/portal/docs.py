@@ -549,7 +549,7 @@ def render_events(runtimes: dict[str, Any]) -> str:
             (
                 f"[`{st.name}`](#{_slug(st.name)})",
                 ", ".join(f"`{x}`" for x in st.subjects),
-                f"{_number(st.max_age / streams.DAY)} days",
+                f"{_number(st.max_age / streams.DAY)} days or {_number(st.max_bytes / streams.GIB)} GiB",
                 "work queue (removed once consumed)" if st.work_queue else "limits (kept for the time given)",
                 f"{_number(st.duplicate_window)} s",
                 st.description,
@@ -557,8 +557,9 @@ def render_events(runtimes: dict[str, Any]) -> str:
         )
     out.append(_table(("stream", "subjects", "kept", "retention", "duplicate window", "description"), rows))
     out.append(
-        "\nThe services create (or bring up to date) the streams they use when they start; "
-        "`PORTAL_STREAM_REPLICAS` sets their replicas.\n\n"
+        "\nThe services create (or bring up to date) the streams they use when they start, and again "
+        "when NATS has lost them; `PORTAL_STREAM_REPLICAS` sets their replicas and `PORTAL_STREAM_MAX_BYTES` "
+        "replaces each one's size limit. Whichever limit is reached first, the oldest messages go.\n\n"
     )
     placed: set[str] = set()
     for st in streams.ALL:

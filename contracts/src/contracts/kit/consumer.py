@@ -12,6 +12,9 @@
   long as it lasts; any other failure is retried a bounded number of times, after which the
   message goes to `deadletter.<service>.<consumer>` for operators to inspect and replay. A
   message that is not valid JSON for its schema goes there at once.
+- When NATS answers that the consumer is not there (its store was wiped, a new cluster), the
+  part's streams and consumers are created again (`ServiceRuntime.recover`) and pulling goes on;
+  while fetching fails, the part's health request says so (`failing`).
 """
 
 import asyncio
@@ -48,6 +51,7 @@ from contracts.kit.deadletters import (
     H_STREAM,
     H_SUBJECT,
 )
+from contracts.kit.failing import FailureClock
 from contracts.kit.logs import describe_error, get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.tables import processed_events
@@ -74,6 +78,10 @@ TRANSIENT = (
     OSError,
     nats.errors.Error,
 )
+
+
+class ConsumerMissing(nats.errors.Error):
+    """Nothing answered a pull request: the consumer (or its stream) is not there."""
 
 
 class PoisonMessage(Exception):
@@ -213,6 +221,8 @@ class Puller:
         out, self._buffer = self._buffer[:batch], self._buffer[batch:]
         if not out and self._refused:
             # The consumer gone, no responders, a limit: the caller backs off before asking again.
+            if self._refused == "503":
+                raise ConsumerMissing(f"no responders to pull requests of {self._next_subject}")
             raise nats.errors.Error(f"pull request refused with status {self._refused}")
         return out
 
@@ -240,6 +250,7 @@ class EventConsumer:
     _sub: Any = field(default=None, init=False, repr=False)
     _task: asyncio.Task | None = field(default=None, init=False, repr=False)
     _running: bool = field(default=False, init=False, repr=False)
+    failing: FailureClock = field(default_factory=FailureClock, init=False, repr=False)
 
     @property
     def dead_letter_subject(self) -> str:
@@ -362,8 +373,8 @@ class EventConsumer:
         )
         await raw.ack()
 
-    async def start(self) -> None:
-        """Create (or update) the durable consumer and start pulling from it."""
+    async def declare(self) -> None:
+        """Create (or update) the durable consumer; idempotent, so replicas may all do it."""
         js = self.runtime.js
         await js.add_consumer(
             self.stream.name,
@@ -378,6 +389,10 @@ class EventConsumer:
                 description=f"{self.runtime.name}: {self.title}",
             ),
         )
+
+    async def start(self) -> None:
+        """Create (or update) the durable consumer and start pulling from it."""
+        await self.declare()
         self._sub = Puller(self.runtime.broker.connection, self.stream.name, self.durable)
         await self._sub.start()
         self._running = True
@@ -434,12 +449,27 @@ class EventConsumer:
             except Exception as exc:  # noqa: BLE001 - NATS away: wait for the reconnect
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures)
+                missing = isinstance(exc, ConsumerMissing)
+                self.failing.failed(
+                    f"consumer {self.durable} of {self.stream.name} not found" if missing else describe_error(exc)
+                )
                 log.info("consumer_fetch_failed", consumer=self.durable, error=type(exc).__name__, retry_in=delay)
+                if missing:
+                    await self._recover()
                 await asyncio.sleep(delay)
                 continue
             failures = 0
+            self.failing.ok()
             if msgs:
                 await ready.put(msgs)
+
+    async def _recover(self) -> None:
+        try:
+            await self.runtime.recover(f"consumer {self.durable} of {self.stream.name} not found")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - NATS still away: the next failed fetch tries again
+            log.warning("consumer_recovery_failed", consumer=self.durable, error=describe_error(exc))
 
     def document(self, spec_broker: Any, *, description: str) -> None:
         """Describe this consumer in the service's AsyncAPI document.

@@ -5,6 +5,12 @@ No change without its event, no event without its change: if the process dies af
 the row is still there and the next relay publishes it; if it dies after publishing but before
 deleting the row, the stream's duplicate window drops the second copy and consumers, which are
 idempotent on `event_id`, drop anything older.
+
+When NATS answers that no stream takes a subject (its store was wiped, a new cluster), the relay
+has the part's streams and consumers created again and carries on. A row that can never be
+published (larger than NATS accepts, or for a subject no stream takes even then) is moved to
+`deadletter.<service>.outbox` (listed by `portal dead-letters list`) and logged at error level,
+instead of holding back every row behind it.
 """
 
 from __future__ import annotations
@@ -13,21 +19,60 @@ import asyncio
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
+import nats.errors
 from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from pydantic import BaseModel
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Event, utcnow
 from contracts.kit.db import Database
-from contracts.kit.logs import get_logger
+from contracts.kit.deadletters import (
+    DL_PREFIX,
+    H_AT,
+    H_CONSUMER,
+    H_DELIVERIES,
+    H_ERROR,
+    H_MSG_ID,
+    H_REDACTED,
+    H_SERVICE,
+    H_SUBJECT,
+)
+from contracts.kit.failing import FailureClock
+from contracts.kit.logs import describe_error, get_logger
 from contracts.kit.tables import outbox, outbox_lease
 
 log = get_logger("contracts.kit.outbox")
+
+# JetStream's "message size exceeds maximum allowed" (the stream's own limit).
+_ERR_MESSAGE_TOO_LARGE = 10054
+# What a dead letter of the outbox names as its consumer in `portal dead-letters list`.
+OUTBOX_CONSUMER = "outbox"
+
+
+class Unpublishable(Exception):
+    """An outbox row NATS will never take: it is dead-lettered rather than retried."""
+
+
+class StreamMissing(Exception):
+    """No stream takes a row's subject and it could not be made again yet (NATS still
+    starting, JetStream unavailable): the row waits and the relay tries again."""
+
+
+def _max_payload(js: JetStreamContext) -> int:
+    """The largest message (headers included) the connected server accepts."""
+    return int(js._nc.max_payload)  # noqa: SLF001 - nats-py keeps the context's connection private
+
+
+def _headers_size(headers: dict[str, str]) -> int:
+    # NATS counts the header block in max_payload: "NATS/1.0\r\n", "k: v\r\n" each, "\r\n".
+    return 12 + sum(len(k.encode()) + len(str(v).encode()) + 4 for k, v in headers.items())
 
 
 class UnitOfWork:
@@ -96,6 +141,7 @@ class OutboxRelay:
         poll_interval: float = 0.2,
         lease_seconds: float = 10.0,
         publish_timeout: float = 5.0,
+        recover: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
         self._js = js_provider
@@ -109,6 +155,11 @@ class OutboxRelay:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.published_total = 0
+        self.dead_lettered_total = 0
+        # Re-creates the part's streams and consumers (`ServiceRuntime.recover`).
+        self._recover = recover
+        self.failing = FailureClock()
+        self._subject = ""  # the subject being published, for what health says
 
     def wake(self) -> None:
         """Tell the relay that a transaction with events just committed."""
@@ -137,14 +188,22 @@ class OutboxRelay:
         failures = 0
         while not self._stopping:
             try:
+                self._subject = ""
                 more = await self.relay_once()
                 failures = 0
+                self.failing.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any outage
                 failures += 1
+                self.failing.failed(self._describe(exc))
                 delay = min(5.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
-                log.warning("outbox_relay_failed", error=type(exc).__name__, retry_in=round(delay, 2))
+                log.warning(
+                    "outbox_relay_failed",
+                    error=type(exc).__name__,
+                    subject=self._subject or None,
+                    retry_in=round(delay, 2),
+                )
                 await asyncio.sleep(delay)
                 continue
             if more:
@@ -196,20 +255,99 @@ class OutboxRelay:
             rows = (await s.execute(select(outbox).order_by(outbox.c.id).limit(self.batch_size))).all()
         js = self._js()
         done: list[int] = []
+        dead = 0
         try:
             for row in rows:
+                self._subject = row.subject
                 headers = json.loads(row.headers) if row.headers else {}
                 headers["Nats-Msg-Id"] = row.event_id
                 # Sequential on purpose: a failed publish stops the batch, so nothing of an
                 # aggregate is ever published after an earlier event of it that failed.
-                await js.publish(row.subject, row.payload, headers=headers, timeout=self.publish_timeout)
+                try:
+                    await self._publish(js, row.subject, row.payload, headers)
+                except Unpublishable as exc:
+                    await self._dead_letter(js, row, str(exc))
+                    dead += 1
                 done.append(row.id)
         finally:
             if done:
                 async with self.db.session() as s:
                     await s.execute(delete(outbox).where(outbox.c.id.in_(done)))
-                self.published_total += len(done)
+                self.published_total += len(done) - dead
+                self.dead_lettered_total += dead
         return len(rows) == self.batch_size
+
+    async def _publish(self, js: JetStreamContext, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        """Publish one row; `Unpublishable` when NATS will never take it."""
+        limit = _max_payload(js)
+        size = len(payload) + _headers_size(headers)
+        if size > limit:
+            # Sent anyway, the server would close the connection ("maximum payload violation").
+            raise Unpublishable(f"too large: {size} bytes, NATS takes at most {limit}")
+        try:
+            await js.publish(subject, payload, headers=headers, timeout=self.publish_timeout)
+            return
+        except nats.errors.MaxPayloadError as exc:
+            raise Unpublishable(f"too large: {size} bytes, NATS takes at most {limit}") from exc
+        except APIError as exc:
+            if exc.err_code == _ERR_MESSAGE_TOO_LARGE:
+                raise Unpublishable(f"too large for its stream: {exc.description}") from exc
+            raise
+        except NoStreamResponseError:
+            if self._recover is None:
+                raise
+        # No stream answered: NATS lost its streams (or never had this one). Have them made
+        # again, then try once more.
+        try:
+            await self._recover(f"no stream for {subject}")
+        except Exception as exc:  # reported as what blocks the relay
+            raise StreamMissing(f"no stream for {subject} (creating it failed: {describe_error(exc)})") from exc
+        try:
+            await js.publish(subject, payload, headers=headers, timeout=self.publish_timeout)
+            return
+        except NoStreamResponseError:
+            try:
+                await js.find_stream_name_by_subject(subject)
+            except NotFoundError as exc:
+                # JetStream answered, and no stream takes this subject even after the set-up.
+                raise Unpublishable(f"no stream for {subject}") from exc
+            raise
+
+    async def _dead_letter(self, js: JetStreamContext, row: Any, error: str) -> None:
+        """Move an unpublishable row to `deadletter.<service>.outbox` (its body when it fits)."""
+        headers = {
+            H_SUBJECT: row.subject,
+            H_CONSUMER: OUTBOX_CONSUMER,
+            H_SERVICE: self.name,
+            H_ERROR: error,
+            H_DELIVERIES: "1",
+            H_AT: utcnow().isoformat(),
+            H_MSG_ID: row.event_id,
+            "Nats-Msg-Id": f"dl:{OUTBOX_CONSUMER}:{self.name}:{row.event_id}",
+        }
+        data = row.payload
+        if len(data) + _headers_size(headers) + 64 > _max_payload(js):
+            # Only its ids and subject are kept: it cannot be replayed.
+            data = b""
+            headers[H_REDACTED] = "true"
+        await js.publish(
+            f"{DL_PREFIX}.{self.name}.{OUTBOX_CONSUMER}", data, headers=headers, timeout=self.publish_timeout
+        )
+        log.error(
+            "outbox_event_dead_lettered",
+            subject=row.subject,
+            event_id=row.event_id,
+            size=len(row.payload),
+            error=error,
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, NoStreamResponseError):
+            return f"no stream for {self._subject}"
+        if isinstance(exc, StreamMissing):
+            return str(exc)
+        where = f" publishing {self._subject}" if self._subject else ""
+        return f"{describe_error(exc)}{where}"
 
     async def pending(self) -> int:
         """How many events wait to be published."""

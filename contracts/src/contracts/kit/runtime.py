@@ -7,6 +7,7 @@ and returns `runtime.app` (a FastStream application). Nothing connects at import
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -87,7 +88,11 @@ class ServiceRuntime:
             # supervision chatter to stdout in a format of its own.
             logger=logging.getLogger("portal.broker"),
         )
-        self.relay = OutboxRelay(self.db, lambda: self.js, name=self.name)
+        self.relay = OutboxRelay(self.db, lambda: self.js, name=self.name, recover=self.recover)
+        # One re-creation of streams and consumers at a time; those who asked while it ran
+        # are served by it (see `recover`).
+        self._recover_lock = asyncio.Lock()
+        self._recovery_started = -1.0
         self.consumers: list[EventConsumer] = []
         # name -> check returning "ok" or what is wrong; reported by the health request.
         self.extra_checks: dict[str, Callable[[], str]] = {}
@@ -187,6 +192,12 @@ class ServiceRuntime:
                 checks["database"] = f"failed: {type(exc).__name__}"
             for name, check in self.extra_checks.items():
                 checks[name] = check()
+            # An outbox relay or consumer failing for more than a few seconds: events stall.
+            checks["outbox"] = self.relay.failing.check()
+            for consumer in self.consumers:
+                state = consumer.failing.check()
+                if state != "ok":
+                    checks[f"consumer {consumer.durable}"] = state
             status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
             return HealthReply(service=self.name, status=status, version=self.version, checks=checks)
 
@@ -198,9 +209,36 @@ class ServiceRuntime:
         add_replies(doc, [r.rpc for r in self.responders])
         return doc
 
+    async def ensure_streams(self, *, attempts: int = 20) -> None:
+        """Create this part's streams, or bring them to their definitions and the settings."""
+        await ensure_streams(
+            self.js,
+            self.streams,
+            replicas=self.settings.stream_replicas,
+            max_bytes=self.settings.stream_max_bytes,
+            attempts=attempts,
+        )
+
+    async def recover(self, reason: str) -> None:
+        """Create this part's streams and consumers again: NATS answered that one is missing
+        (its store was wiped, a new cluster). Idempotent, as every replica of every part may do
+        it at once; raises while NATS cannot do it yet (the caller tries again later)."""
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        async with self._recover_lock:
+            if self._recovery_started >= asked:
+                return  # a recovery that began after this was asked for has just finished
+            started = loop.time()
+            log.warning("bus_recovering", instance=self.instance, reason=reason)
+            await self.ensure_streams(attempts=3)
+            for consumer in self.consumers:
+                await consumer.declare()
+            self._recovery_started = started
+            log.info("bus_recovered", instance=self.instance, streams=[d.name for d in self.streams])
+
     async def _on_startup(self) -> None:
         await self.broker.connect()
-        await ensure_streams(self.js, self.streams, replicas=self.settings.stream_replicas)
+        await self.ensure_streams()
 
     async def _after_startup(self) -> None:
         for consumer in self.consumers:

@@ -30,6 +30,13 @@ class CommonSettings(BaseSettings):
     stream_replicas: int = Field(
         default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a NATS cluster)."
     )
+    stream_max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Bytes each JetStream stream keeps at most (its oldest messages go first beyond that, as "
+        "beyond its age); unset: each stream's own limit (the events reference lists them). Applied to existing "
+        "streams at start-up.",
+    )
     http_port: int = Field(default=8000, ge=1, le=65535, description="The gateway's HTTP port (PORTAL_HTTP_PORT).")
     public_url: str = Field(
         default="",
