@@ -222,7 +222,7 @@ class Puller:
         if not out and self._refused:
             # The consumer gone, no responders, a limit: the caller backs off before asking again.
             if self._refused == "503":
-                raise ConsumerMissing(f"no responders to pull requests of {self._next_subject}")
+                raise ConsumerMissing(f"pull request refused with status 503: nothing answers {self._next_subject}")
             raise nats.errors.Error(f"pull request refused with status {self._refused}")
         return out
 
