@@ -422,7 +422,9 @@ async def publish_all(js: Any, events: list[tuple[str, Any]]) -> None:
 
     # The services create PLATFORM at start-up; creating it here too (idempotent) lets a roster
     # be loaded before they first run: linking applies it when it starts.
-    await ensure_streams(js, [PLATFORM], replicas=CommonSettings().stream_replicas)
+    common = CommonSettings()
+    # The same limits as the services set, or each would undo the other's.
+    await ensure_streams(js, [PLATFORM], replicas=common.stream_replicas, max_bytes=common.stream_max_bytes)
     progress = Progress("published", len(events))
     pending = iter(events)
     done = 0
