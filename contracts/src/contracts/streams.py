@@ -18,7 +18,7 @@ GIB = 1024 * MIB
 @dataclass(frozen=True)
 class StreamDef:
     """What a stream captures and how long it keeps it (by age and by size: the oldest
-    messages go first once either limit is reached)."""
+    messages go first once either limit is reached; a full work queue refuses new ones)."""
 
     name: str
     subjects: tuple[str, ...]
@@ -37,7 +37,9 @@ class StreamDef:
             subjects=list(self.subjects),
             retention=RetentionPolicy.WORK_QUEUE if self.work_queue else RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
+            # A full work queue refuses new messages instead of dropping the oldest: an email
+            # request nobody has handled yet must not vanish; its outbox row waits and retries.
+            discard=DiscardPolicy.NEW if self.work_queue else DiscardPolicy.OLD,
             max_age=self.max_age,
             duplicate_window=self.duplicate_window,
             max_bytes=max_bytes or self.max_bytes,
