@@ -26,6 +26,7 @@ from contracts.base import Event
 from contracts.kit.rpc import RpcError, call
 from contracts.kit.service import migrate
 from linking import app as linking_app
+from linking.codes import new_key
 from portal.natsserver import start_nats
 
 PUBLIC_URL = "https://portal.example.test"
@@ -82,6 +83,8 @@ async def running_linking(database_url: str, tmp: Path) -> AsyncIterator[Env]:
         public_url=PUBLIC_URL,
         data_dir=tmp,
         platform_url="https://platform.example.test",
+        # Required outside the default SQLite file (PostgreSQL here).
+        linking_code_key=new_key(),
     )
     await asyncio.to_thread(migrate, linking_app, settings)
     runtime = linking_app.build(settings)

@@ -33,6 +33,7 @@ from contracts.kit.service import migrate
 from gateway.settings import GatewaySettings
 from identity import app as identity_app
 from linking import app as linking_app
+from linking.codes import new_key
 from notify import app as notify_app
 from portal.natsserver import NatsServer, free_port
 
@@ -107,7 +108,9 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     try:
         async with AsyncExitStack() as stack:
             id_settings = identity_app.Settings(data_dir=tmp / "identity", **common, **CHEAP_ARGON, **db("identity"))
-            link_settings = linking_app.Settings(data_dir=tmp / "linking", **common, **db("linking"))
+            link_settings = linking_app.Settings(
+                data_dir=tmp / "linking", linking_code_key=new_key(), **common, **db("linking")
+            )
             notify_settings = notify_app.Settings(data_dir=tmp / "notify", smtp_url=smtp.url, **common, **db("notify"))
             for module, s in ((identity_app, id_settings), (linking_app, link_settings), (notify_app, notify_settings)):
                 await asyncio.to_thread(migrate, module, s)

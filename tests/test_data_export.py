@@ -36,6 +36,7 @@ from gateway.auth import csrf_token_for
 from gateway.settings import GatewaySettings
 from identity import app as identity_app
 from linking import app as linking_app
+from linking.codes import new_key
 from notify import app as notify_app
 from portal.natsserver import NatsServer, free_port
 
@@ -107,7 +108,9 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                 identity_app: identity_app.Settings(
                     data_dir=tmp / "identity", **common, **CHEAP_ARGON, **db("identity")
                 ),
-                linking_app: linking_app.Settings(data_dir=tmp / "linking", **common, **db("linking")),
+                linking_app: linking_app.Settings(
+                    data_dir=tmp / "linking", linking_code_key=new_key(), **common, **db("linking")
+                ),
                 notify_app: notify_app.Settings(data_dir=tmp / "notify", smtp_url=smtp.url, **common, **db("notify")),
             }
             for module, s in settings.items():

@@ -30,6 +30,7 @@ from contracts.kit.service import migrate
 from gateway.settings import GatewaySettings
 from identity import app as identity_app
 from linking import app as linking_app
+from linking.codes import new_key
 from notify import app as notify_app
 from overview import app as overview_app
 from portal.natsserver import NatsServer, free_port
@@ -152,7 +153,9 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                 identity_app: identity_app.Settings(
                     data_dir=tmp / "identity", **common, **CHEAP_ARGON, **db("identity")
                 ),
-                linking_app: linking_app.Settings(data_dir=tmp / "linking", **common, **db("linking")),
+                linking_app: linking_app.Settings(
+                    data_dir=tmp / "linking", linking_code_key=new_key(), **common, **db("linking")
+                ),
                 notify_app: notify_app.Settings(data_dir=tmp / "notify", smtp_url=smtp.url, **common, **db("notify")),
                 overview_app: overview_app.Settings(data_dir=tmp / "overview", **common, **db("overview")),
             }

@@ -28,6 +28,7 @@ from contracts.kit.service import migrate
 from contracts.kit.streams import ensure_streams
 from identity import app as identity_app
 from linking import app as linking_app
+from linking.codes import new_key
 from portal.natsserver import start_nats
 
 PORTAL = str(Path(sys.executable).with_name("portal"))
@@ -210,7 +211,10 @@ async def test_timeout_when_linking_is_not_running_and_the_import_continues(fres
 
     # It does: once linking runs, it applies what was published.
     settings = linking_app.Settings(
-        nats_url=fresh_nats.url, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path
+        nats_url=fresh_nats.url,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}",
+        data_dir=tmp_path,
+        linking_code_key=new_key(),
     )
     await asyncio.to_thread(migrate, linking_app, settings)
     nc = await nats.connect(fresh_nats.url)

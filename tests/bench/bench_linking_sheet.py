@@ -81,7 +81,11 @@ async def over_nats() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_nats(Path(tmp) / "nats")
         settings = linking_app.Settings(
-            nats_url=server.url, database_url=f"sqlite+aiosqlite:///{tmp}/l.db", data_dir=Path(tmp), log_level="WARNING"
+            nats_url=server.url,
+            database_url=f"sqlite+aiosqlite:///{tmp}/l.db",
+            data_dir=Path(tmp),
+            log_level="WARNING",
+            linking_code_key=codes.new_key(),
         )
         await asyncio.to_thread(migrate, linking_app, settings)
         runtime = linking_app.build(settings)

@@ -56,6 +56,10 @@ from portal.retention import retention_app  # noqa: E402 - its command imports t
 
 app.add_typer(retention_app, name="retention")
 
+from portal.linking_keys import linking_keys_app  # noqa: E402 - its commands import this module's helpers when run
+
+app.add_typer(linking_keys_app, name="linking")
+
 
 def fail(message: str, code: int) -> NoReturn:
     """Print `portal: <message>` on stderr and exit with `code`."""
@@ -113,7 +117,15 @@ def service(
         return
     from contracts.kit.service import serve
 
-    serve(service_module(name), run_migrations=not no_migrate)
+    module = service_module(name)
+    # Settings a part refuses to start with: one line naming the setting, exit 2, before migrating.
+    refusals: tuple[type[Exception], ...] = getattr(module, "REFUSALS", ())
+    try:
+        if check := getattr(module, "check_settings", None):
+            check()
+        serve(module, run_migrations=not no_migrate)
+    except refusals as exc:
+        fail(str(exc), 2)
 
 
 @app.command("mail-sink", hidden=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
@@ -9,8 +10,9 @@ from pydantic import Field
 from contracts import identity, notify, platform, streams
 from contracts import linking as contract
 from contracts.kit import retention
+from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
-from contracts.kit.settings import ServiceSettings, database_url_field
+from contracts.kit.settings import ServiceSettings, database_url_field, normalise_database_url
 from linking import __version__, codes, roster
 from linking.bars import Bars
 from linking.context import Limits, LinkingContext
@@ -28,6 +30,8 @@ DESCRIPTION = "The roster copy, school settings, link codes, invitations, parent
 
 KEY_FILE = "linking-code.key"
 
+log = get_logger("linking.main")
+
 
 class Settings(ServiceSettings):
     """Settings of the linking service (environment variables `PORTAL_*`)."""
@@ -37,9 +41,18 @@ class Settings(ServiceSettings):
     linking_code_key: str | None = Field(
         default=None,
         repr=False,
-        description="32 random bytes, URL-safe base64 (PORTAL_LINKING_CODE_KEY): codes are looked up by an HMAC and "
-        "stored encrypted under keys derived from it. Unset: a development key made once and kept in "
-        f"DATA_DIR/{KEY_FILE}. Changing it invalidates every code.",
+        description="At least 32 random bytes, URL-safe base64 or hex (`portal linking new-key` makes one): codes and "
+        "bars are looked up by HMACs and stored encrypted under keys derived from it; the same on every replica. "
+        "Required unless linking's database is the default SQLite file in DATA_DIR (then, when unset, a development "
+        f"key is made once and kept in DATA_DIR/{KEY_FILE}). Linking refuses to start if its database holds codes or "
+        "bars made under a key that is neither this nor one of PORTAL_LINKING_CODE_OLD_KEYS.",
+    )
+    linking_code_old_keys: str = Field(
+        default="",
+        repr=False,
+        description="Earlier code keys, comma-separated: codes and bars made under them still work and hold. "
+        "To rotate: the new key in PORTAL_LINKING_CODE_KEY, the old one here, on every replica; then "
+        "`portal linking rekey`; then remove it from here.",
     )
 
     linking_parent_failures_per_hour: int = Field(
@@ -74,9 +87,47 @@ class Settings(ServiceSettings):
 
     def code_key(self) -> str:
         """The code key: the setting, else the development key file (made on first use)."""
-        if self.linking_code_key:
-            return self.linking_code_key
-        return codes.load_or_create_key_file(self.data_dir / KEY_FILE)
+        return self.code_keys().current
+
+    def key_required(self) -> bool:
+        """Whether `PORTAL_LINKING_CODE_KEY` must be set: unless the database is the default SQLite
+        file in the data directory, next to which the development key file lives and dies. Any
+        other database may outlive the disk, or be shared by replicas on other hosts."""
+        if not self.database_url:
+            return False
+        url = normalise_database_url(self.database_url)
+        prefix = "sqlite+aiosqlite:///"
+        if not url.startswith(prefix):
+            return True
+        path = url[len(prefix) :].split("?", 1)[0]
+        return not path or path == ":memory:" or Path(path).resolve() != (self.data_dir / f"{NAME}.db").resolve()
+
+    def code_keys(self) -> codes.CodeKeys:
+        """The current key (the setting, else the development key file, made on first use) and
+        the old keys (raises `codes.CodeKeyError` when the key is required and not set)."""
+        old = tuple(dict.fromkeys(k.strip() for k in self.linking_code_old_keys.split(",") if k.strip()))
+        current = (self.linking_code_key or "").strip()
+        if not current:
+            if self.key_required():
+                raise codes.CodeKeyError(
+                    f"{codes.KEY_SETTING} is not set: it is required unless linking's database is the default "
+                    f"SQLite file in PORTAL_DATA_DIR. Every linking replica needs the same key (one made per host "
+                    f"would make replicas refuse each other's codes, and be lost with its disk); "
+                    f"{codes.HOW_TO_MAKE} and keep it secret"
+                )
+            current = codes.load_or_create_key_file(self.data_dir / KEY_FILE)
+        return codes.CodeKeys(current=current, old=tuple(k for k in old if k != current))
+
+
+# What `portal service linking` reports in one line (exit 2) rather than as a traceback.
+REFUSALS = (codes.CodeKeyError, codes.InvalidKey)
+
+
+def check_settings(settings: Settings | None = None) -> None:
+    """Refuse, before anything starts, a missing or malformed code key (raises `REFUSALS`)."""
+    settings = settings or Settings()
+    keys = settings.code_keys()
+    codes.CodeVault(keys.current, keys.old)
 
 
 def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
@@ -182,6 +233,16 @@ class LinkingRuntime(ServiceRuntime):
 
     linking: Handlers
 
+    async def _on_startup(self) -> None:
+        # The keys first, before NATS: a replica with a missing, malformed or changed key must not
+        # start at all, rather than refuse every code and lift every bar once it serves.
+        try:
+            await self.linking.ctx.load_keys()
+        except codes.CodeKeyError as exc:
+            log.error("code_key_refused", detail=str(exc))
+            raise
+        await super()._on_startup()
+
 
 def build(settings: Settings | None = None) -> LinkingRuntime:
     """Wire one replica of the service: its parts, then its requests, consumers and events."""
@@ -196,7 +257,7 @@ def build(settings: Settings | None = None) -> LinkingRuntime:
         runtime,
         public_url=settings.public_url,
         platform_url=settings.platform_url,
-        key_provider=settings.code_key,
+        key_provider=settings.code_keys,
         limits=settings.limits(),
     )
     guessing = Guessing(ctx)
@@ -215,6 +276,5 @@ def build(settings: Settings | None = None) -> LinkingRuntime:
     consume_events(runtime, handlers)
     document_events(runtime)
     retention.install(runtime, LinkingRetention(settings).purge)
-    runtime.app.on_startup(ctx.load_keys)
     runtime.linking = handlers
     return runtime

@@ -30,11 +30,11 @@ from linking.tables import Bar, Invitation, Link, LinkCode
 log = get_logger("linking.bars")
 
 
-def _bound(pupil_id: str, bar_id: str) -> str:
+def bound(pupil_id: str, bar_id: str) -> str:
     return f"bar:{bar_id}:{pupil_id}"
 
 
-def _live_key(pupil_id: str, email_hash: str) -> str:
+def live_key(pupil_id: str, email_hash: str) -> str:
     return f"{pupil_id}:{email_hash}"
 
 
@@ -65,10 +65,12 @@ class Bars:
     async def is_barred(self, s: AsyncSession, pupil_id: str, email: str) -> bool:
         """Whether this address is barred from this pupil (in the caller's transaction)."""
         await self._lock(s, pupil_id, shared=True)
-        found = await s.execute(
-            select(col(Bar.id)).where(col(Bar.live_key) == _live_key(pupil_id, self.vault.lookup_hash(email)))
-        )
+        found = await s.execute(select(col(Bar.id)).where(col(Bar.live_key).in_(self._live_keys(pupil_id, email))))
         return found.first() is not None
+
+    def _live_keys(self, pupil_id: str, email: str) -> list[str]:
+        # A bar made under an old key still holds: its live key is matched under every key.
+        return [live_key(pupil_id, h) for h in self.vault.lookup_hashes(email)]
 
     async def pupil_parents(self, req: contract.PupilParentsRequest) -> contract.PupilParentsReply:
         """The parents with a standing link to the pupil (the gateway checks their addresses)."""
@@ -104,8 +106,10 @@ class Bars:
             vault = self.vault
             email_hash = vault.lookup_hash(email)
             bar = (
-                await s.execute(select(Bar).where(col(Bar.live_key) == _live_key(pupil.pupil_id, email_hash)))
-            ).scalar_one_or_none()
+                (await s.execute(select(Bar).where(col(Bar.live_key).in_(self._live_keys(pupil.pupil_id, email)))))
+                .scalars()
+                .first()
+            )
             created = bar is None
             if bar is None:
                 bar_id = uuid.uuid4().hex
@@ -114,10 +118,10 @@ class Bars:
                     pupil_id=pupil.pupil_id,
                     school_id=pupil.school_id,
                     email_hash=email_hash,
-                    email_cipher=vault.encrypt(email, bound_to=_bound(pupil.pupil_id, bar_id)),
+                    email_cipher=vault.encrypt(email, bound_to=bound(pupil.pupil_id, bar_id)),
                     key_id=vault.key_id,
                     reason=req.reason.strip(),
-                    live_key=_live_key(pupil.pupil_id, email_hash),
+                    live_key=live_key(pupil.pupil_id, email_hash),
                     created_at=now,
                     created_by=req.actor_id,
                 )
@@ -209,7 +213,7 @@ class Bars:
         views = []
         for bar in bars:
             try:
-                email = vault.decrypt(bar.email_cipher, bound_to=_bound(bar.pupil_id, bar.id))
+                email = vault.decrypt(bar.email_cipher, bound_to=bound(bar.pupil_id, bar.id))
             except Exception:  # noqa: BLE001 - written under another key: still in force, address unknown
                 email = ""
             views.append(

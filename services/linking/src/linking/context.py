@@ -39,8 +39,8 @@ class LinkingContext:
     runtime: ServiceRuntime
     public_url: str
     platform_url: str
-    # Returns the code key (the setting, or the development key file): read on first use.
-    key_provider: Callable[[], str]
+    # Returns the code keys (the settings, or the development key file): read at start-up.
+    key_provider: Callable[[], codes.CodeKeys]
     limits: Limits = field(default_factory=Limits)
     clock: Callable[[], datetime] = utcnow
     _vault: codes.CodeVault | None = field(default=None, init=False, repr=False)
@@ -61,21 +61,33 @@ class LinkingContext:
 
     @property
     def vault(self) -> codes.CodeVault:
-        """The code vault; its key is read (or, in development, made) on first use."""
+        """The code vault; its keys are read (or, in development, made) at start-up or first use."""
         if self._vault is None:
-            self._vault = codes.CodeVault(self.key_provider())
+            keys = self.key_provider()
+            self._vault = codes.CodeVault(keys.current, keys.old)
         return self._vault
 
     @property
     def addresses(self) -> AddressVault:
-        """The address vault (bars, and callers' network addresses), under the same key."""
+        """The address vault (bars, and callers' network addresses), under the same keys."""
         if self._addresses is None:
-            self._addresses = AddressVault(self.key_provider())
+            keys = self.key_provider()
+            self._addresses = AddressVault(keys.current, keys.old)
         return self._addresses
 
     async def load_keys(self) -> None:
-        """Read (or make) the key before serving: a bad key fails the start, not a request."""
-        _ = self.vault, self.addresses
+        """Read (or make) the keys before serving, and refuse to serve if linking's database
+        holds codes or bars that none of them wrote: a missing, malformed or changed key fails
+        the start (`codes.CodeKeyError`, naming the settings), not a redemption or a bar."""
+        from linking import keys  # it reads the bars' tables through `linking.bars`, which imports this module
+
+        try:
+            _ = self.vault, self.addresses
+        except codes.InvalidKey as exc:
+            raise codes.CodeKeyError(str(exc)) from exc
+        found = await keys.foreign_rows(self.db, self.vault, self.addresses)
+        if found:
+            raise codes.CodeKeyError(keys.foreign_key_message(found))
 
     def link_url(self, code: str) -> str:
         """What a QR code holds: `PUBLIC_URL/link/XXXX-XXXX-XXXX`."""

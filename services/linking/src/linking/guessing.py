@@ -101,9 +101,11 @@ class Guessing:
             await self._watch(s, trust_id, now)
             if client_key:
                 limit = self.limits.client_failures_per_hour
-                over = await self._retry_after(s, col(GuessFailure.client_key) == client_key, limit + 1, now)
+                # Failures counted under an old key still count, so rotating the key grants no fresh tries.
+                of_client = col(GuessFailure.client_key).in_(self.ctx.addresses.client_keys(client_ip))
+                over = await self._retry_after(s, of_client, limit + 1, now)
                 if over is not None:
-                    retry = await self._retry_after(s, col(GuessFailure.client_key) == client_key, limit, now)
+                    retry = await self._retry_after(s, of_client, limit, now)
         log.info("code_failed", kind=kind, parent_id=parent_id, trust_id=trust_id)
         if retry is not None:
             log.info("code_refused_client_limit", kind=kind, parent_id=parent_id)
@@ -118,7 +120,8 @@ class Guessing:
                 await s.execute(
                     select(col(School.trust_id))
                     .join(LinkCode, col(LinkCode.school_id) == col(School.school_id))
-                    .where(col(LinkCode.code_hash) == self.ctx.vault.lookup_hash(normal))
+                    .where(col(LinkCode.code_hash).in_(self.ctx.vault.lookup_hashes(normal)))
+                    .limit(1)
                 )
             ).scalar_one_or_none()
             if found:

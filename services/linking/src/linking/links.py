@@ -263,10 +263,16 @@ class Links:
         # Redemptions of one code take turns (a row lock on PostgreSQL; SQLite's writers
         # take turns anyway), so a code with room for four links four, however many race.
         link_code = (
-            await s.execute(
-                select(LinkCode).where(col(LinkCode.code_hash) == self.ctx.vault.lookup_hash(code)).with_for_update()
+            (
+                await s.execute(
+                    select(LinkCode)
+                    .where(col(LinkCode.code_hash).in_(self.ctx.vault.lookup_hashes(code)))
+                    .with_for_update()
+                )
             )
-        ).scalar_one_or_none()
+            .scalars()
+            .first()
+        )
         if link_code is None:
             return _Read(facts)
         facts = replace(

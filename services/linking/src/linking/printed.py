@@ -191,7 +191,7 @@ class PrintedCodes:
                         .join(Pupil, col(Pupil.pupil_id) == col(LinkCode.pupil_id))
                         .join(School, col(School.school_id) == col(Pupil.school_id))
                         .where(
-                            col(LinkCode.code_hash) == self.ctx.vault.lookup_hash(code),
+                            col(LinkCode.code_hash).in_(self.ctx.vault.lookup_hashes(code)),
                             col(LinkCode.revoked_at).is_(None),
                             col(LinkCode.expires_at) > now,
                             col(Pupil.left_at).is_(None),

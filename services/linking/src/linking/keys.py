@@ -1,0 +1,170 @@
+"""The code key's rotation: which rows a key can read, and rewriting them under the current key.
+
+Every code and bar row records the key it was written with (`key_id`). At start-up linking
+refuses to run if any row was written under a key that is neither `PORTAL_LINKING_CODE_KEY`
+nor one of `PORTAL_LINKING_CODE_OLD_KEYS`: with a changed key those codes would be refused and
+those bars silently lifted. `rekey` (`portal linking rekey`) rewrites every row it can under the
+current key, after which the old keys can be dropped.
+
+An invitation's code is kept only as a keyed hash (it is emailed once and never shown again), so
+it cannot be hashed again under a new key: one that can still be used stays under its old key
+until it expires or is used (the old key must be kept until then); one that can no longer be
+used is given a hash nothing typed can match, which changes nothing a parent sees (a used,
+revoked or expired code answers `invalid_code` like one that never existed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlmodel import col
+
+from contracts.kit.db import Database
+from linking import codes
+from linking.addresses import AddressVault
+from linking.bars import bound, live_key
+from linking.tables import Bar, LinkCode
+
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class ForeignRows:
+    """Rows written under a key linking was not given."""
+
+    codes: int
+    bars: int
+
+    def __bool__(self) -> bool:
+        return bool(self.codes or self.bars)
+
+
+async def foreign_rows(db: Database, vault: codes.CodeVault, addresses: AddressVault) -> ForeignRows:
+    """How many codes and bars were written under none of the configured keys."""
+    async with db.reader() as s:
+        n_codes = await s.scalar(
+            select(func.count()).select_from(LinkCode).where(col(LinkCode.key_id).not_in(sorted(vault.key_ids)))
+        )
+        n_bars = await s.scalar(
+            select(func.count()).select_from(Bar).where(col(Bar.key_id).not_in(sorted(addresses.key_ids)))
+        )
+    return ForeignRows(codes=n_codes or 0, bars=n_bars or 0)
+
+
+def foreign_key_message(found: ForeignRows) -> str:
+    """What the operator is told when linking refuses to start over `found`."""
+    return (
+        f"linking's database holds {found.codes} link code(s) and {found.bars} bar(s) written under a key that is "
+        f"neither {codes.KEY_SETTING} nor one of {codes.OLD_KEYS_SETTING}: with this key those codes would be "
+        f"refused and those bars lifted. Set {codes.KEY_SETTING} back to the key they were made with, or add that "
+        f"key to {codes.OLD_KEYS_SETTING} (then `portal linking rekey` moves them to the new key)"
+    )
+
+
+@dataclass
+class RekeyReport:
+    """What `rekey` did, and what it could not do."""
+
+    codes: int = 0
+    bars: int = 0
+    retired_invitation_codes: int = 0
+    # Invitation codes that still work under an old key, and when the last of them expires.
+    waiting_invitation_codes: int = 0
+    waiting_until: datetime | None = None
+    # Rows no configured key can read (the key that wrote them is not configured).
+    unreadable_codes: int = 0
+    unreadable_bars: int = 0
+    unreadable_ids: list[str] = field(default_factory=list)
+
+    @property
+    def old_keys_needed(self) -> bool:
+        """Whether any row still needs an old key."""
+        return bool(self.waiting_invitation_codes or self.unreadable_codes or self.unreadable_bars)
+
+
+async def rekey(db: Database, vault: codes.CodeVault, addresses: AddressVault, *, now: datetime) -> RekeyReport:
+    """Rewrite every code and bar not under the current key under it, in batches; safe while
+    linking runs (each replica reads both) and safe to run again."""
+    report = RekeyReport()
+    await _rekey_codes(db, vault, now, report)
+    await _rekey_bars(db, addresses, report)
+    return report
+
+
+async def _rekey_codes(db: Database, vault: codes.CodeVault, now: datetime, report: RekeyReport) -> None:
+    after = ""
+    while True:
+        async with db.session() as s:
+            rows = list(
+                (
+                    await s.execute(
+                        select(LinkCode)
+                        .where(col(LinkCode.key_id) != vault.key_id, col(LinkCode.id) > after)
+                        .order_by(col(LinkCode.id))
+                        .limit(BATCH)
+                        .with_for_update()
+                    )
+                ).scalars()
+            )
+            if not rows:
+                return
+            after = rows[-1].id
+            for row in rows:
+                if row.code_cipher is not None:
+                    try:
+                        code = vault.decrypt(row.code_cipher, pupil_id=row.pupil_id)
+                    except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
+                        report.unreadable_codes += 1
+                        report.unreadable_ids.append(f"link code {row.id}")
+                        continue
+                    row.code_hash = vault.lookup_hash(code)
+                    row.code_cipher = vault.encrypt(code, pupil_id=row.pupil_id)
+                    row.key_id = vault.key_id
+                    report.codes += 1
+                elif row.key_id not in vault.key_ids:
+                    report.unreadable_codes += 1
+                    report.unreadable_ids.append(f"link code {row.id}")
+                elif row.revoked_at is None and row.expires_at > now:
+                    report.waiting_invitation_codes += 1
+                    if report.waiting_until is None or row.expires_at > report.waiting_until:
+                        report.waiting_until = row.expires_at
+                else:
+                    # A code that can no longer link anyone: a hash no typed code can match.
+                    row.code_hash = vault.lookup_hash(f"retired:{row.id}")
+                    row.key_id = vault.key_id
+                    report.retired_invitation_codes += 1
+
+
+async def _rekey_bars(db: Database, addresses: AddressVault, report: RekeyReport) -> None:
+    after = ""
+    while True:
+        async with db.session() as s:
+            rows = list(
+                (
+                    await s.execute(
+                        select(Bar)
+                        .where(col(Bar.key_id) != addresses.key_id, col(Bar.id) > after)
+                        .order_by(col(Bar.id))
+                        .limit(BATCH)
+                        .with_for_update()
+                    )
+                ).scalars()
+            )
+            if not rows:
+                return
+            after = rows[-1].id
+            for bar in rows:
+                try:
+                    email = addresses.decrypt(bar.email_cipher, bound_to=bound(bar.pupil_id, bar.id))
+                except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
+                    report.unreadable_bars += 1
+                    report.unreadable_ids.append(f"bar {bar.id}")
+                    continue
+                bar.email_hash = addresses.lookup_hash(email)
+                bar.email_cipher = addresses.encrypt(email, bound_to=bound(bar.pupil_id, bar.id))
+                bar.key_id = addresses.key_id
+                if bar.live_key is not None:
+                    bar.live_key = live_key(bar.pupil_id, bar.email_hash)
+                report.bars += 1
