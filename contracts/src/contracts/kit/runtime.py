@@ -245,6 +245,10 @@ class ServiceRuntime:
             await consumer.start()
         for responder in self.responders:
             await responder.start(self.broker.connection)
+        if self.responders:
+            # The server knows the subscriptions once this returns: "started" means answering,
+            # not "about to", so a caller right behind it finds a responder.
+            await self.broker.connection.flush(timeout=10)
         self.relay.start()
         log.info("service_started", instance=self.instance, version=self.version)
 
