@@ -101,6 +101,12 @@ def test_demo_trust_is_seeded_and_usable(tmp_path: Path) -> None:
             assert len(classes) == 3
             assert all(c["pupil_count"] == demo.PUPILS_PER_CLASS for c in classes)
             assert sum(c["linked_pupil_count"] for c in classes) >= 3
+        # The journey above (roster, staff, registration, verification email, links, overview)
+        # ran on NATS with a user per part: nothing any part needed was refused.
+        nats_log = (tmp_path / "data" / "nats.log").read_text()
+        assert "Permissions Violation" not in nats_log
+        assert "Authorization Violation" not in nats_log
+        assert "nats_permission_refused" not in err.read_text()
     finally:
         _stop(proc, err)
 

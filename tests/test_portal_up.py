@@ -160,9 +160,13 @@ def start_portal_up(tmp: Path, **env: str) -> Running:
     return Running(proc, data_dir, port, started, stdout, stderr)
 
 
-async def wait_for_health(url: str, *, deadline: float) -> None:
-    """Return once every service answers its health request on the NATS at `url`."""
-    nc = await nats.connect(url, allow_reconnect=False)
+async def wait_for_health(url: str, *, deadline: float, creds: Path | None = None) -> None:
+    """Return once every service answers its health request on the NATS at `url` (as the
+    operator of `creds`, the directory `portal up` wrote its seeds to, when given)."""
+    auth = {}
+    if creds is not None:
+        auth = {"nkeys_seed_str": (creds / "operator.nk").read_text().strip(), "inbox_prefix": "_INBOX.operator"}
+    nc = await nats.connect(url, allow_reconnect=False, **auth)
     try:
 
         async def all_healthy() -> bool:
@@ -304,7 +308,11 @@ def test_up_runs_every_part_as_its_own_named_process(running: Running) -> None:
     [nats_pid] = running.find(lambda argv: bool(argv) and argv[0].endswith("nats-server"))
     nats_argv = cmdline(nats_pid)
     assert nats_argv[nats_argv.index("-p") + 1] == url.rsplit(":", 1)[1]
-    assert str(running.data_dir / "nats") in nats_argv
+    # Run with the configuration `portal nats-config` wrote beside its store: users, permissions, JetStream.
+    config = Path(nats_argv[nats_argv.index("-c") + 1])
+    assert config == running.data_dir / "nats" / "nats-server.conf"
+    assert f'store_dir: "{running.data_dir / "nats"}"' in config.read_text()
+    assert f"PORTAL_NATS_CREDS_DIR={running.data_dir / 'nats'}" in environ(running.part("gateway"))
     [sink_pid] = running.find(lambda argv: "mail-sink" in argv)
     sink_argv = cmdline(sink_pid)
     assert sink_argv[sink_argv.index("--maildir") + 1] == str(running.data_dir / "mail")
@@ -316,7 +324,10 @@ def test_up_runs_every_part_as_its_own_named_process(running: Running) -> None:
 @pytest.mark.slow
 async def test_up_services_answer_over_the_nats_it_wrote(running: Running) -> None:
     url = (running.data_dir / "nats.url").read_text().strip()
-    await wait_for_health(url, deadline=running.started + READY_WITHIN)
+    await wait_for_health(url, deadline=running.started + READY_WITHIN, creds=running.data_dir / "nats")
+    # The embedded NATS lets no one in without a seed.
+    with pytest.raises(Exception, match="(?i)authorization"):
+        await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
 
 
 @pytest.mark.slow

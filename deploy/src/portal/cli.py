@@ -55,6 +55,10 @@ app.add_typer(parent_app, name="parent")
 from portal.retention import retention_app  # noqa: E402 - its command imports this module's helpers when run
 
 app.add_typer(retention_app, name="retention")
+from portal.natsconfig import nats_config, prepare  # noqa: E402 - its command imports the contracts when run
+
+app.command("nats-config")(nats_config)
+app.command("prepare", hidden=True)(prepare)
 
 from portal.linking_keys import linking_keys_app  # noqa: E402 - its commands import this module's helpers when run
 
@@ -151,6 +155,17 @@ def _nats_url() -> str:
         fail(str(exc), 2)
 
 
+def _nats_options() -> dict[str, Any]:
+    """How the `portal` command connects: as the `operator` user with PORTAL_NATS_CREDS_DIR, TLS
+    with PORTAL_NATS_CA/CERT/KEY; a one-line error (exit 2) when a file is missing."""
+    from contracts.kit.settings import CommonSettings, NatsCredentialsMissing
+
+    try:
+        return CommonSettings().nats_connect_options("operator")
+    except NatsCredentialsMissing as exc:
+        fail(str(exc), 2)
+
+
 def _run_with_jetstream(url: str, action: Callable[[JetStreamContext], Awaitable[T]]) -> T:
     """Run `action(js)` against the NATS at `url`; a one-line error (exit 2) when unreachable."""
     return _run_with_nats(url, lambda nc: action(nc.jetstream()))
@@ -160,19 +175,36 @@ def _run_with_nats(url: str, action: Callable[[NatsClient], Awaitable[T]]) -> T:
     """Run `action(nc)` against the NATS at `url`; a one-line error (exit 2) when unreachable."""
     from portal.up import redact_url
 
+    options = _nats_options()
+
     async def run() -> T:
         import nats
+        import nats.errors
+
+        from contracts.kit.permissions import permission_refusal
 
         first_error: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
         async def on_error(exc: Exception) -> None:
+            refusal = permission_refusal(exc)
+            if refusal is not None:
+                # The operator's user lacks this: say which subject, since the command would
+                # otherwise only time out.
+                typer.echo(f"portal: NATS refused the operator user: {refusal}", err=True)
             if not first_error.done():
                 first_error.set_result(exc)
 
         # nats-py keeps retrying a refused first connection even with reconnects off: give up
         # on the first error instead, as an operator's command should.
         connecting = asyncio.ensure_future(
-            nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0, error_cb=on_error)
+            nats.connect(
+                url,
+                connect_timeout=2,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=on_error,
+                **options,
+            )
         )
         racing: set[asyncio.Future[Any]] = {connecting, first_error}
         done, _ = await asyncio.wait(racing, timeout=5, return_when=asyncio.FIRST_COMPLETED)
@@ -183,6 +215,12 @@ def _run_with_nats(url: str, action: Callable[[NatsClient], Awaitable[T]]) -> T:
                 if first_error.done()
                 else (connecting.exception() if connecting.done() and not connecting.cancelled() else TimeoutError())
             )
+            if isinstance(cause, nats.errors.AuthorizationError) or "Authorization Violation" in str(cause):
+                fail(
+                    f"NATS at {redact_url(url)} refused the connection: it needs credentials "
+                    "(PORTAL_NATS_CREDS_DIR, the directory `portal nats-config` wrote)",
+                    2,
+                )
             fail(f"cannot reach NATS at {redact_url(url)} ({type(cause).__name__}); is `portal up` running?", 2)
         nc = connecting.result()
         try:

@@ -67,6 +67,9 @@ class NatsServer:
     store_dir: Path
     proc: subprocess.Popen | None = None
     log_file: Path | None = None
+    # A configuration file (`portal nats-config`): its users and permissions; the port and store
+    # given here win over its own.
+    config: Path | None = None
 
     @property
     def url(self) -> str:
@@ -74,18 +77,13 @@ class NatsServer:
 
     def command(self) -> list[str]:
         """The command line that runs this server (`portal up` runs it under its supervisor)."""
-        args = [
-            str(nats_server_binary()),
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-js",
-            "-sd",
-            str(self.store_dir),
-            "--server_name",
-            f"portal-{self.port}",
-        ]
+        args = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.config is not None:
+            # JetStream and its store are the configuration's (nats-server refuses them twice).
+            args += ["-c", str(self.config)]
+        else:
+            args += ["-js", "-sd", str(self.store_dir)]
+        args += ["--server_name", f"portal-{self.port}"]
         if self.log_file is not None:
             args += ["-l", str(self.log_file)]
         return args

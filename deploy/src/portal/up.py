@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from portal.natsconfig import CONFIG_NAME
 from portal.natsserver import NatsServer, free_port
 from portal.supervisor import Child, ChildSpec, Supervisor
 
@@ -138,21 +139,38 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
 
     try:
         # Migrations, NATS and the mail sink start together; each is independent of the others.
-        migrate = sup.spawn(ChildSpec("migrate", [*portal, "migrate"], env, restart=False))
+        migrate: Child | None = None
+        if settings.nats_url:
+            migrate = sup.spawn(ChildSpec("migrate", [*portal, "migrate"], env, restart=False))
 
         # The gateway binds its port only once it starts: the ports picked here must not be it.
         taken = {settings.http_port}
         nats: NatsServer | None = None
         nats_child: Child | None = None
+        nats_config: Child | None = None
         if settings.nats_url:
             nats_url = settings.nats_url
         else:
+            nats_dir = data_dir / "nats"
             nats = NatsServer(
-                port=free_port(besides=taken), store_dir=data_dir / "nats", log_file=data_dir / "nats.log"
+                port=free_port(besides=taken),
+                store_dir=nats_dir,
+                log_file=data_dir / "nats.log",
+                config=nats_dir / CONFIG_NAME,
             )
             taken.add(nats.port)
             nats.store_dir.mkdir(parents=True, exist_ok=True)
-            nats_child = sup.spawn(ChildSpec("nats-server", nats.command(), env, stop_order=_STOP_INFRA))
+            # Written again at every start (the permissions follow the code); the seeds are kept.
+            # In the migrations' process: most of either is importing every service.
+            nats_config = migrate = sup.spawn(
+                ChildSpec(
+                    "migrate",
+                    [*portal, "prepare", "--nats-out", str(nats_dir), "--port", str(nats.port)],
+                    env,
+                    restart=False,
+                )
+            )
+            env["PORTAL_NATS_CREDS_DIR"] = str(nats_dir)
             nats_url = nats.url
 
         smtp_url = settings.smtp_url
@@ -171,13 +189,20 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
             )
             smtp_url = f"smtp://127.0.0.1:{sink_port}"
 
-        if nats is not None and nats_child is not None:
+        if nats is not None and nats_config is not None:
+            code = sup.wait(nats_config, interrupted=lambda: signals.stop)
+            if signals.stop:
+                raise _StartupFailed("")
+            if code != 0:
+                raise _StartupFailed("writing the NATS configuration or the database migrations failed (see above)")
+            nats_child = sup.spawn(ChildSpec("nats-server", nats.command(), env, stop_order=_STOP_INFRA))
             _wait_for_port(sup, nats_child, nats.port, signals)
         (data_dir / "nats.url").write_text(nats_url + "\n")
         env["PORTAL_NATS_URL"] = nats_url
         if sink_child is not None and sink_port is not None:
             _wait_for_port(sup, sink_child, sink_port, signals)
 
+        assert migrate is not None
         code = sup.wait(migrate, interrupted=lambda: signals.stop)
         if signals.stop:
             raise _StartupFailed("")
@@ -208,6 +233,7 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
         out(f"  open       {settings.public_url}  (PORTAL_PUBLIC_URL: sign in there, not at {gateway})")
     if nats is not None:
         out(f"  NATS       {nats_url}  (embedded, JetStream store {nats.store_dir}, log {data_dir / 'nats.log'})")
+        out(f"             users and seeds in {nats.store_dir} (PORTAL_NATS_CREDS_DIR for `portal` commands)")
     else:
         out(f"  NATS       {redact_url(nats_url)}  (PORTAL_NATS_URL)")
     if sink_child is not None:
@@ -230,7 +256,10 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
                 ready = True
                 out(f"portal: ready after {process_age():.1f}s at {gateway}")
                 if demo:
-                    _seed(settings.model_copy(update={"nats_url": nats_url}), seed_demo, out, err)
+                    update: dict[str, object] = {"nats_url": nats_url}
+                    if nats is not None:
+                        update["nats_creds_dir"] = nats.store_dir
+                    _seed(settings.model_copy(update=update), seed_demo, out, err)
         time.sleep(0.1)
 
     err("portal: stopping")

@@ -7,7 +7,7 @@ import sys
 
 from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
-from contracts.kit.settings import NatsNotFound
+from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound
 from gateway.settings import GatewaySettings
 
 
@@ -20,6 +20,11 @@ def serve(settings: GatewaySettings | None = None) -> None:
         settings.resolve_nats_url()
     except NatsNotFound as exc:
         log.error("nats_not_found", detail=str(exc))
+        sys.exit(2)
+    try:
+        settings.nats_connect_options("gateway")
+    except NatsCredentialsMissing as exc:
+        log.error("nats_credentials_missing", detail=str(exc))
         sys.exit(2)
     # Imported only now: they are slow to import, and a missing NATS is reported at once.
     import uvicorn

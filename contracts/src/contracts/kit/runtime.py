@@ -15,8 +15,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import nats
 from faststream import FastStream
 from faststream.nats import NatsBroker
+from faststream.nats.security import NatsNKey, NatsSecurity
+from faststream.security import BaseSecurity
 from faststream.specification import AsyncAPI
 from nats.js.client import JetStreamContext
 
@@ -26,6 +29,7 @@ from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler
 from contracts.kit.db import Database
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
+from contracts.kit.permissions import NatsPermissionRefused, Needs, permission_refusal, runtime_needs
 from contracts.kit.rpc import Handler, Responder
 from contracts.kit.settings import ServiceSettings
 from contracts.kit.streams import ensure_streams
@@ -41,6 +45,16 @@ DEFAULT_LOCAL_NATS = "nats://127.0.0.1:4222"
 async def _quiet_error_cb(exc: Exception) -> None:
     # nats-py's default prints a traceback per failed reconnect; one line is enough.
     log.warning("nats_connection_error", error=type(exc).__name__)
+
+
+def broker_security(options: dict[str, Any]) -> BaseSecurity | None:
+    """A part's NATS user (its nkey seed) and TLS, from `nats_connect_options`, as FastStream takes them."""
+    seed, tls = options.get("nkeys_seed_str"), options.get("tls")
+    if seed is not None:
+        return NatsNKey.from_seed(seed, ssl_context=tls)
+    if tls is not None:
+        return NatsSecurity(ssl_context=tls)
+    return None
 
 
 class ServiceRuntime:
@@ -75,10 +89,25 @@ class ServiceRuntime:
             for callback in self.on_reconnect:
                 callback()
 
+        # What NATS refused this replica (the server's words, naming the subject).
+        self.refused: list[str] = []
+
+        async def error_cb(exc: Exception) -> None:
+            refusal = permission_refusal(exc)
+            if refusal is None:
+                await _quiet_error_cb(exc)
+                return
+            self.refused.append(refusal)
+            log.error("nats_permission_refused", instance=self.instance, detail=refusal)
+
+        options = self._nats_options = settings.nats_connect_options(self.name)
+        inbox = {"inbox_prefix": options["inbox_prefix"]} if "inbox_prefix" in options else {}
         self.broker = NatsBroker(
             url,
             name=self.instance,
-            error_cb=_quiet_error_cb,
+            security=broker_security(options),
+            **inbox,
+            error_cb=error_cb,
             reconnected_cb=reconnected,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
@@ -236,8 +265,58 @@ class ServiceRuntime:
             self._recovery_started = started
             log.info("bus_recovered", instance=self.instance, streams=[d.name for d in self.streams])
 
+    def needs(self) -> Needs:
+        """What this replica publishes and subscribes to (see `contracts.kit.permissions`)."""
+        return runtime_needs(self)
+
+    async def check_permissions(self) -> None:
+        """Fail now, naming the subject, when this replica's NATS user lacks something it needs.
+
+        Every subscription is tried, and the JetStream API is asked about each stream and
+        consumer (harmless questions); NATS answers a refusal before it answers a flush. What
+        cannot be tried without doing it (publishing an event or a request) is refused later,
+        in the log as `nats_permission_refused`.
+        """
+        # A connection of its own, whose error callback is nats-py's own (FastStream's wrapper of
+        # the broker's passes errors on later).
+        refused: list[str] = []
+
+        async def error_cb(exc: Exception) -> None:
+            refusal = permission_refusal(exc)
+            if refusal is not None:
+                refused.append(refusal)
+
+        nc = await nats.connect(
+            self.nats_url,
+            name=f"{self.instance}-check",
+            error_cb=error_cb,
+            allow_reconnect=False,
+            connect_timeout=5,
+            **self._nats_options,
+        )
+        try:
+            for subject in self.needs().subscribe:
+                await nc.subscribe(subject)
+            for stream in self.streams:
+                await nc.publish(f"$JS.API.STREAM.INFO.{stream.name}", b"", reply=nc.new_inbox())
+            for consumer in self.consumers:
+                await nc.publish(
+                    f"$JS.API.CONSUMER.INFO.{consumer.stream.name}.{consumer.durable}", b"", reply=nc.new_inbox()
+                )
+            # Twice: nats-py may read a refusal sent before the first flush's answer only after it.
+            await nc.flush(timeout=5)
+            await nc.flush(timeout=5)
+        finally:
+            await nc.close()
+        if refused:
+            raise NatsPermissionRefused(
+                f"NATS refused {self.name}'s user what it needs ({'; '.join(dict.fromkeys(refused))}): "
+                f"is PORTAL_NATS_CREDS_DIR's {self.name}.nk this part's seed, from the same `portal nats-config`?"
+            )
+
     async def _on_startup(self) -> None:
         await self.broker.connect()
+        await self.check_permissions()
         await self.ensure_streams()
 
     async def _after_startup(self) -> None:

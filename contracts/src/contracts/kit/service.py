@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Protocol
 from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
 from contracts.kit.migrations import upgrade
+from contracts.kit.permissions import NatsPermissionRefused
 from contracts.kit.runtime import ServiceRuntime
-from contracts.kit.settings import NatsNotFound, ServiceSettings
+from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound, ServiceSettings
 
 
 class ServiceDefinition(Protocol):
@@ -56,16 +58,30 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
     except NatsNotFound as exc:
         log.error("nats_not_found", detail=str(exc))
         sys.exit(2)
+    try:
+        settings.nats_connect_options(service.NAME)
+    except NatsCredentialsMissing as exc:
+        log.error("nats_credentials_missing", detail=str(exc))
+        sys.exit(2)
     if run_migrations:
         migrate(service, settings)
     runtime = service.build(settings)
     freeze_startup_heap()
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(runtime.app.run())
-    else:
-        uvloop.run(runtime.app.run())
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            asyncio.run(runtime.app.run())
+        else:
+            uvloop.run(runtime.app.run())
+    except NatsPermissionRefused as exc:
+        # At start-up, not at first use: the operator sees which subject the seed lacks.
+        log.error("nats_permission_refused", detail=str(exc))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The start-up stopped half-way: the database's worker threads were never closed and
+        # would keep the process alive.
+        os._exit(2)
 
 
 def main(service: ServiceDefinition, argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class NatsNotFound(RuntimeError):
     """No NATS URL is configured and no `portal up` has written one."""
+
+
+class NatsCredentialsMissing(RuntimeError):
+    """PORTAL_NATS_CREDS_DIR is set but holds no seed for this part, or a TLS file is missing."""
 
 
 class CommonSettings(BaseSettings):
@@ -25,6 +30,19 @@ class CommonSettings(BaseSettings):
     data_dir: Path = Field(
         default=Path("./var"), description="Where SQLite files, the embedded NATS and the mail sink keep data."
     )
+    nats_creds_dir: Path | None = Field(
+        default=None,
+        description="A directory as `portal nats-config` writes it: each part connects to NATS as its own user "
+        "with `<part>.nk` (the `portal` command as `operator`). Unset: DATA_DIR/nats when `portal up` wrote seeds "
+        "there and PORTAL_NATS_URL is unset, else no credentials (a NATS that needs none).",
+    )
+    nats_ca: Path | None = Field(
+        default=None, description="A PEM file of the CA certificates to check NATS's against (TLS to NATS)."
+    )
+    nats_cert: Path | None = Field(
+        default=None, description="A PEM client certificate to present to NATS (with PORTAL_NATS_KEY)."
+    )
+    nats_key: Path | None = Field(default=None, description="The PEM private key of PORTAL_NATS_CERT.")
     log_level: str = Field(default="INFO", description="Python log level name.")
     log_format: str = Field(default="json", description="`json` (one object a line) or `console`.")
     stream_replicas: int = Field(
@@ -68,6 +86,62 @@ class CommonSettings(BaseSettings):
         if not url:
             raise NatsNotFound(f"No NATS to connect to: set PORTAL_NATS_URL, or start `portal up` (it writes {path}).")
         return url
+
+    def nats_tls(self) -> ssl.SSLContext | None:
+        """TLS to NATS when a CA or a client certificate is set (else the URL decides: tls:// uses the system's CAs)."""
+        if self.nats_ca is None and self.nats_cert is None:
+            return None
+        for name, path in (
+            ("PORTAL_NATS_CA", self.nats_ca),
+            ("PORTAL_NATS_CERT", self.nats_cert),
+            ("PORTAL_NATS_KEY", self.nats_key),
+        ):
+            if path is not None and not path.is_file():
+                raise NatsCredentialsMissing(f"{name}: no file at {path}")
+        if (self.nats_cert is None) != (self.nats_key is None):
+            raise NatsCredentialsMissing("PORTAL_NATS_CERT and PORTAL_NATS_KEY go together: set both or neither")
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.nats_ca) if self.nats_ca else None)
+        if self.nats_cert is not None and self.nats_key is not None:
+            ctx.load_cert_chain(str(self.nats_cert), str(self.nats_key))
+        return ctx
+
+    def nats_seed(self, part: str) -> str | None:
+        """`part`'s nkey seed from PORTAL_NATS_CREDS_DIR, read once (None without the setting)."""
+        creds_dir = self.nats_creds_dir
+        if creds_dir is None and self.nats_url is None:
+            # Like the URL: what `portal up` wrote for its embedded NATS, when it did.
+            embedded = self.data_dir / "nats"
+            creds_dir = embedded if (embedded / f"{part}.nk").is_file() else None
+        if creds_dir is None:
+            return None
+        path = creds_dir / f"{part}.nk"
+        try:
+            seed = path.read_text().strip()
+        except OSError as exc:
+            raise NatsCredentialsMissing(
+                f"PORTAL_NATS_CREDS_DIR: cannot read {part}'s seed {path} ({type(exc).__name__}); "
+                "`portal nats-config --out DIR` writes one per part"
+            ) from exc
+        if not seed.startswith("SU"):
+            raise NatsCredentialsMissing(f"PORTAL_NATS_CREDS_DIR: {path} is not a user nkey seed")
+        return seed
+
+    def nats_connect_options(self, part: str) -> dict[str, Any]:
+        """nats-py `connect` options for `part`: its user and inbox, and TLS (nothing without the settings).
+
+        The seed is read here, once: a replica keeps reconnecting with it even if the file goes away.
+        """
+        options: dict[str, Any] = {}
+        seed = self.nats_seed(part)
+        if seed is not None:
+            from contracts.kit.permissions import inbox_prefix
+
+            options["nkeys_seed_str"] = seed
+            options["inbox_prefix"] = inbox_prefix(part)
+        tls = self.nats_tls()
+        if tls is not None:
+            options["tls"] = tls
+        return options
 
 
 def sqlite_url(data_dir: Path, name: str) -> str:

@@ -23,6 +23,7 @@ from nats.aio.client import Client as NatsClient
 from contracts.base import Rep, Req, Rpc
 from contracts.kit import rpc as rpc_kit
 from contracts.kit.logs import get_logger
+from contracts.kit.permissions import NatsPermissionRefused, permission_refusal
 from contracts.kit.rpc import RpcUnavailable
 from contracts.kit.settings import NatsNotFound
 from gateway.settings import GatewaySettings
@@ -90,7 +91,15 @@ async def _connect(
         log.info("nats_reconnected")
         await forget_everything()
 
+    refused: list[str] = []
+
     async def error_cb(exc: Exception) -> None:
+        refusal = permission_refusal(exc)
+        if refusal is not None:
+            # The gateway's NATS user lacks something it needs (it names the subject).
+            refused.append(refusal)
+            log.error("nats_permission_refused", detail=refusal)
+            return
         if isinstance(exc, nats.errors.SlowConsumerError):
             # nats-py dropped messages of a subscription that fell behind: if one was a
             # revocation or a link change, the caches cannot tell, so they start afresh as
@@ -108,11 +117,20 @@ async def _connect(
         reconnect_time_wait=1,
         error_cb=error_cb,
         reconnected_cb=reconnected,
+        **settings.nats_connect_options("gateway"),
     )
     log.info("nats_connected")
     # Subscriptions made here are renewed by nats-py itself after every reconnect.
     for hook in on_connect:
         await hook(nc)
+    # A refused subscription is answered before the flush: say so at start-up, not at first use.
+    # Twice: nats-py may read a refusal sent before the first flush's answer only after it.
+    await nc.flush(timeout=5)
+    await nc.flush(timeout=5)
+    if refused:
+        # Not ready, rather than ready with caches that hear nothing: /ready says NATS is away.
+        await nc.close()
+        raise NatsPermissionRefused(f"NATS refused the gateway's user what it needs: {'; '.join(refused)}")
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:

@@ -1,0 +1,204 @@
+"""`portal nats-config`: a nats-server configuration with one nkey user per part, each allowed
+only what it needs (see `contracts.kit.permissions`), and that user's seed beside it.
+
+The permissions of a service come from its wired runtime (what it serves, the streams it makes
+sure of, the consumers it pulls from), so a request, stream or consumer added to a service
+reaches its permissions without anyone writing them down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from contracts.kit.permissions import Needs
+
+CONFIG_NAME = "nats-server.conf"
+
+
+def service_needs(name: str) -> Needs:
+    """A service's needs, read off a replica wired (not started) from settings that touch nothing."""
+    from contracts.kit.permissions import runtime_needs
+    from contracts.kit.service import ServiceDefinition
+    from portal.cli import service_module
+
+    module: ServiceDefinition = service_module(name)
+    settings = module.Settings(
+        nats_url="nats://127.0.0.1:4222", database_url="sqlite+aiosqlite:///:memory:", nats_creds_dir=None
+    )
+    return runtime_needs(module.build(settings))
+
+
+def all_needs() -> dict[str, Needs]:
+    """Every part's needs: the services' from their runtimes, the others' from the table."""
+    from contracts.kit.permissions import PARTS, common_needs
+    from contracts.rpc import SERVICES
+
+    return {part: service_needs(part) if part in SERVICES else common_needs(part) for part in PARTS}
+
+
+@dataclass
+class Credentials:
+    """The seeds of every part (kept in `<dir>/<part>.nk`) and their public keys."""
+
+    seeds: dict[str, str]
+
+    def public_key(self, part: str) -> str:
+        import nkeys  # type: ignore[import-untyped]
+
+        return str(nkeys.from_seed(bytearray(self.seeds[part].encode())).public_key.decode())
+
+
+def load_or_create_seeds(out: Path) -> Credentials:
+    """Each part's seed from `out/<part>.nk`, making (mode 0600) the ones missing."""
+    import nkeys
+
+    from contracts.kit.permissions import PARTS
+
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = {}
+    for part in PARTS:
+        path = out / f"{part}.nk"
+        if path.exists():
+            seeds[part] = path.read_text().strip()
+            continue
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+        # Created 0600 from the start: never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(seed + "\n")
+        seeds[part] = seed
+    return Credentials(seeds)
+
+
+def _list(subjects: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(s) for s in subjects) + "]"
+
+
+def render_config(
+    creds: Credentials,
+    needs: dict[str, Needs],
+    *,
+    port: int,
+    store_dir: Path,
+    host: str = "127.0.0.1",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_ca: Path | None = None,
+) -> str:
+    """The nats-server configuration text."""
+    lines = [
+        "# Written by `portal nats-config`: one nkey user per part of the Parent Portal, each allowed",
+        "# only what it needs. Regenerate rather than edit: the permissions follow the code.",
+        f"host: {json.dumps(host)}",
+        f"port: {port}",
+        "jetstream {",
+        f"  store_dir: {json.dumps(str(store_dir))}",
+        "  # Every write reaches the disk before it is acknowledged: an acknowledged event survives a crash.",
+        "  sync_interval: always",
+        "}",
+    ]
+    if tls_cert is not None and tls_key is not None:
+        lines += ["tls {", f"  cert_file: {json.dumps(str(tls_cert))}", f"  key_file: {json.dumps(str(tls_key))}"]
+        if tls_ca is not None:
+            # Clients present a certificate signed by this CA, besides their nkey.
+            lines += [f"  ca_file: {json.dumps(str(tls_ca))}", "  verify: true"]
+        lines += ["}"]
+    lines += ["authorization {", "  users: ["]
+    for part in needs:
+        n = needs[part]
+        lines += [
+            f"    # {part}",
+            "    {",
+            f"      nkey: {creds.public_key(part)}",
+            "      permissions: {",
+            f"        publish: {{ allow: {_list(n.publish)} }}" if n.publish else '        publish: { deny: [">"] }',
+            f"        subscribe: {{ allow: {_list(n.subscribe)} }}",
+        ]
+        if n.responds:
+            # Answers go only to the reply subject of a request this user received.
+            lines += ["        allow_responses: true"]
+        lines += ["      }", "    }"]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def write_config(
+    out: Path,
+    *,
+    port: int = 4222,
+    store_dir: Path | None = None,
+    host: str = "127.0.0.1",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_ca: Path | None = None,
+) -> Path:
+    """Write `out/nats-server.conf` (again) and the seeds not there yet; the configuration's path."""
+    creds = load_or_create_seeds(out)
+    text = render_config(
+        creds,
+        all_needs(),
+        port=port,
+        store_dir=(store_dir or out / "jetstream").resolve(),
+        host=host,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+    )
+    path = out / CONFIG_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def nats_config(
+    out: Path = typer.Option(..., "--out", help="Directory for nats-server.conf and one <part>.nk seed per part."),
+    port: int = typer.Option(4222, "--port", min=1, max=65535, help="The client port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="The address to listen on."),
+    store_dir: Path | None = typer.Option(None, "--store-dir", help="JetStream's store (default: OUT/jetstream)."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="The server's PEM certificate (TLS)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Its PEM private key."),
+    tls_ca: Path | None = typer.Option(
+        None, "--tls-ca", help="Require client certificates signed by this PEM CA (with --tls-cert)."
+    ),
+) -> None:
+    """Write a NATS server configuration with one user per part, each allowed only what it needs.
+
+    Seeds already in OUT are kept (the parts keep connecting); the configuration is written
+    again, so run it after an upgrade and reload nats-server. Give each part its own seed only
+    (PORTAL_NATS_CREDS_DIR), and the learning platform's publisher `platform.nk`.
+    """
+    if (tls_cert is None) != (tls_key is None):
+        typer.echo("portal: --tls-cert and --tls-key go together", err=True)
+        raise typer.Exit(2)
+    if tls_ca is not None and tls_cert is None:
+        typer.echo("portal: --tls-ca needs --tls-cert and --tls-key", err=True)
+        raise typer.Exit(2)
+    from contracts.kit.permissions import PARTS
+
+    path = write_config(
+        out, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca
+    )
+    typer.echo(f"wrote {path} and the seeds {', '.join(f'{p}.nk' for p in PARTS)} in {out}")
+
+
+def prepare(
+    nats_out: Path = typer.Option(..., "--nats-out", help="Where to write the NATS configuration and seeds."),
+    port: int = typer.Option(..., "--port", min=1, max=65535, help="The embedded NATS's client port."),
+) -> None:
+    """`portal up`'s first step: the embedded NATS's configuration, then every migration.
+
+    One process for both, since most of either is importing every service.
+    """
+    from portal.cli import migrate
+
+    write_config(nats_out, port=port, store_dir=nats_out)
+    typer.echo(f"wrote the NATS configuration and seeds in {nats_out}")
+    migrate()
