@@ -158,6 +158,13 @@ def test_every_request_is_heard_by_its_service_only_and_asked_by_someone() -> No
         assert "gateway" not in _publishers(needs, rpc.subject), rpc.subject
 
 
+def test_each_service_may_dead_letter_what_its_outbox_cannot_publish_and_nobody_else_its() -> None:
+    needs = all_needs()
+    for service in ("identity", "linking", "notify", "overview"):
+        assert _publishers(needs, f"deadletter.{service}.outbox") == {service}
+        assert service in _publishers(needs, "$JS.API.STREAM.NAMES")
+
+
 def test_only_notify_reads_email_requests_and_the_platform_only_publishes_platform_events() -> None:
     needs = all_needs()
     readers = {
