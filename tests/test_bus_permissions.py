@@ -185,7 +185,11 @@ def test_only_notify_reads_email_requests_and_the_platform_only_publishes_platfo
     }
     assert readers == {"notify"}
     assert needs["platform"].publish == ["platform.>"]
-    assert needs["platform"].subscribe == ["_INBOX.platform.>"]
+    # Its own client's inbox, whatever its prefix, but none of the portal's parts' replies.
+    assert needs["platform"].subscribe == ["_INBOX.>"]
+    assert sorted(needs["platform"].subscribe_deny) == sorted(
+        f"{permissions.inbox_prefix(p)}.>" for p in permissions.PARTS if p != "platform"
+    )
     assert not _publishers({"gateway": needs["gateway"]}, platform.STAFF_UPSERTED)
     assert not _publishers({"gateway": needs["gateway"]}, identity.SESSION_REVOKED)
 
@@ -320,6 +324,36 @@ async def test_the_platform_publishes_its_events_and_nothing_else(connect) -> No
     assert refused(refusals, "Publish", identity.LOGIN.subject)
     assert refused(refusals, "Publish", identity.CREATE_STAFF.subject)
     assert refused(refusals, "Publish", identity.SESSION_REVOKED)
+
+
+async def test_the_platform_with_its_clients_default_inbox_gets_acks_but_no_portal_replies(secured: Secured) -> None:
+    """The learning platform's publisher is not ours: with its client's default `_INBOX.` prefix
+    its JetStream acknowledgements arrive, and it still cannot read any part's replies."""
+    identity_user = await nats.connect(
+        secured.server.url, nkeys_seed_str=secured.seed("identity"), inbox_prefix=permissions.inbox_prefix("identity")
+    )
+    await ensure_streams(identity_user.jetstream(), [PLATFORM])
+    await identity_user.close()
+    refusals: list[str] = []
+
+    async def error_cb(exc: Exception) -> None:
+        refusals.append(str(exc))
+
+    nc = await nats.connect(
+        secured.server.url, nkeys_seed_str=secured.seed("platform"), error_cb=error_cb, allow_reconnect=False
+    )
+    try:
+        ack = await nc.jetstream().publish(platform.STARS_AWARDED, b"{}", timeout=5)
+        assert ack.stream == PLATFORM.name
+        for part in ("identity", "gateway", "operator"):
+            await nc.subscribe(f"{permissions.inbox_prefix(part)}.>")
+        await nc.subscribe("_INBOX.>")  # allowed, but the parts' prefixes stay denied
+        await nc.flush(timeout=5)
+        await nc.flush(timeout=5)
+        for part in ("identity", "gateway", "operator"):
+            assert refused(refusals, "Subscription", f"{permissions.inbox_prefix(part)}.>"), (part, refusals)
+    finally:
+        await nc.close()
 
 
 def test_a_part_with_another_parts_seed_stops_at_start_naming_the_subject(secured: Secured, tmp_path: Path) -> None:

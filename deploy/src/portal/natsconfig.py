@@ -119,7 +119,9 @@ def render_config(
             f"      nkey: {creds.public_key(part)}",
             "      permissions: {",
             f"        publish: {{ allow: {_list(n.publish)} }}" if n.publish else '        publish: { deny: [">"] }',
-            f"        subscribe: {{ allow: {_list(n.subscribe)} }}",
+            f"        subscribe: {{ allow: {_list(n.subscribe)}, deny: {_list(n.subscribe_deny)} }}"
+            if n.subscribe_deny
+            else f"        subscribe: {{ allow: {_list(n.subscribe)} }}",
         ]
         if n.responds:
             # Answers go only to the reply subject of a request this user received.

@@ -122,6 +122,8 @@ class Needs:
     subscribe: list[str] = field(default_factory=list)
     # Answers requests on their reply subjects.
     responds: bool = False
+    # Subjects refused even where `subscribe` allows them.
+    subscribe_deny: list[str] = field(default_factory=list)
 
     def add(self, *, publish: Iterable[str] = (), subscribe: Iterable[str] = ()) -> None:
         for s in publish:
@@ -152,7 +154,14 @@ def consumer_api(stream: str, durable: str) -> list[str]:
 def common_needs(part: str) -> Needs:
     """What a part needs that no runtime declares: its inbox, whom it asks, what it emits."""
     needs = Needs(part)
-    needs.add(subscribe=[f"{inbox_prefix(part)}.>"])
+    if part == "platform":
+        # The platform's publisher is not ours: it may keep its client's default `_INBOX.` prefix
+        # for its JetStream acknowledgements, but never read the portal's parts' replies
+        # (session tokens, contacts), which come under prefixes of their own.
+        needs.add(subscribe=["_INBOX.>"])
+        needs.subscribe_deny = [f"{inbox_prefix(p)}.>" for p in PARTS if p != "platform"]
+    else:
+        needs.add(subscribe=[f"{inbox_prefix(part)}.>"])
     needs.add(publish=[r.subject for r in CALLS.get(part, ())])
     needs.add(publish=EMITS.get(part, ()), subscribe=NOTICES_HEARD.get(part, ()))
     needs.add(publish=NOTICES_PUBLISHED.get(part, ()))
