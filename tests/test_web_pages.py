@@ -303,7 +303,9 @@ async def register_and_verify(
 
 async def publish_activity(portal: Portal) -> None:
     """Homework, a message and stars for Amy, as the learning platform would send them."""
-    nc = await nats.connect((portal.data_dir / "nats.url").read_text().strip())
+    # As the platform's publisher: `portal up` runs NATS with a user per part, anonymous refused.
+    seed = (portal.data_dir / "nats" / "platform.nk").read_text().strip()
+    nc = await nats.connect((portal.data_dir / "nats.url").read_text().strip(), nkeys_seed_str=seed)
     try:
         js = nc.jetstream()
         now = utcnow()
