@@ -20,7 +20,6 @@ log = get_logger("contracts.kit.db")
 
 # Seconds between the checkpoints after an erasure: at once, then after the rows deleted right
 # after it (published outbox rows) are gone too. Well inside the 30 s an erasure may take.
-SCRUB_DELAYS = (0.0, 2.0, 8.0)
 
 
 def is_sqlite(url: str) -> bool:
@@ -101,9 +100,10 @@ class Database:
         return row is not None and row[0] == 0
 
     def scrub_soon(self) -> None:
-        """After an erasure: checkpoint now and twice more in the next seconds, in the
-        background (the outbox relay and the consumers delete rows of their own right after a
-        commit; their older copies must leave the log too)."""
+        """After an erasure: checkpoint now, in the background. What the outbox relay and the
+        consumers delete right after (their older copies of the rows) leaves the log with the
+        service's periodic checkpoint (`contracts.kit.retention`, every few seconds while the
+        log is not empty)."""
         if not self.sqlite:
             return
         task = asyncio.create_task(self._scrub())
@@ -111,12 +111,10 @@ class Database:
         task.add_done_callback(self._scrubs.discard)
 
     async def _scrub(self) -> None:
-        for delay in SCRUB_DELAYS:
-            await asyncio.sleep(delay)
-            try:
-                await self.checkpoint()
-            except Exception as exc:  # noqa: BLE001 - the next one tries again
-                log.warning("checkpoint_failed", error=type(exc).__name__)
+        try:
+            await self.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - the periodic checkpoint tries again
+            log.warning("checkpoint_failed", error=type(exc).__name__)
 
     async def ping(self) -> None:
         """Raise unless the database answers."""
