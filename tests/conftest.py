@@ -1,6 +1,8 @@
 """Fixtures shared by the test modules: real NATS servers, real PostgreSQL and SQLite databases,
 the linking service and a portal of linking and identity behind the gateway.
 
+- Every nats-server of the run has the portal's NATS users and permissions, and every part a
+  test starts connects as its own user (see `natsauth`).
 - `nats_server`: one private nats-server (JetStream) for the session, on a free port.
 - `fresh_nats`: a nats-server of the test's own, safe to stop, kill and restart.
 - `pg`: the machine's PostgreSQL; each test run gets databases of its own,
@@ -18,15 +20,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nats
+import natsauth
 import pytest
+from natsauth import authed_nats
 
-from portal.natsserver import NatsServer, free_port, start_nats
+from portal.natsserver import NatsServer, free_port
 
 if TYPE_CHECKING:
     from gateway_portal import Portal
@@ -37,17 +42,30 @@ PG_PORT = int(os.environ.get("PORTAL_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("PORTAL_TEST_PG_USER", "postgres")
 RUN_ID = uuid.uuid4().hex[:8]
 
+# Set before any settings are read: the parts started in this process or as its children
+# connect with their own seeds, so the suite runs with the permissions production has.
+os.environ["PORTAL_NATS_CREDS_DIR"] = str(natsauth.CREDS_DIR)
+natsauth.credentials()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def parts_connect_as_themselves() -> Iterator[None]:
+    """Fails the run if any part ran on a test nats-server with the harness's rights."""
+    yield
+    shutil.rmtree(natsauth.CREDS_DIR, ignore_errors=True)
+    assert not natsauth.violations, "\n".join(natsauth.violations)
+
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = start_nats(tmp_path_factory.mktemp("nats"))
+    server = authed_nats(tmp_path_factory.mktemp("nats"))
     yield server
     server.stop()
 
 
 @pytest.fixture
 def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(port=free_port(), store_dir=tmp_path / "nats").start()
+    server = authed_nats(tmp_path / "nats")
     yield server
     server.stop(kill=True)
 

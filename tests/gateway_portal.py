@@ -20,6 +20,7 @@ import httpx
 import nats
 from gateway_harness import running_gateway
 from helpers import eventually
+from natsauth import authed_nats
 
 from contracts import identity, notify, platform
 from contracts import linking as contract
@@ -29,7 +30,6 @@ from contracts.kit.service import migrate
 from gateway.settings import GatewaySettings
 from identity import app as identity_app
 from linking import app as linking_app
-from portal.natsserver import NatsServer, free_port
 
 PUBLIC_URL = "http://portal.test"
 PASSWORD = "correct horse battery staple"
@@ -160,7 +160,7 @@ async def verified_parent(http: httpx.AsyncClient, nc: nats.NATS) -> str:
 async def running_portal(tmp: Path) -> AsyncIterator[Portal]:
     """Identity, linking and a gateway over a nats-server of their own, under `tmp`: the roster
     applied, the staff of `Portal.tokens` and a verified parent signed in."""
-    server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
+    server = authed_nats(tmp / "nats")
     try:
         async with AsyncExitStack() as stack:
             id_settings = identity_app.Settings(

@@ -56,6 +56,10 @@ class KitSettings(ServiceSettings):
     service_name: ClassVar[str] = "kittest"
     database_url: str | None = database_url_field("kittest")
 
+    def nats_seed(self, part: str) -> str | None:
+        # Not a part of the portal, so no NATS user of its own: it connects as the tests do.
+        return None
+
 
 async def create_schema(url: str) -> None:
     """Create the test service's tables and the kit's (tests skip Alembic here)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import nats
 import pytest
 from helpers import eventually
+from natsauth import authed_nats
 
 from contracts import linking as contract
 from contracts import notify, platform
@@ -27,7 +28,6 @@ from contracts.kit.rpc import RpcError, call
 from contracts.kit.service import migrate
 from linking import app as linking_app
 from linking.codes import new_key
-from portal.natsserver import start_nats
 
 PUBLIC_URL = "https://portal.example.test"
 
@@ -76,7 +76,7 @@ class Env:
 @asynccontextmanager
 async def running_linking(database_url: str, tmp: Path) -> AsyncIterator[Env]:
     """A linking replica on `database_url` with a nats-server of its own, both under `tmp`."""
-    server = start_nats(tmp / "nats")
+    server = authed_nats(tmp / "nats")
     settings = linking_app.Settings(
         nats_url=server.url,
         database_url=database_url,

@@ -22,6 +22,7 @@ import nats
 import pytest
 from gateway_harness import Gateway, bearer, running_gateway
 from helpers import eventually
+from natsauth import authed_nats
 from smtp_server import SmtpServer
 from sqlalchemy import text
 
@@ -35,7 +36,7 @@ from identity import app as identity_app
 from linking import app as linking_app
 from linking.codes import new_key
 from notify import app as notify_app
-from portal.natsserver import NatsServer, free_port
+from portal.natsserver import free_port
 
 PUBLIC_URL = "http://portal.test"
 PASSWORD = "correct horse battery staple"
@@ -102,7 +103,7 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     def db(name: str) -> dict:
         return {} if sqlite else {"database_url": request.getfixturevalue("pg").create(name)}
 
-    server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
+    server = authed_nats(tmp / "nats")
     smtp = SmtpServer(free_port()).start()
     common = {"nats_url": server.url, "public_url": PUBLIC_URL}
     try:

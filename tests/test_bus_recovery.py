@@ -19,6 +19,7 @@ import nats
 import pytest
 from gateway_harness import Gateway, running_gateway
 from helpers import eventually
+from natsauth import authed_nats
 from smtp_server import SmtpServer
 
 from contracts.kit.service import migrate
@@ -92,7 +93,7 @@ class Running:
 @pytest.fixture(scope="module")
 async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     tmp = tmp_path_factory.mktemp("recovery")
-    server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
+    server = authed_nats(tmp / "nats")
     smtp = SmtpServer(free_port()).start()
     common = {"nats_url": server.url, "public_url": PUBLIC_URL}
     state: Running | None = None
@@ -124,7 +125,7 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
 async def test_a_wiped_nats_store_under_a_running_portal_is_recovered_and_a_registration_email_arrives(
     running: Running,
 ) -> None:
-    running.restart(NatsServer(port=running.server.port, store_dir=running.server.store_dir), wipe=True)
+    running.restart(authed_nats(running.server.store_dir, port=running.server.port, start=False), wipe=True)
 
     email = await eventually(running.register, timeout=RECOVERY_SECONDS, message="registration accepted")
     await eventually(
@@ -159,7 +160,7 @@ async def test_health_is_degraded_naming_why_while_streams_cannot_be_made_and_ok
     assert not running.verification_email(email)
 
     # JetStream back (with an empty store): everything is made again, the email goes out.
-    running.restart(NatsServer(port=running.server.port, store_dir=running.server.store_dir), wipe=True)
+    running.restart(authed_nats(running.server.store_dir, port=running.server.port, start=False), wipe=True)
     await eventually(
         lambda: running.verification_email(email), timeout=RECOVERY_SECONDS, message="the waiting email sent"
     )

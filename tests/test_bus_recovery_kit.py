@@ -11,6 +11,7 @@ from pathlib import Path
 
 import kitapp
 import nats
+import natsauth
 from helpers import eventually
 from kitapp import outbox_count
 from nats.js.api import StreamConfig
@@ -24,6 +25,7 @@ PORTAL = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "portal")
 def portal_cli(*args: str, nats_url: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
     env["PORTAL_NATS_URL"] = nats_url
+    env["PORTAL_NATS_CREDS_DIR"] = str(natsauth.CREDS_DIR)
     return subprocess.run([PORTAL, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -25,6 +25,7 @@ import pytest
 from gateway_harness import Gateway, bearer, running_gateway
 from gateway_portal import cards
 from helpers import eventually
+from natsauth import authed_nats
 from smtp_server import SmtpServer
 
 from contracts import identity, platform
@@ -38,7 +39,7 @@ from identity import app as identity_app
 from linking import app as linking_app
 from linking.codes import new_key
 from notify import app as notify_app
-from portal.natsserver import NatsServer, free_port
+from portal.natsserver import free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -99,7 +100,7 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     def db(name: str) -> dict:
         return {} if request.param == "sqlite" else {"database_url": request.getfixturevalue("pg").create(name)}
 
-    server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
+    server = authed_nats(tmp / "nats")
     smtp = SmtpServer(free_port()).start()
     common = {"nats_url": server.url, "public_url": PUBLIC_URL}
     try:

@@ -27,6 +27,7 @@ import nats
 import pytest
 from gateway_harness import Gateway, bearer, running_gateway
 from helpers import eventually
+from natsauth import authed_nats
 from smtp_server import SmtpServer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -45,7 +46,7 @@ from identity import app as identity_app
 from linking import app as linking_app
 from notify import app as notify_app
 from overview import app as overview_app
-from portal.natsserver import NatsServer, free_port
+from portal.natsserver import free_port
 
 PORTAL = str(Path(sys.executable).with_name("portal"))
 CHEAP_ARGON = {"identity_argon2_time_cost": 2, "identity_argon2_memory_kib": 19456, "identity_argon2_parallelism": 1}
@@ -75,7 +76,7 @@ class World:
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("data-protection")
     data = tmp / "data"
-    server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
+    server = authed_nats(tmp / "nats")
     smtp = SmtpServer(free_port()).start()
     common = {"nats_url": server.url, "public_url": PUBLIC_URL, "data_dir": data}
     try:

@@ -19,6 +19,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import httpx
+import natsauth
 import pytest
 from gateway_harness import Gateway, running_gateway
 from helpers import eventually
@@ -381,7 +382,9 @@ def test_linkify_escapes_and_links() -> None:
 
 def _gateway_process(env_overrides: dict[str, str], tmp_path: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    env.update({"PORTAL_DATA_DIR": str(tmp_path / "data"), **env_overrides})
+    env.update(
+        {"PORTAL_DATA_DIR": str(tmp_path / "data"), "PORTAL_NATS_CREDS_DIR": str(natsauth.CREDS_DIR), **env_overrides}
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve"],
         env=env,

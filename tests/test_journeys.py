@@ -19,6 +19,7 @@ import nats
 import pytest
 from gateway_harness import Gateway, bearer, running_gateway
 from helpers import eventually
+from natsauth import authed_nats
 from smtp_server import SmtpServer
 
 from contracts import identity, platform
@@ -33,7 +34,7 @@ from linking import app as linking_app
 from linking.codes import new_key
 from notify import app as notify_app
 from overview import app as overview_app
-from portal.natsserver import NatsServer, free_port
+from portal.natsserver import free_port
 
 PUBLIC_URL = "http://portal.test"
 PASSWORD = "correct horse battery staple"
@@ -144,7 +145,7 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         # SQLite files in the data dir by default; one PostgreSQL database per service otherwise.
         return {} if request.param == "sqlite" else {"database_url": request.getfixturevalue("pg").create(name)}
 
-    server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
+    server = authed_nats(tmp / "nats")
     smtp = SmtpServer(free_port()).start()
     common = {"nats_url": server.url, "public_url": PUBLIC_URL}
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import nats
+import natsauth
 import pytest
 from linking_env import (
     PUBLIC_URL,
@@ -32,12 +33,12 @@ from linking_env import (
     sheet,
     watch_email_requests,
 )
+from natsauth import authed_nats
 
 from contracts import linking as contract
 from contracts.kit.service import migrate
 from linking import app as linking_app
 from linking.codes import CodeVault, new_key
-from portal.natsserver import start_nats
 
 PORTAL = str(Path(sys.executable).with_name("portal"))
 KEY = "PORTAL_LINKING_CODE_KEY"
@@ -77,7 +78,8 @@ async def replica(nats_url: str, db_url: str, host: Path, key: str, old_keys: st
 
 async def portal(*args: str, **env: str) -> subprocess.CompletedProcess:
     """The `portal` command with these PORTAL_* settings only."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")} | env
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+    full |= {"PORTAL_NATS_CREDS_DIR": str(natsauth.CREDS_DIR)} | env
     # In a thread: replicas answer from this test's own event loop meanwhile.
     return await asyncio.to_thread(
         subprocess.run, [PORTAL, *args], capture_output=True, text=True, env=full, timeout=120
@@ -170,7 +172,7 @@ def test_only_the_default_sqlite_file_goes_without_the_key(tmp_path: Path) -> No
 @pytest.mark.postgres
 async def test_replicas_on_two_hosts_with_the_same_key_accept_each_others_codes_and_bars(pg, tmp_path: Path) -> None:
     db, key = pg.create("linking"), new_key()
-    first, second = start_nats(tmp_path / "nats-1"), start_nats(tmp_path / "nats-2")
+    first, second = authed_nats(tmp_path / "nats-1"), authed_nats(tmp_path / "nats-2")
     try:
         # Each replica on a NATS of its own, so each request is answered by the replica asked.
         async with (
@@ -195,7 +197,7 @@ async def test_replicas_on_two_hosts_with_the_same_key_accept_each_others_codes_
 
 
 async def test_rotating_the_key_loses_no_code_and_lifts_no_bar(linking_db: str, tmp_path: Path) -> None:
-    server = start_nats(tmp_path / "nats")
+    server = authed_nats(tmp_path / "nats")
     host = tmp_path / "host"
     key_a, key_b = new_key(), new_key()
     try:

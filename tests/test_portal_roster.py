@@ -20,6 +20,7 @@ import nats
 import nats.js.errors
 import pytest
 from helpers import eventually
+from natsauth import authed_nats
 
 from contracts import linking as contract
 from contracts import streams
@@ -29,7 +30,6 @@ from contracts.kit.streams import ensure_streams
 from identity import app as identity_app
 from linking import app as linking_app
 from linking.codes import new_key
-from portal.natsserver import start_nats
 
 PORTAL = str(Path(sys.executable).with_name("portal"))
 CHEAP = {"identity_argon2_time_cost": 2, "identity_argon2_memory_kib": 19456, "identity_argon2_parallelism": 1}
@@ -72,7 +72,7 @@ class Linking:
 @pytest.fixture(scope="module")
 async def linking(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Linking]:
     tmp = tmp_path_factory.mktemp("roster")
-    server = start_nats(tmp / "nats")
+    server = authed_nats(tmp / "nats")
     settings = linking_app.Settings(
         nats_url=server.url, database_url=f"sqlite+aiosqlite:///{tmp / 'linking.db'}", data_dir=tmp
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import nats
+import natsauth
 import pytest
 from helpers import eventually
 
@@ -207,7 +208,11 @@ def test_dead_letters_without_nats_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_dead_letters_list_empty(fresh_nats) -> None:
-    result = portal("dead-letters", "list", env=clean_env(PORTAL_NATS_URL=fresh_nats.url))
+    result = portal(
+        "dead-letters",
+        "list",
+        env=clean_env(PORTAL_NATS_URL=fresh_nats.url, PORTAL_NATS_CREDS_DIR=str(natsauth.CREDS_DIR)),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "no dead letters"
 
@@ -381,7 +386,12 @@ def test_up_stops_every_process_on_sigterm(running: Running) -> None:
 @pytest.mark.slow
 async def test_up_uses_given_nats_and_smtp_and_starts_neither(nats_server, tmp_path: Path) -> None:
     smtp_url = f"smtp://127.0.0.1:{free_port()}"
-    up = start_portal_up(tmp_path, PORTAL_NATS_URL=nats_server.url, PORTAL_SMTP_URL=smtp_url)
+    up = start_portal_up(
+        tmp_path,
+        PORTAL_NATS_URL=nats_server.url,
+        PORTAL_NATS_CREDS_DIR=str(natsauth.CREDS_DIR),
+        PORTAL_SMTP_URL=smtp_url,
+    )
     try:
         await wait_for_health(nats_server.url, deadline=up.started + READY_WITHIN)
         assert (up.data_dir / "nats.url").read_text().strip() == nats_server.url

@@ -25,6 +25,7 @@ import nats
 import pytest
 from gateway_harness import Gateway, bearer, running_gateway
 from helpers import eventually
+from natsauth import authed_nats
 from smtp_server import SmtpServer
 
 from contracts import identity as contract
@@ -34,7 +35,7 @@ from contracts.kit.service import migrate
 from gateway.settings import GatewaySettings
 from identity import app as identity_app
 from notify import app as notify_app
-from portal.natsserver import NatsServer, free_port
+from portal.natsserver import free_port
 
 PUBLIC_URL = "http://portal.test"
 PASSWORD = "correct horse battery staple"
@@ -139,7 +140,7 @@ def assert_too_many(response: httpx.Response, at_most: int) -> None:
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     tmp = tmp_path_factory.mktemp(f"security-identity-{request.param}")
-    nats_server = NatsServer(port=free_port(), store_dir=tmp / "nats").start()
+    nats_server = authed_nats(tmp / "nats")
     smtp = SmtpServer(free_port()).start()
     database = {} if request.param == "sqlite" else {"database_url": request.getfixturevalue("pg").create("identity")}
     try:

@@ -19,13 +19,14 @@ from pathlib import Path
 import nats
 import nats.js.errors
 import pytest
+from natsauth import authed_nats
 
 from contracts import linking as contract
 from contracts import streams
 from contracts.kit.rpc import call
 from contracts.kit.service import migrate
 from linking import app as linking_app
-from portal.natsserver import NatsServer, start_nats
+from portal.natsserver import NatsServer
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,7 +68,7 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     tmp = tmp_path_factory.mktemp("poisoned-roster")
-    server = start_nats(tmp / "nats")
+    server = authed_nats(tmp / "nats")
     settings = linking_app.Settings(
         nats_url=server.url, database_url=f"sqlite+aiosqlite:///{tmp / 'linking.db'}", data_dir=tmp
     )

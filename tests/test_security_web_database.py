@@ -16,13 +16,13 @@ import nats
 import pytest
 from gateway_harness import running_gateway
 from gateway_portal import CHEAP_ARGON2, PASSWORD, PUBLIC_URL, assert_error
+from natsauth import authed_nats
 
 from contracts import identity
 from contracts.kit.rpc import call
 from contracts.kit.service import migrate
 from gateway.settings import GatewaySettings
 from identity import app as identity_app
-from portal.natsserver import NatsServer, free_port
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres]
 
@@ -51,7 +51,7 @@ class Outage:
 async def outage(pg, tmp_path: Path) -> AsyncIterator[Outage]:
     url = pg.create("identity")
     database = url.rsplit("/", 1)[1]
-    server = NatsServer(port=free_port(), store_dir=tmp_path / "nats").start()
+    server = authed_nats(tmp_path / "nats")
     try:
         async with AsyncExitStack() as stack:
             settings = identity_app.Settings(

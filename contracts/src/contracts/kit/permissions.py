@@ -167,6 +167,9 @@ def common_needs(part: str) -> Needs:
     needs.add(publish=NOTICES_PUBLISHED.get(part, ()))
     if part == "operator":
         needs.add(publish=OPERATOR_JS)
+        # A roster import publishes into PLATFORM and makes sure of it first, as linking does:
+        # on a new deployment the roster may well come before linking's first start.
+        needs.add(publish=stream_api(PLATFORM.name))
     return needs
 
 
