@@ -39,6 +39,7 @@ from contracts import linking as contract
 from contracts.kit.service import migrate
 from linking import app as linking_app
 from linking.codes import CodeVault, new_key
+from portal.natsserver import free_port
 
 PORTAL = str(Path(sys.executable).with_name("portal"))
 KEY = "PORTAL_LINKING_CODE_KEY"
@@ -251,3 +252,22 @@ async def test_rotating_the_key_loses_no_code_and_lifts_no_bar(linking_db: str, 
         assert done.returncode == 2 and "5 link code(s) and 1 bar(s)" in done.stderr, done.stderr
     finally:
         server.stop()
+
+
+def test_portal_up_stops_when_linking_refuses_to_start_without_its_key(tmp_path: Path) -> None:
+    """`portal up` with linking on a database of its own and no key: the refusal once, and a stop,
+    not a part restarted for ever with the same refusal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+    (tmp_path / "elsewhere").mkdir()
+    env.update(
+        PORTAL_DATA_DIR=str(tmp_path / "data"),
+        PORTAL_HTTP_PORT=str(free_port()),
+        PORTAL_LINKING_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'elsewhere' / 'linking.db'}",
+    )
+    try:
+        done = subprocess.run([PORTAL, "up"], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"portal up kept running: {exc.stderr!r}") from exc
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count(KEY) >= 1 and "linking refused to start" in done.stderr
+    assert "restarted linking" not in done.stderr

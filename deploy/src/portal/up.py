@@ -65,6 +65,10 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+# The exit status of `portal service` when a part refuses its settings.
+REFUSED = 2
+
+
 class _Signals:
     """Counts SIGINT/SIGTERM/SIGHUP: the first asks for a clean stop, a second to hurry."""
 
@@ -249,6 +253,14 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
     next_check = 0.0
     while not signals.stop:
         sup.poll()
+        refused = [c for c in sup.children if c.returncode == REFUSED and c.restart_at is not None]
+        if refused:
+            # Exit 2 is a part refusing its settings (its message is above): starting it again
+            # would only print the same refusal for ever.
+            names = ", ".join(c.name for c in refused)
+            err(f"portal: {names} refused to start with these settings (see above); stopping")
+            sup.stop_all(hurry=lambda: signals.hurry)
+            return REFUSED
         now = time.monotonic()
         if not ready and now >= next_check:
             next_check = now + 0.25
