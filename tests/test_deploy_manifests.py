@@ -282,6 +282,8 @@ def test_no_secret_is_in_the_manifests(rendered: tuple[str, list[dict[str, Any]]
     for workload in list(of_kind(objects, "Deployment").values()) + list(of_kind(objects, "Job").values()):
         for container in workload["spec"]["template"]["spec"]["containers"]:
             for env in container.get("env", []):
+                if env["name"].startswith("PORTAL_"):
+                    assert env["name"] in settings, f"{overlay}: {env['name']} is no setting of the portal"
                 if "value" in env:
                     plain.append((env["name"], env["value"]))
                 elif "secretKeyRef" not in env["valueFrom"]:
