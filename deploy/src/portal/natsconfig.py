@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from contracts.kit.permissions import Needs
 
 CONFIG_NAME = "nats-server.conf"
+AUTHORIZATION_NAME = "authorization.conf"
+AUTHORIZATION_HEADER = (
+    "# Written by `portal nats-config`: the users of nats-server.conf alone, to include in a NATS\n"
+    "# configuration made elsewhere (deploy/nats/values.yaml). Regenerate rather than edit.\n"
+)
 
 
 def service_needs(name: str) -> Needs:
@@ -110,7 +115,13 @@ def render_config(
             # Clients present a certificate signed by this CA, besides their nkey.
             lines += [f"  ca_file: {json.dumps(str(tls_ca))}", "  verify: true"]
         lines += ["}"]
-    lines += ["authorization {", "  users: ["]
+    lines += [render_authorization(creds, needs)]
+    return "\n".join(lines)
+
+
+def render_authorization(creds: Credentials, needs: dict[str, Needs]) -> str:
+    """The `authorization` block alone: every part's user and permissions (public keys only)."""
+    lines = ["authorization {", "  users: ["]
     for part in needs:
         n = needs[part]
         lines += [
@@ -141,11 +152,13 @@ def write_config(
     tls_key: Path | None = None,
     tls_ca: Path | None = None,
 ) -> Path:
-    """Write `out/nats-server.conf` (again) and the seeds not there yet; the configuration's path."""
+    """Write `out/nats-server.conf` and `out/authorization.conf` (again) and the seeds not there yet;
+    the configuration's path."""
     creds = load_or_create_seeds(out)
+    needs = all_needs()
     text = render_config(
         creds,
-        all_needs(),
+        needs,
         port=port,
         store_dir=(store_dir or out / "jetstream").resolve(),
         host=host,
@@ -153,11 +166,17 @@ def write_config(
         tls_key=tls_key,
         tls_ca=tls_ca,
     )
+    # The users alone, for a NATS whose configuration is made elsewhere (the Helm chart includes it).
+    _replace(out / AUTHORIZATION_NAME, AUTHORIZATION_HEADER + render_authorization(creds, needs))
     path = out / CONFIG_NAME
+    _replace(path, text)
+    return path
+
+
+def _replace(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
-    return path
 
 
 def nats_config(
@@ -174,8 +193,10 @@ def nats_config(
     """Write a NATS server configuration with one user per part, each allowed only what it needs.
 
     Seeds already in OUT are kept (the parts keep connecting); the configuration is written
-    again, so run it after an upgrade and reload nats-server. Give each part its own seed only
-    (PORTAL_NATS_CREDS_DIR), and the learning platform's publisher `platform.nk`.
+    again, so run it after an upgrade and reload nats-server. OUT/authorization.conf holds the
+    users alone, for a NATS configured otherwise (the Helm chart: deploy/nats/values.yaml).
+    Give each part its own seed only (PORTAL_NATS_CREDS_DIR), and the learning platform's
+    publisher `platform.nk`.
     """
     if (tls_cert is None) != (tls_key is None):
         typer.echo("portal: --tls-cert and --tls-key go together", err=True)
@@ -188,7 +209,10 @@ def nats_config(
     path = write_config(
         out, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca
     )
-    typer.echo(f"wrote {path} and the seeds {', '.join(f'{p}.nk' for p in PARTS)} in {out}")
+    typer.echo(
+        f"wrote {path}, {AUTHORIZATION_NAME} (the users alone) and the seeds "
+        f"{', '.join(f'{p}.nk' for p in PARTS)} in {out}"
+    )
 
 
 def prepare(
