@@ -1,0 +1,229 @@
+"""The ops port of each part (`PORTAL_OPS_PORT`): `/livez`, `/readyz` and `/metrics`, scraped and
+parsed as Prometheus does, on real parts over a real NATS, SQLite and SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from gateway_harness import running_gateway
+from helpers import eventually
+from prometheus_client.parser import text_string_to_metric_families
+
+from contracts import notify as contract
+from contracts.kit.ops import OpsPortUnavailable
+from contracts.kit.rpc import call
+from contracts.kit.service import migrate
+from contracts.rpc import HealthRequest, health
+from gateway.settings import GatewaySettings
+from notify import app as notify_app
+from portal.natsserver import free_port
+
+PUBLIC_URL = "http://portal.test"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a scrape, by name and labels."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(scrape: dict, name: str, **labels: str) -> float | None:
+    return scrape.get((name, frozenset(labels.items())))
+
+
+def label_values(scrape: dict, name: str, label: str) -> set[str]:
+    return {dict(lbls)[label] for (n, lbls) in scrape if n == name and label in dict(lbls)}
+
+
+async def scrape(http: httpx.AsyncClient) -> dict:
+    response = await http.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return samples(response.text)
+
+
+async def test_a_service_serves_livez_readyz_and_metrics_on_its_ops_port(
+    fresh_nats, smtp_server, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = notify_app.Settings(
+        nats_url=fresh_nats.url,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'notify.db'}",
+        smtp_url=smtp_server.url,
+        ops_port=port,
+    )
+    await asyncio.to_thread(migrate, notify_app, settings)
+    runtime = notify_app.build(settings)
+    nc = await nats.connect(fresh_nats.url)
+    try:
+        async with (
+            runtime.running(),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http,
+        ):
+            assert (await http.get("/livez")).status_code == 200
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {"database": "ok", "nats": "ok"}
+
+            before = await scrape(http)
+            # Every request and consumer it serves is there from the start, at 0.
+            assert value(before, "portal_rpc_requests_total", subject="rpc.notify.export.v1", outcome="ok") == 0
+            assert value(before, "portal_events_applied_total", consumer="notify-requests") == 0
+            assert value(before, "portal_emails_total", status="sent") == 0
+            assert value(before, "portal_dead_letters_total", consumer="outbox") == 0
+            assert value(before, "portal_info", part="notify", version=runtime.version) == 1
+
+            js = nc.jetstream()
+            for n in range(2):
+                request = contract.PasswordChangedEmail(
+                    to=f"ops-{n}@example.org", reset_url="http://portal.test/reset-password"
+                )
+                await js.publish(
+                    contract.request_subject(request.kind),
+                    request.model_dump_json().encode(),
+                    headers={"Nats-Msg-Id": request.event_id},
+                )
+            await eventually(lambda: len(smtp_server.messages) == 2, timeout=20, message="two emails sent")
+            await call(nc, health("notify"), HealthRequest())
+            await nc.request("rpc.notify.export.v1", b"not json", timeout=5)
+
+            async def settled() -> dict:
+                now = await scrape(http)
+                assert value(now, "portal_emails_total", status="sent") == 2
+                assert value(now, "portal_outbox_pending") == 0  # both outcome events published
+                return now
+
+            after = await eventually(settled, timeout=10, message="emails counted and the outbox empty")
+            assert value(after, "portal_events_applied_total", consumer="notify-requests") == 2
+            assert value(after, "portal_consumer_pending", consumer="notify-requests") == 0
+            assert value(after, "portal_outbox_oldest_seconds") == 0
+            assert value(after, "portal_rpc_requests_total", subject="rpc.notify.health.v1", outcome="ok") == 1
+            assert (
+                value(after, "portal_rpc_requests_total", subject="rpc.notify.export.v1", outcome="invalid_request")
+                == 1
+            )
+            assert value(after, "portal_rpc_duration_seconds_count", subject="rpc.notify.health.v1") == 1
+            # Only the declared subjects and consumers are labels.
+            assert label_values(after, "portal_rpc_requests_total", "subject") <= {
+                r.rpc.subject for r in runtime.responders
+            }
+            assert label_values(after, "portal_consumer_pending", "consumer") == {c.durable for c in runtime.consumers}
+            assert value(after, "process_resident_memory_bytes") is not None
+            assert (await http.get("/nowhere")).status_code == 404
+
+            # NATS gone: not ready, naming it; still alive.
+            fresh_nats.stop(kill=True)
+
+            async def not_ready() -> bool:
+                response = await http.get("/readyz")
+                return response.status_code == 503 and response.json()["failed"] == ["nats"]
+
+            await eventually(not_ready, timeout=10, message="/readyz 503 naming nats")
+            body = (await http.get("/readyz")).json()
+            assert body["status"] == "not_ready" and body["checks"]["database"] == "ok"
+            assert (await http.get("/livez")).status_code == 200
+
+            fresh_nats.start()
+
+            async def ready_again() -> bool:
+                return (await http.get("/readyz")).status_code == 200
+
+            await eventually(ready_again, timeout=15, message="/readyz 200 once NATS is back")
+    finally:
+        await nc.close()
+    # Stopped with the part.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2)
+
+
+async def test_readyz_names_a_database_that_does_not_answer(nats_server, tmp_path: Path) -> None:
+    port = free_port()
+    settings = notify_app.Settings(
+        nats_url=nats_server.url,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'notify.db'}",
+        ops_port=port,
+    )
+    await asyncio.to_thread(migrate, notify_app, settings)
+    runtime = notify_app.build(settings)
+    async with runtime.running(), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        # The file made unreadable: what an operator sees when the database's disk or server goes.
+        await runtime.db.dispose()
+        (tmp_path / "notify.db").rename(tmp_path / "moved.db")
+        (tmp_path / "notify.db").mkdir()
+        response = await http.get("/readyz")
+        assert response.status_code == 503, response.text
+        assert response.json()["failed"] == ["database"]
+        assert response.json()["checks"]["database"].startswith("failed: ")
+        (tmp_path / "notify.db").rmdir()
+        (tmp_path / "moved.db").rename(tmp_path / "notify.db")
+
+
+def test_a_taken_ops_port_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = notify_app.Settings(
+            nats_url="nats://127.0.0.1:1", database_url=f"sqlite+aiosqlite:///{tmp_path / 'n.db'}", ops_port=port
+        )
+        runtime = notify_app.build(settings)
+        assert runtime.ops is not None
+        with pytest.raises(OpsPortUnavailable, match=f"127.0.0.1:{port}.*PORTAL_OPS_PORT"):
+            asyncio.run(runtime.ops.start())
+
+
+def test_no_ops_port_no_ops_server(tmp_path: Path) -> None:
+    settings = notify_app.Settings(nats_url="nats://127.0.0.1:1", database_url="sqlite+aiosqlite:///:memory:")
+    assert notify_app.build(settings).ops is None
+    with pytest.raises(ValueError, match="PORTAL_OPS_PORT must differ from PORTAL_HTTP_PORT"):
+        GatewaySettings(nats_url="nats://127.0.0.1:1", http_port=9100, ops_port=9100)
+
+
+async def test_the_gateway_counts_requests_by_route_template_on_its_own_ops_port(nats_server, tmp_path: Path) -> None:
+    port = free_port()
+    settings = GatewaySettings(nats_url=nats_server.url, data_dir=tmp_path / "gw", public_url=PUBLIC_URL, ops_port=port)
+    async with (
+        running_gateway(settings) as gw,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as ops,
+    ):
+        assert (await ops.get("/livez")).status_code == 200
+        ready = await ops.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"nats": "ok"}
+        # Nothing of the ops port on the public one.
+        for path in ("/metrics", "/livez", "/readyz"):
+            assert (await gw.http.get(path)).status_code == 404, path
+
+        pupil = f"pupil-{uuid.uuid4().hex}"
+        assert (await gw.http.get(f"/api/v1/me/children/{pupil}/overview")).status_code == 401
+        assert (await gw.http.get("/health")).status_code == 200
+        before = await scrape(ops)
+        unmatched = value(before, "portal_http_requests_total", route="unmatched", method="GET", status="404") or 0
+        routes = label_values(before, "portal_http_requests_total", "route")
+        # Hostile paths and methods: no label value of their own.
+        for _ in range(20):
+            await gw.http.get("/" + uuid.uuid4().hex * 30)
+        await gw.http.request("BREW", "/" + uuid.uuid4().hex)
+        after = await scrape(ops)
+
+    overview = "/api/v1/me/children/{pupil_id}/overview"
+    assert overview in routes
+    assert not [r for r in routes if pupil in r]
+    assert value(after, "portal_http_requests_total", route=overview, method="GET", status="401") == 1
+    assert value(after, "portal_http_request_duration_seconds_count", route=overview, method="GET", status="401") == 1
+    assert value(after, "portal_http_requests_total", route="/health", method="GET", status="200") == 1
+    assert value(after, "portal_http_requests_total", route="unmatched", method="GET", status="404") == unmatched + 20
+    assert label_values(after, "portal_http_requests_total", "route") == routes
+    assert label_values(after, "portal_http_requests_total", "method") <= {"GET", "other"}
+    assert value(after, "portal_info", part="gateway", version="0.1.0") == 1
