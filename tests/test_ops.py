@@ -4,6 +4,11 @@ parsed as Prometheus does, on real parts over a real NATS, SQLite and SMTP serve
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -15,7 +20,6 @@ from helpers import eventually
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import notify as contract
-from contracts.kit.ops import OpsPortUnavailable
 from contracts.kit.rpc import call
 from contracts.kit.service import migrate
 from contracts.rpc import HealthRequest, health
@@ -24,6 +28,7 @@ from notify import app as notify_app
 from portal.natsserver import free_port
 
 PUBLIC_URL = "http://portal.test"
+PORTAL = str(Path(sys.executable).parent / "portal")
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -167,20 +172,21 @@ async def test_readyz_names_a_database_that_does_not_answer(nats_server, tmp_pat
         (tmp_path / "moved.db").rename(tmp_path / "notify.db")
 
 
-def test_a_taken_ops_port_is_a_clear_error(tmp_path: Path) -> None:
-    import socket
-
+@pytest.mark.parametrize("part", ["identity", "gateway"])
+def test_a_taken_ops_port_stops_the_part_with_one_line_naming_it(part: str, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        settings = notify_app.Settings(
-            nats_url="nats://127.0.0.1:1", database_url=f"sqlite+aiosqlite:///{tmp_path / 'n.db'}", ops_port=port
-        )
-        runtime = notify_app.build(settings)
-        assert runtime.ops is not None
-        with pytest.raises(OpsPortUnavailable, match=f"127.0.0.1:{port}.*PORTAL_OPS_PORT"):
-            asyncio.run(runtime.ops.start())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+        # No NATS there: the ops port is taken before anything waits for it.
+        env.update(PORTAL_NATS_URL="nats://127.0.0.1:1", PORTAL_DATA_DIR=str(tmp_path), PORTAL_OPS_PORT=str(port))
+        result = subprocess.run([PORTAL, "service", part], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [json.loads(x) for x in result.stderr.splitlines() if "ops_port_unavailable" in x]
+    assert line["level"] == "error"
+    assert f"127.0.0.1:{port}" in line["detail"] and "PORTAL_OPS_PORT" in line["detail"]
+    assert "Traceback" not in result.stderr
 
 
 def test_no_ops_port_no_ops_server(tmp_path: Path) -> None:

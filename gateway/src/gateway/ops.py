@@ -22,8 +22,9 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from nats.aio.client import Client as NatsClient
 
+from contracts.kit.logs import get_logger
 from contracts.kit.metrics import GatewayMetrics
-from contracts.kit.ops import OpsServer, nats_check
+from contracts.kit.ops import OpsPortUnavailable, OpsServer, nats_check
 from contracts.kit.rpc import Responder
 from contracts.rpc import StatusReply, StatusRequest, status
 from gateway import __version__
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 STATE_KEY = "metrics"
+
+log = get_logger("gateway.ops")
 
 
 class HttpMetrics:
@@ -88,7 +91,12 @@ def ops_lifespan(
             registry=metrics.registry,
             checks={"nats": nats_check(lambda: app.state.get(NATS_KEY))},
         )
-        await server.start()
+        try:
+            await server.start()
+        except OpsPortUnavailable as exc:
+            # uvicorn then stops the gateway ("Application startup failed"): say why first.
+            log.error("ops_port_unavailable", detail=str(exc))
+            raise
         app.state["ops"] = server
         try:
             yield

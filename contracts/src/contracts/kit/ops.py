@@ -82,6 +82,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise `OpsPortUnavailable` now when `host:port` cannot be listened on (a start-up check)."""
+    _bind(host, port).close()
+
+
 async def _run_check(check: Check) -> str:
     try:
         return await asyncio.wait_for(check(), CHECK_TIMEOUT)
