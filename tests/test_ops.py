@@ -233,3 +233,89 @@ async def test_the_gateway_counts_requests_by_route_template_on_its_own_ops_port
     assert label_values(after, "portal_http_requests_total", "route") == routes
     assert label_values(after, "portal_http_requests_total", "method") <= {"GET", "other"}
     assert value(after, "portal_info", part="gateway", version="0.1.0") == 1
+
+
+async def test_a_consumers_pending_count_is_what_jetstream_has_not_had_acknowledged(fresh_nats) -> None:
+    from types import SimpleNamespace
+
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from contracts.kit.ops import consumer_status
+
+    nc = await nats.connect(fresh_nats.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="OPSTEST", subjects=["opstest.>"])
+        await js.add_consumer("OPSTEST", ConsumerConfig(durable_name="ops-test", ack_policy=AckPolicy.EXPLICIT))
+        for n in range(3):
+            await js.publish(f"opstest.thing.{n}", b"{}")
+        runtime = SimpleNamespace(js=js)
+        consumer = SimpleNamespace(stream=SimpleNamespace(name="OPSTEST"), durable="ops-test")
+        before = await consumer_status(runtime, consumer)  # type: ignore[arg-type]
+        assert (before.consumer, before.stream, before.pending) == ("ops-test", "OPSTEST", 3)
+        assert before.idle_seconds is not None and before.idle_seconds >= 0
+
+        sub = await js.pull_subscribe_bind("ops-test", stream="OPSTEST")
+        [first, second] = await sub.fetch(2, timeout=5)
+        await first.ack_sync()
+        # One acknowledged; one delivered and in hand; one waiting.
+        assert (await consumer_status(runtime, consumer)).pending == 2  # type: ignore[arg-type]
+
+        missing = SimpleNamespace(stream=SimpleNamespace(name="OPSTEST"), durable="not-there")
+        assert (await consumer_status(runtime, missing)).pending is None  # type: ignore[arg-type]
+    finally:
+        await nc.close()
+
+
+def test_portal_status_judges_missing_and_stalled_parts() -> None:
+    from contracts.rpc import ConsumerStatus, StatusReply
+    from portal.status import PartState, judge, render
+
+    def reply(part: str, instance: str, **kw: object) -> StatusReply:
+        base: dict = {"part": part, "instance": instance, "version": "1", "status": "ok", "checks": {"database": "ok"}}
+        return StatusReply.model_validate({"uptime_seconds": 5.0, **base, **kw})
+
+    fine = PartState(
+        "identity",
+        [
+            reply("identity", "identity-a", outbox_pending=3, outbox_oldest_seconds=2.0),
+            reply(
+                "identity",
+                "identity-b",
+                outbox_pending=3,
+                outbox_oldest_seconds=2.5,
+                consumers=[ConsumerStatus(consumer="identity-staff", stream="PLATFORM", pending=4, idle_seconds=1)],
+            ),
+        ],
+    )
+    stuck = PartState(
+        "notify",
+        [
+            reply(
+                "notify",
+                "notify-a",
+                status="degraded",
+                checks={"database": "ok", "smtp": "TLS refused"},
+                outbox_pending=7,
+                outbox_oldest_seconds=300.0,
+                consumers=[
+                    ConsumerStatus(consumer="notify-requests", stream="NOTIFY_REQUESTS", pending=9, idle_seconds=600),
+                    ConsumerStatus(consumer="notify-idle", stream="IDENTITY", pending=0, idle_seconds=9000),
+                ],
+            )
+        ],
+    )
+    gone = PartState("overview")
+    for state in (fine, stuck, gone):
+        judge(state, stalled_after=60)
+    assert (fine.state, fine.problems, fine.outbox) == ("ok", [], (3, 2.5))
+    assert stuck.state == "stalled"
+    assert stuck.problems == [
+        "notify-a: smtp: TLS refused",
+        "outbox: 7 events, the oldest waiting 5m",
+        "consumer notify-requests: 9 pending, none acknowledged for 10m",
+    ]
+    assert (gone.state, gone.problems) == ("missing", ["no replica answered"])
+    table = render({s.part: s for s in (fine, stuck, gone)}, {"notify notify-requests": 2})
+    assert table[1].split() == ["identity", "2", "ok", "3", "2s", "1"]
+    assert "dead letters: 2 (`portal dead-letters list`)" in table

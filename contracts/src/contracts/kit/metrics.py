@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -133,6 +134,9 @@ class ServiceMetrics:
             registry=r,
         )
         self.dead_letters.labels(OUTBOX_CONSUMER)
+        # Children by label values, looked up once: a request costs a dict look-up, not `labels()`.
+        self._answered: dict[tuple[str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
         self.backlog = Backlog()
         r.register(_BacklogCollector(self.backlog))
 
@@ -154,8 +158,14 @@ class ServiceMetrics:
     def rpc_answered(self, subject: str, error: str | None, seconds: float) -> None:
         """Count one answered request (`error`: the error code answered, None when it succeeded)."""
         outcome = OK if error is None else (error if _CODE.fullmatch(error) else OTHER)
-        self.rpc_requests.labels(subject, outcome).inc()
-        self.rpc_duration.labels(subject).observe(seconds)
+        counter = self._answered.get((subject, outcome))
+        if counter is None:
+            counter = self._answered[(subject, outcome)] = self.rpc_requests.labels(subject, outcome)
+        counter.inc()
+        duration = self._durations.get(subject)
+        if duration is None:
+            duration = self._durations[subject] = self.rpc_duration.labels(subject)
+        duration.observe(seconds)
 
 
 class GatewayMetrics:
@@ -175,9 +185,14 @@ class GatewayMetrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def answered(self, route: str | None, method: str, status: int, seconds: float) -> None:
         """Count one answered request; `route` is the matched template, None when nothing matched."""
-        labels = (route or UNMATCHED_ROUTE, method if method in HTTP_METHODS else OTHER, str(status))
-        self.http_requests.labels(*labels).inc()
-        self.http_duration.labels(*labels).observe(seconds)
+        key = (route or UNMATCHED_ROUTE, method if method in HTTP_METHODS else OTHER, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (key[0], key[1], str(status))
+            children = self._children[key] = (self.http_requests.labels(*labels), self.http_duration.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
