@@ -96,6 +96,8 @@ async def test_a_service_serves_livez_readyz_and_metrics_on_its_ops_port(
                     request.model_dump_json().encode(),
                     headers={"Nats-Msg-Id": request.event_id},
                 )
+            # Not an email request: dead-lettered at once.
+            await js.publish(contract.request_subject("verification"), b"not json", headers={"Nats-Msg-Id": "bad-1"})
             await eventually(lambda: len(smtp_server.messages) == 2, timeout=20, message="two emails sent")
             await call(nc, health("notify"), HealthRequest())
             await nc.request("rpc.notify.export.v1", b"not json", timeout=5)
@@ -104,6 +106,7 @@ async def test_a_service_serves_livez_readyz_and_metrics_on_its_ops_port(
                 now = await scrape(http)
                 assert value(now, "portal_emails_total", status="sent") == 2
                 assert value(now, "portal_outbox_pending") == 0  # both outcome events published
+                assert value(now, "portal_dead_letters_total", consumer="notify-requests") == 1
                 return now
 
             after = await eventually(settled, timeout=10, message="emails counted and the outbox empty")
