@@ -448,6 +448,9 @@ def test_up_keeps_each_parts_log_in_a_json_file_and_the_terminal_calm(running: R
         assert {line["service"] for line in lines} == {part}
         assert all({"event", "level", "timestamp"} <= set(line) for line in lines), part
     assert [line for line in log_lines(running, "gateway") if line["event"] == "request"]
+    deadline = time.monotonic() + READY_WITHIN
+    while "portal: ready after" not in running.stdout.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)  # `portal up` says so once its own look at /ready found it 200
     console = running.stdout.read_text() + running.stderr.read_text()
     # The terminal shows where everything is, and no access log line or other chatter.
     assert "Parent Portal is starting:" in console and "portal: ready after" in console
