@@ -151,9 +151,10 @@ def test_every_request_is_heard_by_its_service_only_and_asked_by_someone() -> No
         askers = _publishers(needs, rpc.subject)
         assert "operator" in askers, rpc.subject
         assert ("gateway" in askers) != (rpc in permissions.OPERATOR_ONLY), rpc.subject
-    # Only identity hears identity's requests (passwords, session tokens); the gateway no request at all.
+    # Only identity hears identity's requests (passwords, session tokens); the gateway no request
+    # but its own status (`portal status` counting its replicas).
     assert _subscribers(needs, "rpc.identity.login.v1") == {"identity"}
-    assert not [s for s in needs["gateway"].subscribe if s.startswith("rpc.")]
+    assert [s for s in needs["gateway"].subscribe if s.startswith("rpc.")] == ["rpc.gateway.status.v1"]
     for rpc in permissions.OPERATOR_ONLY:
         assert "gateway" not in _publishers(needs, rpc.subject), rpc.subject
 

@@ -100,3 +100,68 @@ def test_children_die_when_the_supervisor_is_killed() -> None:
     proc.kill()
     proc.wait()
     assert wait_until(lambda: not alive(child_pid), timeout=5)
+
+
+def test_a_childs_output_goes_to_its_log_file_across_restarts(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "talker.log"
+    log.parent.mkdir()
+    script = "import sys; print('out', flush=True); print('err', file=sys.stderr, flush=True); sys.exit(3)"
+    now = [0.0]
+    sup = Supervisor(say=lambda _: None, clock=lambda: now[0])
+    child = sup.spawn(ChildSpec("talker", [sys.executable, "-c", script], log_file=log))
+    child.proc.wait()
+    sup.poll()
+    now[0] = child.restart_at
+    sup.poll()  # restarted: its output is added to the same file
+    child.proc.wait()
+    sup.stop_all()
+    assert log.read_text().splitlines() == ["out", "err", "out", "err"]
+
+
+def test_the_console_follows_log_files_calmly_in_a_terminal_and_wholly_otherwise(tmp_path: Path) -> None:
+    import json
+
+    from portal.console import Console, for_people, start_afresh
+
+    log = tmp_path / "logs" / "notify.log"
+    (tmp_path / "logs").mkdir()
+    log.write_text("from the last run\n")
+    start_afresh(log)
+    assert (tmp_path / "logs" / "notify.log.1").read_text() == "from the last run\n"
+    assert log.read_text() == ""
+
+    def line(level: str, event: str, **facts: object) -> str:
+        record = {"event": event, "service": "notify", "level": level, "timestamp": "2026-12-03T12:00:00Z", **facts}
+        return json.dumps(record) + "\n"
+
+    calm: list[str] = []
+    whole: list[str] = []
+    consoles = [Console(calm=True, write=calm.append), Console(calm=False, write=whole.append)]
+    for console in consoles:
+        console.follow("notify", log)
+    written = [
+        line("info", "request", path="/api/v1/me", status=200),
+        line("warning", "smtp_refused", detail="no STARTTLS"),
+        line("error", "rpc_handler_failed", exception="Traceback (most recent call last):\n  ...\nValueError: boom"),
+        "Traceback (most recent call last):\n",
+    ]
+    with log.open("a") as f:
+        for text in written:
+            f.write(text)
+        f.write('{"event": "half a li')  # not a whole line yet
+    for console in consoles:
+        console.poll()
+    assert calm == [
+        "notify: warning: smtp_refused (detail=no STARTTLS)",
+        "notify: error: rpc_handler_failed (exception=ValueError: boom)",
+        "notify: Traceback (most recent call last):",
+    ]
+    assert whole == [text.rstrip("\n") for text in written]
+    with log.open("a") as f:
+        f.write('ne", "level": "error"}\n')
+    for console in consoles:
+        console.poll()
+    assert calm[-1] == "notify: error: half a line"
+    assert whole[-1] == '{"event": "half a line", "level": "error"}'
+    # A one-shot job's plain progress lines are not shown.
+    assert for_people("migrate", "identity: database schema is current", plain=False) is None

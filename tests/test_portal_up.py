@@ -7,12 +7,16 @@ inspected, then a service is killed and must come back, then SIGTERM must leave 
 from __future__ import annotations
 
 import importlib.util
+import json
 import mailbox
 import os
+import pty
+import re
 import signal
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,20 +149,66 @@ class Running:
         return self.proc.returncode
 
 
-def start_portal_up(tmp: Path, **env: str) -> Running:
+def _copy_terminal(master: int, to: Path) -> None:
+    with to.open("wb") as out:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the other side closed: `portal up` has exited
+                break
+            if not data:
+                break
+            out.write(data.replace(b"\r\n", b"\n"))
+            out.flush()
+    os.close(master)
+
+
+def start_portal_up(tmp: Path, *, terminal: bool = False, **env: str) -> Running:
+    """`portal up` with its output in files; with `terminal`, its standard output is a terminal
+    (a pseudo-terminal whose output is copied to the file), as when a person runs it."""
     port = free_port()
     stdout, stderr = tmp / "up.out", tmp / "up.err"
     data_dir = tmp / "data"
     started = time.monotonic()
+    master = None
+    if terminal:
+        master, slave = pty.openpty()
+        out: object = slave
+    else:
+        out = stdout.open("w")
     proc = subprocess.Popen(
         [PORTAL, "up"],
         env=clean_env(PORTAL_DATA_DIR=str(data_dir), PORTAL_HTTP_PORT=str(port), **env),
-        stdout=stdout.open("w"),
+        stdout=out,
         stderr=stderr.open("w"),
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    if master is not None:
+        os.close(slave)
+        threading.Thread(target=_copy_terminal, args=(master, stdout), daemon=True).start()
     return Running(proc, data_dir, port, started, stdout, stderr)
+
+
+OPS_LINE = re.compile(r"^(\w+) ops (http://127\.0\.0\.1:\d+)$", re.MULTILINE)
+
+
+def ops_urls(up: Running, *, timeout: float = 20) -> dict[str, str]:
+    """Each part's ops URL, from the lines `portal up` prints."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = dict(OPS_LINE.findall(up.stdout.read_text()))
+        if set(found) >= set(PARTS):
+            return found
+        assert up.proc.poll() is None, up.output()
+        time.sleep(0.1)
+    raise AssertionError(f"no ops line for every part\n{up.output()}")
+
+
+def log_lines(up: Running, part: str) -> list[dict]:
+    """`part`'s log file, each line parsed as JSON (a line that is not JSON fails)."""
+    text = (up.data_dir / "logs" / f"{part}.log").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 async def wait_for_health(url: str, *, deadline: float, creds: Path | None = None) -> None:
@@ -295,7 +345,7 @@ def test_mail_sink_stores_each_message_in_the_maildir(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    up = start_portal_up(tmp_path_factory.mktemp("portal-up"))
+    up = start_portal_up(tmp_path_factory.mktemp("portal-up"), terminal=True)
     yield up
     up.stop()
 
@@ -357,6 +407,99 @@ def test_up_is_ready_within_30_seconds(running: Running) -> None:
 
 
 @pytest.mark.slow
+async def test_up_gives_each_part_an_ops_port_serving_livez_readyz_and_metrics(running: Running) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    urls = ops_urls(running)
+    assert set(urls) == set(PARTS)
+    assert len(set(urls.values())) == len(PARTS)
+    assert f":{running.http_port}" not in urls.values()
+    async with httpx.AsyncClient(timeout=5) as http:
+        for part in PARTS:
+            assert f"PORTAL_OPS_PORT={urls[part].rsplit(':', 1)[1]}" in environ(running.part(part))
+
+            async def ready(url: str = urls[part]) -> bool:
+                return (await http.get(f"{url}/readyz")).status_code == 200
+
+            await eventually(ready, timeout=READY_WITHIN, message=f"{part} /readyz 200")
+            assert (await http.get(f"{urls[part]}/livez")).status_code == 200
+        assert (await http.get(f"http://127.0.0.1:{running.http_port}/ready")).status_code == 200
+        assert (await http.get(f"http://127.0.0.1:{running.http_port}/metrics")).status_code == 404
+        for part in PARTS:
+            response = await http.get(f"{urls[part]}/metrics")
+            assert response.status_code == 200
+            samples = [s for f in text_string_to_metric_families(response.text) for s in f.samples]
+            assert [s for s in samples if s.name == "portal_info" and s.labels["part"] == part]
+            if part == "gateway":
+                # The /ready just asked, by its route.
+                assert [s for s in samples if s.name == "portal_http_requests_total" and s.labels["route"] == "/ready"]
+            else:
+                # /ready asks every service's health.
+                asked = [
+                    s.value
+                    for s in samples
+                    if s.name == "portal_rpc_requests_total"
+                    and s.labels == {"subject": f"rpc.{part}.health.v1", "outcome": "ok"}
+                ]
+                assert asked and asked[0] >= 1, part
+                assert [s for s in samples if s.name == "portal_outbox_pending"], part
+
+
+@pytest.mark.slow
+def test_up_keeps_each_parts_log_in_a_json_file_and_the_terminal_calm(running: Running) -> None:
+    for part in PARTS:
+        lines = log_lines(running, part)
+        assert lines, part
+        assert {line["service"] for line in lines} == {part}
+        assert all({"event", "level", "timestamp"} <= set(line) for line in lines), part
+    assert [line for line in log_lines(running, "gateway") if line["event"] == "request"]
+    deadline = time.monotonic() + READY_WITHIN
+    while "portal: ready after" not in running.stdout.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)  # `portal up` says so once its own look at /ready found it 200
+    console = running.stdout.read_text() + running.stderr.read_text()
+    # The terminal shows where everything is, and no access log line or other chatter.
+    assert "Parent Portal is starting:" in console and "portal: ready after" in console
+    assert "request" not in console.replace("requests", "")
+    assert "service_started" not in console and '{"' not in console
+
+
+@pytest.mark.slow
+def test_portal_status_lists_every_part_and_exits_0_when_all_are_up(running: Running) -> None:
+    env = clean_env(PORTAL_DATA_DIR=str(running.data_dir))
+    result = portal("status", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+    assert rows["part"][:5] == ["part", "replicas", "state", "outbox", "oldest"]
+    for part in PARTS:
+        assert rows[part][1:3] == ["1", "ok"], result.stdout
+    assert rows["notify-requests"][1:4] == ["notify", "NOTIFY_REQUESTS", "0"], result.stdout
+    assert "dead letters: none" in result.stdout
+
+    as_json = portal("status", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    state = json.loads(as_json.stdout)
+    assert state["ok"] is True
+    assert {p: s["replicas"] for p, s in state["parts"].items()} == dict.fromkeys(PARTS, 1)
+    assert state["parts"]["identity"]["outbox_pending"] == 0
+
+
+@pytest.mark.slow
+def test_portal_status_names_a_part_that_stopped_answering_and_exits_1(running: Running) -> None:
+    overview = running.part("overview")
+    assert overview is not None
+    os.kill(overview, signal.SIGSTOP)  # there, but answering nothing
+    try:
+        result = portal("status", env=clean_env(PORTAL_DATA_DIR=str(running.data_dir)))
+    finally:
+        os.kill(overview, signal.SIGCONT)
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+    assert rows["overview"][1:3] == ["0", "missing"]
+    assert rows["identity"][1:3] == ["1", "ok"]
+    assert result.stderr.strip() == "portal: overview is missing: no replica answered"
+
+
+@pytest.mark.slow
 def test_up_restarts_a_service_that_dies(running: Running) -> None:
     old = running.part("linking")
     assert old is not None, running.output()
@@ -401,6 +544,12 @@ async def test_up_uses_given_nats_and_smtp_and_starts_neither(nats_server, tmp_p
         assert not [a for a in argvs if "mail-sink" in a]
         assert f"PORTAL_SMTP_URL={smtp_url}" in environ(up.part("notify"))
         assert not [e for e in environ(up.part("gateway")) if e.startswith("PORTAL_DEV_MAIL_DIR=")]
+        # Not a terminal: every part's lines pass through as they are, and are in its file too.
+        await eventually(
+            lambda: '"event": "service_started"' in up.stderr.read_text(), timeout=10, message="lines passed through"
+        )
+        assert [line for line in log_lines(up, "notify") if line["event"] == "service_started"]
+        assert set(ops_urls(up)) == set(PARTS)
 
         # Even a supervisor killed outright leaves nothing running: the kernel stops its children.
         before = {p: identity_of(p) for p in up.tree()}

@@ -44,6 +44,9 @@ class Rpc(Generic[Req, Rep]):
     `errors` lists the error codes the operation may answer besides those any request may answer
     (`invalid_request`, `service_unavailable`, `internal_error`), so that the document and the
     callers' mappings can be checked against it.
+
+    `every_replica`: each replica answers (no queue group), so a caller collecting replies for
+    a moment hears from all of them (`portal status`); otherwise one replica of the service does.
     """
 
     subject: str
@@ -52,6 +55,7 @@ class Rpc(Generic[Req, Rep]):
     title: str
     description: str
     errors: tuple[str, ...] = ()
+    every_replica: bool = False
 
     def __post_init__(self) -> None:
         parts = self.subject.split(".")

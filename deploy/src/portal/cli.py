@@ -63,6 +63,9 @@ app.command("prepare", hidden=True)(prepare)
 from portal.linking_keys import linking_keys_app  # noqa: E402 - its commands import this module's helpers when run
 
 app.add_typer(linking_keys_app, name="linking")
+from portal.status import status as status_command  # noqa: E402 - it imports this module's helpers when run
+
+app.command("status")(status_command)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -119,8 +122,13 @@ def service(
             fail(f"the gateway is not installed in this environment ({exc})", 1)
         serve_gateway()
         return
+    from contracts.kit.logs import configure_logging
     from contracts.kit.service import serve
+    from contracts.kit.settings import CommonSettings
 
+    common = CommonSettings()
+    # Before the settings checks: what they log (a development key made) is a JSON line as well.
+    configure_logging(service=name, level=common.log_level, fmt=common.log_format)
     module = service_module(name)
     # Settings a part refuses to start with: one line naming the setting, exit 2, before migrating.
     refusals: tuple[type[Exception], ...] = getattr(module, "REFUSALS", ())

@@ -373,7 +373,8 @@ def _render_operation(s: Schemas, method: str, path: str, op: dict[str, Any]) ->
 
 
 def rpc_declarations() -> list[Any]:
-    """Every `Rpc` declared in `contracts`, each service's health and retention requests included, by subject."""
+    """Every `Rpc` declared in `contracts`, each service's health and retention requests and each part's
+    status request included, by subject."""
     from contracts import rpc as rpc_module
     from contracts.base import Rpc
 
@@ -388,6 +389,9 @@ def rpc_declarations() -> list[Any]:
         found[health.subject] = health
         retention = rpc_module.retention(service)
         found[retention.subject] = retention
+    for part in rpc_module.PARTS:
+        status = rpc_module.status(part)
+        found[status.subject] = status
     return [found[subject] for subject in sorted(found)]
 
 
@@ -432,10 +436,8 @@ def render_requests(rpcs: Sequence[Any]) -> str:
             out.append(f"### {rpc.subject}\n\n")
             out.append(f"{' '.join(rpc.description.split())}\n\n")
             codes = ", ".join(f"`{c}`" for c in (INVALID_REQUEST, *rpc.errors, SERVICE_UNAVAILABLE, INTERNAL_ERROR))
-            out.append(
-                f"- title: {rpc.title}\n- answered by: {rpc.service} (queue group `{rpc.service}`)\n"
-                f"- error codes: {codes}\n\n"
-            )
+            answered = "every replica, no queue group" if rpc.every_replica else f"queue group `{rpc.service}`"
+            out.append(f"- title: {rpc.title}\n- answered by: {rpc.service} ({answered})\n- error codes: {codes}\n\n")
             for label, model in (("Request", rpc.request), ("Reply", rpc.reply)):
                 ms, schema = _model_schemas(model)
                 doc = _doc(model)

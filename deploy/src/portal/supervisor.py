@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
@@ -74,6 +75,8 @@ class ChildSpec:
     # Children with a higher number are stopped first (the gateway before the services
     # before NATS), so none of them spends its shutdown reconnecting to what already left.
     stop_order: int = 0
+    # Where its output (stdout and stderr) goes, appended; None: the supervisor's own.
+    log_file: Path | None = None
 
 
 class Child:
@@ -125,13 +128,22 @@ class Supervisor:
         return child
 
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen(  # noqa: S603 - argv comes from the supervisor's own specs
-            list(child.spec.argv),
-            env=dict(child.spec.env) if child.spec.env is not None else None,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_child_setup(self._pid, self._death_signal),
-        )
+        # Straight into the file, not through a pipe of ours: a child never waits on the
+        # supervisor to write its log, and its last words are kept even if the supervisor died.
+        out = child.spec.log_file.open("ab") if child.spec.log_file is not None else None
+        try:
+            child.proc = subprocess.Popen(  # noqa: S603 - argv comes from the supervisor's own specs
+                list(child.spec.argv),
+                env=dict(child.spec.env) if child.spec.env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,
+                preexec_fn=_child_setup(self._pid, self._death_signal),
+            )
+        finally:
+            if out is not None:
+                out.close()
         child.started_at = self._clock()
         child.restart_at = None
         child.returncode = None

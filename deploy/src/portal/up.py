@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from portal.console import Console, log_path, start_afresh, tail
 from portal.natsconfig import CONFIG_NAME
 from portal.natsserver import NatsServer, free_port
 from portal.supervisor import Child, ChildSpec, Supervisor
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from portal.settings import PortalSettings
 
 SERVICES = ("identity", "linking", "notify", "overview")
+# Each runs as `portal service NAME` with an ops port of its own.
+PARTS = (*SERVICES, "gateway")
+# The ops ports of `portal up` are this machine's only.
+OPS_HOST = "127.0.0.1"
 
 # Stop order: the gateway first (no new requests), then the services, then what they use.
 _STOP_GATEWAY, _STOP_SERVICE, _STOP_INFRA = 2, 1, 0
@@ -138,14 +143,26 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
     portal = portal_command()
     env = dict(os.environ)
     env["PORTAL_DATA_DIR"] = str(data_dir)
-    # People read these logs in a terminal; a deployment keeps the default, JSON.
-    env.setdefault("PORTAL_LOG_FORMAT", "console")
+    # The files under DATA_DIR/logs hold what a deployment's collector gets: JSON lines.
+    env["PORTAL_LOG_FORMAT"] = "json"
+    # In a terminal a person reads the console: warnings and errors only (portal.console).
+    console = Console(calm=sys.stdout.isatty(), write=err)
+
+    def logged(name: str, *, plain: bool = True) -> Path:
+        path = log_path(data_dir, name)
+        start_afresh(path)
+        console.follow(name, path, plain=plain)
+        return path
+
+    console.start()
 
     try:
         # Migrations, NATS and the mail sink start together; each is independent of the others.
         migrate: Child | None = None
+        # Its plain lines are progress: shown only if it fails.
+        migrate_log = logged("migrate", plain=False)
         if settings.nats_url:
-            migrate = sup.spawn(ChildSpec("migrate", [*portal, "migrate"], env, restart=False))
+            migrate = sup.spawn(ChildSpec("migrate", [*portal, "migrate"], env, restart=False, log_file=migrate_log))
 
         # The gateway binds its port only once it starts: the ports picked here must not be it.
         taken = {settings.http_port}
@@ -172,6 +189,7 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
                     [*portal, "prepare", "--nats-out", str(nats_dir), "--port", str(nats.port)],
                     env,
                     restart=False,
+                    log_file=migrate_log,
                 )
             )
             env["PORTAL_NATS_CREDS_DIR"] = str(nats_dir)
@@ -189,6 +207,7 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
                     [*portal, "mail-sink", "--port", str(sink_port), "--maildir", str(maildir)],
                     env,
                     stop_order=_STOP_INFRA,
+                    log_file=logged("mail-sink"),
                 )
             )
             smtp_url = f"smtp://127.0.0.1:{sink_port}"
@@ -198,8 +217,12 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
             if signals.stop:
                 raise _StartupFailed("")
             if code != 0:
-                raise _StartupFailed("writing the NATS configuration or the database migrations failed (see above)")
-            nats_child = sup.spawn(ChildSpec("nats-server", nats.command(), env, stop_order=_STOP_INFRA))
+                raise _StartupFailed(
+                    _failed("writing the NATS configuration or the database migrations", migrate_log, console.calm)
+                )
+            nats_child = sup.spawn(
+                ChildSpec("nats-server", nats.command(), env, stop_order=_STOP_INFRA, log_file=logged("nats-server"))
+            )
             _wait_for_port(sup, nats_child, nats.port, signals)
         (data_dir / "nats.url").write_text(nats_url + "\n")
         env["PORTAL_NATS_URL"] = nats_url
@@ -211,22 +234,43 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
         if signals.stop:
             raise _StartupFailed("")
         if code != 0:
-            raise _StartupFailed("the database migrations failed (see above)")
+            raise _StartupFailed(_failed("the database migrations", migrate_log, console.calm))
 
+        ops_ports: dict[str, int] = {}
+        for name in PARTS:
+            ops_ports[name] = free_port(besides=taken)
+            taken.add(ops_ports[name])
         for name in SERVICES:
-            child_env = dict(env)
+            child_env = _ops_env(env, ops_ports[name])
             if name == "notify":
                 child_env["PORTAL_SMTP_URL"] = smtp_url
             # Migrated once above: each service need not check its schema again while starting.
-            sup.spawn(ChildSpec(name, [*portal, "service", name, "--no-migrate"], child_env, stop_order=_STOP_SERVICE))
-        gateway_env = dict(env)
+            sup.spawn(
+                ChildSpec(
+                    name,
+                    [*portal, "service", name, "--no-migrate"],
+                    child_env,
+                    stop_order=_STOP_SERVICE,
+                    log_file=logged(name),
+                )
+            )
+        gateway_env = _ops_env(env, ops_ports["gateway"])
         if sink_child is not None:
             gateway_env["PORTAL_DEV_MAIL_DIR"] = str(maildir)
-        sup.spawn(ChildSpec("gateway", [*portal, "service", "gateway"], gateway_env, stop_order=_STOP_GATEWAY))
+        sup.spawn(
+            ChildSpec(
+                "gateway",
+                [*portal, "service", "gateway"],
+                gateway_env,
+                stop_order=_STOP_GATEWAY,
+                log_file=logged("gateway"),
+            )
+        )
     except _StartupFailed as exc:
         if str(exc):
             err(f"portal: {exc}")
         sup.stop_all(hurry=lambda: signals.hurry)
+        console.stop()
         return 0 if signals.stop else 1
 
     gateway = settings.gateway_url
@@ -245,8 +289,13 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
     else:
         out(f"  mail       sent to {redact_url(smtp_url)}  (PORTAL_SMTP_URL)")
     out(f"  data       {data_dir}  (NATS URL in {data_dir / 'nats.url'})")
+    shown = "warnings and errors here" if console.calm else "and every line here"
+    out(f"  logs       {data_dir / 'logs'}/<part>.log  (JSON; {shown})")
     parts = ", ".join(f"{c.name} {c.pid}" for c in sup.children if c.proc is not None)
     out(f"  processes  {parts}")
+    # One line per part, as tools read them: /livez, /readyz and /metrics of each.
+    for name in PARTS:
+        out(f"{name} ops http://{OPS_HOST}:{ops_ports[name]}")
     out("Ctrl-C stops everything.")
 
     ready = False
@@ -276,8 +325,20 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
 
     err("portal: stopping")
     sup.stop_all(hurry=lambda: signals.hurry)
+    console.stop()
     err("portal: stopped")
     return 0
+
+
+def _ops_env(env: dict[str, str], port: int) -> dict[str, str]:
+    """A part's environment: `env` with its own ops port, on this machine only."""
+    return {**env, "PORTAL_OPS_PORT": str(port), "PORTAL_OPS_HOST": OPS_HOST}
+
+
+def _failed(what: str, log: Path, show: bool) -> str:
+    """Why `portal up` stops: `what` failed, with the end of its log unless the console showed it."""
+    lines = "\n".join(f"  {line}" for line in tail(log)) if show else ""
+    return f"{what} failed (the end of {log}):\n{lines}" if lines else f"{what} failed (see {log})"
 
 
 def _seed(

@@ -7,6 +7,7 @@ import sys
 
 from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
+from contracts.kit.ops import OpsPortUnavailable, check_port
 from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound
 from gateway.settings import GatewaySettings
 
@@ -26,6 +27,12 @@ def serve(settings: GatewaySettings | None = None) -> None:
     except NatsCredentialsMissing as exc:
         log.error("nats_credentials_missing", detail=str(exc))
         sys.exit(2)
+    if settings.ops_port is not None:
+        try:
+            check_port(settings.ops_host, settings.ops_port)
+        except OpsPortUnavailable as exc:
+            log.error("ops_port_unavailable", detail=str(exc))
+            sys.exit(2)
     # Imported only now: they are slow to import, and a missing NATS is reported at once.
     import uvicorn
 

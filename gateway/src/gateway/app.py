@@ -14,6 +14,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
+from contracts.kit.metrics import GatewayMetrics
 from gateway import __version__, api, auth, pages
 from gateway.caches import links as links_cache
 from gateway.caches import overview as overview_cache
@@ -25,6 +26,7 @@ from gateway.dev import bench, mail, platform
 from gateway.edge import BrowserChecks, security_headers, wrap_access_log
 from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
+from gateway.ops import StatusResponder, ops_lifespan, wrap_http_metrics
 from gateway.settings import GatewaySettings
 
 API_PREFIX = api.PREFIX
@@ -82,13 +84,18 @@ def create_app(
     if settings.platform_url == f"{settings.public_url}/platform":
         # No platform named: the overview's buttons lead to the demo stand-in.
         handlers.append(platform.platform_router)
+    metrics = GatewayMetrics(__version__)
     lifespan = []
+    if settings.ops_port is not None:
+        # First: /livez answers while NATS is still being reached.
+        lifespan.append(ops_lifespan(settings, metrics))
     if isinstance(clients.transport, NatsTransport):
+        status = StatusResponder()
         lifespan.append(
             nats_lifespan(
                 settings,
                 clients.transport,
-                on_connect=[auth_cache.subscribe, links.subscribe, overviews.cache.subscribe],
+                on_connect=[auth_cache.subscribe, links.subscribe, overviews.cache.subscribe, status.subscribe],
                 on_reconnect=[auth_cache.on_reconnect, links.on_reconnect, overviews.cache.on_reconnect],
             )
         )
@@ -120,4 +127,4 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    return wrap_access_log(app)
+    return wrap_http_metrics(wrap_access_log(app), metrics)

@@ -6,9 +6,9 @@ import ipaddress
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from contracts.kit.settings import CommonSettings
+from contracts.kit.settings import CommonSettings, ops_host_field, ops_port_field
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -19,6 +19,8 @@ class GatewaySettings(CommonSettings):
     mail sink's Maildir."""
 
     http_host: str = Field(default="127.0.0.1", description="The address to listen on (PORTAL_HTTP_HOST).")
+    ops_port: int | None = ops_port_field()
+    ops_host: str = ops_host_field()
     dev_mail_dir: Path | None = Field(
         default=None,
         description="The local mail sink's Maildir (PORTAL_DEV_MAIL_DIR), set by `portal up` only while "
@@ -88,6 +90,13 @@ class GatewaySettings(CommonSettings):
         for part in filter(None, (p.strip() for p in value.split(","))):
             ipaddress.ip_network(part, strict=False)  # raises a clear ValueError at start-up
         return value
+
+    @model_validator(mode="after")
+    def _ops_apart(self) -> GatewaySettings:
+        if self.ops_port is not None and self.ops_port == self.http_port:
+            # The ops endpoints must never be reachable where the public is.
+            raise ValueError("PORTAL_OPS_PORT must differ from PORTAL_HTTP_PORT")
+        return self
 
     @cached_property
     def trusted_proxy_networks(self) -> tuple[IpNetwork, ...]:

@@ -304,6 +304,7 @@ class EventConsumer:
                 assert self.handler is not None
                 for subject, ev in fresh:
                     await self.handler(uow, ev, subject)
+        self.runtime.metrics.events_applied.labels(self.durable).inc(len(fresh))
         # Thousands of events a second pass here: build no log events unless someone reads them.
         if logging.getLogger("contracts.kit.consumer").isEnabledFor(logging.DEBUG):
             for subject, ev in fresh:
@@ -363,6 +364,7 @@ class EventConsumer:
             log.warning("dead_letter_publish_failed", consumer=self.durable, error=describe_error(pub_exc))
             await raw.nak(delay=backoff_delay(meta.num_delivered or 1))
             return
+        self.runtime.metrics.dead_letters.labels(self.durable).inc()
         log.error(
             "event_dead_lettered",
             consumer=self.durable,

@@ -160,6 +160,7 @@ class OutboxRelay:
         self._recover = recover
         self.failing = FailureClock()
         self._subject = ""  # the subject being published, for what health says
+        self.metrics: Any = None  # the part's `ServiceMetrics`, set by its runtime
 
     def wake(self) -> None:
         """Tell the relay that a transaction with events just committed."""
@@ -333,6 +334,8 @@ class OutboxRelay:
         await js.publish(
             f"{DL_PREFIX}.{self.name}.{OUTBOX_CONSUMER}", data, headers=headers, timeout=self.publish_timeout
         )
+        if self.metrics is not None:
+            self.metrics.dead_letters.labels(OUTBOX_CONSUMER).inc()
         log.error(
             "outbox_event_dead_lettered",
             subject=row.subject,

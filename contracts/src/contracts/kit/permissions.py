@@ -23,7 +23,8 @@ from contracts import identity, linking, notify, overview
 from contracts.base import Rpc
 from contracts.kit.deadletters import DL_PREFIX
 from contracts.kit.outbox import OUTBOX_CONSUMER
-from contracts.rpc import SERVICES, health, retention
+from contracts.rpc import PARTS as RUNNING_PARTS
+from contracts.rpc import SERVICES, health, retention, status
 from contracts.streams import ALL as ALL_STREAMS
 from contracts.streams import DEADLETTERS, IDENTITY, LINKING, NOTIFY, NOTIFY_REQUESTS, OVERVIEW, PLATFORM
 
@@ -52,9 +53,10 @@ def _rpcs(*modules: Any) -> list[Rpc[Any, Any]]:
 
 
 def declared_rpcs() -> list[Rpc[Any, Any]]:
-    """Every request the contracts declare, health and retention included."""
+    """Every request the contracts declare, health, retention and status included."""
     per_service = [f(s) for s in SERVICES for f in (health, retention)]
-    return list(dict.fromkeys([*_rpcs(identity, linking, notify, overview), *per_service]))
+    per_part = [status(p) for p in RUNNING_PARTS]
+    return list(dict.fromkeys([*_rpcs(identity, linking, notify, overview), *per_service, *per_part]))
 
 
 # Requests asked only by the `portal` command (an operator), never by a browser's gateway.
@@ -64,7 +66,11 @@ OPERATOR_ONLY: tuple[Rpc[Any, Any], ...] = (
     linking.ALERTS,
     linking.ROSTER_STATUS,
     *(retention(s) for s in SERVICES),
+    *(status(p) for p in RUNNING_PARTS),
 )
+
+# What a part serves that no runtime declares: the gateway answers `portal status` too.
+SERVES: dict[str, tuple[Rpc[Any, Any], ...]] = {"gateway": (status("gateway"),)}
 
 # Whom each part asks. The gateway asks everything a person may ask through it; the operator
 # everything. A request declared in contracts/ and missing here is a test failure.
@@ -165,6 +171,9 @@ def common_needs(part: str) -> Needs:
     needs.add(publish=[r.subject for r in CALLS.get(part, ())])
     needs.add(publish=EMITS.get(part, ()), subscribe=NOTICES_HEARD.get(part, ()))
     needs.add(publish=NOTICES_PUBLISHED.get(part, ()))
+    if served := SERVES.get(part, ()):
+        needs.add(subscribe=[r.subject for r in served])
+        needs.responds = True
     if part == "operator":
         needs.add(publish=OPERATOR_JS)
         # A roster import publishes into PLATFORM and makes sure of it first, as linking does:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic
+from typing import TYPE_CHECKING, Any, Generic
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -32,6 +33,9 @@ from pydantic import ValidationError
 from contracts.base import Rep, Req, Rpc
 from contracts.kit.logs import describe_error, get_logger
 from contracts.rpc import ERROR_HEADER, ErrorReply, FieldError
+
+if TYPE_CHECKING:
+    from contracts.kit.metrics import ServiceMetrics
 
 log = get_logger("contracts.kit.rpc")
 
@@ -168,10 +172,22 @@ class Responder(Generic[Req, Rep]):
     must not hold up the rest), at most `concurrency` at once per replica.
     """
 
-    def __init__(self, rpc: Rpc[Req, Rep], queue: str, handler: Handler[Req, Rep], *, concurrency: int = 64) -> None:
+    def __init__(
+        self,
+        rpc: Rpc[Req, Rep],
+        queue: str,
+        handler: Handler[Req, Rep],
+        *,
+        concurrency: int = 64,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self.rpc = rpc
         self.queue = queue
         self.handler = handler
+        # `portal_rpc_requests_total` and `portal_rpc_duration_seconds` of the serving part.
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.rpc_declared(rpc.subject)
         self._slots = asyncio.Semaphore(concurrency)
         self._sub: Subscription | None = None
         self._nc: NatsClient | None = None
@@ -214,7 +230,10 @@ class Responder(Generic[Req, Rep]):
     async def _answer(self, msg: Msg) -> None:
         if not msg.reply or self._nc is None:
             return
+        started = time.perf_counter()
         body, error = await self.answer(msg.data)
+        if self.metrics is not None:
+            self.metrics.rpc_answered(self.rpc.subject, error, time.perf_counter() - started)
         # Not msg.respond(): it would echo the request's headers back.
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(msg.reply, body, headers={**_JSON, ERROR_HEADER: error} if error else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -28,13 +29,16 @@ from contracts.kit.asyncapi import add_replies, document_rpc
 from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler
 from contracts.kit.db import Database
 from contracts.kit.logs import get_logger
+from contracts.kit.metrics import ServiceMetrics
+from contracts.kit.ops import service_ops, service_status
 from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
 from contracts.kit.permissions import NatsPermissionRefused, Needs, permission_refusal, runtime_needs
 from contracts.kit.rpc import Handler, Responder
 from contracts.kit.settings import ServiceSettings
 from contracts.kit.streams import ensure_streams
-from contracts.rpc import HealthReply, HealthRequest
+from contracts.rpc import HealthReply, HealthRequest, StatusReply, StatusRequest
 from contracts.rpc import health as rpc_health
+from contracts.rpc import status as rpc_status
 from contracts.streams import DEADLETTERS, StreamDef
 
 log = get_logger("contracts.kit.runtime")
@@ -72,6 +76,9 @@ class ServiceRuntime:
         self.settings = settings
         self.name = settings.service_name
         self.version = version
+        self.started_at = time.monotonic()
+        # Prometheus metrics of this replica, served on PORTAL_OPS_PORT by `self.ops` (None without it).
+        self.metrics = ServiceMetrics(self.name, version)
         self.instance = settings.instance_id or f"{self.name}-{uuid.uuid4().hex[:8]}"
         self.streams = tuple(dict.fromkeys([*streams, DEADLETTERS]))
         url = nats_url or settings.nats_url
@@ -118,6 +125,7 @@ class ServiceRuntime:
             logger=logging.getLogger("portal.broker"),
         )
         self.relay = OutboxRelay(self.db, lambda: self.js, name=self.name, recover=self.recover)
+        self.relay.metrics = self.metrics
         # One re-creation of streams and consumers at a time; those who asked while it ran
         # are served by it (see `recover`).
         self._recover_lock = asyncio.Lock()
@@ -145,6 +153,7 @@ class ServiceRuntime:
             ),
         )
         self._register_health()
+        self.ops = service_ops(self)
 
     @property
     def js(self) -> JetStreamContext:
@@ -185,6 +194,7 @@ class ServiceRuntime:
             title=title,
         )
         consumer.document(self._spec_broker, description=description)
+        self.metrics.consumer_declared(durable)
         self.consumers.append(consumer)
         return consumer
 
@@ -208,29 +218,40 @@ class ServiceRuntime:
         """
         if rpc.service != self.name:
             raise ValueError(f"{self.name} cannot serve {rpc.subject}")
-        self.responders.append(Responder(rpc, self.name, handler, concurrency=concurrency))
-        document_rpc(self._spec_broker, rpc, queue=self.name)
+        queue = "" if rpc.every_replica else self.name
+        self.responders.append(Responder(rpc, queue, handler, concurrency=concurrency, metrics=self.metrics))
+        document_rpc(self._spec_broker, rpc, queue=queue)
+
+    async def health_checks(self) -> dict[str, str]:
+        """Each check of this replica: "ok", or what is wrong."""
+        checks = {}
+        try:
+            await self.db.ping()
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["database"] = f"failed: {type(exc).__name__}"
+        for name, check in self.extra_checks.items():
+            checks[name] = check()
+        # An outbox relay or consumer failing for more than a few seconds: events stall.
+        checks["outbox"] = self.relay.failing.check()
+        for consumer in self.consumers:
+            state = consumer.failing.check()
+            if state != "ok":
+                checks[f"consumer {consumer.durable}"] = state
+        return checks
 
     def _register_health(self) -> None:
         async def health(_: HealthRequest) -> HealthReply:
-            checks = {}
-            try:
-                await self.db.ping()
-                checks["database"] = "ok"
-            except Exception as exc:  # noqa: BLE001 - reported, not raised
-                checks["database"] = f"failed: {type(exc).__name__}"
-            for name, check in self.extra_checks.items():
-                checks[name] = check()
-            # An outbox relay or consumer failing for more than a few seconds: events stall.
-            checks["outbox"] = self.relay.failing.check()
-            for consumer in self.consumers:
-                state = consumer.failing.check()
-                if state != "ok":
-                    checks[f"consumer {consumer.durable}"] = state
+            checks = await self.health_checks()
             status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
             return HealthReply(service=self.name, status=status, version=self.version, checks=checks)
 
+        async def status(_: StatusRequest) -> StatusReply:
+            return await service_status(self)
+
         self.serve(rpc_health(self.name), health, concurrency=4)
+        # Every replica answers: `portal status` counts them.
+        self.serve(rpc_status(self.name), status, concurrency=4)
 
     def specification(self) -> dict[str, Any]:
         """The service's AsyncAPI 3 document: FastStream's, with each request's reply added."""
@@ -315,6 +336,8 @@ class ServiceRuntime:
             )
 
     async def _on_startup(self) -> None:
+        if self.ops is not None:
+            await self.ops.start()  # first: /livez answers while NATS is still being reached
         await self.broker.connect()
         await self.check_permissions()
         await self.ensure_streams()
@@ -340,6 +363,8 @@ class ServiceRuntime:
 
     async def _after_shutdown(self) -> None:
         await self.db.dispose()
+        if self.ops is not None:
+            await self.ops.stop()
         log.info("service_stopped", instance=self.instance)
 
     @asynccontextmanager

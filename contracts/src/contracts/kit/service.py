@@ -14,6 +14,7 @@ from typing import Protocol
 from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
 from contracts.kit.migrations import upgrade
+from contracts.kit.ops import OpsPortUnavailable
 from contracts.kit.permissions import NatsPermissionRefused
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound, ServiceSettings
@@ -82,9 +83,13 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
             asyncio.run(runtime.app.run())
         else:
             uvloop.run(runtime.app.run())
-    except NatsPermissionRefused as exc:
-        # At start-up, not at first use: the operator sees which subject the seed lacks.
-        log.error("nats_permission_refused", detail=str(exc))
+    except (NatsPermissionRefused, OpsPortUnavailable) as exc:
+        # At start-up, not at first use: the operator sees which subject the seed lacks, or
+        # that the ops port is taken.
+        log.error(
+            "nats_permission_refused" if isinstance(exc, NatsPermissionRefused) else "ops_port_unavailable",
+            detail=str(exc),
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         # The start-up stopped half-way: the database's worker threads were never closed and

@@ -169,6 +169,26 @@ def database_url_field(service: str) -> Any:
     )
 
 
+def ops_port_field() -> Any:
+    """`PORTAL_OPS_PORT`: where a part serves /livez, /readyz and /metrics (see `contracts.kit.ops`)."""
+    return Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The port of /livez, /readyz and /metrics (Prometheus); unset: none of them is served. The "
+        "gateway's is apart from its public PORTAL_HTTP_PORT. `portal up` gives each part a free one.",
+    )
+
+
+def ops_host_field() -> Any:
+    """`PORTAL_OPS_HOST`: the address the ops port listens on."""
+    return Field(
+        default="127.0.0.1",
+        description="The address the ops port listens on: this machine only by default, as the metrics say how "
+        "the portal is used; `0.0.0.0` in a container, for the probes and Prometheus of its cluster.",
+    )
+
+
 class ServiceSettings(CommonSettings):
     """Settings of one service; subclasses set `service_name` and declare `database_url`
     with `database_url_field(name)`, then add their own fields."""
@@ -180,6 +200,8 @@ class ServiceSettings(CommonSettings):
     instance_id: str | None = Field(
         default=None, description="A name for this replica in logs; a random one by default."
     )
+    ops_port: int | None = ops_port_field()
+    ops_host: str = ops_host_field()
     retention_email_days: float = Field(
         default=30,
         ge=0,

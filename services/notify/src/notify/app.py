@@ -107,4 +107,5 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         log.warning("smtp_not_configured", detail="PORTAL_SMTP_URL is not set: emails are recorded but not sent")
     runtime.extra_checks["smtp"] = sender.health if sender is not None else lambda: "not configured"
     runtime.sender = sender
+    runtime.metrics.emails_declared()
     return runtime

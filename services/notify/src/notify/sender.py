@@ -437,6 +437,7 @@ class Sender:
                 .where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == status_from)
                 .values(**values)
             )
+        self.runtime.metrics.emails.labels("retried").inc()
         log.info(
             "email_retry", email_id=email.id, kind=email.kind, retry_in=round(delay, 1), error=scrub(exc.detail)[:120]
         )
@@ -490,6 +491,7 @@ class Sender:
         email.smtp_code = code if code is not None else email.smtp_code
         email.last_error = detail[:300] or email.last_error
         uow.session.add(email)
+        uow.after_commit(lambda: self.runtime.metrics.emails.labels(status).inc())
         if status == SENT:
             delivered = EmailDelivered(
                 request_id=email.request_id, kind=email.kind, reference=email.reference, attempts=email.attempts
