@@ -29,8 +29,11 @@ def serve(settings: GatewaySettings | None = None) -> None:
     # Imported only now: they are slow to import, and a missing NATS is reported at once.
     import uvicorn
 
+    from contracts.kit import tracing
     from gateway.app import create_app
 
+    # Before the application is built: it is wrapped in a span per request only when on.
+    tracing.setup("gateway")
     app = create_app(settings)
     freeze_startup_heap()
     log.info("gateway_starting", host=settings.http_host, port=settings.http_port)
@@ -50,7 +53,11 @@ def serve(settings: GatewaySettings | None = None) -> None:
         # The socket peer is the client; X-Forwarded-For is believed only from PORTAL_TRUSTED_PROXIES
         # (gateway.auth.client_ip), not from whatever uvicorn trusts by default.
         proxy_headers=False,
+        # SIGTERM: stop accepting, let requests in flight finish, and be gone well inside the
+        # 10 seconds an orchestrator waits before it kills.
+        timeout_graceful_shutdown=5,
     )
+    tracing.shutdown()
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ from gateway.edge import BrowserChecks, security_headers, wrap_access_log
 from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
 from gateway.settings import GatewaySettings
+from gateway.tracing import wrap_tracing
 
 API_PREFIX = api.PREFIX
 PACKAGE_DIR = Path(__file__).parent
@@ -120,4 +121,4 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    return wrap_access_log(app)
+    return wrap_tracing(wrap_access_log(app))

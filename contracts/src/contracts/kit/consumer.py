@@ -37,6 +37,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Event, utcnow
+from contracts.kit import tracing
 from contracts.kit.db import UtcDateTime, dialect_name
 from contracts.kit.deadletters import (
     DL_PREFIX,
@@ -272,23 +273,36 @@ class EventConsumer:
                 await self._dead_letter(raw, exc)
         if not items:
             return
+        # Each event's trace goes on here (tracing on, and the event carries one).
+        spans = tracing.consuming(self.durable, ((r.subject, r.headers, e.event_id) for r, e in items))
         try:
-            await self._apply(items)
+            await self._apply_batch(items, spans)
+        finally:
+            if spans is not None:
+                spans.end()
+
+    async def _apply_batch(self, items: list[tuple[Msg, Event]], spans: tracing.Consuming | None) -> None:
+        try:
+            await self._apply(items, spans)
         except Exception as exc:  # noqa: BLE001 - sorted out message by message below
             if len(items) == 1:
+                if spans is not None:
+                    spans.failed(items[0][1].event_id, exc)
                 await self._failed(items[0][0], exc)
                 return
             log.info("batch_failed_retrying_singly", consumer=self.durable, size=len(items), error=describe_error(exc))
             for item in items:
                 try:
-                    await self._apply([item])
+                    await self._apply([item], spans)
                 except Exception as one_exc:  # noqa: BLE001 - any failure is counted, retried, then dead-lettered
+                    if spans is not None:
+                        spans.failed(item[1].event_id, one_exc)
                     await self._failed(item[0], one_exc)
             return
         for raw, _ in items:
             await raw.ack()
 
-    async def _apply(self, items: list[tuple[Msg, Event]]) -> None:
+    async def _apply(self, items: list[tuple[Msg, Event]], spans: tracing.Consuming | None = None) -> None:
         fresh: list[tuple[str, Event]] = []
         async with self.runtime.unit_of_work() as uow:
             unique: dict[str, tuple[str, Event]] = {}
@@ -303,7 +317,8 @@ class EventConsumer:
             else:
                 assert self.handler is not None
                 for subject, ev in fresh:
-                    await self.handler(uow, ev, subject)
+                    with tracing.using(spans, ev.event_id):
+                        await self.handler(uow, ev, subject)
         # Thousands of events a second pass here: build no log events unless someone reads them.
         if logging.getLogger("contracts.kit.consumer").isEnabledFor(logging.DEBUG):
             for subject, ev in fresh:

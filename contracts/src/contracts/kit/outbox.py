@@ -32,6 +32,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Event, utcnow
+from contracts.kit import tracing
 from contracts.kit.db import Database
 from contracts.kit.deadletters import (
     DL_PREFIX,
@@ -103,6 +104,9 @@ class UnitOfWork:
         aggregate are published in the order they were emitted.
         """
         eid = event_id or getattr(event, "event_id", None) or uuid.uuid4().hex
+        if tracing.ENABLED:
+            # The trace of the work that wrote the row goes on where the event is applied.
+            headers = tracing.inject(dict(headers or {})) or None
         self._rows.append(
             {
                 "event_id": eid,
@@ -264,7 +268,8 @@ class OutboxRelay:
                 # Sequential on purpose: a failed publish stops the batch, so nothing of an
                 # aggregate is ever published after an earlier event of it that failed.
                 try:
-                    await self._publish(js, row.subject, row.payload, headers)
+                    with tracing.publishing(row.subject, headers, event_id=row.event_id):
+                        await self._publish(js, row.subject, row.payload, headers)
                 except Unpublishable as exc:
                     await self._dead_letter(js, row, str(exc))
                     dead += 1

@@ -30,6 +30,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from contracts.base import Rep, Req, Rpc
+from contracts.kit import tracing
 from contracts.kit.logs import describe_error, get_logger
 from contracts.rpc import ERROR_HEADER, ErrorReply, FieldError
 
@@ -131,8 +132,17 @@ class RpcTimeout(RpcError):
 
 async def call_raw(nc: NatsClient, rpc: Rpc[Req, Any], request: Req, *, timeout: float = 2.0) -> bytes:
     """Ask `rpc`; return the reply's body unparsed, or raise an `RpcError`."""
+    if tracing.ENABLED:
+        with tracing.requesting(rpc.subject) as headers:
+            return await _call_raw(nc, rpc, request, timeout, headers)
+    return await _call_raw(nc, rpc, request, timeout, None)
+
+
+async def _call_raw(
+    nc: NatsClient, rpc: Rpc[Req, Any], request: Req, timeout: float, headers: dict[str, str] | None
+) -> bytes:
     try:
-        msg = await nc.request(rpc.subject, request.model_dump_json().encode(), timeout=timeout)
+        msg = await nc.request(rpc.subject, request.model_dump_json().encode(), timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError as exc:
         raise RpcUnavailable(rpc.subject) from exc
     except (nats.errors.TimeoutError, TimeoutError) as exc:
@@ -214,7 +224,13 @@ class Responder(Generic[Req, Rep]):
     async def _answer(self, msg: Msg) -> None:
         if not msg.reply or self._nc is None:
             return
-        body, error = await self.answer(msg.data)
+        if tracing.ENABLED:
+            # The caller's trace goes on here (and into whatever the handler emits).
+            with tracing.serving(self.rpc.subject, msg.headers) as span:
+                body, error = await self.answer(msg.data)
+                tracing.answered(span, error)
+        else:
+            body, error = await self.answer(msg.data)
         # Not msg.respond(): it would echo the request's headers back.
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(msg.reply, body, headers={**_JSON, ERROR_HEADER: error} if error else None)

@@ -23,7 +23,7 @@ from sqlmodel import col
 from contracts.addresses import normalise_email
 from contracts.base import utcnow
 from contracts.identity import CONTACTS, ContactsRequest
-from contracts.kit import rpc
+from contracts.kit import rpc, tracing
 from contracts.kit.db import dialect_name
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
@@ -220,7 +220,15 @@ class Sender:
                     await conn.close()  # idle: don't hold a connection open
                     continue
                 try:
-                    await self._attempt(conn, email)
+                    # A span of the trace that asked for the email (tracing on); what the
+                    # attempt emits (delivered, failed) continues it.
+                    with tracing.span(
+                        "send email",
+                        traceparent=email.traceparent,
+                        kind="CLIENT",
+                        attributes={"email.kind": email.kind, "messaging.message.id": email.request_id},
+                    ):
+                        await self._attempt(conn, email)
                 except LostClaim:
                     log.info("notify_claim_lost", email_id=email.id)
                 except asyncio.CancelledError:
