@@ -228,6 +228,18 @@ class Puller:
         return out
 
 
+class _Traced:
+    """A handler run inside its event's span, so that what it emits continues the event's trace."""
+
+    def __init__(self, handler: EventHandler, consumer: "EventConsumer") -> None:
+        self.handler = handler
+        self.consumer = consumer
+
+    async def __call__(self, uow: UnitOfWork, event: Event, subject: str) -> None:
+        with tracing.using(self.consumer._spans, event.event_id):  # noqa: SLF001 - the consumer's own batch
+            await self.handler(uow, event, subject)
+
+
 @dataclass
 class EventConsumer:
     """One durable consumer: a subject (wildcards allowed) of a stream, applied idempotently."""
@@ -252,6 +264,8 @@ class EventConsumer:
     _task: asyncio.Task | None = field(default=None, init=False, repr=False)
     _running: bool = field(default=False, init=False, repr=False)
     failing: FailureClock = field(default_factory=FailureClock, init=False, repr=False)
+    # The spans of the batch being applied (tracing on).
+    _spans: tracing.Consuming | None = field(default=None, init=False, repr=False)
 
     @property
     def dead_letter_subject(self) -> str:
@@ -274,16 +288,17 @@ class EventConsumer:
         if not items:
             return
         # Each event's trace goes on here (tracing on, and the event carries one).
-        spans = tracing.consuming(self.durable, ((r.subject, r.headers, e.event_id) for r, e in items))
+        spans = self._spans = tracing.consuming(self.durable, ((r.subject, r.headers, e.event_id) for r, e in items))
         try:
             await self._apply_batch(items, spans)
         finally:
+            self._spans = None
             if spans is not None:
                 spans.end()
 
     async def _apply_batch(self, items: list[tuple[Msg, Event]], spans: tracing.Consuming | None) -> None:
         try:
-            await self._apply(items, spans)
+            await self._apply(items)
         except Exception as exc:  # noqa: BLE001 - sorted out message by message below
             if len(items) == 1:
                 if spans is not None:
@@ -293,7 +308,7 @@ class EventConsumer:
             log.info("batch_failed_retrying_singly", consumer=self.durable, size=len(items), error=describe_error(exc))
             for item in items:
                 try:
-                    await self._apply([item], spans)
+                    await self._apply([item])
                 except Exception as one_exc:  # noqa: BLE001 - any failure is counted, retried, then dead-lettered
                     if spans is not None:
                         spans.failed(item[1].event_id, one_exc)
@@ -302,7 +317,7 @@ class EventConsumer:
         for raw, _ in items:
             await raw.ack()
 
-    async def _apply(self, items: list[tuple[Msg, Event]], spans: tracing.Consuming | None = None) -> None:
+    async def _apply(self, items: list[tuple[Msg, Event]]) -> None:
         fresh: list[tuple[str, Event]] = []
         async with self.runtime.unit_of_work() as uow:
             unique: dict[str, tuple[str, Event]] = {}
@@ -317,8 +332,7 @@ class EventConsumer:
             else:
                 assert self.handler is not None
                 for subject, ev in fresh:
-                    with tracing.using(spans, ev.event_id):
-                        await self.handler(uow, ev, subject)
+                    await self.handler(uow, ev, subject)
         # Thousands of events a second pass here: build no log events unless someone reads them.
         if logging.getLogger("contracts.kit.consumer").isEnabledFor(logging.DEBUG):
             for subject, ev in fresh:
@@ -407,6 +421,8 @@ class EventConsumer:
 
     async def start(self) -> None:
         """Create (or update) the durable consumer and start pulling from it."""
+        if tracing.ENABLED and self.handler is not None and not isinstance(self.handler, _Traced):
+            self.handler = _Traced(self.handler, self)
         await self.declare()
         self._sub = Puller(self.runtime.broker.connection, self.stream.name, self.durable)
         await self._sub.start()

@@ -191,7 +191,7 @@ class Responder(Generic[Req, Rep]):
         """Subscribe in the queue group."""
 
         async def on_msg(msg: Msg) -> None:
-            task = asyncio.create_task(self._answer(msg))
+            task = asyncio.create_task(self._answer_traced(msg) if tracing.ENABLED else self._answer(msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -224,16 +224,16 @@ class Responder(Generic[Req, Rep]):
     async def _answer(self, msg: Msg) -> None:
         if not msg.reply or self._nc is None:
             return
-        if tracing.ENABLED:
-            # The caller's trace goes on here (and into whatever the handler emits).
-            with tracing.serving(self.rpc.subject, msg.headers) as span:
-                body, error = await self.answer(msg.data)
-                tracing.answered(span, error)
-        else:
-            body, error = await self.answer(msg.data)
+        body, error = await self.answer(msg.data)
         # Not msg.respond(): it would echo the request's headers back.
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(msg.reply, body, headers={**_JSON, ERROR_HEADER: error} if error else None)
+
+    async def _answer_traced(self, msg: Msg) -> None:
+        # The caller's trace goes on here (and into whatever the handler emits); an error
+        # reply marks the span (`_error_body`).
+        with tracing.serving(self.rpc.subject, msg.headers):
+            await self._answer(msg)
 
     async def stop(self) -> None:
         """Unsubscribe; requests in flight finish."""
@@ -295,4 +295,6 @@ def is_database_outage(exc: BaseException) -> bool:
 
 
 def _error_body(reply: ErrorReply) -> tuple[bytes, str]:
+    if tracing.ENABLED:
+        tracing.answered_with(reply.error)
     return reply.model_dump_json().encode(), reply.error

@@ -171,7 +171,7 @@ def requesting(subject: str) -> Iterator[dict[str, str]]:
 @contextmanager
 def serving(subject: str, headers: Mapping[str, str] | None) -> Iterator[Any]:
     """The server span of a request to `subject`, continuing the caller's trace (from the
-    request's headers). `answered(span, error_code)` records its outcome."""
+    request's headers). `answered_with(error_code)` records an error reply."""
     with _tracer.start_as_current_span(
         subject,
         context=_extract(headers),
@@ -183,9 +183,11 @@ def serving(subject: str, headers: Mapping[str, str] | None) -> Iterator[Any]:
         yield span
 
 
-def answered(span: Any, error: str | None) -> None:
-    """Record a request's outcome on its server span (its error code, when it is an error)."""
-    _mark(span, error)
+def answered_with(error: str) -> None:
+    """Record an error reply on the current (server) span."""
+    span = _trace.get_current_span()
+    if span.is_recording():
+        _mark(span, error)
 
 
 def publishing(subject: str, headers: dict[str, str], *, event_id: str | None = None) -> AbstractContextManager[Any]:
