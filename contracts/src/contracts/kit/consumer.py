@@ -163,6 +163,20 @@ class Puller:
                 await self._sub.unsubscribe()
             self._sub = None
 
+    async def drain(self) -> None:
+        """Unsubscribe, and wait until what NATS sent before it heard so is in the buffer: a
+        pull request still open then brings nothing more (NATS delivers only while someone
+        listens on its reply subject)."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await asyncio.wait_for(self._sub.drain(), 2)
+            self._sub = None
+
+    def take(self) -> list[Msg]:
+        """Every buffered message (received and not fetched), leaving none."""
+        out, self._buffer = self._buffer, []
+        return out
+
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if status is None:
@@ -263,6 +277,11 @@ class EventConsumer:
     _sub: Any = field(default=None, init=False, repr=False)
     _task: asyncio.Task | None = field(default=None, init=False, repr=False)
     _running: bool = field(default=False, init=False, repr=False)
+    # For a stop that hands back what was pulled and not applied (see `stop`).
+    _fetcher: asyncio.Task | None = field(default=None, init=False, repr=False)
+    _ready: asyncio.Queue[list[Msg]] | None = field(default=None, init=False, repr=False)
+    _current: Sequence[Msg] = field(default=(), init=False, repr=False)
+    _unstarted: list[Msg] = field(default_factory=list, init=False, repr=False)
     failing: FailureClock = field(default_factory=FailureClock, init=False, repr=False)
     # The spans of the batch being applied (tracing on).
     _spans: tracing.Consuming | None = field(default=None, init=False, repr=False)
@@ -429,25 +448,63 @@ class EventConsumer:
         self._running = True
         self._task = asyncio.create_task(self._loop(), name=f"consumer-{self.durable}")
 
-    async def stop(self) -> None:
-        """Stop pulling; unacknowledged messages are redelivered to another replica."""
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop pulling, let the batch being applied finish (for at most `grace` seconds), and
+        hand back every message pulled and not applied: another replica has it at once, rather
+        than after `ack_wait` (15 s), which is how long a message nobody acknowledges waits."""
         self._running = False
-        if self._task is not None:
-            self._task.cancel()
+        if self._fetcher is not None:
+            # What it had pulled stays in the puller's buffer (or `_unstarted`).
+            self._fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+                await self._fetcher
+            self._fetcher = None
         if self._sub is not None:
-            await self._sub.stop()
-            self._sub = None
+            # Once NATS has our unsubscription, an open pull request brings nothing more; what
+            # it sent before then is in the buffer when this returns.
+            await self._sub.drain()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+                # Its transaction rolled back, or committed without every ack sent: either way
+                # the batch goes back, and what was committed is recognised when it comes again.
+                self._unstarted.extend(self._current)
+            self._task = None
+        await self._hand_back()
+        self._sub = None
+
+    async def _hand_back(self) -> None:
+        msgs = list(self._unstarted)
+        self._unstarted.clear()
+        if self._ready is not None:
+            while not self._ready.empty():
+                msgs.extend(self._ready.get_nowait())
+        if self._sub is not None:
+            msgs.extend(self._sub.take())
+        if not msgs:
+            return
+        nc = self.runtime.broker.connection
+        handed = 0
+        for msg in msgs:
+            try:
+                await msg.nak()
+                handed += 1
+            except Exception:  # noqa: BLE001, S112 - acknowledged already, or NATS gone: it comes back after ack_wait
+                continue
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
+        log.info("consumer_handed_back", consumer=self.durable, messages=handed)
 
     async def _loop(self) -> None:
         # The next batch is fetched while this one is applied: fetching is mostly waiting for
         # nats-server, applying mostly waiting for the database, and one after the other left
         # each idle half the time. One batch waits at most (a bounded queue), so a fetched
         # message is acknowledged within two batches' time, far inside ack_wait.
-        ready: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=1)
-        fetcher = asyncio.create_task(self._fetch_loop(ready), name=f"consumer-fetch-{self.durable}")
+        ready = self._ready = asyncio.Queue(maxsize=1)
+        fetcher = self._fetcher = asyncio.create_task(self._fetch_loop(ready), name=f"consumer-fetch-{self.durable}")
         try:
             while self._running:
                 if fetcher.done():
@@ -457,12 +514,18 @@ class EventConsumer:
                 if not get.done():
                     get.cancel()
                     continue
+                batch = get.result()
+                if not self._running:
+                    self._unstarted.extend(batch)  # stopping: handed back, not started
+                    break
+                self._current = batch
                 try:
-                    await self.on_batch(get.result())
+                    await self.on_batch(batch)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - unacked messages come back after ack_wait
                     log.warning("consumer_batch_failed", consumer=self.durable, error=describe_error(exc))
+                self._current = []
         finally:
             fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -492,7 +555,11 @@ class EventConsumer:
             failures = 0
             self.failing.ok()
             if msgs:
-                await ready.put(msgs)
+                try:
+                    await ready.put(msgs)
+                except asyncio.CancelledError:
+                    self._unstarted.extend(msgs)  # stopping: `stop` hands them back
+                    raise
 
     async def _recover(self) -> None:
         try:

@@ -175,18 +175,33 @@ class OutboxRelay:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.name}")
 
-    async def stop(self) -> None:
-        """Stop relaying; whatever is left is published by the next relay."""
+    async def stop(self, *, flush: float = 0.0) -> None:
+        """Stop relaying. With `flush`, first publish what is committed (for at most that many
+        seconds: a stopping part leaves no event of the work it finished waiting for a restart).
+        Whatever is left is published by the next relay."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            if flush > 0:
+                await asyncio.wait({task}, timeout=flush)  # the round in progress ends, then the loop
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - shutting down
                 pass
-            self._task = None
+            if flush > 0 and loop.time() < deadline:
+                try:
+                    await asyncio.wait_for(self._flush(), deadline - loop.time())
+                except (TimeoutError, Exception) as exc:  # noqa: BLE001 - the next relay publishes what is left
+                    log.info("outbox_flush_incomplete", error=type(exc).__name__)
         await self._release_lease()
+
+    async def _flush(self) -> None:
+        while await self.relay_once():
+            pass
 
     async def _run(self) -> None:
         failures = 0

@@ -235,12 +235,16 @@ class Responder(Generic[Req, Rep]):
         with tracing.serving(self.rpc.subject, msg.headers):
             await self._answer(msg)
 
-    async def stop(self) -> None:
-        """Unsubscribe; requests in flight finish."""
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Take no more requests (other replicas of the queue group get them), and let those in
+        flight be answered, for at most `grace` seconds."""
         if self._sub is not None:
             with contextlib.suppress(Exception):  # the connection may be gone already
-                await self._sub.unsubscribe()
+                # Requests NATS sent before it heard of the unsubscription are still answered.
+                await asyncio.wait_for(self._sub.drain(), grace)
             self._sub = None
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
 
 
 # PostgreSQL's SQLSTATEs of a lost or refused connection: class 08 (connection exception),

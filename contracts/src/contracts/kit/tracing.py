@@ -87,7 +87,7 @@ def setup(part: str, *, instance: str | None = None, version: str | None = None)
     return True
 
 
-def shutdown(timeout: float = 2.0) -> None:
+def shutdown(timeout: float = 1.0) -> None:
     """Export what is left, waiting at most `timeout` seconds (a collector that is away must
     not hold up a stopping part)."""
     global ENABLED
