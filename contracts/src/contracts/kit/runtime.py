@@ -85,7 +85,7 @@ class ServiceRuntime:
             except Exception:  # noqa: BLE001 - documents can be generated without NATS
                 url = DEFAULT_LOCAL_NATS
         self.nats_url = url
-        self.db = Database(settings.resolved_database_url())
+        self.db = Database(settings.resolved_database_url(), pool_size=settings.db_pool_size)
         self.on_reconnect: list[Callable[[], None]] = []
 
         async def reconnected() -> None:
