@@ -167,6 +167,9 @@ async def test_a_registration_is_one_trace_from_the_gateway_to_the_email_sent(de
     sent = by(spans, "notify", "send email")
     assert sent.parent_id == consumed.span_id
 
+    # The probes (`/ready` was asked every 0.2 s until the parts were ready, each asking every
+    # service's health) leave no span anywhere.
+    assert not [s for s in deployment.otlp.spans if "health" in s.name or s.name == "GET /ready"]
     # Every part names itself, whatever OTEL_SERVICE_NAME says.
     assert {s.service for s in deployment.otlp.spans} <= set(PARTS)
     for s in spans:

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 
+# Not traced: liveness and readiness probes.
+PROBES = frozenset({"/health", "/ready"})
+
+
 def _caller_context(scope: Scope) -> dict[str, str]:
     wanted = {b"traceparent", b"tracestate"}
     return {k.decode(): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in wanted}
@@ -39,6 +43,12 @@ class TracedRequests:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
+            return
+        if scope.get("path") in PROBES:
+            # A load balancer's probe every few seconds, and the health requests `/ready` makes
+            # of every service, would fill the traces with nothing worth seeing.
+            with tracing.unsampled():
+                await self.app(scope, receive, send)
             return
         from opentelemetry import trace
 

@@ -310,6 +310,25 @@ def failed(span: Any, exc: BaseException) -> None:
     span.set_status(_trace.Status(_trace.StatusCode.ERROR, type(exc).__name__))
 
 
+@contextmanager
+def unsampled() -> Iterator[None]:
+    """Work that is never traced, nor anything it asks of other parts (a probe): its context is
+    a parent that was not sampled, which every part's default sampler follows."""
+    import secrets
+
+    parent = _trace.SpanContext(
+        trace_id=int.from_bytes(secrets.token_bytes(16), "big") or 1,
+        span_id=int.from_bytes(secrets.token_bytes(8), "big") or 1,
+        is_remote=True,
+        trace_flags=_trace.TraceFlags(_trace.TraceFlags.DEFAULT),
+    )
+    token = _context.attach(_trace.set_span_in_context(_trace.NonRecordingSpan(parent)))
+    try:
+        yield
+    finally:
+        _context.detach(token)
+
+
 def trace_id() -> str | None:
     """The current trace's id as 32 hex digits (for log lines), or None."""
     if not ENABLED:
