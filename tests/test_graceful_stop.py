@@ -214,3 +214,65 @@ async def test_every_part_exits_0_within_10_seconds_of_sigterm_even_mid_backlog(
             second.kill()
             second.wait()
         await nc.close()
+
+
+# -- notify's emails -----------------------------------------------------------------------------
+
+
+async def test_notify_stopping_finishes_the_email_it_is_sending_and_hands_back_the_others(
+    fresh_nats, smtp_server, tmp_path: Path
+) -> None:
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from contracts import notify as contract
+    from contracts.kit.service import migrate
+    from notify import app as notify_app
+    from notify.tables import PENDING, SENT, Email
+
+    db = f"sqlite+aiosqlite:///{tmp_path / 'notify.db'}"
+    settings = notify_app.Settings(
+        nats_url=fresh_nats.url, database_url=db, smtp_url=smtp_server.url, notify_smtp_concurrency=1
+    )
+    await asyncio.to_thread(migrate, notify_app, settings)
+    runtime = notify_app.build(settings)
+    # The server takes a second over each email's content: the stop comes in the middle of one.
+    smtp_server.handler.delay = 1.0
+    nc = await nats.connect(fresh_nats.url)
+    delivered: list[bytes] = []
+
+    async def on_outcome(msg) -> None:
+        delivered.append(msg.data)
+
+    await nc.subscribe(contract.EMAIL_DELIVERED, cb=on_outcome)
+    requests = [
+        contract.PasswordChangedEmail(to=f"parent{i}@example.org", reset_url="http://portal.test/reset-password")
+        for i in range(3)
+    ]
+    try:
+        async with runtime.running():
+            for request in requests:
+                await nc.jetstream().publish(
+                    contract.request_subject(request.kind),
+                    request.model_dump_json().encode(),
+                    headers={"Nats-Msg-Id": request.event_id},
+                )
+            await eventually(lambda: smtp_server.handler.rcpt_attempts, timeout=15, message="an email being sent")
+            stopping = time.monotonic()
+        took = time.monotonic() - stopping
+        # The one being sent was finished, and its outcome published before the part was gone.
+        assert len(smtp_server.messages) == 1
+        [sent] = [r for r in requests if [r.to] == smtp_server.messages[0].envelope_to]
+        await nc.flush()
+        await eventually(lambda: delivered, timeout=2, message="its delivered event")
+        engine = create_async_engine(db)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(Email.request_id, Email.status, Email.claimed_by))).all()
+        await engine.dispose()
+        by_request = {row.request_id: (row.status, row.claimed_by) for row in rows}
+        assert by_request.pop(sent.event_id)[0] == SENT
+        # The others, claimed and not started, are back in the ledger for any replica at once.
+        assert list(by_request.values()) == [(PENDING, None), (PENDING, None)]
+        print(f"\nnotify stopped in {took:.2f}s while the SMTP server took 1 s over an email")
+    finally:
+        await nc.close()
