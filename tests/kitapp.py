@@ -72,6 +72,8 @@ async def create_schema(url: str) -> None:
 
 # Keys the handler refuses while listed: a failure an operator can fix, then replay.
 BLOCKED: set[str] = set()
+# Seconds each event takes to apply (`--delay`): a slow replica, to stop in the middle of a batch.
+DELAY = 0.0
 
 
 async def apply_thing(uow: UnitOfWork, event: ThingHappened, subject: str) -> None:
@@ -80,6 +82,8 @@ async def apply_thing(uow: UnitOfWork, event: ThingHappened, subject: str) -> No
         raise ValueError("this event can never be applied")
     if event.key in BLOCKED:
         raise LookupError(f"{event.key} is blocked")
+    if DELAY:
+        await asyncio.sleep(DELAY)
     s = uow.session
     dialect = s.bind.dialect.name
     ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(totals)
@@ -125,12 +129,14 @@ def build(settings: KitSettings, *, consume: bool, max_deliveries: int = 3, batc
 # -- for the tests that drive the service -------------------------------------------------------
 
 
-def spawn(mode: str, db: str, nats_url: str, *extra: str) -> subprocess.Popen:
-    """This service in a process of its own (`relay` or `consume`), to kill or stop."""
+def spawn(mode: str, db: str, nats_url: str, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    """This service in a process of its own (`relay` or `consume`), to kill or stop; its
+    output goes to `log` when given."""
+    out = log.open("ab") if log is not None else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, str(HERE / "kitapp.py"), mode, "--db", db, "--nats", nats_url, *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(HERE)},
     )
 
@@ -158,13 +164,15 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--nats", required=True)
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each event takes to apply")
     args = parser.parse_args()
-    configure_logging(service="kittest", level="WARNING")
+    global DELAY
+    DELAY = args.delay
+    configure_logging(service="kittest", level="INFO")
     settings = KitSettings(nats_url=args.nats, database_url=args.db)
     runtime = build(settings, consume=args.mode == "consume", batch_size=args.batch_size)
     print("starting", flush=True)
     asyncio.run(runtime.app.run())
-    sys.exit(0)
 
 
 if __name__ == "__main__":

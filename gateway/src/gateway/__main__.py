@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 
 from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
 from contracts.kit.ops import OpsPortUnavailable, check_port
 from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound
 from gateway.settings import GatewaySettings
+
+
+def _stopped(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM once uvicorn has shut down: nothing left to do."""
 
 
 def serve(settings: GatewaySettings | None = None) -> None:
@@ -36,11 +42,18 @@ def serve(settings: GatewaySettings | None = None) -> None:
     # Imported only now: they are slow to import, and a missing NATS is reported at once.
     import uvicorn
 
+    from contracts.kit import tracing
     from gateway.app import create_app
 
+    # Before the application is built: it is wrapped in a span per request only when on.
+    tracing.setup("gateway")
     app = create_app(settings)
     freeze_startup_heap()
     log.info("gateway_starting", host=settings.http_host, port=settings.http_port)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
+    # found: the default one would end the process "killed by SIGTERM" rather than with the 0 a
+    # stop asked for ends with. Found this one, the process goes on to exit 0.
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         app,
         host=settings.http_host,
@@ -57,7 +70,11 @@ def serve(settings: GatewaySettings | None = None) -> None:
         # The socket peer is the client; X-Forwarded-For is believed only from PORTAL_TRUSTED_PROXIES
         # (gateway.auth.client_ip), not from whatever uvicorn trusts by default.
         proxy_headers=False,
+        # SIGTERM: stop accepting, let requests in flight finish, and be gone well inside the
+        # 10 seconds an orchestrator waits before it kills.
+        timeout_graceful_shutdown=5,
     )
+    tracing.shutdown()
 
 
 def run(argv: list[str] | None = None) -> None:

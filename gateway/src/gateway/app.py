@@ -28,6 +28,7 @@ from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
 from gateway.ops import StatusResponder, ops_lifespan, wrap_http_metrics
 from gateway.settings import GatewaySettings
+from gateway.tracing import wrap_tracing
 
 API_PREFIX = api.PREFIX
 PACKAGE_DIR = Path(__file__).parent
@@ -127,4 +128,4 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    return wrap_http_metrics(wrap_access_log(app), metrics)
+    return wrap_tracing(wrap_http_metrics(wrap_access_log(app), metrics))

@@ -37,6 +37,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Event, utcnow
+from contracts.kit import tracing
 from contracts.kit.db import UtcDateTime, dialect_name
 from contracts.kit.deadletters import (
     DL_PREFIX,
@@ -162,6 +163,20 @@ class Puller:
                 await self._sub.unsubscribe()
             self._sub = None
 
+    async def drain(self) -> None:
+        """Unsubscribe, and wait until what NATS sent before it heard so is in the buffer: a
+        pull request still open then brings nothing more (NATS delivers only while someone
+        listens on its reply subject)."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await asyncio.wait_for(self._sub.drain(), 2)
+            self._sub = None
+
+    def take(self) -> list[Msg]:
+        """Every buffered message (received and not fetched), leaving none."""
+        out, self._buffer = self._buffer, []
+        return out
+
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if status is None:
@@ -227,6 +242,18 @@ class Puller:
         return out
 
 
+class _Traced:
+    """A handler run inside its event's span, so that what it emits continues the event's trace."""
+
+    def __init__(self, handler: EventHandler, consumer: "EventConsumer") -> None:
+        self.handler = handler
+        self.consumer = consumer
+
+    async def __call__(self, uow: UnitOfWork, event: Event, subject: str) -> None:
+        with tracing.using(self.consumer._spans, event.event_id):  # noqa: SLF001 - the consumer's own batch
+            await self.handler(uow, event, subject)
+
+
 @dataclass
 class EventConsumer:
     """One durable consumer: a subject (wildcards allowed) of a stream, applied idempotently."""
@@ -250,7 +277,14 @@ class EventConsumer:
     _sub: Any = field(default=None, init=False, repr=False)
     _task: asyncio.Task | None = field(default=None, init=False, repr=False)
     _running: bool = field(default=False, init=False, repr=False)
+    # For a stop that hands back what was pulled and not applied (see `stop`).
+    _fetcher: asyncio.Task | None = field(default=None, init=False, repr=False)
+    _ready: asyncio.Queue[list[Msg]] | None = field(default=None, init=False, repr=False)
+    _current: Sequence[Msg] = field(default=(), init=False, repr=False)
+    _unstarted: list[Msg] = field(default_factory=list, init=False, repr=False)
     failing: FailureClock = field(default_factory=FailureClock, init=False, repr=False)
+    # The spans of the batch being applied (tracing on).
+    _spans: tracing.Consuming | None = field(default=None, init=False, repr=False)
 
     @property
     def dead_letter_subject(self) -> str:
@@ -272,10 +306,22 @@ class EventConsumer:
                 await self._dead_letter(raw, exc)
         if not items:
             return
+        # Each event's trace goes on here (tracing on, and the event carries one).
+        spans = self._spans = tracing.consuming(self.durable, ((r.subject, r.headers, e.event_id) for r, e in items))
+        try:
+            await self._apply_batch(items, spans)
+        finally:
+            self._spans = None
+            if spans is not None:
+                spans.end()
+
+    async def _apply_batch(self, items: list[tuple[Msg, Event]], spans: tracing.Consuming | None) -> None:
         try:
             await self._apply(items)
         except Exception as exc:  # noqa: BLE001 - sorted out message by message below
             if len(items) == 1:
+                if spans is not None:
+                    spans.failed(items[0][1].event_id, exc)
                 await self._failed(items[0][0], exc)
                 return
             log.info("batch_failed_retrying_singly", consumer=self.durable, size=len(items), error=describe_error(exc))
@@ -283,6 +329,8 @@ class EventConsumer:
                 try:
                     await self._apply([item])
                 except Exception as one_exc:  # noqa: BLE001 - any failure is counted, retried, then dead-lettered
+                    if spans is not None:
+                        spans.failed(item[1].event_id, one_exc)
                     await self._failed(item[0], one_exc)
             return
         for raw, _ in items:
@@ -394,31 +442,71 @@ class EventConsumer:
 
     async def start(self) -> None:
         """Create (or update) the durable consumer and start pulling from it."""
+        if tracing.ENABLED and self.handler is not None and not isinstance(self.handler, _Traced):
+            self.handler = _Traced(self.handler, self)
         await self.declare()
         self._sub = Puller(self.runtime.broker.connection, self.stream.name, self.durable)
         await self._sub.start()
         self._running = True
         self._task = asyncio.create_task(self._loop(), name=f"consumer-{self.durable}")
 
-    async def stop(self) -> None:
-        """Stop pulling; unacknowledged messages are redelivered to another replica."""
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop pulling, let the batch being applied finish (for at most `grace` seconds), and
+        hand back every message pulled and not applied: another replica has it at once, rather
+        than after `ack_wait` (15 s), which is how long a message nobody acknowledges waits."""
         self._running = False
-        if self._task is not None:
-            self._task.cancel()
+        if self._fetcher is not None:
+            # What it had pulled stays in the puller's buffer (or `_unstarted`).
+            self._fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+                await self._fetcher
+            self._fetcher = None
         if self._sub is not None:
-            await self._sub.stop()
-            self._sub = None
+            # Once NATS has our unsubscription, an open pull request brings nothing more; what
+            # it sent before then is in the buffer when this returns.
+            await self._sub.drain()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+                # Its transaction rolled back, or committed without every ack sent: either way
+                # the batch goes back, and what was committed is recognised when it comes again.
+                self._unstarted.extend(self._current)
+            self._task = None
+        await self._hand_back()
+        self._sub = None
+
+    async def _hand_back(self) -> None:
+        msgs = list(self._unstarted)
+        self._unstarted.clear()
+        if self._ready is not None:
+            while not self._ready.empty():
+                msgs.extend(self._ready.get_nowait())
+        if self._sub is not None:
+            msgs.extend(self._sub.take())
+        if not msgs:
+            return
+        nc = self.runtime.broker.connection
+        handed = 0
+        for msg in msgs:
+            try:
+                await msg.nak()
+                handed += 1
+            except Exception:  # noqa: BLE001, S112 - acknowledged already, or NATS gone: it comes back after ack_wait
+                continue
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
+        log.info("consumer_handed_back", consumer=self.durable, messages=handed)
 
     async def _loop(self) -> None:
         # The next batch is fetched while this one is applied: fetching is mostly waiting for
         # nats-server, applying mostly waiting for the database, and one after the other left
         # each idle half the time. One batch waits at most (a bounded queue), so a fetched
         # message is acknowledged within two batches' time, far inside ack_wait.
-        ready: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=1)
-        fetcher = asyncio.create_task(self._fetch_loop(ready), name=f"consumer-fetch-{self.durable}")
+        ready = self._ready = asyncio.Queue(maxsize=1)
+        fetcher = self._fetcher = asyncio.create_task(self._fetch_loop(ready), name=f"consumer-fetch-{self.durable}")
         try:
             while self._running:
                 if fetcher.done():
@@ -428,12 +516,18 @@ class EventConsumer:
                 if not get.done():
                     get.cancel()
                     continue
+                batch = get.result()
+                if not self._running:
+                    self._unstarted.extend(batch)  # stopping: handed back, not started
+                    break
+                self._current = batch
                 try:
-                    await self.on_batch(get.result())
+                    await self.on_batch(batch)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - unacked messages come back after ack_wait
                     log.warning("consumer_batch_failed", consumer=self.durable, error=describe_error(exc))
+                self._current = []
         finally:
             fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -463,7 +557,11 @@ class EventConsumer:
             failures = 0
             self.failing.ok()
             if msgs:
-                await ready.put(msgs)
+                try:
+                    await ready.put(msgs)
+                except asyncio.CancelledError:
+                    self._unstarted.extend(msgs)  # stopping: `stop` hands them back
+                    raise
 
     async def _recover(self) -> None:
         try:

@@ -64,7 +64,10 @@ class Database:
             self.engine = _sqlite_engine(url, immediate=True)
             self.read_engine = _sqlite_engine(url, immediate=False)
         else:
-            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # `pool_size` is the most this process ever holds (no overflow): an operator sizes
+            # PostgreSQL's max_connections by parts × replicas × PORTAL_DB_POOL_SIZE, and work
+            # beyond it waits for a connection rather than opening one more.
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
             self.read_engine = self.engine
         self._scrubs: set[asyncio.Task[None]] = set()
         self._write = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 from structlog.typing import Processor
+
+from contracts.kit import tracing
+
+
+def _add_trace_id(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # Tracing on: a line written inside a span names its trace, to find one from the other.
+    if tracing.ENABLED and "trace_id" not in event_dict:
+        trace_id = tracing.trace_id()
+        if trace_id is not None:
+            event_dict["trace_id"] = trace_id
+    return event_dict
 
 
 def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -> None:
@@ -16,6 +29,7 @@ def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_trace_id,
     ]
     renderer = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
     structlog.configure(

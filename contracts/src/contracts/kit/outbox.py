@@ -32,6 +32,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Event, utcnow
+from contracts.kit import tracing
 from contracts.kit.db import Database
 from contracts.kit.deadletters import (
     DL_PREFIX,
@@ -103,6 +104,9 @@ class UnitOfWork:
         aggregate are published in the order they were emitted.
         """
         eid = event_id or getattr(event, "event_id", None) or uuid.uuid4().hex
+        if tracing.ENABLED:
+            # The trace of the work that wrote the row goes on where the event is applied.
+            headers = tracing.inject(dict(headers or {})) or None
         self._rows.append(
             {
                 "event_id": eid,
@@ -172,18 +176,33 @@ class OutboxRelay:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.name}")
 
-    async def stop(self) -> None:
-        """Stop relaying; whatever is left is published by the next relay."""
+    async def stop(self, *, flush: float = 0.0) -> None:
+        """Stop relaying. With `flush`, first publish what is committed (for at most that many
+        seconds: a stopping part leaves no event of the work it finished waiting for a restart).
+        Whatever is left is published by the next relay."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            if flush > 0:
+                await asyncio.wait({task}, timeout=flush)  # the round in progress ends, then the loop
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - shutting down
                 pass
-            self._task = None
+            if flush > 0 and loop.time() < deadline:
+                try:
+                    await asyncio.wait_for(self._flush(), deadline - loop.time())
+                except (TimeoutError, Exception) as exc:  # noqa: BLE001 - the next relay publishes what is left
+                    log.info("outbox_flush_incomplete", error=type(exc).__name__)
         await self._release_lease()
+
+    async def _flush(self) -> None:
+        while await self.relay_once():
+            pass
 
     async def _run(self) -> None:
         failures = 0
@@ -265,7 +284,8 @@ class OutboxRelay:
                 # Sequential on purpose: a failed publish stops the batch, so nothing of an
                 # aggregate is ever published after an earlier event of it that failed.
                 try:
-                    await self._publish(js, row.subject, row.payload, headers)
+                    with tracing.publishing(row.subject, headers, event_id=row.event_id):
+                        await self._publish(js, row.subject, row.payload, headers)
                 except Unpublishable as exc:
                     await self._dead_letter(js, row, str(exc))
                     dead += 1

@@ -31,6 +31,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from contracts.base import Rep, Req, Rpc
+from contracts.kit import tracing
 from contracts.kit.logs import describe_error, get_logger
 from contracts.rpc import ERROR_HEADER, ErrorReply, FieldError
 
@@ -135,8 +136,17 @@ class RpcTimeout(RpcError):
 
 async def call_raw(nc: NatsClient, rpc: Rpc[Req, Any], request: Req, *, timeout: float = 2.0) -> bytes:
     """Ask `rpc`; return the reply's body unparsed, or raise an `RpcError`."""
+    if tracing.ENABLED:
+        with tracing.requesting(rpc.subject) as headers:
+            return await _call_raw(nc, rpc, request, timeout, headers)
+    return await _call_raw(nc, rpc, request, timeout, None)
+
+
+async def _call_raw(
+    nc: NatsClient, rpc: Rpc[Req, Any], request: Req, timeout: float, headers: dict[str, str] | None
+) -> bytes:
     try:
-        msg = await nc.request(rpc.subject, request.model_dump_json().encode(), timeout=timeout)
+        msg = await nc.request(rpc.subject, request.model_dump_json().encode(), timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError as exc:
         raise RpcUnavailable(rpc.subject) from exc
     except (nats.errors.TimeoutError, TimeoutError) as exc:
@@ -197,7 +207,7 @@ class Responder(Generic[Req, Rep]):
         """Subscribe in the queue group."""
 
         async def on_msg(msg: Msg) -> None:
-            task = asyncio.create_task(self._answer(msg))
+            task = asyncio.create_task(self._answer_traced(msg) if tracing.ENABLED else self._answer(msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -238,12 +248,22 @@ class Responder(Generic[Req, Rep]):
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(msg.reply, body, headers={**_JSON, ERROR_HEADER: error} if error else None)
 
-    async def stop(self) -> None:
-        """Unsubscribe; requests in flight finish."""
+    async def _answer_traced(self, msg: Msg) -> None:
+        # The caller's trace goes on here (and into whatever the handler emits); an error
+        # reply marks the span (`_error_body`).
+        with tracing.serving(self.rpc.subject, msg.headers):
+            await self._answer(msg)
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Take no more requests (other replicas of the queue group get them), and let those in
+        flight be answered, for at most `grace` seconds."""
         if self._sub is not None:
             with contextlib.suppress(Exception):  # the connection may be gone already
-                await self._sub.unsubscribe()
+                # Requests NATS sent before it heard of the unsubscription are still answered.
+                await asyncio.wait_for(self._sub.drain(), grace)
             self._sub = None
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
 
 
 # PostgreSQL's SQLSTATEs of a lost or refused connection: class 08 (connection exception),
@@ -298,4 +318,6 @@ def is_database_outage(exc: BaseException) -> bool:
 
 
 def _error_body(reply: ErrorReply) -> tuple[bytes, str]:
+    if tracing.ENABLED:
+        tracing.answered_with(reply.error)
     return reply.model_dump_json().encode(), reply.error

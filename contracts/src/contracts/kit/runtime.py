@@ -44,6 +44,10 @@ from contracts.streams import DEADLETTERS, StreamDef
 log = get_logger("contracts.kit.runtime")
 
 DEFAULT_LOCAL_NATS = "nats://127.0.0.1:4222"
+# Seconds a stopping replica gives requests in flight and the batch being applied, then the
+# outbox's last events (docs/operations.md, "Stopping").
+STOP_GRACE = 4.0
+RELAY_FLUSH = 1.5
 
 
 async def _quiet_error_cb(exc: Exception) -> None:
@@ -88,7 +92,7 @@ class ServiceRuntime:
             except Exception:  # noqa: BLE001 - documents can be generated without NATS
                 url = DEFAULT_LOCAL_NATS
         self.nats_url = url
-        self.db = Database(settings.resolved_database_url())
+        self.db = Database(settings.resolved_database_url(), pool_size=settings.db_pool_size)
         self.on_reconnect: list[Callable[[], None]] = []
 
         async def reconnected() -> None:
@@ -126,6 +130,7 @@ class ServiceRuntime:
         )
         self.relay = OutboxRelay(self.db, lambda: self.js, name=self.name, recover=self.recover)
         self.relay.metrics = self.metrics
+        self._relay_flush_hooked = False
         # One re-creation of streams and consumers at a time; those who asked while it ran
         # are served by it (see `recover`).
         self._recover_lock = asyncio.Lock()
@@ -351,15 +356,26 @@ class ServiceRuntime:
             # The server knows the subscriptions once this returns: "started" means answering,
             # not "about to", so a caller right behind it finds a responder.
             await self.broker.connection.flush(timeout=10)
+        if not self._relay_flush_hooked:
+            # The last shutdown hook, after the ones the service added (its sender, ...), whose
+            # last events it publishes.
+            self.app.on_shutdown(self._stop_relay)
+            self._relay_flush_hooked = True
         self.relay.start()
         log.info("service_started", instance=self.instance, version=self.version)
 
     async def _on_shutdown(self) -> None:
-        for responder in self.responders:
-            await responder.stop()
-        for consumer in self.consumers:
-            await consumer.stop()
-        await self.relay.stop()
+        # SIGTERM: take no more work anywhere at once, then finish what is held and hand back
+        # what was pulled and not started; every step is bounded, so a part is gone well
+        # inside the 10 seconds an orchestrator waits before it kills.
+        log.info("service_stopping", instance=self.instance)
+        await asyncio.gather(
+            *(responder.stop(grace=STOP_GRACE) for responder in self.responders),
+            *(consumer.stop(grace=STOP_GRACE) for consumer in self.consumers),
+        )
+
+    async def _stop_relay(self) -> None:
+        await self.relay.stop(flush=RELAY_FLUSH)
 
     async def _after_shutdown(self) -> None:
         await self.db.dispose()

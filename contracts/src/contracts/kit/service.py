@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from contracts.kit import tracing
 from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
 from contracts.kit.migrations import upgrade
@@ -75,6 +76,8 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
     if run_migrations:
         migrate(service, settings)
     runtime = service.build(settings)
+    # Before the first span: on only with OTEL_EXPORTER_OTLP_ENDPOINT.
+    tracing.setup(service.NAME, instance=runtime.instance, version=runtime.version)
     freeze_startup_heap()
     try:
         try:
@@ -83,6 +86,7 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
             asyncio.run(runtime.app.run())
         else:
             uvloop.run(runtime.app.run())
+        tracing.shutdown()
     except (NatsPermissionRefused, OpsPortUnavailable) as exc:
         # At start-up, not at first use: the operator sees which subject the seed lacks, or
         # that the ops port is taken.

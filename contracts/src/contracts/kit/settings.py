@@ -202,6 +202,14 @@ class ServiceSettings(CommonSettings):
     )
     ops_port: int | None = ops_port_field()
     ops_host: str = ops_host_field()
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="PostgreSQL connections one process of this part holds at most (PORTAL_DB_POOL_SIZE); work "
+        "beyond that waits its turn. Every part's replicas together hold up to parts × replicas × this, which must "
+        "stay under PostgreSQL's max_connections (100 unless configured). Ignored for SQLite.",
+    )
     retention_email_days: float = Field(
         default=30,
         ge=0,

@@ -10,6 +10,7 @@ from contracts import identity
 from contracts import notify as contract
 from contracts.addresses import normalise_email
 from contracts.base import Event, utcnow
+from contracts.kit import tracing
 from contracts.kit.db import Database, insert
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
@@ -47,6 +48,7 @@ class Requests:
             attempts=0,
             next_attempt_at=now,
             created_at=now,
+            traceparent=tracing.current_traceparent(),
         )
         await uow.session.execute(stmt.on_conflict_do_nothing(index_elements=["request_id"]))
         log.info("email_requested", request_id=request.event_id, kind=request.kind)

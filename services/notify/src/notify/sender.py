@@ -23,7 +23,7 @@ from sqlmodel import col
 from contracts.addresses import normalise_email
 from contracts.base import utcnow
 from contracts.identity import CONTACTS, ContactsRequest
-from contracts.kit import rpc
+from contracts.kit import rpc, tracing
 from contracts.kit.db import dialect_name
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
@@ -73,6 +73,8 @@ class Sender:
         self.held: set[int] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._busy: set[int] = set()  # workers sending an email now
+        self._stopping = False
         self.sent_total = 0
         # Why the SMTP server is refused (no TLS where it is required), until a send succeeds.
         self.smtp_problem: str | None = None
@@ -87,6 +89,7 @@ class Sender:
 
     async def start(self) -> None:
         """Start the dispatcher, the claim renewer and the workers."""
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._dispatch(), name="notify-dispatch"),
             asyncio.create_task(self._renew(), name="notify-renew"),
@@ -96,8 +99,21 @@ class Sender:
             ),
         ]
 
-    async def stop(self) -> None:
-        """Stop; claimed emails return to the ledger when their claims lapse."""
+    async def stop(self, *, grace: float = 2.0) -> None:
+        """Stop taking emails: the ones being sent are finished (for at most `grace` seconds),
+        the ones claimed and not started go back to the ledger at once, for another replica."""
+        self._stopping = True
+        dispatch_and_renew, workers = self._tasks[:2], self._tasks[2:]
+        for task in dispatch_and_renew:
+            task.cancel()
+        while not self.queue.empty():
+            self.queue.get_nowait()  # not started: released with the rest of `held` below
+        busy = [task for index, task in enumerate(workers) if index in self._busy]
+        for task in workers:
+            if task not in busy:
+                task.cancel()
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -213,14 +229,23 @@ class Sender:
     async def _work(self, index: int) -> None:
         conn = SmtpConnection(self.target, timeout=self.settings.notify_smtp_timeout)
         try:
-            while True:
+            while not self._stopping:
                 try:
                     email = await asyncio.wait_for(self.queue.get(), 10.0)
                 except TimeoutError:
                     await conn.close()  # idle: don't hold a connection open
                     continue
+                self._busy.add(index)
                 try:
-                    await self._attempt(conn, email)
+                    # A span of the trace that asked for the email (tracing on); what the
+                    # attempt emits (delivered, failed) continues it.
+                    with tracing.span(
+                        "send email",
+                        traceparent=email.traceparent,
+                        kind="CLIENT",
+                        attributes={"email.kind": email.kind, "messaging.message.id": email.request_id},
+                    ):
+                        await self._attempt(conn, email)
                 except LostClaim:
                     log.info("notify_claim_lost", email_id=email.id)
                 except asyncio.CancelledError:
@@ -230,6 +255,7 @@ class Sender:
                     await self._after_crash(email, exc)
                 finally:
                     self.held.discard(email.id)
+                    self._busy.discard(index)
         finally:
             await conn.close()
 

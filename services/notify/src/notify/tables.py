@@ -56,3 +56,5 @@ class Email(Base, table=True):
     smtp_code: int | None = None
     created_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
+    # The trace of the request that asked for it (tracing on): sending it continues that trace.
+    traceparent: str | None = Field(default=None, max_length=64)
