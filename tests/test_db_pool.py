@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import nats
+import natsauth
 import pytest
 from helpers import eventually
 
@@ -39,6 +40,7 @@ async def test_a_part_never_holds_more_connections_than_its_pool_size(pg, fresh_
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "OTEL_"))}
     env.update(
         PORTAL_NATS_URL=fresh_nats.url,
+        PORTAL_NATS_CREDS_DIR=str(natsauth.CREDS_DIR),
         PORTAL_DATA_DIR=str(tmp_path / "data"),
         PORTAL_LINKING_DATABASE_URL=url,
         PORTAL_LINKING_CODE_KEY=secrets.token_hex(32),

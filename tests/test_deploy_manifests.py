@@ -87,8 +87,7 @@ def part_container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def known_settings() -> set[str]:
     text = (ROOT / "docs" / "reference" / "settings.md").read_text()
-    # PORTAL_OPS_PORT is named by the operations contract (every part's ops server).
-    return set(re.findall(r"`(PORTAL_[A-Z0-9_]+)`", text)) | {"PORTAL_OPS_PORT"}
+    return set(re.findall(r"`(PORTAL_[A-Z0-9_]+)`", text))
 
 
 def mebibytes(quantity: str) -> float:
@@ -168,6 +167,8 @@ def test_every_part_has_liveness_and_readiness_probes_on_its_ops_port(
         assert ports.get("ops") == OPS_PORT, name
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env.get("PORTAL_OPS_PORT") == str(OPS_PORT), name
+        # The kubelet probes the pod's address, not the container's loopback.
+        assert env.get("PORTAL_OPS_HOST") == "0.0.0.0", name  # noqa: S104 - probes come from outside
         for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
             get = container[probe]["httpGet"]
             assert get["path"] == path and get["port"] in ("ops", OPS_PORT), (name, probe, get)

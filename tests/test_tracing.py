@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import natsauth
 import pytest
 from helpers import eventually
 from otlp_receiver import OtlpReceiver, Span
@@ -42,6 +43,7 @@ def part_env(tmp: Path, nats_url: str, http_port: int, smtp_url: str, otlp: str)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "OTEL_"))}
     env.update(
         PORTAL_NATS_URL=nats_url,
+        PORTAL_NATS_CREDS_DIR=str(natsauth.CREDS_DIR),
         PORTAL_DATA_DIR=str(tmp / "data"),
         PORTAL_HTTP_PORT=str(http_port),
         PORTAL_PUBLIC_URL="http://portal.test",
