@@ -168,7 +168,7 @@ def test_every_part_has_liveness_and_readiness_probes_on_its_ops_port(
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env.get("PORTAL_OPS_PORT") == str(OPS_PORT), name
         # The kubelet probes the pod's address, not the container's loopback.
-        assert env.get("PORTAL_OPS_HOST") == "0.0.0.0", name  # noqa: S104 - probes come from outside
+        assert env.get("PORTAL_OPS_HOST") == "0.0.0.0", name
         for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
             get = container[probe]["httpGet"]
             assert get["path"] == path and get["port"] in ("ops", OPS_PORT), (name, probe, get)
