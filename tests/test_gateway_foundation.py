@@ -421,6 +421,30 @@ async def test_serve_runs_uvicorn_with_json_access_logs(nats_server, tmp_path: P
     assert any(line["event"] == "nats_connected" for line in lines)
 
 
+async def test_access_logs_never_hold_up_a_request_when_nobody_reads_them(nats_server, tmp_path: Path) -> None:
+    """stderr is a pipe nobody reads (a stuck log shipper): once its buffer is full, writing a
+    line would block. Requests are still answered, and the lines that could not wait are
+    counted, not silently lost."""
+    port = free_port()
+    proc = _gateway_process({"PORTAL_NATS_URL": nats_server.url, "PORTAL_HTTP_PORT": str(port)}, tmp_path)
+    requests = 3_000  # ~200 bytes of access log each: ten times a pipe's 64 KiB
+    try:
+        await asyncio.to_thread(wait_for_port, port, timeout=15, proc=proc)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for i in range(requests):
+                response = await http.get("/health")
+                assert response.status_code == 200, f"request {i}: {response.status_code}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # Only now is the pipe read: the queued lines go out, and the count of the dropped ones.
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    written = sum(1 for line in lines if line["event"] == "request")
+    dropped = sum(line["count"] for line in lines if line["event"] == "log_lines_dropped")
+    print(f"{requests} requests: {written} access lines written, {dropped} dropped")
+    assert written + dropped == requests
+
+
 async def test_serve_exits_when_no_nats_is_configured(tmp_path: Path) -> None:
     proc = _gateway_process({"PORTAL_HTTP_PORT": str(free_port())}, tmp_path)
     _, stderr = await asyncio.to_thread(proc.communicate, timeout=15)

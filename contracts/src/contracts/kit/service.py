@@ -13,7 +13,7 @@ from typing import Protocol
 
 from contracts.kit import tracing
 from contracts.kit.heap import freeze_startup_heap
-from contracts.kit.logs import configure_logging, get_logger
+from contracts.kit.logs import configure_logging, flush_logs, get_logger
 from contracts.kit.migrations import upgrade
 from contracts.kit.ops import OpsPortUnavailable
 from contracts.kit.permissions import NatsPermissionRefused
@@ -94,6 +94,7 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
             "nats_permission_refused" if isinstance(exc, NatsPermissionRefused) else "ops_port_unavailable",
             detail=str(exc),
         )
+        flush_logs()
         sys.stdout.flush()
         sys.stderr.flush()
         # The start-up stopped half-way: the database's worker threads were never closed and
