@@ -115,6 +115,8 @@ class OpsServer:
         self.registry = registry
         self.checks = dict(checks)
         self._refresh = refresh
+        # Set when the part starts stopping: not ready any more, while it finishes what it holds.
+        self.stopping = False
         self._refreshed_at = -1e9
         self._refresh_lock = asyncio.Lock()
         self._server: _Server | None = None
@@ -133,6 +135,10 @@ class OpsServer:
 
     async def readyz(self, _: Request) -> Response:
         """200 when every check says ok, else 503; the body names each check's state."""
+        if self.stopping:
+            return JSONResponse(
+                {"status": "stopping", "part": self.part}, status_code=503, headers={"cache-control": "no-store"}
+            )
         names = list(self.checks)
         states = await asyncio.gather(*(_run_check(self.checks[n]) for n in names))
         checks = dict(zip(names, states, strict=True))

@@ -369,6 +369,8 @@ class ServiceRuntime:
         # what was pulled and not started; every step is bounded, so a part is gone well
         # inside the 10 seconds an orchestrator waits before it kills.
         log.info("service_stopping", instance=self.instance)
+        if self.ops is not None:
+            self.ops.stopping = True
         await asyncio.gather(
             *(responder.stop(grace=STOP_GRACE) for responder in self.responders),
             *(consumer.stop(grace=STOP_GRACE) for consumer in self.consumers),
