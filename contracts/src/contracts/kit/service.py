@@ -6,14 +6,16 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from contracts.kit import tracing
 from contracts.kit.heap import freeze_startup_heap
-from contracts.kit.logs import configure_logging, flush_logs, get_logger
+from contracts.kit.logs import configure_logging, describe_error, flush_logs, get_logger
 from contracts.kit.migrations import upgrade
 from contracts.kit.ops import OpsPortUnavailable
 from contracts.kit.permissions import NatsPermissionRefused
@@ -42,6 +44,32 @@ def migrate(service: ServiceDefinition, settings: ServiceSettings | None = None)
     """Bring the service's database to the current schema."""
     settings = settings or service.Settings()
     upgrade(service.MIGRATIONS, settings.resolved_database_url())
+
+
+def migrate_when_reachable(
+    service: ServiceDefinition, settings: ServiceSettings, *, first_wait: float = 1.0, longest_wait: float = 15.0
+) -> None:
+    """Migrate, waiting for a database that cannot be reached yet (it is starting, or away):
+    a part keeps trying and says so rather than exit, since an orchestrator starting everything
+    at once would otherwise restart it in a loop. SIGTERM meanwhile stops it with status 0."""
+    from contracts.kit.rpc import is_database_outage
+
+    log = get_logger(f"{service.NAME}.main")
+    wait = first_wait
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            try:
+                migrate(service, settings)
+                return
+            except Exception as exc:
+                if not is_database_outage(exc):
+                    raise
+                log.warning("database_unreachable", error=describe_error(exc), retry_in_s=wait)
+            time.sleep(wait)
+            wait = min(wait * 2, longest_wait)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def asyncapi_document(service: ServiceDefinition) -> dict:
@@ -74,7 +102,7 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
         log.error("nats_credentials_missing", detail=str(exc))
         sys.exit(2)
     if run_migrations:
-        migrate(service, settings)
+        migrate_when_reachable(service, settings)
     runtime = service.build(settings)
     # Before the first span: on only with OTEL_EXPORTER_OTLP_ENDPOINT.
     tracing.setup(service.NAME, instance=runtime.instance, version=runtime.version)
