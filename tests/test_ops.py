@@ -118,7 +118,7 @@ async def test_a_service_serves_livez_readyz_and_metrics_on_its_ops_port(
                 value(after, "portal_rpc_requests_total", subject="rpc.notify.export.v1", outcome="invalid_request")
                 == 1
             )
-            assert value(after, "portal_rpc_duration_seconds_count", subject="rpc.notify.health.v1") == 1
+            assert value(after, "portal_rpc_duration_seconds_count", subject="rpc.notify.health.v1", outcome="ok") == 1
             # Only the declared subjects and consumers are labels.
             assert label_values(after, "portal_rpc_requests_total", "subject") <= {
                 r.rpc.subject for r in runtime.responders

@@ -111,8 +111,8 @@ class ServiceMetrics:
         )
         self.rpc_duration = Histogram(
             "portal_rpc_duration_seconds",
-            "Time from a request's arrival to its answer, by subject.",
-            ["subject"],
+            "Time from a request's arrival to its answer, by subject and outcome (as portal_rpc_requests_total).",
+            ["subject", "outcome"],
             registry=r,
         )
         self.events_applied = Counter(
@@ -136,14 +136,14 @@ class ServiceMetrics:
         self.dead_letters.labels(OUTBOX_CONSUMER)
         # Children by label values, looked up once: a request costs a dict look-up, not `labels()`.
         self._answered: dict[tuple[str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
         self.backlog = Backlog()
         r.register(_BacklogCollector(self.backlog))
 
     def rpc_declared(self, subject: str) -> None:
         """Show a request served here at 0 from the start, so that rates work from the first scrape."""
         self.rpc_requests.labels(subject, OK)
-        self.rpc_duration.labels(subject)
+        self.rpc_duration.labels(subject, OK)
 
     def consumer_declared(self, durable: str) -> None:
         """Show a consumer's counters at 0 from the start."""
@@ -162,9 +162,9 @@ class ServiceMetrics:
         if counter is None:
             counter = self._answered[(subject, outcome)] = self.rpc_requests.labels(subject, outcome)
         counter.inc()
-        duration = self._durations.get(subject)
+        duration = self._durations.get((subject, outcome))
         if duration is None:
-            duration = self._durations[subject] = self.rpc_duration.labels(subject)
+            duration = self._durations[(subject, outcome)] = self.rpc_duration.labels(subject, outcome)
         duration.observe(seconds)
 
 
