@@ -17,7 +17,7 @@ from contracts.base import utcnow
 from contracts.kit import rpc
 from contracts.kit.migrations import upgrade
 from contracts.kit.service import migrate
-from contracts.overview import GET, OverviewRequest
+from contracts.overview import GET, TARGET, ChildRequest, OverviewRequest
 from overview import app as overview_app
 from overview.projection import Batch, read_overviews, week_start
 
@@ -40,7 +40,11 @@ async def ask(nc, *pupil_ids: str) -> dict:
 @pytest.fixture
 async def overview(fresh_nats, database_url: str, tmp_path: Path):
     settings = overview_app.Settings(
-        nats_url=fresh_nats.url, database_url=database_url, platform_url="https://platform.example", data_dir=tmp_path
+        nats_url=fresh_nats.url,
+        database_url=database_url,
+        platform_url="https://platform.example",
+        public_url="https://portal.example",
+        data_dir=tmp_path,
     )
     await asyncio.to_thread(migrate, overview_app, settings)
     runtime = overview_app.build(settings)
@@ -157,7 +161,8 @@ async def test_numbers_are_the_same_whatever_the_order_or_repetition(overview) -
     amy, ben = got["amy"], got["ben"]
     assert [d.title for d in amy.next_due] == ["Poem", "Spelling"]
     assert (ben.outstanding_homework, ben.unread_messages, ben.stars_this_week) == (1, 0, 0)
-    assert amy.links.homework == "https://platform.example/homework?pupil=amy"
+    # The buttons lead through the portal's signed handoff.
+    assert amy.links.homework == "https://portal.example/go/amy/homework"
 
 
 async def _asked_if(nc, predicate, *pupils):
@@ -175,8 +180,10 @@ async def test_changes_reach_a_cached_overview_and_school_links(overview) -> Non
     first = await ask(nc, "cat", "nobody")
     assert (
         first["nobody"].outstanding_homework == 0
-        and first["nobody"].links.files == "https://platform.example/files?pupil=nobody"
+        and first["nobody"].links.files == "https://portal.example/go/nobody/files"
     )
+    nobody = await rpc.call(nc, TARGET, ChildRequest(pupil_id="nobody"), timeout=5)
+    assert nobody.files == "https://platform.example/files?pupil=nobody&token={token}"
     await publish(js, platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id="x1", pupil_id="cat", stars=4))
     await eventually(lambda: _asked_if(nc, lambda g: g["cat"].stars_this_week == 4, "cat"), timeout=10)
     settings = linking.SchoolSettingsChanged(
@@ -192,14 +199,19 @@ async def test_changes_reach_a_cached_overview_and_school_links(overview) -> Non
         email_parent_on_removal=False,
     )
     await publish(js, linking.SCHOOL_SETTINGS_CHANGED, settings)
-    got = await eventually(
-        lambda: _asked_if(nc, lambda g: g["cat"].links.files.startswith("https://elm"), "cat"), timeout=10
+
+    async def target():
+        got = await rpc.call(nc, TARGET, ChildRequest(pupil_id="cat"), timeout=5)
+        return got if got.files.startswith("https://elm") else None
+
+    got = await eventually(target, timeout=10)
+    # The school's templates, with a place for the handoff's token where they have none.
+    assert (got.school_id, got.homework, got.files, got.messages) == (
+        "elm",
+        "https://elm.example/hw/cat?token={token}",
+        "https://elm.example/files/cat?token={token}",
+        "https://elm.example/msg/cat?token={token}",
     )
-    assert got["cat"].links.model_dump() == {
-        "homework": "https://elm.example/hw/cat",
-        "files": "https://elm.example/files/cat",
-        "messages": "https://elm.example/msg/cat",
-    }
 
 
 def test_week_starts_on_monday_midnight_in_the_schools_zone_across_dst() -> None:

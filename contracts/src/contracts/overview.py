@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -89,3 +90,109 @@ def next_week_turn(now: datetime) -> datetime:
     if _TURNS_UNTIL <= t < _TURNS_FROM:
         return monday + timedelta(seconds=_TURNS_FROM)
     return monday + timedelta(seconds=(t // _QUARTER + 1) * _QUARTER)
+
+
+# -- one child in detail: homework, messages, stars, and where the handoff leads ----------------
+
+HomeworkStatus = Literal["outstanding", "overdue", "done"]
+
+
+class ChildRequest(Message):
+    """One pupil (the gateway has checked the caller may see them)."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+
+
+class StarsRequest(ChildRequest):
+    """One pupil's stars of the week holding `week` (any day of it; default this week)."""
+
+    week: date | None = None
+
+
+class HomeworkItem(Message):
+    """A piece of homework as the parent sees it."""
+
+    homework_id: str
+    title: str
+    description: str | None = None
+    due_at: AwareDatetime
+    status: HomeworkStatus
+
+
+class HomeworkReply(Message):
+    """Outstanding and overdue homework by due date, then what was done in the last 14 days."""
+
+    items: list[HomeworkItem]
+
+
+class MessageItem(Message):
+    """An unread message to the pupil (what the platform told us of it)."""
+
+    message_id: str
+    from_name: str | None = None
+    subject: str | None = None
+    sent_at: AwareDatetime | None = None
+
+
+class MessagesReply(Message):
+    """Unread messages, newest first."""
+
+    items: list[MessageItem]
+
+
+class StarAwardItem(Message):
+    """Stars awarded, why and when."""
+
+    award_id: str
+    stars: int
+    reason: str
+    at: AwareDatetime
+
+
+class StarsWeek(Message):
+    """A week's stars (the week of the school's own timezone, from Monday)."""
+
+    week_start: date
+    total: int
+    awards: list[StarAwardItem]
+
+
+class HandoffTarget(Message):
+    """Where the pupil's school sends each area, `{pupil_id}` filled in and `{token}` left for
+    the gateway's signed token."""
+
+    pupil_id: str
+    school_id: str | None
+    homework: str
+    files: str
+    messages: str
+
+
+HOMEWORK: Rpc[ChildRequest, HomeworkReply] = Rpc(
+    "rpc.overview.homework.v1",
+    ChildRequest,
+    HomeworkReply,
+    title="homework",
+    description="`GET /me/children/{id}/homework`: one pupil's homework, outstanding first.",
+)
+MESSAGES: Rpc[ChildRequest, MessagesReply] = Rpc(
+    "rpc.overview.messages.v1",
+    ChildRequest,
+    MessagesReply,
+    title="messages",
+    description="`GET /me/children/{id}/messages`: one pupil's unread messages, newest first.",
+)
+STARS: Rpc[StarsRequest, StarsWeek] = Rpc(
+    "rpc.overview.stars.v1",
+    StarsRequest,
+    StarsWeek,
+    title="stars",
+    description="`GET /me/children/{id}/stars`: one pupil's stars of a week, with reasons.",
+)
+TARGET: Rpc[ChildRequest, HandoffTarget] = Rpc(
+    "rpc.overview.target.v1",
+    ChildRequest,
+    HandoffTarget,
+    title="handoff target",
+    description="`GET /go/{id}/{area}`: the pupil's school and its link templates.",
+)

@@ -106,6 +106,7 @@ class HomeworkAssigned(Event):
     pupil_ids: list[Id]
     title: str
     due_at: AwareDatetime
+    description: str | None = Field(default=None, max_length=10_000, description="Optional: what the homework asks")
 
 
 class HomeworkCompleted(Event):
@@ -126,6 +127,9 @@ class MessageDelivered(Event):
 
     message_id: Id = Field(min_length=1)
     pupil_id: Id = Field(min_length=1)
+    from_name: str | None = Field(default=None, max_length=200, description="Optional: who sent it")
+    subject: str | None = Field(default=None, max_length=500, description="Optional: its subject line")
+    sent_at: AwareDatetime | None = Field(default=None, description="Optional: when it was sent")
 
 
 class MessageRead(Event):

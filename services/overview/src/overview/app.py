@@ -11,7 +11,7 @@ from contracts.kit import retention
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
-from contracts.overview import GET
+from contracts.overview import GET, HOMEWORK, MESSAGES, STARS, TARGET
 from overview import __version__
 from overview.cache import OverviewCache
 from overview.handlers import Overviews
@@ -72,7 +72,7 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
     )
     cache = OverviewCache(max_entries=settings.overview_cache_entries, ttl=settings.overview_cache_seconds)
 
-    overviews = Overviews(runtime, cache, linking.default_link_templates(settings.platform_url))
+    overviews = Overviews(runtime, cache, linking.default_link_templates(settings.platform_url), go=settings.public_url)
     runtime.app.after_startup(overviews.listen_for_notices)
     # Notices sent while the connection was down are lost: start afresh.
     runtime.on_reconnect.append(cache.clear)
@@ -98,6 +98,10 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
     )
 
     runtime.serve(GET, overviews.get, concurrency=1024)
+    runtime.serve(HOMEWORK, overviews.homework, concurrency=256)
+    runtime.serve(MESSAGES, overviews.messages, concurrency=256)
+    runtime.serve(STARS, overviews.stars, concurrency=256)
+    runtime.serve(TARGET, overviews.target, concurrency=256)
     retention.install(runtime, OverviewRetention(settings).purge)
     runtime.cache = cache
     runtime.reads = overviews.reads

@@ -12,7 +12,18 @@ from contracts.kit.gather import ReadGatherer
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RawReply
 from contracts.kit.runtime import ServiceRuntime
-from contracts.overview import CHANGED_NOTICE, ChangedNotice, OverviewRequest
+from contracts.overview import (
+    CHANGED_NOTICE,
+    ChangedNotice,
+    ChildRequest,
+    HandoffTarget,
+    HomeworkReply,
+    MessagesReply,
+    OverviewRequest,
+    StarsRequest,
+    StarsWeek,
+)
+from overview import detail
 from overview.cache import OverviewCache
 from overview.projection import Batch, read_overviews
 
@@ -20,12 +31,20 @@ from overview.projection import Batch, read_overviews
 class Overviews:
     """The projections' writer and reader, with this replica's cache of answers."""
 
-    def __init__(self, runtime: ServiceRuntime, cache: OverviewCache, defaults: dict[str, str]) -> None:
+    def __init__(
+        self, runtime: ServiceRuntime, cache: OverviewCache, defaults: dict[str, str], go: str | None = None
+    ) -> None:
         self.runtime = runtime
         self.cache = cache
         self.defaults = defaults
+        self.go = go
         # Cold reads of concurrent requests together: four queries for the lot, not per request.
         self.reads: ReadGatherer[bytes] = ReadGatherer(self._read)
+        # The same for one child's detail: one query for every pupil asked meanwhile.
+        self.homework_reads: ReadGatherer[HomeworkReply] = ReadGatherer(self._read_homework)
+        self.message_reads: ReadGatherer[MessagesReply] = ReadGatherer(self._read_messages)
+        self.star_reads: ReadGatherer[StarsWeek] = ReadGatherer(self._read_stars)
+        self.target_reads: ReadGatherer[HandoffTarget] = ReadGatherer(self._read_targets)
         self._background: set[asyncio.Task[None]] = set()
 
     async def apply(self, uow: UnitOfWork, items: list[tuple[str, Event]]) -> None:
@@ -58,7 +77,7 @@ class Overviews:
     async def _read(self, pupil_ids: list[str]) -> dict[str, bytes]:
         versions = {pid: self.cache.version(pid) for pid in pupil_ids}
         async with self.runtime.db.reader() as s:
-            fresh = await read_overviews(s, pupil_ids, now=utcnow(), defaults=self.defaults)
+            fresh = await read_overviews(s, pupil_ids, now=utcnow(), defaults=self.defaults, go=self.go)
         return {pid: self.cache.put(ov, versions[pid]) for pid, ov in fresh.items()}
 
     async def get(self, req: OverviewRequest) -> RawReply:
@@ -77,3 +96,45 @@ class Overviews:
                 parts[pid] = data
         # Assembled from cached JSON: no model is built or serialised again on a hit.
         return RawReply(b'{"children":[' + b",".join(parts[pid] for pid in dict.fromkeys(req.pupil_ids)) + b"]}")
+
+    # -- one child in detail ------------------------------------------------------------------
+
+    async def _read_homework(self, ids: list[str]) -> dict[str, HomeworkReply]:
+        async with self.runtime.db.reader() as s:
+            return await detail.read_homework(s, ids, now=utcnow())
+
+    async def _read_messages(self, ids: list[str]) -> dict[str, MessagesReply]:
+        async with self.runtime.db.reader() as s:
+            return await detail.read_messages(s, ids)
+
+    async def _read_stars(self, keys: list[str]) -> dict[str, StarsWeek]:
+        async with self.runtime.db.reader() as s:
+            return await detail.read_stars(s, keys, now=utcnow())
+
+    async def _read_targets(self, ids: list[str]) -> dict[str, HandoffTarget]:
+        async with self.runtime.db.reader() as s:
+            return await detail.read_targets(s, ids, defaults=self.defaults)
+
+    async def homework(self, req: ChildRequest) -> HomeworkReply:
+        """`rpc.overview.homework.v1`."""
+        found = await self.homework_reads.one(req.pupil_id)
+        assert found is not None  # every pupil asked for is answered
+        return found
+
+    async def messages(self, req: ChildRequest) -> MessagesReply:
+        """`rpc.overview.messages.v1`."""
+        found = await self.message_reads.one(req.pupil_id)
+        assert found is not None
+        return found
+
+    async def stars(self, req: StarsRequest) -> StarsWeek:
+        """`rpc.overview.stars.v1`."""
+        found = await self.star_reads.one(detail.star_key(req.pupil_id, req.week))
+        assert found is not None
+        return found
+
+    async def target(self, req: ChildRequest) -> HandoffTarget:
+        """`rpc.overview.target.v1`."""
+        found = await self.target_reads.one(req.pupil_id)
+        assert found is not None
+        return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Table, and_, bindparam, case, func, select
@@ -70,8 +71,12 @@ class Batch:
         self.pupils: dict[str, dict] = {}
         self.left: dict[str, datetime] = {}
         self.homework: dict[str, dict] = {}
-        self.homework_pupils: dict[tuple[str, str], dict] = defaultdict(lambda: {"assigned": False, "completed": False})
-        self.messages: dict[tuple[str, str], dict] = defaultdict(lambda: {"delivered": False, "read": False})
+        self.homework_pupils: dict[tuple[str, str], dict] = defaultdict(
+            lambda: {"assigned": False, "completed": False, "completed_at": None}
+        )
+        self.messages: dict[tuple[str, str], dict] = defaultdict(
+            lambda: {"delivered": False, "read": False, "from_name": None, "subject": None, "sent_at": None}
+        )
         self.awards: dict[str, dict] = {}
         self.touched: set[str] = set()
         self.touched_schools: set[str] = set()
@@ -95,6 +100,15 @@ class Batch:
             return True
         return False
 
+    def _add_delivery(self, ev: platform.MessageDelivered) -> None:
+        message = self.messages[(ev.message_id, ev.pupil_id)]
+        message["delivered"] = True
+        # Events without the optional fields leave what an earlier one said.
+        for name in ("from_name", "subject", "sent_at"):
+            if getattr(ev, name) is not None:
+                message[name] = getattr(ev, name)
+        self.touched.add(ev.pupil_id)
+
     def add(self, subject: str, ev: Event) -> None:
         """Fold one event in (the consumers parse each subject into its own event class)."""
         if self._add_pupil(subject, ev):
@@ -117,21 +131,25 @@ class Batch:
         elif subject == platform.HOMEWORK_ASSIGNED:
             assert isinstance(ev, platform.HomeworkAssigned)
             self.homework.setdefault(ev.homework_id, {"withdrawn": False})
-            self.homework[ev.homework_id].update(school_id=ev.school_id, title=ev.title, due_at=ev.due_at)
+            self.homework[ev.homework_id].update(
+                school_id=ev.school_id, title=ev.title, due_at=ev.due_at, description=ev.description
+            )
             for pupil_id in ev.pupil_ids:
                 self.homework_pupils[(ev.homework_id, pupil_id)]["assigned"] = True
                 self.touched.add(pupil_id)
         elif subject == platform.HOMEWORK_COMPLETED:
             assert isinstance(ev, platform.HomeworkCompleted)
-            self.homework_pupils[(ev.homework_id, ev.pupil_id)]["completed"] = True
+            part = self.homework_pupils[(ev.homework_id, ev.pupil_id)]
+            part["completed"] = True
+            if part["completed_at"] is None or ev.occurred_at < part["completed_at"]:
+                part["completed_at"] = ev.occurred_at
             self.touched.add(ev.pupil_id)
         elif subject == platform.HOMEWORK_WITHDRAWN:
             assert isinstance(ev, platform.HomeworkWithdrawn)
             self.homework.setdefault(ev.homework_id, {"withdrawn": False})["withdrawn"] = True
         elif subject == platform.MESSAGE_DELIVERED:
             assert isinstance(ev, platform.MessageDelivered)
-            self.messages[(ev.message_id, ev.pupil_id)]["delivered"] = True
-            self.touched.add(ev.pupil_id)
+            self._add_delivery(ev)
         elif subject == platform.MESSAGE_READ:
             assert isinstance(ev, platform.MessageRead)
             self.messages[(ev.message_id, ev.pupil_id)]["read"] = True
@@ -139,7 +157,8 @@ class Batch:
         elif subject == platform.STARS_AWARDED:
             assert isinstance(ev, platform.StarsAwarded)
             self.awards.setdefault(
-                ev.award_id, {"pupil_id": ev.pupil_id, "stars": ev.stars, "awarded_at": ev.occurred_at}
+                ev.award_id,
+                {"pupil_id": ev.pupil_id, "stars": ev.stars, "awarded_at": ev.occurred_at, "reason": ev.reason},
             )
             self.touched.add(ev.pupil_id)
 
@@ -216,6 +235,7 @@ class Batch:
                         "title": v.get("title"),
                         "due_at": v.get("due_at"),
                         "withdrawn": v["withdrawn"],
+                        "description": v.get("description"),
                     }
                     for k, v in self.homework.items()
                 ],
@@ -226,6 +246,7 @@ class Batch:
                         "title": func.coalesce(stmt.excluded.title, t.title),
                         "due_at": func.coalesce(stmt.excluded.due_at, t.due_at),
                         "withdrawn": t.withdrawn | stmt.excluded.withdrawn,
+                        "description": func.coalesce(stmt.excluded.description, t.description),
                     },
                 ),
             )
@@ -247,6 +268,13 @@ class Batch:
                     set_={
                         "assigned": t.assigned | stmt.excluded.assigned,
                         "completed": t.completed | stmt.excluded.completed,
+                        # The earliest completion, whatever order they arrive in.
+                        "completed_at": case(
+                            (t.completed_at.is_(None), stmt.excluded.completed_at),
+                            (stmt.excluded.completed_at.is_(None), t.completed_at),
+                            (stmt.excluded.completed_at < t.completed_at, stmt.excluded.completed_at),
+                            else_=t.completed_at,
+                        ),
                     },
                 ),
             )
@@ -258,7 +286,13 @@ class Batch:
                 [{"message_id": m, "pupil_id": p, **v} for (m, p), v in self.messages.items()],
                 lambda stmt: stmt.on_conflict_do_update(
                     index_elements=["message_id", "pupil_id"],
-                    set_={"delivered": t.delivered | stmt.excluded.delivered, "read": t.read | stmt.excluded.read},
+                    set_={
+                        "delivered": t.delivered | stmt.excluded.delivered,
+                        "read": t.read | stmt.excluded.read,
+                        "from_name": func.coalesce(stmt.excluded.from_name, t.from_name),
+                        "subject": func.coalesce(stmt.excluded.subject, t.subject),
+                        "sent_at": func.coalesce(stmt.excluded.sent_at, t.sent_at),
+                    },
                 ),
             )
         if self.awards:
@@ -277,9 +311,11 @@ class Batch:
 
 
 async def read_overviews(
-    session: AsyncSession, pupil_ids: list[str], *, now: datetime, defaults: dict[str, str]
+    session: AsyncSession, pupil_ids: list[str], *, now: datetime, defaults: dict[str, str], go: str | None = None
 ) -> dict[str, ChildOverview]:
-    """The overview of each pupil, computed from the projections."""
+    """The overview of each pupil, computed from the projections. With `go` (the portal's public
+    URL) the links lead through the portal's signed handoff (`<go>/go/<pupil_id>/<area>`), which
+    looks up the school's templates at the moment of the click."""
     if not pupil_ids:
         return {}
     ids = list(dict.fromkeys(pupil_ids))
@@ -356,6 +392,8 @@ async def read_overviews(
         row = schools.get(pid)
 
         def link(name: str) -> str:
+            if go is not None:
+                return f"{go}/go/{quote(pid, safe='')}/{name.removesuffix('_url')}"  # noqa: B023 - called within the iteration
             template = (getattr(row, name, None) if row else None) or defaults[name]  # noqa: B023 - called within the iteration
             return template.replace(linking.PUPIL_PLACEHOLDER, pid)  # noqa: B023 - called within the iteration
 

@@ -69,6 +69,7 @@ class Homework(Base, table=True):
     title: str | None = Field(default=None, max_length=500)
     due_at: datetime | None = Field(default=None, sa_column=_ts())
     withdrawn: bool = False
+    description: str | None = Field(default=None, max_length=10_000)
 
 
 class HomeworkPupil(Base, table=True):
@@ -81,6 +82,8 @@ class HomeworkPupil(Base, table=True):
     pupil_id: str = Field(primary_key=True, max_length=128)
     assigned: bool = False
     completed: bool = False
+    # The earliest completion heard of: "done in the last 14 days" counts from it.
+    completed_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class PupilMessage(Base, table=True):
@@ -93,10 +96,13 @@ class PupilMessage(Base, table=True):
     pupil_id: str = Field(primary_key=True, max_length=128)
     delivered: bool = False
     read: bool = False
+    from_name: str | None = Field(default=None, max_length=200)
+    subject: str | None = Field(default=None, max_length=500)
+    sent_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class StarAward(Base, table=True):
-    """Stars awarded to a pupil, when."""
+    """Stars awarded to a pupil, when and why."""
 
     __tablename__ = "star_awards"
     __table_args__ = (Index("ix_star_awards_pupil_at", "pupil_id", "awarded_at"),)
@@ -105,3 +111,4 @@ class StarAward(Base, table=True):
     pupil_id: str = Field(max_length=128)
     stars: int
     awarded_at: datetime = Field(sa_column=_ts(False))
+    reason: str = ""
