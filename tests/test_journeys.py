@@ -455,7 +455,7 @@ async def test_overview_numbers_and_partial_while_overview_is_away(world: World)
 
     sub = await world.nc.subscribe(oc.CHANGED_NOTICE, cb=heard)
     child = await eventually(numbers, timeout=10)
-    assert child["next_due"][0]["title"] == "Fractions" and child["links"]["homework"].endswith(f"pupil={amy}")
+    assert child["next_due"][0]["title"] == "Fractions" and child["links"]["homework"].endswith(f"/go/{amy}/homework")
 
     # Overview may apply the three events in more than one batch, and announce the last batch
     # just after the gateway read its numbers: wait until it has said everything, then read

@@ -398,7 +398,9 @@ async def scene_staff_invite_by_email_then_parent_registers_verifies_and_sees_th
     await expect(mary.locator(".stat", has_text="Unread messages").locator("dd")).to_have_text("1")
     await expect(mary.locator(".stat", has_text="Stars this week").locator("dd")).to_have_text("3")
     await expect(mary.locator(".due-list")).to_contain_text("Fractions worksheet")
-    await expect(mary.get_by_role("link", name="Amy's homework")).to_have_attribute("href", re.compile(f"pupil={AMY}"))
+    await expect(mary.get_by_role("link", name="Amy's homework")).to_have_attribute(
+        "href", re.compile(f"/go/{AMY}/homework$")
+    )
     await check(mary, "parent-home-one-child")
     portal.seen["mary"] = (mary_ctx, mary)
 

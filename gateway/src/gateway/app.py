@@ -16,6 +16,7 @@ from litestar.types import ControllerRouterHandler
 
 from contracts.kit.metrics import GatewayMetrics
 from gateway import __version__, api, auth, pages
+from gateway.caches import detail as detail_cache
 from gateway.caches import links as links_cache
 from gateway.caches import overview as overview_cache
 from gateway.caches import sessions
@@ -71,6 +72,7 @@ def create_app(
         overview_cache.OverviewCache(settings.overview_cache_seconds, settings.overview_cache_entries),
         functools.partial(clients.overview.get_raw, timeout=settings.overview_timeout),
     )
+    details = detail_cache.DetailCache(settings.overview_cache_seconds, settings.overview_cache_entries)
     handlers: list[ControllerRouterHandler] = [
         *api.ROOT_ROUTES,
         api.router(api_route_handlers),
@@ -96,8 +98,19 @@ def create_app(
             nats_lifespan(
                 settings,
                 clients.transport,
-                on_connect=[auth_cache.subscribe, links.subscribe, overviews.cache.subscribe, status.subscribe],
-                on_reconnect=[auth_cache.on_reconnect, links.on_reconnect, overviews.cache.on_reconnect],
+                on_connect=[
+                    auth_cache.subscribe,
+                    links.subscribe,
+                    overviews.cache.subscribe,
+                    details.subscribe,
+                    status.subscribe,
+                ],
+                on_reconnect=[
+                    auth_cache.on_reconnect,
+                    links.on_reconnect,
+                    overviews.cache.on_reconnect,
+                    details.on_reconnect,
+                ],
             )
         )
     app = Litestar(
@@ -109,6 +122,7 @@ def create_app(
                 sessions.STATE_KEY: auth_cache,
                 links_cache.STATE_KEY: links,
                 overview_cache.STATE_KEY: overviews,
+                detail_cache.STATE_KEY: details,
             }
         ),
         lifespan=lifespan,

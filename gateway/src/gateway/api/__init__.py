@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from litestar import Router
 from litestar.types import ControllerRouterHandler
 
-from gateway.api import access, auth, bars, codes, export, health, parents, staff
+from gateway.api import access, auth, bars, children, codes, export, health, parents, staff
 
 PREFIX = "/api/v1"
 ROOT_ROUTES = health.ROUTES
@@ -24,6 +24,7 @@ def router(extra: Sequence[ControllerRouterHandler] = ()) -> Router:
         route_handlers=[
             *auth.ROUTES,
             *parents.ROUTES,
+            *children.ROUTES,
             *staff.ROUTES,
             *access.ROUTES,
             *bars.ROUTES,

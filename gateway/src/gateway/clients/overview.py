@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from contracts import overview
+from contracts.base import Message, Rpc
 from gateway.clients.transport import Transport
 
 
@@ -21,3 +24,7 @@ class OverviewClient:
         # The hot path: the gateway caches and passes on each child's JSON as it came, so
         # nothing is parsed into models and serialised again.
         return await self._t.call_raw(overview.GET, overview.OverviewRequest(pupil_ids=pupil_ids), timeout=timeout)
+
+    async def detail_raw(self, rpc: Rpc[Any, Any], request: Message, *, timeout: float | None = None) -> bytes:
+        """One child's homework, messages, stars or handoff target, as overview's own JSON."""
+        return await self._t.call_raw(rpc, request, timeout=timeout)
