@@ -139,3 +139,75 @@ async def test_details_are_kept_until_overview_says_the_pupil_changed() -> None:
     await cache.get(("stars", "p-amy", ""), fetch, lambda _: datetime.now(UTC) - timedelta(seconds=1))
     await cache.get(("stars", "p-amy", ""), fetch, lambda _: None)
     assert len(asked) == 4
+
+
+# -- the pages ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser(gw: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    from test_gateway_routes_on_fakes import children
+
+    from gateway.auth import COOKIE_NAME
+
+    gw.fake.on(linking.PARENT_CHILDREN, children)
+    transport = gw.http._transport  # the same application
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://127.0.0.1:8000", cookies={COOKIE_NAME: "tok-parent"}
+    ) as http:
+        yield http
+
+
+async def test_the_pages_show_homework_messages_and_stars(browser: httpx.AsyncClient) -> None:
+    page = await browser.get("/children/p-amy/homework")
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+    assert "Fractions" in page.text and "Page 4" in page.text and "Overdue" in page.text and "Done" in page.text
+    assert 'href="/children/p-amy/messages"' in page.text and 'href="/?child=p-amy"' in page.text
+    page = await browser.get("/children/p-amy/messages")
+    assert "Ms Patel" in page.text and "Trip" in page.text
+    page = await browser.get("/children/p-amy/stars?week=2026-11-26")
+    assert "Kindness" in page.text and "Monday 23 November 2026" in page.text
+    assert 'href="/children/p-amy/stars?week=2026-11-16"' in page.text
+
+
+async def test_the_pages_refuse_anyone_elses_child_a_bad_week_and_the_signed_out(
+    browser: httpx.AsyncClient, gw: Gateway
+) -> None:
+    for area in ("homework", "messages", "stars"):
+        page = await browser.get(f"/children/p-zoe/{area}")
+        assert page.status_code == 404 and "text/html" in page.headers["content-type"]
+        signed_out = await gw.http.get(f"/children/p-amy/{area}", follow_redirects=False)
+        assert signed_out.status_code == 303
+        assert signed_out.headers["location"] == f"/login?next=%2Fchildren%2Fp-amy%2F{area}"
+    assert (await browser.get("/children/p-amy/stars?week=soon")).status_code == 422
+
+
+async def test_the_home_card_marks_overdue_homework_and_links_the_pages(
+    browser: httpx.AsyncClient, gw: Gateway
+) -> None:
+    async def overviews(req: overview.OverviewRequest) -> overview.OverviewReply:
+        return overview.OverviewReply(
+            children=[
+                overview.ChildOverview(
+                    pupil_id="p-amy",
+                    outstanding_homework=2,
+                    unread_messages=1,
+                    stars_this_week=3,
+                    next_due=[
+                        overview.DueItem(title="Late one", due_at=DUE - timedelta(days=1)),
+                        overview.DueItem(title="Next one", due_at=DUE + timedelta(days=1)),
+                    ],
+                    links=overview.Links(homework="h", files="f", messages="m"),
+                    as_of=DUE,
+                )
+            ]
+        )
+
+    gw.fake.on(overview.GET, overviews)
+    page = await browser.get("/?child=p-amy")
+    assert page.status_code == 200
+    due = page.text[page.text.index('class="due-list"') :]
+    assert due.index("Overdue") < due.index("Late one") < due.index("Next one")
+    assert due.count("Overdue") == 1
+    for area in ("homework", "messages", "stars"):
+        assert f'href="/children/p-amy/{area}"' in page.text

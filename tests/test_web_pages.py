@@ -318,6 +318,7 @@ async def publish_activity(portal: Portal) -> None:
                     pupil_ids=[AMY],
                     title="Fractions worksheet",
                     due_at=now + timedelta(days=2),
+                    description="Questions 1 to 10 on page 12.",
                 ),
             ),
             (
@@ -330,7 +331,12 @@ async def publish_activity(portal: Portal) -> None:
                     due_at=now + timedelta(days=4),
                 ),
             ),
-            (platform.MESSAGE_DELIVERED, platform.MessageDelivered(message_id="m-1", pupil_id=AMY)),
+            (
+                platform.MESSAGE_DELIVERED,
+                platform.MessageDelivered(
+                    message_id="m-1", pupil_id=AMY, from_name="Mr Jones", subject="Trip to the museum", sent_at=now
+                ),
+            ),
             (
                 platform.STARS_AWARDED,
                 platform.StarsAwarded(award_id="s-1", pupil_id=AMY, stars=3, reason="Great reading"),
@@ -403,6 +409,27 @@ async def scene_staff_invite_by_email_then_parent_registers_verifies_and_sees_th
     )
     await check(mary, "parent-home-one-child")
     portal.seen["mary"] = (mary_ctx, mary)
+
+
+async def scene_parent_sees_homework_messages_and_stars_in_detail(browser: Browser, portal: Portal) -> None:
+    _, mary = portal.seen["mary"]
+    await mary.goto("/")
+    await mary.get_by_role("link", name="Homework list").click()
+    await expect(mary.get_by_role("heading", level=1)).to_have_text("Amy's homework")
+    await expect(mary.get_by_role("heading", name="Fractions worksheet")).to_be_visible()
+    await expect(mary.locator(".detail-item").first).to_contain_text("Questions 1 to 10 on page 12.")
+    await check(mary, "child-homework")
+    await mary.get_by_role("link", name="Messages").click()
+    await expect(mary.get_by_role("heading", name="Trip to the museum")).to_be_visible()
+    await expect(mary.locator(".detail-item")).to_contain_text("From Mr Jones")
+    await check(mary, "child-messages")
+    await mary.get_by_role("link", name="Stars").click()
+    await expect(mary.locator(".detail-item")).to_contain_text("3 stars: Great reading")
+    await check(mary, "child-stars")
+    await mary.get_by_role("link", name="Previous week").click()
+    await expect(mary.get_by_text("No stars that week yet.")).to_be_visible()
+    await mary.get_by_role("link", name="Back to Amy's card").click()
+    await expect(mary.get_by_role("heading", name="Amy Smith")).to_be_visible()
 
 
 async def scene_qr_path_from_a_printed_code_url(browser: Browser, portal: Portal) -> None:
@@ -660,6 +687,7 @@ async def scene_parent_downloads_their_data_from_the_account_page(browser: Brows
 
 SCENES = [
     scene_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child,
+    scene_parent_sees_homework_messages_and_stars_in_detail,
     scene_qr_path_from_a_printed_code_url,
     scene_second_child_by_typed_code_and_switching,
     scene_staff_remove_one_child_the_sibling_stays,
@@ -696,6 +724,10 @@ def story(browser: Browser, portal: Portal, shots: Path) -> Story:
 
 async def test_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child(story: Story) -> None:
     await story.upto(scene_staff_invite_by_email_then_parent_registers_verifies_and_sees_the_child)
+
+
+async def test_parent_sees_homework_messages_and_stars_in_detail(story: Story) -> None:
+    await story.upto(scene_parent_sees_homework_messages_and_stars_in_detail)
 
 
 async def test_qr_path_from_a_printed_code_url(story: Story) -> None:

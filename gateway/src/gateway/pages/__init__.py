@@ -17,7 +17,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 
 from contracts.identity import Principal
 from gateway.clients import Clients
-from gateway.pages import account_pages, auth_pages, parent_pages, staff_pages
+from gateway.pages import account_pages, auth_pages, child_pages, parent_pages, staff_pages
 from gateway.pages.common import exception_handlers, redirect
 from gateway.settings import GatewaySettings
 
@@ -67,10 +67,17 @@ def day(value: datetime | str | None) -> str:
     return moment.astimezone(DISPLAY_ZONE).strftime("%-d %b %Y")
 
 
+def before(value: datetime | str | None, other: datetime | str | None) -> bool:
+    """Whether `value` is earlier than `other` (homework due before the numbers' time is overdue)."""
+    a, b = _parse(value), _parse(other)
+    return a is not None and b is not None and a < b
+
+
 def register_filters(engine: JinjaTemplateEngine) -> None:
     """The filters the page templates use."""
     engine.engine.filters["when"] = when
     engine.engine.filters["day"] = day
+    engine.engine.filters["before"] = before
 
 
 def router(settings: GatewaySettings) -> Router:
@@ -83,7 +90,14 @@ def router(settings: GatewaySettings) -> Router:
 
     return Router(
         path="/",
-        route_handlers=[home, *auth_pages.ROUTES, *parent_pages.ROUTES, *account_pages.ROUTES, *staff_pages.ROUTES],
+        route_handlers=[
+            home,
+            *auth_pages.ROUTES,
+            *parent_pages.ROUTES,
+            *child_pages.ROUTES,
+            *account_pages.ROUTES,
+            *staff_pages.ROUTES,
+        ],
         exception_handlers=exception_handlers(),
         after_request=page_headers,
         include_in_schema=False,
