@@ -430,6 +430,14 @@ async def scene_parent_sees_homework_messages_and_stars_in_detail(browser: Brows
     await expect(mary.get_by_text("No stars that week yet.")).to_be_visible()
     await mary.get_by_role("link", name="Back to Amy's card").click()
     await expect(mary.get_by_role("heading", name="Amy Smith")).to_be_visible()
+    # Into the platform (the demo's stand-in): the portal's signed token says who arrived.
+    await mary.get_by_role("link", name="Amy's homework").click()
+    await expect(mary.get_by_role("heading", name="Who arrived")).to_be_visible()
+    await expect(mary.locator(".arrival")).to_contain_text(f"came for pupil {AMY}")
+    await check(mary, "platform-arrival")
+    await mary.reload()
+    await expect(mary.get_by_role("alert")).to_contain_text("used already")
+    await mary.goto("/")
 
 
 async def scene_qr_path_from_a_printed_code_url(browser: Browser, portal: Portal) -> None:

@@ -15,7 +15,7 @@ from litestar.template import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
 from contracts.kit.metrics import GatewayMetrics
-from gateway import __version__, api, auth, pages
+from gateway import __version__, api, auth, handoff, pages
 from gateway.caches import detail as detail_cache
 from gateway.caches import links as links_cache
 from gateway.caches import overview as overview_cache
@@ -28,6 +28,7 @@ from gateway.edge import BrowserChecks, security_headers, wrap_access_log
 from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
 from gateway.ops import StatusResponder, ops_lifespan, wrap_http_metrics
+from gateway.pages import go_pages
 from gateway.settings import GatewaySettings
 from gateway.tracing import wrap_tracing
 
@@ -72,9 +73,12 @@ def create_app(
         overview_cache.OverviewCache(settings.overview_cache_seconds, settings.overview_cache_entries),
         functools.partial(clients.overview.get_raw, timeout=settings.overview_timeout),
     )
+    # Read (or made) now: a key file that cannot be used stops the start-up, naming it.
+    handoff_keys = handoff.HandoffKeys.load(settings)
     details = detail_cache.DetailCache(settings.overview_cache_seconds, settings.overview_cache_entries)
     handlers: list[ControllerRouterHandler] = [
         *api.ROOT_ROUTES,
+        *go_pages.ROOT_ROUTES,
         api.router(api_route_handlers),
         create_static_files_router(path="/static", directories=[STATIC_DIR]),
         pages.router(settings),
@@ -123,6 +127,7 @@ def create_app(
                 links_cache.STATE_KEY: links,
                 overview_cache.STATE_KEY: overviews,
                 detail_cache.STATE_KEY: details,
+                go_pages.STATE_KEY: handoff_keys,
             }
         ),
         lifespan=lifespan,

@@ -78,6 +78,25 @@ class GatewaySettings(CommonSettings):
     rpc_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Deadline of a request to a service (PORTAL_RPC_TIMEOUT), in seconds."
     )
+    handoff_key_file: Path | None = Field(
+        default=None,
+        description="PEM private key (Ed25519 or P-256) signing the platform handoff's tokens "
+        "(PORTAL_HANDOFF_KEY_FILE); unset, one is generated under PORTAL_DATA_DIR and shared by every gateway "
+        "using that directory. Its public key is at /.well-known/jwks.json, `kid` its RFC 7638 thumbprint.",
+    )
+    handoff_published_key_files: str = Field(
+        default="",
+        description="Comma-separated PEM keys also published at /.well-known/jwks.json but never used to sign "
+        "(PORTAL_HANDOFF_PUBLISHED_KEY_FILES): the next key before a rotation, the previous one until its tokens "
+        "have expired (docs/platform-handoff.md).",
+    )
+    handoff_token_seconds: int = Field(
+        default=120,
+        ge=10,
+        le=300,
+        description="Lifetime of a handoff token (PORTAL_HANDOFF_TOKEN_SECONDS), at most 5 minutes: it only has "
+        "to survive the redirect.",
+    )
     trusted_proxies: str = Field(
         default="",
         description="Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed "
