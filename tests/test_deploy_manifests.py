@@ -316,7 +316,14 @@ def test_the_secrets_each_part_needs_come_from_secrets(rendered: tuple[str, list
         # The NATS seed: only this part's own, from a Secret, where PORTAL_NATS_CREDS_DIR points.
         envs = {e["name"]: e.get("value") for e in container["env"]}
         envs.update({**config["data"], **{k: v for k, v in envs.items() if v is not None}})
-        for setting, wanted_items in (("PORTAL_NATS_CREDS_DIR", [f"{name}.nk"]), ("PORTAL_NATS_CA", None)):
+        files: list[tuple[str, list[str] | None]] = [
+            ("PORTAL_NATS_CREDS_DIR", [f"{name}.nk"]),
+            ("PORTAL_NATS_CA", None),
+        ]
+        if name == "gateway":
+            # The handoff's signing key, the same on every replica.
+            files.append(("PORTAL_HANDOFF_KEY_FILE", None))
+        for setting, wanted_items in files:
             path = envs[setting]
             (mount,) = [
                 m for m in container["volumeMounts"] if path == m["mountPath"] or path.startswith(m["mountPath"] + "/")
