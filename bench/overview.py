@@ -21,7 +21,9 @@ database of its own, dropped afterwards) it runs a real `portal up` on a fresh d
    pass: every cache is cold, each parent's session, links and overview are asked for), then
    wrk on the overview again rotating over all 15,000 parents' bearer tokens (a Lua script:
    parents coming back, served from the gateway's caches as long as nothing changed), and over
-   1,000 of them.
+   1,000 of them; then each parent's first child's homework, messages and stars
+   (`/me/children/{id}/…`, the same path as the overview: cached, dropped on change notices),
+   rotating over every parent.
    All routes are served by the same gateway process with the same settings (`--env` adds some).
 5. The CPU time each process spent in each measured run, the RSS of every process, then SIGTERM.
 
@@ -66,6 +68,12 @@ OVERVIEW = "GET /me/overview, {parents:,} parents"
 FIRST_VISITS = "GET /me/overview, first visit of each of {parents:,} parents"
 # Every parent back within the gateway's session cache time: the hot path alone.
 OVERVIEW_WARM = "GET /me/overview, {warm:,} parents"
+# One child in detail, beside the overview: each parent's first child, over every parent.
+CHILD_ROUTES = {
+    "GET /me/children/{{id}}/homework, {parents:,} parents": "/api/v1/me/children/%s/homework",
+    "GET /me/children/{{id}}/messages, {parents:,} parents": "/api/v1/me/children/%s/messages",
+    "GET /me/children/{{id}}/stars, {parents:,} parents": "/api/v1/me/children/%s/stars",
+}
 
 
 @dataclass(frozen=True)
@@ -216,10 +224,11 @@ def platform_events(scale: Scale, classes: dict[str, list[str]], rng: random.Ran
     pupils = [p for members in classes.values() for p in members]
     out: list[tuple[str, bytes, str]] = []
 
-    def add(subject: str, **fields: object) -> None:
+    def add(name: str, /, **fields: object) -> None:
+        # Positional only: a message's fields include one called `subject`.
         event_id = uuid.uuid4().hex
         at = (now - timedelta(seconds=rng.uniform(0, 14 * 86400))).isoformat()
-        out.append((subject, json.dumps({"event_id": event_id, "occurred_at": at, **fields}).encode(), event_id))
+        out.append((name, json.dumps({"event_id": event_id, "occurred_at": at, **fields}).encode(), event_id))
 
     homework: list[tuple[str, list[str]]] = []
     per_class = max(1, round(scale.events * 0.02 / len(classes)))
@@ -235,6 +244,7 @@ def platform_events(scale: Scale, classes: dict[str, list[str]], rng: random.Ran
                 pupil_ids=members,
                 title=f"Homework {k} of {class_id}",
                 due_at=due,
+                description=f"Questions 1 to {k + 5} on page {k + 12}.",
             )
             homework.append((hw, members))
         add("platform.homework.withdrawn.v1", homework_id=f"{class_id}-h0")
@@ -247,7 +257,14 @@ def platform_events(scale: Scale, classes: dict[str, list[str]], rng: random.Ran
     for n in range(delivered):
         mid, pupil = f"m{n}", rng.choice(pupils)
         messages.append((mid, pupil))
-        add("platform.message.delivered.v1", message_id=mid, pupil_id=pupil)
+        add(
+            "platform.message.delivered.v1",
+            message_id=mid,
+            pupil_id=pupil,
+            from_name=f"Teacher {n % 40}",
+            subject=f"Message {n}",
+            sent_at=(now - timedelta(seconds=rng.uniform(0, 14 * 86400))).isoformat(),
+        )
     for mid, pupil in rng.sample(messages, delivered // 2):
         add("platform.message.read.v1", message_id=mid, pupil_id=pupil)
     stars = scale.events - len(out)
@@ -257,7 +274,7 @@ def platform_events(scale: Scale, classes: dict[str, list[str]], rng: random.Ran
             award_id=f"a{n}",
             pupil_id=rng.choice(pupils),
             stars=rng.randint(1, 3),
-            reason="bench",
+            reason=rng.choice(("Great reading", "Kindness", "Teamwork", "Neat handwriting")),
         )
     rng.shuffle(out)  # completions before assignments, reads before deliveries: as it may come
     return out
@@ -356,6 +373,32 @@ local i, first, last = 0, 0, 0
 function init(args)
   for token in io.lines(args[1]) do
     requests[#requests + 1] = wrk.format("GET", args[3], {["Authorization"] = "Bearer " .. token})
+  end
+  local threads = tonumber(args[2])
+  first = math.floor(#requests * ((offset or 1) - 1) / threads)
+  last = math.floor(#requests * (offset or 1) / threads)
+  i = first
+end
+function request()
+  i = i + 1
+  if i > last then i = first + 1 end
+  return requests[i]
+end
+"""
+# The same for one child's routes (args: "token pupil" file, thread count, path with %s for
+# the pupil).
+LUA_CHILD = """
+local counter = 1
+function setup(thread)
+  thread:set("offset", counter)
+  counter = counter + 1
+end
+local requests = {}
+local i, first, last = 0, 0, 0
+function init(args)
+  for line in io.lines(args[1]) do
+    local token, pupil = line:match("^(%S+)%s+(%S+)$")
+    requests[#requests + 1] = wrk.format("GET", string.format(args[3], pupil), {["Authorization"] = "Bearer " .. token})
   end
   local threads = tonumber(args[2])
   first = math.floor(#requests * ((offset or 1) - 1) / threads)
@@ -631,10 +674,17 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
         _pg_admin(f'CREATE DATABASE "{pg_db}"')
         overview_url = f"postgresql+asyncpg://{PG['user']}@{PG['host']}:{PG['port']}/{pg_db}"
         env["PORTAL_OVERVIEW_DATABASE_URL"] = overview_url
-    up = responder = None
+    up = responder = nats = None
     base = f"http://127.0.0.1:{port}"
     run.load.append(_loadavg())
     try:
+        # A NATS of its own, without users: `portal up`'s own NATS admits only the parts' seeds,
+        # and the events' publisher and the raw responder of `/bench/nats` are none of them.
+        from portal.natsserver import start_nats
+
+        nats = start_nats(tmp / "nats", log_file=tmp / "nats.log")
+        env["PORTAL_NATS_URL"] = nats.url
+        run.notes.append("NATS without users (portal up's NATS admits only the parts' seeds)")
         say(
             f"[{backend}] migrating and seeding {scale.schools} schools, {scale.pupils} pupils, {scale.parents} parents"
         )
@@ -646,6 +696,10 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
         token_file.write_text("\n".join(tokens) + "\n")
         lua = tmp / "overview.lua"
         lua.write_text(LUA)
+        lua_child = tmp / "child.lua"
+        lua_child.write_text(LUA_CHILD)
+        child_file = tmp / "tokens-children.txt"
+        child_file.write_text("".join(f"{t} {f[0]}\n" for t, f in zip(tokens, families, strict=True)))
         events = platform_events(scale, classes, rng)
 
         say(f"[{backend}] portal up")
@@ -701,7 +755,15 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 lua,
                 [str(warm_file), str(opts.threads), "/api/v1/me/overview"],
             ),
+            *(
+                (label, base + path % families[-1][0], lua_child, [str(child_file), str(opts.threads), path])
+                for label, path in CHILD_ROUTES.items()
+            ),
         ]
+        for path in CHILD_ROUTES.values():
+            status, body = _get(base + path % families[-1][0], tokens[-1])
+            if status != 200:
+                run.errors.append(f"GET {path % families[-1][0]}: {status} {body[:300]!r}")
         for label, url, script, args in targets:
             label = label.format(parents=len(tokens), warm=min(opts.warm_parents, len(tokens)))
             if script is lua and args[0] == str(token_file):
@@ -736,6 +798,8 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             responder.wait()
         if up is not None:
             _stop(up)
+        if nats is not None:
+            nats.stop()
         if pg_db:
             _pg_admin(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
         if opts.keep:
@@ -797,7 +861,7 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
                 f"{label}: errors",
                 lambda r: f"{r.wrk[label]['non2xx']} non-2xx or partial {r.wrk[label]['socket_errors']}".strip(),  # noqa: B023 - called within this iteration
             )
-    for label in [k for k in labels if "overview" in k]:
+    for label in [k for k in labels if "/me/" in k]:
         row(f"{label}: / one-request, / hello-world", lambda r: (
             f"{r.wrk[label]['rps'] / r.wrk[ONE_REQUEST]['rps']:.0%}, {r.wrk[label]['rps'] / r.wrk[HELLO]['rps']:.0%}"  # noqa: B023 - called within this iteration
         ))  # fmt: skip
