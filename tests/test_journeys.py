@@ -414,6 +414,11 @@ async def test_cross_school_ids_answer_404(world: World) -> None:
         assert r.status_code == 404 and r.json()["error"] == "not_found", (method, path, r.text)
     parent = await world.once("amy_parent", lambda: parent_of_amy(world))
     assert (await world.a.http.get(f"/api/v1/me/children/{eve}/overview", headers=bearer(parent))).status_code == 404
+    for path in ("homework", "messages", "stars", "stars?week=2026-12-01"):
+        r = await world.a.http.get(f"/api/v1/me/children/{eve}/{path}", headers=bearer(parent))
+        assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.text)
+    went = await world.a.http.get(f"/go/{eve}/homework", headers=bearer(parent))
+    assert went.status_code == 404 and "location" not in went.headers
     assert (await world.a.http.get("/api/v1/classes", headers=bearer(parent))).status_code == 404
 
 
@@ -488,3 +493,25 @@ async def test_overview_numbers_and_partial_while_overview_is_away(world: World)
         assert fresh.status_code == 200 and fresh.json()["partial"] is True
     finally:
         await world.overview.app.start()
+
+
+async def test_a_childs_stars_reach_every_gateway_and_the_handoff_names_the_parent(world: World) -> None:
+    token = await world.once("amy_parent", lambda: parent_of_amy(world))
+    amy = world.oak.pupils[0]
+    js = world.nc.jetstream()
+    path = f"/api/v1/me/children/{amy}/stars"
+    # Each gateway has read (and keeps) Amy's stars before the award.
+    before = {g: (await g.http.get(path, headers=bearer(token))).json() for g in (world.a, world.b)}
+    award = platform.StarsAwarded(award_id=uid("s"), pupil_id=amy, stars=2, reason="Helping a friend")
+    await js.publish(platform.STARS_AWARDED, award.model_dump_json().encode(), headers={"Nats-Msg-Id": award.event_id})
+    for gateway in (world.a, world.b):
+
+        async def awarded(gateway=gateway) -> dict | None:
+            body = (await gateway.http.get(path, headers=bearer(token))).json()
+            return body if any(a["award_id"] == award.award_id for a in body["awards"]) else None
+
+        body = await eventually(awarded, timeout=10)
+        assert body["total"] == before[gateway]["total"] + 2
+        assert [a["reason"] for a in body["awards"] if a["award_id"] == award.award_id] == ["Helping a friend"]
+    went = await world.a.http.get(f"/go/{amy}/messages", headers=bearer(token))
+    assert went.status_code == 303 and f"pupil={amy}&token=" in went.headers["location"]
