@@ -202,6 +202,16 @@ def roster_events(classes: dict[str, list[tuple[str, str, str]]]) -> list[tuple[
 # -- activity: homework, messages and stars over this week and last ----------------------------
 
 
+# What the demo's homework, messages say beyond their titles (the optional event fields).
+DESCRIPTIONS = (
+    "Answer the questions on the worksheet in full sentences.",
+    "Spend about twenty minutes on it, and ask at home if you get stuck.",
+    "Use the notes from Tuesday's lesson.",
+)
+SENDERS = ("Mrs Evans", "Mr Khan", "Miss Roberts", "Mr Davies")
+MESSAGE_SUBJECTS = ("Well done this week", "Trip letter", "Reading at home", "Sports day kit", "Your project")
+
+
 def activity_events(classes: dict[str, list[tuple[str, str, str]]], now: datetime) -> list[tuple[str, Any]]:
     """Homework, messages and stars over the last 14 days; every demo child has something of each."""
     from contracts import platform
@@ -228,6 +238,7 @@ def activity_events(classes: dict[str, list[tuple[str, str, str]]], now: datetim
                 event_id=f"{hw}-assigned", occurred_at=set_at, homework_id=hw, school_id=school_id,
                 pupil_ids=[p[0] for p in pupils], title=f"{subject_name}: {titles[(n + 2 * k) % len(titles)]}",
                 due_at=(set_at + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0),
+                description=f"{DESCRIPTIONS[(n + k) % len(DESCRIPTIONS)]} Hand it in on the platform.",
             ))  # fmt: skip
             if days == 6 and n % 2:
                 add(platform.HOMEWORK_WITHDRAWN, platform.HomeworkWithdrawn(
@@ -249,6 +260,8 @@ def activity_events(classes: dict[str, list[tuple[str, str, str]]], now: datetim
                 delivered = ago(rng.uniform(0.05, 14))
                 add(platform.MESSAGE_DELIVERED, platform.MessageDelivered(
                     event_id=f"{msg}-delivered", occurred_at=delivered, message_id=msg, pupil_id=pid,
+                    from_name=SENDERS[(n + m) % len(SENDERS)], subject=MESSAGE_SUBJECTS[(n + m) % len(MESSAGE_SUBJECTS)],
+                    sent_at=delivered,
                 ))  # fmt: skip
                 # Demo children keep their two newest unread.
                 if (pid in demo and m >= messages - 2) or rng.random() < 0.4:
