@@ -102,7 +102,9 @@ async def test_anyone_elses_child_is_not_found_and_overview_is_not_asked(gw: Gat
     assert [rpc for rpc, _ in gw.fake.calls if rpc.service == "overview"] == []
 
 
-@pytest.mark.parametrize("week", ["last-week", "2026-13-01", "2026-02-30", "20261201", "2026-12-1"])
+@pytest.mark.parametrize(
+    "week", ["last-week", "2026-13-01", "2026-02-30", "20261201", "2026-12-1", "0001-01-01", "9999-12-31"]
+)
 async def test_a_week_that_is_not_a_date_is_422(gw: Gateway, week: str) -> None:
     body = error(await gw.get(f"/api/v1/me/children/p-amy/stars?week={week}", "tok-parent"), 422, "validation_error")
     assert "week" in body["detail"]

@@ -106,7 +106,8 @@ class ChildRequest(Message):
 class StarsRequest(ChildRequest):
     """One pupil's stars of the week holding `week` (any day of it; default this week)."""
 
-    week: date | None = None
+    # Bounded so that the week's instants exist in every timezone.
+    week: date | None = Field(default=None, ge=date(1900, 1, 1), le=date(9000, 12, 31))
 
 
 class HomeworkItem(Message):

@@ -26,7 +26,11 @@ def parse_week(value: str | None) -> date | None:
     try:
         if not _WEEK.fullmatch(value):
             raise ValueError(value)
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
+        # Weeks whose instants exist in every timezone (overview refuses others).
+        if not date(1900, 1, 1) <= day <= date(9000, 12, 31):
+            raise ValueError(value)
+        return day
     except ValueError:
         raise ApiError(
             422,

@@ -132,7 +132,8 @@ def star_key(pupil_id: str, week: date | None) -> str:
 
 
 async def read_stars(session: AsyncSession, keys: list[str], *, now: datetime) -> dict[str, StarsWeek]:
-    """Each key's (`star_key`) week of stars, in the pupil's school's timezone."""
+    """Each key's (`star_key`) week of stars, in the pupil's school's timezone; as the overview's
+    "stars this week", an award counts from its `occurred_at` on, not before."""
     asked = [(k, *k.split("|", 1)) for k in keys]
     schools = await _schools(session, list({pid for _, _, pid in asked}))
     spans: dict[str, tuple[str, date, datetime, datetime]] = {}
@@ -165,7 +166,7 @@ async def read_stars(session: AsyncSession, keys: list[str], *, now: datetime) -
         mine = [
             StarAwardItem(award_id=a.award_id, stars=a.stars, reason=a.reason, at=a.awarded_at)
             for a in awards[pid]
-            if start <= a.awarded_at < end
+            if start <= a.awarded_at < end and a.awarded_at <= now
         ]
         out[key] = StarsWeek(week_start=monday, total=sum(a.stars for a in mine), awards=mine)
     return out
