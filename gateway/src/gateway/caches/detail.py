@@ -76,6 +76,9 @@ class DetailCache:
         self._versions[pupil_id] = self._versions.get(pupil_id, 0) + 1
         for key in self._by_pupil.pop(pupil_id, ()):
             self._entries.pop(key, None)
+        # A request on its way may predate the change: whoever asks from now on asks anew.
+        for key in [k for k in self._inflight if k[1] == pupil_id]:
+            del self._inflight[key]
         if len(self._versions) > 4 * max(self.max_entries, 1):
             self.clear()
 
@@ -84,6 +87,7 @@ class DetailCache:
         self._entries.clear()
         self._by_pupil.clear()
         self._versions.clear()
+        self._inflight.clear()
         self._epoch += 1
 
     def _version(self, pupil_id: str) -> tuple[int, int]:
@@ -126,7 +130,8 @@ class DetailCache:
             future.exception()
             raise
         finally:
-            self._inflight.pop(key, None)
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
         future.set_result(data)
         if self.live and self.ttl > 0 and self.max_entries > 0 and self._version(key[1]) == version:
             now = utcnow()
