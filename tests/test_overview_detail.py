@@ -101,6 +101,14 @@ async def test_homework_messages_and_stars_of_one_child(overview) -> None:
     await publish(js, platform.MESSAGE_DELIVERED, platform.MessageDelivered(message_id="m-read", pupil_id="amy"))
     await publish(js, platform.MESSAGE_READ, platform.MessageRead(message_id="m-read", pupil_id="amy"))
     last_week = now - timedelta(days=7)
+    # Dated later than now: it counts from then on, like the overview's stars this week.
+    await publish(
+        js,
+        platform.STARS_AWARDED,
+        platform.StarsAwarded(
+            award_id="s-later", pupil_id="amy", stars=7, reason="Later", occurred_at=now + timedelta(minutes=10)
+        ),
+    )
     await publish(
         js, platform.STARS_AWARDED, platform.StarsAwarded(award_id="s1", pupil_id="amy", stars=2, reason="Kind")
     )
