@@ -34,7 +34,7 @@ from contracts.kit.ops import service_ops, service_status
 from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
 from contracts.kit.permissions import NatsPermissionRefused, Needs, permission_refusal, runtime_needs
 from contracts.kit.rpc import Handler, Responder
-from contracts.kit.settings import ServiceSettings
+from contracts.kit.settings import ServiceSettings, nats_servers
 from contracts.kit.streams import ensure_streams
 from contracts.rpc import HealthReply, HealthRequest, StatusReply, StatusRequest
 from contracts.rpc import health as rpc_health
@@ -92,6 +92,8 @@ class ServiceRuntime:
             except Exception:  # noqa: BLE001 - documents can be generated without NATS
                 url = DEFAULT_LOCAL_NATS
         self.nats_url = url
+        # Every server of the cluster the URL lists: the connection moves to another when one goes.
+        self.nats_servers = nats_servers(url)
         self.db = Database(settings.resolved_database_url(), pool_size=settings.db_pool_size)
         self.on_reconnect: list[Callable[[], None]] = []
 
@@ -114,7 +116,7 @@ class ServiceRuntime:
         options = self._nats_options = settings.nats_connect_options(self.name)
         inbox = {"inbox_prefix": options["inbox_prefix"]} if "inbox_prefix" in options else {}
         self.broker = NatsBroker(
-            url,
+            self.nats_servers,
             name=self.instance,
             security=broker_security(options),
             **inbox,
@@ -141,7 +143,7 @@ class ServiceRuntime:
         self.responders: list[Responder[Any, Any]] = []
         # Never connected: it only carries the consumers' descriptions into the AsyncAPI
         # document (the consumers pull with their own loop, see contracts.kit.consumer).
-        self._spec_broker = NatsBroker(url)
+        self._spec_broker = NatsBroker(self.nats_servers)
         self.app = FastStream(
             self.broker,
             logger=logging.getLogger(f"portal.{self.name}"),
@@ -313,7 +315,7 @@ class ServiceRuntime:
                 refused.append(refusal)
 
         nc = await nats.connect(
-            self.nats_url,
+            self.nats_servers,
             name=f"{self.instance}-check",
             error_cb=error_cb,
             allow_reconnect=False,
