@@ -50,6 +50,12 @@ test-fast: install
 bench: install
 	$(VENV)/bin/python bench/overview.py $(BENCH_ARGS)
 
+# Throughput per core of each part on a 3-server NATS cluster and PostgreSQL (bench/cluster_throughput.py
+# prints a table; docs/scaling.md sizes a deployment from it): about 5 minutes, needs wrk.
+.PHONY: bench-cluster
+bench-cluster: install
+	$(VENV)/bin/python bench/cluster_throughput.py $(BENCH_ARGS)
+
 # Regenerate the committed AsyncAPI documents (a test fails while they are stale).
 asyncapi: install
 	for s in identity linking notify overview; do $(VENV)/bin/python -m $$s asyncapi --out services/$$s/asyncapi.json; done

@@ -67,23 +67,17 @@ class Recorder:
         return now
 
     def window(self, start: float, end: float) -> dict:
-        """What the clients saw from `start` to `end`: served, failed, for how long, recovered when."""
-        inside = [a for a in self.attempts if start <= a.start < end]
+        """What the clients saw from `start` to `end` (the attempts that ended then): requests
+        served, failed attempts, and when the failures were seen (seconds after `start`: the
+        first began, the last ended)."""
+        inside = [a for a in self.attempts if start <= a.end < end]
         failed = [a for a in inside if not a.ok]
-        served = len(inside) - len(failed)
-        if not failed:
-            return {"served": served, "failed": 0, "failing_for": 0.0, "recovered_after": 0.0, "kinds": {}}
-        last = max(a.end for a in failed)
-        after = [a.end for a in inside if a.ok and a.start >= last]
-        recovered = (min(after) if after else last) - start
-        kinds = Counter(f"{a.op}: {a.detail}" for a in failed)
-        return {
-            "served": served,
-            "failed": len(failed),
-            "failing_for": last - min(a.start for a in failed),
-            "recovered_after": recovered,
-            "kinds": dict(kinds.most_common(4)),
-        }
+        out = {"served": len(inside) - len(failed), "failed": len(failed), "from": 0.0, "until": 0.0, "kinds": {}}
+        if failed:
+            out["from"] = min(a.start for a in failed) - start
+            out["until"] = max(a.end for a in failed) - start
+            out["kinds"] = dict(Counter(f"{a.op}: {a.detail}" for a in failed).most_common(4))
+        return out
 
 
 class Clients:

@@ -50,6 +50,16 @@ STOP_GRACE = 4.0
 RELAY_FLUSH = 1.5
 
 
+# Seconds after a reconnect during which a refused reply is the request's, not a fault (below).
+REPLY_LOST_WINDOW = 30.0
+
+
+def _is_reply(refusal: str) -> bool:
+    """Whether NATS refused a publish to a reply subject (`_INBOX.…`; the server writes it lower case)."""
+    words = refusal.lower()
+    return "for publish to" in words and '"_inbox.' in words
+
+
 async def _quiet_error_cb(exc: Exception) -> None:
     # nats-py's default prints a traceback per failed reconnect; one line is enough.
     log.warning("nats_connection_error", error=type(exc).__name__)
@@ -97,7 +107,10 @@ class ServiceRuntime:
         self.db = Database(settings.resolved_database_url(), pool_size=settings.db_pool_size)
         self.on_reconnect: list[Callable[[], None]] = []
 
+        self._reconnected_at = -REPLY_LOST_WINDOW
+
         async def reconnected() -> None:
+            self._reconnected_at = time.monotonic()
             log.info("nats_reconnected", instance=self.instance)
             for callback in self.on_reconnect:
                 callback()
@@ -109,6 +122,13 @@ class ServiceRuntime:
             refusal = permission_refusal(exc)
             if refusal is None:
                 await _quiet_error_cb(exc)
+                return
+            if _is_reply(refusal) and time.monotonic() - self._reconnected_at < REPLY_LOST_WINDOW:
+                # A request that came before this replica moved to another server of the
+                # cluster: that server never saw it, so its user may not answer it (NATS allows
+                # a reply only to a request received). Nothing is wrong; the caller's deadline
+                # passes and it asks again.
+                log.warning("nats_reply_lost_on_reconnect", instance=self.instance, detail=refusal)
                 return
             self.refused.append(refusal)
             log.error("nats_permission_refused", instance=self.instance, detail=refusal)
