@@ -346,11 +346,11 @@ async def main(opts: argparse.Namespace) -> None:
         r.env["PORTAL_LOG_LEVEL"] = "WARNING"
     cold = cluster.replicas["gateway"][1]
     cold.env.update(PORTAL_SESSION_CACHE_SECONDS="0", PORTAL_LINKS_CACHE_SECONDS="0", PORTAL_OVERVIEW_CACHE_SECONDS="0")
-    rows: list[tuple[str, str, int, float, dict[str, float]]] = []
+    rows: list[tuple[str, str, int, float, dict[str, float], tuple[str, ...]]] = []
     backends: list[int] = []
     meter = Meter(cluster, lambda: backends)
 
-    async def measure(what: str, unit: str, action) -> object:
+    async def measure(what: str, unit: str, action, workers: tuple[str, ...]) -> object:
         nonlocal backends
         backends = await pg_backends(cluster)
         before, started = meter.snapshot(), time.monotonic()
@@ -358,7 +358,7 @@ async def main(opts: argparse.Namespace) -> None:
         wall = time.monotonic() - started
         backends = sorted(set(backends) | set(await pg_backends(cluster)))
         spent = Meter.spent(before, meter.snapshot())
-        rows.append((what, unit, count, wall, spent))
+        rows.append((what, unit, count, wall, spent, workers))
         print(f"  {what}: {count:,} {unit} in {wall:.1f}s ({count / wall:,.0f}/s wall)", flush=True)
         return count
 
@@ -377,7 +377,12 @@ async def main(opts: argparse.Namespace) -> None:
             await wait_consumed(cluster, "PLATFORM", "overview-platform")
             return len(events)
 
-        await measure("roster events applied by linking and overview", "events", roster)
+        await measure(
+            "roster events applied by linking and overview",
+            "events",
+            roster,
+            ("linking", "overview", "nats-server ×3", "postgresql"),
+        )
         tokens = await seed_parents(cluster, opts.parents, school_of, rng)
         tokens_file = tmp / "tokens.txt"
         tokens_file.write_text("\n".join(tokens) + "\n")
@@ -390,7 +395,9 @@ async def main(opts: argparse.Namespace) -> None:
             await wait_consumed(cluster, "PLATFORM", "overview-platform")
             return len(activity)
 
-        await measure("platform events applied by overview", "events", absorb)
+        await measure(
+            "platform events applied by overview", "events", absorb, ("overview", "nats-server ×3", "postgresql")
+        )
 
         from contracts import notify as contract
 
@@ -409,7 +416,7 @@ async def main(opts: argparse.Namespace) -> None:
                 await asyncio.sleep(0.2)
             return len(requests)
 
-        await measure("emails sent by notify", "emails", emails)
+        await measure("emails sent by notify", "emails", emails, ("notify", "nats-server ×3", "postgresql"))
 
         cold_results: dict = {}
 
@@ -417,7 +424,12 @@ async def main(opts: argparse.Namespace) -> None:
             cold_results.update(await asyncio.to_thread(wrk, cold.http_port, tokens_file, opts.seconds, lua))
             return int(cold_results["requests"])
 
-        await measure("GET /me/overview, no gateway cache (session, children, overviews asked)", "requests", cold_run)
+        await measure(
+            "GET /me/overview, no gateway cache (session, children, overviews asked)",
+            "requests",
+            cold_run,
+            ("gateway (no caches)", "identity", "linking", "overview", "nats-server ×3", "postgresql"),
+        )
         warm_port = cluster.replicas["gateway"][0].http_port
         await asyncio.to_thread(wrk, warm_port, tokens_file, 10, lua)
         warm_results: dict = {}
@@ -426,12 +438,12 @@ async def main(opts: argparse.Namespace) -> None:
             warm_results.update(await asyncio.to_thread(wrk, warm_port, tokens_file, opts.seconds, lua))
             return int(warm_results["requests"])
 
-        await measure("GET /me/overview, gateway as deployed (parents coming back)", "requests", warm_run)
+        await measure("GET /me/overview, gateway as deployed (parents coming back)", "requests", warm_run, ("gateway",))
 
         async def sign_ins() -> int:
             return await logins(cluster, opts.logins)
 
-        await measure("sign-ins (argon2id t=3, 64 MiB, p=4)", "sign-ins", sign_ins)
+        await measure("sign-ins (argon2id t=3, 64 MiB, p=4)", "sign-ins", sign_ins, ("identity",))
         print(
             f"  wrk: no cache {cold_results['rps']:,.0f}/s p50 {cold_results['p50']} p99 {cold_results['p99']} "
             f"(non-2xx {cold_results['non2xx']}); as deployed {warm_results['rps']:,.0f}/s p50 {warm_results['p50']} "
@@ -461,16 +473,17 @@ def report(rows: list) -> str:
     lines = [
         "",
         f"Throughput per core on this machine ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end): "
-        "for each step, each process's CPU seconds and, for the parts doing the step's work, what it did per CPU second.",
+        "for each step, each process's CPU seconds in brackets and, in bold for the processes doing the step's "
+        "work, what it did per CPU second.",
         "",
         "| step | count | wall s | " + " | ".join(parts) + " |",
         "|---|---|---|" + "---|" * len(parts),
     ]
-    for what, unit, count, wall, spent in rows:
+    for what, unit, count, wall, spent, workers in rows:
         cells = []
         for p in parts:
             cpu = spent.get(p, 0.0)
-            cells.append(f"{cpu:.1f} s ({count / cpu:,.0f}/s)" if cpu >= 0.2 else f"{cpu:.1f} s")
+            cells.append(f"**{count / cpu:,.0f}/s** ({cpu:.1f} s)" if p in workers and cpu > 0 else f"({cpu:.1f} s)")
         lines.append(f"| {what} | {count:,} {unit} | {wall:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

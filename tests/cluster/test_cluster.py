@@ -299,7 +299,7 @@ async def test_faults_under_load_lose_nothing_and_do_nothing_twice(run: Run) -> 
     lines.append(f"  {'fault':<44} {'served':>6} {'failed':>6}  {'failures seen (s after the fault)':<34}  recovery")
     for name, start, stop, note in faults:
         w = load.rec.window(start, stop)
-        seen = f"from +{w['from']:.1f} to +{w['until']:.1f} ({w['until'] - w['from']:.1f} s)" if w["failed"] else "none"
+        seen = f"from {w['from']:+.1f} to {w['until']:+.1f} ({w['until'] - w['from']:.1f} s)" if w["failed"] else "none"
         lines.append(f"  {name:<44} {w['served']:>6} {w['failed']:>6}  {seen:<34}  {note}")
         if w["kinds"]:
             lines.append(f"  {'':<44} {'':>6} {'':>6}  {w['kinds']}")
