@@ -26,6 +26,7 @@ from contracts.kit.settings import CommonSettings, NatsUrlInvalid, nats_servers
 from gateway.settings import GatewaySettings
 from overview import app as overview_app
 from portal.natsconfig import ClusterOptionInvalid, ClusterOptions
+from portal.natsserver import free_port
 from portal.up import redact_url
 
 PORTAL = str(Path(sys.executable).with_name("portal"))
@@ -90,7 +91,17 @@ def test_a_part_and_the_portal_command_refuse_a_malformed_list_at_once(tmp_path:
         [PORTAL, "dead-letters", "list"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert command.returncode == 2 and "server 2 of 3 is empty" in command.stderr, command.stderr
-    for out in (part.stdout, part.stderr, command.stdout, command.stderr):
+    up = subprocess.run(
+        [PORTAL, "up"],
+        env={**env, "PORTAL_HTTP_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert up.returncode == 2 and "invalid setting" in up.stderr and "server 2 of 3" in up.stderr, up.stderr
+    assert not (tmp_path / "logs").exists(), "nothing was started"
+    for out in (part.stdout, part.stderr, command.stdout, command.stderr, up.stdout, up.stderr):
         assert "hunter2" not in out
 
 
