@@ -11,7 +11,7 @@ PYPROJECTS := pyproject.toml uv.lock contracts/pyproject.toml gateway/pyproject.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-fast lint asyncapi docs lock clean
+.PHONY: install demo test test-fast cluster-test lint asyncapi docs lock clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ demo: install
 test: install
 	$(VENV)/bin/python -m pytest
 
+# The portal on many machines, on this one (tests/cluster): a 3-server NATS cluster, PostgreSQL, two
+# replicas of every part and two gateways, under load and faults; prints what clients saw. A few
+# minutes; needs the machine's PostgreSQL.
+cluster-test: install
+	$(VENV)/bin/python -m pytest tests/cluster -s -p no:cacheprovider $(CLUSTER_ARGS)
+
 # ruff (lint and format check) and mypy over every package; configured in pyproject.toml.
 lint: install
 	$(VENV)/bin/ruff check .
@@ -43,6 +49,12 @@ test-fast: install
 .PHONY: bench
 bench: install
 	$(VENV)/bin/python bench/overview.py $(BENCH_ARGS)
+
+# Throughput per core of each part on a 3-server NATS cluster and PostgreSQL (bench/cluster_throughput.py
+# prints a table; docs/scaling.md sizes a deployment from it): about 5 minutes, needs wrk.
+.PHONY: bench-cluster
+bench-cluster: install
+	$(VENV)/bin/python bench/cluster_throughput.py $(BENCH_ARGS)
 
 # Regenerate the committed AsyncAPI documents (a test fails while they are stale).
 asyncapi: install

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from portal.natsserver import NatsServer, free_port
 
 if TYPE_CHECKING:
-    from portal.natsconfig import Credentials
+    from portal.natsconfig import ClusterOptions, Credentials
 
 HARNESS = "harness"
 CREDS_DIR = Path(tempfile.mkdtemp(prefix="portal-test-nats-creds-"))
@@ -44,6 +44,14 @@ def credentials() -> Credentials:
 
 
 @cache
+def route_secret() -> str:
+    """The password of the test clusters' routes, kept beside the seeds as `portal nats-config` does."""
+    from portal.natsconfig import load_or_create_route_secret
+
+    return load_or_create_route_secret(CREDS_DIR)
+
+
+@cache
 def _needs() -> dict:
     # Imports every service: once per run.
     from portal.natsconfig import all_needs
@@ -51,12 +59,20 @@ def _needs() -> dict:
     return all_needs()
 
 
-def config_text(*, port: int, store_dir: Path, monitor_port: int) -> str:
-    """The generated configuration, plus the harness user that unauthenticated test clients get
-    and a monitoring endpoint on loopback (to see who each connection was)."""
+def config_text(*, port: int, store_dir: Path, monitor_port: int, cluster: ClusterOptions | None = None) -> str:
+    """The generated configuration (with `cluster`, of one server of a cluster), plus the harness
+    user that unauthenticated test clients get and a monitoring endpoint on loopback (to see who
+    each connection was)."""
     from portal.natsconfig import render_config
 
-    text = render_config(credentials(), _needs(), port=port, store_dir=store_dir)
+    text = render_config(
+        credentials(),
+        _needs(),
+        port=port,
+        store_dir=store_dir,
+        cluster=cluster,
+        route_secret=route_secret() if cluster is not None else None,
+    )
     users = "authorization {\n  users: [\n"
     assert users in text, "the generated configuration's users are no longer where the tests add theirs"
     harness = f"    {{ user: {HARNESS}, password: {json.dumps(CREDS_DIR.name)} }}\n"
@@ -69,6 +85,8 @@ class AuthedNats(NatsServer):
     """A nats-server with the portal's users and permissions (see the module's docstring)."""
 
     monitor_port: int = 0
+    # One server of a cluster (see `authed_cluster`).
+    cluster: ClusterOptions | None = None
 
     def start(self, *, timeout: float = 10.0) -> AuthedNats:
         if not self.monitor_port:
@@ -76,7 +94,9 @@ class AuthedNats(NatsServer):
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # Written at every start: a test may have wiped the store directory, this file with it.
         self.config = self.store_dir / "nats-server.conf"
-        self.config.write_text(config_text(port=self.port, store_dir=self.store_dir, monitor_port=self.monitor_port))
+        self.config.write_text(
+            config_text(port=self.port, store_dir=self.store_dir, monitor_port=self.monitor_port, cluster=self.cluster)
+        )
         super().start(timeout=timeout)
         return self
 
@@ -85,11 +105,18 @@ class AuthedNats(NatsServer):
             self.record_parts_without_their_user()
         super().stop(kill=kill, timeout=timeout)
 
+    def monitor(self, path: str) -> dict:
+        """A page of the server's monitoring endpoint (`/jsz`, `/connz?…`, `/routez`), as JSON."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}{path}", timeout=5) as response:
+            return dict(json.load(response))
+
     def connections(self) -> list[dict]:
         """Every connection this server has had (open and recently closed), with its user."""
-        url = f"http://127.0.0.1:{self.monitor_port}/connz?state=all&auth=true&limit=100000"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return list(json.load(response).get("connections") or [])
+        return list(self.monitor("/connz?state=all&auth=true&limit=100000").get("connections") or [])
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def record_parts_without_their_user(self) -> None:
         try:
@@ -107,3 +134,52 @@ def authed_nats(store_dir: Path, *, port: int | None = None, start: bool = True)
     """A nats-server with the portal's permissions on a free (or the given) loopback port."""
     server = AuthedNats(port=port or free_port(), store_dir=store_dir)
     return server.start() if start else server
+
+
+def authed_cluster(
+    root: Path, *, size: int = 3, name: str = "portal-test", log_dir: Path | None = None
+) -> list[AuthedNats]:
+    """`size` nats-servers with the portal's permissions, clustered with JetStream (routes
+    authenticated with the generated secret), each with a store of its own under `root`. Each
+    can be stopped, killed and started again on its ports; `cluster_url` lists them as
+    PORTAL_NATS_URL does."""
+    from portal.natsconfig import ClusterOptions
+
+    taken: set[int] = set()
+    clients, routes_ports = [], []
+    for _ in range(size):
+        p = free_port(besides=taken)
+        taken.add(p)
+        clients.append(p)
+        r = free_port(besides=taken)
+        taken.add(r)
+        routes_ports.append(r)
+    routes = tuple(f"nats-route://127.0.0.1:{r}" for r in routes_ports)
+    servers = []
+    for i in range(size):
+        monitor = free_port(besides=taken)
+        taken.add(monitor)
+        cluster = ClusterOptions(name=name, port=routes_ports[i], routes=routes, server_name=f"n{i + 1}")
+        servers.append(AuthedNats(port=clients[i], store_dir=root / f"n{i + 1}", monitor_port=monitor, cluster=cluster))
+    for server in servers:
+        server.start()
+    return servers
+
+
+def cluster_url(servers: list[AuthedNats]) -> str:
+    """PORTAL_NATS_URL for a cluster: every server, comma-separated."""
+    return ",".join(s.url for s in servers)
+
+
+def jetstream_ready(servers: list[AuthedNats]) -> bool:
+    """Whether every running server sees the JetStream meta leader and all its peers."""
+    for server in servers:
+        if not server.running:
+            continue
+        try:
+            meta = server.monitor("/jsz").get("meta_cluster") or {}
+        except OSError:
+            return False
+        if not meta.get("leader") or len(meta.get("replicas") or []) < len(servers) - 1:
+            return False
+    return True

@@ -181,9 +181,14 @@ def _run_with_jetstream(url: str, action: Callable[[JetStreamContext], Awaitable
 
 def _run_with_nats(url: str, action: Callable[[NatsClient], Awaitable[T]]) -> T:
     """Run `action(nc)` against the NATS at `url`; a one-line error (exit 2) when unreachable."""
+    from contracts.kit.settings import NatsUrlInvalid, nats_servers
     from portal.up import redact_url
 
     options = _nats_options()
+    try:
+        servers = nats_servers(url)
+    except NatsUrlInvalid as exc:
+        fail(str(exc), 2)
 
     async def run() -> T:
         import nats
@@ -192,21 +197,28 @@ def _run_with_nats(url: str, action: Callable[[NatsClient], Awaitable[T]]) -> T:
         from contracts.kit.permissions import permission_refusal
 
         first_error: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+        unreachable = 0
 
         async def on_error(exc: Exception) -> None:
+            nonlocal unreachable
             refusal = permission_refusal(exc)
             if refusal is not None:
                 # The operator's user lacks this: say which subject, since the command would
                 # otherwise only time out.
                 typer.echo(f"portal: NATS refused the operator user: {refusal}", err=True)
+            elif isinstance(exc, OSError | asyncio.TimeoutError):
+                # One server of a cluster away: nats-py tries the next; give up once each was tried.
+                unreachable += 1
+                if unreachable < len(servers):
+                    return
             if not first_error.done():
                 first_error.set_result(exc)
 
         # nats-py keeps retrying a refused first connection even with reconnects off: give up
-        # on the first error instead, as an operator's command should.
+        # once every server failed (or one refused the user) instead, as an operator's command should.
         connecting = asyncio.ensure_future(
             nats.connect(
-                url,
+                servers,
                 connect_timeout=2,
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
@@ -215,7 +227,7 @@ def _run_with_nats(url: str, action: Callable[[NatsClient], Awaitable[T]]) -> T:
             )
         )
         racing: set[asyncio.Future[Any]] = {connecting, first_error}
-        done, _ = await asyncio.wait(racing, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(racing, timeout=5 + 2 * len(servers), return_when=asyncio.FIRST_COMPLETED)
         if connecting not in done or connecting.exception() is not None:
             connecting.cancel()
             cause = (

@@ -299,7 +299,7 @@ async def _seed(settings: PortalSettings) -> bool:
         pass  # nats-py prints a traceback per error by default
 
     nc = await nats.connect(
-        settings.resolve_nats_url(), error_cb=quiet, connect_timeout=5, **settings.nats_connect_options("operator")
+        settings.resolve_nats_servers(), error_cb=quiet, connect_timeout=5, **settings.nats_connect_options("operator")
     )
     try:
         async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:

@@ -12,7 +12,6 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from portal.console import Console, log_path, start_afresh, tail
 from portal.natsconfig import CONFIG_NAME
@@ -125,6 +124,14 @@ def run_up(*, demo: bool = False, seed_demo: Callable[[PortalSettings], list[str
         problems = "; ".join(f"PORTAL_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         print(f"portal: invalid setting: {problems}", file=sys.stderr, flush=True)
         return 2
+    if settings.nats_url:
+        from contracts.kit.settings import NatsUrlInvalid, nats_servers
+
+        try:
+            nats_servers(settings.nats_url)
+        except NatsUrlInvalid as exc:
+            print(f"portal: invalid setting: {exc}", file=sys.stderr, flush=True)
+            return 2
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = settings.model_copy(update={"data_dir": data_dir})
@@ -364,12 +371,20 @@ def _seed(
 
 
 def redact_url(url: str) -> str:
-    """A URL without its password, fit for the terminal."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    """A URL without its secret, fit for the terminal: the password (`user:***@host`), or a token
+    alone before the `@` (`***@host`, as NATS takes one); each of a comma-separated list of
+    them (PORTAL_NATS_URL naming the servers of a cluster). Read by hand rather than parsed, so
+    that a URL a parser refuses is redacted as well."""
+    if "," in url:
+        return ",".join(redact_url(part.strip()) for part in url.split(","))
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if "@" not in authority:
         return url
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, _, host = authority.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    secretless = f"{user}:***" if colon else "***"
+    return f"{scheme}{sep}{secretless}@{host}{tail}"

@@ -10,7 +10,7 @@ from types import FrameType
 from contracts.kit.heap import freeze_startup_heap
 from contracts.kit.logs import configure_logging, get_logger
 from contracts.kit.ops import OpsPortUnavailable, check_port
-from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound
+from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound, NatsUrlInvalid
 from gateway.settings import GatewaySettings
 
 
@@ -26,7 +26,7 @@ def serve(settings: GatewaySettings | None = None) -> None:
     try:
         settings.resolve_nats_url()
     except NatsNotFound as exc:
-        log.error("nats_not_found", detail=str(exc))
+        log.error("nats_url_invalid" if isinstance(exc, NatsUrlInvalid) else "nats_not_found", detail=str(exc))
         sys.exit(2)
     try:
         settings.nats_connect_options("gateway")

@@ -31,6 +31,7 @@ from faststream.nats import JStream, PullSub
 from nats.aio.msg import Msg
 from nats.js.api import DEFAULT_PREFIX, ConsumerConfig, DeliverPolicy
 from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 from sqlalchemy import String, bindparam, text
 from sqlalchemy import exc as sa_exc
@@ -440,11 +441,26 @@ class EventConsumer:
             ),
         )
 
+    async def _declare_patiently(self, attempts: int = 20) -> None:
+        """`declare`, asked again while a NATS cluster cannot answer yet: the stream just made may
+        still be electing its leader, or a server has just gone (seen taking over 5 s on a busy
+        3-server cluster). As the streams are (`ensure_streams`): retried for about half a
+        minute rather than failing the start-up."""
+        for attempt in range(attempts):
+            try:
+                await self.declare()
+                return
+            except (TimeoutError, ServiceUnavailableError) as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.info("consumer_declare_retry", consumer=self.durable, error=type(exc).__name__)
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+
     async def start(self) -> None:
         """Create (or update) the durable consumer and start pulling from it."""
         if tracing.ENABLED and self.handler is not None and not isinstance(self.handler, _Traced):
             self.handler = _Traced(self.handler, self)
-        await self.declare()
+        await self._declare_patiently()
         self._sub = Puller(self.runtime.broker.connection, self.stream.name, self.durable)
         await self._sub.start()
         self._running = True

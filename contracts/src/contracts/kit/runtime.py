@@ -34,7 +34,7 @@ from contracts.kit.ops import service_ops, service_status
 from contracts.kit.outbox import OutboxRelay, UnitOfWork, unit_of_work
 from contracts.kit.permissions import NatsPermissionRefused, Needs, permission_refusal, runtime_needs
 from contracts.kit.rpc import Handler, Responder
-from contracts.kit.settings import ServiceSettings
+from contracts.kit.settings import ServiceSettings, nats_servers
 from contracts.kit.streams import ensure_streams
 from contracts.rpc import HealthReply, HealthRequest, StatusReply, StatusRequest
 from contracts.rpc import health as rpc_health
@@ -48,6 +48,16 @@ DEFAULT_LOCAL_NATS = "nats://127.0.0.1:4222"
 # outbox's last events (docs/operations.md, "Stopping").
 STOP_GRACE = 4.0
 RELAY_FLUSH = 1.5
+
+
+# Seconds after a reconnect during which a refused reply is the request's, not a fault (below).
+REPLY_LOST_WINDOW = 30.0
+
+
+def _is_reply(refusal: str) -> bool:
+    """Whether NATS refused a publish to a reply subject (`_INBOX.…`; the server writes it lower case)."""
+    words = refusal.lower()
+    return "for publish to" in words and '"_inbox.' in words
 
 
 async def _quiet_error_cb(exc: Exception) -> None:
@@ -92,10 +102,15 @@ class ServiceRuntime:
             except Exception:  # noqa: BLE001 - documents can be generated without NATS
                 url = DEFAULT_LOCAL_NATS
         self.nats_url = url
+        # Every server of the cluster the URL lists: the connection moves to another when one goes.
+        self.nats_servers = nats_servers(url)
         self.db = Database(settings.resolved_database_url(), pool_size=settings.db_pool_size)
         self.on_reconnect: list[Callable[[], None]] = []
 
+        self._reconnected_at = -REPLY_LOST_WINDOW
+
         async def reconnected() -> None:
+            self._reconnected_at = time.monotonic()
             log.info("nats_reconnected", instance=self.instance)
             for callback in self.on_reconnect:
                 callback()
@@ -108,13 +123,20 @@ class ServiceRuntime:
             if refusal is None:
                 await _quiet_error_cb(exc)
                 return
+            if _is_reply(refusal) and time.monotonic() - self._reconnected_at < REPLY_LOST_WINDOW:
+                # A request that came before this replica moved to another server of the
+                # cluster: that server never saw it, so its user may not answer it (NATS allows
+                # a reply only to a request received). Nothing is wrong; the caller's deadline
+                # passes and it asks again.
+                log.warning("nats_reply_lost_on_reconnect", instance=self.instance, detail=refusal)
+                return
             self.refused.append(refusal)
             log.error("nats_permission_refused", instance=self.instance, detail=refusal)
 
         options = self._nats_options = settings.nats_connect_options(self.name)
         inbox = {"inbox_prefix": options["inbox_prefix"]} if "inbox_prefix" in options else {}
         self.broker = NatsBroker(
-            url,
+            self.nats_servers,
             name=self.instance,
             security=broker_security(options),
             **inbox,
@@ -141,7 +163,7 @@ class ServiceRuntime:
         self.responders: list[Responder[Any, Any]] = []
         # Never connected: it only carries the consumers' descriptions into the AsyncAPI
         # document (the consumers pull with their own loop, see contracts.kit.consumer).
-        self._spec_broker = NatsBroker(url)
+        self._spec_broker = NatsBroker(self.nats_servers)
         self.app = FastStream(
             self.broker,
             logger=logging.getLogger(f"portal.{self.name}"),
@@ -313,7 +335,7 @@ class ServiceRuntime:
                 refused.append(refusal)
 
         nc = await nats.connect(
-            self.nats_url,
+            self.nats_servers,
             name=f"{self.instance}-check",
             error_cb=error_cb,
             allow_reconnect=False,

@@ -20,7 +20,7 @@ from contracts.kit.migrations import upgrade
 from contracts.kit.ops import OpsPortUnavailable
 from contracts.kit.permissions import NatsPermissionRefused
 from contracts.kit.runtime import ServiceRuntime
-from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound, ServiceSettings
+from contracts.kit.settings import NatsCredentialsMissing, NatsNotFound, NatsUrlInvalid, ServiceSettings
 
 
 class ServiceDefinition(Protocol):
@@ -94,7 +94,7 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
     try:
         settings.resolve_nats_url()
     except NatsNotFound as exc:
-        log.error("nats_not_found", detail=str(exc))
+        log.error("nats_url_invalid" if isinstance(exc, NatsUrlInvalid) else "nats_not_found", detail=str(exc))
         sys.exit(2)
     try:
         settings.nats_connect_options(service.NAME)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +13,47 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class NatsNotFound(RuntimeError):
     """No NATS URL is configured and no `portal up` has written one."""
+
+
+class NatsUrlInvalid(NatsNotFound):
+    """PORTAL_NATS_URL is not one NATS URL or a comma-separated list of them."""
+
+
+# What nats-py connects with; it refuses to mix the websocket schemes with the others.
+_NATS_SCHEMES = {"nats": "tcp", "tls": "tcp", "ws": "ws", "wss": "ws"}
+
+
+def nats_servers(url: str) -> list[str]:
+    """The servers `url` names: one NATS URL, or several servers of one cluster separated by
+    commas (`nats://a:4222,nats://b:4222,nats://c:4222`), as nats-py takes them (a list).
+
+    nats-py connects to whichever of them answers and moves to another when it goes; given the
+    comma-separated text as one URL it fails ("invalid connect url option"). A bad server is
+    named by its position, never quoted: a URL may hold a password.
+    """
+    servers = [part.strip() for part in url.split(",")]
+    kinds = set()
+    for n, server in enumerate(servers, start=1):
+        where = f"PORTAL_NATS_URL: server {n} of {len(servers)}"
+        if not server:
+            raise NatsUrlInvalid(f"{where} is empty (servers are separated by single commas)")
+        try:
+            parts = urlsplit(server if "://" in server else f"nats://{server}")
+            port = parts.port
+        except ValueError as exc:
+            raise NatsUrlInvalid(f"{where} is not a URL (nats://host:port): {type(exc).__name__}") from None
+        if parts.scheme not in _NATS_SCHEMES:
+            raise NatsUrlInvalid(f"{where} has the scheme {parts.scheme!r}: nats://, tls://, ws:// or wss:// only")
+        if not parts.hostname:
+            raise NatsUrlInvalid(f"{where} names no host (nats://host:port)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or port == 0:
+            raise NatsUrlInvalid(f"{where} is not a server address (nats://host:port, nothing after the port)")
+        kinds.add(_NATS_SCHEMES[parts.scheme])
+    if len(kinds) > 1:
+        raise NatsUrlInvalid(
+            "PORTAL_NATS_URL mixes websocket (ws://, wss://) and other servers: nats-py takes one kind"
+        )
+    return servers
 
 
 class NatsCredentialsMissing(RuntimeError):
@@ -25,7 +67,9 @@ class CommonSettings(BaseSettings):
 
     nats_url: str | None = Field(
         default=None,
-        description="An external NATS with JetStream. Unset: the URL `portal up` wrote to DATA_DIR/nats.url.",
+        description="An external NATS with JetStream: one URL, or the servers of one NATS cluster separated by "
+        "commas (`nats://a:4222,nats://b:4222,nats://c:4222`; a part connects to whichever answers and moves to "
+        "another when it goes). Unset: the URL `portal up` wrote to DATA_DIR/nats.url.",
     )
     data_dir: Path = Field(
         default=Path("./var"), description="Where SQLite files, the embedded NATS and the mail sink keep data."
@@ -75,17 +119,26 @@ class CommonSettings(BaseSettings):
         return self
 
     def resolve_nats_url(self) -> str:
-        """The NATS URL to use: the setting, else the one `portal up` wrote."""
+        """The NATS URL to use (one server, or several comma-separated): the setting, else the one
+        `portal up` wrote. Raises `NatsUrlInvalid` (a `NatsNotFound`) when it is malformed."""
         if self.nats_url:
-            return self.nats_url
-        path = self.data_dir / "nats.url"
-        try:
-            url = path.read_text().strip()
-        except FileNotFoundError:
-            url = ""
-        if not url:
-            raise NatsNotFound(f"No NATS to connect to: set PORTAL_NATS_URL, or start `portal up` (it writes {path}).")
+            url = self.nats_url
+        else:
+            path = self.data_dir / "nats.url"
+            try:
+                url = path.read_text().strip()
+            except FileNotFoundError:
+                url = ""
+            if not url:
+                raise NatsNotFound(
+                    f"No NATS to connect to: set PORTAL_NATS_URL, or start `portal up` (it writes {path})."
+                )
+        nats_servers(url)
         return url
+
+    def resolve_nats_servers(self) -> list[str]:
+        """The NATS servers to connect to, as nats-py and FastStream take them (see `nats_servers`)."""
+        return nats_servers(self.resolve_nats_url())
 
     def nats_tls(self) -> ssl.SSLContext | None:
         """TLS to NATS when a CA or a client certificate is set (else the URL decides: tls:// uses the system's CAs)."""

@@ -25,7 +25,7 @@ from contracts.kit import rpc as rpc_kit
 from contracts.kit.logs import get_logger
 from contracts.kit.permissions import NatsPermissionRefused, permission_refusal
 from contracts.kit.rpc import RpcUnavailable
-from contracts.kit.settings import NatsNotFound
+from contracts.kit.settings import NatsNotFound, NatsUrlInvalid
 from gateway.settings import GatewaySettings
 
 log = get_logger("gateway.nats")
@@ -73,8 +73,10 @@ async def _connect(
 ) -> None:
     while True:
         try:
-            url = settings.resolve_nats_url()
+            servers = settings.resolve_nats_servers()
             break
+        except NatsUrlInvalid:
+            raise  # waiting would not mend it (`serve` refuses it before this)
         except NatsNotFound as exc:
             # `portal up` may not have written DATA_DIR/nats.url yet.
             log.warning("nats_not_found", detail=str(exc))
@@ -111,7 +113,7 @@ async def _connect(
         log.warning("nats_connection_error", error=type(exc).__name__, detail=str(exc)[:200])
 
     await nc.connect(
-        url,
+        servers,
         name="gateway",
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
