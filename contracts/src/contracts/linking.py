@@ -453,6 +453,7 @@ class AuditEntry(Message):
     actor: str
     action: Literal[
         "invitation_sent",
+        "invitation_withdrawn",
         "link_created",
         "link_activated",
         "link_removed",
@@ -890,4 +891,26 @@ EXPORT: Rpc[ParentRequest, ParentExport] = Rpc(
     ParentExport,
     title="parent's export",
     description="`GET /me/export`: every link of a parent, ended ones too, and the audit rows that name them.",
+)
+
+
+# -- running it across a trust (staff at scale) ---------------------------------------------------
+
+E_ALREADY_ACCEPTED = "already_accepted"  # 409: an accepted invitation cannot be withdrawn
+
+
+class WithdrawInvitationRequest(StaffRequest):
+    """`DELETE /invitations/{invitation_id}`: a pending invitation is revoked, its code with it."""
+
+    invitation_id: str = Field(min_length=1, max_length=128)
+
+
+WITHDRAW_INVITATION: Rpc[WithdrawInvitationRequest, Done] = Rpc(
+    "rpc.linking.withdraw_invitation.v1",
+    WithdrawInvitationRequest,
+    Done,
+    title="withdraw invitation",
+    description="`DELETE /invitations/{id}`: a pending invitation becomes revoked and its code stops working at "
+    "once (a revoked or expired one: done already); already_accepted for an accepted one; not_found outside the scope.",
+    errors=(E_NOT_FOUND, E_ALREADY_ACCEPTED),
 )

@@ -186,6 +186,7 @@ RPC_ERRORS: dict[str, RpcErrorMapping] = {
     linking.E_CODE_FULL: RpcErrorMapping(409),
     linking.E_AUP_REQUIRED: RpcErrorMapping(422),
     linking.E_TOO_MANY_INVITATIONS: RpcErrorMapping(409),
+    linking.E_ALREADY_ACCEPTED: RpcErrorMapping(409),
     names.E_INVALID_NAME: RpcErrorMapping(422),
 }
 

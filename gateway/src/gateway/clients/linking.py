@@ -124,10 +124,18 @@ class StaffLinking:
         """Email an invitation to link a pupil."""
         return await self._t.call(linking.INVITE, linking.InviteRequest(**self._who(), pupil_id=pupil_id, email=email))
 
-    async def remove_parent(self, pupil_id: str, parent_id: str) -> None:
-        """That parent loses this pupil."""
+    async def remove_parent(self, pupil_id: str, parent_id: str, reason: str = "") -> None:
+        """That parent loses this pupil (`reason` kept on the audit row)."""
         await self._t.call(
-            linking.REMOVE_PARENT, linking.RemoveParentRequest(**self._who(), pupil_id=pupil_id, parent_id=parent_id)
+            linking.REMOVE_PARENT,
+            linking.RemoveParentRequest(**self._who(), pupil_id=pupil_id, parent_id=parent_id, reason=reason),
+        )
+
+    async def withdraw_invitation(self, invitation_id: str) -> None:
+        """A pending invitation is revoked; its code stops working."""
+        await self._t.call(
+            linking.WITHDRAW_INVITATION,
+            linking.WithdrawInvitationRequest(**self._who(), invitation_id=invitation_id),
         )
 
     async def parent_pupils(self, parent_id: str) -> list[linking.ParentPupilView]:

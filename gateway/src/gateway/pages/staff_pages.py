@@ -293,6 +293,7 @@ async def codes_submit(request: Request, staff: NamedDependency[StaffLinking], c
 
 AUDIT_ACTIONS = {
     "invitation_sent": "Invitation sent",
+    "invitation_withdrawn": "Invitation withdrawn",
     "link_created": "Linked (awaiting email confirmation)",
     "link_activated": "Link active",
     "link_removed": "Access removed",

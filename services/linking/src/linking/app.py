@@ -19,6 +19,7 @@ from linking.context import Limits, LinkingContext
 from linking.export import ParentExports
 from linking.guessing import Guessing
 from linking.handlers import Handlers
+from linking.invitations import Invitations
 from linking.links import Links
 from linking.printed import PrintedCodes
 from linking.retention import LinkingRetention
@@ -159,6 +160,8 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     runtime.serve(contract.LIFT_BAR, h.bars.lift)
     runtime.serve(contract.ALERTS, h.guessing.alerts)
     runtime.serve(contract.EXPORT, ParentExports(h.ctx).export)
+    invitations = Invitations(h.ctx)
+    runtime.serve(contract.WITHDRAW_INVITATION, invitations.withdraw)
 
 
 def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:

@@ -1,0 +1,123 @@
+"""Staff at scale through the gateway ("Running it across a trust" in docs/http-api.md):
+withdrawing invitations, removal reasons, codes only for the pupils who lack one, one pupil's
+card, inviting many parents at once. A real NATS, the real identity and linking services and a
+gateway under uvicorn (the `portal` fixture of conftest.py, one per module: each test uses
+pupils of its own)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from gateway_portal import Portal, assert_error, auth, cards
+from helpers import eventually
+
+from contracts import notify
+
+pytestmark = pytest.mark.asyncio
+
+
+async def delete(portal: Portal, who: str | None, path: str, headers: dict | None = None, **kw) -> httpx.Response:
+    headers = {**auth(portal.tokens.get(who or "")), **(headers or {})}
+    return await portal.http.request("DELETE", f"/api/v1{path}", headers=headers, **kw)
+
+
+async def add_child(portal: Portal, code: str) -> httpx.Response:
+    return await portal.post(
+        "parent", "/me/children", json={"code": code, "relationship": "mother", "accept_aup": True}
+    )
+
+
+class Mailbox:
+    """The invitation emails linking asks notify to send, by address."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def start(self, portal: Portal) -> Mailbox:
+        async def on_request(msg) -> None:
+            self.sent.append(json.loads(msg.data))
+
+        await portal.nc.subscribe(notify.request_subject("invitation"), cb=on_request)
+        await portal.nc.flush()
+        return self
+
+    async def code_for(self, email: str) -> str:
+        found = await eventually(
+            lambda: [m["code"] for m in self.sent if m["to"] == email], timeout=10, message=f"invitation to {email}"
+        )
+        return found[-1]
+
+
+async def invite(portal: Portal, pupil_id: str, email: str) -> str:
+    response = await portal.post("teacher_a", f"/pupils/{pupil_id}/invitations", json={"email": email})
+    assert response.status_code == 201, response.text
+    return response.json()["invitation_id"]
+
+
+async def invitation_statuses(portal: Portal, class_id: str, pupil_id: str) -> dict[str, str]:
+    rows = (await portal.get("teacher_a", f"/classes/{class_id}/pupils")).json()
+    row = next(r for r in rows if r["pupil_id"] == pupil_id)
+    return {i["invitation_id"]: i["status"] for i in row["invitations"]}
+
+
+async def test_withdrawing_an_invitation_stops_its_code_at_once(portal: Portal) -> None:
+    r = portal.roster
+    cara = r.pupils[r.a1]["Cara"]
+    mail = await Mailbox().start(portal)
+    wrong = await invite(portal, cara, "typo@exmaple.org")
+    code = await mail.code_for("typo@exmaple.org")
+
+    # Another trust's admin, a parent and nobody cannot withdraw it; nor is it there for them.
+    assert_error(await delete(portal, "trust2", f"/invitations/{wrong}"), 404, "not_found")
+    assert_error(await delete(portal, "parent", f"/invitations/{wrong}"), 404, "not_found")
+    assert_error(await delete(portal, None, f"/invitations/{wrong}"), 401, "unauthorized")
+    assert_error(await delete(portal, "teacher_a", "/invitations/no-such-invitation"), 404, "not_found")
+    assert (await invitation_statuses(portal, r.a1, cara))[wrong] == "invited"
+
+    assert (await delete(portal, "teacher_a", f"/invitations/{wrong}")).status_code == 204
+    assert (await invitation_statuses(portal, r.a1, cara))[wrong] == "revoked"
+    assert_error(await portal.get("parent", f"/link-codes/{code}"), 404, "invalid_code")
+    assert_error(await add_child(portal, code), 404, "invalid_code")
+    # Twice is harmless.
+    assert (await delete(portal, "trust1", f"/invitations/{wrong}")).status_code == 204
+
+    # An accepted invitation cannot be withdrawn: the parent is linked.
+    email = (await portal.get("parent", "/me")).json()["email"]
+    right = await invite(portal, cara, email)
+    assert (await add_child(portal, await mail.code_for(email))).status_code == 201
+    assert_error(await delete(portal, "teacher_a", f"/invitations/{right}"), 409, "already_accepted")
+    assert (await invitation_statuses(portal, r.a1, cara))[right] == "accepted"
+
+    trail = (await portal.get("admin_a", f"/pupils/{cara}/audit")).json()
+    assert [e["reason"] for e in trail if e["action"] == "invitation_withdrawn"] == [f"invitation {wrong}"]
+
+
+async def test_a_removal_keeps_its_reason_on_the_audit_row(portal: Portal) -> None:
+    r = portal.roster
+    dan = r.pupils[r.a2]["Dan"]
+    assert (await portal.post("teacher_a", f"/classes/{r.a2}/codes")).status_code == 201
+    sheet = (await portal.get("teacher_a", f"/classes/{r.a2}/qr-sheet")).text
+    code = cards(sheet)["Dan Dale"]
+    path = f"/pupils/{dan}/parents/{portal.parent_id}"
+    # Bad bodies change nothing.
+    assert_error(await delete(portal, "teacher_a", path, json={"reason": "x" * 501}), 422, "validation_error")
+    assert_error(await delete(portal, "teacher_a", path, json={"reason": 5}), 422, "validation_error")
+    assert_error(
+        await delete(portal, "teacher_a", path, content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+        "bad_request",
+    )
+    assert (await add_child(portal, code)).status_code == 201
+    removed = await delete(portal, "teacher_a", path, json={"reason": "  Court order received  "})
+    assert removed.status_code == 204, removed.text
+    trail = (await portal.get("admin_a", f"/pupils/{dan}/audit")).json()
+    assert [e["reason"] for e in trail if e["action"] == "link_removed"] == ["Court order received"]
+
+    # Without a body, as before: the default reason.
+    eve = r.pupils[r.a2]["Eve"]
+    assert (await add_child(portal, cards(sheet)["Eve Evans"])).status_code == 201
+    assert (await delete(portal, "teacher_a", f"/pupils/{eve}/parents/{portal.parent_id}")).status_code == 204
+    trail = (await portal.get("admin_a", f"/pupils/{eve}/audit")).json()
+    assert [e["reason"] for e in trail if e["action"] == "link_removed"] == ["removed by staff"]
