@@ -10,10 +10,13 @@ import json
 
 import httpx
 import pytest
-from gateway_portal import Portal, assert_error, auth, cards
+from gateway_portal import Portal, assert_error, auth, cards, uid
 from helpers import eventually
 
-from contracts import notify
+from contracts import linking as contract
+from contracts import notify, platform
+from contracts.base import Event
+from contracts.kit.rpc import call
 
 pytestmark = pytest.mark.asyncio
 
@@ -121,3 +124,98 @@ async def test_a_removal_keeps_its_reason_on_the_audit_row(portal: Portal) -> No
     assert (await delete(portal, "teacher_a", f"/pupils/{eve}/parents/{portal.parent_id}")).status_code == 204
     trail = (await portal.get("admin_a", f"/pupils/{eve}/audit")).json()
     assert [e["reason"] for e in trail if e["action"] == "link_removed"] == ["removed by staff"]
+
+
+async def roster(portal: Portal, *events: tuple[str, Event]) -> None:
+    """Publish roster events and wait until linking applied them."""
+    js = portal.nc.jetstream()
+    for subject, event in events:
+        await js.publish(subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.event_id})
+
+    async def applied() -> bool:
+        status = await call(
+            portal.nc, contract.ROSTER_STATUS, contract.RosterStatusRequest(event_ids=[e.event_id for _, e in events])
+        )
+        return not status.missing
+
+    await eventually(applied, timeout=15, message="roster applied")
+
+
+async def live(portal: Portal, code: str) -> bool:
+    response = await portal.get("parent", f"/link-codes/{code}")
+    assert response.status_code in (200, 404), response.text
+    return response.status_code == 200
+
+
+async def test_codes_only_for_pupils_without_one_and_one_pupils_card(portal: Portal) -> None:
+    r = portal.roster
+    amy, ben = r.pupils[r.a1]["Amy"], r.pupils[r.a1]["Ben"]
+    maths = uid("set")
+    await roster(
+        portal,
+        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=r.school_a, class_id=maths, name="Maths set 1")),
+        *(
+            (
+                platform.PUPIL_UPSERTED,
+                platform.PupilUpserted(
+                    school_id=r.school_a, pupil_id=pid, first_name=first, last_name=last, class_ids=[r.a1, maths]
+                ),
+            )
+            for pid, first, last in ((amy, "Amy", "Adams"), (ben, "Ben", "Brown"))
+        ),
+    )
+    assert (await portal.post("teacher_a", f"/classes/{r.a1}/codes")).status_code == 201
+    printed = cards((await portal.get("teacher_a", f"/classes/{r.a1}/qr-sheet")).text)
+    assert len(printed) == 3
+
+    # The set teacher's "only missing" leaves the registration class's cards working.
+    made = await portal.post("teacher_a", f"/classes/{maths}/codes", json={"only_missing": True})
+    assert made.status_code == 201, made.text
+    assert made.json()["codes"] == []
+    assert [await live(portal, printed[n]) for n in ("Amy Adams", "Ben Brown")] == [True, True]
+
+    # A pupil who joins mid-year: only they get a code.
+    zed = uid("pupil")
+    await roster(
+        portal,
+        (
+            platform.PUPIL_UPSERTED,
+            platform.PupilUpserted(
+                school_id=r.school_a, pupil_id=zed, first_name="Zed", last_name="Zane", class_ids=[r.a1]
+            ),
+        ),
+    )
+    rows = {p["pupil_id"]: p for p in (await portal.get("teacher_a", f"/classes/{r.a1}/pupils")).json()}
+    assert rows[zed]["code_expires_at"] is None and rows[amy]["code_expires_at"]
+    assert_error(await portal.get("teacher_a", f"/pupils/{zed}/qr-sheet"), 404, "no_code")
+    made = await portal.post("teacher_a", f"/classes/{r.a1}/codes", json={"only_missing": True})
+    assert [c["pupil_id"] for c in made.json()["codes"]] == [zed]
+    assert all([await live(portal, c) for c in printed.values()])
+    rows = {p["pupil_id"]: p for p in (await portal.get("teacher_a", f"/classes/{r.a1}/pupils")).json()}
+    assert rows[zed]["code_expires_at"] == made.json()["codes"][0]["expires_at"]
+
+    # Zed's one card, as HTML and PDF; nobody outside the school gets it.
+    page = await portal.get("teacher_a", f"/pupils/{zed}/qr-sheet")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    card = cards(page.text)
+    assert list(card) == ["Zed Zane"]
+    preview = (await portal.get("parent", f"/link-codes/{card['Zed Zane']}")).json()
+    assert preview["first_name"] == "Zed" and preview["class_name"] == "Year 3 Robins"
+    pdf = await portal.get("trust1", f"/pupils/{zed}/qr-sheet", params={"format": "pdf"})
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF") and "attachment" in pdf.headers["content-disposition"]
+    for who in ("trust2", "parent"):
+        assert_error(await portal.get(who, f"/pupils/{zed}/qr-sheet"), 404, "not_found")
+    assert_error(
+        await portal.get("teacher_a", f"/pupils/{zed}/qr-sheet", params={"format": "doc"}), 422, "validation_error"
+    )
+
+    # A bad body changes nothing; without one, every pupil gets a new code.
+    assert_error(
+        await portal.post("teacher_a", f"/classes/{r.a1}/codes", json={"only_missing": "perhaps"}),
+        422,
+        "validation_error",
+    )
+    assert await live(portal, card["Zed Zane"])
+    assert len((await portal.post("teacher_a", f"/classes/{r.a1}/codes")).json()["codes"]) == 4
+    assert not await live(portal, card["Zed Zane"])

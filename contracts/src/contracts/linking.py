@@ -173,6 +173,10 @@ class CreateCodesRequest(StaffRequest):
 
     class_id: str | None = Field(default=None, max_length=128)
     pupil_id: str | None = Field(default=None, max_length=128)
+    only_missing: bool = Field(
+        default=False,
+        description="Only the pupils without a live printed code get one; the others' codes keep working",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> CreateCodesRequest:
@@ -913,4 +917,21 @@ WITHDRAW_INVITATION: Rpc[WithdrawInvitationRequest, Done] = Rpc(
     description="`DELETE /invitations/{id}`: a pending invitation becomes revoked and its code stops working at "
     "once (a revoked or expired one: done already); already_accepted for an accepted one; not_found outside the scope.",
     errors=(E_NOT_FOUND, E_ALREADY_ACCEPTED),
+)
+
+
+class PupilSheetRequest(StaffRequest):
+    """`GET /pupils/{pupil_id}/qr-sheet[?format=pdf]`: the pupil's one cut-out card."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+    format: Literal["html", "pdf"] = "html"
+
+
+PUPIL_SHEET: Rpc[PupilSheetRequest, Document] = Rpc(
+    "rpc.linking.pupil_sheet.v1",
+    PupilSheetRequest,
+    Document,
+    title="pupil QR card",
+    description="`GET /pupils/{id}/qr-sheet[?format=pdf]`: one pupil's cut-out card, as HTML or an A4 PDF (base64).",
+    errors=(E_NOT_FOUND, E_NO_CODE),
 )

@@ -87,9 +87,12 @@ class StaffLinking:
         """A class and its pupils with their parents (ids) and invitations."""
         return await self._t.call(linking.CLASS_PUPILS, linking.ClassPupilsRequest(**self._who(), class_id=class_id))
 
-    async def create_class_codes(self, class_id: str) -> linking.CreateCodesReply:
-        """A new printed code for every pupil of a class."""
-        return await self._t.call(linking.CREATE_CODES, linking.CreateCodesRequest(**self._who(), class_id=class_id))
+    async def create_class_codes(self, class_id: str, *, only_missing: bool = False) -> linking.CreateCodesReply:
+        """A new printed code for every pupil of a class (`only_missing`: for those without one)."""
+        return await self._t.call(
+            linking.CREATE_CODES,
+            linking.CreateCodesRequest(**self._who(), class_id=class_id, only_missing=only_missing),
+        )
 
     async def create_pupil_code(self, pupil_id: str) -> linking.CreateCodesReply:
         """A new printed code for one pupil."""
@@ -99,6 +102,12 @@ class StaffLinking:
         """The class's printable QR sheet."""
         return await self._t.call(
             linking.CLASS_SHEET, linking.ClassSheetRequest(**self._who(), class_id=class_id, format=fmt)
+        )
+
+    async def pupil_sheet(self, pupil_id: str, fmt: Literal["html", "pdf"]) -> linking.Document:
+        """One pupil's printable card."""
+        return await self._t.call(
+            linking.PUPIL_SHEET, linking.PupilSheetRequest(**self._who(), pupil_id=pupil_id, format=fmt)
         )
 
     async def pupil_qr(self, pupil_id: str, fmt: Literal["svg", "png"]) -> linking.Document:

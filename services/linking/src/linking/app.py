@@ -162,6 +162,7 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     runtime.serve(contract.EXPORT, ParentExports(h.ctx).export)
     invitations = Invitations(h.ctx)
     runtime.serve(contract.WITHDRAW_INVITATION, invitations.withdraw)
+    runtime.serve(contract.PUPIL_SHEET, h.printed.pupil_sheet)
 
 
 def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:
