@@ -219,3 +219,52 @@ async def test_codes_only_for_pupils_without_one_and_one_pupils_card(portal: Por
     assert await live(portal, card["Zed Zane"])
     assert len((await portal.post("teacher_a", f"/classes/{r.a1}/codes")).json()["codes"]) == 4
     assert not await live(portal, card["Zed Zane"])
+
+
+async def test_inviting_a_list_skips_bad_rows_and_sends_the_rest(portal: Portal) -> None:
+    r = portal.roster
+    amy, ben = r.pupils[r.a1]["Amy"], r.pupils[r.a1]["Ben"]
+    fay = r.pupils[r.b1]["Fay"]
+    mail = await Mailbox().start(portal)
+    tag = uid("bulk")
+    rows = [
+        {"pupil_id": amy, "email": f"mum.{tag}@example.org"},
+        {"pupil_id": ben, "email": "not-an-address"},
+        {"pupil_id": "no-such-pupil", "email": f"x.{tag}@example.org"},
+        {"pupil_id": fay, "email": f"fay.{tag}@example.org"},
+        {"pupil_id": amy, "email": f" MUM.{tag}@Example.org "},
+        {"pupil_id": ben, "email": f"dad.{tag}@example.org"},
+    ]
+    path = f"/classes/{r.a1}/invitations"
+    for who in ("trust2", "parent"):
+        assert_error(await portal.post(who, path, json={"invitations": rows}), 404, "not_found")
+    assert_error(
+        await portal.post("teacher_a", f"/classes/{r.b1}/invitations", json={"invitations": rows}), 404, "not_found"
+    )
+    assert_error(await portal.post("teacher_a", path, json={}), 422, "validation_error")
+    too_many = [{"pupil_id": amy, "email": f"n{i}.{tag}@example.org"} for i in range(1001)]
+    body = assert_error(await portal.post("teacher_a", path, json={"invitations": too_many}), 413, "payload_too_large")
+    assert "1,001" in body["detail"]
+
+    response = await portal.post("teacher_a", path, json={"invitations": rows})
+    assert response.status_code == 201, response.text
+    assert response.json() == {
+        "sent": 2,
+        "skipped": [
+            {"pupil_id": ben, "email": "not-an-address", "reason": "invalid_email"},
+            {"pupil_id": "no-such-pupil", "email": f"x.{tag}@example.org", "reason": "unknown_pupil"},
+            {"pupil_id": fay, "email": f"fay.{tag}@example.org", "reason": "unknown_pupil"},
+            {"pupil_id": amy, "email": f" MUM.{tag}@Example.org ", "reason": "duplicate"},
+        ],
+    }
+    code = await mail.code_for(f"mum.{tag}@example.org")
+    await mail.code_for(f"dad.{tag}@example.org")
+    assert not any(tag in m["to"] and m["to"].startswith(("n", "x.", "fay.")) for m in mail.sent)
+    assert (await portal.get("parent", f"/link-codes/{code}")).json()["first_name"] == "Amy"
+    statuses = await invitation_statuses(portal, r.a1, amy)
+    assert list(statuses.values()).count("invited") >= 1
+
+    # Sent again: already waiting for an answer, nothing new goes out.
+    again = await portal.post("trust1", path, json={"invitations": rows[:1]})
+    assert again.json() == {"sent": 0, "skipped": [{**rows[0], "reason": "already_invited"}]}
+    assert (await invitation_statuses(portal, r.a1, amy)) == statuses

@@ -935,3 +935,59 @@ PUPIL_SHEET: Rpc[PupilSheetRequest, Document] = Rpc(
     description="`GET /pupils/{id}/qr-sheet[?format=pdf]`: one pupil's cut-out card, as HTML or an A4 PDF (base64).",
     errors=(E_NOT_FOUND, E_NO_CODE),
 )
+
+
+# At most this many rows in one bulk invitation request (the gateway answers 413 beyond it).
+MAX_BULK_INVITATIONS = 1000
+SkipReason = Literal[
+    "invalid_email",
+    "unknown_pupil",
+    "duplicate",
+    "already_invited",
+    "already_linked",
+    "barred",
+    "too_many_invitations",
+]
+
+
+class InvitationRow(Message):
+    """One row of a bulk invitation: a pupil and an address (checked by linking, row by row)."""
+
+    pupil_id: str = Field(max_length=320)
+    email: str = Field(max_length=320)
+
+
+class BulkInviteRequest(StaffRequest):
+    """`POST /classes/{class_id}/invitations`: a list of invitations, or every contact of the
+    class's pupils who have no linked parent (`from_contacts`)."""
+
+    class_id: str = Field(min_length=1, max_length=128)
+    from_contacts: bool = False
+    invitations: list[InvitationRow] = Field(default_factory=list, max_length=MAX_BULK_INVITATIONS)
+
+
+class SkippedInvitation(Message):
+    """A row that was not sent, and why."""
+
+    pupil_id: str
+    email: str
+    reason: SkipReason
+
+
+class BulkInviteReply(Message):
+    """How many invitations were sent; the rows skipped with their reasons, in the order given."""
+
+    sent: int
+    skipped: list[SkippedInvitation] = Field(default_factory=list)
+
+
+BULK_INVITE: Rpc[BulkInviteRequest, BulkInviteReply] = Rpc(
+    "rpc.linking.bulk_invite.v1",
+    BulkInviteRequest,
+    BulkInviteReply,
+    title="bulk invite",
+    description="`POST /classes/{id}/invitations`: up to 1,000 invitations in one transaction (a bad row is "
+    "skipped with its reason, the rest sent), or every roster contact of the class's pupils without a linked "
+    "parent and without a pending invitation to that address; not_found outside the scope.",
+    errors=(E_NOT_FOUND,),
+)

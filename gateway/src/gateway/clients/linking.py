@@ -64,6 +64,9 @@ class LinkingClient:
         return await self._t.call(linking.EXPORT, linking.ParentRequest(parent_id=parent_id))
 
 
+BULK_TIMEOUT = 30.0
+
+
 class StaffLinking:
     """Linking's staff requests for one caller: every one carries their scope and id."""
 
@@ -138,6 +141,17 @@ class StaffLinking:
         await self._t.call(
             linking.REMOVE_PARENT,
             linking.RemoveParentRequest(**self._who(), pupil_id=pupil_id, parent_id=parent_id, reason=reason),
+        )
+
+    async def bulk_invite(
+        self, class_id: str, *, from_contacts: bool, rows: list[linking.InvitationRow]
+    ) -> linking.BulkInviteReply:
+        """Many invitations for a class at once: the rows given, or the class's roster contacts."""
+        return await self._t.call(
+            linking.BULK_INVITE,
+            linking.BulkInviteRequest(**self._who(), class_id=class_id, from_contacts=from_contacts, invitations=rows),
+            # A thousand invitations are one transaction: longer than one request's usual answer.
+            timeout=BULK_TIMEOUT,
         )
 
     async def withdraw_invitation(self, invitation_id: str) -> None:

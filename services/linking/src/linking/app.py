@@ -19,7 +19,7 @@ from linking.context import Limits, LinkingContext
 from linking.export import ParentExports
 from linking.guessing import Guessing
 from linking.handlers import Handlers
-from linking.invitations import Invitations
+from linking.invitations import BulkInvitations, Invitations
 from linking.links import Links
 from linking.printed import PrintedCodes
 from linking.retention import LinkingRetention
@@ -163,6 +163,7 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     invitations = Invitations(h.ctx)
     runtime.serve(contract.WITHDRAW_INVITATION, invitations.withdraw)
     runtime.serve(contract.PUPIL_SHEET, h.printed.pupil_sheet)
+    runtime.serve(contract.BULK_INVITE, BulkInvitations(h.ctx, bars=h.bars).invite_many)
 
 
 def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:
