@@ -268,3 +268,77 @@ async def test_inviting_a_list_skips_bad_rows_and_sends_the_rest(portal: Portal)
     again = await portal.post("trust1", path, json={"invitations": rows[:1]})
     assert again.json() == {"sent": 0, "skipped": [{**rows[0], "reason": "already_invited"}]}
     assert (await invitation_statuses(portal, r.a1, amy)) == statuses
+
+
+def pupil(school_id: str, pupil_id: str, name: str, class_ids: list[str], contacts: list[tuple[str, str]] | None):
+    first, last = name.split()
+    return (
+        platform.PUPIL_UPSERTED,
+        platform.PupilUpserted(
+            school_id=school_id,
+            pupil_id=pupil_id,
+            first_name=first,
+            last_name=last,
+            class_ids=class_ids,
+            contacts=None
+            if contacts is None
+            else [platform.RosterContact(email=e, relationship=rel) for e, rel in contacts],
+        ),
+    )
+
+
+async def test_inviting_the_roster_contacts_of_a_class(portal: Portal) -> None:
+    r = portal.roster
+    kites = uid("kites")
+    kim, lee, max_ = uid("pupil"), uid("pupil"), uid("pupil")
+    tag = uid("c")
+    kim_contacts = [(f"kim.mum.{tag}@example.org", "mother"), (f"kim.dad.{tag}@example.org", "father")]
+    lee_contact = f"lee.gran.{tag}@example.org"
+    await roster(
+        portal,
+        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=r.school_a, class_id=kites, name="Year 5 Kites")),
+        pupil(r.school_a, kim, "Kim Kent", [kites], kim_contacts),
+        pupil(r.school_a, lee, "Lee Long", [kites], [(lee_contact, "grandparent")]),
+        pupil(r.school_a, max_, "Max Moss", [kites], []),
+    )
+    # Lee has a linked parent: their contact is not invited.
+    assert (await portal.post("teacher_a", f"/pupils/{lee}/code")).status_code == 201
+    card = cards((await portal.get("teacher_a", f"/pupils/{lee}/qr-sheet")).text)["Lee Long"]
+    assert (await add_child(portal, card)).status_code == 201
+
+    mail = await Mailbox().start(portal)
+    path = f"/classes/{kites}/invitations"
+    assert_error(await portal.post("trust2", path, json={"from_contacts": True}), 404, "not_found")
+    assert_error(
+        await portal.post("teacher_a", path, json={"from_contacts": True, "invitations": []}), 422, "validation_error"
+    )
+    sent = await portal.post("teacher_a", path, json={"from_contacts": True})
+    assert sent.status_code == 201, sent.text
+    assert sent.json() == {
+        "sent": 2,
+        "skipped": [{"pupil_id": lee, "email": lee_contact, "reason": "already_linked"}],
+    }
+    for email, _ in kim_contacts:
+        code = await mail.code_for(email)
+        assert (await portal.get("parent", f"/link-codes/{code}")).json()["first_name"] == "Kim"
+    assert not [m for m in mail.sent if m["to"] == lee_contact]
+
+    # Again: both are waiting for an answer, nobody is emailed twice.
+    again = (await portal.post("teacher_a", path, json={"from_contacts": True})).json()
+    assert again["sent"] == 0
+    assert sorted(s["reason"] for s in again["skipped"]) == ["already_invited", "already_invited", "already_linked"]
+
+    # Kept encrypted: the address nobody was sent is nowhere in linking's database in clear.
+    data_dir = portal.gateway_settings.data_dir.parent / "linking"
+    stored = b"".join(p.read_bytes() for p in data_dir.glob("linking.db*"))
+    assert stored and lee_contact.encode() not in stored
+
+    # A leaver's contacts go with them: back again (a roster saying nothing of contacts), none are left.
+    left = platform.PupilLeft(pupil_id=lee)
+    await roster(portal, (platform.PUPIL_LEFT, left))
+    await roster(portal, pupil(r.school_a, lee, "Lee Long", [kites], None))
+    again = (await portal.post("teacher_a", path, json={"from_contacts": True})).json()
+    assert [s["pupil_id"] for s in again["skipped"]] == [kim, kim]
+    # A roster with the columns but empty cells clears them.
+    await roster(portal, pupil(r.school_a, kim, "Kim Kent", [kites], []))
+    assert (await portal.post("teacher_a", path, json={"from_contacts": True})).json() == {"sent": 0, "skipped": []}

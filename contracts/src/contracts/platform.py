@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
-from contracts.base import Event
+from contracts.base import Event, Message
 from contracts.names import PersonName
 
 Id = str  # platform ids are opaque strings
@@ -53,14 +53,26 @@ class ClassUpserted(Event):
     name: str = Field(min_length=1)
 
 
+class RosterContact(Message):
+    """One of the school's records of who cares for a pupil: an address and how they are related."""
+
+    email: str = Field(min_length=3, max_length=254)
+    relationship: str = Field(default="", max_length=100)
+
+
 class PupilUpserted(Event):
-    """A pupil joined or changed; `class_ids` is the full set of the pupil's classes."""
+    """A pupil joined or changed; `class_ids` is the full set of the pupil's classes.
+
+    `contacts` is the full set of the school's contacts for the pupil (at most 2); absent (null)
+    when the roster says nothing about contacts, which leaves those linking holds as they are.
+    """
 
     school_id: Id = Field(min_length=1)
     pupil_id: Id = Field(min_length=1)
     first_name: PersonName
     last_name: PersonName
     class_ids: list[Id] = Field(default_factory=list)
+    contacts: list[RosterContact] | None = Field(default=None, max_length=2)
 
 
 class PupilLeft(Event):

@@ -20,12 +20,12 @@ from contracts.addresses import looks_like_email, normalise_email
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure
-from linking import codes, redemption
+from linking import codes, contacts, redemption
 from linking.bars import Bars
 from linking.context import LinkingContext
 from linking.links import MAX_PENDING_INVITATIONS
 from linking.scope import class_in_scope, not_found, school_ids
-from linking.tables import INVITATION, Invitation, LinkCode, Pupil, School
+from linking.tables import INVITATION, LINKED, ClassMember, Invitation, Link, LinkCode, Pupil, School
 
 log = get_logger("linking.invitations")
 
@@ -101,7 +101,7 @@ class BulkInvitations:
             s = uow.session
             cls, _ = await class_in_scope(s, req.scope, req.class_id)
             if req.from_contacts:
-                wanted = await self._from_contacts(s, cls.class_id, cls.school_id)
+                wanted = await self._from_contacts(s, cls.class_id, cls.school_id, skipped)
             else:
                 wanted = [_Wanted(r.pupil_id, r.email) for r in req.invitations]
             pupils = await self._pupils(s, cls.school_id, [w.pupil_id for w in wanted])
@@ -186,9 +186,46 @@ class BulkInvitations:
                 out.setdefault(pupil_id, set()).add(key)
         return out
 
-    async def _from_contacts(self, s: AsyncSession, class_id: str, school_id: str) -> list[_Wanted]:
-        """The roster contacts of the class's pupils who have no linked parent."""
-        return []
+    async def _from_contacts(
+        self, s: AsyncSession, class_id: str, school_id: str, skipped: list[contract.SkippedInvitation]
+    ) -> list[_Wanted]:
+        """The roster contacts of the class's pupils who have no linked parent (at this school);
+        those of pupils who have one go to `skipped` as `already_linked`."""
+        pupil_ids = list(
+            (
+                await s.execute(
+                    select(col(Pupil.pupil_id))
+                    .join(ClassMember, col(ClassMember.pupil_id) == col(Pupil.pupil_id))
+                    .where(
+                        col(ClassMember.class_id) == class_id,
+                        col(Pupil.school_id) == school_id,
+                        col(Pupil.left_at).is_(None),
+                    )
+                    .order_by(col(Pupil.last_name), col(Pupil.first_name), col(Pupil.pupil_id))
+                )
+            ).scalars()
+        )
+        linked = set(
+            (
+                await s.execute(
+                    select(col(Link.pupil_id)).where(
+                        col(Link.pupil_id).in_(pupil_ids),
+                        col(Link.school_id) == school_id,
+                        col(Link.status) == LINKED,
+                        col(Link.removed_at).is_(None),
+                    )
+                )
+            ).scalars()
+        )
+        found = await contacts.of_pupils(s, self.ctx.addresses, school_id, pupil_ids)
+        wanted: list[_Wanted] = []
+        for pid in pupil_ids:
+            for email, _ in found.get(pid, []):
+                if pid in linked:
+                    skipped.append(contract.SkippedInvitation(pupil_id=pid, email=email, reason="already_linked"))
+                else:
+                    wanted.append(_Wanted(pid, email))
+        return wanted
 
 
 async def send_invitation(

@@ -329,3 +329,29 @@ class GuessAlert(Base, table=True):
     last_at: datetime = Field(sa_column=_ts())
     failures: int
     threshold: int
+
+
+# -- the school's contacts of a pupil ---------------------------------------------------------------
+
+
+class PupilContact(Base, table=True):
+    """One of the school's records of who cares for a pupil (roster `contact_email_N`), personal
+    data of the school: the address is kept encrypted (bound to the pupil and position) like a
+    bar's, with a keyed hash to match it; erased when the pupil leaves or moves school.
+    """
+
+    __tablename__ = "pupil_contacts"
+    __table_args__ = (
+        UniqueConstraint("pupil_id", "position", name="uq_pupil_contacts_position"),
+        Index("ix_pupil_contacts_school", "school_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    pupil_id: str = Field(max_length=ID)
+    school_id: str = Field(max_length=ID)
+    position: int
+    email_hash: str = Field(max_length=64)
+    email_cipher: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    key_id: str = Field(max_length=16)
+    relationship: str = Field(default="", max_length=100)
+    version_at: datetime = Field(sa_column=_ts())
