@@ -7,10 +7,11 @@ pupils of its own)."""
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from gateway_portal import Portal, assert_error, auth, cards, uid
+from gateway_portal import PASSWORD, Portal, assert_error, auth, cards, uid
 from helpers import eventually
 
 from contracts import linking as contract
@@ -342,3 +343,120 @@ async def test_inviting_the_roster_contacts_of_a_class(portal: Portal) -> None:
     # A roster with the columns but empty cells clears them.
     await roster(portal, pupil(r.school_a, kim, "Kim Kent", [kites], []))
     assert (await portal.post("teacher_a", path, json={"from_contacts": True})).json() == {"sent": 0, "skipped": []}
+
+
+async def registered_with_code(portal: Portal, code: str) -> str:
+    """A parent who registers with a child's code and verifies their address, never signing in."""
+    email = f"{uid('never')}@example.org"
+    urls: list[str] = []
+
+    async def on_request(msg) -> None:
+        body = json.loads(msg.data)
+        if body.get("to") == email:
+            urls.append(body["verify_url"])
+
+    sub = await portal.nc.subscribe(notify.request_subject("verification"), cb=on_request)
+    await portal.nc.flush()
+    body = {
+        "email": email,
+        "password": PASSWORD,
+        "name": "Nev Never",
+        "accept_aup": True,
+        "code": code,
+        "relationship": "father",
+    }
+    assert (await portal.http.post("/api/v1/auth/register", json=body)).status_code == 202
+    await eventually(lambda: urls, timeout=10, message="verification email request")
+    await sub.unsubscribe()
+    token = parse_qs(urlsplit(urls[0]).query)["token"][0]
+    assert (await portal.http.post("/api/v1/auth/verify", json={"token": token})).status_code == 200
+    return email
+
+
+async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(portal: Portal) -> None:
+    r = portal.roster
+    dale, d1 = uid("dale"), uid("d1")
+    ivy, jo = uid("pupil"), uid("pupil")
+    hal = r.pupils[r.c1]["Hal"]
+    await roster(
+        portal,
+        (
+            platform.SCHOOL_UPSERTED,
+            platform.SchoolUpserted(trust_id=r.trust2, school_id=dale, name="Dale School", timezone="Europe/London"),
+        ),
+        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=dale, class_id=d1, name="Dale 1")),
+        pupil(dale, ivy, "Ivy Ivens", [d1], None),
+        pupil(dale, jo, "Jo Jones", [d1], None),
+    )
+    # Hal: the signed-in parent and one who registered with the code and never signed in since.
+    assert (await portal.post("trust2", f"/pupils/{hal}/code")).status_code == 201
+    card = cards((await portal.get("trust2", f"/pupils/{hal}/qr-sheet")).text)["Hal Hill"]
+    assert (await add_child(portal, card)).status_code == 201
+    await registered_with_code(portal, card)
+
+    async def hal_linked_twice() -> bool:
+        rows = (await portal.get("trust2", f"/classes/{r.c1}/pupils")).json()
+        return sum(p["status"] == "linked" for p in rows[0]["parents"]) == 2
+
+    await eventually(hal_linked_twice, timeout=10, message="the registration's link activated")
+    # Ivy: one invitation waiting, one bounced.
+    waiting = await portal.post("trust2", f"/pupils/{ivy}/invitations", json={"email": f"{uid('w')}@example.org"})
+    bounced = await portal.post("trust2", f"/pupils/{ivy}/invitations", json={"email": f"{uid('b')}@example.org"})
+    assert waiting.status_code == bounced.status_code == 201
+    failed = notify.EmailFailed(
+        request_id="r",
+        kind="invitation",
+        reference=f"invitation:{bounced.json()['invitation_id']}",
+        attempts=1,
+        reason="rejected",
+        smtp_code=550,
+    )
+    await portal.nc.jetstream().publish(notify.EMAIL_FAILED, failed.model_dump_json().encode())
+
+    async def trust_figures() -> dict | None:
+        got = (await portal.get("trust2", "/uptake")).json()
+        return got if got["invitations_bounced"] == 1 else None
+
+    trust = await eventually(trust_figures, timeout=10, message="the bounce applied")
+    counts = {
+        "pupils": 3,
+        "pupils_with_linked_parent": 1,
+        "invitations_pending": 1,
+        "invitations_bounced": 1,
+        "parents_linked": 2,
+        "parents_active_30d": 1,
+        "parents_never_signed_in": 1,
+    }
+    cedar = dict(counts) | {"pupils": 1, "invitations_pending": 0, "invitations_bounced": 0}
+    dale_counts = dict.fromkeys(counts, 0) | {"pupils": 2, "invitations_pending": 1, "invitations_bounced": 1}
+    assert trust == {
+        "scope": "trust",
+        **counts,
+        "rows": [
+            {"school_id": r.school_c, "name": "Cedar Academy", **cedar},
+            {"school_id": dale, "name": "Dale School", **dale_counts},
+        ],
+    }
+    school = (await portal.get("trust2", "/uptake", params={"school_id": dale})).json()
+    assert school == {"scope": "school", **dale_counts, "rows": [{"class_id": d1, "name": "Dale 1", **dale_counts}]}
+    one = (await portal.get("trust2", "/uptake", params={"class_id": r.c1})).json()
+    assert one == {"scope": "class", **cedar, "rows": []}
+
+    sheet = await portal.get("trust2", "/uptake", params={"format": "csv"})
+    assert sheet.status_code == 200 and sheet.headers["content-type"].startswith("text/csv")
+    lines = sheet.text.splitlines()
+    assert lines[0] == "school_id,name," + ",".join(counts)
+    assert lines[1] == f"{r.school_c},Cedar Academy," + ",".join(str(v) for v in cedar.values())
+    assert lines[-1] == ",Total," + ",".join(str(v) for v in counts.values())
+
+    # Outside the scope, or asked badly: nothing.
+    assert_error(await portal.get("trust1", "/uptake", params={"school_id": dale}), 404, "not_found")
+    assert_error(await portal.get("teacher_a", "/uptake", params={"class_id": r.c1}), 404, "not_found")
+    assert_error(await portal.get("parent", "/uptake"), 404, "not_found")
+    assert_error(await portal.get("trust2", "/uptake", params={"format": "xls"}), 422, "validation_error")
+    assert_error(
+        await portal.get("trust2", "/uptake", params={"school_id": dale, "class_id": d1}), 422, "validation_error"
+    )
+    # A teacher: their school, a row per class.
+    mine = (await portal.get("teacher_a", "/uptake")).json()
+    assert mine["scope"] == "school" and {row["class_id"] for row in mine["rows"]} >= {r.a1, r.a2}

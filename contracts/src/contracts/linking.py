@@ -991,3 +991,46 @@ BULK_INVITE: Rpc[BulkInviteRequest, BulkInviteReply] = Rpc(
     "parent and without a pending invitation to that address; not_found outside the scope.",
     errors=(E_NOT_FOUND,),
 )
+
+
+class UptakeRequest(StaffRequest):
+    """`GET /uptake[?school_id=…|?class_id=…]`: default, the caller's whole scope."""
+
+    school_id: str | None = Field(default=None, max_length=128)
+    class_id: str | None = Field(default=None, max_length=128)
+
+
+class UptakeCounts(Message):
+    """Linking's uptake figures of a scope or a row (identity adds whether parents sign in)."""
+
+    pupils: int = 0
+    pupils_with_linked_parent: int = 0
+    invitations_pending: int = 0
+    invitations_bounced: int = 0
+    parents_linked: int = 0
+    parent_ids: list[str] = Field(default_factory=list, description="The linked parents (for identity's figures)")
+
+
+class UptakeRow(UptakeCounts):
+    """A school (trust scope) or class (school scope)."""
+
+    id: str
+    name: str
+
+
+class UptakeReply(UptakeCounts):
+    """The scope's figures and a row per school or class."""
+
+    scope: Literal["trust", "school", "class"]
+    rows: list[UptakeRow] = Field(default_factory=list)
+
+
+UPTAKE: Rpc[UptakeRequest, UptakeReply] = Rpc(
+    "rpc.linking.uptake.v1",
+    UptakeRequest,
+    UptakeReply,
+    title="uptake",
+    description="`GET /uptake`: pupils, pupils with a linked parent, pending and bounced invitations and linked "
+    "parents (ids) of a trust's schools, a school's classes or a class; not_found outside the scope.",
+    errors=(E_NOT_FOUND,),
+)

@@ -7,16 +7,20 @@ it is 404 `not_found`, the same as an id that does not exist.
 
 from __future__ import annotations
 
-from litestar import delete, post
+from typing import Any, Literal
+
+from litestar import MediaType, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.params import FromPath, FromQuery, JSONBody
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts import linking as contract
+from gateway import uptake as figures
 from gateway.auth import SECURITY, staff_only
-from gateway.clients import StaffLinking
+from gateway.clients import Clients, StaffLinking
 from gateway.errors import ApiError, checked_id
-from gateway.openapi import error_responses
+from gateway.openapi import TEXT, content_types, error_responses
 
 TAGS = ["staff"]
 STAFF = [staff_only]
@@ -113,4 +117,67 @@ async def invite_class_parents(
     return BulkInviteResult(sent=reply.sent, skipped=reply.skipped)
 
 
-ROUTES = [withdraw_invitation, invite_class_parents]
+CSV = "text/csv"
+_COUNT = Schema(type=OpenAPIType.INTEGER, minimum=0)
+UPTAKE_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["scope", *figures.COUNTS, "rows"],
+    properties={
+        "scope": Schema(type=OpenAPIType.STRING, enum=["trust", "school", "class"]),
+        **dict.fromkeys(figures.COUNTS, _COUNT),
+        "rows": Schema(
+            type=OpenAPIType.ARRAY,
+            description="A school (`school_id`, trust scope) or class (`class_id`, school scope): `name` and the counts",
+            items=Schema(type=OpenAPIType.OBJECT, properties={"name": Schema(type=OpenAPIType.STRING)}),
+        ),
+    },
+)
+
+
+def csv_response(text: str, filename: str) -> Response[bytes]:
+    """A CSV download (`text/csv`, first line the columns), never kept by a browser or proxy."""
+    return Response(
+        content=text.encode(),
+        media_type=f"{CSV}; charset=utf-8",
+        headers={"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _optional_id(value: str | None) -> str | None:
+    return None if value is None else checked_id(value)
+
+
+@get(
+    "/uptake",
+    summary="Uptake figures",
+    operation_id="get_uptake",
+    description="Pupils, pupils with a linked parent, pending and bounced invitations, linked parents, those seen "
+    f"in the last {figures.ACTIVE_DAYS} days and those who never signed in: of the caller's whole scope (a trust "
+    "admin's trust, with a row per school; a school's staff, their school with a row per class), or of "
+    "`?school_id=` (a row per class) or `?class_id=`. `?format=csv` answers the rows and a total line as "
+    "`text/csv`, the first line naming the columns. Outside the scope: 404.",
+    operation_class=content_types(200, {MediaType.JSON.value: UPTAKE_SCHEMA, CSV: TEXT}),
+    responses=error_responses(401, 404, 422, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def get_uptake(
+    clients: NamedDependency[Clients],
+    staff: NamedDependency[StaffLinking],
+    school_id: FromQuery[str | None] = None,
+    class_id: FromQuery[str | None] = None,
+    format: FromQuery[Literal["json", "csv"]] = "json",  # noqa: A002 - the query parameter's name
+) -> Response[Any]:
+    """`{scope, pupils, …, rows: [...]}`, or the same as CSV."""
+    if school_id is not None and class_id is not None:
+        raise ApiError(422, "validation_error", "Give school_id or class_id, not both.", extra={"errors": []})
+    found = await figures.uptake(
+        clients.identity, staff, school_id=_optional_id(school_id), class_id=_optional_id(class_id)
+    )
+    if format == "csv":
+        return csv_response(figures.as_csv(found), "uptake.csv")
+    return Response(content=found, media_type=MediaType.JSON, headers={"Cache-Control": "no-store"})
+
+
+ROUTES = [withdraw_invitation, invite_class_parents, get_uptake]

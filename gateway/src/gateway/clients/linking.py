@@ -154,6 +154,12 @@ class StaffLinking:
             timeout=BULK_TIMEOUT,
         )
 
+    async def uptake(self, *, school_id: str | None, class_id: str | None) -> linking.UptakeReply:
+        """Uptake figures of the caller's scope, a school of it or a class."""
+        return await self._t.call(
+            linking.UPTAKE, linking.UptakeRequest(**self._who(), school_id=school_id, class_id=class_id)
+        )
+
     async def withdraw_invitation(self, invitation_id: str) -> None:
         """A pending invitation is revoked; its code stops working."""
         await self._t.call(

@@ -24,6 +24,7 @@ from linking.links import Links
 from linking.printed import PrintedCodes
 from linking.retention import LinkingRetention
 from linking.schools import Schools
+from linking.uptake import Uptake
 
 NAME = "linking"
 MIGRATIONS = "linking:migrations"
@@ -163,6 +164,7 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     invitations = Invitations(h.ctx)
     runtime.serve(contract.WITHDRAW_INVITATION, invitations.withdraw)
     runtime.serve(contract.PUPIL_SHEET, h.printed.pupil_sheet)
+    runtime.serve(contract.UPTAKE, Uptake(h.ctx).uptake)
     runtime.serve(contract.BULK_INVITE, BulkInvitations(h.ctx, bars=h.bars).invite_many)
 
 
