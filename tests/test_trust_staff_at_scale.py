@@ -7,6 +7,7 @@ pupils of its own)."""
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -460,3 +461,75 @@ async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(portal: Po
     # A teacher: their school, a row per class.
     mine = (await portal.get("teacher_a", "/uptake")).json()
     assert mine["scope"] == "school" and {row["class_id"] for row in mine["rows"]} >= {r.a1, r.a2}
+
+
+def next_page(response: httpx.Response) -> str | None:
+    """The path and query of the `Link: <…>; rel="next"` header, if any."""
+    link = response.headers.get("link")
+    if link is None:
+        return None
+    target, rel = link.split(";", 1)
+    assert rel.strip() == 'rel="next"', link
+    return target.strip().removeprefix("<").removesuffix(">").removeprefix("/api/v1")
+
+
+async def test_classes_by_school_name_and_page(portal: Portal) -> None:
+    r = portal.roster
+    everything = (await portal.get("trust1", "/classes")).json()
+    assert len(everything) >= 5 and "link" not in (await portal.get("trust1", "/classes")).headers
+    pages, path = [], "/classes?limit=2"
+    while path:
+        response = await portal.get("trust1", path)
+        assert response.status_code == 200, response.text
+        assert len(response.json()) <= 2
+        pages.append(response.json())
+        path = next_page(response)
+    assert [c for page in pages for c in page] == everything and len(pages) == (len(everything) + 1) // 2
+
+    robins = (await portal.get("trust1", "/classes", params={"q": "rOB"})).json()
+    assert [c["class_id"] for c in robins] == [r.a1]
+    assert (await portal.get("trust1", "/classes", params={"q": "%"})).json() == []
+    birch = (await portal.get("trust1", "/classes", params={"school_id": r.school_b})).json()
+    assert [c["class_id"] for c in birch] == [r.b1]
+    assert (await portal.get("trust1", "/classes", params={"school_id": r.school_c})).json() == []
+    for params in ({"limit": 0}, {"limit": 501}, {"cursor": "abc"}, {"q": "x" * 201}):
+        assert_error(await portal.get("trust1", "/classes", params=params), 422, "validation_error")
+
+
+async def test_a_schools_audit_between_dates_by_page_and_as_csv(portal: Portal) -> None:
+    r = portal.roster
+    path = f"/schools/{r.school_a}/audit"
+    everything = await portal.get("admin_a", path, params={"limit": 500})
+    assert everything.status_code == 200, everything.text
+    rows = everything.json()
+    assert len(rows) > 3 and all(row["pupil_id"] for row in rows)
+    assert {"invitation_withdrawn", "link_removed", "code_regenerated"} <= {row["action"] for row in rows}
+    assert [row["at"] for row in rows] == sorted(row["at"] for row in rows)
+    assert (await portal.get("trust1", path, params={"limit": 500})).json() == rows
+    for who in ("teacher_a", "trust2", "parent"):
+        assert_error(await portal.get(who, path), 404, "not_found")
+
+    today = rows[0]["at"][:10]
+    tomorrow = (date.fromisoformat(today) + timedelta(days=1)).isoformat()
+    yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
+    assert (await portal.get("admin_a", path, params={"from": tomorrow})).json() == []
+    assert (await portal.get("admin_a", path, params={"to": yesterday})).json() == []
+    assert (await portal.get("admin_a", path, params={"from": today, "to": today, "limit": 500})).json() == rows
+    middle = rows[len(rows) // 2]["at"]
+    later = (await portal.get("admin_a", path, params={"from": middle, "limit": 500})).json()
+    assert later == [row for row in rows if row["at"] >= middle]
+
+    paged, next_path = [], f"{path}?limit=2&from={today}"
+    while next_path:
+        response = await portal.get("admin_a", next_path)
+        paged.extend(response.json())
+        next_path = next_page(response)
+    assert paged == rows
+
+    sheet = await portal.get("admin_a", path, params={"format": "csv"})
+    assert sheet.status_code == 200 and sheet.headers["content-type"].startswith("text/csv")
+    lines = sheet.text.splitlines()
+    assert lines[0] == "at,pupil_id,actor,action,parent_id,reason" and len(lines) == len(rows) + 1
+
+    for params in ({"from": "yesterday"}, {"from": tomorrow, "to": yesterday}, {"format": "pdf"}):
+        assert_error(await portal.get("admin_a", path, params=params), 422, "validation_error")

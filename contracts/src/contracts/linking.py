@@ -96,7 +96,13 @@ class SchoolsReply(Message):
 
 
 class ClassesRequest(StaffRequest):
-    """`GET /classes`: every class of the scope's schools."""
+    """`GET /classes`: every class of the scope's schools (`school_id`: one of them; `q`: whose
+    name holds it), a page of `limit` from `offset` when `limit` is given."""
+
+    school_id: str | None = Field(default=None, max_length=128)
+    q: str | None = Field(default=None, max_length=200)
+    limit: int | None = Field(default=None, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
 
 
 class ClassSummary(Message):
@@ -114,6 +120,7 @@ class ClassesReply(Message):
     """`GET /classes` answers `classes` as its array, by school then class name."""
 
     classes: list[ClassSummary]
+    next_offset: int | None = Field(default=None, description="Where the next page starts; null on the last")
 
 
 class ClassPupilsRequest(StaffRequest):
@@ -1032,5 +1039,40 @@ UPTAKE: Rpc[UptakeRequest, UptakeReply] = Rpc(
     title="uptake",
     description="`GET /uptake`: pupils, pupils with a linked parent, pending and bounced invitations and linked "
     "parents (ids) of a trust's schools, a school's classes or a class; not_found outside the scope.",
+    errors=(E_NOT_FOUND,),
+)
+
+
+class SchoolAuditRequest(StaffRequest):
+    """`GET /schools/{school_id}/audit`: the school's audit rows from `from_at` (inclusive) to
+    `to_at` (exclusive), oldest first, a page of `limit` after the row `after_id`."""
+
+    school_id: str = Field(min_length=1, max_length=128)
+    from_at: AwareDatetime | None = None
+    to_at: AwareDatetime | None = None
+    after_id: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class SchoolAuditEntry(AuditEntry):
+    """An audit row with its pupil."""
+
+    pupil_id: str
+    id: int
+
+
+class SchoolAuditReply(Message):
+    """A page of the school's audit rows; `next_after` is where the next page starts (null: the last)."""
+
+    entries: list[SchoolAuditEntry]
+    next_after: int | None = None
+
+
+SCHOOL_AUDIT: Rpc[SchoolAuditRequest, SchoolAuditReply] = Rpc(
+    "rpc.linking.school_audit.v1",
+    SchoolAuditRequest,
+    SchoolAuditReply,
+    title="school audit",
+    description="`GET /schools/{id}/audit`: a page of the school's audit rows between two times; not_found outside the scope.",
     errors=(E_NOT_FOUND,),
 )

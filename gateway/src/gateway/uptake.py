@@ -50,7 +50,7 @@ async def uptake(
     }
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
     # A name a spreadsheet would read as a formula is written as text.
     text = str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -63,6 +63,6 @@ def as_csv(figures: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([key, "name", *COUNTS])
     for row in figures["rows"]:
-        writer.writerow([_cell(row[key]), _cell(row["name"]), *(row[c] for c in COUNTS)])
+        writer.writerow([cell(row[key]), cell(row["name"]), *(row[c] for c in COUNTS)])
     writer.writerow(["", "Total", *(figures[c] for c in COUNTS)])
     return out.getvalue()

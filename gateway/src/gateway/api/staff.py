@@ -24,11 +24,11 @@ from pydantic import BaseModel, ConfigDict
 from contracts import identity
 from contracts import linking as contract
 from contracts.identity import Principal
-from gateway import flows
+from gateway import flows, paging
 from gateway.auth import SECURITY, admins_only, staff_only
 from gateway.caches.sessions import get_auth
 from gateway.clients import Clients, StaffLinking
-from gateway.errors import checked_id, not_found
+from gateway.errors import ApiError, checked_id, not_found
 from gateway.models import CreatedCodes, NewCode, PupilRow
 from gateway.openapi import BINARY, TEXT, content_types, error_responses
 
@@ -103,14 +103,33 @@ class CodesBody(BaseModel):
     "/classes",
     summary="The caller's classes",
     operation_id="list_classes",
-    responses=error_responses(401, 404, 503),
+    description="`school_id` narrows to one school of the caller's, `q` to the classes whose name holds it (any "
+    "case). `limit` (default 100, at most 500) and `cursor`: the next page's address is in the `Link` header "
+    '(`rel="next"`, RFC 8288); none after the last page.',
+    responses=error_responses(401, 404, 422, 503),
     guards=STAFF,
     tags=TAGS,
     security=SECURITY,
 )
-async def list_classes(staff: NamedDependency[StaffLinking]) -> list[contract.ClassSummary]:
-    """Every class of the caller's school (a trust admin: the trust's schools) with its pupil counts."""
-    return await staff.classes()
+async def list_classes(
+    request: Request,
+    staff: NamedDependency[StaffLinking],
+    school_id: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
+    limit: FromQuery[int | None] = None,
+    cursor: FromQuery[str | None] = None,
+) -> Response[list[contract.ClassSummary]]:
+    """Every class of the caller's school (a trust admin: the trust's schools) with its pupil
+    counts, by school then class name, a page at a time (`Link: <…>; rel="next"`)."""
+    if q is not None and len(q) > 200:
+        raise ApiError(422, "validation_error", "q: at most 200 characters.", extra={"errors": []})
+    reply = await staff.classes_page(
+        school_id=None if school_id is None else checked_id(school_id),
+        q=q.strip() if q and q.strip() else None,
+        limit=paging.limit_of(limit),
+        offset=paging.position_of(cursor),
+    )
+    return Response(content=reply.classes, headers=paging.next_link(request, reply.next_offset))
 
 
 @get(

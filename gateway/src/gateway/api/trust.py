@@ -7,23 +7,28 @@ it is 404 `not_found`, the same as an id that does not exist.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import csv
+import io
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Literal
 
-from litestar import MediaType, Response, delete, get, post
+from litestar import MediaType, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIType, Schema
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts import linking as contract
+from gateway import paging
 from gateway import uptake as figures
-from gateway.auth import SECURITY, staff_only
+from gateway.auth import SECURITY, admins_only, staff_only
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import ApiError, checked_id
 from gateway.openapi import TEXT, content_types, error_responses
 
 TAGS = ["staff"]
 STAFF = [staff_only]
+ADMINS = [admins_only]
 
 
 @delete(
@@ -180,4 +185,100 @@ async def get_uptake(
     return Response(content=found, media_type=MediaType.JSON, headers={"Cache-Control": "no-store"})
 
 
-ROUTES = [withdraw_invitation, invite_class_parents, get_uptake]
+def _when(field: str, value: str | None, *, end: bool) -> datetime | None:
+    """A date (the whole day: `to` ends after it) or an ISO 8601 time (UTC unless it says)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = datetime.combine(date.fromisoformat(text), time(), tzinfo=UTC)
+            return day + timedelta(days=1) if end else day
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"Some fields are missing or invalid: {field}: a date (2026-12-01) or a time (2026-12-01T09:00:00Z).",
+            extra={"errors": [{"field": field, "message": "a date or an ISO 8601 time"}]},
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+AUDIT_COLUMNS = ("at", "pupil_id", "actor", "action", "parent_id", "reason")
+CSV_MAX_ROWS = 50_000
+
+
+def _audit_row(e: contract.SchoolAuditEntry) -> dict[str, Any]:
+    return {
+        "at": e.at.isoformat(),
+        "pupil_id": e.pupil_id,
+        "actor": e.actor,
+        "action": e.action,
+        "parent_id": e.parent_id,
+        "reason": e.reason,
+    }
+
+
+@get(
+    "/schools/{school_id:str}/audit",
+    summary="A school's audit trail",
+    operation_id="get_school_audit",
+    description="Every audit row of the school's pupils (as `GET /pupils/{id}/audit`, with `pupil_id`), oldest "
+    "first; `from` and `to` are dates (the whole day) or ISO 8601 times, `from` inclusive, `to` exclusive for a "
+    "time and inclusive for a date. `limit` (default 100, at most 500) and `cursor`: the next page's address is "
+    'in the `Link` header (`rel="next"`). `?format=csv` answers up to 50,000 rows as `text/csv` (the first '
+    "line naming the columns; a `Link` header when more remain). School admins of the school and trust admins "
+    "of its trust; anyone else: 404.",
+    operation_class=content_types(
+        200,
+        {
+            MediaType.JSON.value: Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.OBJECT)),
+            CSV: TEXT,
+        },
+    ),
+    responses=error_responses(401, 404, 422, 503),
+    guards=ADMINS,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def school_audit(
+    request: Request,
+    staff: NamedDependency[StaffLinking],
+    school_id: FromPath[str],
+    from_: Annotated[str | None, Parameter(query="from")] = None,
+    to: FromQuery[str | None] = None,
+    limit: FromQuery[int | None] = None,
+    cursor: FromQuery[str | None] = None,
+    format: FromQuery[Literal["json", "csv"]] = "json",  # noqa: A002 - the query parameter's name
+) -> Response[Any]:
+    """A page of `[{at, pupil_id, actor, action, parent_id, reason}]`, or CSV."""
+    start, end = _when("from", from_, end=False), _when("to", to, end=True)
+    if start and end and start >= end:
+        raise ApiError(422, "validation_error", "from must come before to.", extra={"errors": []})
+    after = paging.position_of(cursor)
+    sid = checked_id(school_id)
+    if format == "csv":
+        rows: list[dict[str, Any]] = []
+        next_after: int | None = after
+        while next_after is not None and len(rows) < CSV_MAX_ROWS:
+            page = await staff.school_audit(sid, from_at=start, to_at=end, after_id=next_after, limit=paging.MAX_LIMIT)
+            rows.extend(_audit_row(e) for e in page.entries)
+            next_after = page.next_after
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(AUDIT_COLUMNS)
+        for row in rows:
+            writer.writerow([figures.cell(row[c] or "") for c in AUDIT_COLUMNS])
+        response = csv_response(out.getvalue(), "audit.csv")
+        response.headers.update(paging.next_link(request, next_after))
+        return response
+    page = await staff.school_audit(sid, from_at=start, to_at=end, after_id=after, limit=paging.limit_of(limit))
+    return Response(
+        content=[_audit_row(e) for e in page.entries],
+        media_type=MediaType.JSON,
+        headers={"Cache-Control": "no-store", **paging.next_link(request, page.next_after)},
+    )
+
+
+ROUTES = [withdraw_invitation, invite_class_parents, get_uptake, school_audit]

@@ -7,6 +7,7 @@ so that no request can be sent for a member of staff without them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from contracts import linking
@@ -85,6 +86,26 @@ class StaffLinking:
     async def classes(self) -> list[linking.ClassSummary]:
         """Every class of the caller's schools."""
         return (await self._t.call(linking.CLASSES, linking.ClassesRequest(**self._who()))).classes
+
+    async def classes_page(
+        self, *, school_id: str | None, q: str | None, limit: int, offset: int
+    ) -> linking.ClassesReply:
+        """A page of the caller's classes, maybe of one school, maybe by a part of their name."""
+        return await self._t.call(
+            linking.CLASSES,
+            linking.ClassesRequest(**self._who(), school_id=school_id, q=q, limit=limit, offset=offset),
+        )
+
+    async def school_audit(
+        self, school_id: str, *, from_at: datetime | None, to_at: datetime | None, after_id: int, limit: int
+    ) -> linking.SchoolAuditReply:
+        """A page of a school's audit rows."""
+        return await self._t.call(
+            linking.SCHOOL_AUDIT,
+            linking.SchoolAuditRequest(
+                **self._who(), school_id=school_id, from_at=from_at, to_at=to_at, after_id=after_id, limit=limit
+            ),
+        )
 
     async def class_pupils(self, class_id: str) -> linking.ClassPupilsReply:
         """A class and its pupils with their parents (ids) and invitations."""

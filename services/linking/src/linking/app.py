@@ -14,6 +14,7 @@ from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field, normalise_database_url
 from linking import __version__, codes, roster
+from linking.audit_export import SchoolAudit
 from linking.bars import Bars
 from linking.context import Limits, LinkingContext
 from linking.export import ParentExports
@@ -165,6 +166,7 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     runtime.serve(contract.WITHDRAW_INVITATION, invitations.withdraw)
     runtime.serve(contract.PUPIL_SHEET, h.printed.pupil_sheet)
     runtime.serve(contract.UPTAKE, Uptake(h.ctx).uptake)
+    runtime.serve(contract.SCHOOL_AUDIT, SchoolAudit(h.ctx).page)
     runtime.serve(contract.BULK_INVITE, BulkInvitations(h.ctx, bars=h.bars).invite_many)
 
 

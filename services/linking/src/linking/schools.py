@@ -65,10 +65,15 @@ class Schools:
                     select(SchoolClass, col(School.name), func.coalesce(counts.c.n, 0))
                     .outerjoin(School, col(School.school_id) == col(SchoolClass.school_id))
                     .outerjoin(counts, counts.c.class_id == col(SchoolClass.class_id))
-                    .where(col(SchoolClass.school_id).in_(allowed))
+                    .where(*_class_filters(allowed, req))
                     .order_by(col(School.name), col(SchoolClass.name), col(SchoolClass.class_id))
+                    .offset(req.offset)
+                    .limit(req.limit + 1 if req.limit else None)
                 )
             ).all()
+            next_offset = None
+            if req.limit and len(rows) > req.limit:
+                rows, next_offset = rows[: req.limit], req.offset + req.limit
             linked = await self.links.linked_counts(s, [c.class_id for c, _, _ in rows])
             return contract.ClassesReply(
                 classes=[
@@ -81,7 +86,8 @@ class Schools:
                         linked_pupil_count=linked.get(c.class_id, 0),
                     )
                     for c, school_name, n in rows
-                ]
+                ],
+                next_offset=next_offset,
             )
 
     async def class_pupils(self, req: contract.ClassPupilsRequest) -> contract.ClassPupilsReply:
@@ -214,3 +220,15 @@ class Schools:
                     ).scalars()
                 )
         return contract.RosterStatusReply(applied=len(done), missing=[e for e in wanted if e not in done])
+
+
+def _class_filters(allowed: set[str], req: contract.ClassesRequest) -> list[Any]:
+    """Which classes `GET /classes` lists: the scope's, maybe one school's, maybe by name."""
+    where: list[Any] = [col(SchoolClass.school_id).in_(allowed)]
+    if req.school_id is not None:
+        where.append(col(SchoolClass.school_id) == req.school_id)
+    if req.q:
+        # A part of the name, whatever its case; LIKE's wildcards in it are taken literally.
+        term = req.q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(func.lower(col(SchoolClass.name)).like(f"%{term}%", escape="\\"))
+    return where
