@@ -350,3 +350,35 @@ async def test_contact_columns_carry_the_schools_contacts_to_linking(linking: Li
     assert "contact_email_1 'not-an-address' is not an email address" in problems[0]
     assert "other contacts here than on line 4" in problems[2]
     assert await linking.stream_messages() == before
+
+
+async def test_full_import_ends_missing_pupils_and_classes_and_refuses_half_a_school(
+    linking: Linking, tmp_path: Path
+) -> None:
+    trust, oak, elm = uid("trust"), uid("oak"), uid("elm")
+    c1, c2, e1 = uid("robins"), uid("wrens"), uid("elm1")
+    first = tmp_path / "first.csv"
+    first.write_text("\n".join([HEADER, *roster_rows(trust, [oak, elm], {c1: oak, c2: oak, e1: elm}, pupils=2)]) + "\n")
+    assert (await portal("roster", "import", str(first), nats_url=linking.url)).returncode == 0
+    assert {k: v[2] for k, v in (await linking.classes(oak, elm)).items()} == {c1: 2, c2: 2, e1: 2}
+
+    # Oak's whole roster now: Wrens is gone and one Robin left; Elm is not in the file and keeps everything.
+    whole = tmp_path / "whole.csv"
+    whole.write_text("\n".join([HEADER, *roster_rows(trust, [oak], {c1: oak}, pupils=1)]) + "\n")
+    before = await linking.stream_messages()
+    refused = await portal("roster", "import", "--full", str(whole), nats_url=linking.url)
+    assert refused.returncode == 1
+    assert f"the file would remove 3 of the 4 pupils of school {oak} (more than half)" in refused.stderr
+    assert "Nothing was changed" in refused.stderr and "--yes" in refused.stderr
+    assert await linking.stream_messages() == before
+    assert {k: v[2] for k, v in (await linking.classes(oak, elm)).items()} == {c1: 2, c2: 2, e1: 2}
+
+    done = await portal("roster", "import", "--full", "--yes", str(whole), nats_url=linking.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported 1 school, 1 class, 1 pupil (applied); 3 pupils left, 1 class removed"
+    assert {k: v[2] for k, v in (await linking.classes(oak, elm)).items()} == {c1: 1, e1: 2}
+
+    # The same file again: nothing more leaves, and no more than half is no question.
+    again = await portal("roster", "import", "--full", str(whole), nats_url=linking.url)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith("; 0 pupils left, 0 classes removed")

@@ -1076,3 +1076,25 @@ SCHOOL_AUDIT: Rpc[SchoolAuditRequest, SchoolAuditReply] = Rpc(
     description="`GET /schools/{id}/audit`: a page of the school's audit rows between two times; not_found outside the scope.",
     errors=(E_NOT_FOUND,),
 )
+
+
+class RosterSnapshotRequest(Message):
+    """`portal roster import --full`: what linking holds of one school now."""
+
+    school_id: str = Field(min_length=1, max_length=128)
+
+
+class RosterSnapshotReply(Message):
+    """The school's current pupils (not those who left) and classes, ids only."""
+
+    pupil_ids: list[str]
+    class_ids: list[str]
+
+
+ROSTER_SNAPSHOT: Rpc[RosterSnapshotRequest, RosterSnapshotReply] = Rpc(
+    "rpc.linking.roster_snapshot.v1",
+    RosterSnapshotRequest,
+    RosterSnapshotReply,
+    title="roster snapshot",
+    description="`portal roster import --full`: a school's current pupils and classes (ids), to tell who left.",
+)

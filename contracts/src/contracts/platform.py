@@ -17,6 +17,7 @@ Id = str  # platform ids are opaque strings
 
 SCHOOL_UPSERTED = "platform.roster.school.upserted.v1"
 CLASS_UPSERTED = "platform.roster.class.upserted.v1"
+CLASS_REMOVED = "platform.roster.class.removed.v1"
 PUPIL_UPSERTED = "platform.roster.pupil.upserted.v1"
 PUPIL_LEFT = "platform.roster.pupil.left.v1"
 STAFF_UPSERTED = "platform.roster.staff.upserted.v1"
@@ -51,6 +52,13 @@ class ClassUpserted(Event):
     school_id: Id = Field(min_length=1)
     class_id: Id = Field(min_length=1)
     name: str = Field(min_length=1)
+
+
+class ClassRemoved(Event):
+    """A class no longer exists (a `--full` roster import without it): its pupils stay at the school."""
+
+    school_id: Id = Field(min_length=1)
+    class_id: Id = Field(min_length=1)
 
 
 class RosterContact(Message):
@@ -159,6 +167,7 @@ class StarsAwarded(Event):
 SCHEMAS: dict[str, type[Event]] = {
     SCHOOL_UPSERTED: SchoolUpserted,
     CLASS_UPSERTED: ClassUpserted,
+    CLASS_REMOVED: ClassRemoved,
     PUPIL_UPSERTED: PupilUpserted,
     PUPIL_LEFT: PupilLeft,
     STAFF_UPSERTED: StaffUpserted,

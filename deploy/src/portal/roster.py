@@ -584,6 +584,15 @@ def import_roster(
     file: Path = typer.Argument(..., metavar="FILE.csv", help=ROSTER_HELP),
     timeout: float = typer.Option(120.0, "--timeout", min=0.0, help="Seconds to wait for the portal to apply it."),
     check: bool = typer.Option(False, "--check", help="Only check the file; publish nothing."),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="The file is the whole truth for the schools it names: their pupils missing from it have left (their "
+        "links end) and their classes missing from it are removed.",
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", help="With --full: go ahead even when more than half the pupils of a school would leave."
+    ),
 ) -> None:
     """Load schools, classes and pupils; returns once the portal has applied them."""
     from portal.cli import _nats_url, _run_with_nats, fail
@@ -599,7 +608,14 @@ def import_roster(
     url = _nats_url()
     events = plan.events()
 
+    removals = FullRemovals()
+
     async def run(nc: Any) -> str | None:
+        if full:
+            refusal = await removals.read(nc, plan, yes=yes)
+            if refusal:
+                return refusal
+            events.extend(removals.events())
         try:
             await publish_all(nc.jetstream(), events)
         except PublishFailed as exc:
@@ -622,7 +638,61 @@ def import_roster(
     error = _run_with_nats(url, run)
     if error:
         fail(error, 1)
-    typer.echo(f"imported {counts} (applied)")
+    typer.echo(f"imported {counts} (applied){removals.summary() if full else ''}")
+
+
+@dataclass
+class FullRemovals:
+    """What a `--full` file removes: the named schools' pupils and classes it no longer has."""
+
+    leavers: list[str] = field(default_factory=list)
+    classes: list[tuple[str, str]] = field(default_factory=list)  # (school_id, class_id)
+
+    async def read(self, nc: Any, plan: RosterPlan, *, yes: bool) -> str | None:
+        """Ask linking what each school has now; a refusal (nothing published) or None."""
+        from contracts import linking
+        from contracts.kit import rpc
+
+        refusals = []
+        for school_id in plan.schools:
+            try:
+                now = await rpc.call(nc, linking.ROSTER_SNAPSHOT, linking.RosterSnapshotRequest(school_id=school_id))
+            except (rpc.RpcUnavailable, rpc.RpcTimeout):
+                return (
+                    "no linking service answers: --full needs it to tell which pupils left; nothing was changed "
+                    "(start it with `portal up` or `portal service linking`)"
+                )
+            leaving = [p for p in now.pupil_ids if p not in plan.pupils]
+            if now.pupil_ids and len(leaving) * 2 > len(now.pupil_ids) and not yes:
+                refusals.append(
+                    f"the file would remove {len(leaving)} of the {len(now.pupil_ids)} pupils of school {school_id} "
+                    "(more than half)"
+                )
+            self.leavers.extend(leaving)
+            self.classes.extend((school_id, c) for c in now.class_ids if c not in plan.classes)
+        if refusals:
+            return (
+                "refused: "
+                + "; ".join(refusals)
+                + ". Nothing was changed: check the file holds every pupil of the school, or give --yes if they "
+                "really left"
+            )
+        return None
+
+    def events(self) -> list[tuple[str, Any]]:
+        """Departures after the upserts (a pupil who moved school is upserted, not gone), then classes."""
+        from contracts import platform
+
+        out: list[tuple[str, Any]] = [(platform.PUPIL_LEFT, platform.PupilLeft(pupil_id=p)) for p in self.leavers]
+        out += [(platform.CLASS_REMOVED, platform.ClassRemoved(school_id=s, class_id=c)) for s, c in self.classes]
+        return out
+
+    def summary(self) -> str:
+        """`; 3 pupils left, 1 class removed`."""
+        return (
+            f"; {_plural(len(self.leavers), 'pupil', 'pupils')} left, "
+            f"{_plural(len(self.classes), 'class', 'classes')} removed"
+        )
 
 
 @roster_app.command("import-staff")

@@ -18,6 +18,7 @@ from linking.audit_export import SchoolAudit
 from linking.bars import Bars
 from linking.context import Limits, LinkingContext
 from linking.export import ParentExports
+from linking.full_roster import RosterSnapshot
 from linking.guessing import Guessing
 from linking.handlers import Handlers
 from linking.invitations import BulkInvitations, Invitations
@@ -166,6 +167,7 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     runtime.serve(contract.WITHDRAW_INVITATION, invitations.withdraw)
     runtime.serve(contract.PUPIL_SHEET, h.printed.pupil_sheet)
     runtime.serve(contract.UPTAKE, Uptake(h.ctx).uptake)
+    runtime.serve(contract.ROSTER_SNAPSHOT, RosterSnapshot(h.ctx).snapshot)
     runtime.serve(contract.SCHOOL_AUDIT, SchoolAudit(h.ctx).page)
     runtime.serve(contract.BULK_INVITE, BulkInvitations(h.ctx, bars=h.bars).invite_many)
 
