@@ -7,6 +7,7 @@ pupils of its own)."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -533,3 +534,48 @@ async def test_a_schools_audit_between_dates_by_page_and_as_csv(portal: Portal) 
 
     for params in ({"from": "yesterday"}, {"from": tomorrow, "to": yesterday}, {"format": "pdf"}):
         assert_error(await portal.get("admin_a", path, params=params), 422, "validation_error")
+
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+async def signed_in_browser(portal: Portal, email: str) -> httpx.AsyncClient:
+    """A cookie-keeping client signed in through the login form, as a browser would be."""
+    client = httpx.AsyncClient(base_url=str(portal.http.base_url), follow_redirects=False, timeout=10)
+    page = await client.get("/login")
+    token = CSRF.search(page.text).group(1)
+    done = await client.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": token})
+    assert done.status_code == 303, done.text
+    return client
+
+
+async def test_the_class_page_shows_expiry_cards_and_withdraws(portal: Portal) -> None:
+    r = portal.roster
+    cara = r.pupils[r.a1]["Cara"]
+    browser = await signed_in_browser(portal, "teacher_a@school.example")
+    try:
+        email = f"{uid('page')}@example.org"
+        await portal.post("teacher_a", f"/classes/{r.a1}/codes", json={"only_missing": True})
+        invitation = await invite(portal, cara, email)
+        page = await browser.get(f"/classes/{r.a1}")
+        assert page.status_code == 200, page.text
+        assert "QR code expires" in page.text and f"/api/v1/pupils/{r.pupils[r.a1]['Amy']}/qr-sheet" in page.text
+        assert f"Withdraw the invitation to {email}" in page.text
+        token = CSRF.search(page.text).group(1)
+        done = await browser.post(f"/classes/{r.a1}/invitations/{invitation}/withdraw", data={"csrf_token": token})
+        assert done.status_code == 303 and done.headers["location"] == f"/classes/{r.a1}"
+        assert (await invitation_statuses(portal, r.a1, cara))[invitation] == "revoked"
+        after = await browser.get(f"/classes/{r.a1}")
+        assert f"The invitation to {email} is withdrawn" in after.text
+        assert f"Withdraw the invitation to {email}" not in after.text
+        # Without the form's token: refused, nothing changes.
+        again = await invite(portal, cara, email)
+        refused = await browser.post(f"/classes/{r.a1}/invitations/{again}/withdraw", data={})
+        assert refused.status_code == 403
+        assert (await invitation_statuses(portal, r.a1, cara))[again] == "invited"
+        # Codes only for those without one, from the page.
+        made = await browser.post(f"/classes/{r.a1}/codes", data={"csrf_token": token, "only_missing": "yes"})
+        assert made.status_code == 303
+        assert "New QR codes created for 0 pupils" in (await browser.get(f"/classes/{r.a1}")).text
+    finally:
+        await browser.aclose()

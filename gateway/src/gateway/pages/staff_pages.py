@@ -235,8 +235,11 @@ async def remove_submit(
     """That parent loses this pupil only, on every replica before the answer."""
     _, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
+    form = await request.form()
+    # The audit row keeps why (optional); longer than the API allows is cut, not refused.
+    reason = str(form.get("reason") or "").replace("\r\n", "\n").strip()[:500]
     async with get_links_cache(state).removals() as removed:
-        await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
+        await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id), reason)
         removed.expect(parent_id, pupil_id)
     return redirect(f"/classes/{class_id}", cookies=[flash(request, "parent_removed", pupil=pupil.pupil_id)])
 
@@ -284,9 +287,41 @@ async def codes_page(
     operation_id="page_codes_submit",
 )
 async def codes_submit(request: Request, staff: NamedDependency[StaffLinking], class_id: str) -> Response[Any]:
-    """Every pupil of the class gets a new printed code."""
-    created = await staff.create_class_codes(checked_id(class_id))
+    """Every pupil of the class gets a new printed code (`only_missing`: those without one)."""
+    form = await request.form()
+    only_missing = form.get("only_missing") == "yes"
+    created = await staff.create_class_codes(checked_id(class_id), only_missing=only_missing)
     return redirect(f"/classes/{class_id}", cookies=[flash(request, "codes_created", count=len(created.codes))])
+
+
+@post(
+    "/classes/{class_id:str}/invitations/{invitation_id:str}/withdraw",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    operation_id="page_withdraw_invitation",
+)
+async def withdraw_submit(
+    request: Request, staff: NamedDependency[StaffLinking], class_id: str, invitation_id: str
+) -> Response[Any]:
+    """The invitation's code stops working; an accepted one answers as the API does (409)."""
+    await staff.withdraw_invitation(checked_id(invitation_id))
+    return redirect(f"/classes/{class_id}", cookies=[flash(request, "invitation_withdrawn", invitation=invitation_id)])
+
+
+@post(
+    "/classes/{class_id:str}/invite-contacts",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    operation_id="page_invite_contacts",
+)
+async def invite_contacts_submit(
+    request: Request, staff: NamedDependency[StaffLinking], class_id: str
+) -> Response[Any]:
+    """Every roster contact of the class's pupils without a linked parent is invited."""
+    await staff.bulk_invite(checked_id(class_id), from_contacts=True, rows=[])
+    return redirect(f"/classes/{class_id}", cookies=[flash(request, "invitations_sent")])
 
 
 # -- school admins ---------------------------------------------------------------------------------
@@ -662,6 +697,8 @@ ROUTES = [
     remove_all_submit,
     codes_page,
     codes_submit,
+    withdraw_submit,
+    invite_contacts_submit,
     audit_page,
     bars_page,
     bar_submit,
