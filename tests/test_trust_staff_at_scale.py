@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -579,3 +579,45 @@ async def test_the_class_page_shows_expiry_cards_and_withdraws(portal: Portal) -
         assert "New QR codes created for 0 pupils" in (await browser.get(f"/classes/{r.a1}")).text
     finally:
         await browser.aclose()
+
+
+async def test_trust_settings_are_the_defaults_of_schools_that_set_nothing_themselves(portal: Portal) -> None:
+    r = portal.roster
+    path = f"/trusts/{r.trust1}/settings"
+    got = await portal.get("trust1", path)
+    assert got.status_code == 200, got.text
+    assert got.json()["trust_id"] == r.trust1 and got.json()["printed_code_days"] == 30
+    for who in ("admin_a", "teacher_a", "trust2", "parent"):
+        assert_error(await portal.get(who, path), 404, "not_found")
+        assert_error(await portal.put(who, path, json={"printed_code_days": 60}), 404, "not_found")
+
+    own = await portal.put("admin_a", f"/schools/{r.school_a}/settings", json={"invitation_days": 7})
+    assert own.status_code == 200, own.text
+    body = assert_error(
+        await portal.put("trust1", path, json={"printed_code_days": 0, "invitation_days": 21}), 422, "validation_error"
+    )
+    assert [e["field"] for e in body["errors"]] == ["printed_code_days"]
+    assert (await portal.get("trust1", path)).json()["invitation_days"] == 14
+
+    changed = await portal.put("trust1", path, json={"printed_code_days": 60, "invitation_days": 21})
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["printed_code_days"], changed.json()["invitation_days"]) == (60, 21)
+    oak = (await portal.get("admin_a", f"/schools/{r.school_a}/settings")).json()
+    birch = (await portal.get("trust1", f"/schools/{r.school_b}/settings")).json()
+    assert (oak["printed_code_days"], oak["invitation_days"]) == (60, 7)
+    assert (birch["printed_code_days"], birch["invitation_days"]) == (60, 21)
+    cedar = (await portal.get("trust2", f"/schools/{r.school_c}/settings")).json()
+    assert (cedar["printed_code_days"], cedar["invitation_days"]) == (30, 14)
+
+    # A school's own value stands when the trust changes again.
+    assert (
+        await portal.put("admin_a", f"/schools/{r.school_a}/settings", json={"printed_code_days": 45})
+    ).status_code == 200
+    assert (await portal.put("trust1", path, json={"printed_code_days": 90})).status_code == 200
+    oak = (await portal.get("admin_a", f"/schools/{r.school_a}/settings")).json()
+    birch = (await portal.get("trust1", f"/schools/{r.school_b}/settings")).json()
+    assert (oak["printed_code_days"], birch["printed_code_days"]) == (45, 90)
+    # New codes at Birch last the trust's 90 days.
+    made = (await portal.post("trust1", f"/classes/{r.b1}/codes")).json()["codes"]
+    days = {(datetime.fromisoformat(c["expires_at"]) - datetime.now(UTC)).days for c in made}
+    assert days == {89}

@@ -1098,3 +1098,53 @@ ROSTER_SNAPSHOT: Rpc[RosterSnapshotRequest, RosterSnapshotReply] = Rpc(
     title="roster snapshot",
     description="`portal roster import --full`: a school's current pupils and classes (ids), to tell who left.",
 )
+
+
+class TrustSettingsRequest(StaffRequest):
+    """`GET /trusts/{trust_id}/settings` (trust admins)."""
+
+    trust_id: str = Field(min_length=1, max_length=128)
+
+
+class UpdateTrustSettingsRequest(StaffRequest):
+    """`PUT /trusts/{trust_id}/settings`: the fields given change (validated as a school's)."""
+
+    trust_id: str = Field(min_length=1, max_length=128)
+    settings: dict[str, Any]
+
+
+class TrustSettings(Message):
+    """The trust's defaults for its schools: each key the trust's value, else the deployment's."""
+
+    trust_id: str
+    max_carers_per_code: int
+    printed_code_days: int
+    invitation_days: int
+    aup_text: str
+    aup_version: str
+    homework_url: str
+    files_url: str
+    messages_url: str
+    email_parent_on_removal: bool
+    updated_at: AwareDatetime | None = None
+
+
+GET_TRUST_SETTINGS: Rpc[TrustSettingsRequest, TrustSettings] = Rpc(
+    "rpc.linking.trust_settings.v1",
+    TrustSettingsRequest,
+    TrustSettings,
+    title="trust settings",
+    description="`GET /trusts/{id}/settings`: the trust's defaults for its schools; not_found unless the caller "
+    "administers the trust.",
+    errors=(E_NOT_FOUND,),
+)
+
+UPDATE_TRUST_SETTINGS: Rpc[UpdateTrustSettingsRequest, TrustSettings] = Rpc(
+    "rpc.linking.update_trust_settings.v1",
+    UpdateTrustSettingsRequest,
+    TrustSettings,
+    title="update trust settings",
+    description="`PUT /trusts/{id}/settings`: validated like a school's; each school that takes a changed key "
+    "from the trust announces its new settings.",
+    errors=(E_NOT_FOUND, E_VALIDATION),
+)

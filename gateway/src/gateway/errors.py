@@ -195,6 +195,9 @@ RPC_ERRORS_BY_REQUEST: dict[tuple[str, str], RpcErrorMapping] = {
     (linking.UPDATE_SCHOOL_SETTINGS.subject, linking.E_VALIDATION): RpcErrorMapping(
         422, lead="Some settings are invalid"
     ),
+    (linking.UPDATE_TRUST_SETTINGS.subject, linking.E_VALIDATION): RpcErrorMapping(
+        422, lead="Some settings are invalid"
+    ),
 }
 
 # Without a `retry_after` from the service, a client still learns when to come back.

@@ -12,7 +12,7 @@ import io
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from litestar import MediaType, Request, Response, delete, get, post
+from litestar import MediaType, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts import linking as contract
 from gateway import paging
 from gateway import uptake as figures
+from gateway.api.staff import SETTINGS_MAX_BODY
 from gateway.auth import SECURITY, admins_only, staff_only
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import ApiError, checked_id
@@ -281,4 +282,40 @@ async def school_audit(
     )
 
 
-ROUTES = [withdraw_invitation, invite_class_parents, get_uptake, school_audit]
+@get(
+    "/trusts/{trust_id:str}/settings",
+    summary="A trust's defaults for its schools' settings",
+    operation_id="get_trust_settings",
+    description="The school settings' keys as the trust's defaults (the deployment's where the trust set none). "
+    "A school takes the trust's value for each key it has not set itself. The trust's admins; anyone else: 404.",
+    responses=error_responses(401, 404, 503),
+    guards=ADMINS,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def get_trust_settings(staff: NamedDependency[StaffLinking], trust_id: FromPath[str]) -> contract.TrustSettings:
+    """The trust's defaults."""
+    return await staff.trust_settings(checked_id(trust_id))
+
+
+@put(
+    "/trusts/{trust_id:str}/settings",
+    summary="Change a trust's defaults for its schools",
+    operation_id="update_trust_settings",
+    description="The fields given change, the others stay; validated as a school's settings (422 naming each bad "
+    "field, and nothing changes). Every school of the trust that has not set a changed key itself takes the new "
+    "value at once. The trust's admins; anyone else: 404.",
+    request_max_body_size=SETTINGS_MAX_BODY,
+    responses=error_responses(401, 404, 413, 422, 503),
+    guards=ADMINS,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def put_trust_settings(
+    staff: NamedDependency[StaffLinking], trust_id: FromPath[str], data: JSONBody[dict[str, Any]]
+) -> contract.TrustSettings:
+    """The trust's defaults as they now are."""
+    return await staff.update_trust_settings(checked_id(trust_id), data)
+
+
+ROUTES = [withdraw_invitation, invite_class_parents, get_uptake, school_audit, get_trust_settings, put_trust_settings]

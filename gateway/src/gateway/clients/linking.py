@@ -181,6 +181,19 @@ class StaffLinking:
             linking.UPTAKE, linking.UptakeRequest(**self._who(), school_id=school_id, class_id=class_id)
         )
 
+    async def trust_settings(self, trust_id: str) -> linking.TrustSettings:
+        """A trust's defaults for its schools."""
+        return await self._t.call(
+            linking.GET_TRUST_SETTINGS, linking.TrustSettingsRequest(**self._who(), trust_id=trust_id)
+        )
+
+    async def update_trust_settings(self, trust_id: str, settings: dict[str, Any]) -> linking.TrustSettings:
+        """Change the trust's defaults given (linking validates them)."""
+        return await self._t.call(
+            linking.UPDATE_TRUST_SETTINGS,
+            linking.UpdateTrustSettingsRequest(**self._who(), trust_id=trust_id, settings=settings),
+        )
+
     async def withdraw_invitation(self, invitation_id: str) -> None:
         """A pending invitation is revoked; its code stops working."""
         await self._t.call(

@@ -26,6 +26,7 @@ from linking.links import Links
 from linking.printed import PrintedCodes
 from linking.retention import LinkingRetention
 from linking.schools import Schools
+from linking.trust_settings import TrustSettings
 from linking.uptake import Uptake
 
 NAME = "linking"
@@ -168,6 +169,9 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     runtime.serve(contract.PUPIL_SHEET, h.printed.pupil_sheet)
     runtime.serve(contract.UPTAKE, Uptake(h.ctx).uptake)
     runtime.serve(contract.ROSTER_SNAPSHOT, RosterSnapshot(h.ctx).snapshot)
+    trust_settings = TrustSettings(h.ctx)
+    runtime.serve(contract.GET_TRUST_SETTINGS, trust_settings.get)
+    runtime.serve(contract.UPDATE_TRUST_SETTINGS, trust_settings.update)
     runtime.serve(contract.SCHOOL_AUDIT, SchoolAudit(h.ctx).page)
     runtime.serve(contract.BULK_INVITE, BulkInvitations(h.ctx, bars=h.bars).invite_many)
 

@@ -131,8 +131,7 @@ class Schools:
         """`GET /schools/{school_id}/settings`."""
         async with self.ctx.db.reader() as s:
             await school_in_scope(s, req.scope, req.school_id)
-            row = await s.get(SchoolSetting, req.school_id)
-            return self.ctx.settings_of(req.school_id, row).reply()
+            return (await self.ctx.read_settings(s, req.school_id)).reply()
 
     async def update_settings(self, req: contract.UpdateSchoolSettingsRequest) -> contract.SchoolSettings:
         """`PUT /schools/{school_id}/settings`: validated, stored, announced when anything changed."""
@@ -144,21 +143,23 @@ class Schools:
             s = uow.session
             await school_in_scope(s, req.scope, req.school_id)
             row = await s.get(SchoolSetting, req.school_id)
-            before = self.ctx.settings_of(req.school_id, row)
+            trust_row = await self.ctx.trust_settings_of(s, req.school_id)
+            before = self.ctx.settings_of(req.school_id, row, trust_row)
             changed = sorted(k for k, v in changes.items() if getattr(before, k) != v)
             if not changed:
                 return before.reply()
-            defaults = self.ctx.settings_of(req.school_id, None)
-            after = {name: changes.get(name, getattr(before, name)) for name in school_settings.EDITABLE}
-            # Values equal to the defaults are stored as NULL, so they keep following them.
+            inherited = self.ctx.settings_of(req.school_id, None, trust_row)
+            # Only the keys the school changes become its own; the others keep following the
+            # trust (and the defaults). A text or link equal to what it would inherit is stored
+            # as NULL, so it keeps following them.
             stored: dict[str, Any] = {
                 name: (
                     None
                     if name in ("aup_text", "homework_url", "files_url", "messages_url")
-                    and value == getattr(defaults, name)
-                    else value
+                    and changes[name] == getattr(inherited, name)
+                    else changes[name]
                 )
-                for name, value in after.items()
+                for name in changed
             }
             now = self.ctx.now()
             if row is None:
@@ -169,7 +170,7 @@ class Schools:
                     setattr(row, name, value)
                 row.updated_at, row.updated_by = now, req.actor_id
             await s.flush()
-            result = self.ctx.settings_of(req.school_id, row)
+            result = self.ctx.settings_of(req.school_id, row, trust_row)
             await uow.emit(
                 contract.SCHOOL_SETTINGS_CHANGED,
                 contract.SchoolSettingsChanged(

@@ -107,14 +107,33 @@ class SchoolSetting(Base, table=True):
     __tablename__ = "school_settings"
 
     school_id: str = Field(primary_key=True, max_length=ID)
-    max_carers_per_code: int
-    printed_code_days: int
-    invitation_days: int
+    # NULL: not set by the school, which then takes its trust's value (else the default).
+    max_carers_per_code: int | None = None
+    printed_code_days: int | None = None
+    invitation_days: int | None = None
     aup_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     homework_url: str | None = Field(default=None, max_length=500)
     files_url: str | None = Field(default=None, max_length=500)
     messages_url: str | None = Field(default=None, max_length=500)
-    email_parent_on_removal: bool
+    email_parent_on_removal: bool | None = None
+    updated_at: datetime = Field(sa_column=_ts())
+    updated_by: str = Field(default="", max_length=ID)
+
+
+class TrustSetting(Base, table=True):
+    """A trust's defaults for its schools' settings: a NULL key is the deployment's default."""
+
+    __tablename__ = "trust_settings"
+
+    trust_id: str = Field(primary_key=True, max_length=ID)
+    max_carers_per_code: int | None = None
+    printed_code_days: int | None = None
+    invitation_days: int | None = None
+    aup_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    homework_url: str | None = Field(default=None, max_length=500)
+    files_url: str | None = Field(default=None, max_length=500)
+    messages_url: str | None = Field(default=None, max_length=500)
+    email_parent_on_removal: bool | None = None
     updated_at: datetime = Field(sa_column=_ts())
     updated_by: str = Field(default="", max_length=ID)
 
