@@ -43,6 +43,7 @@ test-fast: install
 .PHONY: bench
 bench: install
 	$(VENV)/bin/python bench/overview.py $(BENCH_ARGS)
+	$(VENV)/bin/python tests/bench/bench_linking_uptake.py
 
 # Regenerate the committed AsyncAPI documents (a test fails while they are stale).
 asyncapi: install

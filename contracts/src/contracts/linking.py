@@ -1015,20 +1015,23 @@ class UptakeCounts(Message):
     invitations_pending: int = 0
     invitations_bounced: int = 0
     parents_linked: int = 0
-    parent_ids: list[str] = Field(default_factory=list, description="The linked parents (for identity's figures)")
 
 
 class UptakeRow(UptakeCounts):
-    """A school (trust scope) or class (school scope)."""
+    """A school (trust scope) or class (school scope); `parents` are its linked parents as
+    positions in the reply's `parent_ids` (each id is sent once, whatever its rows: a trust's
+    15,000 parents fit one NATS message)."""
 
     id: str
     name: str
+    parents: list[int] = Field(default_factory=list)
 
 
 class UptakeReply(UptakeCounts):
-    """The scope's figures and a row per school or class."""
+    """The scope's figures, its linked parents (for identity's figures) and a row per school or class."""
 
     scope: Literal["trust", "school", "class"]
+    parent_ids: list[str] = Field(default_factory=list)
     rows: list[UptakeRow] = Field(default_factory=list)
 
 

@@ -24,15 +24,15 @@ COUNTS = (
 )
 
 
-def _counts(c: linking.UptakeCounts, signed_in: set[str], active: set[str]) -> dict[str, int]:
+def _counts(c: linking.UptakeCounts, parents: list[str], signed_in: set[str], active: set[str]) -> dict[str, int]:
     return {
         "pupils": c.pupils,
         "pupils_with_linked_parent": c.pupils_with_linked_parent,
         "invitations_pending": c.invitations_pending,
         "invitations_bounced": c.invitations_bounced,
         "parents_linked": c.parents_linked,
-        "parents_active_30d": sum(1 for p in c.parent_ids if p in active),
-        "parents_never_signed_in": sum(1 for p in c.parent_ids if p not in signed_in),
+        "parents_active_30d": sum(1 for p in parents if p in active),
+        "parents_never_signed_in": sum(1 for p in parents if p not in signed_in),
     }
 
 
@@ -43,10 +43,18 @@ async def uptake(
     reply = await staff.uptake(school_id=school_id, class_id=class_id)
     signed_in, active = await identity.parent_activity(reply.parent_ids, utcnow() - timedelta(days=ACTIVE_DAYS))
     key = "school_id" if reply.scope == "trust" else "class_id"
+    ids = reply.parent_ids
     return {
         "scope": reply.scope,
-        **_counts(reply, signed_in, active),
-        "rows": [{key: r.id, "name": r.name, **_counts(r, signed_in, active)} for r in reply.rows],
+        **_counts(reply, ids, signed_in, active),
+        "rows": [
+            {
+                key: r.id,
+                "name": r.name,
+                **_counts(r, [ids[i] for i in r.parents if 0 <= i < len(ids)], signed_in, active),
+            }
+            for r in reply.rows
+        ],
     }
 
 

@@ -34,7 +34,6 @@ class _Tally:
             "invitations_pending": self.pending,
             "invitations_bounced": self.bounced,
             "parents_linked": len(self.parents),
-            "parent_ids": sorted(self.parents),
         }
 
 
@@ -111,15 +110,19 @@ class Uptake:
             invitation_rows = [(pid, st, exp) for pid, st, exp in invitations if pid in keys]
 
         total, rows = _count(keys, names, link_rows, invitation_rows, now)
+        parent_ids = sorted(total.parents)
+        position = {p: i for i, p in enumerate(parent_ids)}
         out_rows = (
             []
             if scope == "class"
             else [
-                contract.UptakeRow(id=k, name=names[k], **rows[k].counts())
+                contract.UptakeRow(
+                    id=k, name=names[k], parents=sorted(position[p] for p in rows[k].parents), **rows[k].counts()
+                )
                 for k in sorted(names, key=lambda k: (names[k].lower(), k))
             ]
         )
-        return contract.UptakeReply(scope=scope, rows=out_rows, **total.counts())
+        return contract.UptakeReply(scope=scope, parent_ids=parent_ids, rows=out_rows, **total.counts())
 
 
 def _count(
