@@ -621,3 +621,22 @@ async def test_trust_settings_are_the_defaults_of_schools_that_set_nothing_thems
     made = (await portal.post("trust1", f"/classes/{r.b1}/codes")).json()["codes"]
     days = {(datetime.fromisoformat(c["expires_at"]) - datetime.now(UTC)).days for c in made}
     assert days == {89}
+
+
+async def test_the_uptake_page_draws_its_charts_and_links_the_csv(portal: Portal) -> None:
+    r = portal.roster
+    browser = await signed_in_browser(portal, "trust1@school.example")
+    try:
+        page = await browser.get("/uptake")
+        assert page.status_code == 200, page.text
+        assert page.text.count("<svg") == 2 and "Oak Primary" in page.text and "Birch School" in page.text
+        assert f'href="/uptake?school_id={r.school_b}"' in page.text
+        assert 'href="/api/v1/uptake?format=csv"' in page.text
+        assert "script" not in page.text.split("<svg", 1)[1]
+        school = await browser.get("/uptake", params={"school_id": r.school_b})
+        assert f'href="/classes/{r.b1}"' in school.text and "Birch 1" in school.text
+        assert (await browser.get("/uptake", params={"school_id": r.school_c})).status_code == 404
+        sheet = await browser.get("/api/v1/uptake", params={"format": "csv"})
+        assert sheet.status_code == 200 and sheet.text.startswith("school_id,name,pupils,")
+    finally:
+        await browser.aclose()
