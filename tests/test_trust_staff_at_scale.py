@@ -640,3 +640,44 @@ async def test_the_uptake_page_draws_its_charts_and_links_the_csv(portal: Portal
         assert sheet.status_code == 200 and sheet.text.startswith("school_id,name,pupils,")
     finally:
         await browser.aclose()
+
+
+async def test_the_invitations_page_takes_a_pasted_or_uploaded_list(portal: Portal) -> None:
+    r = portal.roster
+    eve, dan = r.pupils[r.a2]["Eve"], r.pupils[r.a2]["Dan"]
+    tag = uid("list")
+    browser = await signed_in_browser(portal, "teacher_a@school.example")
+    try:
+        form = await browser.get(f"/classes/{r.a2}/invitations")
+        assert form.status_code == 200 and "Paste the list" in form.text
+        token = CSRF.search(form.text).group(1)
+        pasted = f"email,pupil_id\neve.{tag}@example.org,{eve}\nnot-an-address,{dan}\n"
+        sent = await browser.post(
+            f"/classes/{r.a2}/invitations", data={"csrf_token": token, "list": pasted}, files={"file": ("", b"")}
+        )
+        assert sent.status_code == 200, sent.text
+        assert "1 invitation sent." in sent.text and "not an email address" in sent.text
+        assert f"eve.{tag}@example.org" in (await invitation_emails(portal, r.a2, eve))
+
+        upload = f"{dan},dan.{tag}@example.org\n{dan},dan.{tag}@example.org\n".encode()
+        sent = await browser.post(
+            f"/classes/{r.a2}/invitations",
+            data={"csrf_token": token, "list": ""},
+            files={"file": ("list.csv", upload, "text/csv")},
+        )
+        assert "1 invitation sent." in sent.text and "the same pupil and address again" in sent.text
+
+        too_many = "\n".join(f"{dan},n{i}.{tag}@example.org" for i in range(1001))
+        refused = await browser.post(
+            f"/classes/{r.a2}/invitations", data={"csrf_token": token, "list": too_many}, files={"file": ("", b"")}
+        )
+        assert refused.status_code == 400 and "1,001 rows: at most 1,000" in refused.text
+        no_token = await browser.post(f"/classes/{r.a2}/invitations", data={"list": pasted}, files={"file": ("", b"")})
+        assert no_token.status_code == 403
+    finally:
+        await browser.aclose()
+
+
+async def invitation_emails(portal: Portal, class_id: str, pupil_id: str) -> list[str]:
+    rows = (await portal.get("teacher_a", f"/classes/{class_id}/pupils")).json()
+    return [i["email"] for i in next(r for r in rows if r["pupil_id"] == pupil_id)["invitations"]]

@@ -3,13 +3,17 @@ governors' report (SVG drawn here, no script) and its CSV download."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
-from litestar import Request, get
+from litestar import Request, get, post
+from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 from litestar.response import Template
 
+from contracts import linking as contract
 from contracts.identity import Principal
 from gateway import uptake as figures
 from gateway.auth import staff_only
@@ -72,4 +76,101 @@ async def uptake_page(
     )
 
 
-ROUTES = [uptake_page]
+# -- inviting from a list -------------------------------------------------------------------------
+
+LIST_MAX_BYTES = 1024 * 1024
+REASONS = {
+    "invalid_email": "not an email address",
+    "unknown_pupil": "no such pupil at this school",
+    "duplicate": "the same pupil and address again",
+    "already_invited": "already invited, waiting for an answer",
+    "already_linked": "the pupil already has a linked parent",
+    "barred": "this address cannot be invited for this pupil",
+    "too_many_invitations": "the pupil has 10 invitations waiting already",
+}
+
+
+def parse_list(text: str) -> list[tuple[str, str]]:
+    """`pupil_id,email` rows, with or without a header naming those columns (in any order)."""
+    rows = [r for r in csv.reader(io.StringIO(text.lstrip("\ufeff"))) if any(c.strip() for c in r)]
+    if not rows:
+        return []
+    head = [c.strip().lower() for c in rows[0]]
+    if "pupil_id" in head and "email" in head:
+        p, e = head.index("pupil_id"), head.index("email")
+        rows = rows[1:]
+    else:
+        p, e = 0, 1
+    return [(r[p].strip() if p < len(r) else "", r[e].strip() if e < len(r) else "") for r in rows]
+
+
+async def _class_name(staff: StaffLinking, class_id: str) -> Any:
+    return await staff.class_pupils(checked_id(class_id))
+
+
+@get("/classes/{class_id:str}/invitations", include_in_schema=False, guards=STAFF, operation_id="page_invitations")
+async def invitations_page(
+    request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], class_id: str
+) -> Template:
+    """Paste or upload a list of pupils and addresses to invite."""
+    klass = await _class_name(staff, class_id)
+    return render(request, "pages/invitations.html", principal=principal, klass=klass, result=None, problem=None)
+
+
+@post(
+    "/classes/{class_id:str}/invitations",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    request_max_body_size=LIST_MAX_BYTES + 64 * 1024,
+    operation_id="page_invitations_submit",
+)
+async def invitations_submit(
+    request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], class_id: str
+) -> Template:
+    """Send them; the page shows how many went and each row skipped with its reason."""
+    klass = await _class_name(staff, class_id)
+    form = await request.form()
+    text = str(form.get("list") or "")
+    upload = form.get("file")
+    if isinstance(upload, UploadFile) and upload.filename:
+        data = await upload.read(LIST_MAX_BYTES + 1)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return render(
+                request,
+                "pages/invitations.html",
+                principal=principal,
+                klass=klass,
+                result=None,
+                problem='The file is not UTF-8 text: save it as "CSV UTF-8".',
+                status=400,
+            )
+    rows = parse_list(text)
+    problem: str | None = None
+    if not rows:
+        problem = "Paste or upload at least one row: pupil_id,email."
+    elif len(rows) > contract.MAX_BULK_INVITATIONS:
+        problem = f"{len(rows):,} rows: at most {contract.MAX_BULK_INVITATIONS:,} at once. Split the list."
+    if problem:
+        return render(
+            request,
+            "pages/invitations.html",
+            principal=principal,
+            klass=klass,
+            result=None,
+            problem=problem,
+            status=400,
+        )
+    reply = await staff.bulk_invite(
+        klass.class_id,
+        from_contacts=False,
+        rows=[contract.InvitationRow(pupil_id=p[:320], email=e[:320]) for p, e in rows],
+    )
+    return render(
+        request, "pages/invitations.html", principal=principal, klass=klass, result=reply, reasons=REASONS, problem=None
+    )
+
+
+ROUTES = [uptake_page, invitations_page, invitations_submit]
