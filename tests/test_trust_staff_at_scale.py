@@ -681,3 +681,19 @@ async def test_the_invitations_page_takes_a_pasted_or_uploaded_list(portal: Port
 async def invitation_emails(portal: Portal, class_id: str, pupil_id: str) -> list[str]:
     rows = (await portal.get("teacher_a", f"/classes/{class_id}/pupils")).json()
     return [i["email"] for i in next(r for r in rows if r["pupil_id"] == pupil_id)["invitations"]]
+
+
+async def test_a_trust_admin_searches_the_classes_of_the_trust(portal: Portal) -> None:
+    r = portal.roster
+    browser = await signed_in_browser(portal, "trust1@school.example")
+    try:
+        home = await browser.get("/")
+        assert home.status_code == 200 and 'role="search"' in home.text
+        assert "Year 3 Robins" in home.text and "Birch 1" in home.text
+        found = await browser.get("/", params={"q": "rob"})
+        assert "Year 3 Robins" in found.text and "Birch 1" not in found.text
+        birch = await browser.get("/", params={"school_id": r.school_b})
+        assert "Birch 1" in birch.text and "Year 3 Robins" not in birch.text
+        assert "No classes match." in (await browser.get("/", params={"q": "no such class"})).text
+    finally:
+        await browser.aclose()

@@ -10,6 +10,7 @@ the API would answer the same caller.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -20,7 +21,7 @@ from litestar.response import Template
 from contracts import linking as contract
 from contracts.identity import Principal
 from contracts.kit.rpc import RpcError
-from gateway import flows
+from gateway import flows, paging
 from gateway.auth import admins_only, staff_only
 from gateway.caches.links import get_links_cache
 from gateway.caches.sessions import get_auth
@@ -52,15 +53,39 @@ def display_name(row: Any) -> str:
 
 
 async def staff_home(request: Request, staff: StaffLinking, principal: Principal) -> Template:
-    """The classes the member of staff may see, by school, with how many pupils have a linked parent."""
-    classes = await staff.classes()
+    """The classes the member of staff may see, by school, with how many pupils have a linked parent.
+    A trust admin searches them by name and school, a page of 100 at a time."""
+    query = request.query_params
+    q = (query.get("q") or "").strip()[:200] or None
+    school_id = (query.get("school_id") or "").strip()[:128] or None
+    offset = int(query["cursor"]) if (query.get("cursor") or "").isdigit() and len(query["cursor"]) < 10 else 0
+    search = principal.role == "trust_admin" or q is not None or school_id is not None
+    next_href = None
+    if search:
+        page = await staff.classes_page(school_id=school_id, q=q, limit=paging.DEFAULT_LIMIT, offset=offset)
+        classes = page.classes
+        if page.next_offset is not None:
+            params = {k: v for k, v in (("q", q), ("school_id", school_id)) if v}
+            next_href = "/?" + urlencode({**params, "cursor": page.next_offset})
+    else:
+        classes = await staff.classes()
     schools: dict[str, dict[str, Any]] = {}
     for row in classes:
         school = schools.setdefault(row.school_id, {"school_id": row.school_id, "name": row.school_name, "classes": []})
         school["classes"].append(row)
     if principal.role == "school_admin" and principal.school_id and principal.school_id not in schools:
         schools[principal.school_id] = {"school_id": principal.school_id, "name": "Your school", "classes": []}
-    return render(request, "pages/staff_home.html", principal=principal, schools=list(schools.values()))
+    return render(
+        request,
+        "pages/staff_home.html",
+        principal=principal,
+        schools=list(schools.values()),
+        search=search,
+        all_schools=await staff.schools() if principal.role == "trust_admin" else [],
+        q=q or "",
+        school_id=school_id or "",
+        next_href=next_href,
+    )
 
 
 async def _class(
