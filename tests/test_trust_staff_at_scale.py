@@ -697,3 +697,21 @@ async def test_a_trust_admin_searches_the_classes_of_the_trust(portal: Portal) -
         assert "No classes match." in (await browser.get("/", params={"q": "no such class"})).text
     finally:
         await browser.aclose()
+
+
+async def test_the_school_audit_page_filters_by_date_and_links_the_csv(portal: Portal) -> None:
+    r = portal.roster
+    browser = await signed_in_browser(portal, "admin_a@school.example")
+    try:
+        home = await browser.get("/")
+        assert f'href="/schools/{r.school_a}/audit"' in home.text
+        page = await browser.get(f"/schools/{r.school_a}/audit")
+        assert page.status_code == 200, page.text
+        assert "Invitation withdrawn" in page.text and f"/api/v1/schools/{r.school_a}/audit?format=csv" in page.text
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+        empty = await browser.get(f"/schools/{r.school_a}/audit", params={"from": tomorrow})
+        assert "Nothing was recorded in these dates." in empty.text
+        assert (await browser.get(f"/schools/{r.school_a}/audit", params={"from": "soon"})).status_code == 422
+        assert (await browser.get(f"/schools/{r.school_c}/audit")).status_code == 404
+    finally:
+        await browser.aclose()
