@@ -715,3 +715,30 @@ async def test_the_school_audit_page_filters_by_date_and_links_the_csv(portal: P
         assert (await browser.get(f"/schools/{r.school_c}/audit")).status_code == 404
     finally:
         await browser.aclose()
+
+
+async def test_the_trust_settings_page_saves_the_trusts_defaults(portal: Portal) -> None:
+    r = portal.roster
+    browser = await signed_in_browser(portal, "trust1@school.example")
+    try:
+        home = await browser.get("/")
+        assert f'href="/trusts/{r.trust1}/settings"' in home.text
+        page = await browser.get(f"/trusts/{r.trust1}/settings")
+        assert page.status_code == 200 and "Trust settings" in page.text
+        token = CSRF.search(page.text).group(1)
+        current = (await portal.get("trust1", f"/trusts/{r.trust1}/settings")).json()
+        form = {
+            "csrf_token": token,
+            **{k: str(current[k]) for k in ("max_carers_per_code", "printed_code_days", "aup_text")},
+            **{k: current[k] for k in ("homework_url", "files_url", "messages_url")},
+            "invitation_days": "30",
+            "email_parent_on_removal": "yes",
+        }
+        saved = await browser.post(f"/trusts/{r.trust1}/settings", data=form)
+        assert saved.status_code == 303, saved.text
+        assert (await portal.get("trust1", f"/trusts/{r.trust1}/settings")).json()["invitation_days"] == 30
+        bad = await browser.post(f"/trusts/{r.trust1}/settings", data={**form, "invitation_days": "900"})
+        assert bad.status_code == 422 and "Days an invitation email works must be between 1 and 90" in bad.text
+        assert (await browser.get(f"/trusts/{r.trust2}/settings")).status_code == 404
+    finally:
+        await browser.aclose()

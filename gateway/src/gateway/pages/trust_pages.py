@@ -8,7 +8,7 @@ import io
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
@@ -16,13 +16,14 @@ from litestar.response import Template
 
 from contracts import linking as contract
 from contracts.identity import Principal
+from contracts.kit.rpc import RpcError
 from gateway import paging
 from gateway import uptake as figures
 from gateway.auth import admins_only, staff_only
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id
-from gateway.pages.common import render
-from gateway.pages.staff_pages import AUDIT_ACTIONS
+from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, flash, redirect, render
+from gateway.pages.staff_pages import AUDIT_ACTIONS, SETTING_INTS, SETTING_LABELS, SETTING_URLS
 
 STAFF = [staff_only]
 ADMINS = [admins_only]
@@ -217,4 +218,77 @@ async def school_audit_page(
     )
 
 
-ROUTES = [uptake_page, invitations_page, invitations_submit, school_audit_page]
+# -- trust settings --------------------------------------------------------------------------------
+
+TRUST_LEDE = "Every school of the trust takes these values for each setting it has not changed itself."
+
+
+@get("/trusts/{trust_id:str}/settings", include_in_schema=False, guards=ADMINS, operation_id="page_trust_settings")
+async def trust_settings_page(
+    request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], trust_id: str
+) -> Template:
+    """The trust's defaults, in the school settings' form."""
+    answer = await staff.trust_settings(checked_id(trust_id))
+    return render(
+        request,
+        "pages/settings.html",
+        principal=principal,
+        school_id="",
+        form_action=f"/trusts/{quote(trust_id)}/settings",
+        heading="Trust settings",
+        lede=TRUST_LEDE,
+        values=answer.model_dump(),
+        errors={},
+    )
+
+
+@post(
+    "/trusts/{trust_id:str}/settings",
+    include_in_schema=False,
+    guards=ADMINS,
+    status_code=200,
+    operation_id="page_trust_settings_submit",
+)
+async def trust_settings_submit(
+    request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], trust_id: str
+) -> Response[Any]:
+    """Save the trust's defaults; linking checks them as a school's."""
+    form = await request.form()
+    data: dict[str, Any] = {}
+    for name in SETTING_INTS:
+        raw = str(form.get(name) or "").strip()
+        data[name] = int(raw) if raw.isascii() and raw.isdigit() else raw
+    for name in (*SETTING_URLS, "aup_text"):
+        data[name] = str(form.get(name) or "").replace("\r\n", "\n")
+    data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
+    try:
+        await staff.update_trust_settings(checked_id(trust_id), data)
+    except RpcError as exc:
+        if as_api_error(exc).status_code != 422:
+            raise
+        errors, detail = field_errors_from(exc)
+        errors = FieldErrors({k: f"{SETTING_LABELS.get(k, k)} {v[:1].lower()}{v[1:]}" for k, v in errors.items()})
+        return render(
+            request,
+            "pages/settings.html",
+            principal=principal,
+            school_id="",
+            form_action=f"/trusts/{quote(trust_id)}/settings",
+            heading="Trust settings",
+            lede=TRUST_LEDE,
+            values=data,
+            errors=errors,
+            message=None if errors else detail,
+            status=422,
+        )
+    return redirect(f"/trusts/{quote(trust_id)}/settings", cookies=[flash(request, "settings_saved")])
+
+
+ROUTES = [
+    uptake_page,
+    invitations_page,
+    invitations_submit,
+    school_audit_page,
+    trust_settings_page,
+    trust_settings_submit,
+]
