@@ -573,10 +573,16 @@ async def test_the_class_page_shows_expiry_cards_and_withdraws(portal: Portal) -
         refused = await browser.post(f"/classes/{r.a1}/invitations/{again}/withdraw", data={})
         assert refused.status_code == 403
         assert (await invitation_statuses(portal, r.a1, cara))[again] == "invited"
-        # Codes only for those without one, from the page.
+        # A pupil who joins is named as missing from the sheet; codes only for them, from the page.
+        uma = uid("pupil")
+        await roster(portal, pupil(r.school_a, uma, "Uma Upton", [r.a1], None))
+        assert (
+            "1 pupil has no working QR code and is not on the QR sheet" in (await browser.get(f"/classes/{r.a1}")).text
+        )
         made = await browser.post(f"/classes/{r.a1}/codes", data={"csrf_token": token, "only_missing": "yes"})
         assert made.status_code == 303
-        assert "New QR codes created for 0 pupils" in (await browser.get(f"/classes/{r.a1}")).text
+        after = (await browser.get(f"/classes/{r.a1}")).text
+        assert "New QR codes created for 1 pupil" in after and "not on the QR sheet" not in after
     finally:
         await browser.aclose()
 

@@ -19,6 +19,7 @@ from litestar.di import NamedDependency
 from litestar.response import Template
 
 from contracts import linking as contract
+from contracts.base import utcnow
 from contracts.identity import Principal
 from contracts.kit.rpc import RpcError
 from gateway import flows, paging
@@ -112,13 +113,18 @@ async def class_page(
 ) -> Template:
     """The class's Parents tab: every pupil with their parents, invitations and actions."""
     reply, pupils = await _class(clients, staff, class_id)
+    now = utcnow()
+    # A printed code past its expiry is no code at all: the sheet would have nothing to print.
+    live = {p.pupil_id for p in pupils if p.code_expires_at and p.code_expires_at > now}
     return render(
         request,
         "pages/class.html",
         principal=principal,
         klass=reply,
         pupils=pupils,
-        has_codes=any(p.code_expires_at for p in pupils),
+        has_codes=bool(live),
+        live_codes=live,
+        missing_codes=len(pupils) - len(live),
         shown_invitations=INVITATION_STATES_SHOWN,
         display_name=display_name,
         names={
