@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -573,6 +574,20 @@ async def test_the_class_page_shows_expiry_cards_and_withdraws(portal: Portal) -
         refused = await browser.post(f"/classes/{r.a1}/invitations/{again}/withdraw", data={})
         assert refused.status_code == 403
         assert (await invitation_statuses(portal, r.a1, cara))[again] == "invited"
+        # An invitation past its date: "send again" sends a new one to the same address.
+        late = await invite(portal, cara, f"late.{email}")
+        db = sqlite3.connect(portal.gateway_settings.data_dir.parent / "linking" / "linking.db")
+        with db:
+            db.execute("UPDATE invitations SET expires_at = '2020' || substr(expires_at, 5) WHERE id = ?", (late,))
+        db.close()
+        page = await browser.get(f"/classes/{r.a1}")
+        assert f"Send the invitation to late.{email} again" in page.text
+        resent = await browser.post(
+            f"/classes/{r.a1}/pupils/{cara}/invite", data={"csrf_token": token, "email": f"late.{email}"}
+        )
+        assert resent.status_code == 303
+        statuses = await invitation_statuses(portal, r.a1, cara)
+        assert statuses[late] == "revoked" and list(statuses.values())[-1] == "invited"
         # A pupil who joins is named as missing from the sheet; codes only for them, from the page.
         uma = uid("pupil")
         await roster(portal, pupil(r.school_a, uma, "Uma Upton", [r.a1], None))
