@@ -36,6 +36,7 @@ from linking_env import (
 from natsauth import authed_nats
 
 from contracts import linking as contract
+from contracts import platform
 from contracts.kit.service import migrate
 from linking import app as linking_app
 from linking.codes import CodeVault, new_key
@@ -210,6 +211,17 @@ async def test_rotating_the_key_loses_no_code_and_lifts_no_bar(linking_db: str, 
             assert (await redeem(env, amy_code, mum, email="mum@example.org")).created
             await add_bar(env, school, ben, "barred@example.org")
             _, invitation = await invite(env, school, cat, "gran@example.org")
+            # The roster's contact of Dan, kept encrypted under this key.
+            dan_contact = platform.PupilUpserted(
+                school_id=school.school_id,
+                pupil_id=dan,
+                first_name="Amy03",
+                last_name="Smith03",
+                class_ids=[class_id],
+                contacts=[platform.RosterContact(email="dan.mum@example.org", relationship="mother")],
+            )
+            await env.publish(platform.PUPIL_UPSERTED, dan_contact)
+            await env.applied([dan_contact])
 
         # The key changed and the old one is not given: linking refuses to start.
         done = await portal("service", "linking", **linking_settings(linking_db, host, server.url, key_b))
@@ -230,6 +242,7 @@ async def test_rotating_the_key_loses_no_code_and_lifts_no_bar(linking_db: str, 
             done = await portal("linking", "rekey", **rekey)
             assert done.returncode == 1, done.stdout + done.stderr
             assert "re-keyed 4 link code(s) and 1 bar(s)" in done.stdout
+            assert "re-keyed 1 parent contact(s)" in done.stdout
             assert "1 invitation code(s) still open" in done.stderr and OLD_KEYS in done.stderr
             carer = parent()
             assert (
@@ -246,6 +259,12 @@ async def test_rotating_the_key_loses_no_code_and_lifts_no_bar(linking_db: str, 
             assert await barred_addresses(env, school, ben) == ["barred@example.org"]
             assert (await redeem(env, dan_code, parent(), email="dan@example.org")).created
             assert [c.pupil_id for c in await children(env, carer)] == [cat]
+            contacts = await env.ask(
+                contract.BULK_INVITE,
+                contract.BulkInviteRequest(scope=school.scope, class_id=class_id, from_contacts=True),
+                contract.BulkInviteReply,
+            )
+            assert [(s.pupil_id, s.email) for s in contacts.skipped] == [(dan, "dan.mum@example.org")]
 
         # And the old key alone is now the foreign one.
         done = await portal("service", "linking", **linking_settings(linking_db, host, server.url, key_a))

@@ -304,3 +304,81 @@ async def test_malformed_staff_file_reports_every_line(fresh_nats, tmp_path: Pat
             await nc.jetstream().stream_info(streams.PLATFORM.name)  # nothing published: not even the stream exists
     finally:
         await nc.close()
+
+
+async def test_contact_columns_carry_the_schools_contacts_to_linking(linking: Linking, tmp_path: Path) -> None:
+    trust, oak, c1, c2 = uid("trust"), uid("oak"), uid("robins"), uid("maths")
+    head = HEADER + ",contact_email_1,contact_relationship_1,contact_email_2,contact_relationship_2"
+    row = f"{trust},Oak Trust,{oak},Oak Primary,Europe/London"
+    lines = [
+        head,
+        f"{row},{c1},Robins,{c1}-p1,Amy,Smith,mum.{oak}@example.org,Mother,dad.{oak}@example.org,Father",
+        # The same pupil in a set: the contacts given once are enough.
+        f"{row},{c2},Maths,{c1}-p1,Amy,Smith,,,,",
+        f"{row},{c1},Robins,{c1}-p2,Ben,Jones,gran.{oak}@example.org,Grandparent,,",
+        f"{row},{c1},Robins,{c1}-p3,Cat,Lee,,,,",
+    ]
+    csv_file = tmp_path / "contacts.csv"
+    csv_file.write_text("\n".join(lines) + "\n")
+    done = await portal("roster", "import", str(csv_file), nats_url=linking.url)
+    assert done.returncode == 0, done.stderr
+
+    scope = contract.StaffScope(school_ids=[oak])
+    reply = await call(
+        linking.nc, contract.BULK_INVITE, contract.BulkInviteRequest(scope=scope, class_id=c1, from_contacts=True)
+    )
+    assert (reply.sent, reply.skipped) == (3, [])
+
+    bad = tmp_path / "bad-contacts.csv"
+    bad.write_text(
+        "\n".join(
+            [
+                head,
+                f"{row},{c1},Robins,{c1}-p4,Dan,Brown,not-an-address,Mother,,",  # line 2
+                f"{row},{c1},Robins,{c1}-p5,Eve,White,,Father,,",  # line 3: a relationship without an address
+                f"{row},{c1},Robins,{c1}-p1,Amy,Smith,other.{oak}@example.org,Aunt,,",  # line 4: other contacts
+                f"{row},{c2},Maths,{c1}-p1,Amy,Smith,mum.{oak}@example.org,Mother,,",  # line 5
+            ]
+        )
+        + "\n"
+    )
+    before = await linking.stream_messages()
+    done = await portal("roster", "import", str(bad), nats_url=linking.url)
+    assert done.returncode == 1
+    problems = [line for line in done.stderr.splitlines() if line.startswith(f"{bad}:")]
+    assert [p.split(":")[1] for p in problems] == ["2", "3", "5"], done.stderr
+    assert "contact_email_1 'not-an-address' is not an email address" in problems[0]
+    assert "other contacts here than on line 4" in problems[2]
+    assert await linking.stream_messages() == before
+
+
+async def test_full_import_ends_missing_pupils_and_classes_and_refuses_half_a_school(
+    linking: Linking, tmp_path: Path
+) -> None:
+    trust, oak, elm = uid("trust"), uid("oak"), uid("elm")
+    c1, c2, e1 = uid("robins"), uid("wrens"), uid("elm1")
+    first = tmp_path / "first.csv"
+    first.write_text("\n".join([HEADER, *roster_rows(trust, [oak, elm], {c1: oak, c2: oak, e1: elm}, pupils=2)]) + "\n")
+    assert (await portal("roster", "import", str(first), nats_url=linking.url)).returncode == 0
+    assert {k: v[2] for k, v in (await linking.classes(oak, elm)).items()} == {c1: 2, c2: 2, e1: 2}
+
+    # Oak's whole roster now: Wrens is gone and one Robin left; Elm is not in the file and keeps everything.
+    whole = tmp_path / "whole.csv"
+    whole.write_text("\n".join([HEADER, *roster_rows(trust, [oak], {c1: oak}, pupils=1)]) + "\n")
+    before = await linking.stream_messages()
+    refused = await portal("roster", "import", "--full", str(whole), nats_url=linking.url)
+    assert refused.returncode == 1
+    assert f"the file would remove 3 of the 4 pupils of school {oak} (more than half)" in refused.stderr
+    assert "Nothing was changed" in refused.stderr and "--yes" in refused.stderr
+    assert await linking.stream_messages() == before
+    assert {k: v[2] for k, v in (await linking.classes(oak, elm)).items()} == {c1: 2, c2: 2, e1: 2}
+
+    done = await portal("roster", "import", "--full", "--yes", str(whole), nats_url=linking.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported 1 school, 1 class, 1 pupil (applied); 3 pupils left, 1 class removed"
+    assert {k: v[2] for k, v in (await linking.classes(oak, elm)).items()} == {c1: 1, e1: 2}
+
+    # The same file again: nothing more leaves, and no more than half is no question.
+    again = await portal("roster", "import", "--full", str(whole), nats_url=linking.url)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith("; 0 pupils left, 0 classes removed")

@@ -495,3 +495,32 @@ EXPORT: Rpc[ExportRequest, AccountExport] = Rpc(
     "password hash or a token. invalid_session when the account is gone.",
     errors=(E_INVALID_SESSION,),
 )
+
+
+# -- staff at scale ------------------------------------------------------------------------------
+
+MAX_ACTIVITY_IDS = 5000
+
+
+class ParentActivityRequest(Message):
+    """Which of these accounts signed in, and which were seen since `since` (uptake figures)."""
+
+    ids: list[str] = Field(max_length=MAX_ACTIVITY_IDS)
+    since: AwareDatetime
+
+
+class ParentActivityReply(Message):
+    """`signed_in`: the ids with a session on record; `active`: those seen since `since`."""
+
+    signed_in: list[str]
+    active: list[str]
+
+
+PARENT_ACTIVITY: Rpc[ParentActivityRequest, ParentActivityReply] = Rpc(
+    "rpc.identity.parent_activity.v1",
+    ParentActivityRequest,
+    ParentActivityReply,
+    title="parent activity",
+    description="For uptake figures: which of up to 5,000 accounts have signed in, and which were seen since a time "
+    "(from their sessions' last use). Ids only.",
+)

@@ -96,7 +96,13 @@ class SchoolsReply(Message):
 
 
 class ClassesRequest(StaffRequest):
-    """`GET /classes`: every class of the scope's schools."""
+    """`GET /classes`: every class of the scope's schools (`school_id`: one of them; `q`: whose
+    name holds it), a page of `limit` from `offset` when `limit` is given."""
+
+    school_id: str | None = Field(default=None, max_length=128)
+    q: str | None = Field(default=None, max_length=200)
+    limit: int | None = Field(default=None, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
 
 
 class ClassSummary(Message):
@@ -114,6 +120,7 @@ class ClassesReply(Message):
     """`GET /classes` answers `classes` as its array, by school then class name."""
 
     classes: list[ClassSummary]
+    next_offset: int | None = Field(default=None, description="Where the next page starts; null on the last")
 
 
 class ClassPupilsRequest(StaffRequest):
@@ -173,6 +180,10 @@ class CreateCodesRequest(StaffRequest):
 
     class_id: str | None = Field(default=None, max_length=128)
     pupil_id: str | None = Field(default=None, max_length=128)
+    only_missing: bool = Field(
+        default=False,
+        description="Only the pupils without a live printed code get one; the others' codes keep working",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> CreateCodesRequest:
@@ -453,6 +464,7 @@ class AuditEntry(Message):
     actor: str
     action: Literal[
         "invitation_sent",
+        "invitation_withdrawn",
         "link_created",
         "link_activated",
         "link_removed",
@@ -890,4 +902,252 @@ EXPORT: Rpc[ParentRequest, ParentExport] = Rpc(
     ParentExport,
     title="parent's export",
     description="`GET /me/export`: every link of a parent, ended ones too, and the audit rows that name them.",
+)
+
+
+# -- running it across a trust (staff at scale) ---------------------------------------------------
+
+E_ALREADY_ACCEPTED = "already_accepted"  # 409: an accepted invitation cannot be withdrawn
+
+
+class WithdrawInvitationRequest(StaffRequest):
+    """`DELETE /invitations/{invitation_id}`: a pending invitation is revoked, its code with it."""
+
+    invitation_id: str = Field(min_length=1, max_length=128)
+
+
+WITHDRAW_INVITATION: Rpc[WithdrawInvitationRequest, Done] = Rpc(
+    "rpc.linking.withdraw_invitation.v1",
+    WithdrawInvitationRequest,
+    Done,
+    title="withdraw invitation",
+    description="`DELETE /invitations/{id}`: a pending invitation becomes revoked and its code stops working at "
+    "once (a revoked or expired one: done already); already_accepted for an accepted one; not_found outside the scope.",
+    errors=(E_NOT_FOUND, E_ALREADY_ACCEPTED),
+)
+
+
+class PupilSheetRequest(StaffRequest):
+    """`GET /pupils/{pupil_id}/qr-sheet[?format=pdf]`: the pupil's one cut-out card."""
+
+    pupil_id: str = Field(min_length=1, max_length=128)
+    format: Literal["html", "pdf"] = "html"
+
+
+PUPIL_SHEET: Rpc[PupilSheetRequest, Document] = Rpc(
+    "rpc.linking.pupil_sheet.v1",
+    PupilSheetRequest,
+    Document,
+    title="pupil QR card",
+    description="`GET /pupils/{id}/qr-sheet[?format=pdf]`: one pupil's cut-out card, as HTML or an A4 PDF (base64).",
+    errors=(E_NOT_FOUND, E_NO_CODE),
+)
+
+
+# At most this many rows in one bulk invitation request (the gateway answers 413 beyond it).
+MAX_BULK_INVITATIONS = 1000
+SkipReason = Literal[
+    "invalid_email",
+    "unknown_pupil",
+    "duplicate",
+    "already_invited",
+    "already_linked",
+    "barred",
+    "too_many_invitations",
+]
+
+
+class InvitationRow(Message):
+    """One row of a bulk invitation: a pupil and an address (checked by linking, row by row)."""
+
+    pupil_id: str = Field(max_length=320)
+    email: str = Field(max_length=320)
+
+
+class BulkInviteRequest(StaffRequest):
+    """`POST /classes/{class_id}/invitations`: a list of invitations, or every contact of the
+    class's pupils who have no linked parent (`from_contacts`)."""
+
+    class_id: str = Field(min_length=1, max_length=128)
+    from_contacts: bool = False
+    invitations: list[InvitationRow] = Field(default_factory=list, max_length=MAX_BULK_INVITATIONS)
+
+
+class SkippedInvitation(Message):
+    """A row that was not sent, and why."""
+
+    pupil_id: str
+    email: str
+    reason: SkipReason
+
+
+class BulkInviteReply(Message):
+    """How many invitations were sent; the rows skipped with their reasons, in the order given."""
+
+    sent: int
+    skipped: list[SkippedInvitation] = Field(default_factory=list)
+
+
+BULK_INVITE: Rpc[BulkInviteRequest, BulkInviteReply] = Rpc(
+    "rpc.linking.bulk_invite.v1",
+    BulkInviteRequest,
+    BulkInviteReply,
+    title="bulk invite",
+    description="`POST /classes/{id}/invitations`: up to 1,000 invitations in one transaction (a bad row is "
+    "skipped with its reason, the rest sent), or every roster contact of the class's pupils without a linked "
+    "parent and without a pending invitation to that address; not_found outside the scope.",
+    errors=(E_NOT_FOUND,),
+)
+
+
+class UptakeRequest(StaffRequest):
+    """`GET /uptake[?school_id=…|?class_id=…]`: default, the caller's whole scope."""
+
+    school_id: str | None = Field(default=None, max_length=128)
+    class_id: str | None = Field(default=None, max_length=128)
+
+
+class UptakeCounts(Message):
+    """Linking's uptake figures of a scope or a row (identity adds whether parents sign in)."""
+
+    pupils: int = 0
+    pupils_with_linked_parent: int = 0
+    invitations_pending: int = 0
+    invitations_bounced: int = 0
+    parents_linked: int = 0
+
+
+class UptakeRow(UptakeCounts):
+    """A school (trust scope) or class (school scope); `parents` are its linked parents as
+    positions in the reply's `parent_ids` (each id is sent once, whatever its rows: a trust's
+    15,000 parents fit one NATS message)."""
+
+    id: str
+    name: str
+    parents: list[int] = Field(default_factory=list)
+
+
+class UptakeReply(UptakeCounts):
+    """The scope's figures, its linked parents (for identity's figures) and a row per school or class."""
+
+    scope: Literal["trust", "school", "class"]
+    parent_ids: list[str] = Field(default_factory=list)
+    rows: list[UptakeRow] = Field(default_factory=list)
+
+
+UPTAKE: Rpc[UptakeRequest, UptakeReply] = Rpc(
+    "rpc.linking.uptake.v1",
+    UptakeRequest,
+    UptakeReply,
+    title="uptake",
+    description="`GET /uptake`: pupils, pupils with a linked parent, pending and bounced invitations and linked "
+    "parents (ids) of a trust's schools, a school's classes or a class; not_found outside the scope.",
+    errors=(E_NOT_FOUND,),
+)
+
+
+class SchoolAuditRequest(StaffRequest):
+    """`GET /schools/{school_id}/audit`: the school's audit rows from `from_at` (inclusive) to
+    `to_at` (exclusive), oldest first, a page of `limit` after the row `after_id`."""
+
+    school_id: str = Field(min_length=1, max_length=128)
+    from_at: AwareDatetime | None = None
+    to_at: AwareDatetime | None = None
+    after_id: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class SchoolAuditEntry(AuditEntry):
+    """An audit row with its pupil."""
+
+    pupil_id: str
+    id: int
+
+
+class SchoolAuditReply(Message):
+    """A page of the school's audit rows; `next_after` is where the next page starts (null: the last)."""
+
+    entries: list[SchoolAuditEntry]
+    next_after: int | None = None
+
+
+SCHOOL_AUDIT: Rpc[SchoolAuditRequest, SchoolAuditReply] = Rpc(
+    "rpc.linking.school_audit.v1",
+    SchoolAuditRequest,
+    SchoolAuditReply,
+    title="school audit",
+    description="`GET /schools/{id}/audit`: a page of the school's audit rows between two times; not_found outside the scope.",
+    errors=(E_NOT_FOUND,),
+)
+
+
+class RosterSnapshotRequest(Message):
+    """`portal roster import --full`: what linking holds of one school now."""
+
+    school_id: str = Field(min_length=1, max_length=128)
+
+
+class RosterSnapshotReply(Message):
+    """The school's current pupils (not those who left) and classes, ids only."""
+
+    pupil_ids: list[str]
+    class_ids: list[str]
+
+
+ROSTER_SNAPSHOT: Rpc[RosterSnapshotRequest, RosterSnapshotReply] = Rpc(
+    "rpc.linking.roster_snapshot.v1",
+    RosterSnapshotRequest,
+    RosterSnapshotReply,
+    title="roster snapshot",
+    description="`portal roster import --full`: a school's current pupils and classes (ids), to tell who left.",
+)
+
+
+class TrustSettingsRequest(StaffRequest):
+    """`GET /trusts/{trust_id}/settings` (trust admins)."""
+
+    trust_id: str = Field(min_length=1, max_length=128)
+
+
+class UpdateTrustSettingsRequest(StaffRequest):
+    """`PUT /trusts/{trust_id}/settings`: the fields given change (validated as a school's)."""
+
+    trust_id: str = Field(min_length=1, max_length=128)
+    settings: dict[str, Any]
+
+
+class TrustSettings(Message):
+    """The trust's defaults for its schools: each key the trust's value, else the deployment's."""
+
+    trust_id: str
+    max_carers_per_code: int
+    printed_code_days: int
+    invitation_days: int
+    aup_text: str
+    aup_version: str
+    homework_url: str
+    files_url: str
+    messages_url: str
+    email_parent_on_removal: bool
+    updated_at: AwareDatetime | None = None
+
+
+GET_TRUST_SETTINGS: Rpc[TrustSettingsRequest, TrustSettings] = Rpc(
+    "rpc.linking.trust_settings.v1",
+    TrustSettingsRequest,
+    TrustSettings,
+    title="trust settings",
+    description="`GET /trusts/{id}/settings`: the trust's defaults for its schools; not_found unless the caller "
+    "administers the trust.",
+    errors=(E_NOT_FOUND,),
+)
+
+UPDATE_TRUST_SETTINGS: Rpc[UpdateTrustSettingsRequest, TrustSettings] = Rpc(
+    "rpc.linking.update_trust_settings.v1",
+    UpdateTrustSettingsRequest,
+    TrustSettings,
+    title="update trust settings",
+    description="`PUT /trusts/{id}/settings`: validated like a school's; each school that takes a changed key "
+    "from the trust announces its new settings.",
+    errors=(E_NOT_FOUND, E_VALIDATION),
 )

@@ -10,13 +10,14 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
-from contracts.base import Event
+from contracts.base import Event, Message
 from contracts.names import PersonName
 
 Id = str  # platform ids are opaque strings
 
 SCHOOL_UPSERTED = "platform.roster.school.upserted.v1"
 CLASS_UPSERTED = "platform.roster.class.upserted.v1"
+CLASS_REMOVED = "platform.roster.class.removed.v1"
 PUPIL_UPSERTED = "platform.roster.pupil.upserted.v1"
 PUPIL_LEFT = "platform.roster.pupil.left.v1"
 STAFF_UPSERTED = "platform.roster.staff.upserted.v1"
@@ -53,14 +54,33 @@ class ClassUpserted(Event):
     name: str = Field(min_length=1)
 
 
+class ClassRemoved(Event):
+    """A class no longer exists (a `--full` roster import without it): its pupils stay at the school."""
+
+    school_id: Id = Field(min_length=1)
+    class_id: Id = Field(min_length=1)
+
+
+class RosterContact(Message):
+    """One of the school's records of who cares for a pupil: an address and how they are related."""
+
+    email: str = Field(min_length=3, max_length=254)
+    relationship: str = Field(default="", max_length=100)
+
+
 class PupilUpserted(Event):
-    """A pupil joined or changed; `class_ids` is the full set of the pupil's classes."""
+    """A pupil joined or changed; `class_ids` is the full set of the pupil's classes.
+
+    `contacts` is the full set of the school's contacts for the pupil (at most 2); absent (null)
+    when the roster says nothing about contacts, which leaves those linking holds as they are.
+    """
 
     school_id: Id = Field(min_length=1)
     pupil_id: Id = Field(min_length=1)
     first_name: PersonName
     last_name: PersonName
     class_ids: list[Id] = Field(default_factory=list)
+    contacts: list[RosterContact] | None = Field(default=None, max_length=2)
 
 
 class PupilLeft(Event):
@@ -151,6 +171,7 @@ class StarsAwarded(Event):
 SCHEMAS: dict[str, type[Event]] = {
     SCHOOL_UPSERTED: SchoolUpserted,
     CLASS_UPSERTED: ClassUpserted,
+    CLASS_REMOVED: ClassRemoved,
     PUPIL_UPSERTED: PupilUpserted,
     PUPIL_LEFT: PupilLeft,
     STAFF_UPSERTED: StaffUpserted,

@@ -59,6 +59,14 @@ def rekey() -> None:
             1,
         )
     typer.echo(f"re-keyed {report.codes} link code(s) and {report.bars} bar(s) under {codes.KEY_SETTING}")
+    if report.contacts:
+        typer.echo(f"re-keyed {report.contacts} parent contact(s) from the roster")
+    if report.unreadable_contacts:
+        typer.echo(
+            f"{report.unreadable_contacts} parent contact(s) from the roster were written under a key that is not "
+            f"configured: add it to {codes.OLD_KEYS_SETTING} and run this again, or import the roster again",
+            err=True,
+        )
     if report.retired_invitation_codes:
         typer.echo(
             f"{report.retired_invitation_codes} used, revoked or expired invitation code(s) can no longer be "

@@ -26,8 +26,10 @@ ROSTER_COLUMNS = (
     "trust_id", "trust_name", "school_id", "school_name", "timezone",
     "class_id", "class_name", "pupil_id", "first_name", "last_name",
 )  # fmt: skip
+# Optional: the school's records of who cares for each pupil (invited with "from contacts").
+CONTACT_COLUMNS = ("contact_email_1", "contact_relationship_1", "contact_email_2", "contact_relationship_2")
 STAFF_COLUMNS = ("school_id", "trust_id", "staff_id", "email", "name", "role")
-ROSTER_HELP = "Columns: " + ", ".join(ROSTER_COLUMNS) + "."
+ROSTER_HELP = "Columns: " + ", ".join(ROSTER_COLUMNS) + "; optionally " + ", ".join(CONTACT_COLUMNS) + "."
 STAFF_HELP = "Columns: " + ", ".join(STAFF_COLUMNS) + "."
 STAFF_ROLES = ("teacher", "school_admin", "trust_admin")
 
@@ -38,6 +40,7 @@ MAX_NAME = 200  # a school's, trust's or class's name
 # rule for names (contracts.names), checked here so that a file breaking it is refused whole.
 PERSON_NAMES = ("first_name", "last_name", "name")
 MAX_EMAIL = 254
+MAX_RELATIONSHIP = 100
 STATUS_CHUNK = 5000  # ROSTER_STATUS takes at most this many ids a request
 PUBLISH_CONCURRENCY = 64
 PUBLISH_ATTEMPTS = 8
@@ -84,8 +87,9 @@ class Problems:
 # -- reading and checking -------------------------------------------------------------------
 
 
-def read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[Row]:
-    """The data rows under a header naming exactly `columns`; bad rows go to `problems`, a bad file raises."""
+def read_rows(path: Path, columns: Sequence[str], problems: Problems, optional: Sequence[str] = ()) -> list[Row]:
+    """The data rows under a header naming exactly `columns` (and any of `optional`); bad rows go
+    to `problems`, a bad file raises."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -108,7 +112,7 @@ def read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[Ro
     except csv.Error as exc:
         problems.add(1, f"not a CSV header ({exc})")
         problems.raise_if_any()
-    _check_header(header, columns, problems)
+    _check_header(header, columns, problems, optional)
     problems.raise_if_any()
 
     rows: list[Row] = []
@@ -135,7 +139,7 @@ def read_rows(path: Path, columns: Sequence[str], problems: Problems) -> list[Ro
     return rows
 
 
-def _check_header(header: list[str], columns: Sequence[str], problems: Problems) -> None:
+def _check_header(header: list[str], columns: Sequence[str], problems: Problems, optional: Sequence[str] = ()) -> None:
     expected = ", ".join(columns)
     if len(header) == 1 and ";" in header[0]:
         problems.add(
@@ -151,8 +155,9 @@ def _check_header(header: list[str], columns: Sequence[str], problems: Problems)
             problems.add(1, "a column without a name in the header")
         elif name in seen:
             problems.add(1, f"column {name} appears twice in the header")
-        elif name not in columns:
-            problems.add(1, f"unknown column {name!r} (the columns are: {expected})")
+        elif name not in columns and name not in optional:
+            also = f"; optionally {', '.join(optional)}" if optional else ""
+            problems.add(1, f"unknown column {name!r} (the columns are: {expected}{also})")
         seen.add(name)
     missing = [c for c in columns if c not in seen]
     if missing:
@@ -176,7 +181,11 @@ def _check_cells(row: Row, required: Iterable[str], problems: Problems) -> set[s
             else:
                 good.add(name)
             continue
-        limit = MAX_EMAIL if name == "email" else MAX_ID if name.endswith("_id") else MAX_NAME
+        limit = (
+            MAX_EMAIL if name.startswith(("email", "contact_email")) else MAX_ID if name.endswith("_id") else MAX_NAME
+        )
+        if name.startswith("contact_relationship"):
+            limit = MAX_RELATIONSHIP
         if len(value) > limit:
             problems.add(row.line, f"{name} is {len(value)} characters long (at most {limit})")
         elif any(ch in value for ch in "\r\n\t\x00"):
@@ -250,9 +259,10 @@ class Consistency:
 def parse_roster(path: Path, shown: str | None = None) -> RosterPlan:
     """Read and check a roster file; raises `RosterFileError` listing every problem."""
     problems = Problems(shown or str(path))
-    rows = read_rows(path, ROSTER_COLUMNS, problems)
+    rows = read_rows(path, ROSTER_COLUMNS, problems, CONTACT_COLUMNS)
     same = Consistency(problems)
-    plan = RosterPlan()
+    plan = RosterPlan(contacts_given=bool(rows) and any(c in rows[0].cells for c in CONTACT_COLUMNS))
+    contacts_from: dict[str, int] = {}
     for row in rows:
         good = _check_cells(row, ROSTER_COLUMNS, problems)
         c = row.cells
@@ -279,8 +289,41 @@ def parse_roster(path: Path, shown: str | None = None) -> RosterPlan:
                     classes = plan.pupil_classes.setdefault(c["pupil_id"], [])
                     if c["class_id"] not in classes:
                         classes.append(c["class_id"])
+                if plan.contacts_given:
+                    _pupil_contacts(plan, contacts_from, row, good, problems)
     problems.raise_if_any()
     return plan
+
+
+def _pupil_contacts(plan: RosterPlan, first: dict[str, int], row: Row, good: set[str], problems: Problems) -> None:
+    """The pupil's contacts from this row; a pupil on several rows (one per class) gives them
+    once, or the same on every row that gives any."""
+    c = row.cells
+    contacts: list[tuple[str, str]] = []
+    for n in (1, 2):
+        email, relationship = c.get(f"contact_email_{n}", ""), c.get(f"contact_relationship_{n}", "")
+        if not email:
+            if relationship:
+                problems.add(row.line, f"contact_relationship_{n} without contact_email_{n}")
+            continue
+        if f"contact_email_{n}" not in good:
+            continue
+        if not _plausible_email(email):
+            problems.add(row.line, f"contact_email_{n} {email!r} is not an email address")
+            continue
+        if relationship and len(relationship) > MAX_RELATIONSHIP:
+            continue  # reported by _check_cells
+        contacts.append((email, relationship))
+    pid = c["pupil_id"]
+    if not contacts:
+        plan.contacts.setdefault(pid, [])
+        return
+    if pid in first and plan.contacts.get(pid) and plan.contacts[pid] != contacts:
+        problems.add(row.line, f"pupil {pid} has other contacts here than on line {first[pid]}")
+        return
+    if not plan.contacts.get(pid):
+        plan.contacts[pid] = contacts
+        first[pid] = row.line
 
 
 def parse_staff(path: Path, shown: str | None = None) -> list[dict[str, str]]:
@@ -338,6 +381,9 @@ class RosterPlan:
     classes: dict[str, dict[str, str]] = field(default_factory=dict)
     pupils: dict[str, dict[str, str]] = field(default_factory=dict)
     pupil_classes: dict[str, list[str]] = field(default_factory=dict)
+    # With the contact columns: each pupil's (address, relationship), the full set, maybe none.
+    contacts_given: bool = False
+    contacts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def events(self) -> list[tuple[str, Any]]:
         """The events to publish: schools, then classes, then pupils (each with all its classes)."""
@@ -361,9 +407,14 @@ class RosterPlan:
                 )
             )
         for pid, c in self.pupils.items():
+            contacts = (
+                [platform.RosterContact(email=e, relationship=r) for e, r in self.contacts.get(pid, [])]
+                if self.contacts_given
+                else None
+            )
             pupil = platform.PupilUpserted(
                 school_id=c["school_id"], pupil_id=pid, first_name=c["first_name"], last_name=c["last_name"],
-                class_ids=self.pupil_classes.get(pid, []),
+                class_ids=self.pupil_classes.get(pid, []), contacts=contacts,
             )  # fmt: skip
             out.append((platform.PUPIL_UPSERTED, pupil))
         return out
@@ -533,6 +584,15 @@ def import_roster(
     file: Path = typer.Argument(..., metavar="FILE.csv", help=ROSTER_HELP),
     timeout: float = typer.Option(120.0, "--timeout", min=0.0, help="Seconds to wait for the portal to apply it."),
     check: bool = typer.Option(False, "--check", help="Only check the file; publish nothing."),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="The file is the whole truth for the schools it names: their pupils missing from it have left (their "
+        "links end) and their classes missing from it are removed.",
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", help="With --full: go ahead even when more than half the pupils of a school would leave."
+    ),
 ) -> None:
     """Load schools, classes and pupils; returns once the portal has applied them."""
     from portal.cli import _nats_url, _run_with_nats, fail
@@ -548,7 +608,14 @@ def import_roster(
     url = _nats_url()
     events = plan.events()
 
+    removals = FullRemovals()
+
     async def run(nc: Any) -> str | None:
+        if full:
+            refusal = await removals.read(nc, plan, yes=yes)
+            if refusal:
+                return refusal
+            events.extend(removals.events())
         try:
             await publish_all(nc.jetstream(), events)
         except PublishFailed as exc:
@@ -571,7 +638,61 @@ def import_roster(
     error = _run_with_nats(url, run)
     if error:
         fail(error, 1)
-    typer.echo(f"imported {counts} (applied)")
+    typer.echo(f"imported {counts} (applied){removals.summary() if full else ''}")
+
+
+@dataclass
+class FullRemovals:
+    """What a `--full` file removes: the named schools' pupils and classes it no longer has."""
+
+    leavers: list[str] = field(default_factory=list)
+    classes: list[tuple[str, str]] = field(default_factory=list)  # (school_id, class_id)
+
+    async def read(self, nc: Any, plan: RosterPlan, *, yes: bool) -> str | None:
+        """Ask linking what each school has now; a refusal (nothing published) or None."""
+        from contracts import linking
+        from contracts.kit import rpc
+
+        refusals = []
+        for school_id in plan.schools:
+            try:
+                now = await rpc.call(nc, linking.ROSTER_SNAPSHOT, linking.RosterSnapshotRequest(school_id=school_id))
+            except (rpc.RpcUnavailable, rpc.RpcTimeout):
+                return (
+                    "no linking service answers: --full needs it to tell which pupils left; nothing was changed "
+                    "(start it with `portal up` or `portal service linking`)"
+                )
+            leaving = [p for p in now.pupil_ids if p not in plan.pupils]
+            if now.pupil_ids and len(leaving) * 2 > len(now.pupil_ids) and not yes:
+                refusals.append(
+                    f"the file would remove {len(leaving)} of the {len(now.pupil_ids)} pupils of school {school_id} "
+                    "(more than half)"
+                )
+            self.leavers.extend(leaving)
+            self.classes.extend((school_id, c) for c in now.class_ids if c not in plan.classes)
+        if refusals:
+            return (
+                "refused: "
+                + "; ".join(refusals)
+                + ". Nothing was changed: check the file holds every pupil of the school, or give --yes if they "
+                "really left"
+            )
+        return None
+
+    def events(self) -> list[tuple[str, Any]]:
+        """Departures after the upserts (a pupil who moved school is upserted, not gone), then classes."""
+        from contracts import platform
+
+        out: list[tuple[str, Any]] = [(platform.PUPIL_LEFT, platform.PupilLeft(pupil_id=p)) for p in self.leavers]
+        out += [(platform.CLASS_REMOVED, platform.ClassRemoved(school_id=s, class_id=c)) for s, c in self.classes]
+        return out
+
+    def summary(self) -> str:
+        """`; 3 pupils left, 1 class removed`."""
+        return (
+            f"; {_plural(len(self.leavers), 'pupil', 'pupils')} left, "
+            f"{_plural(len(self.classes), 'class', 'classes')} removed"
+        )
 
 
 @roster_app.command("import-staff")

@@ -186,12 +186,16 @@ RPC_ERRORS: dict[str, RpcErrorMapping] = {
     linking.E_CODE_FULL: RpcErrorMapping(409),
     linking.E_AUP_REQUIRED: RpcErrorMapping(422),
     linking.E_TOO_MANY_INVITATIONS: RpcErrorMapping(409),
+    linking.E_ALREADY_ACCEPTED: RpcErrorMapping(409),
     names.E_INVALID_NAME: RpcErrorMapping(422),
 }
 
 # (request, code) -> answer, where one request's error is worded apart from the others'.
 RPC_ERRORS_BY_REQUEST: dict[tuple[str, str], RpcErrorMapping] = {
     (linking.UPDATE_SCHOOL_SETTINGS.subject, linking.E_VALIDATION): RpcErrorMapping(
+        422, lead="Some settings are invalid"
+    ),
+    (linking.UPDATE_TRUST_SETTINGS.subject, linking.E_VALIDATION): RpcErrorMapping(
         422, lead="Some settings are invalid"
     ),
 }

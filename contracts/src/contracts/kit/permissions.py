@@ -65,6 +65,7 @@ OPERATOR_ONLY: tuple[Rpc[Any, Any], ...] = (
     identity.DELETE_PARENT,
     linking.ALERTS,
     linking.ROSTER_STATUS,
+    linking.ROSTER_SNAPSHOT,
     *(retention(s) for s in SERVICES),
     *(status(p) for p in RUNNING_PARTS),
 )

@@ -53,22 +53,41 @@ async def invite_parent(
     return Invitation.of(await staff.invite(checked_id(pupil_id), data.email))
 
 
+class RemoveBody(BaseModel):
+    """Why staff removed the parent (optional), kept as the audit row's `reason`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reason: str = Field(default="", max_length=500, examples=["court order received"])
+
+
+# A reason of 500 characters JSON-escaped at worst, with room to spare.
+REMOVE_MAX_BODY = 8 * 1024
+
+
 @delete(
     "/pupils/{pupil_id:str}/parents/{parent_id:str}",
     status_code=204,
     summary="Remove a parent's access to one pupil",
     operation_id="remove_parent",
-    responses=error_responses(401, 404, 503),
+    description="The body is optional: `{reason}` (up to 500 characters) is kept as the audit row's `reason`.",
+    request_max_body_size=REMOVE_MAX_BODY,
+    responses=error_responses(401, 404, 413, 422, 503),
     guards=STAFF,
     tags=TAGS,
     security=SECURITY,
 )
 async def remove_parent(
-    state: State, staff: NamedDependency[StaffLinking], pupil_id: FromPath[str], parent_id: FromPath[str]
+    state: State,
+    staff: NamedDependency[StaffLinking],
+    pupil_id: FromPath[str],
+    parent_id: FromPath[str],
+    data: JSONBody[RemoveBody | None] = None,
 ) -> None:
     """That parent loses this pupil, and only this pupil."""
+    reason = data.reason.strip() if data is not None else ""
     async with get_links_cache(state).removals() as removed:
-        await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
+        await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id), reason)
         removed.expect(parent_id, pupil_id)
 
 

@@ -19,15 +19,16 @@ from typing import Any, Literal
 from litestar import MediaType, Request, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
+from pydantic import BaseModel, ConfigDict
 
 from contracts import identity
 from contracts import linking as contract
 from contracts.identity import Principal
-from gateway import flows
+from gateway import flows, paging
 from gateway.auth import SECURITY, admins_only, staff_only
 from gateway.caches.sessions import get_auth
 from gateway.clients import Clients, StaffLinking
-from gateway.errors import checked_id, not_found
+from gateway.errors import ApiError, checked_id, not_found
 from gateway.models import CreatedCodes, NewCode, PupilRow
 from gateway.openapi import BINARY, TEXT, content_types, error_responses
 
@@ -90,18 +91,45 @@ STAFF = [staff_only]
 ADMINS = [admins_only]
 
 
+class CodesBody(BaseModel):
+    """Optional: which pupils of the class get a new code."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    only_missing: bool = False
+
+
 @get(
     "/classes",
     summary="The caller's classes",
     operation_id="list_classes",
-    responses=error_responses(401, 404, 503),
+    description="`school_id` narrows to one school of the caller's, `q` to the classes whose name holds it (any "
+    "case). `limit` (default 100, at most 500) and `cursor`: the next page's address is in the `Link` header "
+    '(`rel="next"`, RFC 8288); none after the last page.',
+    responses=error_responses(401, 404, 422, 503),
     guards=STAFF,
     tags=TAGS,
     security=SECURITY,
 )
-async def list_classes(staff: NamedDependency[StaffLinking]) -> list[contract.ClassSummary]:
-    """Every class of the caller's school (a trust admin: the trust's schools) with its pupil counts."""
-    return await staff.classes()
+async def list_classes(
+    request: Request,
+    staff: NamedDependency[StaffLinking],
+    school_id: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
+    limit: FromQuery[int | None] = None,
+    cursor: FromQuery[str | None] = None,
+) -> Response[list[contract.ClassSummary]]:
+    """Every class of the caller's school (a trust admin: the trust's schools) with its pupil
+    counts, by school then class name, a page at a time (`Link: <…>; rel="next"`)."""
+    if q is not None and len(q) > 200:
+        raise ApiError(422, "validation_error", "q: at most 200 characters.", extra={"errors": []})
+    reply = await staff.classes_page(
+        school_id=None if school_id is None else checked_id(school_id),
+        q=q.strip() if q and q.strip() else None,
+        limit=paging.limit_of(limit),
+        offset=paging.position_of(cursor),
+    )
+    return Response(content=reply.classes, headers=paging.next_link(request, reply.next_offset))
 
 
 @get(
@@ -125,14 +153,23 @@ async def class_pupils(
     status_code=201,
     summary="Create QR codes for a class",
     operation_id="create_class_codes",
-    responses=error_responses(401, 403, 404, 503),
+    description='The body is optional: `{"only_missing": true}` makes codes only for the pupils without a live '
+    "printed code, and every other pupil's printed code keeps working.",
+    request_max_body_size=1024,
+    responses=error_responses(401, 403, 404, 413, 422, 503),
     guards=STAFF,
     tags=TAGS,
     security=SECURITY,
 )
-async def create_class_codes(staff: NamedDependency[StaffLinking], class_id: FromPath[str]) -> CreatedCodes:
-    """Every pupil of the class gets a new printed code; their earlier codes stop working at once."""
-    return CreatedCodes.of(await staff.create_class_codes(checked_id(class_id)))
+async def create_class_codes(
+    staff: NamedDependency[StaffLinking], class_id: FromPath[str], data: JSONBody[CodesBody | None] = None
+) -> CreatedCodes:
+    """Every pupil of the class gets a new printed code; their earlier codes stop working at once.
+    With `{"only_missing": true}`, only the pupils without a live printed code get one (a pupil
+    who joined mid-year, one whose code expired); the others' printed codes keep working, a pupil
+    in two classes keeping the card the other class printed."""
+    only_missing = data.only_missing if data is not None else False
+    return CreatedCodes.of(await staff.create_class_codes(checked_id(class_id), only_missing=only_missing))
 
 
 @post(
@@ -173,6 +210,32 @@ async def class_sheet(
 ) -> Response[bytes]:
     """One card per pupil with their name, class, school, QR code, typed code and its expiry."""
     doc = await staff.class_sheet(checked_id(class_id), format)
+    if format == "pdf":
+        return document_response(doc, PDF, attachment=True)
+    return document_response(doc, MediaType.HTML, csp=sheet_csp(doc.text or ""))
+
+
+@get(
+    "/pupils/{pupil_id:str}/qr-sheet",
+    summary="One pupil's printable QR card",
+    operation_id="get_pupil_qr_sheet",
+    description="The pupil's one cut-out card (name, class, school, QR code, typed code and its expiry) as an HTML "
+    "page with print CSS; `?format=pdf` answers an A4 PDF (`application/pdf`, as an attachment). 404 `no_code` "
+    "before the pupil has a printed code.",
+    media_type=MediaType.HTML,
+    operation_class=content_types(200, {MediaType.HTML.value: TEXT, PDF: BINARY}),
+    responses=error_responses(401, 404, 422, 503),
+    guards=STAFF,
+    tags=TAGS,
+    security=SECURITY,
+)
+async def pupil_sheet(
+    staff: NamedDependency[StaffLinking],
+    pupil_id: FromPath[str],
+    format: FromQuery[Literal["html", "pdf"]] = "html",  # noqa: A002 - the query parameter's name
+) -> Response[bytes]:
+    """The card printed for a lost one, or for a pupil who joined after the class's sheet."""
+    doc = await staff.pupil_sheet(checked_id(pupil_id), format)
     if format == "pdf":
         return document_response(doc, PDF, attachment=True)
     return document_response(doc, MediaType.HTML, csp=sheet_csp(doc.text or ""))
@@ -336,6 +399,7 @@ ROUTES = [
     create_class_codes,
     create_pupil_code,
     class_sheet,
+    pupil_sheet,
     pupil_qr_svg,
     pupil_qr_png,
     get_school_settings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import datetime
 
 from contracts import identity
 from contracts.kit.rpc import INVALID_REQUEST, RpcError
@@ -93,6 +94,22 @@ class IdentityClient:
             )
         )
         return {c.id: c for reply in replies for c in reply.contacts}
+
+    async def parent_activity(self, account_ids: Iterable[str], since: datetime) -> tuple[set[str], set[str]]:
+        """Of these accounts, those who have signed in and those seen since `since`."""
+        ids = sorted(set(account_ids))
+        if not ids:
+            return set(), set()
+        step = identity.MAX_ACTIVITY_IDS
+        replies = await asyncio.gather(
+            *(
+                self._t.call(
+                    identity.PARENT_ACTIVITY, identity.ParentActivityRequest(ids=ids[i : i + step], since=since)
+                )
+                for i in range(0, len(ids), step)
+            )
+        )
+        return {a for r in replies for a in r.signed_in}, {a for r in replies for a in r.active}
 
     async def staff_list(self, scope: identity.AdminScope) -> list[identity.StaffMember]:
         """The members of staff an admin with `scope` may see, disabled ones included."""

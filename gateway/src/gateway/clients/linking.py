@@ -7,6 +7,7 @@ so that no request can be sent for a member of staff without them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from contracts import linking
@@ -64,6 +65,9 @@ class LinkingClient:
         return await self._t.call(linking.EXPORT, linking.ParentRequest(parent_id=parent_id))
 
 
+BULK_TIMEOUT = 30.0
+
+
 class StaffLinking:
     """Linking's staff requests for one caller: every one carries their scope and id."""
 
@@ -83,13 +87,36 @@ class StaffLinking:
         """Every class of the caller's schools."""
         return (await self._t.call(linking.CLASSES, linking.ClassesRequest(**self._who()))).classes
 
+    async def classes_page(
+        self, *, school_id: str | None, q: str | None, limit: int, offset: int
+    ) -> linking.ClassesReply:
+        """A page of the caller's classes, maybe of one school, maybe by a part of their name."""
+        return await self._t.call(
+            linking.CLASSES,
+            linking.ClassesRequest(**self._who(), school_id=school_id, q=q, limit=limit, offset=offset),
+        )
+
+    async def school_audit(
+        self, school_id: str, *, from_at: datetime | None, to_at: datetime | None, after_id: int, limit: int
+    ) -> linking.SchoolAuditReply:
+        """A page of a school's audit rows."""
+        return await self._t.call(
+            linking.SCHOOL_AUDIT,
+            linking.SchoolAuditRequest(
+                **self._who(), school_id=school_id, from_at=from_at, to_at=to_at, after_id=after_id, limit=limit
+            ),
+        )
+
     async def class_pupils(self, class_id: str) -> linking.ClassPupilsReply:
         """A class and its pupils with their parents (ids) and invitations."""
         return await self._t.call(linking.CLASS_PUPILS, linking.ClassPupilsRequest(**self._who(), class_id=class_id))
 
-    async def create_class_codes(self, class_id: str) -> linking.CreateCodesReply:
-        """A new printed code for every pupil of a class."""
-        return await self._t.call(linking.CREATE_CODES, linking.CreateCodesRequest(**self._who(), class_id=class_id))
+    async def create_class_codes(self, class_id: str, *, only_missing: bool = False) -> linking.CreateCodesReply:
+        """A new printed code for every pupil of a class (`only_missing`: for those without one)."""
+        return await self._t.call(
+            linking.CREATE_CODES,
+            linking.CreateCodesRequest(**self._who(), class_id=class_id, only_missing=only_missing),
+        )
 
     async def create_pupil_code(self, pupil_id: str) -> linking.CreateCodesReply:
         """A new printed code for one pupil."""
@@ -99,6 +126,12 @@ class StaffLinking:
         """The class's printable QR sheet."""
         return await self._t.call(
             linking.CLASS_SHEET, linking.ClassSheetRequest(**self._who(), class_id=class_id, format=fmt)
+        )
+
+    async def pupil_sheet(self, pupil_id: str, fmt: Literal["html", "pdf"]) -> linking.Document:
+        """One pupil's printable card."""
+        return await self._t.call(
+            linking.PUPIL_SHEET, linking.PupilSheetRequest(**self._who(), pupil_id=pupil_id, format=fmt)
         )
 
     async def pupil_qr(self, pupil_id: str, fmt: Literal["svg", "png"]) -> linking.Document:
@@ -124,10 +157,48 @@ class StaffLinking:
         """Email an invitation to link a pupil."""
         return await self._t.call(linking.INVITE, linking.InviteRequest(**self._who(), pupil_id=pupil_id, email=email))
 
-    async def remove_parent(self, pupil_id: str, parent_id: str) -> None:
-        """That parent loses this pupil."""
+    async def remove_parent(self, pupil_id: str, parent_id: str, reason: str = "") -> None:
+        """That parent loses this pupil (`reason` kept on the audit row)."""
         await self._t.call(
-            linking.REMOVE_PARENT, linking.RemoveParentRequest(**self._who(), pupil_id=pupil_id, parent_id=parent_id)
+            linking.REMOVE_PARENT,
+            linking.RemoveParentRequest(**self._who(), pupil_id=pupil_id, parent_id=parent_id, reason=reason),
+        )
+
+    async def bulk_invite(
+        self, class_id: str, *, from_contacts: bool, rows: list[linking.InvitationRow]
+    ) -> linking.BulkInviteReply:
+        """Many invitations for a class at once: the rows given, or the class's roster contacts."""
+        return await self._t.call(
+            linking.BULK_INVITE,
+            linking.BulkInviteRequest(**self._who(), class_id=class_id, from_contacts=from_contacts, invitations=rows),
+            # A thousand invitations are one transaction: longer than one request's usual answer.
+            timeout=BULK_TIMEOUT,
+        )
+
+    async def uptake(self, *, school_id: str | None, class_id: str | None) -> linking.UptakeReply:
+        """Uptake figures of the caller's scope, a school of it or a class."""
+        return await self._t.call(
+            linking.UPTAKE, linking.UptakeRequest(**self._who(), school_id=school_id, class_id=class_id)
+        )
+
+    async def trust_settings(self, trust_id: str) -> linking.TrustSettings:
+        """A trust's defaults for its schools."""
+        return await self._t.call(
+            linking.GET_TRUST_SETTINGS, linking.TrustSettingsRequest(**self._who(), trust_id=trust_id)
+        )
+
+    async def update_trust_settings(self, trust_id: str, settings: dict[str, Any]) -> linking.TrustSettings:
+        """Change the trust's defaults given (linking validates them)."""
+        return await self._t.call(
+            linking.UPDATE_TRUST_SETTINGS,
+            linking.UpdateTrustSettingsRequest(**self._who(), trust_id=trust_id, settings=settings),
+        )
+
+    async def withdraw_invitation(self, invitation_id: str) -> None:
+        """A pending invitation is revoked; its code stops working."""
+        await self._t.call(
+            linking.WITHDRAW_INVITATION,
+            linking.WithdrawInvitationRequest(**self._who(), invitation_id=invitation_id),
         )
 
     async def parent_pupils(self, parent_id: str) -> list[linking.ParentPupilView]:

@@ -124,6 +124,11 @@ NOTICES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "bar_lifted": ("The bar is lifted: that address may be linked to {pupil} again.", {"pupil": "the pupil"}),
     "settings_saved": ("Settings saved.", {}),
+    "invitation_withdrawn": (
+        "The invitation to {invitation} is withdrawn: its code no longer works.",
+        {"invitation": "that address"},
+    ),
+    "invitations_sent": ("Invitations sent to the school's contacts of the pupils without a linked parent.", {}),
     "staff_disabled": (
         "{staff} can no longer sign in; their sessions have ended.",
         {"staff": "The member of staff"},

@@ -10,6 +10,7 @@ the API would answer the same caller.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -18,9 +19,10 @@ from litestar.di import NamedDependency
 from litestar.response import Template
 
 from contracts import linking as contract
+from contracts.base import utcnow
 from contracts.identity import Principal
 from contracts.kit.rpc import RpcError
-from gateway import flows
+from gateway import flows, paging
 from gateway.auth import admins_only, staff_only
 from gateway.caches.links import get_links_cache
 from gateway.caches.sessions import get_auth
@@ -52,15 +54,39 @@ def display_name(row: Any) -> str:
 
 
 async def staff_home(request: Request, staff: StaffLinking, principal: Principal) -> Template:
-    """The classes the member of staff may see, by school, with how many pupils have a linked parent."""
-    classes = await staff.classes()
+    """The classes the member of staff may see, by school, with how many pupils have a linked parent.
+    A trust admin searches them by name and school, a page of 100 at a time."""
+    query = request.query_params
+    q = (query.get("q") or "").strip()[:200] or None
+    school_id = (query.get("school_id") or "").strip()[:128] or None
+    offset = int(query["cursor"]) if (query.get("cursor") or "").isdigit() and len(query["cursor"]) < 10 else 0
+    search = principal.role == "trust_admin" or q is not None or school_id is not None
+    next_href = None
+    if search:
+        page = await staff.classes_page(school_id=school_id, q=q, limit=paging.DEFAULT_LIMIT, offset=offset)
+        classes = page.classes
+        if page.next_offset is not None:
+            params = {k: v for k, v in (("q", q), ("school_id", school_id)) if v}
+            next_href = "/?" + urlencode({**params, "cursor": page.next_offset})
+    else:
+        classes = await staff.classes()
     schools: dict[str, dict[str, Any]] = {}
     for row in classes:
         school = schools.setdefault(row.school_id, {"school_id": row.school_id, "name": row.school_name, "classes": []})
         school["classes"].append(row)
     if principal.role == "school_admin" and principal.school_id and principal.school_id not in schools:
         schools[principal.school_id] = {"school_id": principal.school_id, "name": "Your school", "classes": []}
-    return render(request, "pages/staff_home.html", principal=principal, schools=list(schools.values()))
+    return render(
+        request,
+        "pages/staff_home.html",
+        principal=principal,
+        schools=list(schools.values()),
+        search=search,
+        all_schools=await staff.schools() if principal.role == "trust_admin" else [],
+        q=q or "",
+        school_id=school_id or "",
+        next_href=next_href,
+    )
 
 
 async def _class(
@@ -87,13 +113,18 @@ async def class_page(
 ) -> Template:
     """The class's Parents tab: every pupil with their parents, invitations and actions."""
     reply, pupils = await _class(clients, staff, class_id)
+    now = utcnow()
+    # A printed code past its expiry is no code at all: the sheet would have nothing to print.
+    live = {p.pupil_id for p in pupils if p.code_expires_at and p.code_expires_at > now}
     return render(
         request,
         "pages/class.html",
         principal=principal,
         klass=reply,
         pupils=pupils,
-        has_codes=any(p.code_expires_at for p in pupils),
+        has_codes=bool(live),
+        live_codes=live,
+        missing_codes=len(pupils) - len(live),
         shown_invitations=INVITATION_STATES_SHOWN,
         display_name=display_name,
         names={
@@ -235,8 +266,11 @@ async def remove_submit(
     """That parent loses this pupil only, on every replica before the answer."""
     _, pupils = await _class(clients, staff, class_id)
     pupil = _pupil(pupils, pupil_id)
+    form = await request.form()
+    # The audit row keeps why (optional); longer than the API allows is cut, not refused.
+    reason = str(form.get("reason") or "").replace("\r\n", "\n").strip()[:500]
     async with get_links_cache(state).removals() as removed:
-        await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id))
+        await staff.remove_parent(checked_id(pupil_id), checked_id(parent_id), reason)
         removed.expect(parent_id, pupil_id)
     return redirect(f"/classes/{class_id}", cookies=[flash(request, "parent_removed", pupil=pupil.pupil_id)])
 
@@ -284,15 +318,48 @@ async def codes_page(
     operation_id="page_codes_submit",
 )
 async def codes_submit(request: Request, staff: NamedDependency[StaffLinking], class_id: str) -> Response[Any]:
-    """Every pupil of the class gets a new printed code."""
-    created = await staff.create_class_codes(checked_id(class_id))
+    """Every pupil of the class gets a new printed code (`only_missing`: those without one)."""
+    form = await request.form()
+    only_missing = form.get("only_missing") == "yes"
+    created = await staff.create_class_codes(checked_id(class_id), only_missing=only_missing)
     return redirect(f"/classes/{class_id}", cookies=[flash(request, "codes_created", count=len(created.codes))])
+
+
+@post(
+    "/classes/{class_id:str}/invitations/{invitation_id:str}/withdraw",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    operation_id="page_withdraw_invitation",
+)
+async def withdraw_submit(
+    request: Request, staff: NamedDependency[StaffLinking], class_id: str, invitation_id: str
+) -> Response[Any]:
+    """The invitation's code stops working; an accepted one answers as the API does (409)."""
+    await staff.withdraw_invitation(checked_id(invitation_id))
+    return redirect(f"/classes/{class_id}", cookies=[flash(request, "invitation_withdrawn", invitation=invitation_id)])
+
+
+@post(
+    "/classes/{class_id:str}/invite-contacts",
+    include_in_schema=False,
+    guards=STAFF,
+    status_code=200,
+    operation_id="page_invite_contacts",
+)
+async def invite_contacts_submit(
+    request: Request, staff: NamedDependency[StaffLinking], class_id: str
+) -> Response[Any]:
+    """Every roster contact of the class's pupils without a linked parent is invited."""
+    await staff.bulk_invite(checked_id(class_id), from_contacts=True, rows=[])
+    return redirect(f"/classes/{class_id}", cookies=[flash(request, "invitations_sent")])
 
 
 # -- school admins ---------------------------------------------------------------------------------
 
 AUDIT_ACTIONS = {
     "invitation_sent": "Invitation sent",
+    "invitation_withdrawn": "Invitation withdrawn",
     "link_created": "Linked (awaiting email confirmation)",
     "link_activated": "Link active",
     "link_removed": "Access removed",
@@ -661,6 +728,8 @@ ROUTES = [
     remove_all_submit,
     codes_page,
     codes_submit,
+    withdraw_submit,
+    invite_contacts_submit,
     audit_page,
     bars_page,
     bar_submit,

@@ -12,6 +12,7 @@ from contracts.kit import retention
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from identity import __version__
+from identity.activity import ParentActivity
 from identity.export import AccountExports
 from identity.passwords import OWASP_MIN_MEMORY_KIB, OWASP_MIN_TIME_COST, HashParams, Passwords
 from identity.retention import IdentityRetention
@@ -118,6 +119,7 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.DELETE_ACCOUNT, svc.delete_account)
     runtime.serve(c.DELETE_PARENT, svc.delete_parent)
     runtime.serve(c.EXPORT, AccountExports(runtime).export)
+    runtime.serve(c.PARENT_ACTIVITY, ParentActivity(runtime).activity)
 
 
 class IdentityRuntime(ServiceRuntime):

@@ -14,15 +14,20 @@ from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field, normalise_database_url
 from linking import __version__, codes, roster
+from linking.audit_export import SchoolAudit
 from linking.bars import Bars
 from linking.context import Limits, LinkingContext
 from linking.export import ParentExports
+from linking.full_roster import RosterSnapshot
 from linking.guessing import Guessing
 from linking.handlers import Handlers
+from linking.invitations import BulkInvitations, Invitations
 from linking.links import Links
 from linking.printed import PrintedCodes
 from linking.retention import LinkingRetention
 from linking.schools import Schools
+from linking.trust_settings import TrustSettings
+from linking.uptake import Uptake
 
 NAME = "linking"
 MIGRATIONS = "linking:migrations"
@@ -159,6 +164,16 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     runtime.serve(contract.LIFT_BAR, h.bars.lift)
     runtime.serve(contract.ALERTS, h.guessing.alerts)
     runtime.serve(contract.EXPORT, ParentExports(h.ctx).export)
+    invitations = Invitations(h.ctx)
+    runtime.serve(contract.WITHDRAW_INVITATION, invitations.withdraw)
+    runtime.serve(contract.PUPIL_SHEET, h.printed.pupil_sheet)
+    runtime.serve(contract.UPTAKE, Uptake(h.ctx).uptake)
+    runtime.serve(contract.ROSTER_SNAPSHOT, RosterSnapshot(h.ctx).snapshot)
+    trust_settings = TrustSettings(h.ctx)
+    runtime.serve(contract.GET_TRUST_SETTINGS, trust_settings.get)
+    runtime.serve(contract.UPDATE_TRUST_SETTINGS, trust_settings.update)
+    runtime.serve(contract.SCHOOL_AUDIT, SchoolAudit(h.ctx).page)
+    runtime.serve(contract.BULK_INVITE, BulkInvitations(h.ctx, bars=h.bars).invite_many)
 
 
 def consume_events(runtime: ServiceRuntime, h: Handlers) -> None:

@@ -19,7 +19,7 @@ from contracts.kit.outbox import UnitOfWork, unit_of_work
 from contracts.kit.runtime import ServiceRuntime
 from linking import codes, school_settings
 from linking.addresses import AddressVault
-from linking.tables import AuditRow, SchoolSetting
+from linking.tables import AuditRow, School, SchoolSetting, TrustSetting
 
 
 @dataclass(frozen=True)
@@ -93,13 +93,22 @@ class LinkingContext:
         """What a QR code holds: `PUBLIC_URL/link/XXXX-XXXX-XXXX`."""
         return f"{self.public_url}/link/{codes.display(code)}"
 
-    def settings_of(self, school_id: str, row: SchoolSetting | None) -> school_settings.Effective:
-        """A school's settings from its stored row (None: every default)."""
-        return school_settings.effective(school_id, row, platform_url=self.platform_url)
+    def settings_of(
+        self, school_id: str, row: SchoolSetting | None, trust_row: TrustSetting | None = None
+    ) -> school_settings.Effective:
+        """A school's settings from its stored row over its trust's (None: every default)."""
+        return school_settings.effective(school_id, row, platform_url=self.platform_url, trust_row=trust_row)
+
+    async def trust_settings_of(self, s: AsyncSession, school_id: str) -> TrustSetting | None:
+        """The stored defaults of the school's trust, if it has any."""
+        school = await s.get(School, school_id)
+        return await s.get(TrustSetting, school.trust_id) if school is not None else None
 
     async def read_settings(self, s: AsyncSession, school_id: str) -> school_settings.Effective:
         """A school's settings, read in the caller's session."""
-        return self.settings_of(school_id, await s.get(SchoolSetting, school_id))
+        return self.settings_of(
+            school_id, await s.get(SchoolSetting, school_id), await self.trust_settings_of(s, school_id)
+        )
 
     def audit(
         self,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from contracts import linking as contract
 from contracts.base import Event
 from contracts.kit.outbox import UnitOfWork
-from linking import roster
+from linking import contacts, full_roster, roster
 from linking.bars import Bars
 from linking.context import LinkingContext
 from linking.guessing import Guessing
@@ -47,3 +47,5 @@ class Handlers:
         await roster.apply_batch(
             uow, items, on_pupil_left=self.links.on_pupil_left, on_pupil_moved=self.links.on_pupil_moved
         )
+        await contacts.apply(uow, items, self.ctx.addresses)
+        await full_roster.apply_removals(uow, items)

@@ -22,10 +22,10 @@ from sqlalchemy import func, select
 from sqlmodel import col
 
 from contracts.kit.db import Database
-from linking import codes
+from linking import codes, contacts
 from linking.addresses import AddressVault
 from linking.bars import bound, live_key
-from linking.tables import Bar, LinkCode
+from linking.tables import Bar, LinkCode, PupilContact
 
 BATCH = 500
 
@@ -69,6 +69,7 @@ class RekeyReport:
 
     codes: int = 0
     bars: int = 0
+    contacts: int = 0
     retired_invitation_codes: int = 0
     # Invitation codes that still work under an old key, and when the last of them expires.
     waiting_invitation_codes: int = 0
@@ -76,12 +77,15 @@ class RekeyReport:
     # Rows no configured key can read (the key that wrote them is not configured).
     unreadable_codes: int = 0
     unreadable_bars: int = 0
+    unreadable_contacts: int = 0
     unreadable_ids: list[str] = field(default_factory=list)
 
     @property
     def old_keys_needed(self) -> bool:
         """Whether any row still needs an old key."""
-        return bool(self.waiting_invitation_codes or self.unreadable_codes or self.unreadable_bars)
+        return bool(
+            self.waiting_invitation_codes or self.unreadable_codes or self.unreadable_bars or self.unreadable_contacts
+        )
 
 
 async def rekey(db: Database, vault: codes.CodeVault, addresses: AddressVault, *, now: datetime) -> RekeyReport:
@@ -90,6 +94,7 @@ async def rekey(db: Database, vault: codes.CodeVault, addresses: AddressVault, *
     report = RekeyReport()
     await _rekey_codes(db, vault, now, report)
     await _rekey_bars(db, addresses, report)
+    await _rekey_contacts(db, addresses, report)
     return report
 
 
@@ -168,3 +173,36 @@ async def _rekey_bars(db: Database, addresses: AddressVault, report: RekeyReport
                 if bar.live_key is not None:
                     bar.live_key = live_key(bar.pupil_id, bar.email_hash)
                 report.bars += 1
+
+
+async def _rekey_contacts(db: Database, addresses: AddressVault, report: RekeyReport) -> None:
+    """The roster's parent contacts, encrypted like bars' addresses, under the current key."""
+    after = 0
+    while True:
+        async with db.session() as s:
+            rows = list(
+                (
+                    await s.execute(
+                        select(PupilContact)
+                        .where(col(PupilContact.key_id) != addresses.key_id, col(PupilContact.id) > after)
+                        .order_by(col(PupilContact.id))
+                        .limit(BATCH)
+                        .with_for_update()
+                    )
+                ).scalars()
+            )
+            if not rows:
+                return
+            after = rows[-1].id or after
+            for row in rows:
+                bound_to = contacts.bound_to(row.pupil_id, row.position)
+                try:
+                    email = addresses.decrypt(row.email_cipher, bound_to=bound_to)
+                except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
+                    report.unreadable_contacts += 1
+                    report.unreadable_ids.append(f"contact {row.id}")
+                    continue
+                row.email_hash = addresses.lookup_hash(email)
+                row.email_cipher = addresses.encrypt(email, bound_to=bound_to)
+                row.key_id = addresses.key_id
+                report.contacts += 1

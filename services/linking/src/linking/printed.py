@@ -100,6 +100,21 @@ class PrintedCodes:
             )
             settings = await self.ctx.read_settings(s, school_id)
             expires_at = now + timedelta(days=settings.printed_code_days)
+            if req.only_missing:
+                # Read after the lock: a code another request just made counts as there. A
+                # pupil in two classes keeps the card the other class printed.
+                have = set(
+                    (
+                        await s.execute(
+                            select(col(LinkCode.pupil_id)).where(
+                                col(LinkCode.live_pupil_id).in_(pupil_ids),
+                                col(LinkCode.school_id) == school_id,
+                                col(LinkCode.expires_at) > now,
+                            )
+                        )
+                    ).scalars()
+                )
+                pupil_ids = [p for p in pupil_ids if p not in have]
 
             old = (
                 await s.execute(
@@ -248,6 +263,49 @@ class PrintedCodes:
             return contract.Document(content_type="image/svg+xml", filename=name, text=rendering.svg_document())
         png = await asyncio.to_thread(rendering.png)
         return contract.Document(content_type="image/png", filename=name, data_base64=base64.b64encode(png).decode())
+
+    async def pupil_sheet(self, req: contract.PupilSheetRequest) -> contract.Document:
+        """One pupil's cut-out card (a lost card, a pupil who joined mid-year), as HTML or PDF."""
+        async with self.ctx.db.reader() as s:
+            pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
+            live = (await self._live_codes(s, [pupil.pupil_id])).get(pupil.pupil_id)
+            if live is None:
+                raise RpcFailure(contract.E_NO_CODE, "this pupil has no printed code yet: create a QR code first")
+            made_for = (
+                await s.execute(select(col(LinkCode.class_id)).where(col(LinkCode.id) == live.code_id))
+            ).scalar()
+            class_name = await roster.class_name(s, pupil.pupil_id, made_for)
+            school = await s.get(School, pupil.school_id)
+        school_name = school.name if school else ""
+        timezone = school.timezone if school else "UTC"
+        host = urlsplit(self.ctx.public_url).netloc or self.ctx.public_url
+        code = self.ctx.vault.decrypt(live.cipher, pupil_id=pupil.pupil_id)
+        url = self.ctx.link_url(code)
+
+        def render() -> contract.Document:
+            card = sheet.Card(
+                pupil_name=f"{pupil.first_name} {pupil.last_name}",
+                class_name=class_name,
+                school_name=school_name,
+                code=codes.display(code),
+                url=url,
+                expires=sheet.expiry_date(live.expires_at, timezone),
+                qr=self.qr_cache.get(url, live.mask),
+            )
+            stem = f"qr-code-{pupil.pupil_id}"
+            if req.format == "pdf":
+                pdf = sheet.render_pdf([card], class_name=class_name, school_name=school_name, host=host)
+                return contract.Document(
+                    content_type="application/pdf",
+                    filename=_filename(stem, "pdf"),
+                    data_base64=base64.b64encode(pdf).decode(),
+                )
+            html = sheet.render_html([card], class_name=class_name, school_name=school_name, host=host)
+            return contract.Document(
+                content_type="text/html; charset=utf-8", filename=_filename(stem, "html"), text=html
+            )
+
+        return await asyncio.to_thread(render)
 
     async def class_sheet(self, req: contract.ClassSheetRequest) -> contract.Document:
         """The class's cut-out cards as an HTML page or an A4 PDF."""

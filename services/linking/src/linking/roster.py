@@ -30,6 +30,7 @@ CONSUMER = "linking-roster"
 SCHEMAS: dict[str, type[Event]] = {
     platform.SCHOOL_UPSERTED: platform.SchoolUpserted,
     platform.CLASS_UPSERTED: platform.ClassUpserted,
+    platform.CLASS_REMOVED: platform.ClassRemoved,
     platform.PUPIL_UPSERTED: platform.PupilUpserted,
     platform.PUPIL_LEFT: platform.PupilLeft,
     # platform.roster.staff.* belongs to identity: acknowledged unread by the consumer.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts import linking as contract
-from linking.tables import SchoolSetting
+from linking.tables import SchoolSetting, TrustSetting
 
 DEFAULT_MAX_CARERS = 4
 DEFAULT_PRINTED_CODE_DAYS = 30
@@ -84,31 +84,26 @@ class Effective:
         )
 
 
-def effective(school_id: str, row: SchoolSetting | None, *, platform_url: str) -> Effective:
-    """The settings a school has now: its row over the defaults."""
+def effective(
+    school_id: str, row: SchoolSetting | None, *, platform_url: str, trust_row: TrustSetting | None = None
+) -> Effective:
+    """The settings a school has now: each key its own value, else its trust's, else the default."""
     links = contract.default_link_templates(platform_url)
-    if row is None:
-        return Effective(
-            school_id=school_id,
-            max_carers_per_code=DEFAULT_MAX_CARERS,
-            printed_code_days=DEFAULT_PRINTED_CODE_DAYS,
-            invitation_days=DEFAULT_INVITATION_DAYS,
-            aup_text=DEFAULT_AUP,
-            email_parent_on_removal=DEFAULT_EMAIL_ON_REMOVAL,
-            **links,
-        )
-    return Effective(
-        school_id=school_id,
-        max_carers_per_code=row.max_carers_per_code,
-        printed_code_days=row.printed_code_days,
-        invitation_days=row.invitation_days,
-        aup_text=row.aup_text or DEFAULT_AUP,
-        homework_url=row.homework_url or links["homework_url"],
-        files_url=row.files_url or links["files_url"],
-        messages_url=row.messages_url or links["messages_url"],
-        email_parent_on_removal=row.email_parent_on_removal,
-        updated_at=row.updated_at,
-    )
+    defaults: dict[str, Any] = {
+        "max_carers_per_code": DEFAULT_MAX_CARERS,
+        "printed_code_days": DEFAULT_PRINTED_CODE_DAYS,
+        "invitation_days": DEFAULT_INVITATION_DAYS,
+        "aup_text": DEFAULT_AUP,
+        "email_parent_on_removal": DEFAULT_EMAIL_ON_REMOVAL,
+        **links,
+    }
+    values: dict[str, Any] = {}
+    for name, default in defaults.items():
+        own = getattr(row, name, None) if row is not None else None
+        trusts = getattr(trust_row, name, None) if trust_row is not None else None
+        values[name] = own if own is not None else trusts if trusts is not None else default
+    updated = [r.updated_at for r in (row, trust_row) if r is not None]
+    return Effective(school_id=school_id, updated_at=max(updated) if updated else None, **values)
 
 
 class Invalid(ValueError):

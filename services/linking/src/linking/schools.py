@@ -65,10 +65,15 @@ class Schools:
                     select(SchoolClass, col(School.name), func.coalesce(counts.c.n, 0))
                     .outerjoin(School, col(School.school_id) == col(SchoolClass.school_id))
                     .outerjoin(counts, counts.c.class_id == col(SchoolClass.class_id))
-                    .where(col(SchoolClass.school_id).in_(allowed))
+                    .where(*_class_filters(allowed, req))
                     .order_by(col(School.name), col(SchoolClass.name), col(SchoolClass.class_id))
+                    .offset(req.offset)
+                    .limit(req.limit + 1 if req.limit else None)
                 )
             ).all()
+            next_offset = None
+            if req.limit and len(rows) > req.limit:
+                rows, next_offset = rows[: req.limit], req.offset + req.limit
             linked = await self.links.linked_counts(s, [c.class_id for c, _, _ in rows])
             return contract.ClassesReply(
                 classes=[
@@ -81,7 +86,8 @@ class Schools:
                         linked_pupil_count=linked.get(c.class_id, 0),
                     )
                     for c, school_name, n in rows
-                ]
+                ],
+                next_offset=next_offset,
             )
 
     async def class_pupils(self, req: contract.ClassPupilsRequest) -> contract.ClassPupilsReply:
@@ -125,8 +131,7 @@ class Schools:
         """`GET /schools/{school_id}/settings`."""
         async with self.ctx.db.reader() as s:
             await school_in_scope(s, req.scope, req.school_id)
-            row = await s.get(SchoolSetting, req.school_id)
-            return self.ctx.settings_of(req.school_id, row).reply()
+            return (await self.ctx.read_settings(s, req.school_id)).reply()
 
     async def update_settings(self, req: contract.UpdateSchoolSettingsRequest) -> contract.SchoolSettings:
         """`PUT /schools/{school_id}/settings`: validated, stored, announced when anything changed."""
@@ -138,21 +143,23 @@ class Schools:
             s = uow.session
             await school_in_scope(s, req.scope, req.school_id)
             row = await s.get(SchoolSetting, req.school_id)
-            before = self.ctx.settings_of(req.school_id, row)
+            trust_row = await self.ctx.trust_settings_of(s, req.school_id)
+            before = self.ctx.settings_of(req.school_id, row, trust_row)
             changed = sorted(k for k, v in changes.items() if getattr(before, k) != v)
             if not changed:
                 return before.reply()
-            defaults = self.ctx.settings_of(req.school_id, None)
-            after = {name: changes.get(name, getattr(before, name)) for name in school_settings.EDITABLE}
-            # Values equal to the defaults are stored as NULL, so they keep following them.
+            inherited = self.ctx.settings_of(req.school_id, None, trust_row)
+            # Only the keys the school changes become its own; the others keep following the
+            # trust (and the defaults). A text or link equal to what it would inherit is stored
+            # as NULL, so it keeps following them.
             stored: dict[str, Any] = {
                 name: (
                     None
                     if name in ("aup_text", "homework_url", "files_url", "messages_url")
-                    and value == getattr(defaults, name)
-                    else value
+                    and changes[name] == getattr(inherited, name)
+                    else changes[name]
                 )
-                for name, value in after.items()
+                for name in changed
             }
             now = self.ctx.now()
             if row is None:
@@ -163,7 +170,7 @@ class Schools:
                     setattr(row, name, value)
                 row.updated_at, row.updated_by = now, req.actor_id
             await s.flush()
-            result = self.ctx.settings_of(req.school_id, row)
+            result = self.ctx.settings_of(req.school_id, row, trust_row)
             await uow.emit(
                 contract.SCHOOL_SETTINGS_CHANGED,
                 contract.SchoolSettingsChanged(
@@ -214,3 +221,15 @@ class Schools:
                     ).scalars()
                 )
         return contract.RosterStatusReply(applied=len(done), missing=[e for e in wanted if e not in done])
+
+
+def _class_filters(allowed: set[str], req: contract.ClassesRequest) -> list[Any]:
+    """Which classes `GET /classes` lists: the scope's, maybe one school's, maybe by name."""
+    where: list[Any] = [col(SchoolClass.school_id).in_(allowed)]
+    if req.school_id is not None:
+        where.append(col(SchoolClass.school_id) == req.school_id)
+    if req.q:
+        # A part of the name, whatever its case; LIKE's wildcards in it are taken literally.
+        term = req.q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(func.lower(col(SchoolClass.name)).like(f"%{term}%", escape="\\"))
+    return where

@@ -107,14 +107,33 @@ class SchoolSetting(Base, table=True):
     __tablename__ = "school_settings"
 
     school_id: str = Field(primary_key=True, max_length=ID)
-    max_carers_per_code: int
-    printed_code_days: int
-    invitation_days: int
+    # NULL: not set by the school, which then takes its trust's value (else the default).
+    max_carers_per_code: int | None = None
+    printed_code_days: int | None = None
+    invitation_days: int | None = None
     aup_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     homework_url: str | None = Field(default=None, max_length=500)
     files_url: str | None = Field(default=None, max_length=500)
     messages_url: str | None = Field(default=None, max_length=500)
-    email_parent_on_removal: bool
+    email_parent_on_removal: bool | None = None
+    updated_at: datetime = Field(sa_column=_ts())
+    updated_by: str = Field(default="", max_length=ID)
+
+
+class TrustSetting(Base, table=True):
+    """A trust's defaults for its schools' settings: a NULL key is the deployment's default."""
+
+    __tablename__ = "trust_settings"
+
+    trust_id: str = Field(primary_key=True, max_length=ID)
+    max_carers_per_code: int | None = None
+    printed_code_days: int | None = None
+    invitation_days: int | None = None
+    aup_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    homework_url: str | None = Field(default=None, max_length=500)
+    files_url: str | None = Field(default=None, max_length=500)
+    messages_url: str | None = Field(default=None, max_length=500)
+    email_parent_on_removal: bool | None = None
     updated_at: datetime = Field(sa_column=_ts())
     updated_by: str = Field(default="", max_length=ID)
 
@@ -329,3 +348,29 @@ class GuessAlert(Base, table=True):
     last_at: datetime = Field(sa_column=_ts())
     failures: int
     threshold: int
+
+
+# -- the school's contacts of a pupil ---------------------------------------------------------------
+
+
+class PupilContact(Base, table=True):
+    """One of the school's records of who cares for a pupil (roster `contact_email_N`), personal
+    data of the school: the address is kept encrypted (bound to the pupil and position) like a
+    bar's, with a keyed hash to match it; erased when the pupil leaves or moves school.
+    """
+
+    __tablename__ = "pupil_contacts"
+    __table_args__ = (
+        UniqueConstraint("pupil_id", "position", name="uq_pupil_contacts_position"),
+        Index("ix_pupil_contacts_school", "school_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    pupil_id: str = Field(max_length=ID)
+    school_id: str = Field(max_length=ID)
+    position: int
+    email_hash: str = Field(max_length=64)
+    email_cipher: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    key_id: str = Field(max_length=16)
+    relationship: str = Field(default="", max_length=100)
+    version_at: datetime = Field(sa_column=_ts())
