@@ -590,6 +590,20 @@ async def settings_page(
     )
 
 
+def settings_from_form(form: Any) -> dict[str, Any]:
+    """A settings form (a school's or the trust's) as linking takes it."""
+    data: dict[str, Any] = {}
+    for name in SETTING_INTS:
+        raw = str(form.get(name) or "").strip()
+        # A number goes as a number; anything else as typed, for linking to name the field.
+        # ASCII digits only: str.isdigit() is true of "²", which int() refuses.
+        data[name] = int(raw) if raw.isascii() and raw.isdigit() else raw
+    for name in (*SETTING_URLS, "aup_text"):
+        data[name] = str(form.get(name) or "").replace("\r\n", "\n")
+    data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
+    return data
+
+
 @post(
     "/schools/{school_id:str}/settings",
     include_in_schema=False,
@@ -601,16 +615,7 @@ async def settings_submit(
     request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], school_id: str
 ) -> Response[Any]:
     """Save the settings; linking checks them and names each field it refuses."""
-    form = await request.form()
-    data: dict[str, Any] = {}
-    for name in SETTING_INTS:
-        raw = str(form.get(name) or "").strip()
-        # A number goes as a number; anything else as typed, for linking to name the field.
-        # ASCII digits only: str.isdigit() is true of "²", which int() refuses.
-        data[name] = int(raw) if raw.isascii() and raw.isdigit() else raw
-    for name in (*SETTING_URLS, "aup_text"):
-        data[name] = str(form.get(name) or "").replace("\r\n", "\n")
-    data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
+    data = settings_from_form(await request.form())
     try:
         await staff.update_school_settings(checked_id(school_id), data)
     except RpcError as exc:

@@ -23,7 +23,7 @@ from gateway.auth import admins_only, staff_only
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id
 from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, flash, redirect, render
-from gateway.pages.staff_pages import AUDIT_ACTIONS, SETTING_INTS, SETTING_LABELS, SETTING_URLS
+from gateway.pages.staff_pages import AUDIT_ACTIONS, SETTING_LABELS, settings_from_form
 
 STAFF = [staff_only]
 ADMINS = [admins_only]
@@ -253,14 +253,7 @@ async def trust_settings_submit(
     request: Request, staff: NamedDependency[StaffLinking], principal: NamedDependency[Principal], trust_id: str
 ) -> Response[Any]:
     """Save the trust's defaults; linking checks them as a school's."""
-    form = await request.form()
-    data: dict[str, Any] = {}
-    for name in SETTING_INTS:
-        raw = str(form.get(name) or "").strip()
-        data[name] = int(raw) if raw.isascii() and raw.isdigit() else raw
-    for name in (*SETTING_URLS, "aup_text"):
-        data[name] = str(form.get(name) or "").replace("\r\n", "\n")
-    data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
+    data = settings_from_form(await request.form())
     try:
         await staff.update_trust_settings(checked_id(trust_id), data)
     except RpcError as exc:
