@@ -109,6 +109,11 @@ class ServiceRuntime:
 
         self._reconnected_at = -REPLY_LOST_WINDOW
 
+        async def disconnected() -> None:
+            # The new server's refusal of a reply may come before `reconnected` is called:
+            # the window of replies lost to a move opens when the connection goes.
+            self._reconnected_at = time.monotonic()
+
         async def reconnected() -> None:
             self._reconnected_at = time.monotonic()
             log.info("nats_reconnected", instance=self.instance)
@@ -141,6 +146,7 @@ class ServiceRuntime:
             security=broker_security(options),
             **inbox,
             error_cb=error_cb,
+            disconnected_cb=disconnected,
             reconnected_cb=reconnected,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
