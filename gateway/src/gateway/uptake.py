@@ -1,5 +1,5 @@
-"""Uptake figures as staff read them: linking's counts, with whether the linked parents sign in
-from identity (ids only cross), as JSON or CSV."""
+"""Uptake figures as staff read them, as JSON or CSV: linking's counts, with whether the linked
+parents sign in, as identity's activity request says (only ids cross)."""
 
 from __future__ import annotations
 

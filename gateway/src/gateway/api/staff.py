@@ -4,8 +4,8 @@ sheets, school settings.
 Linking answers them within the caller's `StaffScope` (the `staff` dependency,
 `gateway.clients.StaffLinking`): a teacher or school admin sees their school, a trust admin the
 trust's schools. Anything outside it answers 404 `not_found`, exactly like an id that does not
-exist, and so does every route for a caller who is not staff. Parents' names and addresses come
-from identity, asked in one batch per answer (`gateway.flows.pupil_rows`).
+exist, and so does every route for a caller who is not staff. Parents' names and addresses are
+identity's, asked for in one batch per answer (`gateway.flows.pupil_rows`).
 """
 
 from __future__ import annotations
