@@ -190,6 +190,13 @@ async def create_pupil_code(staff: NamedDependency[StaffLinking], pupil_id: From
     return NewCode(reply.codes[0].pupil_id, reply.codes[0].expires_at)
 
 
+def sheet_response(doc: Any, format: str) -> Response[bytes]:  # noqa: A002 - the query parameter's name
+    """A sheet of cards as asked for: an A4 PDF attachment, or the HTML page with print CSS."""
+    if format == "pdf":
+        return document_response(doc, PDF, attachment=True)
+    return document_response(doc, MediaType.HTML, csp=sheet_csp(doc.text or ""))
+
+
 @get(
     "/classes/{class_id:str}/qr-sheet",
     summary="The class's printable QR code sheet",
@@ -209,10 +216,7 @@ async def class_sheet(
     format: FromQuery[Literal["html", "pdf"]] = "html",  # noqa: A002 - the query parameter's name
 ) -> Response[bytes]:
     """One card per pupil with their name, class, school, QR code, typed code and its expiry."""
-    doc = await staff.class_sheet(checked_id(class_id), format)
-    if format == "pdf":
-        return document_response(doc, PDF, attachment=True)
-    return document_response(doc, MediaType.HTML, csp=sheet_csp(doc.text or ""))
+    return sheet_response(await staff.class_sheet(checked_id(class_id), format), format)
 
 
 @get(
@@ -235,10 +239,7 @@ async def pupil_sheet(
     format: FromQuery[Literal["html", "pdf"]] = "html",  # noqa: A002 - the query parameter's name
 ) -> Response[bytes]:
     """The card printed for a lost one, or for a pupil who joined after the class's sheet."""
-    doc = await staff.pupil_sheet(checked_id(pupil_id), format)
-    if format == "pdf":
-        return document_response(doc, PDF, attachment=True)
-    return document_response(doc, MediaType.HTML, csp=sheet_csp(doc.text or ""))
+    return sheet_response(await staff.pupil_sheet(checked_id(pupil_id), format), format)
 
 
 @get(
