@@ -15,8 +15,10 @@ revoked or expired code answers `invalid_code` like one that never existed).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlmodel import col
@@ -98,111 +100,79 @@ async def rekey(db: Database, vault: codes.CodeVault, addresses: AddressVault, *
     return report
 
 
-async def _rekey_codes(db: Database, vault: codes.CodeVault, now: datetime, report: RekeyReport) -> None:
-    after = ""
+async def _rows_not_under(db: Database, model: Any, key_id: str) -> AsyncIterator[list[Any]]:
+    """Every row of `model` under another key than `key_id`, a locked batch at a time; each batch
+    is committed when the caller asks for the next."""
+    after: Any = None
     while True:
         async with db.session() as s:
-            rows = list(
-                (
-                    await s.execute(
-                        select(LinkCode)
-                        .where(col(LinkCode.key_id) != vault.key_id, col(LinkCode.id) > after)
-                        .order_by(col(LinkCode.id))
-                        .limit(BATCH)
-                        .with_for_update()
-                    )
-                ).scalars()
-            )
+            query = select(model).where(col(model.key_id) != key_id)
+            if after is not None:
+                query = query.where(col(model.id) > after)
+            rows = list((await s.execute(query.order_by(col(model.id)).limit(BATCH).with_for_update())).scalars())
             if not rows:
                 return
             after = rows[-1].id
-            for row in rows:
-                if row.code_cipher is not None:
-                    try:
-                        code = vault.decrypt(row.code_cipher, pupil_id=row.pupil_id)
-                    except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
-                        report.unreadable_codes += 1
-                        report.unreadable_ids.append(f"link code {row.id}")
-                        continue
-                    row.code_hash = vault.lookup_hash(code)
-                    row.code_cipher = vault.encrypt(code, pupil_id=row.pupil_id)
-                    row.key_id = vault.key_id
-                    report.codes += 1
-                elif row.key_id not in vault.key_ids:
+            yield rows
+
+
+async def _rekey_codes(db: Database, vault: codes.CodeVault, now: datetime, report: RekeyReport) -> None:
+    async for rows in _rows_not_under(db, LinkCode, vault.key_id):
+        for row in rows:
+            if row.code_cipher is not None:
+                try:
+                    code = vault.decrypt(row.code_cipher, pupil_id=row.pupil_id)
+                except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
                     report.unreadable_codes += 1
                     report.unreadable_ids.append(f"link code {row.id}")
-                elif row.revoked_at is None and row.expires_at > now:
-                    report.waiting_invitation_codes += 1
-                    if report.waiting_until is None or row.expires_at > report.waiting_until:
-                        report.waiting_until = row.expires_at
-                else:
-                    # A code that can no longer link anyone: a hash no typed code can match.
-                    row.code_hash = vault.lookup_hash(f"retired:{row.id}")
-                    row.key_id = vault.key_id
-                    report.retired_invitation_codes += 1
+                    continue
+                row.code_hash = vault.lookup_hash(code)
+                row.code_cipher = vault.encrypt(code, pupil_id=row.pupil_id)
+                row.key_id = vault.key_id
+                report.codes += 1
+            elif row.key_id not in vault.key_ids:
+                report.unreadable_codes += 1
+                report.unreadable_ids.append(f"link code {row.id}")
+            elif row.revoked_at is None and row.expires_at > now:
+                report.waiting_invitation_codes += 1
+                if report.waiting_until is None or row.expires_at > report.waiting_until:
+                    report.waiting_until = row.expires_at
+            else:
+                # A code that can no longer link anyone: a hash no typed code can match.
+                row.code_hash = vault.lookup_hash(f"retired:{row.id}")
+                row.key_id = vault.key_id
+                report.retired_invitation_codes += 1
 
 
 async def _rekey_bars(db: Database, addresses: AddressVault, report: RekeyReport) -> None:
-    after = ""
-    while True:
-        async with db.session() as s:
-            rows = list(
-                (
-                    await s.execute(
-                        select(Bar)
-                        .where(col(Bar.key_id) != addresses.key_id, col(Bar.id) > after)
-                        .order_by(col(Bar.id))
-                        .limit(BATCH)
-                        .with_for_update()
-                    )
-                ).scalars()
-            )
-            if not rows:
-                return
-            after = rows[-1].id
-            for bar in rows:
-                try:
-                    email = addresses.decrypt(bar.email_cipher, bound_to=bound(bar.pupil_id, bar.id))
-                except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
-                    report.unreadable_bars += 1
-                    report.unreadable_ids.append(f"bar {bar.id}")
-                    continue
-                bar.email_hash = addresses.lookup_hash(email)
-                bar.email_cipher = addresses.encrypt(email, bound_to=bound(bar.pupil_id, bar.id))
-                bar.key_id = addresses.key_id
-                if bar.live_key is not None:
-                    bar.live_key = live_key(bar.pupil_id, bar.email_hash)
-                report.bars += 1
+    async for rows in _rows_not_under(db, Bar, addresses.key_id):
+        for bar in rows:
+            try:
+                email = addresses.decrypt(bar.email_cipher, bound_to=bound(bar.pupil_id, bar.id))
+            except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
+                report.unreadable_bars += 1
+                report.unreadable_ids.append(f"bar {bar.id}")
+                continue
+            bar.email_hash = addresses.lookup_hash(email)
+            bar.email_cipher = addresses.encrypt(email, bound_to=bound(bar.pupil_id, bar.id))
+            bar.key_id = addresses.key_id
+            if bar.live_key is not None:
+                bar.live_key = live_key(bar.pupil_id, bar.email_hash)
+            report.bars += 1
 
 
 async def _rekey_contacts(db: Database, addresses: AddressVault, report: RekeyReport) -> None:
     """The roster's parent contacts, encrypted like bars' addresses, under the current key."""
-    after = 0
-    while True:
-        async with db.session() as s:
-            rows = list(
-                (
-                    await s.execute(
-                        select(PupilContact)
-                        .where(col(PupilContact.key_id) != addresses.key_id, col(PupilContact.id) > after)
-                        .order_by(col(PupilContact.id))
-                        .limit(BATCH)
-                        .with_for_update()
-                    )
-                ).scalars()
-            )
-            if not rows:
-                return
-            after = rows[-1].id or after
-            for row in rows:
-                bound_to = contacts.bound_to(row.pupil_id, row.position)
-                try:
-                    email = addresses.decrypt(row.email_cipher, bound_to=bound_to)
-                except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
-                    report.unreadable_contacts += 1
-                    report.unreadable_ids.append(f"contact {row.id}")
-                    continue
-                row.email_hash = addresses.lookup_hash(email)
-                row.email_cipher = addresses.encrypt(email, bound_to=bound_to)
-                row.key_id = addresses.key_id
-                report.contacts += 1
+    async for rows in _rows_not_under(db, PupilContact, addresses.key_id):
+        for row in rows:
+            bound_to = contacts.bound_to(row.pupil_id, row.position)
+            try:
+                email = addresses.decrypt(row.email_cipher, bound_to=bound_to)
+            except Exception:  # noqa: BLE001 - under a key not configured: counted, left alone
+                report.unreadable_contacts += 1
+                report.unreadable_ids.append(f"contact {row.id}")
+                continue
+            row.email_hash = addresses.lookup_hash(email)
+            row.email_cipher = addresses.encrypt(email, bound_to=bound_to)
+            row.key_id = addresses.key_id
+            report.contacts += 1
