@@ -11,7 +11,7 @@ PYPROJECTS := pyproject.toml uv.lock contracts/pyproject.toml gateway/pyproject.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-fast cluster-test lint asyncapi docs lock clean
+.PHONY: install demo test test-fast cluster-test lint asyncapi docs lock clean i18n
 
 install: $(STAMP)
 
@@ -66,6 +66,26 @@ asyncapi: install
 # (a test fails while one is stale).
 docs: install
 	$(VENV)/bin/python -m portal.docs --out docs/reference
+
+# The Welsh (and any other) message catalogues of the packages that render text: extract the
+# English source strings, update each language's .po (translations are written there, by hand),
+# compile the .mo the packages load. Both are committed; a test fails while a .mo is stale or a
+# string has no translation.
+I18N_PACKAGES := gateway/src/gateway services/notify/src/notify services/linking/src/linking
+I18N_LANGUAGES := cy
+i18n: install
+	for pkg in $(I18N_PACKAGES); do mkdir -p $$pkg/locale; \
+	  $(VENV)/bin/pybabel -q extract -F babel.cfg -k N_ -k ntranslate:1,2 -k pgettext:1c,2 -k npgettext:1c,2,3 --no-location --sort-output \
+	    --project "Parent Portal" --copyright-holder "Parent Portal" -o $$pkg/locale/messages.pot $$pkg || exit 1; \
+	  for lang in $(I18N_LANGUAGES); do \
+	    if [ -f $$pkg/locale/$$lang/LC_MESSAGES/messages.po ]; then \
+	      $(VENV)/bin/pybabel -q update --no-fuzzy-matching --ignore-obsolete -i $$pkg/locale/messages.pot -d $$pkg/locale -l $$lang || exit 1; \
+	    else \
+	      $(VENV)/bin/pybabel -q init -i $$pkg/locale/messages.pot -d $$pkg/locale -l $$lang || exit 1; \
+	    fi; \
+	  done; \
+	  $(VENV)/bin/pybabel -q compile -d $$pkg/locale || exit 1; \
+	done
 
 lock: $(UV)
 	$(UV) lock --python $(PYTHON)

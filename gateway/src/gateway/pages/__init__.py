@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from litestar import Request, Response, Router, get
 from litestar.di import NamedDependency
 from litestar.plugins.jinja import JinjaTemplateEngine
 
 from contracts.identity import Principal
+from contracts.kit import i18n
 from gateway.clients import Clients
+from gateway.i18n import LOCALE_DIR
 from gateway.pages import account_pages, auth_pages, child_pages, go_pages, parent_pages, staff_pages, trust_pages
 from gateway.pages.common import exception_handlers, redirect
 from gateway.settings import GatewaySettings
-
-# Parents and staff read dates in the UK first; the pages name no zone, so this one is used.
-DISPLAY_ZONE = ZoneInfo("Europe/London")
 
 
 @get("/", include_in_schema=False, operation_id="page_home")
@@ -51,22 +49,6 @@ def _parse(value: datetime | str | None) -> datetime | None:
     return value
 
 
-def when(value: datetime | str | None) -> str:
-    """`Wednesday 3 December, 17:00` in the display zone."""
-    moment = _parse(value)
-    if moment is None:
-        return ""
-    return moment.astimezone(DISPLAY_ZONE).strftime("%A %-d %B, %H:%M")
-
-
-def day(value: datetime | str | None) -> str:
-    """`3 Dec 2026` in the display zone."""
-    moment = _parse(value)
-    if moment is None:
-        return ""
-    return moment.astimezone(DISPLAY_ZONE).strftime("%-d %b %Y")
-
-
 def before(value: datetime | str | None, other: datetime | str | None) -> bool:
     """Whether `value` is earlier than `other` (homework due before the numbers' time is overdue)."""
     a, b = _parse(value), _parse(other)
@@ -74,9 +56,11 @@ def before(value: datetime | str | None, other: datetime | str | None) -> bool:
 
 
 def register_filters(engine: JinjaTemplateEngine) -> None:
-    """The filters the page templates use."""
-    engine.engine.filters["when"] = when
-    engine.engine.filters["day"] = day
+    """The filters the page templates use, and translation into each page's `lang`
+    (dates by Babel in that language)."""
+    i18n.install(engine.engine, LOCALE_DIR)
+    engine.engine.policies["ext.i18n.trimmed"] = True
+    engine.engine.filters.update(i18n.date_filters())
     engine.engine.filters["before"] = before
 
 

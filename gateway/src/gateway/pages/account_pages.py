@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.response import Template
 
 from contracts.identity import Principal
+from contracts.kit.i18n import N_
 from contracts.kit.rpc import RpcError
 from gateway import flows
 from gateway.api.export import export_response
@@ -59,7 +60,7 @@ async def account_delete(
     form = await request.form()
     password = form.get("password")
     if not isinstance(password, str) or not password:
-        return _account_page(request, principal, errors=FieldErrors(password="Enter your password"), status=400)
+        return _account_page(request, principal, errors=FieldErrors(password=N_("Enter your password")), status=400)
     if len(password) > MAX_PASSWORD_CHARS:
         password = password[: MAX_PASSWORD_CHARS + 1]  # wrong all the same; no need to carry the rest
     try:
@@ -69,7 +70,7 @@ async def account_delete(
     except (ApiError, RpcError) as exc:
         err = as_api_error(exc)
         if err.code == WRONG_PASSWORD:
-            errors = FieldErrors(password="That password is not right. Your account has not been deleted.")
+            errors = FieldErrors(password=N_("That password is not right. Your account has not been deleted."))
             return _account_page(request, principal, errors=errors, status=403)
         raise
     # The flow answered once every replica was sent the end of the sessions; drop this one's

@@ -13,6 +13,7 @@ from litestar.params import Parameter
 from litestar.response import Template
 from pydantic import ValidationError
 
+from contracts.kit.i18n import N_
 from contracts.kit.rpc import RpcError
 from gateway import flows
 from gateway.api.auth import RegisterBody
@@ -39,7 +40,7 @@ from gateway.pages.common import (
     settings_of,
 )
 
-EXPIRED_FORM = "This form had expired, so nothing was sent. Please try again."
+EXPIRED_FORM = N_("This form had expired, so nothing was sent. Please try again.")
 
 
 def _text(form: Any, name: str, limit: int = 1024) -> str:
@@ -92,9 +93,9 @@ async def login_submit(request: Request, clients: NamedDependency[Clients]) -> R
     password = given if isinstance(given, str) else ""
     errors = FieldErrors()
     if not values["email"]:
-        errors["email"] = "Enter your email address"
+        errors["email"] = N_("Enter your email address")
     if not password:
-        errors["password"] = "Enter your password"
+        errors["password"] = N_("Enter your password")
     if errors:
         return again(errors)
     try:
@@ -102,7 +103,7 @@ async def login_submit(request: Request, clients: NamedDependency[Clients]) -> R
     except RpcError as exc:
         err = as_api_error(exc)
         if err.status_code == 401:
-            return again(FieldErrors(password="The email address or password is not right"), status=401)
+            return again(FieldErrors(password=N_("The email address or password is not right")), status=401)
         if err.status_code == 403:
             return render(
                 request,
@@ -204,15 +205,15 @@ async def register_submit(request: Request, clients: NamedDependency[Clients]) -
     password = given if isinstance(given, str) else ""
     errors = FieldErrors()
     if not values["name"]:
-        errors["name"] = "Enter your name"
+        errors["name"] = N_("Enter your name")
     if not values["email"]:
-        errors["email"] = "Enter your email address"
+        errors["email"] = N_("Enter your email address")
     if not password:
-        errors["password"] = "Choose a password"
+        errors["password"] = N_("Choose a password")
     if code and values["relationship"] not in dict(RELATIONSHIPS):
-        errors["relationship"] = "Choose your relationship to the child"
+        errors["relationship"] = N_("Choose your relationship to the child")
     if not values["accept_aup"]:
-        errors["accept_aup"] = "Accept the acceptable-use policy to register"
+        errors["accept_aup"] = N_("Accept the acceptable-use policy to register")
     if errors:
         return await again(errors)
     try:
@@ -278,7 +279,7 @@ async def verify_submit(request: Request, clients: NamedDependency[Clients]) -> 
         return render(request, "pages/verify.html", anonymous_form=True, status=403, token=token, message=EXPIRED_FORM)
     try:
         if not token:
-            raise ApiError(400, "invalid_token", "This link is not complete.")
+            raise ApiError(400, "invalid_token", N_("This link is not complete."))
         await clients.identity.verify(token)
     except (RpcError, ApiError) as exc:
         err = as_api_error(exc)
@@ -319,7 +320,7 @@ async def forgot_submit(request: Request, clients: NamedDependency[Clients]) -> 
             anonymous_form=True,
             status=400,
             values={},
-            errors=FieldErrors(email="Enter your email address"),
+            errors=FieldErrors(email=N_("Enter your email address")),
         )
     await clients.identity.password_reset(email)
     return render(request, "pages/forgot_sent.html", email=email)
@@ -347,10 +348,10 @@ async def reset_submit(state: State, request: Request) -> Template:
     if not anonymous_form_ok(request, form):
         return again(FieldErrors(), 403, message=EXPIRED_FORM)
     if not password:
-        return again(FieldErrors(password="Choose a new password"))
+        return again(FieldErrors(password=N_("Choose a new password")))
     try:
         if not token:
-            raise ApiError(400, "invalid_token", "This link is not complete.")
+            raise ApiError(400, "invalid_token", N_("This link is not complete."))
         await change_password(state, token, password[:1024])
     except (RpcError, ApiError) as exc:
         err = as_api_error(exc)

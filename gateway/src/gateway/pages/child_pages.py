@@ -13,6 +13,7 @@ from litestar.di import NamedDependency
 from litestar.response import Template
 
 from contracts.identity import Principal
+from contracts.kit.i18n import N_
 from gateway import children
 from gateway.auth import parents_only
 from gateway.clients import Clients
@@ -25,7 +26,7 @@ PARENTS_ONLY = [parents_only]
 async def _child(clients: Clients, principal: Principal, pupil_id: str) -> dict[str, Any]:
     found = next((c for c in await clients.linking.children(principal.account_id) if c.pupil_id == pupil_id), None)
     if found is None or found.status != "linked":
-        raise not_found("That child is not linked to your account.")
+        raise not_found(N_("That child is not linked to your account."))
     return found.model_dump()
 
 
@@ -79,7 +80,6 @@ async def stars_page(
         child=child,
         stars=stars,
         area="stars",
-        week_label=start.strftime("%A %-d %B %Y"),
         previous_week=(start - timedelta(days=7)).isoformat(),
         next_week=(start + timedelta(days=7)).isoformat() if day is not None else None,
     )

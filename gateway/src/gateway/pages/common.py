@@ -22,10 +22,12 @@ from litestar.response import Redirect, Template
 from litestar.types import ExceptionHandlersMap
 
 from contracts.identity import Principal
+from contracts.kit.i18n import N_
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
 from gateway.auth import credentials, csrf_token_for
 from gateway.errors import ApiError, detail_for_status, http_error
+from gateway.i18n import ntranslate, page_language, translate
 from gateway.settings import GatewaySettings
 
 log = get_logger("gateway.pages")
@@ -37,12 +39,12 @@ SECURE_FLASH_COOKIE = "__Host-portal_notice"
 FLASH_MAX_CHARS = 600
 
 RELATIONSHIPS = [
-    ("mother", "Mother"),
-    ("father", "Father"),
-    ("carer", "Carer"),
-    ("guardian", "Guardian"),
-    ("grandparent", "Grandparent"),
-    ("other", "Other"),
+    ("mother", N_("Mother")),
+    ("father", N_("Father")),
+    ("carer", N_("Carer")),
+    ("guardian", N_("Guardian")),
+    ("grandparent", N_("Grandparent")),
+    ("other", N_("Other")),
 ]
 
 
@@ -107,34 +109,37 @@ def session_csrf(request: Request) -> str | None:
 # these sentences can appear, so a cookie set by anyone else cannot put words on our pages.
 # key -> (sentence, the words for an id the page does not know)
 NOTICES: dict[str, tuple[str, dict[str, str]]] = {
-    "signed_out": ("You have signed out.", {}),
-    "child_linked": ("{pupil} is now linked to your account.", {"pupil": "Your child"}),
-    "child_already_linked": ("{pupil} was already linked to your account.", {"pupil": "Your child"}),
-    "child_unlinked": ("The child is no longer linked to your account.", {}),
+    "signed_out": (N_("You have signed out."), {}),
+    "child_linked": (N_("{pupil} is now linked to your account."), {"pupil": N_("Your child")}),
+    "child_already_linked": (N_("{pupil} was already linked to your account."), {"pupil": N_("Your child")}),
+    "child_unlinked": (N_("The child is no longer linked to your account."), {}),
     "invitation_sent": (
-        "Invitation sent to {invitation} for {pupil}.",
-        {"invitation": "the address you entered", "pupil": "the pupil"},
+        N_("Invitation sent to {invitation} for {pupil}."),
+        {"invitation": N_("the address you entered"), "pupil": N_("the pupil")},
     ),
-    "parent_removed": ("The parent can no longer see {pupil}'s schoolwork.", {"pupil": "the pupil"}),
-    "parent_removed_everywhere": ("The parent can no longer see any of their children at this school.", {}),
-    "codes_created": ("New QR codes created for {count}. Print the QR sheet to hand them out.", {"count": "the class"}),
+    "parent_removed": (N_("The parent can no longer see {pupil}'s schoolwork."), {"pupil": N_("the pupil")}),
+    "parent_removed_everywhere": (N_("The parent can no longer see any of their children at this school."), {}),
+    "codes_created": (
+        N_("New QR codes created for {count}. Print the QR sheet to hand them out."),
+        {"count": N_("the class")},
+    ),
     "bar_added": (
-        "{bar} can no longer be linked to {pupil}; their access ended.",
-        {"bar": "The address", "pupil": "the pupil"},
+        N_("{bar} can no longer be linked to {pupil}; their access ended."),
+        {"bar": N_("The address"), "pupil": N_("the pupil")},
     ),
-    "bar_lifted": ("The bar is lifted: that address may be linked to {pupil} again.", {"pupil": "the pupil"}),
-    "settings_saved": ("Settings saved.", {}),
+    "bar_lifted": (N_("The bar is lifted: that address may be linked to {pupil} again."), {"pupil": N_("the pupil")}),
+    "settings_saved": (N_("Settings saved."), {}),
     "invitation_withdrawn": (
-        "The invitation to {invitation} is withdrawn: its code no longer works.",
-        {"invitation": "that address"},
+        N_("The invitation to {invitation} is withdrawn: its code no longer works."),
+        {"invitation": N_("that address")},
     ),
-    "invitations_sent": ("Invitations sent to the school's contacts of the pupils without a linked parent.", {}),
+    "invitations_sent": (N_("Invitations sent to the school's contacts of the pupils without a linked parent."), {}),
     "staff_disabled": (
-        "{staff} can no longer sign in; their sessions have ended.",
-        {"staff": "The member of staff"},
+        N_("{staff} can no longer sign in; their sessions have ended."),
+        {"staff": N_("The member of staff")},
     ),
-    "staff_enabled": ("{staff} can sign in again with their old password.", {"staff": "The member of staff"}),
-    "account_deleted": ("Your account has been deleted.", {}),
+    "staff_enabled": (N_("{staff} can sign in again with their old password."), {"staff": N_("The member of staff")}),
+    "account_deleted": (N_("Your account has been deleted."), {}),
 }
 NOTICE_PARAMS = ("pupil", "invitation", "bar", "count", "staff")
 MAX_NOTICE_ID = 128
@@ -166,9 +171,9 @@ def flash(request: Request, key: str, **params: str | int) -> Cookie:
     return _flash(settings_of(request), quote(value, safe=""), 60)
 
 
-def notice_text(value: str, names: Mapping[str, Mapping[str, str]]) -> str | None:
-    """The sentence of a notice cookie, each id replaced by what `names` (kind -> id -> words)
-    says of it, or by general words; None for anything that is not one of ours."""
+def notice_text(value: str, names: Mapping[str, Mapping[str, str]], lang: str = "en") -> str | None:
+    """The sentence of a notice cookie in `lang`, each id replaced by what `names` (kind -> id ->
+    words) says of it, or by general words; None for anything that is not one of ours."""
     fields = dict(parse_qsl(unquote(value[:FLASH_MAX_CHARS]), keep_blank_values=True))
     known = NOTICES.get(fields.pop("n", ""))
     if known is None:
@@ -178,10 +183,15 @@ def notice_text(value: str, names: Mapping[str, Mapping[str, str]]) -> str | Non
     for kind in NOTICE_PARAMS:
         given = fields.get(kind, "")[:MAX_NOTICE_ID]
         if kind == "count" and given.isascii() and given.isdigit():
-            words[kind] = f"{int(given)} pupil{'' if int(given) == 1 else 's'}"
+            words[kind] = plural_pupils(int(given), lang)
         else:
-            words[kind] = names.get(kind, {}).get(given) or general.get(kind, "")
-    return sentence.format(**words)
+            words[kind] = names.get(kind, {}).get(given) or translate(general.get(kind, ""), lang)
+    return translate(sentence, lang).format(**words)
+
+
+def plural_pupils(count: int, lang: str) -> str:
+    """`1 pupil`, `3 pupils` in `lang` (Welsh has six plural forms)."""
+    return ntranslate("{count} pupil", "{count} pupils", count, lang).format(count=count)
 
 
 def redirect(path: str, *, cookies: list[Cookie] | None = None) -> Redirect:
@@ -207,12 +217,16 @@ def render(
     principal: Principal | None = None,
     status: int = 200,
     anonymous_form: bool = False,
+    school_language: str | None = None,
     cookies: list[Cookie] | None = None,
     names: Mapping[str, Mapping[str, str]] | None = None,
     **context: Any,
 ) -> Template:
-    """A page: the caller, the CSRF token its forms need and any pending notice in the context
-    (`names`: kind -> id -> words, for the ids a notice names, from what the page shows)."""
+    """A page: the caller, the CSRF token its forms need, the page's `lang` and any pending
+    notice in the context (`names`: kind -> id -> words, for the ids a notice names, from what
+    the page shows; `school_language`: the setting of the school the page is about, for a
+    visitor who is not signed in)."""
+    lang = page_language(request, principal, school_language)
     jar = list(cookies or [])
     if anonymous_form:
         secret, new_cookie = form_secret(request)
@@ -223,7 +237,7 @@ def render(
         csrf = session_csrf(request) if principal is not None else None
     settings = settings_of(request)
     pending = request.cookies.get(_flash_cookie_name(settings))
-    notice = notice_text(pending, names or {}) if pending else None
+    notice = notice_text(pending, names or {}, lang) if pending else None
     if pending:
         jar.append(_flash(settings, "", 0))
     return Template(
@@ -232,6 +246,7 @@ def render(
             "principal": principal,
             "csrf_token": csrf,
             "notice": notice,
+            "lang": lang,
             "is_staff": principal is not None and principal.role != "parent",
             "is_admin": principal is not None and principal.role in ("school_admin", "trust_admin"),
             **context,
@@ -239,6 +254,7 @@ def render(
         status_code=status,
         cookies=jar,
         media_type=MediaType.HTML,
+        headers={"Content-Language": lang},
     )
 
 
@@ -267,13 +283,13 @@ def field_errors_from(exc: RpcError | ApiError, default_field: str | None = None
 # -- errors as pages ---------------------------------------------------------------------------
 
 _TITLES = {
-    400: "That link or form did not work",
-    403: "This form has expired",
-    404: "Page not found",
-    409: "That could not be done",
-    422: "Some details need checking",
-    429: "Too many attempts",
-    503: "Parent Portal is busy",
+    400: N_("That link or form did not work"),
+    403: N_("This form has expired"),
+    404: N_("Page not found"),
+    409: N_("That could not be done"),
+    422: N_("Some details need checking"),
+    429: N_("Too many attempts"),
+    503: N_("Parent Portal is busy"),
 }
 
 
@@ -286,15 +302,21 @@ def _error_page(
             query = urlencode({"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")})
             return Redirect(path=f"/login?{query}", status_code=303)
         return Redirect(path="/login", status_code=303)
-    title = _TITLES.get(status, "Something went wrong")
+    # The error page knows no signed-in caller: the browser's languages choose.
+    lang = page_language(request)
+    title = translate(_TITLES.get(status, N_("Something went wrong")), lang)
     if code == "csrf_failed":
-        detail = "For your safety this form works only for a short while. Go back, reload the page and try again."
+        detail = N_("For your safety this form works only for a short while. Go back, reload the page and try again.")
     elif code == "cross_origin":
-        title = "This form came from another website"
-        detail = (
-            "For your safety Parent Portal only accepts forms from its own pages, so nothing was done. "
-            f"Open {settings_of(request).public_url} and try again from there."
-        )
+        title = translate(N_("This form came from another website"), lang)
+        detail = translate(
+            N_(
+                "For your safety Parent Portal only accepts forms from its own pages, so nothing was done. "
+                "Open {url} and try again from there."
+            ),
+            lang,
+        ).format(url=settings_of(request).public_url)
+    detail = translate(detail, lang)
     return Template(
         template_name="pages/error.html",
         context={
@@ -302,6 +324,7 @@ def _error_page(
             "detail": detail,
             "status": status,
             "principal": None,
+            "lang": lang,
         },
         status_code=status,
         media_type=MediaType.HTML,

@@ -13,6 +13,7 @@ from litestar.response import Template
 
 from contracts import linking
 from contracts.identity import Principal
+from contracts.kit.i18n import N_
 from contracts.kit.rpc import RpcError
 from gateway import flows
 from gateway.auth import client_ip, parents_only
@@ -119,7 +120,7 @@ async def add_child_preview(
     form = await request.form()
     code = str(form.get("code") or "").strip()[:64]
     if not code:
-        errors = FieldErrors(code="Enter the code")
+        errors = FieldErrors(code=N_("Enter the code"))
         return render(request, "pages/add_child.html", principal=principal, status=400, values={}, errors=errors)
     try:
         preview = await _preview(clients, request, principal, code)
@@ -179,7 +180,7 @@ async def add_child_confirm(
         )
 
     if not _relationship_ok(str(values["relationship"])):
-        return await again(FieldErrors(relationship="Choose your relationship to the child"))
+        return await again(FieldErrors(relationship=N_("Choose your relationship to the child")))
     try:
         reply = await clients.linking.redeem(
             linking.RedeemRequest(
@@ -196,7 +197,7 @@ async def add_child_confirm(
         err = as_api_error(exc)
         if exc.code == linking.E_AUP_REQUIRED:
             return await again(
-                FieldErrors(accept_aup="Accept the school's acceptable-use policy to link the child"), status=422
+                FieldErrors(accept_aup=N_("Accept the school's acceptable-use policy to link the child")), status=422
             )
         if err.status_code in (409, 422):
             return await again(FieldErrors(), err.detail, err.status_code)
@@ -210,7 +211,7 @@ async def add_child_confirm(
 async def _my_child(clients: Clients, principal: Principal, pupil_id: str) -> linking.ChildView:
     found = next((c for c in await clients.linking.children(principal.account_id) if c.pupil_id == pupil_id), None)
     if found is None:
-        raise not_found("That child is not linked to your account.")
+        raise not_found(N_("That child is not linked to your account."))
     return found
 
 
