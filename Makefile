@@ -79,7 +79,7 @@ i18n: install
 	    --project "Parent Portal" --copyright-holder "Parent Portal" -o $$pkg/locale/messages.pot $$pkg || exit 1; \
 	  for lang in $(I18N_LANGUAGES); do \
 	    if [ -f $$pkg/locale/$$lang/LC_MESSAGES/messages.po ]; then \
-	      $(VENV)/bin/pybabel -q update --no-fuzzy-matching --ignore-obsolete -i $$pkg/locale/messages.pot -d $$pkg/locale -l $$lang || exit 1; \
+	      $(VENV)/bin/pybabel -q update --no-fuzzy-matching --ignore-obsolete --ignore-pot-creation-date -i $$pkg/locale/messages.pot -d $$pkg/locale -l $$lang || exit 1; \
 	    else \
 	      $(VENV)/bin/pybabel -q init -i $$pkg/locale/messages.pot -d $$pkg/locale -l $$lang || exit 1; \
 	    fi; \

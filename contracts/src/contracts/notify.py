@@ -38,6 +38,13 @@ class EmailRequest(Event):
     to_name: str | None = Field(default=None, max_length=200)
     parent_id: str | None = Field(default=None, description="Instead of `to`: notify asks identity")
     reference: str = Field(default="", max_length=200, description="The requester's id for it, echoed in outcomes")
+    language: Literal["en", "cy"] | None = Field(
+        default=None,
+        description="The email's language; None: the recipient's own (known by `parent_id`), else English",
+    )
+    bilingual: bool = Field(
+        default=False, description="Welsh and English side by side (a Welsh school's invitation): `language` first"
+    )
 
     @model_validator(mode="after")
     def _recipient(self) -> EmailRequest:

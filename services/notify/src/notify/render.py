@@ -19,33 +19,55 @@ from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
-from zoneinfo import ZoneInfo
+from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2.runtime import Context
+from markupsafe import Markup
 
 from contracts.addresses import looks_like_email
 from contracts.base import utcnow
+from contracts.kit import i18n
+from contracts.kit.i18n import N_
 from contracts.names import problem_with_name
 from contracts.notify import EmailRequest
 
 SUBJECTS = {
-    "verification": "Confirm your email address for Parent Portal",
-    "account_exists": "You already have a Parent Portal account",
-    "password_reset": "Reset your Parent Portal password",
-    "set_password": "Set your Parent Portal password",
-    "password_changed": "Your Parent Portal password was changed",
-    "invitation": "{school_name} invites you to see {pupil_first_name}'s schoolwork",
-    "link_activated": "You can now see {pupil_first_name}'s homework, messages and stars",
-    "link_removed": "Your access to {pupil_first_name}'s account has ended",
+    "verification": N_("Confirm your email address for Parent Portal"),
+    "account_exists": N_("You already have a Parent Portal account"),
+    "password_reset": N_("Reset your Parent Portal password"),
+    "set_password": N_("Set your Parent Portal password"),
+    "password_changed": N_("Your Parent Portal password was changed"),
+    "invitation": N_("{school_name} invites you to see {pupil_first_name}'s schoolwork"),
+    "link_activated": N_("You can now see {pupil_first_name}'s homework, messages and stars"),
+    "link_removed": N_("Your access to {pupil_first_name}'s account has ended"),
 }
 
+TITLE = N_("Parent Portal")
+FOOTER = N_(
+    "This email was sent by Parent Portal on behalf of your child's school. "
+    "If you were not expecting it, you can ignore it."
+)
+
+LOCALE_DIR = Path(__file__).parent / "locale"
+translate = i18n.translator(LOCALE_DIR)
+
 # Dates in emails are read by parents in the UK first; the zone is named in the text.
-DISPLAY_ZONE = ZoneInfo("Europe/London")
+DISPLAY_ZONE = i18n.DISPLAY_ZONE
+# Welsh: no weekday, which would mutate after "tan" (until).
+_WHEN = {"en": "EEEE d MMMM y 'at' HH:mm", "cy": "d MMMM y 'am' HH:mm"}
 
 
-def _when(value: datetime) -> str:
+def when(value: datetime, lang: str) -> str:
+    """`Thursday 3 December 2026 at 17:00 (GMT)` in `lang`."""
     local = value.astimezone(DISPLAY_ZONE)
-    return local.strftime("%A %-d %B %Y at %H:%M") + f" ({local.tzname()})"
+    lang = i18n.known(lang)
+    return i18n.format_when(value, lang, _WHEN[lang]) + f" ({local.tzname()})"
+
+
+@pass_context
+def _when(context: Context, value: datetime) -> str:
+    return when(value, i18n.context_lang(context))
 
 
 def message_id(request_id: str, recipient: str, domain: str) -> str:
@@ -104,7 +126,19 @@ def one_line(text: str) -> str:
     return " ".join(_BREAKS.sub(" ", text).split()).replace("=?", "= ?")
 
 
-_HEADERS = sorted(["Subject", "From", "To", "Date", "Message-ID", "Auto-Submitted", "MIME-Version", "Content-Type"])
+_HEADERS = sorted(
+    [
+        "Subject",
+        "From",
+        "To",
+        "Date",
+        "Message-ID",
+        "Auto-Submitted",
+        "Content-Language",
+        "MIME-Version",
+        "Content-Type",
+    ]
+)
 
 
 def _check(content: bytes, recipient: str) -> None:
@@ -135,27 +169,48 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        i18n.install(self.env, LOCALE_DIR)
+        self.env.policies["ext.i18n.trimmed"] = True
         self.env.filters["when"] = _when
 
-    def render(self, request: EmailRequest, *, recipient: str, recipient_name: str | None) -> Rendered:
-        """The email for `request` to `recipient`; `RenderError` when there can be none."""
+    def render(
+        self, request: EmailRequest, *, recipient: str, recipient_name: str | None, language: str | None = None
+    ) -> Rendered:
+        """The email for `request` to `recipient`; `RenderError` when there can be none.
+
+        Its language is the request's, else `language` (the recipient's own, when known), else
+        English; a bilingual request has its language first, then English."""
         try:
-            return self._render(request, recipient=recipient, recipient_name=recipient_name)
+            return self._render(request, recipient=recipient, recipient_name=recipient_name, language=language)
         except RenderError:
             raise
         except Exception as exc:  # a template or header the request breaks: trying again changes nothing
             raise RenderError(f"{request.kind} cannot be rendered: {type(exc).__name__}") from exc
 
-    def _render(self, request: EmailRequest, *, recipient: str, recipient_name: str | None) -> Rendered:
+    def _render(
+        self, request: EmailRequest, *, recipient: str, recipient_name: str | None, language: str | None
+    ) -> Rendered:
         to = _address(recipient)
         name = display_name(recipient_name)
         kind = request.kind
         values = request.model_dump()
         values["recipient_name"] = name
-        subject = one_line(SUBJECTS[kind].format(**values))
+        first = i18n.known(request.language or language)
+        langs = [first, "en"] if request.bilingual and first != "en" else [first]
+        subject = one_line(" / ".join(translate(SUBJECTS[kind], lang).format(**values) for lang in langs))
         values["subject"] = subject
-        text = self.env.get_template(f"{kind}.txt").render(**values)
-        html = self.env.get_template(f"{kind}.html").render(**values)
+        text_template = self.env.get_template(f"{kind}.txt")
+        text = "\n\n* * *\n\n".join(text_template.render(**values, lang=lang) for lang in langs)
+        html_template = self.env.get_template(f"{kind}.html")
+        sections = []
+        for lang in langs:
+            # Each language's body, in the one frame of base.html.
+            context = html_template.new_context({**values, "lang": lang})
+            body = Markup("".join(html_template.blocks["body"](context)))
+            sections.append(
+                {"lang": lang, "body": body, "title": translate(TITLE, lang), "footer": translate(FOOTER, lang)}
+            )
+        html = self.env.get_template("base.html").render(**values, lang=first, sections=sections)
         mid = message_id(request.event_id, recipient, self.domain)
         msg = EmailMessage()
         msg["Subject"] = subject
@@ -167,6 +222,8 @@ class Renderer:
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
+        # After the content: setting the content clears every Content-* header.
+        msg["Content-Language"] = ", ".join(langs)
         content = msg.as_bytes()
         _check(content, to.addr_spec)
         return Rendered(mid, content, to.addr_spec)
