@@ -30,7 +30,7 @@ DEFAULT_LANGUAGE = "en"
 DISPLAY_ZONE = ZoneInfo("Europe/London")
 
 
-def N_(message: str) -> str:
+def N_(message: str) -> str:  # noqa: N802 (the usual gettext marker name)
     """Marks a string for extraction that is translated later, where the language is known."""
     return message
 
