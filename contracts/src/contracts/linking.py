@@ -289,10 +289,14 @@ class SchoolSettings(Message):
     files_url: str
     messages_url: str
     email_parent_on_removal: bool
+    language: Literal["en", "cy"] = Field(
+        default="en", description="`cy`: Welsh and English side by side on the QR sheet and invitation emails"
+    )
     updated_at: AwareDatetime | None = None
 
 
 # Limits checked by linking (the gateway may show them in its OpenAPI document).
+SCHOOL_LANGUAGES = ("en", "cy")
 SETTINGS_LIMITS: dict[str, tuple[int, int]] = {
     "max_carers_per_code": (1, 20),
     "printed_code_days": (1, 365),
@@ -573,6 +577,7 @@ class SchoolSettingsChanged(Event):
     files_url: str
     messages_url: str
     email_parent_on_removal: bool
+    language: Literal["en", "cy"] = "en"
     actor_id: str = ""
 
 
@@ -1129,6 +1134,9 @@ class TrustSettings(Message):
     files_url: str
     messages_url: str
     email_parent_on_removal: bool
+    language: Literal["en", "cy"] = Field(
+        default="en", description="`cy`: Welsh and English side by side on the QR sheet and invitation emails"
+    )
     updated_at: AwareDatetime | None = None
 
 

@@ -45,6 +45,7 @@ SETTING_LABELS = {
     "files_url": "The files link",
     "messages_url": "The messages link",
     "email_parent_on_removal": "Emailing a parent on removal",
+    "language": "The language of the QR sheet and invitations",
 }
 
 
@@ -571,6 +572,7 @@ def _settings_values(answer: contract.SchoolSettings) -> dict[str, Any]:
         "files_url": answer.files_url,
         "messages_url": answer.messages_url,
         "email_parent_on_removal": answer.email_parent_on_removal,
+        "language": answer.language,
     }
 
 
@@ -601,6 +603,8 @@ def settings_from_form(form: Any) -> dict[str, Any]:
     for name in (*SETTING_URLS, "aup_text"):
         data[name] = str(form.get(name) or "").replace("\r\n", "\n")
     data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
+    # As chosen; linking refuses any other value and the form names the field.
+    data["language"] = str(form.get("language") or "")
     return data
 
 

@@ -20,7 +20,7 @@ from contracts.addresses import looks_like_email, normalise_email
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure
-from linking import codes, contacts, redemption
+from linking import codes, contacts, redemption, school_settings
 from linking.bars import Bars
 from linking.context import LinkingContext
 from linking.links import MAX_PENDING_INVITATIONS
@@ -146,7 +146,14 @@ class BulkInvitations:
                     seen.add((w.pupil_id, key))
                     pending.setdefault(w.pupil_id, set()).add(key)
                     inv = await send_invitation(
-                        self.ctx, uow, pupil, school, email, days=settings.invitation_days, actor_id=req.actor_id
+                        self.ctx,
+                        uow,
+                        pupil,
+                        school,
+                        email,
+                        days=settings.invitation_days,
+                        actor_id=req.actor_id,
+                        language=settings.language,
                     )
                     sent.append((inv, email))
         log.info("invitations_sent", class_id=req.class_id, sent=len(sent), skipped=len(skipped))
@@ -237,6 +244,7 @@ async def send_invitation(
     *,
     days: int,
     actor_id: str,
+    language: str = "en",
 ) -> Invitation:
     """One invitation with its own single-use code, its email request and its audit row (in the
     caller's transaction, which has checked the address, the bars and the pupil's room)."""
@@ -279,6 +287,7 @@ async def send_invitation(
         code=codes.display(code),
         expires_at=expires,
         reference=f"invitation:{invitation.id}",
+        **school_settings.invitation_language(language),
     )
     await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
     ctx.audit(

@@ -609,6 +609,7 @@ class Links:
                 code=codes.display(code),
                 expires_at=expires,
                 reference=f"invitation:{invitation.id}",
+                **school_settings.invitation_language(settings.language),
             )
             await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
             self.ctx.audit(

@@ -276,6 +276,7 @@ class PrintedCodes:
             ).scalar()
             class_name = await roster.class_name(s, pupil.pupil_id, made_for)
             school = await s.get(School, pupil.school_id)
+            language = (await self.ctx.read_settings(s, pupil.school_id)).language
         school_name = school.name if school else ""
         timezone = school.timezone if school else "UTC"
         host = urlsplit(self.ctx.public_url).netloc or self.ctx.public_url
@@ -289,18 +290,23 @@ class PrintedCodes:
                 school_name=school_name,
                 code=codes.display(code),
                 url=url,
-                expires=sheet.expiry_date(live.expires_at, timezone),
+                expires_at=live.expires_at,
+                timezone=timezone,
                 qr=self.qr_cache.get(url, live.mask),
             )
             stem = f"qr-code-{pupil.pupil_id}"
             if req.format == "pdf":
-                pdf = sheet.render_pdf([card], class_name=class_name, school_name=school_name, host=host)
+                pdf = sheet.render_pdf(
+                    [card], class_name=class_name, school_name=school_name, host=host, language=language
+                )
                 return contract.Document(
                     content_type="application/pdf",
                     filename=_filename(stem, "pdf"),
                     data_base64=base64.b64encode(pdf).decode(),
                 )
-            html = sheet.render_html([card], class_name=class_name, school_name=school_name, host=host)
+            html = sheet.render_html(
+                [card], class_name=class_name, school_name=school_name, host=host, language=language
+            )
             return contract.Document(
                 content_type="text/html; charset=utf-8", filename=_filename(stem, "html"), text=html
             )
@@ -323,6 +329,7 @@ class PrintedCodes:
                 ).scalars()
             )
             live = await self._live_codes(s, [p.pupil_id for p in pupils])
+            language = (await self.ctx.read_settings(s, cls.school_id)).language
         if not live:
             raise RpcFailure(contract.E_NO_CODE, "this class has no printed codes yet: create QR codes first")
         timezone = school.timezone if school else "UTC"
@@ -344,18 +351,21 @@ class PrintedCodes:
                         school_name=school_name,
                         code=codes.display(code),
                         url=url,
-                        expires=sheet.expiry_date(lc.expires_at, timezone),
+                        expires_at=lc.expires_at,
+                        timezone=timezone,
                         qr=self.qr_cache.get(url, lc.mask),
                     )
                 )
             if req.format == "pdf":
-                pdf = sheet.render_pdf(cards, class_name=cls.name, school_name=school_name, host=host)
+                pdf = sheet.render_pdf(
+                    cards, class_name=cls.name, school_name=school_name, host=host, language=language
+                )
                 return contract.Document(
                     content_type="application/pdf",
                     filename=_filename(f"qr-codes-{cls.class_id}", "pdf"),
                     data_base64=base64.b64encode(pdf).decode(),
                 )
-            html = sheet.render_html(cards, class_name=cls.name, school_name=school_name, host=host)
+            html = sheet.render_html(cards, class_name=cls.name, school_name=school_name, host=host, language=language)
             return contract.Document(
                 content_type="text/html; charset=utf-8",
                 filename=_filename(f"qr-codes-{cls.class_id}", "html"),

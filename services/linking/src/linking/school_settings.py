@@ -14,6 +14,7 @@ DEFAULT_MAX_CARERS = 4
 DEFAULT_PRINTED_CODE_DAYS = 30
 DEFAULT_INVITATION_DAYS = 14
 DEFAULT_EMAIL_ON_REMOVAL = True
+DEFAULT_LANGUAGE = "en"
 
 DEFAULT_AUP = """\
 Parent Portal: acceptable use
@@ -44,7 +45,7 @@ DEFAULT_AUP_VERSION = aup_version(DEFAULT_AUP)
 
 _INT_FIELDS = ("max_carers_per_code", "printed_code_days", "invitation_days")
 _URL_FIELDS = ("homework_url", "files_url", "messages_url")
-EDITABLE = (*_INT_FIELDS, "aup_text", *_URL_FIELDS, "email_parent_on_removal")
+EDITABLE = (*_INT_FIELDS, "aup_text", *_URL_FIELDS, "email_parent_on_removal", "language")
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Effective:
     files_url: str
     messages_url: str
     email_parent_on_removal: bool
+    language: str = DEFAULT_LANGUAGE
     updated_at: Any = None
 
     @property
@@ -80,6 +82,7 @@ class Effective:
             files_url=self.files_url,
             messages_url=self.messages_url,
             email_parent_on_removal=self.email_parent_on_removal,
+            language=self.language,
             updated_at=self.updated_at,
         )
 
@@ -95,6 +98,7 @@ def effective(
         "invitation_days": DEFAULT_INVITATION_DAYS,
         "aup_text": DEFAULT_AUP,
         "email_parent_on_removal": DEFAULT_EMAIL_ON_REMOVAL,
+        "language": DEFAULT_LANGUAGE,
         **links,
     }
     values: dict[str, Any] = {}
@@ -114,6 +118,13 @@ class Invalid(ValueError):
         self.problems = problems
 
 
+# A setting that takes one of a few values: the values, and the words when it is another.
+_CHOICES: dict[str, tuple[tuple[Any, ...], str]] = {
+    "email_parent_on_removal": ((True, False), "must be true or false"),
+    "language": (contract.SCHOOL_LANGUAGES, "must be one of " + ", ".join(contract.SCHOOL_LANGUAGES)),
+}
+
+
 def validate(changes: dict[str, Any]) -> dict[str, Any]:
     """The submitted changes, checked and cleaned; raises `Invalid` naming every bad field."""
     problems: dict[str, str] = {}
@@ -131,9 +142,11 @@ def validate(changes: dict[str, Any]) -> dict[str, Any]:
                 problems[name] = f"must be between {low} and {high}"
             else:
                 clean[name] = value
-        elif name == "email_parent_on_removal":
-            if not isinstance(value, bool):
-                problems[name] = "must be true or false"
+        elif name in _CHOICES:
+            allowed, words = _CHOICES[name]
+            # bool is an int: `True in (1, 2)` would pass, so the type is checked too.
+            if type(value) not in {type(x) for x in allowed} or value not in allowed:
+                problems[name] = words
             else:
                 clean[name] = value
         elif name == "aup_text":
@@ -171,3 +184,11 @@ def _url_problem(value: Any) -> str | None:
     if set(fields) != {"pupil_id"}:
         return "must contain {pupil_id} and no other placeholder"
     return None
+
+
+def invitation_language(school_language: str) -> dict[str, Any]:
+    """How an invitation email of a school in `school_language` is written: a Welsh school's in
+    Welsh and English side by side (the parent's own language is not known yet)."""
+    if school_language == "cy":
+        return {"language": "cy", "bilingual": True}
+    return {"language": "en"}

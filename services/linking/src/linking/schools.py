@@ -184,6 +184,7 @@ class Schools:
                     files_url=result.files_url,
                     messages_url=result.messages_url,
                     email_parent_on_removal=result.email_parent_on_removal,
+                    language=result.language,
                     actor_id=req.actor_id,
                 ),
                 aggregate=f"school:{req.school_id}",

@@ -1,16 +1,62 @@
-"""Class sheets: one cut-out card per pupil, as a printable HTML page and as an A4 PDF."""
+"""Class sheets: one cut-out card per pupil, as a printable HTML page and as an A4 PDF.
+
+A Welsh school's sheet (its setting `language` `cy`) has every text in Welsh and English, Welsh
+first; the texts are in linking's catalogue (`linking/locale`)."""
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
+from babel.dates import format_date
 from fpdf import FPDF
 
+from contracts.kit import i18n
+from contracts.kit.i18n import N_
 from linking.qr import Rendering
+
+LOCALE_DIR = Path(__file__).parent / "locale"
+
+TITLE = N_("QR codes: {class_name}, {school_name}")
+INTRO = N_(
+    "Print, cut along the dashed lines and give each card to the pupil's parents or carers. "
+    "Printing again prints the same codes."
+)
+PRINT = N_("Print")
+QR_LABEL = N_("QR code for {pupil}")
+USE_BY = N_("Use by {date}")
+STEP_1 = N_(
+    'Scan the QR code with your phone\'s camera, or go to {host}, log in and choose "Add a child", then type the code.'
+)
+STEP_2 = N_("Register or log in, check it is your child and say how you are related.")
+PDF_STEPS = N_(
+    '1. Scan the QR code with your phone\'s camera, or go to {host}, log in, choose "Add a child" and type the code.\n'
+    "2. Register or log in, check it is your child and say how you are related."
+)
+# Two languages on a 95 x 55 mm card leave room for one short line each.
+PDF_STEPS_SHORT = N_('Scan the QR code, or go to {host} and choose "Add a child".')
+
+
+def languages(language: str) -> list[str]:
+    """The languages of a school's sheet, in order: Welsh then English for a Welsh school."""
+    return ["cy", "en"] if language == "cy" else ["en"]
+
+
+def _t(message: str, lang: str, **values: Any) -> str:
+    return i18n.translations(str(LOCALE_DIR), i18n.known(lang)).gettext(message).format(**values)
+
+
+def _cards_count(count: int, lang: str) -> str:
+    return (
+        i18n.translations(str(LOCALE_DIR), i18n.known(lang))
+        .ngettext("{count} card", "{count} cards", count)
+        .format(count=count)
+    )
 
 
 @dataclass(frozen=True)
@@ -22,8 +68,13 @@ class Card:
     school_name: str
     code: str  # XXXX-XXXX-XXXX
     url: str
-    expires: str  # a date in the school's timezone
+    expires_at: datetime
+    timezone: str  # the school's: the day the code expires there
     qr: Rendering
+
+    def expires(self, lang: str = "en") -> str:
+        """`31 December 2026` / `31 Rhagfyr 2026`."""
+        return expiry_date(self.expires_at, self.timezone, lang)
 
     @property
     def svg(self) -> str:
@@ -31,14 +82,14 @@ class Card:
         return self.qr.svg()
 
 
-def expiry_date(at: datetime, timezone: str) -> str:
-    """`31 December 2026`: the day a code expires, where the school is."""
+def expiry_date(at: datetime, timezone: str, lang: str = "en") -> str:
+    """`31 December 2026`: the day a code expires, where the school is (in `lang`)."""
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         zone = ZoneInfo("UTC")
     local = at.astimezone(zone)
-    return f"{local.day} {local:%B %Y}"
+    return format_date(local.date(), "d MMMM y", locale=i18n.known(lang))
 
 
 _env = jinja2.Environment(
@@ -49,10 +100,28 @@ _env = jinja2.Environment(
 )
 
 
-def render_html(cards: list[Card], *, class_name: str, school_name: str, host: str) -> str:
-    """The printable page."""
+def render_html(cards: list[Card], *, class_name: str, school_name: str, host: str, language: str = "en") -> str:
+    """The printable page, in the school's language(s)."""
+    langs = languages(language)
+    texts = [
+        {
+            "lang": lang,
+            "title": _t(TITLE, lang, class_name=class_name, school_name=school_name),
+            "intro": _cards_count(len(cards), lang) + ". " + _t(INTRO, lang),
+            "print": _t(PRINT, lang),
+            "step_1": _t(STEP_1, lang, host=host),
+            "step_2": _t(STEP_2, lang),
+        }
+        for lang in langs
+    ]
     return _env.get_template("qr_sheet.html").render(
-        cards=cards, class_name=class_name, school_name=school_name, host=host
+        cards=cards,
+        host=host,
+        lang=langs[0],
+        texts=texts,
+        title=" / ".join(t["title"] for t in texts),
+        use_by=lambda card: " / ".join(_t(USE_BY, lang, date=card.expires(lang)) for lang in langs),
+        qr_label=lambda card: " / ".join(_t(QR_LABEL, lang, pupil=card.pupil_name) for lang in langs),
     )
 
 
@@ -127,12 +196,16 @@ def _wrap(pdf: FPDF, text: str, width: float) -> list[str]:
     return lines
 
 
-def render_pdf(cards: list[Card], *, class_name: str, school_name: str, host: str) -> bytes:
+def render_pdf(cards: list[Card], *, class_name: str, school_name: str, host: str, language: str = "en") -> bytes:
     """The same cards as an A4 PDF."""
+    langs = languages(language)
     pdf = FPDF(orientation="portrait", unit="mm", format="A4")
     pdf.set_auto_page_break(False)
     pdf.set_margins(0, 0, 0)
-    pdf.set_title(pdf_text(f"QR codes: {class_name}, {school_name}"))
+    pdf.set_title(
+        pdf_text(" / ".join(_t(TITLE, lang, class_name=class_name, school_name=school_name) for lang in langs))
+    )
+    pdf.set_lang(langs[0])
     pdf.set_creator("Parent Portal")
     pdf.set_line_width(0.2)
     pdf.set_draw_color(150, 150, 150)
@@ -182,18 +255,17 @@ def render_pdf(cards: list[Card], *, class_name: str, school_name: str, host: st
         pdf.text(tx, ty, card.code)
         pdf.set_font("helvetica", "", 8)
         ty += 4.5
-        pdf.text(tx, ty, pdf_text(f"Use by {card.expires}"))
+        pdf.text(
+            tx, ty, _fit(pdf, pdf_text(" / ".join(_t(USE_BY, lang, date=card.expires(lang)) for lang in langs)), tw)
+        )
         pdf.set_font("helvetica", "", 6.8)
         if instructions is None:
-            instructions = _wrap(
-                pdf,
-                pdf_text(
-                    f"1. Scan the QR code with your phone's camera, or go to {host}, log in, choose "
-                    f'"Add a child" and type the code.\n2. Register or log in, check it is your child and '
-                    f"say how you are related."
-                ),
-                tw,
-            )
+            if len(langs) == 1:
+                instructions = _wrap(pdf, pdf_text(_t(PDF_STEPS, langs[0], host=host)), tw)
+            else:
+                instructions = _wrap(
+                    pdf, pdf_text("\n".join(_t(PDF_STEPS_SHORT, lang, host=host) for lang in langs)), tw
+                )
         ty += 1.0
         for line in instructions:
             ty += 3.0

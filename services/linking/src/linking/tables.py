@@ -116,6 +116,7 @@ class SchoolSetting(Base, table=True):
     files_url: str | None = Field(default=None, max_length=500)
     messages_url: str | None = Field(default=None, max_length=500)
     email_parent_on_removal: bool | None = None
+    language: str | None = Field(default=None, max_length=8)
     updated_at: datetime = Field(sa_column=_ts())
     updated_by: str = Field(default="", max_length=ID)
 
@@ -134,6 +135,7 @@ class TrustSetting(Base, table=True):
     files_url: str | None = Field(default=None, max_length=500)
     messages_url: str | None = Field(default=None, max_length=500)
     email_parent_on_removal: bool | None = None
+    language: str | None = Field(default=None, max_length=8)
     updated_at: datetime = Field(sa_column=_ts())
     updated_by: str = Field(default="", max_length=ID)
 

@@ -102,6 +102,7 @@ class TrustSettings:
                 files_url=eff.files_url,
                 messages_url=eff.messages_url,
                 email_parent_on_removal=eff.email_parent_on_removal,
+                language=eff.language,
                 actor_id=actor_id,
             ),
             aggregate=f"school:{eff.school_id}",
