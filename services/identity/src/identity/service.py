@@ -274,6 +274,7 @@ class IdentityService:
                         password_hash=password_hash,
                         aup_version=req.aup_version or None,
                         aup_accepted_at=now if req.aup_version else None,
+                        language=req.language or c.DEFAULT_LANGUAGE,
                         password_changed_at=now,
                         created_at=now,
                         updated_at=now,
@@ -583,6 +584,7 @@ class IdentityService:
             school_id=row.school_id,
             trust_id=row.trust_id,
             expires_in=max(0, int(remaining.total_seconds())),
+            language=row.language,
         )
 
     async def _read_sessions(self, token_hashes: list[str]) -> dict[str, SessionRow]:
@@ -604,6 +606,7 @@ class IdentityService:
                     col(Account.school_id),
                     col(Account.trust_id),
                     col(Account.disabled_at),
+                    col(Account.language),
                 )
                 .join(Account, col(Account.id) == col(Session.account_id))
                 .where(col(Session.token_hash).in_(token_hashes))
