@@ -7,11 +7,14 @@ as a client and as a browser would (cookie, CSRF token, form posts).
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
 import pytest
 from gateway_portal import Portal, assert_error, auth, login, verified_parent
+from helpers import eventually
+from nats.aio.msg import Msg
 
 from contracts import identity
 from contracts.kit.rpc import call
@@ -39,6 +42,15 @@ async def test_a_new_parent_gets_the_weekly_digest_in_english(portal: Portal) ->
 
 async def test_a_parent_changes_one_preference_and_the_other_stays(portal: Portal) -> None:
     token = await new_parent(portal)
+    account_id = (await portal.http.get("/api/v1/me", headers=auth(token))).json()["id"]
+    announced: list[identity.PreferencesChanged] = []
+
+    async def heard(msg: Msg) -> None:
+        event = identity.PreferencesChanged.model_validate_json(msg.data)
+        if event.account_id == account_id:
+            announced.append(event)
+
+    sub = await portal.nc.subscribe(identity.PREFERENCES_CHANGED, cb=heard)
     changed = await portal.http.put("/api/v1/me/preferences", headers=auth(token), json={"digest": "daily"})
     assert changed.status_code == 200, changed.text
     assert changed.json() == {"digest": "daily", "language": "en"}
@@ -49,6 +61,13 @@ async def test_a_parent_changes_one_preference_and_the_other_stays(portal: Porta
     )
     assert both.json() == {"digest": "off", "language": "cy"}
     assert await preferences(portal, token) == {"digest": "off", "language": "cy"}
+
+    # The same again changes nothing, and announces nothing.
+    await portal.http.put("/api/v1/me/preferences", headers=auth(token), json={"digest": "off"})
+    await eventually(lambda: len(announced) >= 2, timeout=10, message="both changes announced")
+    await asyncio.sleep(0.5)
+    await sub.unsubscribe()
+    assert [(e.digest, e.language) for e in announced] == [("daily", "en"), ("off", "cy")]
 
 
 @pytest.mark.parametrize(

@@ -336,6 +336,7 @@ SESSION_REVOKED = "identity.session.revoked.v1"
 ACCOUNT_CHANGED = "identity.account.changed.v1"
 STAFF_ACCESS_CHANGED = "identity.staff.access_changed.v1"
 ACCOUNT_DELETED = "identity.account.deleted.v1"
+PREFERENCES_CHANGED = "identity.preferences.changed.v1"
 
 
 class ParentRegistered(Event):
@@ -370,6 +371,16 @@ class StaffAccessChanged(Event):
     account_id: str
     disabled: bool
     by: str = ""
+
+
+class PreferencesChanged(Event):
+    """A parent's preferences as they now are: on every change, and at registration when the
+    account does not start with the defaults (weekly, en). An account never announced has
+    the defaults."""
+
+    account_id: str
+    digest: Digest
+    language: Language
 
 
 class AccountDeleted(Event):

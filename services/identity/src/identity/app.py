@@ -174,6 +174,7 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
             c.ACCOUNT_CHANGED: c.AccountChanged,
             c.STAFF_ACCESS_CHANGED: c.StaffAccessChanged,
             c.ACCOUNT_DELETED: c.AccountDeleted,
+            c.PREFERENCES_CHANGED: c.PreferencesChanged,
         }
     )
 

@@ -7,6 +7,7 @@ from sqlmodel import col, select
 
 from contracts import identity as c
 from contracts.base import utcnow
+from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure
 from contracts.kit.runtime import ServiceRuntime
 from identity.tables import Account
@@ -21,6 +22,15 @@ def preferences_of(account: Account) -> c.Preferences:
             "digest": account.digest if account.digest in ("weekly", "daily", "off") else c.DEFAULT_DIGEST,
             "language": account.language if account.language in ("en", "cy") else c.DEFAULT_LANGUAGE,
         }
+    )
+
+
+async def announce(uow: UnitOfWork, account_id: str, preferences: c.Preferences) -> None:
+    """`identity.preferences.changed.v1`, in the transaction of the change."""
+    await uow.emit(
+        c.PREFERENCES_CHANGED,
+        c.PreferencesChanged(account_id=account_id, digest=preferences.digest, language=preferences.language),
+        aggregate=f"account:{account_id}",
     )
 
 
@@ -54,6 +64,9 @@ class AccountPreferences:
             after = preferences_of(account)
             if after != before:
                 account.updated_at = utcnow()
+            if after != before:
+                # Whoever composes the digest, or writes to the parent, follows the change.
+                await announce(uow, account.id, after)
             if after.language != before.language:
                 # Every gateway's cached sessions of the account say the old language.
                 await uow.emit(

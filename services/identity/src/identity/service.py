@@ -29,6 +29,7 @@ from contracts.kit.rpc import RpcFailure, field_errors
 from contracts.kit.runtime import ServiceRuntime
 from contracts.platform import StaffLeft, StaffUpserted
 from identity.passwords import Passwords, PasswordsBusy, WeakPassword, check_policy
+from identity.preferences import announce, preferences_of
 from identity.tables import Account, LoginFailure, RateEvent, Session, Token
 
 if TYPE_CHECKING:
@@ -284,6 +285,8 @@ class IdentityService:
                     await uow.emit(
                         c.PARENT_REGISTERED, c.ParentRegistered(parent_id=account.id), aggregate=f"account:{account.id}"
                     )
+                    if account.language != c.DEFAULT_LANGUAGE:
+                        await announce(uow, account.id, preferences_of(account))
                     if await self._registration_email_allowed(uow.session, email, now):
                         await self._send_verification(uow, account)
                     else:
