@@ -19,9 +19,11 @@ from test_web_pages import (
     CLASS_Y5,
     DAD,
     PASSWORD,
+    SHOTS,
     STAFF_PASSWORD,
     TEACHER,
     Portal,
+    check,
     new_page,
     register_and_verify,
     sign_in,
@@ -138,6 +140,9 @@ async def test_offline_page_when_the_network_is_gone_and_nothing_personal_is_cac
             await dad.goto(path)
             await expect(dad.get_by_role("heading", level=1)).to_have_text("You are offline")
             assert "Ben" not in await dad.content()
+        # Screenshotted and checked with axe-core like every page.
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await check(dad, "offline")
         # The portal's look comes from the kept stylesheet.
         header = await dad.locator(".site-header").evaluate("(e) => getComputedStyle(e).backgroundColor")
         assert header == "rgb(11, 87, 164)"
