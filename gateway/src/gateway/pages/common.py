@@ -140,6 +140,7 @@ NOTICES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "staff_enabled": (N_("{staff} can sign in again with their old password."), {"staff": N_("The member of staff")}),
     "account_deleted": (N_("Your account has been deleted."), {}),
+    "preferences_saved": (N_("Your choices are saved."), {}),
 }
 NOTICE_PARAMS = ("pupil", "invitation", "bar", "count", "staff")
 MAX_NOTICE_ID = 128

@@ -15,6 +15,7 @@ from identity import __version__
 from identity.activity import ParentActivity
 from identity.export import AccountExports
 from identity.passwords import OWASP_MIN_MEMORY_KIB, OWASP_MIN_TIME_COST, HashParams, Passwords
+from identity.preferences import AccountPreferences
 from identity.retention import IdentityRetention
 from identity.service import IdentityService
 
@@ -120,6 +121,9 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.DELETE_PARENT, svc.delete_parent)
     runtime.serve(c.EXPORT, AccountExports(runtime).export)
     runtime.serve(c.PARENT_ACTIVITY, ParentActivity(runtime).activity)
+    preferences = AccountPreferences(runtime)
+    runtime.serve(c.PREFERENCES, preferences.get)
+    runtime.serve(c.SET_PREFERENCES, preferences.set)
 
 
 class IdentityRuntime(ServiceRuntime):
@@ -170,6 +174,7 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
             c.ACCOUNT_CHANGED: c.AccountChanged,
             c.STAFF_ACCESS_CHANGED: c.StaffAccessChanged,
             c.ACCOUNT_DELETED: c.AccountDeleted,
+            c.PREFERENCES_CHANGED: c.PreferencesChanged,
         }
     )
 
