@@ -245,6 +245,7 @@ class Contact(Message):
     id: str
     email: str
     name: str
+    language: Language = DEFAULT_LANGUAGE
 
 
 class ContactsReply(Message):

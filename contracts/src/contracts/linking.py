@@ -236,6 +236,9 @@ class CodePreview(Message):
     aup: AupReply
     kind: Literal["printed", "invitation"]
     expires_at: AwareDatetime
+    school_language: Literal["en", "cy"] = Field(
+        default="en", description="The school's setting `language`: the page's language for a visitor"
+    )
 
 
 class PupilQrRequest(StaffRequest):
@@ -382,6 +385,7 @@ class RedeemReply(Message):
     created: bool
     child: ChildView | None = None
     aup: AupReply | None = None
+    school_language: Literal["en", "cy"] = Field(default="en", description="The school's setting `language`")
 
 
 class ParentRequest(Message):

@@ -59,6 +59,8 @@ async def register(clients: Clients, r: Registration) -> None:
     """Register a parent (identity), and with a child's code hold that child for the new
     account until its address is verified (linking)."""
     aup_version = None
+    # A parent who comes with a Welsh school's code starts in Welsh (they may change it).
+    language: identity.Language | None = None
     if r.code:
         # A bad code answers 404 and a full one 409 with nothing created (docs/http-api.md),
         # so the password and the code are checked before identity creates the account.
@@ -67,12 +69,14 @@ async def register(clients: Clients, r: Registration) -> None:
             linking.RedeemRequest(code=r.code, dry_run=True, accept_aup=True, email=r.email, client_ip=r.client_ip)
         )
         aup_version = check.aup.version if check.aup else None
+        language = check.school_language
     reply = await clients.identity.register(
         r.email,
         r.password,
         r.name,
         aup_version if aup_version is not None else await default_aup_version(clients.linking),
         r.client_ip,
+        language,
     )
     if r.code and reply.created:
         # Only a new account is linked here, awaiting its verification. An address that

@@ -79,9 +79,9 @@ async def account_preferences(
     digest, language = form.get("digest"), form.get("language")
     errors = FieldErrors()
     if not isinstance(digest, str) or digest not in DIGEST_CHOICES:
-        errors["digest"] = "Choose how often the summary email comes"
+        errors["digest"] = N_("Choose how often the summary email comes")
     if not isinstance(language, str) or language not in LANGUAGE_CHOICES:
-        errors["language"] = "Choose a language"
+        errors["language"] = N_("Choose a language")
     if errors:
         chosen = {"digest": digest} if isinstance(digest, str) and digest in DIGEST_CHOICES else {}
         if isinstance(language, str) and language in LANGUAGE_CHOICES:

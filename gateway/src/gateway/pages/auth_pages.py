@@ -27,6 +27,7 @@ from gateway.auth import (
 )
 from gateway.clients import Clients
 from gateway.errors import ApiError
+from gateway.i18n import page_language, translate
 from gateway.pages.common import (
     RELATIONSHIPS,
     FieldErrors,
@@ -140,20 +141,26 @@ async def _link_context(clients: Clients, request: Request, code: str | None) ->
         except RpcError as exc:
             err = as_api_error(exc)
             if err.status_code in (404, 429):
-                return {"code": None, "code_problem": err.detail, **(await _default_policy(clients))}
+                return {
+                    "code": None,
+                    "code_problem": err.detail,
+                    **(await _default_policy(clients, page_language(request))),
+                }
             raise
+        lang = page_language(request, None, preview.school_language)
         return {
             "code": code,
             "child": preview,
-            "policy_name": f"{preview.school_name}'s acceptable-use policy",
+            "policy_name": translate(N_("{school}'s acceptable-use policy"), lang).format(school=preview.school_name),
             "policy_text": preview.aup.text,
+            "school_language": preview.school_language,
         }
-    return {"code": None, **(await _default_policy(clients))}
+    return {"code": None, **(await _default_policy(clients, page_language(request)))}
 
 
-async def _default_policy(clients: Clients) -> dict[str, Any]:
+async def _default_policy(clients: Clients, lang: str) -> dict[str, Any]:
     policy = await clients.linking.aup()
-    return {"policy_name": "the Parent Portal acceptable-use policy", "policy_text": policy.text}
+    return {"policy_name": translate(N_("the Parent Portal acceptable-use policy"), lang), "policy_text": policy.text}
 
 
 @get("/register", include_in_schema=False, operation_id="page_register")
@@ -185,8 +192,12 @@ async def register_submit(request: Request, clients: NamedDependency[Clients]) -
 
     async def again(errors: FieldErrors, message: str | None = None, status: int = 400) -> Template:
         context = await _link_context(clients, request, code)
-        if context.get("child"):
+        lang = page_language(request, None, context.get("school_language"))
+        if context.get("child") and lang == "en":
             errors = FieldErrors({k: v.replace("the child", context["child"].first_name) for k, v in errors.items()})
+        elif context.get("child"):
+            # The sentence in the page's language, as it is (the name would change its words).
+            errors = FieldErrors({k: translate(v, lang) for k, v in errors.items()})
         return render(
             request,
             "pages/register.html",

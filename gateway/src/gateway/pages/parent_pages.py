@@ -97,6 +97,7 @@ async def link_page(
         values={},
         errors={},
         relationships=RELATIONSHIPS,
+        school_language=preview.school_language,
     )
 
 

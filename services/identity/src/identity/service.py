@@ -156,10 +156,16 @@ class IdentityService:
             notify.VerificationEmail(
                 to=account.email,
                 parent_id=self._parent_id(account),
+                language=self._language(account),
                 verify_url=self._url("/verify", token),
                 expires_at=expires,
             ),
         )
+
+    @staticmethod
+    def _language(account: Account) -> c.Language:
+        """The language of the account's emails: its preference."""
+        return "cy" if account.language == "cy" else "en"
 
     @staticmethod
     def _parent_id(account: Account) -> str | None:
@@ -351,6 +357,7 @@ class IdentityService:
             notify.AccountExistsEmail(
                 to=account.email,
                 parent_id=self._parent_id(account),
+                language=self._language(account),
                 to_name=self._greeting(account),
                 login_url=f"{self.s.public_url}/login",
                 reset_url=f"{self.s.public_url}/reset-password",
@@ -683,6 +690,7 @@ class IdentityService:
                 notify.PasswordResetEmail(
                     to=account.email,
                     parent_id=self._parent_id(account),
+                    language=self._language(account),
                     to_name=self._greeting(account),
                     reset_url=self._url("/reset-password", token),
                     expires_at=expires,
@@ -740,6 +748,7 @@ class IdentityService:
                 notify.PasswordChangedEmail(
                     to=account.email,
                     parent_id=self._parent_id(account),
+                    language=self._language(account),
                     to_name=greeting,
                     reset_url=f"{self.s.public_url}/reset-password",
                 ),
@@ -1084,7 +1093,9 @@ class IdentityService:
             return c.ContactsReply(contacts=[])
         async with self.runtime.db.reader() as s:
             rows = (await s.execute(select(Account).where(col(Account.id).in_(req.ids)))).scalars().all()
-        return c.ContactsReply(contacts=[c.Contact(id=a.id, email=a.email, name=a.name) for a in rows])
+        return c.ContactsReply(
+            contacts=[c.Contact(id=a.id, email=a.email, name=a.name, language=self._language(a)) for a in rows]
+        )
 
     async def start_background(self) -> None:
         """Start the periodic work: pruning old login failures, recording session uses."""

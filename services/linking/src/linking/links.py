@@ -187,9 +187,14 @@ class Links:
             aup = contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=pupil.school_id)
             if decision.outcome is redemption.Outcome.ALREADY_LINKED:
                 assert read.existing is not None
-                return contract.RedeemReply(created=False, child=await self._child_view(s, read.existing), aup=aup)
+                return contract.RedeemReply(
+                    created=False,
+                    child=await self._child_view(s, read.existing),
+                    aup=aup,
+                    school_language=settings.language,
+                )
             if decision.outcome in (redemption.Outcome.WOULD_LINK, redemption.Outcome.NOT_LINKED):
-                return contract.RedeemReply(created=False, child=None, aup=aup)
+                return contract.RedeemReply(created=False, child=None, aup=aup, school_language=settings.language)
 
             now = read.facts.now
             parent_id = req.parent_id
@@ -247,7 +252,7 @@ class Links:
             status=link.status,
             via=link.via,
         )
-        return contract.RedeemReply(created=True, child=child, aup=aup)
+        return contract.RedeemReply(created=True, child=child, aup=aup, school_language=settings.language)
 
     async def _read_redemption(self, s: AsyncSession, req: contract.RedeemRequest, code: str) -> _Read:
         # Read in the order the rules use them; past a missing code, or a pupil who left, nothing

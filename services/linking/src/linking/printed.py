@@ -230,6 +230,7 @@ class PrintedCodes:
             aup=contract.AupReply(version=settings.aup_version, text=settings.aup_text, school_id=school.school_id),
             kind=link_code.kind,
             expires_at=link_code.expires_at,
+            school_language=settings.language,
         )
 
     async def _live_codes(self, s: AsyncSession, pupil_ids: list[str]) -> dict[str, _LiveCode]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from contracts import linking as contract
 from linking.tables import SchoolSetting, TrustSetting
@@ -14,7 +14,7 @@ DEFAULT_MAX_CARERS = 4
 DEFAULT_PRINTED_CODE_DAYS = 30
 DEFAULT_INVITATION_DAYS = 14
 DEFAULT_EMAIL_ON_REMOVAL = True
-DEFAULT_LANGUAGE = "en"
+DEFAULT_LANGUAGE: Literal["en", "cy"] = "en"
 
 DEFAULT_AUP = """\
 Parent Portal: acceptable use
@@ -61,7 +61,7 @@ class Effective:
     files_url: str
     messages_url: str
     email_parent_on_removal: bool
-    language: str = DEFAULT_LANGUAGE
+    language: Literal["en", "cy"] = DEFAULT_LANGUAGE
     updated_at: Any = None
 
     @property

@@ -280,7 +280,7 @@ class Sender:
             await self._finish_now(email, FAILED, reason="gave_up", detail=email.last_error or "")
             return None
 
-        recipient, name = email.recipient, request.to_name
+        recipient, name, language = email.recipient, request.to_name, None
         if recipient is None:
             try:
                 reply = await rpc.call(
@@ -296,12 +296,13 @@ class Sender:
                 await self._finish_now(email, FAILED, reason="no_recipient", detail="no such account")
                 return None
             recipient, name = reply.contacts[0].email, reply.contacts[0].name
+            language = reply.contacts[0].language  # the parent's own, for a request that names none
         key = normalise_email(recipient)
 
         if email.content is not None:  # rendered by an earlier attempt, which recorded its recipient
             return recipient, email.recipient_key or key, email.message_id, email.content
         try:
-            rendered = self.renderer.render(request, recipient=recipient, recipient_name=name)
+            rendered = self.renderer.render(request, recipient=recipient, recipient_name=name, language=language)
         except RenderError as exc:
             await self._render_failed(email, exc)
             return None
