@@ -255,9 +255,10 @@ def render_pdf(cards: list[Card], *, class_name: str, school_name: str, host: st
         pdf.text(tx, ty, card.code)
         pdf.set_font("helvetica", "", 8)
         ty += 4.5
-        pdf.text(
-            tx, ty, _fit(pdf, pdf_text(" / ".join(_t(USE_BY, lang, date=card.expires(lang)) for lang in langs)), tw)
-        )
+        # A line a language: both on one would not fit the card.
+        for n, lang in enumerate(langs):
+            ty += 3.5 if n else 0.0
+            pdf.text(tx, ty, _fit(pdf, pdf_text(_t(USE_BY, lang, date=card.expires(lang))), tw))
         pdf.set_font("helvetica", "", 6.8)
         if instructions is None:
             if len(langs) == 1:
