@@ -30,6 +30,7 @@ from gateway.auth import COOKIE_NAME
 from gateway.clients import Clients
 from gateway.clients.fake import FakeTransport
 from gateway.settings import GatewaySettings
+from identity.passwords import WeakPassword, check_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = [ROOT / "gateway/src/gateway", ROOT / "services/notify/src/notify", ROOT / "services/linking/src/linking"]
@@ -382,3 +383,18 @@ async def test_a_welsh_schools_sheet_and_invitations_are_bilingual(env: Env, tmp
     )
     assert dry.school_language == "cy"
     await asyncio.sleep(0)
+
+
+def test_the_service_sentences_the_pages_translate_are_still_the_ones_sent() -> None:
+    from gateway.service_messages import SERVICE_MESSAGES
+
+    sources = "\n".join(
+        p.read_text(encoding="utf-8")
+        for p in [*ROOT.glob("services/*/src/**/*.py"), ROOT / "gateway/src/gateway/errors.py"]
+    )
+    # identity's password policy writes its figure in.
+    with pytest.raises(WeakPassword) as short:
+        check_policy("short")
+    sources += "\n" + str(short.value)
+    for message in SERVICE_MESSAGES:
+        assert message in sources or message[:1].lower() + message[1:] in sources, message
