@@ -97,7 +97,20 @@ def _parent(account_id: str, language: str) -> Principal:
     )
 
 
-SESSIONS = {"tok-cy": _parent("par-cy", "cy"), "tok-en": _parent("par-en", "en")}
+SESSIONS = {
+    "tok-cy": _parent("par-cy", "cy"),
+    "tok-en": _parent("par-en", "en"),
+    "tok-head": Principal(
+        account_id="head-1",
+        session_id="s-head",
+        role="school_admin",
+        email="pennaeth@ysgol.example",
+        name="Siân",
+        school_id="ysgol",
+        expires_in=3600,
+        language="cy",
+    ),
+}
 
 
 async def session(req: identity.SessionRequest) -> Principal:
@@ -142,6 +155,22 @@ async def stars(req: overview.StarsRequest) -> overview.StarsWeek:
     )
 
 
+async def school_settings(req: linking.SchoolSettingsRequest) -> linking.SchoolSettings:
+    return linking.SchoolSettings(
+        school_id="ysgol",
+        max_carers_per_code=4,
+        printed_code_days=30,
+        invitation_days=14,
+        aup_text="Byddwch yn garedig.",
+        aup_version="v1",
+        homework_url="https://platform.example/homework?pupil={pupil_id}",
+        files_url="https://platform.example/files?pupil={pupil_id}",
+        messages_url="https://platform.example/messages?pupil={pupil_id}",
+        email_parent_on_removal=True,
+        language="cy",
+    )
+
+
 async def preview(req: linking.PreviewCodeRequest) -> linking.CodePreview:
     return linking.CodePreview(
         first_name="Amy",
@@ -176,6 +205,7 @@ async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
             linking.PARENT_CHILDREN: children,
             linking.ACTIVE_PUPILS: active,
             linking.PREVIEW_CODE: preview,
+            linking.GET_SCHOOL_SETTINGS: school_settings,
             overview.HOMEWORK: homework,
             overview.STARS: stars,
         }
@@ -238,6 +268,15 @@ async def test_a_welsh_schools_code_shows_its_page_in_welsh_to_a_visitor(browser
     page = await browser.page("/register?code=CYCY-AAAA-BBBB")
     assert lang_of(page) == "cy" and "Creu eich cyfrif" in page.text
     assert "Rwy'n derbyn polisi defnydd derbyniol Ysgol y Wern" in page.text
+
+
+async def test_a_school_admin_who_chose_welsh_sets_the_schools_language_in_welsh(browser: Browser) -> None:
+    page = await browser.page("/schools/ysgol/settings", "tok-head")
+    assert lang_of(page) == "cy" and "<h1>Gosodiadau'r ysgol</h1>" in page.text
+    assert "Iaith y daflen QR a'r e-byst gwahoddiad" in page.text
+    assert re.search(
+        r'<option value="cy" selected>Welsh and English side by side \(Cymraeg a Saesneg\)</option>', page.text
+    )
 
 
 # -- emails, over a real SMTP server ---------------------------------------------------------------

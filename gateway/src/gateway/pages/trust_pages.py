@@ -16,6 +16,7 @@ from litestar.response import Template
 
 from contracts import linking as contract
 from contracts.identity import Principal
+from contracts.kit.i18n import N_
 from contracts.kit.rpc import RpcError
 from gateway import paging
 from gateway import uptake as figures
@@ -85,13 +86,13 @@ async def uptake_page(
 
 LIST_MAX_BYTES = 1024 * 1024
 REASONS = {
-    "invalid_email": "not an email address",
-    "unknown_pupil": "no such pupil at this school",
-    "duplicate": "the same pupil and address again",
-    "already_invited": "already invited, waiting for an answer",
-    "already_linked": "the pupil already has a linked parent",
-    "barred": "this address cannot be invited for this pupil",
-    "too_many_invitations": "the pupil has 10 invitations waiting already",
+    "invalid_email": N_("not an email address"),
+    "unknown_pupil": N_("no such pupil at this school"),
+    "duplicate": N_("the same pupil and address again"),
+    "already_invited": N_("already invited, waiting for an answer"),
+    "already_linked": N_("the pupil already has a linked parent"),
+    "barred": N_("this address cannot be invited for this pupil"),
+    "too_many_invitations": N_("the pupil has 10 invitations waiting already"),
 }
 
 
@@ -149,13 +150,13 @@ async def invitations_submit(
                 principal=principal,
                 klass=klass,
                 result=None,
-                problem='The file is not UTF-8 text: save it as "CSV UTF-8".',
+                problem=N_('The file is not UTF-8 text: save it as "CSV UTF-8".'),
                 status=400,
             )
     rows = parse_list(text)
     problem: str | None = None
     if not rows:
-        problem = "Paste or upload at least one row: pupil_id,email."
+        problem = N_("Paste or upload at least one row: pupil_id,email.")
     elif len(rows) > contract.MAX_BULK_INVITATIONS:
         problem = f"{len(rows):,} rows: at most {contract.MAX_BULK_INVITATIONS:,} at once. Split the list."
     if problem:
@@ -220,7 +221,7 @@ async def school_audit_page(
 
 # -- trust settings --------------------------------------------------------------------------------
 
-TRUST_LEDE = "Every school of the trust takes these values for each setting it has not changed itself."
+TRUST_LEDE = N_("Every school of the trust takes these values for each setting it has not changed itself.")
 
 
 @get("/trusts/{trust_id:str}/settings", include_in_schema=False, guards=ADMINS, operation_id="page_trust_settings")
@@ -235,7 +236,7 @@ async def trust_settings_page(
         principal=principal,
         school_id="",
         form_action=f"/trusts/{quote(trust_id)}/settings",
-        heading="Trust settings",
+        heading=N_("Trust settings"),
         lede=TRUST_LEDE,
         values=answer.model_dump(),
         errors={},
@@ -267,7 +268,7 @@ async def trust_settings_submit(
             principal=principal,
             school_id="",
             form_action=f"/trusts/{quote(trust_id)}/settings",
-            heading="Trust settings",
+            heading=N_("Trust settings"),
             lede=TRUST_LEDE,
             values=data,
             errors=errors,
