@@ -21,6 +21,7 @@ from litestar.response import Template
 from contracts import linking as contract
 from contracts.base import utcnow
 from contracts.identity import Principal
+from contracts.kit.i18n import N_
 from contracts.kit.rpc import RpcError
 from gateway import flows, paging
 from gateway.auth import admins_only, staff_only
@@ -359,14 +360,14 @@ async def invite_contacts_submit(
 # -- school admins ---------------------------------------------------------------------------------
 
 AUDIT_ACTIONS = {
-    "invitation_sent": "Invitation sent",
-    "invitation_withdrawn": "Invitation withdrawn",
-    "link_created": "Linked (awaiting email confirmation)",
-    "link_activated": "Link active",
-    "link_removed": "Access removed",
-    "bar_added": "Address barred",
-    "bar_lifted": "Bar lifted",
-    "code_regenerated": "New QR code",
+    "invitation_sent": N_("Invitation sent"),
+    "invitation_withdrawn": N_("Invitation withdrawn"),
+    "link_created": N_("Linked (awaiting email confirmation)"),
+    "link_activated": N_("Link active"),
+    "link_removed": N_("Access removed"),
+    "bar_added": N_("Address barred"),
+    "bar_lifted": N_("Bar lifted"),
+    "code_regenerated": N_("New QR code"),
 }
 
 
@@ -643,7 +644,7 @@ async def settings_submit(
 
 # -- staff accounts ------------------------------------------------------------------------------
 
-ROLE_LABELS = {"teacher": "Teacher", "school_admin": "School admin", "trust_admin": "Trust admin"}
+ROLE_LABELS = {"teacher": N_("Teacher"), "school_admin": N_("School admin"), "trust_admin": N_("Trust admin")}
 
 
 @get("/staff", include_in_schema=False, guards=ADMINS, operation_id="page_staff")
@@ -658,10 +659,10 @@ async def staff_page(
     groups: dict[str, dict[str, Any]] = {}
     for m in found.staff:
         if m.role == "trust_admin":
-            key, title = "trust", "Trust admins"
+            key, title = "trust", N_("Trust admins")
         else:
             key = f"school:{m.school_id}"
-            title = found.schools.get(m.school_id or "", "Your school")
+            title = found.schools.get(m.school_id or "", N_("Your school"))
         groups.setdefault(key, {"title": title, "members": []})["members"].append(m)
     ordered = sorted(groups.items(), key=lambda kv: (kv[0] != "trust", kv[1]["title"]))
     return render(
