@@ -100,6 +100,15 @@ def _parent(account_id: str, language: str) -> Principal:
 SESSIONS = {
     "tok-cy": _parent("par-cy", "cy"),
     "tok-en": _parent("par-en", "en"),
+    "tok-teacher": Principal(
+        account_id="teacher-1",
+        session_id="s-teacher",
+        role="school_admin",
+        email="athro@ysgol.example",
+        name="Dafydd",
+        school_id="ysgol",
+        expires_in=3600,
+    ),
     "tok-head": Principal(
         account_id="head-1",
         session_id="s-head",
