@@ -604,8 +604,9 @@ def settings_from_form(form: Any) -> dict[str, Any]:
     for name in (*SETTING_URLS, "aup_text"):
         data[name] = str(form.get(name) or "").replace("\r\n", "\n")
     data["email_parent_on_removal"] = form.get("email_parent_on_removal") == "yes"
-    # As chosen; linking refuses any other value and the form names the field.
-    data["language"] = str(form.get("language") or "")
+    if "language" in form:
+        # As chosen; linking refuses any other value and the form names the field.
+        data["language"] = str(form.get("language") or "")
     return data
 
 
