@@ -288,6 +288,41 @@ async def test_a_school_admin_who_chose_welsh_sets_the_schools_language_in_welsh
     )
 
 
+@pytest.mark.parametrize("school_language", ["cy", "en"])
+async def test_a_parent_registering_with_a_welsh_schools_code_starts_in_welsh(
+    tmp_path: Path, school_language: str
+) -> None:
+    registered: list[identity.RegisterRequest] = []
+
+    async def check_password(req: identity.CheckPasswordRequest) -> identity.Accepted:
+        return identity.Accepted()
+
+    async def redeem(req: linking.RedeemRequest) -> linking.RedeemReply:
+        aup = linking.AupReply(version="v1", text="Byddwch yn garedig.", school_id="ysgol")
+        return linking.RedeemReply(created=not req.dry_run, aup=aup, school_language=school_language)  # type: ignore[arg-type]
+
+    async def register(req: identity.RegisterRequest) -> identity.RegisterReply:
+        registered.append(req)
+        return identity.RegisterReply(parent_id="par-new", created=True, verified=False)
+
+    fake = FakeTransport({identity.CHECK_PASSWORD: check_password, linking.REDEEM: redeem, identity.REGISTER: register})
+    app = create_app(GatewaySettings(data_dir=tmp_path), clients=Clients.over(fake))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://portal.test") as http:
+        answer = await http.post(
+            "/api/v1/auth/register",
+            json={
+                "email": "mari@example.org",
+                "password": "tri gair digyswllt hir",
+                "name": "Mari Jones",
+                "accept_aup": True,
+                "code": "CYCY-AAAA-BBBB",
+                "relationship": "mother",
+            },
+        )
+    assert answer.status_code == 202, answer.text
+    assert [r.language for r in registered] == [school_language]
+
+
 # -- emails, over a real SMTP server ---------------------------------------------------------------
 
 
