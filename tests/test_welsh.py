@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gettext
+import html
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -257,6 +258,12 @@ async def test_a_welsh_speaking_parents_pages_are_in_welsh_with_welsh_dates(brow
     assert "Sêr Amy" in page.text and "2 seren: Caredigrwydd" in page.text
     assert "Dydd Llun 30 Tachwedd 2026" in page.text, "week beginning"
 
+    # Their error pages too.
+    missing = await browser.http.get("/children/p-nobody/homework", cookies={COOKIE_NAME: "tok-cy"})
+    assert missing.status_code == 404 and lang_of(missing) == "cy"
+    assert "Heb ddod o hyd i'r dudalen" in html.unescape(missing.text)
+    assert "Nid yw'r plentyn hwnnw'n gysylltiedig â'ch cyfrif." in html.unescape(missing.text)
+
     # And an English speaker's, even from a browser that prefers Welsh.
     page = await browser.page("/children/p-amy/homework", "tok-en", languages="cy")
     assert lang_of(page) == "en"
@@ -398,8 +405,8 @@ async def test_welsh_emails_have_a_welsh_subject_body_and_content_language(
     welsh, english = text.index("Mae Ysgol y Wern yn eich gwahodd"), text.index("Ysgol y Wern invites you")
     assert welsh < english, "Welsh first"
     assert text.count("CYCY-AAAA-BBBB") == 2
-    html = invitation.part("html")
-    assert '<div lang="cy">' in html and '<div lang="en"' in html
+    body_html = invitation.part("html")
+    assert '<div lang="cy">' in body_html and '<div lang="en"' in body_html
 
     (english_only,) = smtp_server.to("sam@example.org")
     assert english_only.message["Content-Language"] == "en"

@@ -138,6 +138,12 @@ def unauthorized(detail: str = "You need to sign in to do this.") -> ApiError:
     return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="portal"'})
 
 
+def known_principal(connection: ASGIConnection) -> Principal | None:
+    """The caller, if this request has already been authenticated (no lookup: for an error page)."""
+    memo = _request_state(connection).get(_PRINCIPAL)
+    return memo if isinstance(memo, Principal) else None
+
+
 async def authenticate(connection: ASGIConnection, *, required: bool = True) -> Principal | None:
     """The caller of this request (CSRF checked; 401 when `required` and there is none)."""
     memo = _request_state(connection).get(_PRINCIPAL, ...)

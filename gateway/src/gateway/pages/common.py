@@ -25,7 +25,7 @@ from contracts.identity import Principal
 from contracts.kit.i18n import N_
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
-from gateway.auth import credentials, csrf_token_for
+from gateway.auth import credentials, csrf_token_for, known_principal
 from gateway.errors import ApiError, detail_for_status, http_error
 from gateway.i18n import ntranslate, page_language, translate
 from gateway.settings import GatewaySettings
@@ -303,8 +303,8 @@ def _error_page(
             query = urlencode({"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")})
             return Redirect(path=f"/login?{query}", status_code=303)
         return Redirect(path="/login", status_code=303)
-    # The error page knows no signed-in caller: the browser's languages choose.
-    lang = page_language(request)
+    # The caller when the request got as far as knowing them, else the browser, chooses.
+    lang = page_language(request, known_principal(request))
     title = translate(_TITLES.get(status, N_("Something went wrong")), lang)
     if code == "csrf_failed":
         detail = N_("For your safety this form works only for a short while. Go back, reload the page and try again.")
