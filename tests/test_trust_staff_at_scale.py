@@ -14,13 +14,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from gateway_portal import PASSWORD, Portal, assert_error, auth, cards, uid
+from gateway_portal import PASSWORD, Portal, assert_error, auth, cards, login, uid
 from helpers import eventually
 
 from contracts import linking as contract
 from contracts import notify, platform
 from contracts.base import Event
 from contracts.kit.rpc import call
+from gateway.pages import day
 
 pytestmark = pytest.mark.asyncio
 
@@ -463,6 +464,51 @@ async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(portal: Po
     # A teacher: their school, a row per class.
     mine = (await portal.get("teacher_a", "/uptake")).json()
     assert mine["scope"] == "school" and {row["class_id"] for row in mine["rows"]} >= {r.a1, r.a2}
+
+
+async def test_a_parent_whose_sessions_were_erased_has_still_signed_in(portal: Portal) -> None:
+    r = portal.roster
+    owls, ola = uid("owls"), uid("pupil")
+    await roster(
+        portal,
+        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=r.school_a, class_id=owls, name="Owls")),
+        pupil(r.school_a, ola, "Ola Oak", [owls], None),
+    )
+    assert (await portal.post("admin_a", f"/pupils/{ola}/code")).status_code == 201
+    card = cards((await portal.get("admin_a", f"/pupils/{ola}/qr-sheet")).text)["Ola Oak"]
+    never = await registered_with_code(portal, card)
+    once = await registered_with_code(portal, card)
+    token = await login(portal.http, once)
+    once_id = (await portal.http.get("/api/v1/me", headers=auth(token))).json()["id"]
+    # Signed in 40 days ago; the retention has since erased every session of theirs.
+    db = sqlite3.connect(portal.gateway_settings.data_dir.parent / "identity" / "identity.db")
+    with db:
+        db.execute("DELETE FROM sessions WHERE account_id = ?", (once_id,))
+        db.execute(
+            "UPDATE accounts SET last_signed_in_at = datetime(last_signed_in_at, '-40 days') WHERE id = ?", (once_id,)
+        )
+    db.close()
+
+    async def both_linked() -> list | None:
+        rows = (await portal.get("admin_a", f"/classes/{owls}/pupils")).json()
+        parents = rows[0]["parents"]
+        return parents if sum(p["status"] == "linked" for p in parents) == 2 else None
+
+    parents = {p["email"]: p for p in await eventually(both_linked, timeout=10, message="both links activated")}
+    assert parents[never]["last_signed_in_at"] is None
+    signed = datetime.fromisoformat(parents[once]["last_signed_in_at"])
+    assert timedelta(days=39) < datetime.now(UTC) - signed < timedelta(days=41)
+
+    figures = (await portal.get("admin_a", "/uptake", params={"class_id": owls})).json()
+    assert (figures["parents_linked"], figures["parents_never_signed_in"], figures["parents_active_30d"]) == (2, 1, 0)
+
+    browser = await signed_in_browser(portal, "admin_a@school.example")
+    try:
+        page = (await browser.get(f"/classes/{owls}")).text
+    finally:
+        await browser.aclose()
+    assert f'Last signed in <time datetime="{signed.isoformat()}">{day(signed)}</time>' in page
+    assert page.count("Never signed in") == 1
 
 
 def next_page(response: httpx.Response) -> str | None:

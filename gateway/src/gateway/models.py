@@ -63,6 +63,7 @@ class ExportedAccount(Struct):
     role: str
     created_at: datetime
     verified_at: Annotated[datetime | None, Meta(description="When the address was confirmed; null until then")]
+    last_signed_in_at: Annotated[datetime | None, Meta(description="The last sign-in; null if never")] = None
 
 
 class ExportedChild(Struct):
@@ -130,6 +131,7 @@ class AccountExport(Struct):
                 role=account.role,
                 created_at=account.created_at,
                 verified_at=account.verified_at,
+                last_signed_in_at=account.last_signed_in_at,
             ),
             children=[
                 ExportedChild(
@@ -268,6 +270,9 @@ class ParentRow(Struct):
     relationship: linking.Relationship
     status: linking.LinkStatus
     since: datetime
+    last_signed_in_at: Annotated[
+        datetime | None, Meta(description="The parent's last sign-in; null if never (or unknown to identity)")
+    ] = None
 
 
 class InvitationRow(Struct):
