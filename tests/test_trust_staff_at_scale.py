@@ -820,8 +820,31 @@ async def test_a_class_of_30_with_a_parent_each_fits_a_laptop_window(portal: Por
     names = [
         f"{first} {last}"
         for first, last in zip(
-            "Amelia Benjamin Charlotte Dominic Eleanor Frederick Georgina Harrison Isabella Jonathan".split() * 3,
-            "Richardson Whitfield Montgomery Fairweather Blackwood Ashworth Hargreaves Pemberton Thornton".split() * 4,
+            [
+                "Amelia",
+                "Benjamin",
+                "Charlotte",
+                "Dominic",
+                "Eleanor",
+                "Frederick",
+                "Georgina",
+                "Harrison",
+                "Isabella",
+                "Jonathan",
+            ]
+            * 3,
+            [
+                "Richardson",
+                "Whitfield",
+                "Montgomery",
+                "Fairweather",
+                "Blackwood",
+                "Ashworth",
+                "Hargreaves",
+                "Pemberton",
+                "Thornton",
+            ]
+            * 4,
             strict=False,
         )
     ]
