@@ -20,7 +20,8 @@ from helpers import eventually
 from contracts import linking as contract
 from contracts import notify, platform
 from contracts.base import Event
-from contracts.kit.rpc import call
+from contracts.kit.rpc import RpcError, call
+from gateway import uptake as uptake_figures
 from gateway.pages import day
 
 pytestmark = pytest.mark.asyncio
@@ -377,7 +378,9 @@ async def registered_with_code(portal: Portal, code: str) -> str:
     return email
 
 
-async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(portal: Portal) -> None:
+async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
     r = portal.roster
     dale, d1 = uid("dale"), uid("d1")
     ivy, jo = uid("pupil"), uid("pupil")
@@ -441,6 +444,37 @@ async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(portal: Po
             {"school_id": dale, "name": "Dale School", **dale_counts},
         ],
     }
+    # Linking names the linked parents a page at a time (a trust's are more than a NATS message
+    # holds): a page of one parent gives the same figures.
+    monkeypatch.setattr(uptake_figures, "PAGE", 1)
+    assert (await portal.get("trust2", "/uptake")).json() == trust
+    assert (await portal.get("trust2", "/uptake", params={"class_id": r.c1})).json()["parents_never_signed_in"] == 1
+    first = await call(
+        portal.nc,
+        contract.UPTAKE,
+        contract.UptakeRequest(scope=contract.StaffScope(trust_ids=[r.trust2]), parents_limit=1),
+    )
+    assert len(first.parent_ids) == 1 and first.parents_after == first.parent_ids[0]
+    assert [row.parents for row in first.rows] == [[0], []]
+    second = await call(
+        portal.nc,
+        contract.UPTAKE_PARENTS,
+        contract.UptakeParentsRequest(
+            scope=contract.StaffScope(trust_ids=[r.trust2]), after=first.parents_after, limit=1
+        ),
+    )
+    assert len(second.parent_ids) == 1 and second.parent_ids[0] > first.parent_ids[0]
+    assert second.parents_after is None
+    assert [(row.id, row.parents) for row in second.rows] == [(r.school_c, [0])]
+    # Another trust's pages are not to be had.
+    with pytest.raises(RpcError) as outside:
+        await call(
+            portal.nc,
+            contract.UPTAKE_PARENTS,
+            contract.UptakeParentsRequest(scope=contract.StaffScope(trust_ids=[r.trust1]), school_id=dale, after="0"),
+        )
+    assert outside.value.reply.error == "not_found"
+    monkeypatch.undo()
     school = (await portal.get("trust2", "/uptake", params={"school_id": dale})).json()
     assert school == {"scope": "school", **dale_counts, "rows": [{"class_id": d1, "name": "Dale 1", **dale_counts}]}
     one = (await portal.get("trust2", "/uptake", params={"class_id": r.c1})).json()
