@@ -15,7 +15,7 @@ revoked or expired code answers `invalid_code` like one that never existed).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -47,7 +47,7 @@ class ForeignRows:
 async def foreign_rows(db: Database, vault: codes.CodeVault, addresses: AddressVault) -> ForeignRows:
     """How many codes, bars and roster contacts were written under none of the configured keys."""
 
-    async def count(s: Any, model: Any, key_ids: set[str]) -> int:
+    async def count(s: Any, model: Any, key_ids: Iterable[str]) -> int:
         found = await s.scalar(select(func.count()).select_from(model).where(col(model.key_id).not_in(sorted(key_ids))))
         return found or 0
 
