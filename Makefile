@@ -51,6 +51,13 @@ bench: install
 	$(VENV)/bin/python bench/overview.py $(BENCH_ARGS)
 	$(VENV)/bin/python tests/bench/bench_linking_uptake.py
 
+# Staff at trust scale (tests/bench/bench_staff_at_scale.py prints each time): 1,000 bulk invitations
+# through the gateway, and `portal roster import` (--full too) of 20 schools and 10,000 pupils. Several
+# minutes, most of them the roster imports.
+.PHONY: bench-staff
+bench-staff: install
+	$(VENV)/bin/python tests/bench/bench_staff_at_scale.py
+
 # Throughput per core of each part on a 3-server NATS cluster and PostgreSQL (bench/cluster_throughput.py
 # prints a table; docs/scaling.md sizes a deployment from it): about 5 minutes, needs wrk.
 .PHONY: bench-cluster

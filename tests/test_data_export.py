@@ -325,6 +325,8 @@ async def test_a_parents_export_holds_their_account_children_audit_emails_and_se
 
     assert len(body["sessions"]) >= 1
     assert all(s["created_at"] and s["last_seen_at"] >= s["created_at"] for s in body["sessions"])
+    # The last sign-in is the latest session's beginning (kept on the account once sessions are erased).
+    assert account["last_signed_in_at"] == max(s["created_at"] for s in body["sessions"])
     assert set(body) == {"account", "children", "audit", "emails", "sessions"}
 
 

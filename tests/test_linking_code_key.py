@@ -226,7 +226,8 @@ async def test_rotating_the_key_loses_no_code_and_lifts_no_bar(linking_db: str, 
         # The key changed and the old one is not given: linking refuses to start.
         done = await portal("service", "linking", **linking_settings(linking_db, host, server.url, key_b))
         assert done.returncode == 2, done.stderr
-        assert KEY in done.stderr and OLD_KEYS in done.stderr and "1 bar(s)" in done.stderr, done.stderr
+        assert KEY in done.stderr and OLD_KEYS in done.stderr, done.stderr
+        assert "1 bar(s) and 1 parent contact(s)" in done.stderr, done.stderr
 
         # The new key, with the old one still accepted: everything made under it works and holds.
         async with replica(server.url, linking_db, host, key_b, old_keys=key_a) as env:
@@ -268,7 +269,41 @@ async def test_rotating_the_key_loses_no_code_and_lifts_no_bar(linking_db: str, 
 
         # And the old key alone is now the foreign one.
         done = await portal("service", "linking", **linking_settings(linking_db, host, server.url, key_a))
-        assert done.returncode == 2 and "5 link code(s) and 1 bar(s)" in done.stderr, done.stderr
+        assert done.returncode == 2 and "5 link code(s), 1 bar(s) and 1 parent contact(s)" in done.stderr, done.stderr
+    finally:
+        server.stop()
+
+
+async def test_roster_contacts_alone_under_another_key_stop_linking(tmp_path: Path) -> None:
+    """No code and no bar, only the roster's parent contacts (encrypted addresses): a changed key
+    would leave them unreadable, so linking refuses to start as it does for codes and bars."""
+    (tmp_path / "shared").mkdir()
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shared' / 'linking.db'}"
+    server = authed_nats(tmp_path / "nats")
+    host = tmp_path / "host"
+    key_a, key_b = new_key(), new_key()
+    try:
+        async with replica(server.url, db, host, key_a) as env:
+            school, class_id, (amy,) = await make_school(env, pupils=1)
+            upserted = platform.PupilUpserted(
+                school_id=school.school_id,
+                pupil_id=amy,
+                first_name="Amy",
+                last_name="Smith",
+                class_ids=[class_id],
+                contacts=[
+                    platform.RosterContact(email="amy.mum@example.org", relationship="mother"),
+                    platform.RosterContact(email="amy.dad@example.org", relationship="father"),
+                ],
+            )
+            await env.publish(platform.PUPIL_UPSERTED, upserted)
+            await env.applied([upserted])
+        done = await portal("service", "linking", **linking_settings(db, host, server.url, key_b))
+        assert done.returncode == 2, done.stderr
+        assert "0 link code(s), 0 bar(s) and 2 parent contact(s)" in done.stderr, done.stderr
+        # With the old key still accepted, it starts.
+        async with replica(server.url, db, host, key_b, old_keys=key_a):
+            pass
     finally:
         server.stop()
 

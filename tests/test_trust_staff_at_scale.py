@@ -14,13 +14,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from gateway_portal import PASSWORD, Portal, assert_error, auth, cards, uid
+from gateway_portal import PASSWORD, Portal, assert_error, auth, cards, login, uid
 from helpers import eventually
 
 from contracts import linking as contract
 from contracts import notify, platform
 from contracts.base import Event
-from contracts.kit.rpc import call
+from contracts.kit.rpc import RpcError, call
+from gateway import uptake as uptake_figures
+from gateway.pages import day
 
 pytestmark = pytest.mark.asyncio
 
@@ -376,7 +378,9 @@ async def registered_with_code(portal: Portal, code: str) -> str:
     return email
 
 
-async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(portal: Portal) -> None:
+async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
     r = portal.roster
     dale, d1 = uid("dale"), uid("d1")
     ivy, jo = uid("pupil"), uid("pupil")
@@ -440,6 +444,37 @@ async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(portal: Po
             {"school_id": dale, "name": "Dale School", **dale_counts},
         ],
     }
+    # Linking names the linked parents a page at a time (a trust's are more than a NATS message
+    # holds): a page of one parent gives the same figures.
+    monkeypatch.setattr(uptake_figures, "PAGE", 1)
+    assert (await portal.get("trust2", "/uptake")).json() == trust
+    assert (await portal.get("trust2", "/uptake", params={"class_id": r.c1})).json()["parents_never_signed_in"] == 1
+    first = await call(
+        portal.nc,
+        contract.UPTAKE,
+        contract.UptakeRequest(scope=contract.StaffScope(trust_ids=[r.trust2]), parents_limit=1),
+    )
+    assert len(first.parent_ids) == 1 and first.parents_after == first.parent_ids[0]
+    assert [row.parents for row in first.rows] == [[0], []]
+    second = await call(
+        portal.nc,
+        contract.UPTAKE_PARENTS,
+        contract.UptakeParentsRequest(
+            scope=contract.StaffScope(trust_ids=[r.trust2]), after=first.parents_after, limit=1
+        ),
+    )
+    assert len(second.parent_ids) == 1 and second.parent_ids[0] > first.parent_ids[0]
+    assert second.parents_after is None
+    assert [(row.id, row.parents) for row in second.rows] == [(r.school_c, [0])]
+    # Another trust's pages are not to be had.
+    with pytest.raises(RpcError) as outside:
+        await call(
+            portal.nc,
+            contract.UPTAKE_PARENTS,
+            contract.UptakeParentsRequest(scope=contract.StaffScope(trust_ids=[r.trust1]), school_id=dale, after="0"),
+        )
+    assert outside.value.reply.error == "not_found"
+    monkeypatch.undo()
     school = (await portal.get("trust2", "/uptake", params={"school_id": dale})).json()
     assert school == {"scope": "school", **dale_counts, "rows": [{"class_id": d1, "name": "Dale 1", **dale_counts}]}
     one = (await portal.get("trust2", "/uptake", params={"class_id": r.c1})).json()
@@ -463,6 +498,51 @@ async def test_uptake_of_a_trust_a_school_and_a_class_as_json_and_csv(portal: Po
     # A teacher: their school, a row per class.
     mine = (await portal.get("teacher_a", "/uptake")).json()
     assert mine["scope"] == "school" and {row["class_id"] for row in mine["rows"]} >= {r.a1, r.a2}
+
+
+async def test_a_parent_whose_sessions_were_erased_has_still_signed_in(portal: Portal) -> None:
+    r = portal.roster
+    owls, ola = uid("owls"), uid("pupil")
+    await roster(
+        portal,
+        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=r.school_a, class_id=owls, name="Owls")),
+        pupil(r.school_a, ola, "Ola Oak", [owls], None),
+    )
+    assert (await portal.post("admin_a", f"/pupils/{ola}/code")).status_code == 201
+    card = cards((await portal.get("admin_a", f"/pupils/{ola}/qr-sheet")).text)["Ola Oak"]
+    never = await registered_with_code(portal, card)
+    once = await registered_with_code(portal, card)
+    token = await login(portal.http, once)
+    once_id = (await portal.http.get("/api/v1/me", headers=auth(token))).json()["id"]
+    # Signed in 40 days ago; the retention has since erased every session of theirs.
+    db = sqlite3.connect(portal.gateway_settings.data_dir.parent / "identity" / "identity.db")
+    with db:
+        db.execute("DELETE FROM sessions WHERE account_id = ?", (once_id,))
+        db.execute(
+            "UPDATE accounts SET last_signed_in_at = datetime(last_signed_in_at, '-40 days') WHERE id = ?", (once_id,)
+        )
+    db.close()
+
+    async def both_linked() -> list | None:
+        rows = (await portal.get("admin_a", f"/classes/{owls}/pupils")).json()
+        parents = rows[0]["parents"]
+        return parents if sum(p["status"] == "linked" for p in parents) == 2 else None
+
+    parents = {p["email"]: p for p in await eventually(both_linked, timeout=10, message="both links activated")}
+    assert parents[never]["last_signed_in_at"] is None
+    signed = datetime.fromisoformat(parents[once]["last_signed_in_at"])
+    assert timedelta(days=39) < datetime.now(UTC) - signed < timedelta(days=41)
+
+    figures = (await portal.get("admin_a", "/uptake", params={"class_id": owls})).json()
+    assert (figures["parents_linked"], figures["parents_never_signed_in"], figures["parents_active_30d"]) == (2, 1, 0)
+
+    browser = await signed_in_browser(portal, "admin_a@school.example")
+    try:
+        page = (await browser.get(f"/classes/{owls}")).text
+    finally:
+        await browser.aclose()
+    assert f'Last signed in <time datetime="{signed.isoformat()}">{day(signed)}</time>' in page
+    assert page.count("Never signed in") == 1
 
 
 def next_page(response: httpx.Response) -> str | None:
@@ -560,7 +640,7 @@ async def test_the_class_page_shows_expiry_cards_and_withdraws(portal: Portal) -
         invitation = await invite(portal, cara, email)
         page = await browser.get(f"/classes/{r.a1}")
         assert page.status_code == 200, page.text
-        assert "QR code expires" in page.text and f"/api/v1/pupils/{r.pupils[r.a1]['Amy']}/qr-sheet" in page.text
+        assert "Expires <time" in page.text and f"/api/v1/pupils/{r.pupils[r.a1]['Amy']}/qr-sheet" in page.text
         assert f"Withdraw the invitation to {email}" in page.text
         token = CSRF.search(page.text).group(1)
         done = await browser.post(f"/classes/{r.a1}/invitations/{invitation}/withdraw", data={"csrf_token": token})
@@ -763,3 +843,101 @@ async def test_the_trust_settings_page_saves_the_trusts_defaults(portal: Portal)
         assert (await browser.get(f"/trusts/{r.trust2}/settings")).status_code == 404
     finally:
         await browser.aclose()
+
+
+async def test_a_class_of_30_with_a_parent_each_fits_a_laptop_window(portal: Portal) -> None:
+    """1366x768 leaves about 650px of page in a browser: every row of the table fits in it."""
+    from playwright.async_api import async_playwright
+
+    r = portal.roster
+    cls = uid("wide")
+    names = [
+        f"{first} {last}"
+        for first, last in zip(
+            [
+                "Amelia",
+                "Benjamin",
+                "Charlotte",
+                "Dominic",
+                "Eleanor",
+                "Frederick",
+                "Georgina",
+                "Harrison",
+                "Isabella",
+                "Jonathan",
+            ]
+            * 3,
+            [
+                "Richardson",
+                "Whitfield",
+                "Montgomery",
+                "Fairweather",
+                "Blackwood",
+                "Ashworth",
+                "Hargreaves",
+                "Pemberton",
+                "Thornton",
+            ]
+            * 4,
+            strict=False,
+        )
+    ]
+    pupils = [(uid("pupil"), name) for name in names]
+    await roster(
+        portal,
+        (platform.CLASS_UPSERTED, platform.ClassUpserted(school_id=r.school_a, class_id=cls, name="Year 4 Wide")),
+        *(pupil(r.school_a, pid, name, [cls], None) for pid, name in pupils),
+    )
+    assert (await portal.post("admin_a", f"/classes/{cls}/codes")).status_code == 201
+    # A parent each, written as linking and identity keep them (30 registrations would only be slower).
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    parents = [(uid("par"), pid, name.split()[1]) for pid, name in pupils]
+    data = portal.gateway_settings.data_dir.parent
+    with sqlite3.connect(data / "identity" / "identity.db") as db:
+        db.executemany(
+            "INSERT INTO accounts (id, role, email, email_key, name, created_at, updated_at, last_signed_in_at)"
+            " VALUES (?, 'parent', ?, ?, ?, ?, ?, ?)",
+            [
+                (p, f"{last.lower()}.family.{p[-6:]}@example.org", f"{last.lower()}.family.{p[-6:]}@example.org")
+                + (f"Alexandra {last}", now, now, now)
+                for p, _, last in parents
+            ],
+        )
+    with sqlite3.connect(data / "linking" / "linking.db") as db:
+        db.executemany(
+            "INSERT INTO links (id, parent_id, pupil_id, school_id, relationship, status, via, code_id, live_key,"
+            " created_at, activated_at) VALUES (?, ?, ?, ?, 'mother', 'linked', 'printed', 'x', ?, ?, ?)",
+            [(uid("l")[-32:], p, pid, r.school_a, f"{p}:{pid}", now, now) for p, pid, _ in parents],
+        )
+
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            base = str(portal.http.base_url)
+            context = await chromium.new_context(base_url=base, viewport={"width": 1366, "height": 650})
+            # Signed in through the form by httpx: the gateway takes forms from its public origin only.
+            signed_in = await signed_in_browser(portal, "admin_a@school.example")
+            await context.add_cookies(
+                [{"name": c.name, "value": c.value or "", "url": base} for c in signed_in.cookies.jar]
+            )
+            await signed_in.aclose()
+            page = await context.new_page()
+            await page.goto(f"/classes/{cls}")
+            rows = page.locator("table.class-table tbody tr")
+            assert await rows.count() == 30
+            # Each pupil's row is one line, and all thirty with the table's header fit the window.
+            top = await page.locator("table.class-table").evaluate("t => t.getBoundingClientRect().top")
+            last = await rows.nth(29).evaluate("r => r.getBoundingClientRect().bottom")
+            heights = await rows.evaluate_all("rs => rs.map(r => r.getBoundingClientRect().height)")
+            await page.locator("table.class-table").evaluate("t => t.scrollIntoView()")
+            await page.screenshot(path="/tmp/trust-rest-class-page.png")
+            print(f"class table: rows {min(heights):.1f}-{max(heights):.1f}px, 30 rows and header {last - top:.0f}px")
+            assert last - top <= 650
+            # Still named in full for a screen reader.
+            await page.get_by_role("link", name=f"Remove Alexandra {parents[0][2]}'s access to Amelia").wait_for()
+            await page.get_by_role("heading", name=names[29]).wait_for()
+            assert await page.get_by_text("Last signed in").count() == 30
+        finally:
+            await chromium.close()

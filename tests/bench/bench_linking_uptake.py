@@ -1,13 +1,15 @@
-"""How long the uptake figures of a 20-school trust take (issue 21: the whole answer under 300 ms):
-10,000 pupils in 400 classes, 15,000 parents linked, a few thousand invitations.
+"""How long the uptake figures of a 20-school trust take (the whole answer under 300 ms):
+10,000 pupils in 400 classes, 15,000 parents linked, a few thousand invitations; then the same
+trust with 30,000 parents (more ids than one NATS message of 1 MB holds).
 
     .venv/bin/python tests/bench/bench_linking_uptake.py [--postgres URL]
 
 Fills linking's SQLite database (or the PostgreSQL database given) directly, then asks
 `rpc.linking.uptake.v1` over NATS for the trust (a row per school), a school (a row per class)
-and a class, and identity's `rpc.identity.parent_activity.v1` for the 15,000 parents the gateway
-then asks about (three requests of 5,000, together). Prints median and worst of each. Not a test:
-nothing fails on slow figures.
+and a class, and times the gateway's whole answer for the trust as `GET /uptake` computes it:
+the uptake, the further pages of linked parents (`rpc.linking.uptake_parents.v1`, 5,000 a page)
+and identity's `rpc.identity.parent_activity.v1` for each page. Prints median and worst of each,
+and the largest message. Not a test: nothing fails on slow figures.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from contracts import linking as contract
 from contracts.kit.logs import configure_logging
 from contracts.kit.rpc import call
 from contracts.kit.service import migrate
+from gateway import uptake as figures
+from gateway.clients import IdentityClient, StaffLinking
+from gateway.clients.nats import NatsTransport
+from gateway.settings import GatewaySettings
 from identity import app as identity_app
 from identity.tables import Account, Session
 from linking import app as linking_app
@@ -36,7 +42,8 @@ from linking import codes
 from linking.tables import ClassMember, Invitation, Link, Pupil, School, SchoolClass, Trust
 from portal.natsserver import start_nats
 
-SCHOOLS, CLASSES_PER_SCHOOL, PUPILS_PER_CLASS, PARENTS = 20, 20, 25, 15_000
+SCHOOLS, CLASSES_PER_SCHOOL, PUPILS_PER_CLASS = 20, 20, 25
+PARENTS = (15_000, 30_000)
 RUNS = 20
 
 
@@ -45,12 +52,12 @@ def report(label: str, seconds: list[float]) -> None:
     print(f"{label:<56} median {statistics.median(ms):7.1f} ms   worst {ms[-1]:7.1f} ms")
 
 
-async def fill_linking(runtime) -> list[str]:
+async def fill_linking(runtime, count: int) -> list[str]:
     now = datetime.now(UTC)
     schools = [f"s{i}" for i in range(SCHOOLS)]
     classes = [(s, f"{s}-c{j}") for s in schools for j in range(CLASSES_PER_SCHOOL)]
     pupils = [(s, c, f"{c}-p{k}") for s, c in classes for k in range(PUPILS_PER_CLASS)]
-    parents = [uuid.uuid4().hex for _ in range(PARENTS)]
+    parents = [uuid.uuid4().hex for _ in range(count)]
     links = []
     for n, parent_id in enumerate(parents):
         school, _, pupil_id = pupils[(n * 7) % len(pupils)]
@@ -144,7 +151,7 @@ async def fill_identity(runtime, parents: list[str]) -> None:
         await s.commit()
 
 
-async def main(postgres: str | None) -> None:
+async def main(postgres: str | None, count: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_nats(Path(tmp) / "nats")
         link_settings = linking_app.Settings(
@@ -163,7 +170,7 @@ async def main(postgres: str | None) -> None:
         try:
             async with linking.running(), ident.running():
                 t = time.perf_counter()
-                parents = await fill_linking(linking)
+                parents = await fill_linking(linking, count)
                 await fill_identity(ident, parents)
                 print(f"filled in {time.perf_counter() - t:.1f} s")
                 scopes = {
@@ -178,24 +185,39 @@ async def main(postgres: str | None) -> None:
                         await call(nc, contract.UPTAKE, req, timeout=30)
                         times.append(time.perf_counter() - t)
                     report(f"linking uptake, {label}", times)
-                since = datetime.now(UTC) - timedelta(days=30)
                 trust = await call(nc, contract.UPTAKE, scopes["trust (20 rows)"], timeout=30)
+                size = len(trust.model_dump_json()) / 1e6
+                print(f"{'the uptake with its first page of parents':<56} {len(trust.parent_ids)} ids, {size:.2f} MB")
+                if trust.parents_after is not None:
+                    page = contract.UptakeParentsRequest(
+                        scope=contract.StaffScope(trust_ids=["t"]), after=trust.parents_after
+                    )
+                    times = []
+                    for _ in range(RUNS):
+                        t = time.perf_counter()
+                        await call(nc, contract.UPTAKE_PARENTS, page, timeout=30)
+                        times.append(time.perf_counter() - t)
+                    report(f"linking uptake_parents, the second page of {count - len(trust.parent_ids)}", times)
+                since = datetime.now(UTC) - timedelta(days=30)
+                activity = idc.ParentActivityRequest(ids=trust.parent_ids[:5000], since=since)
                 times = []
                 for _ in range(RUNS):
                     t = time.perf_counter()
-                    await asyncio.gather(
-                        *(
-                            call(
-                                nc,
-                                idc.PARENT_ACTIVITY,
-                                idc.ParentActivityRequest(ids=trust.parent_ids[i : i + 5000], since=since),
-                                timeout=30,
-                            )
-                            for i in range(0, len(trust.parent_ids), 5000)
-                        )
-                    )
+                    await call(nc, idc.PARENT_ACTIVITY, activity, timeout=30)
                     times.append(time.perf_counter() - t)
-                report(f"identity activity of {len(trust.parent_ids)} parents", times)
+                report("identity parent_activity of 5,000", times)
+                transport = NatsTransport(
+                    GatewaySettings(nats_url=server.url, data_dir=Path(tmp) / "gateway", rpc_timeout=30), nc
+                )
+                staff = StaffLinking(transport, contract.StaffScope(trust_ids=["t"]), "bench")
+                ident_client = IdentityClient(transport)
+                times = []
+                for _ in range(RUNS):
+                    t = time.perf_counter()
+                    found = await figures.uptake(ident_client, staff, school_id=None, class_id=None)
+                    times.append(time.perf_counter() - t)
+                assert found["parents_linked"] == count, found["parents_linked"]
+                report(f"GET /uptake of the trust: {count} parents, with identity", times)
         finally:
             await nc.close()
             server.stop()
@@ -204,7 +226,10 @@ async def main(postgres: str | None) -> None:
 if __name__ == "__main__":
     configure_logging(service="bench", level="WARNING", fmt="console")
     pg = sys.argv[sys.argv.index("--postgres") + 1] if "--postgres" in sys.argv else None
-    print(
-        f"Python {sys.version.split()[0]}: {SCHOOLS} schools, {SCHOOLS * CLASSES_PER_SCHOOL * PUPILS_PER_CLASS} pupils, {PARENTS} parents"
-    )
-    asyncio.run(main(pg))
+    # A PostgreSQL database is filled once: the first figure only.
+    for count in PARENTS if pg is None else PARENTS[:1]:
+        print(
+            f"Python {sys.version.split()[0]}: {SCHOOLS} schools, "
+            f"{SCHOOLS * CLASSES_PER_SCHOOL * PUPILS_PER_CLASS} pupils, {count} parents"
+        )
+        asyncio.run(main(pg, count))

@@ -246,6 +246,7 @@ class Contact(Message):
     email: str
     name: str
     language: Language = DEFAULT_LANGUAGE
+    last_signed_in_at: AwareDatetime | None = Field(default=None, description="The last sign-in; null if never")
 
 
 class ContactsReply(Message):
@@ -299,6 +300,7 @@ class AccountExport(Message):
     role: Role
     created_at: AwareDatetime
     verified_at: AwareDatetime | None = None
+    last_signed_in_at: AwareDatetime | None = None
     sessions: list[ExportedSession]
     digest: Digest = DEFAULT_DIGEST
     language: Language = DEFAULT_LANGUAGE
@@ -558,7 +560,8 @@ class ParentActivityRequest(Message):
 
 
 class ParentActivityReply(Message):
-    """`signed_in`: the ids with a session on record; `active`: those seen since `since`."""
+    """`signed_in`: the ids that ever signed in (kept on the account: sessions are erased some
+    days after they end); `active`: those that signed in or used a session since `since`."""
 
     signed_in: list[str]
     active: list[str]
@@ -589,5 +592,5 @@ PARENT_ACTIVITY: Rpc[ParentActivityRequest, ParentActivityReply] = Rpc(
     ParentActivityReply,
     title="parent activity",
     description="For uptake figures: which of up to 5,000 accounts have signed in, and which were seen since a time "
-    "(from their sessions' last use). Ids only.",
+    "(from their last sign-in and their sessions' last use). Ids only.",
 )

@@ -1009,11 +1009,18 @@ BULK_INVITE: Rpc[BulkInviteRequest, BulkInviteReply] = Rpc(
 )
 
 
+# A page of an uptake's linked parents holds at most this many, and fewer when their ids would
+# not fit one NATS message (a trust's parents can be more than one holds).
+MAX_UPTAKE_PARENTS = 20_000
+
+
 class UptakeRequest(StaffRequest):
-    """`GET /uptake[?school_id=…|?class_id=…]`: default, the caller's whole scope."""
+    """`GET /uptake[?school_id=…|?class_id=…]`: default, the caller's whole scope, with the
+    first `parents_limit` of its linked parents."""
 
     school_id: str | None = Field(default=None, max_length=128)
     class_id: str | None = Field(default=None, max_length=128)
+    parents_limit: int = Field(default=MAX_UPTAKE_PARENTS, ge=1, le=MAX_UPTAKE_PARENTS)
 
 
 class UptakeCounts(Message):
@@ -1027,9 +1034,9 @@ class UptakeCounts(Message):
 
 
 class UptakeRow(UptakeCounts):
-    """A school (trust scope) or class (school scope); `parents` are its linked parents as
-    positions in the reply's `parent_ids` (each id is sent once, whatever its rows: a trust's
-    15,000 parents fit one NATS message)."""
+    """A school (trust scope) or class (school scope); `parents` are those of its linked parents
+    in the reply's page of `parent_ids`, as positions in it (each id is sent once, whatever its
+    rows)."""
 
     id: str
     name: str
@@ -1037,11 +1044,40 @@ class UptakeRow(UptakeCounts):
 
 
 class UptakeReply(UptakeCounts):
-    """The scope's figures, its linked parents (for identity's figures) and a row per school or class."""
+    """The scope's figures, the first page of its linked parents (for identity's figures) and a
+    row per school or class. `parents_after` is the cursor of the next page
+    (`rpc.linking.uptake_parents.v1`), null on the last: a trust's parents can be more than one
+    NATS message holds."""
 
     scope: Literal["trust", "school", "class"]
     parent_ids: list[str] = Field(default_factory=list)
     rows: list[UptakeRow] = Field(default_factory=list)
+    parents_after: str | None = None
+
+
+class UptakeParentsRequest(StaffRequest):
+    """The next page of the linked parents of the same scope as an `UptakeRequest`: those after
+    `after` (ids in the database's order), at most `limit` and as many as one message holds."""
+
+    school_id: str | None = Field(default=None, max_length=128)
+    class_id: str | None = Field(default=None, max_length=128)
+    after: str = Field(min_length=1, max_length=128)
+    limit: int = Field(default=MAX_UPTAKE_PARENTS, ge=1, le=MAX_UPTAKE_PARENTS)
+
+
+class UptakeParentsRow(Message):
+    """A row of the uptake (school or class id) and its parents in the page, as positions in it."""
+
+    id: str
+    parents: list[int]
+
+
+class UptakeParentsReply(Message):
+    """A page of linked parents; `parents_after` is the next page's cursor, null on the last."""
+
+    parent_ids: list[str]
+    rows: list[UptakeParentsRow] = Field(default_factory=list)
+    parents_after: str | None = None
 
 
 UPTAKE: Rpc[UptakeRequest, UptakeReply] = Rpc(
@@ -1051,6 +1087,16 @@ UPTAKE: Rpc[UptakeRequest, UptakeReply] = Rpc(
     title="uptake",
     description="`GET /uptake`: pupils, pupils with a linked parent, pending and bounced invitations and linked "
     "parents (ids) of a trust's schools, a school's classes or a class; not_found outside the scope.",
+    errors=(E_NOT_FOUND,),
+)
+
+UPTAKE_PARENTS: Rpc[UptakeParentsRequest, UptakeParentsReply] = Rpc(
+    "rpc.linking.uptake_parents.v1",
+    UptakeParentsRequest,
+    UptakeParentsReply,
+    title="uptake parents",
+    description="The next page of an uptake's linked parents (ids, and the rows each is in), after the cursor "
+    "`parents_after` of the uptake or of the previous page; not_found outside the scope.",
     errors=(E_NOT_FOUND,),
 )
 

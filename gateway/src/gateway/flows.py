@@ -173,6 +173,7 @@ async def pupil_rows(identity: IdentityClient, reply: linking.ClassPupilsReply) 
                     relationship=link.relationship,
                     status=link.status,
                     since=link.since,
+                    last_signed_in_at=contact.last_signed_in_at if contact else None,
                 )
             )
         rows.append(

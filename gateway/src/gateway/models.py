@@ -65,6 +65,7 @@ class ExportedAccount(Struct):
     verified_at: Annotated[datetime | None, Meta(description="When the address was confirmed; null until then")]
     digest: Annotated[str, Meta(description="How often the digest email comes: weekly, daily or off")] = "weekly"
     language: Annotated[str, Meta(description="The language of pages and emails: en or cy")] = "en"
+    last_signed_in_at: Annotated[datetime | None, Meta(description="The last sign-in; null if never")] = None
 
 
 class Preferences(Struct):
@@ -149,6 +150,7 @@ class AccountExport(Struct):
                 verified_at=account.verified_at,
                 digest=account.digest,
                 language=account.language,
+                last_signed_in_at=account.last_signed_in_at,
             ),
             children=[
                 ExportedChild(
@@ -287,6 +289,9 @@ class ParentRow(Struct):
     relationship: linking.Relationship
     status: linking.LinkStatus
     since: datetime
+    last_signed_in_at: Annotated[
+        datetime | None, Meta(description="The parent's last sign-in; null if never (or unknown to identity)")
+    ] = None
 
 
 class InvitationRow(Struct):

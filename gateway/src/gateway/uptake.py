@@ -3,8 +3,10 @@ parents sign in, as identity's activity request says (only ids cross)."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -24,37 +26,81 @@ COUNTS = (
 )
 
 
-def _counts(c: linking.UptakeCounts, parents: list[str], signed_in: set[str], active: set[str]) -> dict[str, int]:
+# Linked parents asked of linking at once (it sends fewer when they would not fit one NATS
+# message); identity is asked about each page in requests of 5,000, together.
+PAGE = linking.MAX_UPTAKE_PARENTS
+
+
+class _Signs:
+    """How many of a scope's (or a row's) linked parents were active, and never signed in."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.never = 0
+
+    def add(self, ids: list[str], positions: Iterable[int], signed_in: set[str], active: set[str]) -> None:
+        for i in positions:
+            if 0 <= i < len(ids):
+                self.active += ids[i] in active
+                self.never += ids[i] not in signed_in
+
+
+def _counts(c: linking.UptakeCounts, signs: _Signs) -> dict[str, int]:
     return {
         "pupils": c.pupils,
         "pupils_with_linked_parent": c.pupils_with_linked_parent,
         "invitations_pending": c.invitations_pending,
         "invitations_bounced": c.invitations_bounced,
         "parents_linked": c.parents_linked,
-        "parents_active_30d": sum(1 for p in parents if p in active),
-        "parents_never_signed_in": sum(1 for p in parents if p not in signed_in),
+        "parents_active_30d": signs.active,
+        "parents_never_signed_in": signs.never,
     }
 
 
 async def uptake(
-    identity: IdentityClient, staff: StaffLinking, *, school_id: str | None, class_id: str | None
+    identity_client: IdentityClient,
+    staff: StaffLinking,
+    *,
+    school_id: str | None,
+    class_id: str | None,
+    page_size: int | None = None,
 ) -> dict[str, Any]:
-    """`{scope, <counts>, rows: [{school_id|class_id, name, <counts>}]}`."""
-    reply = await staff.uptake(school_id=school_id, class_id=class_id)
-    signed_in, active = await identity.parent_activity(reply.parent_ids, utcnow() - timedelta(days=ACTIVE_DAYS))
+    """`{scope, <counts>, rows: [{school_id|class_id, name, <counts>}]}`.
+
+    Linking names the linked parents a page at a time; each page's ids go to identity while the
+    next page is read, and only the counts are kept.
+    """
+    size = page_size or PAGE
+    since = utcnow() - timedelta(days=ACTIVE_DAYS)
+    reply = await staff.uptake(school_id=school_id, class_id=class_id, parents_limit=size)
+    total = _Signs()
+    signs = {r.id: _Signs() for r in reply.rows}
+    ids, rows, after = reply.parent_ids, {r.id: r.parents for r in reply.rows}, reply.parents_after
+    while True:
+        following = (
+            asyncio.ensure_future(staff.uptake_parents(school_id=school_id, class_id=class_id, after=after, limit=size))
+            if after is not None
+            else None
+        )
+        try:
+            signed_in, active = await identity_client.parent_activity(ids, since)
+        except BaseException:
+            if following is not None:
+                following.cancel()
+            raise
+        total.add(ids, range(len(ids)), signed_in, active)
+        for key, positions in rows.items():
+            if key in signs:
+                signs[key].add(ids, positions, signed_in, active)
+        if following is None:
+            break
+        page = await following
+        ids, rows, after = page.parent_ids, {r.id: r.parents for r in page.rows}, page.parents_after
     key = "school_id" if reply.scope == "trust" else "class_id"
-    ids = reply.parent_ids
     return {
         "scope": reply.scope,
-        **_counts(reply, ids, signed_in, active),
-        "rows": [
-            {
-                key: r.id,
-                "name": r.name,
-                **_counts(r, [ids[i] for i in r.parents if 0 <= i < len(ids)], signed_in, active),
-            }
-            for r in reply.rows
-        ],
+        **_counts(reply, total),
+        "rows": [{key: r.id, "name": r.name, **_counts(r, signs[r.id])} for r in reply.rows],
     }
 
 

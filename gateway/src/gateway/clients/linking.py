@@ -175,10 +175,25 @@ class StaffLinking:
             timeout=BULK_TIMEOUT,
         )
 
-    async def uptake(self, *, school_id: str | None, class_id: str | None) -> linking.UptakeReply:
-        """Uptake figures of the caller's scope, a school of it or a class."""
+    async def uptake(
+        self, *, school_id: str | None, class_id: str | None, parents_limit: int = linking.MAX_UPTAKE_PARENTS
+    ) -> linking.UptakeReply:
+        """Uptake figures of the caller's scope, a school of it or a class, with the first page of
+        its linked parents."""
         return await self._t.call(
-            linking.UPTAKE, linking.UptakeRequest(**self._who(), school_id=school_id, class_id=class_id)
+            linking.UPTAKE,
+            linking.UptakeRequest(**self._who(), school_id=school_id, class_id=class_id, parents_limit=parents_limit),
+        )
+
+    async def uptake_parents(
+        self, *, school_id: str | None, class_id: str | None, after: str, limit: int = linking.MAX_UPTAKE_PARENTS
+    ) -> linking.UptakeParentsReply:
+        """The next page of the same uptake's linked parents, after the cursor `after`."""
+        return await self._t.call(
+            linking.UPTAKE_PARENTS,
+            linking.UptakeParentsRequest(
+                **self._who(), school_id=school_id, class_id=class_id, after=after, limit=limit
+            ),
         )
 
     async def trust_settings(self, trust_id: str) -> linking.TrustSettings:

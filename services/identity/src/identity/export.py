@@ -1,6 +1,6 @@
 """An account's own data, for its export (`GET /me/export`): what identity holds about it.
 
-Its details and the record of each of its sessions. Never the password hash, a token's hash,
+Its details (with its last sign-in) and the record of each of its sessions. Never the password hash, a token's hash,
 or the counters of failed sign-ins (those hold hashes of addresses, not the account's data).
 """
 
@@ -43,6 +43,7 @@ class AccountExports:
             role=account.role,
             created_at=account.created_at,
             verified_at=account.verified_at,
+            last_signed_in_at=account.last_signed_in_at,
             sessions=[c.ExportedSession(created_at=row[0], last_seen_at=row[1]) for row in sessions],
             **preferences_of(account).model_dump(),
         )

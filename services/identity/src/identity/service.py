@@ -548,8 +548,10 @@ class IdentityService:
                     absolute_expires_at=now + timedelta(seconds=absolute),
                 )
             )
+            changes: dict[str, object] = {"last_signed_in_at": now}
             if new_hash:
-                await s.execute(update(Account).where(col(Account.id) == account.id).values(password_hash=new_hash))
+                changes["password_hash"] = new_hash
+            await s.execute(update(Account).where(col(Account.id) == account.id).values(**changes))
         log.info("login_succeeded", account_id=account.id, session_id=session_id, rehashed=bool(new_hash))
         return c.LoginReply(
             access_token=token,
@@ -1094,7 +1096,16 @@ class IdentityService:
         async with self.runtime.db.reader() as s:
             rows = (await s.execute(select(Account).where(col(Account.id).in_(req.ids)))).scalars().all()
         return c.ContactsReply(
-            contacts=[c.Contact(id=a.id, email=a.email, name=a.name, language=self._language(a)) for a in rows]
+            contacts=[
+                c.Contact(
+                    id=a.id,
+                    email=a.email,
+                    name=a.name,
+                    language=self._language(a),
+                    last_signed_in_at=a.last_signed_in_at,
+                )
+                for a in rows
+            ]
         )
 
     async def start_background(self) -> None:

@@ -58,6 +58,9 @@ class Account(Base, table=True):
     # When disabling or enabling was last decided (by an operator, an admin or a roster event):
     # a roster event that happened before it does not undo it.
     access_changed_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    # The last successful sign-in: sessions are erased some days after they end, and "never
+    # signed in" must not count a parent whose sessions are gone.
+    last_signed_in_at: datetime | None = Field(default=None, sa_column=_ts(True))
 
 
 class Token(Base, table=True):

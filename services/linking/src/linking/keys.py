@@ -1,9 +1,9 @@
 """The code key's rotation: which rows a key can read, and rewriting them under the current key.
 
-Every code and bar row records the key it was written with (`key_id`). At start-up linking
-refuses to run if any row was written under a key that is neither `PORTAL_LINKING_CODE_KEY`
-nor one of `PORTAL_LINKING_CODE_OLD_KEYS`: with a changed key those codes would be refused and
-those bars silently lifted. `rekey` (`portal linking rekey`) rewrites every row it can under the
+Every code, bar and roster contact row records the key it was written with (`key_id`). At
+start-up linking refuses to run if any row was written under a key that is neither
+`PORTAL_LINKING_CODE_KEY` nor one of `PORTAL_LINKING_CODE_OLD_KEYS`: with a changed key those
+codes would be refused, those bars silently lifted and those parents' addresses lost. `rekey` (`portal linking rekey`) rewrites every row it can under the
 current key, after which the old keys can be dropped.
 
 An invitation's code is kept only as a keyed hash (it is emailed once and never shown again), so
@@ -15,7 +15,7 @@ revoked or expired code answers `invalid_code` like one that never existed).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,30 +38,35 @@ class ForeignRows:
 
     codes: int
     bars: int
+    contacts: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.codes or self.bars)
+        return bool(self.codes or self.bars or self.contacts)
 
 
 async def foreign_rows(db: Database, vault: codes.CodeVault, addresses: AddressVault) -> ForeignRows:
-    """How many codes and bars were written under none of the configured keys."""
+    """How many codes, bars and roster contacts were written under none of the configured keys."""
+
+    async def count(s: Any, model: Any, key_ids: Iterable[str]) -> int:
+        found = await s.scalar(select(func.count()).select_from(model).where(col(model.key_id).not_in(sorted(key_ids))))
+        return found or 0
+
     async with db.reader() as s:
-        n_codes = await s.scalar(
-            select(func.count()).select_from(LinkCode).where(col(LinkCode.key_id).not_in(sorted(vault.key_ids)))
+        return ForeignRows(
+            codes=await count(s, LinkCode, vault.key_ids),
+            bars=await count(s, Bar, addresses.key_ids),
+            contacts=await count(s, PupilContact, addresses.key_ids),
         )
-        n_bars = await s.scalar(
-            select(func.count()).select_from(Bar).where(col(Bar.key_id).not_in(sorted(addresses.key_ids)))
-        )
-    return ForeignRows(codes=n_codes or 0, bars=n_bars or 0)
 
 
 def foreign_key_message(found: ForeignRows) -> str:
     """What the operator is told when linking refuses to start over `found`."""
     return (
-        f"linking's database holds {found.codes} link code(s) and {found.bars} bar(s) written under a key that is "
-        f"neither {codes.KEY_SETTING} nor one of {codes.OLD_KEYS_SETTING}: with this key those codes would be "
-        f"refused and those bars lifted. Set {codes.KEY_SETTING} back to the key they were made with, or add that "
-        f"key to {codes.OLD_KEYS_SETTING} (then `portal linking rekey` moves them to the new key)"
+        f"linking's database holds {found.codes} link code(s), {found.bars} bar(s) and {found.contacts} parent "
+        f"contact(s) written under a key that is neither {codes.KEY_SETTING} nor one of {codes.OLD_KEYS_SETTING}: "
+        "with this key those codes would be refused, those bars lifted and those contacts unreadable. Set "
+        f"{codes.KEY_SETTING} back to the key they were made with, or add that key to {codes.OLD_KEYS_SETTING} "
+        "(then `portal linking rekey` moves them to the new key)"
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, delete, distinct, func, select, update
@@ -25,12 +25,12 @@ from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
 from contracts.kit.rpc import RpcFailure, invalid
-from linking import codes, redemption, roster, school_settings
+from linking import redemption, roster, school_settings
 from linking.context import LinkingContext
+from linking.invitations import MAX_PENDING_INVITATIONS, send_invitation
 from linking.scope import pupil_in_scope, pupil_record_in_scope, school_ids
 from linking.tables import (
     AWAITING,
-    INVITATION,
     LINKED,
     PRINTED,
     AuditRow,
@@ -49,12 +49,6 @@ if TYPE_CHECKING:
     from linking.guessing import Guessing
 
 log = get_logger("linking.links")
-
-
-# Pending (sent, unanswered, unexpired) invitations a pupil may have at once. A child has a few
-# carers; more open invitations than this are not a family but a way to send the school's email,
-# naming the child, to many addresses (a staff account misused or taken over).
-MAX_PENDING_INVITATIONS = 10
 
 
 def _live_key(parent_id: str, pupil_id: str) -> str:
@@ -551,7 +545,6 @@ class Links:
         if not looks_like_email(email):
             raise invalid(email="enter an address like name@example.org")
         now = self.ctx.now()
-        code = codes.generate()
         async with self.ctx.unit_of_work() as uow:
             s = uow.session
             pupil = await pupil_in_scope(s, req.scope, req.pupil_id)
@@ -577,57 +570,23 @@ class Links:
             for inv in earlier:
                 inv.status = "revoked"
                 await s.execute(update(LinkCode).where(col(LinkCode.id) == inv.code_id).values(revoked_at=now))
-            expires = now + timedelta(days=settings.invitation_days)
-            code_id = uuid.uuid4().hex
-            s.add(
-                LinkCode(
-                    id=code_id,
-                    kind=INVITATION,
-                    pupil_id=pupil.pupil_id,
-                    school_id=pupil.school_id,
-                    code_hash=self.ctx.vault.lookup_hash(code),
-                    code_cipher=None,  # an invitation's code is emailed once and never printed again
-                    key_id=self.ctx.vault.key_id,
-                    created_at=now,
-                    created_by=req.actor_id,
-                    expires_at=expires,
-                )
-            )
-            invitation = Invitation(
-                id=uuid.uuid4().hex,
-                pupil_id=pupil.pupil_id,
-                school_id=pupil.school_id,
-                email=email,
-                email_key=normalise_email(email),
-                code_id=code_id,
-                status="invited",
-                sent_at=now,
-                expires_at=expires,
-                created_by=req.actor_id,
-            )
-            s.add(invitation)
-            request = notify.InvitationEmail(
-                to=email,
-                school_name=school.name if school else "",
-                pupil_first_name=pupil.first_name,
-                link_url=self.ctx.link_url(code),
-                code=codes.display(code),
-                expires_at=expires,
-                reference=f"invitation:{invitation.id}",
-                **school_settings.invitation_language(settings.language),
-            )
-            await uow.emit(notify.request_subject(request.kind), request, aggregate=f"email:{request.event_id}")
-            self.ctx.audit(
+            invitation = await send_invitation(
+                self.ctx,
                 uow,
-                pupil_id=pupil.pupil_id,
-                school_id=pupil.school_id,
-                actor=f"staff:{req.actor_id}",
-                action="invitation_sent",
-                reason=f"invitation {invitation.id}",
+                pupil,
+                school,
+                email,
+                days=settings.invitation_days,
+                actor_id=req.actor_id,
+                language=settings.language,
             )
         log.info("invitation_sent", invitation_id=invitation.id, pupil_id=pupil.pupil_id, revoked=len(earlier))
         return contract.InvitationView(
-            invitation_id=invitation.id, email=email, status="invited", sent_at=now, expires_at=expires
+            invitation_id=invitation.id,
+            email=email,
+            status="invited",
+            sent_at=invitation.sent_at,
+            expires_at=invitation.expires_at,
         )
 
     async def _check_room_for_invitation(self, s: AsyncSession, pupil: Pupil, email_key: str, now: datetime) -> None:
