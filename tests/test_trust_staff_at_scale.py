@@ -20,9 +20,9 @@ from helpers import eventually
 from contracts import linking as contract
 from contracts import notify, platform
 from contracts.base import Event
+from contracts.kit.i18n import format_day
 from contracts.kit.rpc import RpcError, call
 from gateway import uptake as uptake_figures
-from gateway.pages import day
 
 pytestmark = pytest.mark.asyncio
 
@@ -541,7 +541,7 @@ async def test_a_parent_whose_sessions_were_erased_has_still_signed_in(portal: P
         page = (await browser.get(f"/classes/{owls}")).text
     finally:
         await browser.aclose()
-    assert f'Last signed in <time datetime="{signed.isoformat()}">{day(signed)}</time>' in page
+    assert f'Last signed in <time datetime="{signed.isoformat()}">{format_day(signed, "en")}</time>' in page
     assert page.count("Never signed in") == 1
 
 
