@@ -14,19 +14,19 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from contracts.addresses import looks_like_email
 from contracts.base import utcnow
 from contracts.names import problem_with_name
-from contracts.notify import EmailRequest
+from contracts.notify import DigestEmail, EmailRequest
 
 SUBJECTS = {
     "verification": "Confirm your email address for Parent Portal",
@@ -37,6 +37,7 @@ SUBJECTS = {
     "invitation": "{school_name} invites you to see {pupil_first_name}'s schoolwork",
     "link_activated": "You can now see {pupil_first_name}'s homework, messages and stars",
     "link_removed": "Your access to {pupil_first_name}'s account has ended",
+    "digest": "Your {schedule} Parent Portal summary",
 }
 
 # Dates in emails are read by parents in the UK first; the zone is named in the text.
@@ -46,6 +47,19 @@ DISPLAY_ZONE = ZoneInfo("Europe/London")
 def _when(value: datetime) -> str:
     local = value.astimezone(DISPLAY_ZONE)
     return local.strftime("%A %-d %B %Y at %H:%M") + f" ({local.tzname()})"
+
+
+def _local(value: datetime, timezone: str) -> str:
+    """A time in the school's timezone (the digest names the zone once, not on every line)."""
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = DISPLAY_ZONE
+    return value.astimezone(zone).strftime("%a %-d %b, %H:%M")
+
+
+def _day(value: date) -> str:
+    return value.strftime("%A %-d %B %Y")
 
 
 def message_id(request_id: str, recipient: str, domain: str) -> str:
@@ -104,13 +118,15 @@ def one_line(text: str) -> str:
     return " ".join(_BREAKS.sub(" ", text).split()).replace("=?", "= ?")
 
 
-_HEADERS = sorted(["Subject", "From", "To", "Date", "Message-ID", "Auto-Submitted", "MIME-Version", "Content-Type"])
+_HEADERS = ["Subject", "From", "To", "Date", "Message-ID", "Auto-Submitted", "MIME-Version", "Content-Type"]
+# RFC 8058: a mail program's one-click unsubscribe POSTs "List-Unsubscribe=One-Click" to the URL.
+_LIST_HEADERS = ["List-Unsubscribe", "List-Unsubscribe-Post"]
 
 
-def _check(content: bytes, recipient: str) -> None:
+def _check(content: bytes, recipient: str, headers: list[str]) -> None:
     """Read the message back as a mail program would: exactly our headers, one recipient."""
     msg = message_from_bytes(content, policy=policy.default)
-    if sorted(msg.keys()) != _HEADERS:
+    if sorted(msg.keys()) != sorted(headers):
         raise RenderError("the message's headers are not the ones written")
     if [a.addr_spec for a in msg["To"].addresses] != [recipient]:
         raise RenderError("the message's To header is not its one recipient")
@@ -136,6 +152,8 @@ class Renderer:
             lstrip_blocks=True,
         )
         self.env.filters["when"] = _when
+        self.env.filters["local"] = _local
+        self.env.filters["day"] = _day
 
     def render(self, request: EmailRequest, *, recipient: str, recipient_name: str | None) -> Rendered:
         """The email for `request` to `recipient`; `RenderError` when there can be none."""
@@ -165,8 +183,16 @@ class Renderer:
         msg["Message-ID"] = mid
         # Tells mail systems not to answer with out-of-office replies.
         msg["Auto-Submitted"] = "auto-generated"
+        headers = _HEADERS
+        if isinstance(request, DigestEmail):
+            url = one_line(request.unsubscribe_url)
+            if not url.startswith(("https://", "http://")) or any(ch in url for ch in "<> ,"):
+                raise RenderError("the unsubscribe link is not a URL")
+            msg["List-Unsubscribe"] = f"<{url}>"
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+            headers = [*_HEADERS, *_LIST_HEADERS]
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
         content = msg.as_bytes()
-        _check(content, to.addr_spec)
+        _check(content, to.addr_spec, headers)
         return Rendered(mid, content, to.addr_spec)
