@@ -15,9 +15,10 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
-from email import message_from_bytes, policy
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -124,8 +125,10 @@ _LIST_HEADERS = ["List-Unsubscribe", "List-Unsubscribe-Post"]
 
 
 def _check(content: bytes, recipient: str, headers: list[str]) -> None:
-    """Read the message back as a mail program would: exactly our headers, one recipient."""
-    msg = message_from_bytes(content, policy=policy.default)
+    """Read the message back as a mail program would: exactly our headers, one recipient.
+    Only the top-level headers are read back, which is where a recipient could be added: parsing
+    the bodies as well took two thirds of an email's rendering (10 of 15 ms) for nothing."""
+    msg = BytesHeaderParser(policy=policy.default).parsebytes(content)
     if sorted(msg.keys()) != sorted(headers):
         raise RenderError("the message's headers are not the ones written")
     if [a.addr_spec for a in msg["To"].addresses] != [recipient]:
