@@ -50,6 +50,7 @@ test-fast: install
 bench: install
 	$(VENV)/bin/python bench/overview.py $(BENCH_ARGS)
 	$(VENV)/bin/python tests/bench/bench_linking_uptake.py
+	$(VENV)/bin/python bench/digest.py
 
 # Throughput per core of each part on a 3-server NATS cluster and PostgreSQL (bench/cluster_throughput.py
 # prints a table; docs/scaling.md sizes a deployment from it): about 5 minutes, needs wrk.
