@@ -291,6 +291,7 @@ async def test_a_parents_export_holds_their_account_children_audit_emails_and_se
     assert account["id"] == person.account_id
     assert account["email"] == person.email and account["name"] == person.name and account["role"] == "parent"
     assert account["created_at"] and account["verified_at"] and account["verified_at"] >= account["created_at"]
+    assert (account["digest"], account["language"]) == ("weekly", "en"), "her preferences, as she left them"
 
     children = {c["pupil_id"]: c for c in body["children"]}
     assert set(children) == {amy, ben}, "the invitation for Dan was never taken up"

@@ -17,6 +17,12 @@ from contracts.names import E_INVALID_NAME
 
 
 Role = Literal["parent", "teacher", "school_admin", "trust_admin"]
+# How often a parent wants the digest email of their children's week; `off` sends none.
+Digest = Literal["weekly", "daily", "off"]
+# The languages the portal speaks: English (the source) and Welsh.
+Language = Literal["en", "cy"]
+DEFAULT_DIGEST: Digest = "weekly"
+DEFAULT_LANGUAGE: Language = "en"
 STAFF_ROLES: tuple[str, ...] = ("teacher", "school_admin", "trust_admin")
 
 # Error codes in replies (`contracts.rpc.ErrorReply.error`); the gateway maps each to HTTP.
@@ -44,6 +50,9 @@ class RegisterRequest(Message):
     name: str = Field(min_length=1, max_length=200)
     aup_version: str = Field(default="", max_length=64, description="The policy version accepted")
     client_ip: str = Field(default="", max_length=64, description="The caller's address, for the limit on failures")
+    language: Language | None = Field(
+        default=None, description="The new account's language (e.g. that of the school whose code brought them)"
+    )
 
 
 class RegisterReply(Message):
@@ -121,6 +130,7 @@ class Principal(Message):
     school_id: str | None = None
     trust_id: str | None = None
     expires_in: int
+    language: Language = DEFAULT_LANGUAGE
 
 
 class LogoutRequest(Message):
@@ -289,6 +299,32 @@ class AccountExport(Message):
     created_at: AwareDatetime
     verified_at: AwareDatetime | None = None
     sessions: list[ExportedSession]
+    digest: Digest = DEFAULT_DIGEST
+    language: Language = DEFAULT_LANGUAGE
+
+
+# -- preferences ------------------------------------------------------------------------------
+
+
+class PreferencesRequest(Message):
+    """An account's preferences."""
+
+    account_id: str = Field(min_length=1, max_length=64)
+
+
+class Preferences(Message):
+    """How often the digest email comes, and the language of pages and emails."""
+
+    digest: Digest
+    language: Language
+
+
+class SetPreferencesRequest(Message):
+    """Change the preferences given; those left out stay."""
+
+    account_id: str = Field(min_length=1, max_length=64)
+    digest: Digest | None = None
+    language: Language | None = None
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -300,6 +336,7 @@ SESSION_REVOKED = "identity.session.revoked.v1"
 ACCOUNT_CHANGED = "identity.account.changed.v1"
 STAFF_ACCESS_CHANGED = "identity.staff.access_changed.v1"
 ACCOUNT_DELETED = "identity.account.deleted.v1"
+PREFERENCES_CHANGED = "identity.preferences.changed.v1"
 
 
 class ParentRegistered(Event):
@@ -334,6 +371,16 @@ class StaffAccessChanged(Event):
     account_id: str
     disabled: bool
     by: str = ""
+
+
+class PreferencesChanged(Event):
+    """A parent's preferences as they now are: on every change, and at registration when the
+    account does not start with the defaults (weekly, en). An account never announced has
+    the defaults."""
+
+    account_id: str
+    digest: Digest
+    language: Language
 
 
 class AccountDeleted(Event):
@@ -516,6 +563,25 @@ class ParentActivityReply(Message):
     active: list[str]
 
 
+PREFERENCES: Rpc[PreferencesRequest, Preferences] = Rpc(
+    "rpc.identity.preferences.v1",
+    PreferencesRequest,
+    Preferences,
+    title="preferences",
+    description="An account's digest frequency and language.",
+    errors=(E_NOT_FOUND,),
+)
+
+SET_PREFERENCES: Rpc[SetPreferencesRequest, Preferences] = Rpc(
+    "rpc.identity.set_preferences.v1",
+    SetPreferencesRequest,
+    Preferences,
+    title="set preferences",
+    description="Change an account's digest frequency or language; a language change is announced as "
+    "`identity.account.changed.v1` (sessions carry the language).",
+    errors=(E_NOT_FOUND,),
+)
+
 PARENT_ACTIVITY: Rpc[ParentActivityRequest, ParentActivityReply] = Rpc(
     "rpc.identity.parent_activity.v1",
     ParentActivityRequest,
@@ -544,7 +610,7 @@ class DigestRecipient(Message):
 
     account_id: str
     digest: DigestSchedule
-    language: str = "en"
+    language: Language = DEFAULT_LANGUAGE
 
 
 class DigestRecipientsReply(Message):

@@ -15,7 +15,7 @@ from litestar.template import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
 from contracts.kit.metrics import GatewayMetrics
-from gateway import __version__, api, auth, handoff, pages
+from gateway import __version__, api, auth, handoff, install, pages
 from gateway.caches import detail as detail_cache
 from gateway.caches import links as links_cache
 from gateway.caches import overview as overview_cache
@@ -79,6 +79,7 @@ def create_app(
     handlers: list[ControllerRouterHandler] = [
         *api.ROOT_ROUTES,
         *go_pages.ROOT_ROUTES,
+        *install.ROOT_ROUTES,
         api.router(api_route_handlers),
         create_static_files_router(path="/static", directories=[STATIC_DIR]),
         pages.router(settings),

@@ -63,6 +63,23 @@ class ExportedAccount(Struct):
     role: str
     created_at: datetime
     verified_at: Annotated[datetime | None, Meta(description="When the address was confirmed; null until then")]
+    digest: Annotated[str, Meta(description="How often the digest email comes: weekly, daily or off")] = "weekly"
+    language: Annotated[str, Meta(description="The language of pages and emails: en or cy")] = "en"
+
+
+class Preferences(Struct):
+    """How often the digest email of the children's week comes, and the language of pages and emails."""
+
+    digest: Annotated[
+        Literal["weekly", "daily", "off"],
+        Meta(description="weekly (Fridays at 16:00), daily (school days at 16:00), or off"),
+    ]
+    language: Annotated[Literal["en", "cy"], Meta(description="en (English) or cy (Welsh)")]
+
+    @classmethod
+    def of(cls, p: identity.Preferences) -> Preferences:
+        """From identity's answer."""
+        return cls(digest=p.digest, language=p.language)
 
 
 class ExportedChild(Struct):
@@ -130,6 +147,8 @@ class AccountExport(Struct):
                 role=account.role,
                 created_at=account.created_at,
                 verified_at=account.verified_at,
+                digest=account.digest,
+                language=account.language,
             ),
             children=[
                 ExportedChild(

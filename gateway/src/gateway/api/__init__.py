@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from litestar import Router
 from litestar.types import ControllerRouterHandler
 
-from gateway.api import access, auth, bars, children, codes, export, health, parents, staff, trust
+from gateway.api import access, auth, bars, children, codes, export, health, parents, preferences, staff, trust
 
 PREFIX = "/api/v1"
 ROOT_ROUTES = health.ROUTES
@@ -30,6 +30,7 @@ def router(extra: Sequence[ControllerRouterHandler] = ()) -> Router:
             *bars.ROUTES,
             *codes.ROUTES,
             *export.ROUTES,
+            *preferences.ROUTES,
             *trust.ROUTES,
             *extra,
         ],

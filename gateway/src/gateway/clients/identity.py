@@ -20,13 +20,24 @@ class IdentityClient:
         self._t = transport
 
     async def register(
-        self, email: str, password: str, name: str, aup_version: str, client_ip: str = ""
+        self,
+        email: str,
+        password: str,
+        name: str,
+        aup_version: str,
+        client_ip: str = "",
+        language: identity.Language | None = None,
     ) -> identity.RegisterReply:
         """A parent registers (the same reply whether the address was known or not)."""
         return await self._t.call(
             identity.REGISTER,
             identity.RegisterRequest(
-                email=email, password=password, name=name, aup_version=aup_version, client_ip=client_ip
+                email=email,
+                password=password,
+                name=name,
+                aup_version=aup_version,
+                client_ip=client_ip,
+                language=language,
             ),
         )
 
@@ -126,6 +137,23 @@ class IdentityClient:
         return await self._t.call(
             identity.SET_STAFF_ACCESS,
             identity.StaffAccessRequest(account_id=account_id, disabled=disabled, scope=scope, actor_id=actor_id),
+        )
+
+    async def preferences(self, account_id: str) -> identity.Preferences:
+        """How often the account's digest comes, and its language."""
+        return await self._t.call(identity.PREFERENCES, identity.PreferencesRequest(account_id=account_id))
+
+    async def set_preferences(
+        self,
+        account_id: str,
+        *,
+        digest: identity.Digest | None = None,
+        language: identity.Language | None = None,
+    ) -> identity.Preferences:
+        """Change the preferences given; the others stay."""
+        return await self._t.call(
+            identity.SET_PREFERENCES,
+            identity.SetPreferencesRequest(account_id=account_id, digest=digest, language=language),
         )
 
     async def export(self, account_id: str) -> identity.AccountExport:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -10,7 +11,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.response import Template
 
-from contracts.identity import Principal
+from contracts.identity import Digest, Language, Principal
 from contracts.kit.rpc import RpcError
 from gateway import flows
 from gateway.api.export import export_response
@@ -27,16 +28,73 @@ WRONG_PASSWORD = "wrong_password"
 MAX_PASSWORD_CHARS = 1024
 
 
-def _account_page(
-    request: Request, principal: Principal, *, errors: FieldErrors | None = None, status: int = 200
+async def _account_page(
+    request: Request,
+    clients: Clients,
+    principal: Principal,
+    *,
+    errors: FieldErrors | None = None,
+    status: int = 200,
+    chosen: Mapping[str, str] | None = None,
 ) -> Template:
-    return render(request, "pages/account.html", principal=principal, status=status, errors=errors or FieldErrors())
+    preferences = await clients.identity.preferences(principal.account_id)
+    if chosen:
+        # A form sent back with an error shows what was chosen, not what is saved.
+        preferences = preferences.model_copy(update=dict(chosen))
+    return render(
+        request,
+        "pages/account.html",
+        principal=principal,
+        preferences=preferences,
+        status=status,
+        errors=errors or FieldErrors(),
+    )
 
 
 @get("/account", include_in_schema=False, guards=PARENTS_ONLY, operation_id="page_account")
-async def account_page(request: Request, principal: NamedDependency[Principal]) -> Template:
-    """The parent's name and address, "Download my data" and "Delete my account"."""
-    return _account_page(request, principal)
+async def account_page(
+    request: Request, clients: NamedDependency[Clients], principal: NamedDependency[Principal]
+) -> Template:
+    """The parent's name and address, their emails and language, "Download my data" and "Delete my account"."""
+    return await _account_page(request, clients, principal)
+
+
+DIGEST_CHOICES: dict[str, Digest] = {"weekly": "weekly", "daily": "daily", "off": "off"}
+LANGUAGE_CHOICES: dict[str, Language] = {"en": "en", "cy": "cy"}
+
+
+@post(
+    "/account/preferences",
+    include_in_schema=False,
+    guards=PARENTS_ONLY,
+    status_code=200,
+    operation_id="page_account_preferences",
+)
+async def account_preferences(
+    state: State, request: Request, clients: NamedDependency[Clients], principal: NamedDependency[Principal]
+) -> Response[Any]:
+    """Save how often the digest comes and the language; back to the account page in that language."""
+    form = await request.form()
+    digest, language = form.get("digest"), form.get("language")
+    errors = FieldErrors()
+    if not isinstance(digest, str) or digest not in DIGEST_CHOICES:
+        errors["digest"] = "Choose how often the summary email comes"
+    if not isinstance(language, str) or language not in LANGUAGE_CHOICES:
+        errors["language"] = "Choose a language"
+    if errors:
+        chosen = {"digest": digest} if isinstance(digest, str) and digest in DIGEST_CHOICES else {}
+        if isinstance(language, str) and language in LANGUAGE_CHOICES:
+            chosen["language"] = language
+        return await _account_page(request, clients, principal, errors=errors, status=400, chosen=chosen)
+    assert isinstance(digest, str) and isinstance(language, str)
+    changed = await clients.identity.set_preferences(
+        principal.account_id, digest=DIGEST_CHOICES[digest], language=LANGUAGE_CHOICES[language]
+    )
+    creds = credentials(request)
+    if creds is not None and changed.language != principal.language:
+        # The next page is in the new language: this replica must not answer from the old session.
+        get_auth(state).cache.drop_token(token_key(creds.token))
+    return redirect("/account", cookies=[flash(request, "preferences_saved")])
 
 
 @get("/account/export", include_in_schema=False, guards=PARENTS_ONLY, operation_id="page_account_export")
@@ -59,7 +117,9 @@ async def account_delete(
     form = await request.form()
     password = form.get("password")
     if not isinstance(password, str) or not password:
-        return _account_page(request, principal, errors=FieldErrors(password="Enter your password"), status=400)
+        return await _account_page(
+            request, clients, principal, errors=FieldErrors(password="Enter your password"), status=400
+        )
     if len(password) > MAX_PASSWORD_CHARS:
         password = password[: MAX_PASSWORD_CHARS + 1]  # wrong all the same; no need to carry the rest
     try:
@@ -70,7 +130,7 @@ async def account_delete(
         err = as_api_error(exc)
         if err.code == WRONG_PASSWORD:
             errors = FieldErrors(password="That password is not right. Your account has not been deleted.")
-            return _account_page(request, principal, errors=errors, status=403)
+            return await _account_page(request, clients, principal, errors=errors, status=403)
         raise
     # The flow answered once every replica was sent the end of the sessions; drop this one's
     # entries now rather than when that event arrives.
@@ -81,4 +141,4 @@ async def account_delete(
     return redirect("/login", cookies=[clear_session_cookie(settings_of(request)), flash(request, "account_deleted")])
 
 
-ROUTES = [account_page, account_export, account_delete]
+ROUTES = [account_page, account_preferences, account_export, account_delete]

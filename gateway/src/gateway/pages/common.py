@@ -135,6 +135,7 @@ NOTICES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "staff_enabled": ("{staff} can sign in again with their old password.", {"staff": "The member of staff"}),
     "account_deleted": ("Your account has been deleted.", {}),
+    "preferences_saved": ("Your choices are saved.", {}),
 }
 NOTICE_PARAMS = ("pupil", "invitation", "bar", "count", "staff")
 MAX_NOTICE_ID = 128

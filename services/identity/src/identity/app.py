@@ -16,6 +16,7 @@ from identity.activity import ParentActivity
 from identity.digest import Digests
 from identity.export import AccountExports
 from identity.passwords import OWASP_MIN_MEMORY_KIB, OWASP_MIN_TIME_COST, HashParams, Passwords
+from identity.preferences import AccountPreferences
 from identity.retention import IdentityRetention
 from identity.service import IdentityService
 
@@ -124,6 +125,9 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.DELETE_PARENT, svc.delete_parent)
     runtime.serve(c.EXPORT, AccountExports(runtime).export)
     runtime.serve(c.PARENT_ACTIVITY, ParentActivity(runtime).activity)
+    preferences = AccountPreferences(runtime)
+    runtime.serve(c.PREFERENCES, preferences.get)
+    runtime.serve(c.SET_PREFERENCES, preferences.set)
     digests = Digests(runtime, svc.s)
     runtime.serve(c.DIGEST_RECIPIENTS, digests.recipients)
     runtime.serve(c.DIGEST_ADDRESSES, digests.addresses)
@@ -178,6 +182,7 @@ def build(settings: Settings | None = None) -> IdentityRuntime:
             c.ACCOUNT_CHANGED: c.AccountChanged,
             c.STAFF_ACCESS_CHANGED: c.StaffAccessChanged,
             c.ACCOUNT_DELETED: c.AccountDeleted,
+            c.PREFERENCES_CHANGED: c.PreferencesChanged,
         }
     )
 

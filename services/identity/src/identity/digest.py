@@ -21,6 +21,7 @@ from contracts.kit.db import insert
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcFailure
 from contracts.kit.runtime import ServiceRuntime
+from identity.preferences import announce, preferences_of
 from identity.service import digest, new_token
 from identity.tables import Account, Token
 
@@ -60,7 +61,7 @@ class Digests:
                 )
             ).all()
         recipients = [
-            c.DigestRecipient(account_id=i, digest=d, language=lang or "en")
+            c.DigestRecipient(account_id=i, digest=d, language=lang if lang in ("en", "cy") else c.DEFAULT_LANGUAGE)
             for i, d, lang in rows
             if d in ("weekly", "daily")
         ]
@@ -116,5 +117,7 @@ class Digests:
                 account.digest = OFF
                 account.updated_at = now
                 uow.session.add(account)
+                # Announced like every change of preferences, in the same transaction.
+                await announce(uow, account.id, preferences_of(account))
                 log.info("digest_unsubscribed", account_id=account.id)
         return c.UnsubscribeReply(account_id=account.id)

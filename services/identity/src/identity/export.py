@@ -12,6 +12,7 @@ from sqlmodel import col
 from contracts import identity as c
 from contracts.kit.rpc import RpcFailure
 from contracts.kit.runtime import ServiceRuntime
+from identity.preferences import preferences_of
 from identity.tables import Account, Session
 
 
@@ -43,4 +44,5 @@ class AccountExports:
             created_at=account.created_at,
             verified_at=account.verified_at,
             sessions=[c.ExportedSession(created_at=row[0], last_seen_at=row[1]) for row in sessions],
+            **preferences_of(account).model_dump(),
         )

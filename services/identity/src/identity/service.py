@@ -29,6 +29,7 @@ from contracts.kit.rpc import RpcFailure, field_errors
 from contracts.kit.runtime import ServiceRuntime
 from contracts.platform import StaffLeft, StaffUpserted
 from identity.passwords import Passwords, PasswordsBusy, WeakPassword, check_policy
+from identity.preferences import announce, preferences_of
 from identity.tables import Account, LoginFailure, RateEvent, Session, Token
 
 if TYPE_CHECKING:
@@ -274,6 +275,7 @@ class IdentityService:
                         password_hash=password_hash,
                         aup_version=req.aup_version or None,
                         aup_accepted_at=now if req.aup_version else None,
+                        language=req.language or c.DEFAULT_LANGUAGE,
                         password_changed_at=now,
                         created_at=now,
                         updated_at=now,
@@ -283,6 +285,8 @@ class IdentityService:
                     await uow.emit(
                         c.PARENT_REGISTERED, c.ParentRegistered(parent_id=account.id), aggregate=f"account:{account.id}"
                     )
+                    if account.language != c.DEFAULT_LANGUAGE:
+                        await announce(uow, account.id, preferences_of(account))
                     if await self._registration_email_allowed(uow.session, email, now):
                         await self._send_verification(uow, account)
                     else:
@@ -583,6 +587,7 @@ class IdentityService:
             school_id=row.school_id,
             trust_id=row.trust_id,
             expires_in=max(0, int(remaining.total_seconds())),
+            language=row.language,
         )
 
     async def _read_sessions(self, token_hashes: list[str]) -> dict[str, SessionRow]:
@@ -604,6 +609,7 @@ class IdentityService:
                     col(Account.school_id),
                     col(Account.trust_id),
                     col(Account.disabled_at),
+                    col(Account.language),
                 )
                 .join(Account, col(Account.id) == col(Session.account_id))
                 .where(col(Session.token_hash).in_(token_hashes))

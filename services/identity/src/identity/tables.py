@@ -51,6 +51,10 @@ class Account(Base, table=True):
     # A disabled member of staff keeps their password (enabling them gives it back) but cannot
     # sign in, has no session, and gets no reset email.
     disabled_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    # The parent's choices: how often the digest email comes (weekly, daily, off) and the
+    # language of their pages and emails (en, cy).
+    digest: str = Field(default="weekly", max_length=10)
+    language: str = Field(default="en", max_length=8)
     # When disabling or enabling was last decided (by an operator, an admin or a roster event):
     # a roster event that happened before it does not undo it.
     access_changed_at: datetime | None = Field(default=None, sa_column=_ts(True))
