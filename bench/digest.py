@@ -306,6 +306,10 @@ def main() -> None:
         if sent < opts.parents:
             lines.append(f"| **not every digest arrived within {opts.timeout:g} s** | {sent:,} of {opts.parents:,} |")
         print("\n".join(lines), flush=True)
+    except Exception:
+        for label in procs:
+            say(f"--- {label}\n" + (tmp / f"{label}.err").read_text()[-3000:])
+        raise
     finally:
         for proc in procs.values():
             proc.terminate()

@@ -145,7 +145,9 @@ class DigestChildPart(Message):
     first_name: str
     school_name: str
     homework: list[DigestHomework]
+    homework_more: int = Field(default=0, description="Pieces of homework to do beyond those listed")
     messages: list[DigestMessage]
+    messages_more: int = Field(default=0, description="Unread messages beyond those listed")
     stars_total: int
     stars: list[DigestStar]
     homework_url: str

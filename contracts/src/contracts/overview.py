@@ -202,10 +202,14 @@ TARGET: Rpc[ChildRequest, HandoffTarget] = Rpc(
 # -- the digest ----------------------------------------------------------------------------------
 
 
+# An email lists this many pieces of homework or messages per child at most, then "and N more".
+DIGEST_ITEMS = 20
+
+
 class DigestRequest(Message):
     """The pupils of a batch of digests, composed as at `at` from the projections as they are."""
 
-    pupil_ids: list[str] = Field(max_length=2000)
+    pupil_ids: list[str] = Field(max_length=500)
     at: AwareDatetime
 
 
@@ -215,8 +219,10 @@ class ChildDigest(Message):
     timezone, and the portal's links."""
 
     pupil_id: str
-    homework: list[HomeworkItem]
-    messages: list[MessageItem]
+    homework: list[HomeworkItem] = Field(description=f"At most {DIGEST_ITEMS}, soonest due first")
+    homework_total: int
+    messages: list[MessageItem] = Field(description=f"At most {DIGEST_ITEMS}, newest first")
+    messages_total: int
     stars: StarsWeek
     links: Links
 

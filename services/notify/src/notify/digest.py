@@ -44,8 +44,8 @@ log = get_logger("notify.digest")
 
 SEND_AT = time(16, 0)
 FRIDAY = 4
-# Pupils per overview request: a page of parents' children in a few requests.
-PUPILS_PER_REQUEST = 2000
+# Pupils per overview request (its reply stays well under NATS's 1 MB), asked concurrently.
+PUPILS_PER_REQUEST = 400
 RPC_TIMEOUT = 30.0
 
 
@@ -223,10 +223,12 @@ class DigestRuns:
                 contract.DigestHomework(title=h.title, due_at=h.due_at, overdue=h.status == "overdue")
                 for h in found.homework
             ],
+            homework_more=max(0, found.homework_total - len(found.homework)),
             messages=[
                 contract.DigestMessage(from_name=m.from_name, subject=m.subject, sent_at=m.sent_at)
                 for m in found.messages
             ],
+            messages_more=max(0, found.messages_total - len(found.messages)),
             stars_total=found.stars.total,
             stars=[contract.DigestStar(stars=a.stars, reason=a.reason, at=a.at) for a in found.stars.awards],
             homework_url=found.links.homework,

@@ -15,6 +15,7 @@ from contracts.kit.rpc import RawReply
 from contracts.kit.runtime import ServiceRuntime
 from contracts.overview import (
     CHANGED_NOTICE,
+    DIGEST_ITEMS,
     ChangedNotice,
     ChildDigest,
     ChildRequest,
@@ -162,12 +163,15 @@ class Overviews:
             # Through the portal's handoff, which signs in and looks the school's templates up at the click.
             return f"{go}/go/{quote(pid, safe='')}/{area}"
 
+        todo = {pid: [h for h in homework[pid].items if h.status != "done"] for pid in ids}
         return DigestReply(
             children=[
                 ChildDigest(
                     pupil_id=pid,
-                    homework=[h for h in homework[pid].items if h.status != "done"],
-                    messages=messages[pid].items,
+                    homework=todo[pid][:DIGEST_ITEMS],
+                    homework_total=len(todo[pid]),
+                    messages=messages[pid].items[:DIGEST_ITEMS],
+                    messages_total=len(messages[pid].items),
                     stars=stars[detail.star_key(pid, None)],
                     links=Links(
                         homework=link(pid, "homework"), files=link(pid, "files"), messages=link(pid, "messages")
