@@ -50,6 +50,7 @@ test-fast: install
 bench: install
 	$(VENV)/bin/python bench/overview.py $(BENCH_ARGS)
 	$(VENV)/bin/python tests/bench/bench_linking_uptake.py
+	$(VENV)/bin/python bench/digest.py
 
 # Staff at trust scale (tests/bench/bench_staff_at_scale.py prints each time): 1,000 bulk invitations
 # through the gateway, and `portal roster import` (--full too) of 20 schools and 10,000 pupils. Several

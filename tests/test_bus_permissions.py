@@ -20,7 +20,7 @@ import nats.errors
 import pytest
 from nats.js.api import ConsumerConfig
 
-from contracts import identity, linking, notify, platform
+from contracts import identity, linking, notify, overview, platform
 from contracts.base import Rpc
 from contracts.kit import permissions
 from contracts.kit.streams import ensure_streams
@@ -150,12 +150,13 @@ def test_every_request_is_heard_by_its_service_only_and_asked_by_someone() -> No
         assert _subscribers(needs, rpc.subject) == {rpc.service}, rpc.subject
         askers = _publishers(needs, rpc.subject)
         assert "operator" in askers, rpc.subject
-        assert ("gateway" in askers) != (rpc in permissions.OPERATOR_ONLY), rpc.subject
+        internal = rpc in permissions.OPERATOR_ONLY or rpc in permissions.SERVICE_ONLY
+        assert ("gateway" in askers) != internal, rpc.subject
     # Only identity hears identity's requests (passwords, session tokens); the gateway no request
     # but its own status (`portal status` counting its replicas).
     assert _subscribers(needs, "rpc.identity.login.v1") == {"identity"}
     assert [s for s in needs["gateway"].subscribe if s.startswith("rpc.")] == ["rpc.gateway.status.v1"]
-    for rpc in permissions.OPERATOR_ONLY:
+    for rpc in (*permissions.OPERATOR_ONLY, *permissions.SERVICE_ONLY):
         assert "gateway" not in _publishers(needs, rpc.subject), rpc.subject
 
 
@@ -201,12 +202,17 @@ def _rpc_constants(module: object) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("part", "sources"),
-    [("gateway", ["gateway/src"]), ("notify", ["services/notify/src/notify/sender.py"]), ("operator", ["deploy/src"])],
+    [
+        ("gateway", ["gateway/src"]),
+        ("notify", ["services/notify/src/notify/sender.py", "services/notify/src/notify/digest.py"]),
+        ("operator", ["deploy/src"]),
+    ],
 )
 def test_what_a_part_asks_in_its_code_is_in_its_permissions(part: str, sources: list[str]) -> None:
     # Read from the code: `<module>.<NAME>` of each request constant the part's sources name.
     constants = {
-        m: _rpc_constants(mod) for m, mod in (("identity", identity), ("linking", linking), ("notify", notify))
+        m: _rpc_constants(mod)
+        for m, mod in (("identity", identity), ("linking", linking), ("notify", notify), ("overview", overview))
     }
     files = [f for src in sources for f in ([ROOT / src] if src.endswith(".py") else (ROOT / src).rglob("*.py"))]
     asked = set()

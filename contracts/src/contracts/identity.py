@@ -594,3 +594,92 @@ PARENT_ACTIVITY: Rpc[ParentActivityRequest, ParentActivityReply] = Rpc(
     description="For uptake figures: which of up to 5,000 accounts have signed in, and which were seen since a time "
     "(from their last sign-in and their sessions' last use). Ids only.",
 )
+
+
+# -- the digest ------------------------------------------------------------------------------------
+
+DigestSchedule = Literal["weekly", "daily"]
+MAX_DIGEST_PAGE = 1000
+
+
+class DigestRecipientsRequest(Message):
+    """A page of the verified parents whose digest is not `off`, by account id after `after`."""
+
+    after: str = Field(default="", max_length=64)
+    limit: int = Field(default=MAX_DIGEST_PAGE, ge=1, le=MAX_DIGEST_PAGE)
+
+
+class DigestRecipient(Message):
+    """A parent who wants a digest, and how often. Ids only: no name, no address."""
+
+    account_id: str
+    digest: DigestSchedule
+    language: Language = DEFAULT_LANGUAGE
+
+
+class DigestRecipientsReply(Message):
+    """`after` for the next page, or None when this was the last."""
+
+    recipients: list[DigestRecipient]
+    after: str | None = None
+
+
+class DigestAddressesRequest(Message):
+    """The parents a digest is about to go to (at most 1,000)."""
+
+    ids: list[str] = Field(max_length=MAX_DIGEST_PAGE)
+
+
+class DigestAddress(Message):
+    """Where one parent's digest goes, and a token that turns their digest off in one click
+    (valid for `PORTAL_IDENTITY_UNSUBSCRIBE_DAYS`)."""
+
+    id: str
+    email: str
+    name: str
+    unsubscribe_token: str
+
+
+class DigestAddressesReply(Message):
+    """The parents found still wanting a digest; others are left out."""
+
+    addresses: list[DigestAddress]
+
+
+class UnsubscribeRequest(Message):
+    """The token of a digest's one-click unsubscribe link."""
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class UnsubscribeReply(Message):
+    """The digest of the token's account is now `off`."""
+
+    account_id: str
+
+
+DIGEST_RECIPIENTS: Rpc[DigestRecipientsRequest, DigestRecipientsReply] = Rpc(
+    "rpc.identity.digest_recipients.v1",
+    DigestRecipientsRequest,
+    DigestRecipientsReply,
+    title="digest recipients",
+    description="A page of the verified parents whose digest is weekly or daily, with their language: ids only.",
+)
+
+DIGEST_ADDRESSES: Rpc[DigestAddressesRequest, DigestAddressesReply] = Rpc(
+    "rpc.identity.digest_addresses.v1",
+    DigestAddressesRequest,
+    DigestAddressesReply,
+    title="digest addresses",
+    description="Names and addresses of parents whose digest is due, each with a new one-click unsubscribe token.",
+)
+
+UNSUBSCRIBE: Rpc[UnsubscribeRequest, UnsubscribeReply] = Rpc(
+    "rpc.identity.unsubscribe.v1",
+    UnsubscribeRequest,
+    UnsubscribeReply,
+    title="unsubscribe",
+    description="A digest's one-click unsubscribe (RFC 8058): the token's account's digest becomes off. "
+    "invalid_token for a token that is unknown, altered or expired (nothing changes).",
+    errors=(E_INVALID_TOKEN,),
+)

@@ -1209,3 +1209,43 @@ UPDATE_TRUST_SETTINGS: Rpc[UpdateTrustSettingsRequest, TrustSettings] = Rpc(
     "from the trust announces its new settings.",
     errors=(E_NOT_FOUND, E_VALIDATION),
 )
+
+
+# -- the digest ------------------------------------------------------------------------------------
+
+
+class DigestChildrenRequest(Message):
+    """Parents whose digest may be due (at most 1,000)."""
+
+    parent_ids: list[str] = Field(max_length=1000)
+
+
+class DigestChild(Message):
+    """A child as the digest names it, with their school's timezone."""
+
+    pupil_id: str
+    first_name: str
+    school_name: str
+    timezone: str
+
+
+class DigestParent(Message):
+    """A parent's linked children (status linked, not left), first linked first."""
+
+    parent_id: str
+    children: list[DigestChild]
+
+
+class DigestChildrenReply(Message):
+    """Every parent asked who has a linked child; parents with none are left out."""
+
+    parents: list[DigestParent]
+
+
+DIGEST_CHILDREN: Rpc[DigestChildrenRequest, DigestChildrenReply] = Rpc(
+    "rpc.linking.digest_children.v1",
+    DigestChildrenRequest,
+    DigestChildrenReply,
+    title="digest children",
+    description="For the digest: each parent's linked children, first linked first, with school name and timezone.",
+)

@@ -12,6 +12,7 @@ request's id, its kind and the requester's `reference` (e.g. `invitation:<id>`).
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import Literal
 
 from pydantic import AwareDatetime, Field, model_validator
@@ -121,6 +122,59 @@ class LinkRemovedEmail(EmailRequest):
     pupil_first_name: str
 
 
+class DigestHomework(Message):
+    """A piece of homework not done yet."""
+
+    title: str
+    due_at: AwareDatetime
+    overdue: bool
+
+
+class DigestMessage(Message):
+    """An unread message."""
+
+    from_name: str | None = None
+    subject: str | None = None
+    sent_at: AwareDatetime | None = None
+
+
+class DigestStar(Message):
+    """Stars awarded this week, and why."""
+
+    stars: int
+    reason: str
+    at: AwareDatetime
+
+
+class DigestChildPart(Message):
+    """One child's part of a digest."""
+
+    first_name: str
+    school_name: str
+    homework: list[DigestHomework]
+    homework_more: int = Field(default=0, description="Pieces of homework to do beyond those listed")
+    messages: list[DigestMessage]
+    messages_more: int = Field(default=0, description="Unread messages beyond those listed")
+    stars_total: int
+    stars: list[DigestStar]
+    homework_url: str
+    files_url: str
+    messages_url: str
+
+
+class DigestEmail(EmailRequest):
+    """A parent's weekly or daily digest: per child, homework, unread messages and stars.
+    Its id is `digest:<parent id>:<local date>`, so one parent gets one digest per day at most."""
+
+    kind: Literal["digest"] = "digest"
+    schedule: Literal["weekly", "daily"]
+    period: date
+    timezone: str
+    children: list[DigestChildPart]
+    unsubscribe_url: str
+    preferences_url: str
+
+
 REQUESTS: dict[str, type[EmailRequest]] = {
     request_subject(m.model_fields["kind"].default): m
     for m in (
@@ -132,6 +186,7 @@ REQUESTS: dict[str, type[EmailRequest]] = {
         InvitationEmail,
         LinkActivatedEmail,
         LinkRemovedEmail,
+        DigestEmail,
     )
 }
 
@@ -213,4 +268,34 @@ EXPORT: Rpc[EmailsExportRequest, EmailsExport] = Rpc(
     title="export",
     description="`GET /me/export`: the emails of one person (by account id, or to their address), without "
     "their content.",
+)
+
+
+class DigestRunRequest(Message):
+    """Send the digests due at `at` (default: now)."""
+
+    at: AwareDatetime | None = None
+
+
+class DigestRunReply(Message):
+    """What a run did: `recipients` parents wanting a digest, `no_children` of them with no linked
+    child, `not_due` not due at `at`, `already` whose digest of the period was recorded before,
+    `recorded` digests recorded now for the sender (which sends them as every email: daily cap,
+    retries)."""
+
+    at: AwareDatetime
+    recipients: int
+    no_children: int
+    not_due: int
+    already: int
+    recorded: int
+
+
+DIGEST_RUN: Rpc[DigestRunRequest, DigestRunReply] = Rpc(
+    "rpc.notify.digest_run.v1",
+    DigestRunRequest,
+    DigestRunReply,
+    title="digest run",
+    description="`portal digest run`: compose and record the digests due at a moment (never twice for a parent and "
+    "day), from the data as it is now.",
 )

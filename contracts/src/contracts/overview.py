@@ -197,3 +197,47 @@ TARGET: Rpc[ChildRequest, HandoffTarget] = Rpc(
     title="handoff target",
     description="`GET /go/{id}/{area}`: the pupil's school and its link templates.",
 )
+
+
+# -- the digest ----------------------------------------------------------------------------------
+
+
+# An email lists this many pieces of homework or messages per child at most, then "and N more".
+DIGEST_ITEMS = 20
+
+
+class DigestRequest(Message):
+    """The pupils of a batch of digests, composed as at `at` from the projections as they are."""
+
+    pupil_ids: list[str] = Field(max_length=500)
+    at: AwareDatetime
+
+
+class ChildDigest(Message):
+    """One pupil's part of a digest: homework not done (by due date, `overdue` when due before
+    `at`), unread messages (newest first), the stars of the week holding `at` in the school's
+    timezone, and the portal's links."""
+
+    pupil_id: str
+    homework: list[HomeworkItem] = Field(description=f"At most {DIGEST_ITEMS}, soonest due first")
+    homework_total: int
+    messages: list[MessageItem] = Field(description=f"At most {DIGEST_ITEMS}, newest first")
+    messages_total: int
+    stars: StarsWeek
+    links: Links
+
+
+class DigestReply(Message):
+    """Every requested pupil, in the order asked."""
+
+    children: list[ChildDigest]
+
+
+DIGEST: Rpc[DigestRequest, DigestReply] = Rpc(
+    "rpc.overview.digest.v1",
+    DigestRequest,
+    DigestReply,
+    title="digest",
+    description="The digest's content of many pupils at once: homework outstanding, unread messages, the week's "
+    "stars with reasons, and the links.",
+)

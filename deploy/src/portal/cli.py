@@ -55,6 +55,9 @@ app.add_typer(parent_app, name="parent")
 from portal.retention import retention_app  # noqa: E402 - its command imports this module's helpers when run
 
 app.add_typer(retention_app, name="retention")
+from portal.digest import digest_app  # noqa: E402 - its command imports this module's helpers when run
+
+app.add_typer(digest_app, name="digest")
 from portal.natsconfig import nats_config, prepare  # noqa: E402 - its command imports the contracts when run
 
 app.command("nats-config")(nats_config)

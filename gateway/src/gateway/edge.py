@@ -109,13 +109,19 @@ def _has_body(headers: Headers) -> bool:
         return True  # garbled: judge it as a body
 
 
+# RFC 8058's one-click unsubscribe: a webmail may POST it from its own page; all the request can
+# do is turn off the digest its URL's token was made for (gateway.pages.unsubscribe_pages).
+ONE_CLICK_PREFIX = "/unsubscribe"
+
+
 class BrowserChecks(ASGIMiddleware):
     """Refuses what a page of another site could make a visitor's browser send.
 
     - An unsafe request (POST, PUT, PATCH, DELETE) whose `Origin` is not the portal's own (the
       origin of `PORTAL_PUBLIC_URL`), or which says `Sec-Fetch-Site: cross-site` or
       `same-site`: 403 `cross_origin`, signed in or not. Without either header the request is
-      not a browser's (an app, a script) and goes on as before.
+      not a browser's (an app, a script) and goes on as before. Except the digest's one-click
+      unsubscribe (`/unsubscribe/…`), which RFC 8058 has mail programs POST from anywhere.
     - A request to the API with a body that is not `Content-Type: application/json`: 415
       `unsupported_media_type`. A page of another site can send a form (`text/plain` included)
       without asking, but JSON only after a CORS preflight, which the portal never grants.
@@ -140,7 +146,11 @@ class BrowserChecks(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         headers = Headers.from_scope(scope)
         api = _under(scope.get("path", ""), self.api_prefix)
-        if scope.get("method") in UNSAFE_METHODS and self.cross_origin(headers):
+        if (
+            scope.get("method") in UNSAFE_METHODS
+            and self.cross_origin(headers)
+            and not _under(scope.get("path", ""), ONE_CLICK_PREFIX)
+        ):
             log.warning("cross_origin_refused", method=scope.get("method"), path=scope.get("path_template"))
             raise ApiError(
                 403,

@@ -68,6 +68,16 @@ OPERATOR_ONLY: tuple[Rpc[Any, Any], ...] = (
     linking.ROSTER_SNAPSHOT,
     *(retention(s) for s in SERVICES),
     *(status(p) for p in RUNNING_PARTS),
+    notify.DIGEST_RUN,
+)
+
+# Requests between services that no browser's request needs: the digest's recipients, their
+# addresses with unsubscribe tokens, their children and the children's content.
+SERVICE_ONLY: tuple[Rpc[Any, Any], ...] = (
+    identity.DIGEST_RECIPIENTS,
+    identity.DIGEST_ADDRESSES,
+    linking.DIGEST_CHILDREN,
+    overview.DIGEST,
 )
 
 # What a part serves that no runtime declares: the gateway answers `portal status` too.
@@ -78,9 +88,9 @@ SERVES: dict[str, tuple[Rpc[Any, Any], ...]] = {"gateway": (status("gateway"),)}
 CALLS: dict[str, tuple[Rpc[Any, Any], ...]] = {
     "identity": (),
     "linking": (),
-    "notify": (identity.CONTACTS,),
+    "notify": (identity.CONTACTS, *SERVICE_ONLY),
     "overview": (),
-    "gateway": tuple(r for r in declared_rpcs() if r not in OPERATOR_ONLY),
+    "gateway": tuple(r for r in declared_rpcs() if r not in OPERATOR_ONLY and r not in SERVICE_ONLY),
     "operator": tuple(declared_rpcs()),
     "platform": (),
 }

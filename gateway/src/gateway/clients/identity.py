@@ -53,6 +53,10 @@ class IdentityClient:
         """Use a verification email's token."""
         return await self._t.call(identity.VERIFY, identity.VerifyRequest(token=token))
 
+    async def unsubscribe(self, token: str) -> identity.UnsubscribeReply:
+        """A digest's one-click unsubscribe: the token's account's digest becomes off."""
+        return await self._t.call(identity.UNSUBSCRIBE, identity.UnsubscribeRequest(token=token))
+
     async def resend_verification(self, email: str) -> None:
         """A fresh verification link, if that address waits for one."""
         await self._t.call(identity.RESEND_VERIFICATION, identity.EmailRequest(email=email))

@@ -18,7 +18,16 @@ from contracts.identity import Principal
 from contracts.kit import i18n
 from gateway.clients import Clients
 from gateway.i18n import LOCALE_DIR
-from gateway.pages import account_pages, auth_pages, child_pages, go_pages, parent_pages, staff_pages, trust_pages
+from gateway.pages import (
+    account_pages,
+    auth_pages,
+    child_pages,
+    go_pages,
+    parent_pages,
+    staff_pages,
+    trust_pages,
+    unsubscribe_pages,
+)
 from gateway.pages.common import exception_handlers, redirect
 from gateway.settings import GatewaySettings
 
@@ -83,6 +92,7 @@ def router(settings: GatewaySettings) -> Router:
             *account_pages.ROUTES,
             *staff_pages.ROUTES,
             *trust_pages.ROUTES,
+            *unsubscribe_pages.ROUTES,
         ],
         exception_handlers=exception_handlers(),
         after_request=page_headers,

@@ -13,6 +13,7 @@ from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from identity import __version__
 from identity.activity import ParentActivity
+from identity.digest import Digests
 from identity.export import AccountExports
 from identity.passwords import OWASP_MIN_MEMORY_KIB, OWASP_MIN_TIME_COST, HashParams, Passwords
 from identity.preferences import AccountPreferences
@@ -49,6 +50,9 @@ class Settings(ServiceSettings):
         "answers 429 (try again in a few seconds). Below the gateway's PORTAL_RPC_TIMEOUT.",
     )
     identity_verify_hours: float = Field(default=48, gt=0, description="How long a verification link works.")
+    identity_unsubscribe_days: float = Field(
+        default=60, gt=0, description="How long a digest's one-click unsubscribe link works."
+    )
     identity_reset_minutes: float = Field(default=60, gt=0, description="How long a password reset link works.")
     identity_set_password_hours: float = Field(
         default=72, gt=0, description="How long a new staff member's set-password link works."
@@ -124,6 +128,10 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     preferences = AccountPreferences(runtime)
     runtime.serve(c.PREFERENCES, preferences.get)
     runtime.serve(c.SET_PREFERENCES, preferences.set)
+    digests = Digests(runtime, svc.s)
+    runtime.serve(c.DIGEST_RECIPIENTS, digests.recipients)
+    runtime.serve(c.DIGEST_ADDRESSES, digests.addresses)
+    runtime.serve(c.UNSUBSCRIBE, digests.unsubscribe)
 
 
 class IdentityRuntime(ServiceRuntime):

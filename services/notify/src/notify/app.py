@@ -13,6 +13,7 @@ from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
 from notify import __version__
+from notify.digest import DigestRuns
 from notify.export import EmailExports
 from notify.handlers import Erasure, Requests
 from notify.render import Renderer
@@ -49,6 +50,12 @@ class Settings(ServiceSettings):
     notify_give_up_hours: float = Field(default=48.0, gt=0, description="An email not delivered by then fails.")
     notify_smtp_concurrency: int = Field(default=4, ge=1, le=64, description="SMTP connections per replica.")
     notify_smtp_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for each SMTP reply.")
+    notify_digest_every_seconds: float = Field(
+        default=300,
+        ge=0,
+        description="How often each replica sends the digests due (0: only `portal digest run`); every replica may, "
+        "no parent gets a day's digest twice.",
+    )
     notify_claim_seconds: float = Field(
         default=15.0, gt=1, description="How long a dead replica's emails wait before another takes them."
     )
@@ -58,6 +65,7 @@ class NotifyRuntime(ServiceRuntime):
     """A replica of notify, whose sender (None without an SMTP server) tests and benchmarks reach."""
 
     sender: Sender | None
+    digest_runs: DigestRuns
 
 
 def build(settings: Settings | None = None) -> NotifyRuntime:
@@ -96,6 +104,12 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
     requests.redact = contract.redact_request
     retention.install(runtime, NotifyRetention(settings).purge)
     runtime.serve(contract.EXPORT, EmailExports(runtime).export)
+    digests = DigestRuns(
+        runtime, sender, public_url=settings.public_url, every_seconds=settings.notify_digest_every_seconds
+    )
+    runtime.serve(contract.DIGEST_RUN, digests.run_request)
+    runtime.app.after_startup(digests.start)
+    runtime.app.on_shutdown(digests.stop)
     runtime.publishes_events(
         {contract.EMAIL_DELIVERED: contract.EmailDelivered, contract.EMAIL_FAILED: contract.EmailFailed}
     )
@@ -107,5 +121,6 @@ def build(settings: Settings | None = None) -> NotifyRuntime:
         log.warning("smtp_not_configured", detail="PORTAL_SMTP_URL is not set: emails are recorded but not sent")
     runtime.extra_checks["smtp"] = sender.health if sender is not None else lambda: "not configured"
     runtime.sender = sender
+    runtime.digest_runs = digests
     runtime.metrics.emails_declared()
     return runtime

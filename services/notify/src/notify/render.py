@@ -14,13 +14,17 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
-from email import message_from_bytes, policy
+from datetime import date, datetime
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel.dates import format_date as format_date_babel
+from babel.dates import format_datetime as format_datetime_babel
 from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
 from jinja2.runtime import Context
 from markupsafe import Markup
@@ -30,7 +34,7 @@ from contracts.base import utcnow
 from contracts.kit import i18n
 from contracts.kit.i18n import N_
 from contracts.names import problem_with_name
-from contracts.notify import EmailRequest
+from contracts.notify import DigestEmail, EmailRequest
 
 SUBJECTS = {
     "verification": N_("Confirm your email address for Parent Portal"),
@@ -41,6 +45,9 @@ SUBJECTS = {
     "invitation": N_("{school_name} invites you to see {pupil_first_name}'s schoolwork"),
     "link_activated": N_("You can now see {pupil_first_name}'s homework, messages and stars"),
     "link_removed": N_("Your access to {pupil_first_name}'s account has ended"),
+    # The digest's subject says its schedule: `digest_weekly` or `digest_daily`.
+    "digest_weekly": N_("Your weekly Parent Portal summary"),
+    "digest_daily": N_("Your daily Parent Portal summary"),
 }
 
 TITLE = N_("Parent Portal")
@@ -68,6 +75,22 @@ def when(value: datetime, lang: str) -> str:
 @pass_context
 def _when(context: Context, value: datetime) -> str:
     return when(value, i18n.context_lang(context))
+
+
+@pass_context
+def _local(context: Context, value: datetime, timezone: str) -> str:
+    """A time in the school's timezone (the digest names the zone once, not on every line)."""
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = DISPLAY_ZONE
+    lang = i18n.context_lang(context)
+    return format_datetime_babel(value, "EEE d MMM, HH:mm", tzinfo=zone, locale=lang)
+
+
+@pass_context
+def _day(context: Context, value: date) -> str:
+    return format_date_babel(value, "EEEE d MMMM y", locale=i18n.context_lang(context))
 
 
 def message_id(request_id: str, recipient: str, domain: str) -> str:
@@ -126,25 +149,27 @@ def one_line(text: str) -> str:
     return " ".join(_BREAKS.sub(" ", text).split()).replace("=?", "= ?")
 
 
-_HEADERS = sorted(
-    [
-        "Subject",
-        "From",
-        "To",
-        "Date",
-        "Message-ID",
-        "Auto-Submitted",
-        "Content-Language",
-        "MIME-Version",
-        "Content-Type",
-    ]
-)
+_HEADERS = [
+    "Subject",
+    "From",
+    "To",
+    "Date",
+    "Message-ID",
+    "Auto-Submitted",
+    "Content-Language",
+    "MIME-Version",
+    "Content-Type",
+]
+# RFC 8058: a mail program's one-click unsubscribe POSTs "List-Unsubscribe=One-Click" to the URL.
+_LIST_HEADERS = ["List-Unsubscribe", "List-Unsubscribe-Post"]
 
 
-def _check(content: bytes, recipient: str) -> None:
-    """Read the message back as a mail program would: exactly our headers, one recipient."""
-    msg = message_from_bytes(content, policy=policy.default)
-    if sorted(msg.keys()) != _HEADERS:
+def _check(content: bytes, recipient: str, headers: list[str]) -> None:
+    """Read the message back as a mail program would: exactly our headers, one recipient.
+    Only the top-level headers are read back, which is where a recipient could be added: parsing
+    the bodies as well took two thirds of an email's rendering (10 of 15 ms) for nothing."""
+    msg = BytesHeaderParser(policy=policy.default).parsebytes(content)
+    if sorted(msg.keys()) != sorted(headers):
         raise RenderError("the message's headers are not the ones written")
     if [a.addr_spec for a in msg["To"].addresses] != [recipient]:
         raise RenderError("the message's To header is not its one recipient")
@@ -172,6 +197,8 @@ class Renderer:
         i18n.install(self.env, LOCALE_DIR)
         self.env.policies["ext.i18n.trimmed"] = True
         self.env.filters["when"] = _when
+        self.env.filters["local"] = _local
+        self.env.filters["day"] = _day
 
     def render(
         self, request: EmailRequest, *, recipient: str, recipient_name: str | None, language: str | None = None
@@ -197,7 +224,8 @@ class Renderer:
         values["recipient_name"] = name
         first = i18n.known(request.language or language)
         langs = [first, "en"] if request.bilingual and first != "en" else [first]
-        subject = one_line(" / ".join(translate(SUBJECTS[kind], lang).format(**values) for lang in langs))
+        subject_key = f"{kind}_{request.schedule}" if isinstance(request, DigestEmail) else kind
+        subject = one_line(" / ".join(translate(SUBJECTS[subject_key], lang).format(**values) for lang in langs))
         values["subject"] = subject
         text_template = self.env.get_template(f"{kind}.txt")
         text = "\n\n* * *\n\n".join(text_template.render(**values, lang=lang) for lang in langs)
@@ -221,10 +249,18 @@ class Renderer:
         msg["Message-ID"] = mid
         # Tells mail systems not to answer with out-of-office replies.
         msg["Auto-Submitted"] = "auto-generated"
+        headers = _HEADERS
+        if isinstance(request, DigestEmail):
+            url = one_line(request.unsubscribe_url)
+            if not url.startswith(("https://", "http://")) or any(ch in url for ch in "<> ,"):
+                raise RenderError("the unsubscribe link is not a URL")
+            msg["List-Unsubscribe"] = f"<{url}>"
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+            headers = [*_HEADERS, *_LIST_HEADERS]
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
         # After the content: setting the content clears every Content-* header.
         msg["Content-Language"] = ", ".join(langs)
         content = msg.as_bytes()
-        _check(content, to.addr_spec)
+        _check(content, to.addr_spec, headers)
         return Rendered(mid, content, to.addr_spec)

@@ -11,7 +11,7 @@ from contracts.kit import retention
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.settings import ServiceSettings, database_url_field
-from contracts.overview import GET, HOMEWORK, MESSAGES, STARS, TARGET
+from contracts.overview import DIGEST, GET, HOMEWORK, MESSAGES, STARS, TARGET
 from overview import __version__
 from overview.cache import OverviewCache
 from overview.handlers import Overviews
@@ -102,6 +102,7 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
     runtime.serve(MESSAGES, overviews.messages, concurrency=256)
     runtime.serve(STARS, overviews.stars, concurrency=256)
     runtime.serve(TARGET, overviews.target, concurrency=256)
+    runtime.serve(DIGEST, overviews.digest, concurrency=8)
     retention.install(runtime, OverviewRetention(settings).purge)
     runtime.cache = cache
     runtime.reads = overviews.reads
