@@ -11,12 +11,19 @@ database of its own, dropped afterwards) it runs a real `portal up` on a fresh d
    services' databases (identity's accounts with one precomputed argon2 hash and a session each,
    token hashed as identity does; linking's roster and `linked` links; overview's roster copy):
    hashing 15,000 passwords is not what is measured.
-2. `portal up` with `PORTAL_BENCH_ROUTES=1` (the gateway's `/bench/hello` and `/bench/nats`) and
-   `PORTAL_LOG_LEVEL=WARNING`; a raw nats-py responder answers `/bench/nats`'s request.
-3. Publishes 200,000 homework, message and stars events to JetStream once `/ready` answers, and
-   follows overview's durable consumer until nothing is pending or unacknowledged.
-4. `wrk` (64 connections, 2 threads, a warm-up, then the measured run) against the hello-world
-   route and the one-NATS-request route; then every parent's first `GET /api/v1/me/overview` of
+2. `portal up` with its defaults (the access log on at INFO, JSON lines; its own NATS with a
+   user per part) and `PORTAL_BENCH_ROUTES=1` (the gateway's `/bench/hello`); beside it, in a
+   process of its own, a bare Litestar app (one route answering a small JSON object, one
+   uvicorn worker with uvloop and httptools, no access log): the yardstick.
+3. Stops overview (SIGSTOP), publishes 200,000 homework, message and stars events to JetStream
+   as the learning platform (`platform.nk`), lets overview go and follows its durable consumer
+   (as an operator) until nothing is pending or unacknowledged: `portal up`'s NATS writes every
+   event to disk before acknowledging it, which bounds the publisher well below what overview
+   absorbs, so overview's rate is measured on the backlog.
+4. `wrk` (64 connections, 2 threads, a warm-up, then the measured run) against the bare app,
+   then the overview of one parent with three children (`--pairs` times, one after the
+   other: the share of the bare app's rate is what compares across runs on a shared machine);
+   then the gateway's hello-world route; every parent's first `GET /api/v1/me/overview` of
    the day (one pass over the 15,000 parents, timed by this script: wrk cannot stop after one
    pass: every cache is cold, each parent's session, links and overview are asked for), then
    wrk on the overview again rotating over all 15,000 parents' bearer tokens (a Lua script:
@@ -25,7 +32,8 @@ database of its own, dropped afterwards) it runs a real `portal up` on a fresh d
    (`/me/children/{id}/…`, the same path as the overview: cached, dropped on change notices),
    rotating over every parent.
    All routes are served by the same gateway process with the same settings (`--env` adds some).
-5. The CPU time each process spent in each measured run, the RSS of every process, then SIGTERM.
+5. The CPU time each process spent in each measured run (and the answering process's CPU a
+   request), the RSS of every process, then SIGTERM.
 
 Prints one table; nothing is asserted (this is a measurement, not a test).
 """
@@ -48,6 +56,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -293,6 +302,7 @@ async def absorb(
     timeout: float,
     analyze: str | None = None,
     paused: int | None = None,
+    resumed: Callable[[], None] = lambda: None,
 ) -> dict:
     """Publish every event (as the platform) while following overview's consumer (as an
     operator); the rates (`applied` short of `events` when `timeout` ran out first).
@@ -338,6 +348,7 @@ async def absorb(
                 done_publishing = (now, left)
                 if paused is not None:
                     os.kill(paused, signal.SIGCONT)
+                resumed()
             if (done_publishing is not None and left == 0) or now > timeout:
                 break
             await asyncio.sleep(0.2)
@@ -752,12 +763,26 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 raise RuntimeError(f"GET {path}: {status} {body[:300]!r}")
 
         say(f"[{backend}] publishing {len(events)} events; overview absorbs them")
-        spies = _profile(opts, up.pid, f"{backend}-absorb", parts=("overview",), seconds=10) if opts.profile else []
+        spies: list[subprocess.Popen] = []
+
+        def resumed() -> None:
+            # Once overview has the backlog to absorb.
+            if opts.profile:
+                spies.extend(_profile(opts, up.pid, f"{backend}-absorb", parts=("overview",), seconds=10))
+
         analyze = overview_url if backend == "postgres" and opts.pg_analyze and not _autovacuum() else None
         run.notes += ["ANALYZE every 10 s during absorption (autovacuum is off on this server)"] if analyze else []
         overview_pid = next((pid for pid in _children(up.pid) if _name(pid) == "overview"), None)
         run.absorb = asyncio.run(
-            absorb(nats_url, seeds, events, timeout=opts.absorb_timeout, analyze=analyze, paused=overview_pid)
+            absorb(
+                nats_url,
+                seeds,
+                events,
+                timeout=opts.absorb_timeout,
+                analyze=analyze,
+                paused=overview_pid,
+                resumed=resumed,
+            )
         )
         if run.absorb["applied"] < run.absorb["events"]:
             run.errors.append(
