@@ -25,7 +25,7 @@ from gateway.errors import ApiError
 
 if TYPE_CHECKING:
     from litestar import Litestar
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
     from contracts.kit.metrics import GatewayMetrics
 
@@ -158,9 +158,9 @@ class Edge:
         # A response's own value of these is kept; HSTS is always the portal's.
         self._kept = frozenset(k for k, _ in extra if k != b"strict-transport-security")
 
-    def _headers(self, message: Message, path: str, request_id: str) -> None:
-        raw = message.get("headers")
-        headers: list[tuple[bytes, bytes]] = raw if isinstance(raw, list) else list(raw or ())
+    def _headers(self, message: HTTPResponseStartEvent, path: str, request_id: str) -> None:
+        raw = message.get("headers") or ()
+        headers: list[tuple[bytes, bytes]] = raw if isinstance(raw, list) else list(raw)
         no_store = any(_under(path, prefix) for prefix in NO_STORE_PREFIXES)
         present = {k.lower() for k, _ in headers}
         if no_store and b"cache-control" in present:
