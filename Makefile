@@ -44,7 +44,7 @@ lint: install
 test-fast: install
 	$(VENV)/bin/python -m pytest -m "not slow"
 
-# Trust-scale figures of the overview (bench/overview.py prints a table): about ten minutes,
+# Trust-scale figures of the overview (bench/overview.py prints a table): half an hour or less,
 # needs wrk (Debian) and the machine's PostgreSQL. Not a test: nothing fails on slow figures.
 .PHONY: bench
 bench: install

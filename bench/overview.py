@@ -11,12 +11,19 @@ database of its own, dropped afterwards) it runs a real `portal up` on a fresh d
    services' databases (identity's accounts with one precomputed argon2 hash and a session each,
    token hashed as identity does; linking's roster and `linked` links; overview's roster copy):
    hashing 15,000 passwords is not what is measured.
-2. `portal up` with `PORTAL_BENCH_ROUTES=1` (the gateway's `/bench/hello` and `/bench/nats`) and
-   `PORTAL_LOG_LEVEL=WARNING`; a raw nats-py responder answers `/bench/nats`'s request.
-3. Publishes 200,000 homework, message and stars events to JetStream once `/ready` answers, and
-   follows overview's durable consumer until nothing is pending or unacknowledged.
-4. `wrk` (64 connections, 2 threads, a warm-up, then the measured run) against the hello-world
-   route and the one-NATS-request route; then every parent's first `GET /api/v1/me/overview` of
+2. `portal up` with its defaults (the access log on at INFO, JSON lines; its own NATS with a
+   user per part) and `PORTAL_BENCH_ROUTES=1` (the gateway's `/bench/hello`); beside it, in a
+   process of its own, a bare Litestar app (one route answering a small JSON object, one
+   uvicorn worker with uvloop and httptools, no access log): the yardstick.
+3. Stops overview (SIGSTOP), publishes 200,000 homework, message and stars events to JetStream
+   as the learning platform (`platform.nk`), lets overview go and follows its durable consumer
+   (as an operator) until nothing is pending or unacknowledged: `portal up`'s NATS writes every
+   event to disk before acknowledging it, which bounds the publisher well below what overview
+   absorbs, so overview's rate is measured on the backlog.
+4. `wrk` (64 connections, 2 threads, a warm-up, then the measured run) against the bare app,
+   then the overview of one parent with three children (`--pairs` times, one after the
+   other: the share of the bare app's rate is what compares across runs on a shared machine);
+   then the gateway's hello-world route; every parent's first `GET /api/v1/me/overview` of
    the day (one pass over the 15,000 parents, timed by this script: wrk cannot stop after one
    pass: every cache is cold, each parent's session, links and overview are asked for), then
    wrk on the overview again rotating over all 15,000 parents' bearer tokens (a Lua script:
@@ -25,7 +32,8 @@ database of its own, dropped afterwards) it runs a real `portal up` on a fresh d
    (`/me/children/{id}/…`, the same path as the overview: cached, dropped on change notices),
    rotating over every parent.
    All routes are served by the same gateway process with the same settings (`--env` adds some).
-5. The CPU time each process spent in each measured run, the RSS of every process, then SIGTERM.
+5. The CPU time each process spent in each measured run (and the answering process's CPU a
+   request), the RSS of every process, then SIGTERM.
 
 Prints one table; nothing is asserted (this is a measurement, not a test).
 """
@@ -48,6 +56,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,12 +67,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 BIN = Path(sys.executable).parent
 PORTAL = str(BIN / "portal")
-ECHO_SUBJECT = "bench.echo.v1"  # gateway.dev.bench.ECHO_SUBJECT
 CONSUMER = ("PLATFORM", "overview-platform")
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 PASSWORD = "bench-parent-password"
 HELLO = "hello-world JSON"
-ONE_REQUEST = "one NATS request"
+# A bare Litestar app beside the gateway (one route, a small JSON object, one uvicorn worker,
+# its own process), then the overview of one parent with three children, served warm.
+BARE = "bare Litestar app, hello-world JSON (pair {i})"
+OVERVIEW_THREE = "GET /me/overview, one parent with three children (pair {i})"
 OVERVIEW = "GET /me/overview, {parents:,} parents"
 FIRST_VISITS = "GET /me/overview, first visit of each of {parents:,} parents"
 # Every parent back within the gateway's session cache time: the hot path alone.
@@ -284,14 +295,28 @@ def platform_events(scale: Scale, classes: dict[str, list[str]], rng: random.Ran
 
 
 async def absorb(
-    nats_url: str, events: list[tuple[str, bytes, str]], *, timeout: float, analyze: str | None = None
+    nats_url: str,
+    seeds: dict[str, str],
+    events: list[tuple[str, bytes, str]],
+    *,
+    timeout: float,
+    analyze: str | None = None,
+    paused: int | None = None,
+    resumed: Callable[[], None] = lambda: None,
 ) -> dict:
-    """Publish every event while following overview's consumer; the rates (`applied` short of
-    `events` when `timeout` ran out first)."""
+    """Publish every event (as the platform) while following overview's consumer (as an
+    operator); the rates (`applied` short of `events` when `timeout` ran out first).
+
+    `paused`: overview's process, stopped (SIGSTOP) while the events are published and let go
+    once they all are, so that what it absorbs a second is its own rate, not the publisher's:
+    `portal up`'s NATS writes every event to disk before it acknowledges it, which bounds the
+    publisher far below what overview absorbs."""
     import nats
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, nkeys_seed_str=seeds["platform"])
+    watcher = await nats.connect(nats_url, nkeys_seed_str=seeds["operator"], inbox_prefix="_INBOX.operator")
     js = nc.jetstream()
+    watch = watcher.jetstream()
     total = len(events)
     published = 0
     pending = iter(events)
@@ -303,10 +328,12 @@ async def absorb(
             published += 1
 
     async def remaining() -> int:
-        info = await js.consumer_info(*CONSUMER)
+        info = await watch.consumer_info(*CONSUMER)
         return info.num_pending + info.num_ack_pending
 
     start = time.monotonic()
+    if paused is not None:
+        os.kill(paused, signal.SIGSTOP)
     workers = [asyncio.create_task(publisher()) for _ in range(256)]
     background = [asyncio.create_task(_analyze_every(analyze, 10.0))] if analyze else []
     done_publishing = None
@@ -319,14 +346,20 @@ async def absorb(
                 for w in workers:
                     w.result()
                 done_publishing = (now, left)
+                if paused is not None:
+                    os.kill(paused, signal.SIGCONT)
+                resumed()
             if (done_publishing is not None and left == 0) or now > timeout:
                 break
             await asyncio.sleep(0.2)
     finally:
+        if paused is not None:
+            os.kill(paused, signal.SIGCONT)
         for task in (*workers, *background):
             task.cancel()
         await asyncio.gather(*workers, *background, return_exceptions=True)
         await nc.close()
+        await watcher.close()
     published_at, backlog = done_publishing or (now, left)
     applied = published - left
     return {
@@ -420,10 +453,19 @@ def _ms(text: str) -> float:
 
 
 def wrk(
-    url: str, *, seconds: float, connections: int, threads: int, script: Path | None = None, args: list[str] = ()
+    url: str,
+    *,
+    seconds: float,
+    connections: int,
+    threads: int,
+    script: Path | None = None,
+    args: list[str] = (),
+    headers: dict[str, str] | None = None,
 ) -> dict:
     """One wrk run: requests/s, p50, p99 (ms), and anything that went wrong."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
     if script is not None:
         cmd += ["-s", str(script)]
     cmd += [url, *(["--", *args] if args else [])]
@@ -521,8 +563,8 @@ def _name(pid: int) -> str:
         return "nats-server"
     if "up" in argv:
         return "portal up (supervisor)"
-    if "--responder" in argv:
-        return "bench responder"
+    if "--bare" in argv:
+        return "bare Litestar"
     return " ".join(argv)[:40]
 
 
@@ -663,9 +705,8 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
     data_dir = tmp / "data"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    env.update(
-        PORTAL_DATA_DIR=str(data_dir), PORTAL_HTTP_PORT=str(port), PORTAL_BENCH_ROUTES="1", PORTAL_LOG_LEVEL="WARNING"
-    )
+    # `portal up`'s defaults otherwise: the access log on at INFO, JSON lines.
+    env.update(PORTAL_DATA_DIR=str(data_dir), PORTAL_HTTP_PORT=str(port), PORTAL_BENCH_ROUTES="1")
     env.update(dict(item.split("=", 1) for item in opts.env))
     pg_db = None
     overview_url = None
@@ -674,17 +715,10 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
         _pg_admin(f'CREATE DATABASE "{pg_db}"')
         overview_url = f"postgresql+asyncpg://{PG['user']}@{PG['host']}:{PG['port']}/{pg_db}"
         env["PORTAL_OVERVIEW_DATABASE_URL"] = overview_url
-    up = responder = nats = None
+    up = bare = None
     base = f"http://127.0.0.1:{port}"
     run.load.append(_loadavg())
     try:
-        # A NATS of its own, without users: `portal up`'s own NATS admits only the parts' seeds,
-        # and the events' publisher and the raw responder of `/bench/nats` are none of them.
-        from portal.natsserver import start_nats
-
-        nats = start_nats(tmp / "nats", log_file=tmp / "nats.log")
-        env["PORTAL_NATS_URL"] = nats.url
-        run.notes.append("NATS without users (portal up's NATS admits only the parts' seeds)")
         say(
             f"[{backend}] migrating and seeding {scale.schools} schools, {scale.pupils} pupils, {scale.parents} parents"
         )
@@ -713,21 +747,43 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 raise RuntimeError(f"portal up did not get ready:\n{(tmp / 'up.err').read_text()[-3000:]}")
             time.sleep(0.25)
         run.ready_s = time.monotonic() - started
+        # portal up's own NATS, with its users: the events come as the learning platform's
+        # publisher (`platform.nk`), the consumer's progress is read as an operator.
         nats_url = (data_dir / "nats.url").read_text().strip()
-        responder = subprocess.Popen(
-            [sys.executable, __file__, "--responder", nats_url], stdout=subprocess.PIPE, text=True
-        )
-        assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
-        for path, token in (("/bench/hello", None), ("/bench/nats", None), ("/api/v1/me/overview", tokens[-1])):
+        seeds = {part: (data_dir / "nats" / f"{part}.nk").read_text().strip() for part in ("platform", "operator")}
+        bare_port = _free_port()
+        bare = subprocess.Popen([sys.executable, __file__, "--bare", str(bare_port)], stdin=subprocess.DEVNULL)
+        while _get(f"http://127.0.0.1:{bare_port}/hello")[0] != 200:
+            if bare.poll() is not None:
+                raise RuntimeError("the bare Litestar app did not start")
+            time.sleep(0.1)
+        for path, token in (("/bench/hello", None), ("/api/v1/me/overview", tokens[-1])):
             status, body = _get(base + path, token)
             if status != 200:
                 raise RuntimeError(f"GET {path}: {status} {body[:300]!r}")
 
         say(f"[{backend}] publishing {len(events)} events; overview absorbs them")
-        spies = _profile(opts, up.pid, f"{backend}-absorb", parts=("overview",), seconds=10) if opts.profile else []
+        spies: list[subprocess.Popen] = []
+
+        def resumed() -> None:
+            # Once overview has the backlog to absorb.
+            if opts.profile:
+                spies.extend(_profile(opts, up.pid, f"{backend}-absorb", parts=("overview",), seconds=10))
+
         analyze = overview_url if backend == "postgres" and opts.pg_analyze and not _autovacuum() else None
         run.notes += ["ANALYZE every 10 s during absorption (autovacuum is off on this server)"] if analyze else []
-        run.absorb = asyncio.run(absorb(nats_url, events, timeout=opts.absorb_timeout, analyze=analyze))
+        overview_pid = next((pid for pid in _children(up.pid) if _name(pid) == "overview"), None)
+        run.absorb = asyncio.run(
+            absorb(
+                nats_url,
+                seeds,
+                events,
+                timeout=opts.absorb_timeout,
+                analyze=analyze,
+                paused=overview_pid,
+                resumed=resumed,
+            )
+        )
         if run.absorb["applied"] < run.absorb["events"]:
             run.errors.append(
                 f"overview applied {run.absorb['applied']:,} of {run.absorb['events']:,} events in {opts.absorb_timeout:g} s"
@@ -740,66 +796,87 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             run.errors.append(f"overview sample: {status} {body[:300]!r}")
 
         if opts.only_events:
-            run.rss = memory([up.pid, responder.pid])
+            run.rss = memory([up.pid, bare.pid])
             run.load.append(_loadavg())
             return run
         warm_file = tmp / "tokens-warm.txt"
         warm_file.write_text("\n".join(tokens[: opts.warm_parents]) + "\n")
+        three = {"Authorization": f"Bearer {tokens[-1]}"}
+        # The bare app and the overview one after the other, `--pairs` times: the machine is
+        # shared, and the share of the bare app's rate is what compares across runs.
         targets = [
-            (HELLO, f"{base}/bench/hello", None, []),
-            (ONE_REQUEST, f"{base}/bench/nats", None, []),
-            (OVERVIEW, f"{base}/api/v1/me/overview", lua, [str(token_file), str(opts.threads), "/api/v1/me/overview"]),
-            (
-                OVERVIEW_WARM,
-                f"{base}/api/v1/me/overview",
-                lua,
-                [str(warm_file), str(opts.threads), "/api/v1/me/overview"],
-            ),
             *(
-                (label, base + path % families[-1][0], lua_child, [str(child_file), str(opts.threads), path])
-                for label, path in CHILD_ROUTES.items()
+                target
+                for i in range(opts.pairs)
+                for target in (
+                    (BARE.format(i=i + 1), f"http://127.0.0.1:{bare_port}/hello", None, [], {}),
+                    (OVERVIEW_THREE.format(i=i + 1), f"{base}/api/v1/me/overview", None, [], three),
+                )
             ),
         ]
+        if not opts.only_overview:
+            targets += [
+                (HELLO, f"{base}/bench/hello", None, [], {}),
+                (
+                    OVERVIEW,
+                    f"{base}/api/v1/me/overview",
+                    lua,
+                    [str(token_file), str(opts.threads), "/api/v1/me/overview"],
+                    {},
+                ),
+                (
+                    OVERVIEW_WARM,
+                    f"{base}/api/v1/me/overview",
+                    lua,
+                    [str(warm_file), str(opts.threads), "/api/v1/me/overview"],
+                    {},
+                ),
+                *(
+                    (label, base + path % families[-1][0], lua_child, [str(child_file), str(opts.threads), path], {})
+                    for label, path in CHILD_ROUTES.items()
+                ),
+            ]
         for path in CHILD_ROUTES.values():
             status, body = _get(base + path % families[-1][0], tokens[-1])
             if status != 200:
                 run.errors.append(f"GET {path % families[-1][0]}: {status} {body[:300]!r}")
-        for label, url, script, args in targets:
+        for label, url, script, args, headers in targets:
             label = label.format(parents=len(tokens), warm=min(opts.warm_parents, len(tokens)))
             if script is lua and args[0] == str(token_file):
                 say(f"[{backend}] first visit of each of {len(tokens):,} parents")
-                before, client = cpu_seconds([up.pid, responder.pid]), _own_cpu()
+                before, client = cpu_seconds([up.pid, bare.pid]), _own_cpu()
                 run.wrk[FIRST_VISITS.format(parents=len(tokens))] = first = asyncio.run(
                     first_visits(port, tokens, opts.connections)
                 )
-                after = cpu_seconds([up.pid, responder.pid])
+                after = cpu_seconds([up.pid, bare.pid])
                 first["cpu"] = {
                     **{n: after[n] - before.get(n, 0.0) for n in after},
                     "bench client": _own_cpu() - client,
                 }
             say(f"[{backend}] wrk {label}: {opts.warmup:g}s warm-up, {opts.duration:g}s measured")
-            common = {"connections": opts.connections, "threads": opts.threads, "script": script, "args": args}
+            common = {
+                "connections": opts.connections, "threads": opts.threads, "script": script, "args": args,
+                "headers": headers,
+            }  # fmt: skip
             wrk(url, seconds=opts.warmup, **common)
             spies = _profile(opts, up.pid, f"{backend}-{len(run.wrk) + 1}") if opts.profile else []
-            before = cpu_seconds([up.pid, responder.pid])
+            before = cpu_seconds([up.pid, bare.pid])
             run.wrk[label] = wrk(url, seconds=opts.duration, **common)
-            after = cpu_seconds([up.pid, responder.pid])
+            after = cpu_seconds([up.pid, bare.pid])
             run.wrk[label]["cpu"] = {name: after[name] - before.get(name, 0.0) for name in after}
             for spy in spies:
                 spy.wait()
-        run.rss = memory([up.pid, responder.pid])
+        run.rss = memory([up.pid, bare.pid])
         run.load.append(_loadavg())
         run.partial_answers = (tmp / "up.err").read_text().count("overview_partial")
     except Exception as exc:  # noqa: BLE001 - the other database's figures are still worth printing
         run.errors.append(f"{type(exc).__name__}: {exc}"[:500])
     finally:
-        if responder is not None:
-            responder.kill()
-            responder.wait()
+        if bare is not None:
+            bare.kill()
+            bare.wait()
         if up is not None:
             _stop(up)
-        if nats is not None:
-            nats.stop()
         if pg_db:
             _pg_admin(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
         if opts.keep:
@@ -814,6 +891,12 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
 
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _per_request(figures: dict, label: str) -> float:
+    # CPU seconds of the process that answered (the bare app, or the gateway) a request: on a
+    # busy machine it compares better across runs than the rate does.
+    return figures["cpu"]["bare Litestar" if label.startswith("bare") else "gateway"] / figures["requests"]
 
 
 def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
@@ -839,20 +922,23 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
     row("absorbed, end to end (first publish to drained)", lambda r: (
         f"{r.absorb['end_to_end_per_s']:,.0f} events/s ({r.absorb['drained_s']:.1f} s)"
     ))  # fmt: skip
-    row("absorbed, backlog after the publisher finished", lambda r: (
+    row("absorbed from the backlog (overview paused while publishing)", lambda r: (
         f"{r.absorb['backlog_per_s']:,.0f} events/s ({r.absorb['backlog_at_publish_end']:,} left)"
         if r.absorb["backlog_per_s"] else "kept up with the publisher"
     ))  # fmt: skip
     if any(r.notes for r in runs):
         row("note", lambda r: "; ".join(r.notes))
     short = {
-        "gateway": "gw", "identity": "id", "linking": "li", "overview": "ov", "nats-server": "nats", "bench responder": "resp",
+        "gateway": "gw", "identity": "id", "linking": "li", "overview": "ov", "nats-server": "nats", "bare Litestar": "bare", "portal up (supervisor)": "sup",
         "bench client": "client",
     }  # fmt: skip
     labels = list(dict.fromkeys(label for r in runs for label in r.wrk))
     for label in labels:
         row(f"{label}: requests/s", lambda r: f"{r.wrk[label]['rps']:,.0f}")  # noqa: B023 - called within this iteration
         row(f"{label}: p50 / p99", lambda r: f"{r.wrk[label]['p50']:.1f} / {r.wrk[label]['p99']:.1f} ms")  # noqa: B023 - called within this iteration
+        row(f"{label}: CPU ms a request (serving process)", lambda r: (
+            f"{1000 * _per_request(r.wrk[label], label):.3f}"  # noqa: B023 - called within this iteration
+        ))  # fmt: skip
         row(f"{label}: CPU s per process", lambda r: " ".join(
             f"{short[n]} {v:.1f}" for n, v in r.wrk[label]["cpu"].items() if n in short and v >= 0.05  # noqa: B023 - called within this iteration
         ))  # fmt: skip
@@ -861,9 +947,15 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
                 f"{label}: errors",
                 lambda r: f"{r.wrk[label]['non2xx']} non-2xx or partial {r.wrk[label]['socket_errors']}".strip(),  # noqa: B023 - called within this iteration
             )
-    for label in [k for k in labels if "/me/" in k]:
-        row(f"{label}: / one-request, / hello-world", lambda r: (
-            f"{r.wrk[label]['rps'] / r.wrk[ONE_REQUEST]['rps']:.0%}, {r.wrk[label]['rps'] / r.wrk[HELLO]['rps']:.0%}"  # noqa: B023 - called within this iteration
+    for i in range(1, opts.pairs + 1):
+        bare, three = BARE.format(i=i), OVERVIEW_THREE.format(i=i)
+        row(f"overview of three children / bare Litestar, req/s (pair {i})", lambda r: (
+            f"{r.wrk[three]['rps'] / r.wrk[bare]['rps']:.0%} (p99 {r.wrk[three]['p99']:.1f} ms against {r.wrk[bare]['p99']:.1f} ms; "  # noqa: B023 - called within this iteration
+            f"CPU a request {_per_request(r.wrk[bare], bare) / _per_request(r.wrk[three], three):.0%})"  # noqa: B023 - called within this iteration
+        ))  # fmt: skip
+    for label in [k for k in labels if "/me/" in k and "pair" not in k]:
+        row(f"{label}: / hello-world in the gateway", lambda r: (
+            f"{r.wrk[label]['rps'] / r.wrk[HELLO]['rps']:.0%}"  # noqa: B023 - called within this iteration
         ))  # fmt: skip
     row("partial overview answers (gateway log)", lambda r: str(r.partial_answers))
     for name in dict.fromkeys(n for r in runs for n, _, _ in r.rss):
@@ -888,19 +980,21 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-async def serve_responder(url: str) -> None:
-    """A raw nats-py responder: what `/bench/nats` asks (the reference of STACK-NOTES)."""
-    import nats
+def serve_bare(port: int) -> None:
+    """The bare Litestar app the gateway is measured beside: one route answering a small JSON
+    object, one uvicorn worker (uvloop, httptools, no access log), nothing else."""
+    import uvicorn
+    from litestar import Litestar, get
 
-    nc = await nats.connect(url)
+    @get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
 
-    async def answer(msg) -> None:
-        await msg.respond(b'{"ok":true}')
-
-    await nc.subscribe(ECHO_SUBJECT, queue="bench", cb=answer)
-    await nc.flush()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
+    app = Litestar([hello], logging_config=None)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, workers=1, loop="uvloop", http="httptools", access_log=False,
+        log_level="warning", server_header=False,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -932,16 +1026,17 @@ def main() -> None:
         "--only-events", action="store_true",
         help="stop after the events-absorbed figures (no wrk): a quick loop while tuning the consumer",
     )  # fmt: skip
-    parser.add_argument("--responder", metavar="NATS_URL", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only-overview", action="store_true",
+        help="after the events, only the bare app and the overview of three children (no other route, no first visits)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pairs", type=int, default=1, help="how many times to measure the bare app, then the overview"
+    )
+    parser.add_argument("--bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     opts = parser.parse_args()
-    if opts.responder:
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
-        asyncio.run(serve_responder(opts.responder))
+    if opts.bare:
+        serve_bare(opts.bare)
         return
     if shutil.which("wrk") is None and not opts.only_events:
         sys.exit("bench: wrk is not installed (Debian: apt-get install wrk)")

@@ -546,7 +546,7 @@ async def test_up_uses_given_nats_and_smtp_and_starts_neither(nats_server, tmp_p
         assert not [e for e in environ(up.part("gateway")) if e.startswith("PORTAL_DEV_MAIL_DIR=")]
         # Not a terminal: every part's lines pass through as they are, and are in its file too.
         await eventually(
-            lambda: '"event": "service_started"' in up.stderr.read_text(), timeout=10, message="lines passed through"
+            lambda: '"event":"service_started"' in up.stderr.read_text(), timeout=10, message="lines passed through"
         )
         assert [line for line in log_lines(up, "notify") if line["event"] == "service_started"]
         assert set(ops_urls(up)) == set(PARTS)

@@ -60,6 +60,8 @@ def serve(settings: GatewaySettings | None = None) -> None:
         port=settings.http_port,
         workers=1,
         loop="uvloop",
+        # The C parser: the pure-Python h11 one costs a third of the rate.
+        http="httptools",
         lifespan="on",
         # Our access log (gateway.edge) leaves out query strings, which may carry tokens.
         access_log=False,

@@ -24,10 +24,11 @@ from gateway.clients import STATE_KEY as CLIENTS_KEY
 from gateway.clients import Clients
 from gateway.clients.nats import NatsTransport, nats_lifespan
 from gateway.dev import bench, mail, platform
-from gateway.edge import BrowserChecks, security_headers, wrap_access_log
+from gateway.edge import BrowserChecks, wrap_edge
 from gateway.errors import exception_handlers
 from gateway.openapi import openapi_config
-from gateway.ops import StatusResponder, ops_lifespan, wrap_http_metrics
+from gateway.ops import STATE_KEY as METRICS_KEY
+from gateway.ops import StatusResponder, ops_lifespan
 from gateway.pages import go_pages
 from gateway.settings import GatewaySettings
 from gateway.tracing import wrap_tracing
@@ -136,7 +137,7 @@ def create_app(
         middleware=[BrowserChecks(settings.public_url, API_PREFIX)],
         dependencies=auth.dependencies(),
         exception_handlers=exception_handlers(),
-        before_send=[security_headers(https=settings.secure_cookies), auth.cookie_refresher(settings)],
+        before_send=[auth.cookie_refresher(settings)],
         openapi_config=openapi_config(__version__, session_cookie=auth.cookie_name(settings)),
         template_config=TemplateConfig(
             directory=TEMPLATES_DIR,
@@ -148,4 +149,5 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    return wrap_tracing(wrap_http_metrics(wrap_access_log(app), metrics))
+    app.state[METRICS_KEY] = metrics
+    return wrap_tracing(wrap_edge(app, https=settings.secure_cookies, metrics=metrics))

@@ -19,7 +19,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from litestar import Litestar
-from litestar.enums import ScopeType
 from nats.aio.client import Client as NatsClient
 
 from contracts.kit.logs import get_logger
@@ -32,48 +31,11 @@ from gateway.clients.nats import STATE_KEY as NATS_KEY
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    pass
 
 STATE_KEY = "metrics"
 
 log = get_logger("gateway.ops")
-
-
-class HttpMetrics:
-    """ASGI wrapper counting every answered HTTP request (`portal_http_requests_total`,
-    `portal_http_request_duration_seconds`), unknown paths and errors included."""
-
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-        status_code = 500
-        start = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            # Litestar sets the template once routing matched; never the raw path.
-            template = scope.get("path_template")
-            method = str(scope.get("method", ""))
-            self.metrics.answered(template, method, status_code, time.perf_counter() - start)
-
-
-def wrap_http_metrics(app: Litestar, metrics: GatewayMetrics) -> Litestar:
-    """Count the app's requests (outside routing, error handling and the access log)."""
-    app.state[STATE_KEY] = metrics
-    app.asgi_handler = HttpMetrics(app.asgi_handler, metrics)
-    return app
 
 
 def ops_lifespan(

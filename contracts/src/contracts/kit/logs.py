@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import atexit
 import logging
-import logging.handlers
-import queue
+import os
 import sys
+import threading
+import time
+from collections import deque
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import structlog
 from pydantic import ValidationError
 from structlog.typing import Processor
@@ -29,117 +32,182 @@ def _add_trace_id(_logger: Any, _method: str, event_dict: MutableMapping[str, An
 
 # Lines waiting for the writer thread; beyond this the newest are dropped (and counted).
 QUEUE_SIZE = 10_000
+# How long the writer thread lets lines gather before it writes them in one go: it wakes (and
+# takes the interpreter from the event loop) at most this often, not once a line.
+BATCH_SECONDS = 0.02
 
 
-class _HandOff(logging.handlers.QueueHandler):
-    """Hands each record to the writer thread and returns at once: a blocked stderr (a full
-    pipe, a slow log shipper) never holds up a request. When the writer is QUEUE_SIZE lines
-    behind, lines are dropped and counted rather than waited for."""
+class _Lines:
+    """Rendered lines on their way to stderr, written in batches by a thread of its own.
 
-    def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
-        super().__init__(q)
+    Each line is rendered where it is logged (that is cheap) and handed over here: a blocked
+    stderr (a full pipe, a slow log shipper) never holds up a request. When the writer is
+    QUEUE_SIZE lines behind, lines are dropped and counted rather than waited for. Once
+    stopped (`flush_logs`), lines are written at once, in the calling thread.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.pending: deque[bytes] = deque()
         self.dropped = 0
+        self._dropped_lock = threading.Lock()
+        self._wake = threading.Event()
+        # Whether the writer was woken and will drain what comes before it drains: one wake a
+        # batch, not a thread hand-over a line.
+        self._signalled = False
+        self._stopping = False
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="portal-log-writer", daemon=True
+        )
+        self._thread.start()
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # Formatted in the writer thread. A standard-library record takes this thread's context
-        # (service, request id, trace) with it: the writer thread has none of its own.
-        if not isinstance(record.msg, dict):
-            context = dict(structlog.contextvars.get_contextvars())
-            _add_trace_id(None, "", context)
-            # When it happened, not when the writer got to it.
-            context["timestamp"] = datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z")
-            record.portal_context = context
-        return record
+    def put(self, line: bytes) -> None:
+        if self._thread is None:
+            self._write([line])
+            return
+        if len(self.pending) >= QUEUE_SIZE:
+            with self._dropped_lock:
+                self.dropped += 1
+            return
+        self.pending.append(line)
+        if not self._signalled:
+            self._signalled = True
+            self._wake.set()
 
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if not self._stopping:
+                time.sleep(BATCH_SECONDS)
+            # Cleared before the flag: a line put meanwhile either sees the flag down and wakes
+            # this thread again, or was appended before the drain below.
+            self._wake.clear()
+            self._signalled = False
+            batch = []
+            pending = self.pending
+            while pending:
+                batch.append(pending.popleft())
+            if batch or self.dropped:
+                self._write(batch)
+            if self._stopping and not self.pending:
+                return
+
+    def _write(self, batch: list[bytes]) -> None:
+        if self.dropped:
+            with self._dropped_lock:
+                count, self.dropped = self.dropped, 0
+            note = {"count": count, "event": "log_lines_dropped", "level": "warning", "timestamp": _now()}
+            batch.insert(0, _encode(note) + b"\n")
+        data = b"".join(batch)
         try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = None
+        try:
+            if fd is None:
+                self.stream.write(data.decode("utf-8", "replace"))
+                self.stream.flush()
+                return
+            self.stream.flush()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except (OSError, ValueError):
+            pass  # stderr is gone: nowhere left to say so
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping = True
+            self._wake.set()
+            thread.join()
 
 
-class _Writer(logging.StreamHandler):
-    """Writes in the writer thread; first says how many lines were dropped, if any were."""
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
-    def __init__(self, source: _HandOff) -> None:
-        super().__init__(sys.stderr)
-        self.source = source
+
+def _fallback(value: Any) -> Any:
+    return repr(value)
+
+
+_encode = msgspec.json.Encoder(enc_hook=_fallback).encode
+
+
+def _render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> bytes:
+    return _encode(event_dict)
+
+
+class _LineLogger:
+    """structlog's logger: hands each rendered line to the writer."""
+
+    def __init__(self, lines: _Lines) -> None:
+        self._lines = lines
+
+    def msg(self, message: str | bytes) -> None:
+        self._lines.put((message.encode() if isinstance(message, str) else message) + b"\n")
+
+    debug = info = warning = warn = error = critical = fatal = exception = msg
+
+
+class _ToLines(logging.Handler):
+    """The standard library's records (uvicorn, nats-py, SQLAlchemy), rendered as ours are."""
+
+    def __init__(self, lines: _Lines) -> None:
+        super().__init__()
+        self._lines = lines
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.source.dropped:
-            count, self.source.dropped = self.source.dropped, 0
-            note = logging.LogRecord(
-                "contracts.kit.logs", logging.WARNING, __file__, 0, "log_lines_dropped", None, None
-            )
-            note.portal_context = {"count": count}
-            super().emit(note)
-        super().emit(record)
+        try:
+            self._lines.put(self.format(record).encode() + b"\n")
+        except Exception:  # noqa: BLE001 - a line that cannot be rendered must not fail the caller
+            self.handleError(record)
 
 
-def _record_context(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    record = event_dict.get("_record")
-    for key, value in getattr(record, "portal_context", {}).items():
-        event_dict.setdefault(key, value)
-    return event_dict
-
-
-_listener: logging.handlers.QueueListener | None = None
+_lines: _Lines | None = None
 
 
 def flush_logs() -> None:
     """Write every line handed off so far and stop the writer thread (at exit, or before
     `os._exit`); later lines are written at once, in the calling thread."""
-    global _listener
-    listener, _listener = _listener, None
-    if listener is not None:
-        listener.stop()
-        root = logging.getLogger()
-        root.handlers[:] = list(listener.handlers)
+    if _lines is not None:
+        _lines.stop()
 
 
 def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -> None:
     """Route both structlog and the standard library through one JSON renderer on stderr,
-    written by a thread of its own (see `_HandOff`)."""
-    global _listener
+    written by a thread of its own (see `_Lines`)."""
+    global _lines
     flush_logs()
+    _lines = lines = _Lines(sys.stderr)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_trace_id,
+        structlog.processors.format_exc_info,
     ]
-    renderer = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
+    renderer: Processor = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else _render_json
+    numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        # An exception is formatted here, in the thread that caught it: the writer has none.
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, renderer],
+        logger_factory=lambda *_args: _LineLogger(lines),
+        # Lines below the level cost one comparison, not a trip through the processors.
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        # Runs in the writer thread: the context comes with the record, not from contextvars.
-        foreign_pre_chain=[
-            _record_context,
-            structlog.processors.add_log_level,
-        ],
+        foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            renderer,
+            renderer if fmt == "console" else _render_text,
         ],
     )
-    hand_off = _HandOff(queue.Queue(QUEUE_SIZE))
-    writer = _Writer(hand_off)
-    writer.setFormatter(formatter)
+    handler = _ToLines(lines)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [hand_off]
+    root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    _listener = logging.handlers.QueueListener(hand_off.queue, writer)
-    _listener.start()
     structlog.contextvars.bind_contextvars(service=service)
     # Per-message logs of the broker would cost a third of its throughput and say nothing
     # an operator needs; failures still surface through our own log lines.
@@ -148,11 +216,16 @@ def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -
     logging.getLogger("nats").setLevel(logging.WARNING)
 
 
+def _render_text(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    # ProcessorFormatter wants text.
+    return _encode(event_dict).decode()
+
+
 atexit.register(flush_logs)
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    """A structured logger."""
+def get_logger(name: str) -> Any:
+    """A structured logger (`info`, `warning`, `error`, `exception`, `bind`)."""
     return structlog.get_logger(name)
 
 
