@@ -114,7 +114,9 @@ async def test_every_page_links_the_manifest_the_theme_the_icons_and_the_worker(
 def test_every_page_template_is_built_on_the_base_that_links_the_manifest() -> None:
     """Pages are rendered from these templates: each full page (not a `_part`) extends, in the
     end, base.html, where the manifest is linked."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True, extensions=["jinja2.ext.i18n"]
+    )
 
     def parent(name: str) -> str | None:
         extends = env.parse(env.loader.get_source(env, name)[0]).find(jinja2.nodes.Extends)
