@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
@@ -191,7 +191,9 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             )
             nc = await nats.connect(server.url)
             stack.push_async_callback(nc.close)
-            london = await roster(nc, "Oak Primary", "Europe/London", ["Amy", "Ben", "Cat", "Dan", "Eve", "Fay"])
+            london = await roster(
+                nc, "Oak Primary", "Europe/London", ["Amy", "Ben", "Cat", "Dan", "Eve", "Fay", "Gwen"]
+            )
             auckland = await roster(nc, "Kauri School", "Pacific/Auckland", ["Huia"])
             for school in (london, auckland):
                 school.teacher_token = await staff_token(gw, nc, school.school_id)
@@ -397,6 +399,20 @@ async def test_a_school_in_another_timezone_has_its_own_16_00(world: World) -> N
     assert [r for r, _ in await world.ledger(parent_id)] == [f"digest:{parent_id}:2026-11-27"]
     [msg] = world.digests(email)
     assert "Huia" in msg.part("plain") and "Kauri School" in msg.part("plain")
+
+
+async def test_a_parent_who_reads_welsh_gets_the_digest_in_welsh(world: World) -> None:
+    email, parent_id, session = await parent(world, world.london, world.london.pupils[6])
+    chosen = await world.gw.http.put("/api/v1/me/preferences", headers=bearer(session), json={"language": "cy"})
+    assert chosen.status_code == 200, chosen.text
+    await world.run(FRIDAY_1600_LONDON + timedelta(minutes=20))
+    await sent(world, parent_id, 1)
+    [msg] = [m for m in world.smtp.to(email) if m.message["Content-Language"] == "cy"]
+    assert msg.subject == "Eich crynodeb wythnosol gan Borth Rhieni"
+    text = msg.part("plain")
+    assert "Dyma eich crynodeb wythnosol gan Borth Rhieni" in text and "Gwener 27 Tachwedd 2026" in text
+    assert "Negeseuon heb eu darllen" in text and "Dad-danysgrifio:" in text
+    assert msg.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
 async def test_a_parent_with_no_linked_child_gets_none(world: World) -> None:
