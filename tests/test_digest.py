@@ -410,7 +410,7 @@ async def test_a_parent_who_reads_welsh_gets_the_digest_in_welsh(world: World) -
     [msg] = [m for m in world.smtp.to(email) if m.message["Content-Language"] == "cy"]
     assert msg.subject == "Eich crynodeb wythnosol gan Borth Rhieni"
     text = msg.part("plain")
-    assert "Dyma eich crynodeb wythnosol gan Borth Rhieni" in text and "Gwener 27 Tachwedd 2026" in text
+    assert "Dyma eich crynodeb wythnosol gan Borth Rhieni" in text and "fel yr oedd ar 27 Tachwedd 2026." in text
     assert "Negeseuon heb eu darllen" in text and "Dad-danysgrifio:" in text
     assert msg.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 

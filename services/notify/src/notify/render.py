@@ -88,9 +88,14 @@ def _local(context: Context, value: datetime, timezone: str) -> str:
     return format_datetime_babel(value, "EEE d MMM, HH:mm", tzinfo=zone, locale=lang)
 
 
+# Welsh: no weekday, which would mutate after "ar" (on): "ar ddydd Gwener".
+_DAY = {"en": "EEEE d MMMM y", "cy": "d MMMM y"}
+
+
 @pass_context
 def _day(context: Context, value: date) -> str:
-    return format_date_babel(value, "EEEE d MMMM y", locale=i18n.context_lang(context))
+    lang = i18n.context_lang(context)
+    return format_date_babel(value, _DAY.get(lang, _DAY["en"]), locale=lang)
 
 
 def message_id(request_id: str, recipient: str, domain: str) -> str:
