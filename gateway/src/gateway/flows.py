@@ -16,7 +16,7 @@ from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
 from gateway.caches.links import LinksCache
 from gateway.caches.overview import OverviewReader
-from gateway.caches.sessions import SessionAuth
+from gateway.caches.sessions import SessionAuth, token_key
 from gateway.clients import Clients, IdentityClient, LinkingClient, StaffLinking
 from gateway.models import AccountExport, InvitationRow, ParentRow, PupilRow
 
@@ -120,6 +120,24 @@ async def delete_account(
 
 
 # -- a parent's overview -------------------------------------------------------------------------
+
+
+async def set_preferences(
+    clients: Clients,
+    auth: SessionAuth,
+    principal: Principal,
+    token: str | None,
+    *,
+    digest: identity.Digest | None = None,
+    language: identity.Language | None = None,
+) -> identity.Preferences:
+    """Change the caller's preferences. Sessions carry the language: after a change of it this
+    replica forgets the caller's cached session (the others hear identity's event), so the next
+    page is in the new language wherever it is served."""
+    changed = await clients.identity.set_preferences(principal.account_id, digest=digest, language=language)
+    if token is not None and changed.language != principal.language:
+        auth.cache.drop_token(token_key(token))
+    return changed
 
 
 async def parent_overview(links: LinksCache, overviews: OverviewReader, parent_id: str) -> bytes:

@@ -13,8 +13,9 @@ from litestar.params import JSONBody
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from contracts.identity import Digest, Language, Principal
+from gateway import flows
 from gateway.auth import SECURITY, credentials, parents_only
-from gateway.caches.sessions import get_auth, token_key
+from gateway.caches.sessions import get_auth
 from gateway.clients import Clients
 from gateway.models import Preferences
 from gateway.openapi import error_responses
@@ -71,10 +72,15 @@ async def set_preferences(
 ) -> Preferences:
     """Change `digest`, `language` or both; the answer is the preferences as they now are. Pages
     and emails are in the new language from the next request on."""
-    changed = await clients.identity.set_preferences(principal.account_id, digest=data.digest, language=data.language)
     creds = credentials(request)
-    if creds is not None and changed.language != principal.language:
-        get_auth(state).cache.drop_token(token_key(creds.token))
+    changed = await flows.set_preferences(
+        clients,
+        get_auth(state),
+        principal,
+        creds.token if creds is not None else None,
+        digest=data.digest,
+        language=data.language,
+    )
     return Preferences.of(changed)
 
 

@@ -88,13 +88,15 @@ async def account_preferences(
             chosen["language"] = language
         return await _account_page(request, clients, principal, errors=errors, status=400, chosen=chosen)
     assert isinstance(digest, str) and isinstance(language, str)
-    changed = await clients.identity.set_preferences(
-        principal.account_id, digest=DIGEST_CHOICES[digest], language=LANGUAGE_CHOICES[language]
-    )
     creds = credentials(request)
-    if creds is not None and changed.language != principal.language:
-        # The next page is in the new language: this replica must not answer from the old session.
-        get_auth(state).cache.drop_token(token_key(creds.token))
+    await flows.set_preferences(
+        clients,
+        get_auth(state),
+        principal,
+        creds.token if creds is not None else None,
+        digest=DIGEST_CHOICES[digest],
+        language=LANGUAGE_CHOICES[language],
+    )
     return redirect("/account", cookies=[flash(request, "preferences_saved")])
 
 
