@@ -26,8 +26,12 @@ $(STAMP): $(UV) $(PYPROJECTS)
 demo: install
 	$(VENV)/bin/portal up --demo
 
+# Test files run side by side, one per core (most of their time is spent waiting on processes
+# and brokers starting); the few that hold the machine to a deadline run afterwards, alone.
+TEST_WORKERS ?= 2
 test: install
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(TEST_ARGS)
+	$(VENV)/bin/python -m pytest -m serial $(TEST_ARGS)
 
 # The portal on many machines, on this one (tests/cluster): a 3-server NATS cluster, PostgreSQL, two
 # replicas of every part and two gateways, under load and faults; prints what clients saw. A few
@@ -42,7 +46,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 test-fast: install
-	$(VENV)/bin/python -m pytest -m "not slow"
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Trust-scale figures of the overview (bench/overview.py prints a table): half an hour or less,
 # needs wrk (Debian) and the machine's PostgreSQL. Not a test: nothing fails on slow figures.

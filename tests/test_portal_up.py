@@ -2,6 +2,8 @@
 
 The slow tests share one `portal up` (the `running` fixture) and run in file order: it is
 inspected, then a service is killed and must come back, then SIGTERM must leave nothing behind.
+They time a whole start-up against its 30 seconds, so they run alone (`serial`), not beside
+another test file.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from contracts.kit.streams import ensure_streams
 from contracts.rpc import SERVICES, health
 from contracts.streams import DEADLETTERS, StreamDef
 from portal.natsserver import free_port, wait_for_port
+
+pytestmark = pytest.mark.serial
 
 BIN = Path(sys.executable).parent
 PORTAL = str(BIN / "portal")
