@@ -37,6 +37,7 @@ browser = test_web_pages.browser
 
 SHELL = {
     "/offline",
+    "/offline?lang=cy",
     "/static/portal.css",
     "/static/icons/icon-32.png",
     "/static/icons/apple-touch-icon.png",
@@ -153,5 +154,22 @@ async def test_offline_page_when_the_network_is_gone_and_nothing_personal_is_cac
         await ctx.set_offline(False)
         await dad.get_by_role("link", name="Try again").click()
         await expect(dad.get_by_role("heading", name="Ben Smith")).to_be_visible()
+
+        # He reads the portal in Welsh from now on: offline, he is told so in Welsh.
+        await dad.goto("/account")
+        await dad.get_by_role("radio", name="Cymraeg").check()
+        await dad.get_by_role("button", name="Save").click()
+        await expect(dad.locator("html")).to_have_attribute("lang", "cy")
+        await dad.goto("/")
+        await expect(dad.get_by_role("heading", name="Eich plant")).to_be_visible()
+        await ctx.set_offline(True)
+        await dad.goto(f"/children/{BEN}/homework")
+        await expect(dad.get_by_role("heading", level=1)).to_have_text("Rydych all-lein")
+        await expect(dad.locator("html")).to_have_attribute("lang", "cy")
+        # Of his pages the worker kept one thing more: the language they came in.
+        kept = next(iter((await dad.evaluate(CACHE_CONTENTS)).values()))
+        assert {path for path, _ in kept} == SHELL | {"/offline/last-language"}
+        assert dict(kept)["/offline/last-language"] == "cy"
+        await ctx.set_offline(False)
     finally:
         await ctx.close()

@@ -147,14 +147,26 @@ async def test_the_worker_is_same_origin_javascript_revalidated_and_keeps_nothin
     assert "__VERSION__" not in script and "__SHELL_ASSETS__" not in script
     version = re.search(r'const CACHE = "portal-shell-([0-9a-f]{16})";', script)
     assert version, "a versioned cache name"
-    kept = json.loads("[" + re.search(r"const SHELL = \[OFFLINE, (.*)\];", script)[1] + "]")
-    # Only what is the same for everyone: the stylesheet and icons (and the offline page).
+    assert "__OFFLINE_PAGES__" not in script and "__DEFAULT_LANGUAGE__" not in script
+    kept = json.loads(
+        "[" + re.search(r"const SHELL = \[\.\.\.Object\.values\(OFFLINE_PAGES\), (.*)\];", script)[1] + "]"
+    )
+    # Only what is the same for everyone: the stylesheet and icons (and the offline pages).
     assert kept and all(path.startswith("/static/") for path in kept), kept
     for path in kept:
         assert (await http.get(path)).status_code == 200, path
+    offline_pages = json.loads(re.search(r"const OFFLINE_PAGES = (\{.*\});", script)[1])
+    assert offline_pages == {"en": "/offline", "cy": "/offline?lang=cy"}
+    for lang, path in offline_pages.items():
+        page = await http.get(path)
+        assert page.status_code == 200 and page.headers["content-language"] == lang, path
     assert "/api" not in script
-    # Its only writes to a cache are the install's, from that list.
-    assert script.count("cache.addAll(") == 1 and ".put(" not in script
+    # Its only writes to a cache: the install's, from those lists, and the language of the last
+    # page (a Response made of that language's code, nothing else of the page).
+    assert script.count("cache.addAll(") == 1
+    assert re.findall(r"\.put\(([^()]*\([^()]*\))\)", script) == ["LAST_LANGUAGE, new Response(lang)"]
+    assert script.count(".put(") == 1
+    assert "Object.hasOwn(OFFLINE_PAGES, lang)" in script
     register = await http.get("/static/register-sw.js")
     assert register.status_code == 200
     assert "javascript" in register.headers["content-type"]
@@ -172,6 +184,18 @@ async def test_the_offline_page_is_the_same_for_everyone_and_never_personal(http
     assert signed_in.text == anonymous.text
     assert "Head" not in signed_in.text and "csrf_token" not in signed_in.text
     assert "set-cookie" not in signed_in.headers
+
+
+async def test_the_offline_page_in_welsh_and_never_in_a_language_the_portal_lacks(http: httpx.AsyncClient) -> None:
+    welsh = await http.get("/offline", params={"lang": "cy"})
+    assert welsh.status_code == 200 and welsh.headers["content-language"] == "cy"
+    assert '<html lang="cy">' in welsh.text and "<h1>Rydych all-lein</h1>" in welsh.text
+    # Whatever else is asked for, English: the page never says what it was asked.
+    for odd in ["fr", "<script>", "cy-GB", ""]:
+        page = await http.get("/offline", params={"lang": odd})
+        assert page.status_code == 200 and page.headers["content-language"] == "en", odd
+        assert "<h1>You are offline</h1>" in page.text and "<script>alert" not in page.text
+    assert (await http.get("/offline", params={"lang": "x" * 50})).status_code == 422
 
 
 async def test_the_content_security_policy_lets_the_browser_load_the_manifest_and_worker(

@@ -2,10 +2,12 @@
 `/sw.js` and the `/offline` page it shows when the network is gone (docs/http-api.md,
 "Installing the portal").
 
-The worker keeps only what is the same for everyone (this offline page, the stylesheet, the
-icons) and never a page or an API answer: those carry children's names. Its cache is named
-after a digest of those files and of the worker itself, so that a new release that changes
-any of them replaces the old copies.
+The worker keeps only what is the same for everyone (the offline page in each language, the
+stylesheet, the icons) and never a page or an API answer: those carry children's names. It
+shows the offline page in the language of the last page that came from the network, so a
+parent who reads the portal in Welsh is told in Welsh. Its cache is named after a digest of
+those files, the translations and the worker itself, so that a new release that changes any
+of them replaces the old copies.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Response, get
+from litestar.params import Parameter
 from litestar.response import Template
+
+from contracts.kit.i18n import DEFAULT_LANGUAGE, LANGUAGES, known
 
 PACKAGE_DIR = Path(__file__).parent
 STATIC_DIR = PACKAGE_DIR / "static"
@@ -43,8 +48,12 @@ SHELL_ASSETS = [
     "/static/icons/apple-touch-icon.png",
     *(icon["src"] for icon in ICONS),
 ]
-# The templates the offline page is made of.
+# The templates the offline page is made of, and its translations.
 OFFLINE_TEMPLATES = ["base.html", "pages/layout.html", "pages/offline.html"]
+LOCALE_DIR = PACKAGE_DIR / "locale"
+OFFLINE = "/offline"
+# The offline page in each language, as the worker keeps it; the default language's is `/offline`.
+OFFLINE_PAGES = {lang: OFFLINE if lang == DEFAULT_LANGUAGE else f"{OFFLINE}?lang={lang}" for lang in LANGUAGES}
 
 # Browsers ask again every time (a changed worker must reach them); nothing here is personal.
 REVALIDATE = {"Cache-Control": "no-cache"}
@@ -77,8 +86,13 @@ def worker_script() -> str:
         digest.update((STATIC_DIR / asset.removeprefix("/static/")).read_bytes())
     for template in OFFLINE_TEMPLATES:
         digest.update((TEMPLATES_DIR / template).read_bytes())
-    return source.replace("__VERSION__", digest.hexdigest()[:16]).replace(
-        "__SHELL_ASSETS__", ", ".join(json.dumps(asset) for asset in SHELL_ASSETS)
+    for catalogue in sorted(LOCALE_DIR.glob("*/LC_MESSAGES/messages.mo")):
+        digest.update(catalogue.read_bytes())
+    return (
+        source.replace("__VERSION__", digest.hexdigest()[:16])
+        .replace("__SHELL_ASSETS__", ", ".join(json.dumps(asset) for asset in SHELL_ASSETS))
+        .replace("__OFFLINE_PAGES__", json.dumps(OFFLINE_PAGES))
+        .replace("__DEFAULT_LANGUAGE__", json.dumps(DEFAULT_LANGUAGE))
     )
 
 
@@ -96,14 +110,23 @@ def service_worker() -> Response[str]:
     return Response(worker_script(), media_type="text/javascript", headers=REVALIDATE)
 
 
-@get("/offline", include_in_schema=False, operation_id="page_offline", sync_to_thread=False)
-def offline() -> Template:
-    """The page the worker shows when a page cannot be fetched. The same for everyone: it is
-    rendered as for a visitor who is not signed in, with no notice, whoever asks."""
+@get(OFFLINE, include_in_schema=False, operation_id="page_offline", sync_to_thread=False)
+def offline(lang: str | None = Parameter(query="lang", default=None, max_length=8)) -> Template:
+    """The page the worker shows when a page cannot be fetched, in `?lang=` (English without it,
+    or for a language the portal does not have). The same for everyone: it is rendered as for a
+    visitor who is not signed in, with no notice, whoever asks."""
+    language = known(lang)
     return Template(
         template_name="pages/offline.html",
-        context={"principal": None, "csrf_token": None, "notice": None, "is_staff": False, "is_admin": False},
-        headers=REVALIDATE,
+        context={
+            "principal": None,
+            "csrf_token": None,
+            "notice": None,
+            "is_staff": False,
+            "is_admin": False,
+            "lang": language,
+        },
+        headers={**REVALIDATE, "Content-Language": language},
     )
 
 
