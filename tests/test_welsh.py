@@ -19,6 +19,7 @@ import nats
 import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
+from gateway_portal import Portal
 from helpers import eventually
 from linking_env import Env, create_codes, invite, make_school, sheet, watch_email_requests
 from test_notify import publish, start_notify
@@ -473,6 +474,45 @@ async def test_a_welsh_schools_sheet_and_invitations_are_bilingual(env: Env, tmp
     )
     assert dry.school_language == "cy"
     await asyncio.sleep(0)
+
+
+async def test_a_password_too_easy_to_guess_is_explained_in_welsh(portal: Portal) -> None:
+    # identity's own judgement, in English for every client of the API ...
+    common = {"email": "cyffredin@example.org", "name": "Mari Jones", "accept_aup": True}
+    answer = await portal.http.post("/api/v1/auth/register", json={**common, "password": "password1234"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == (
+        "This is a very common password. Choose a less common password, for example a few unrelated words."
+    )
+    # ... and the register page of a visitor who reads Welsh says why, and what to do, in Welsh.
+    async with httpx.AsyncClient(base_url=portal.http.base_url, headers={"Accept-Language": "cy"}) as visitor:
+        form = await visitor.get("/register")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert form.status_code == 200 and token, form.text[:300]
+        for password, reason in [
+            ("password1234", "Mae hwn yn gyfrinair cyffredin iawn."),
+            ("abcdefghijkl", 'Mae\'n hawdd dyfalu dilyniannau fel "abc" neu "6543".'),
+            ("aaaaaaaaaaaa", 'Mae\'n hawdd dyfalu ailadroddiadau fel "aaa".'),
+        ]:
+            page = await visitor.post(
+                "/register", data={**common, "accept_aup": "yes", "password": password, "csrf_token": token[1]}
+            )
+            assert page.status_code == 422 and lang_of(page) == "cy", page.text[:300]
+            text = html.unescape(page.text)
+            assert f"{reason} Dewiswch gyfrinair llai cyffredin, er enghraifft ychydig o eiriau digyswllt." in text
+            assert "guess" not in text and "Choose a less common" not in text
+
+
+def test_a_message_the_catalogue_lacks_stays_as_it_is_sentence_by_sentence() -> None:
+    from contracts.kit.i18n import translator
+    from gateway.i18n import LOCALE_DIR
+
+    translate = translator(LOCALE_DIR)
+    assert translate("This is a very common password. Something new.", "cy") == (
+        "Mae hwn yn gyfrinair cyffredin iawn. Something new."
+    )
+    assert translate("Something new. Mr. Jones", "cy") == "Something new. Mr. Jones"
+    assert translate("This is a very common password.", "en") == "This is a very common password."
 
 
 def test_the_service_sentences_the_pages_translate_are_still_the_ones_sent() -> None:

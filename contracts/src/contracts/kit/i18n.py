@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gettext as _gettext
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -147,7 +148,7 @@ def install(env: Environment, locale_dir: Path) -> None:
         # (the gettext callables treat every message as a %-format).
         if not isinstance(message, str) or not message:
             return message
-        return translations(where, context_lang(context)).gettext(message)
+        return translate_sentences(translations(where, context_lang(context)), message)
 
     env.filters["translate"] = translate
     env.add_extension("jinja2.ext.i18n")
@@ -156,12 +157,28 @@ def install(env: Environment, locale_dir: Path) -> None:
     )
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def translate_sentences(catalogue: _gettext.NullTranslations, message: str) -> str:
+    """`message` translated whole, else sentence by sentence (a service may join two sentences
+    the catalogue has each of, like a password's weakness and what to do instead); a sentence
+    the catalogue lacks stays as it is."""
+    whole = catalogue.gettext(message)
+    if whole != message:
+        return whole
+    sentences = _SENTENCE_END.split(message)
+    if len(sentences) == 1:
+        return message
+    return " ".join(catalogue.gettext(sentence) for sentence in sentences)
+
+
 def translator(locale_dir: Path) -> Callable[[str, str], str]:
     """`(message, lang) -> translated message`, for text built in Python."""
     where = str(locale_dir)
 
     def translate(message: str, lang: str) -> str:
-        return translations(where, known(lang)).gettext(message)
+        return translate_sentences(translations(where, known(lang)), message)
 
     return translate
 
