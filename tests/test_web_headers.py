@@ -94,6 +94,19 @@ async def test_no_hsts_over_plain_http(plain: httpx.AsyncClient) -> None:
         assert "strict-transport-security" not in response.headers, path
 
 
+async def test_head_answers_as_get_does_without_the_body(https: httpx.AsyncClient) -> None:
+    # Link checkers and uptime monitors ask HEAD: the same status and headers as GET, no body.
+    for path, headers in [*PATHS, ("/offline", {}), ("/manifest.webmanifest", {})]:
+        got = await https.get(path, headers=headers)
+        head = await https.head(path, headers=headers)
+        assert head.status_code == got.status_code, path
+        assert head.content == b"", path
+        same = ("content-type", "content-length", "content-security-policy", "cache-control")
+        assert {k: head.headers.get(k) for k in same} == {k: got.headers.get(k) for k in same}, path
+    # Never a way round a route's method: HEAD of a form's target is refused as GET is.
+    assert (await https.head("/logout")).status_code == (await https.get("/logout")).status_code
+
+
 # -- the development mail viewer ------------------------------------------------------------------
 
 

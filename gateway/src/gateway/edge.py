@@ -192,14 +192,22 @@ class Edge:
         # Not a secret, only a handle for support: no system call for it.
         request_id = f"{random.getrandbits(64):016x}"
         raw_path = scope.get("path", "")
+        method = scope.get("method", "")
         status = 500
         start = time.perf_counter()
+        # HEAD is GET without the body (RFC 9110 9.3.2): link checkers and monitors ask it, and
+        # every GET route answers it with the same status and headers, Content-Length included.
+        head = method == "HEAD"
+        if head:
+            scope = {**scope, "method": "GET"}
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 self._headers(message, raw_path, request_id)
+            elif head and message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
             await send(message)
 
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -210,7 +218,6 @@ class Edge:
             # A matched route is logged by its template: paths carry link codes and ids of
             # people; an unknown path is logged as sent, cut short.
             template = scope.get("path_template")
-            method = scope.get("method", "")
             if self.metrics is not None:
                 self.metrics.answered(template, str(method), status, seconds)
             log.info(
