@@ -503,6 +503,37 @@ async def test_a_password_too_easy_to_guess_is_explained_in_welsh(portal: Portal
             assert "guess" not in text and "Choose a less common" not in text
 
 
+def test_every_setting_linking_refuses_is_explained_in_welsh_naming_the_setting() -> None:
+    from gateway.pages.common import FieldErrors
+    from gateway.pages.staff_pages import SETTING_LABELS, setting_errors
+    from linking.school_settings import Invalid, validate
+
+    tries = [
+        {"printed_code_days": 0, "invitation_days": "soon", "max_carers_per_code": True},
+        {"aup_text": " ", "homework_url": "ftp://x/{pupil_id}", "files_url": "https://x/ {pupil_id}"},
+        {"messages_url": "https://x/{pupil", "homework_url": "https://x/{child}", "files_url": ""},
+        {"email_parent_on_removal": "yes", "language": "fr", "aup_text": "x" * 100_000},
+        {"messages_url": "https://x/" + "a" * 3000 + "{pupil_id}"},
+    ]
+    for changes in tries:
+        with pytest.raises(Invalid) as refused:
+            validate(changes)
+        problems = FieldErrors(refused.value.problems)
+        assert set(problems) == set(changes), problems
+        welsh = setting_errors(problems, "cy")
+        english = setting_errors(problems, "en")
+        for field, problem in problems.items():
+            # No word of linking's English is left, and the setting is named in Welsh.
+            assert problem not in welsh[field] and "must" not in welsh[field], (field, welsh[field])
+            assert english[field].startswith(SETTING_LABELS[field] + " "), english[field]
+    assert setting_errors(FieldErrors({"printed_code_days": "must be between 1 and 365"}), "cy") == {
+        "printed_code_days": "Nifer y dyddiau y mae cod QR wedi'i argraffu yn gweithio: rhowch rif cyfan o 1 i 365"
+    }
+    assert setting_errors(FieldErrors({"printed_code_days": "must be between 1 and 365"}), "en") == {
+        "printed_code_days": "Days a printed QR code works must be between 1 and 365"
+    }
+
+
 def test_a_message_the_catalogue_lacks_stays_as_it_is_sentence_by_sentence() -> None:
     from contracts.kit.i18n import translator
     from gateway.i18n import LOCALE_DIR

@@ -9,6 +9,7 @@ the API would answer the same caller.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +30,7 @@ from gateway.caches.links import get_links_cache
 from gateway.caches.sessions import get_auth
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id, not_found
+from gateway.i18n import page_language, translate
 from gateway.models import AuditRow, Bar, PupilRow
 from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, flash, redirect, render
 
@@ -38,16 +40,55 @@ INVITATION_STATES_SHOWN = ("invited", "expired", "bounced")
 SETTING_INTS = ("max_carers_per_code", "printed_code_days", "invitation_days")
 SETTING_URLS = ("homework_url", "files_url", "messages_url")
 SETTING_LABELS = {
-    "max_carers_per_code": "Parents or carers per printed QR code",
-    "printed_code_days": "Days a printed QR code works",
-    "invitation_days": "Days an invitation email works",
-    "aup_text": "The policy text",
-    "homework_url": "The homework link",
-    "files_url": "The files link",
-    "messages_url": "The messages link",
-    "email_parent_on_removal": "Emailing a parent on removal",
-    "language": "The language of the QR sheet and invitations",
+    "max_carers_per_code": N_("Parents or carers per printed QR code"),
+    "printed_code_days": N_("Days a printed QR code works"),
+    "invitation_days": N_("Days an invitation email works"),
+    "aup_text": N_("The policy text"),
+    "homework_url": N_("The homework link"),
+    "files_url": N_("The files link"),
+    "messages_url": N_("The messages link"),
+    "email_parent_on_removal": N_("Emailing a parent on removal"),
+    "language": N_("The language of the QR sheet and invitations"),
 }
+
+# What linking says of a setting it refuses (linking.school_settings), as the page says it in
+# its language, naming the setting; a problem not listed is shown in linking's English words.
+_SETTING_PROBLEMS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"must be a whole number"), N_("%(setting)s must be a whole number")),
+    (
+        re.compile(r"must be between (?P<low>\d+) and (?P<high>\d+)"),
+        N_("%(setting)s must be between %(low)s and %(high)s"),
+    ),
+    (re.compile(r"must be true or false"), N_("%(setting)s must be yes or no")),
+    (re.compile(r"must be one of .*"), N_("%(setting)s must be one of the choices given")),
+    (re.compile(r"must be a non-empty text"), N_("%(setting)s cannot be empty")),
+    (re.compile(r"must be at most (?P<count>\d+) characters"), N_("%(setting)s must be at most %(count)s characters")),
+    (re.compile(r"must be a URL"), N_("%(setting)s must be a web address")),
+    (re.compile(r"must start with https:// or http://"), N_("%(setting)s must start with https:// or http://")),
+    (re.compile(r"must not contain spaces"), N_("%(setting)s must not contain spaces")),
+    (re.compile(r"has an unbalanced \{ or \}"), N_("%(setting)s has a { without its } or a } without its {")),
+    (
+        re.compile(r"must contain \{pupil_id\} and no other placeholder"),
+        N_("%(setting)s must contain {pupil_id} and no other placeholder"),
+    ),
+]
+
+
+def setting_errors(errors: FieldErrors, lang: str) -> FieldErrors:
+    """Linking's words for each refused setting, as a sentence naming the setting in `lang`."""
+    out = FieldErrors()
+    for field, given in errors.items():
+        # field_errors_from writes each with a capital first.
+        problem = given[:1].lower() + given[1:]
+        setting = translate(SETTING_LABELS.get(field, field), lang)
+        for pattern, sentence in _SETTING_PROBLEMS:
+            found = pattern.fullmatch(problem.strip().rstrip("."))
+            if found:
+                out[field] = translate(sentence, lang) % {"setting": setting, **found.groupdict()}
+                break
+        else:
+            out[field] = f"{setting} {problem}"
+    return out
 
 
 def display_name(row: Any) -> str:
@@ -629,7 +670,7 @@ async def settings_submit(
             raise
         errors, detail = field_errors_from(exc)
         # Linking says "must be between 1 and 20"; the page names the setting too.
-        errors = FieldErrors({k: f"{SETTING_LABELS.get(k, k)} {v[:1].lower()}{v[1:]}" for k, v in errors.items()})
+        errors = setting_errors(errors, page_language(request, principal))
         return render(
             request,
             "pages/settings.html",

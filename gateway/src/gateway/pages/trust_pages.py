@@ -23,8 +23,9 @@ from gateway import uptake as figures
 from gateway.auth import admins_only, staff_only
 from gateway.clients import Clients, StaffLinking
 from gateway.errors import checked_id
-from gateway.pages.common import FieldErrors, as_api_error, field_errors_from, flash, redirect, render
-from gateway.pages.staff_pages import AUDIT_ACTIONS, SETTING_LABELS, settings_from_form
+from gateway.i18n import page_language
+from gateway.pages.common import as_api_error, field_errors_from, flash, redirect, render
+from gateway.pages.staff_pages import AUDIT_ACTIONS, setting_errors, settings_from_form
 
 STAFF = [staff_only]
 ADMINS = [admins_only]
@@ -261,7 +262,7 @@ async def trust_settings_submit(
         if as_api_error(exc).status_code != 422:
             raise
         errors, detail = field_errors_from(exc)
-        errors = FieldErrors({k: f"{SETTING_LABELS.get(k, k)} {v[:1].lower()}{v[1:]}" for k, v in errors.items()})
+        errors = setting_errors(errors, page_language(request, principal))
         return render(
             request,
             "pages/settings.html",
