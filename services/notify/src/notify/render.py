@@ -82,11 +82,17 @@ def _when(context: Context, value: datetime) -> str:
 @pass_context
 def _local(context: Context, value: datetime, timezone: str) -> str:
     """A time in the school's timezone (the digest names the zone once, not on every line)."""
+    return _local_text(value, timezone, i18n.context_lang(context))
+
+
+# A school's digests show the same few moments (the class's homework, the week's messages):
+# each is formatted once, not once per parent.
+@functools.lru_cache(maxsize=4096)
+def _local_text(value: datetime, timezone: str, lang: str) -> str:
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         zone = DISPLAY_ZONE
-    lang = i18n.context_lang(context)
     return format_datetime_babel(value, "EEE d MMM, HH:mm", tzinfo=zone, locale=lang)
 
 
@@ -96,7 +102,11 @@ _DAY = {"en": "EEEE d MMMM y", "cy": "d MMMM y"}
 
 @pass_context
 def _day(context: Context, value: date) -> str:
-    lang = i18n.context_lang(context)
+    return _day_text(value, i18n.context_lang(context))
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_text(value: date, lang: str) -> str:
     return format_date_babel(value, _DAY.get(lang, _DAY["en"]), locale=lang)
 
 
