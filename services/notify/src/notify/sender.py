@@ -15,10 +15,10 @@ import random
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, case, func, select, text, true, update
+from sqlalchemy import case, func, select, text, true, update
 from sqlmodel import col
 
 from contracts.addresses import normalise_email
@@ -416,23 +416,21 @@ class Sender:
 
         async def mark_delivering() -> None:
             nonlocal marked
-            async with self.runtime.db.session() as s:
-                # An UPDATE's result is a CursorResult, which has the rowcount.
-                result = cast(
-                    "CursorResult[Any]",
-                    await s.execute(
-                        update(EMAILS)
-                        .where(EMAILS.c.id == email.id, EMAILS.c.claimed_by == self.token, EMAILS.c.status == SENDING)
-                        .values(
-                            status=DELIVERING,
-                            attempts=EMAILS.c.attempts + 1,
-                            recipient=ready.recipient,
-                            recipient_key=ready.key,
-                            message_id=ready.message_id,
-                            first_attempt_at=func.coalesce(EMAILS.c.first_attempt_at, now),
-                            claim_until=utcnow() + self.claim,
-                        )
-                    ),
+            # A connection, not a session: this is the one statement per email, and the ORM's
+            # bookkeeping around it cost as much as the statement.
+            async with self.runtime.db.engine.begin() as conn:
+                result = await conn.execute(
+                    update(EMAILS)
+                    .where(EMAILS.c.id == email.id, EMAILS.c.claimed_by == self.token, EMAILS.c.status == SENDING)
+                    .values(
+                        status=DELIVERING,
+                        attempts=EMAILS.c.attempts + 1,
+                        recipient=ready.recipient,
+                        recipient_key=ready.key,
+                        message_id=ready.message_id,
+                        first_attempt_at=func.coalesce(EMAILS.c.first_attempt_at, now),
+                        claim_until=utcnow() + self.claim,
+                    )
                 )
                 if result.rowcount != 1:
                     raise LostClaim(email.id)
