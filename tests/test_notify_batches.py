@@ -9,11 +9,12 @@ from collections import Counter
 import nats
 import pytest
 from helpers import eventually
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_notify import Outcomes, publish, start_notify
 
 from contracts import notify as contract
+from contracts.base import utcnow
 from notify.tables import Email
 
 
@@ -98,3 +99,40 @@ async def test_a_sender_that_dies_after_sending_a_batch_before_recording_it_send
     assert all(row.last_error.startswith("unconfirmed") for row in rows)
     assert all(row.content is None and row.attempts == 1 for row in rows)
     await nc.close()
+
+
+async def test_stopping_in_the_middle_of_a_batch_hands_back_the_emails_not_started(
+    fresh_nats, smtp_server, tmp_path
+) -> None:
+    """Ten emails in one batch of the one connection; the stop comes during the first: it is
+    finished and recorded, the nine others are back in the ledger at once for any replica."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'n.db'}"
+    runtime = await start_notify(fresh_nats.url, db, smtp_server.url, notify_smtp_concurrency=1)
+    requests = [exists(f"s{i}@example.org") for i in range(10)]
+    now = utcnow()
+    engine = create_async_engine(db)
+    async with engine.begin() as conn:  # recorded before the sender starts: its first claim takes all ten
+        await conn.execute(
+            insert(Email.__table__),
+            [
+                {
+                    "request_id": r.event_id,
+                    "kind": r.kind,
+                    "reference": "",
+                    "request": r.model_dump_json(),
+                    "recipient": r.to,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for r in requests
+            ],
+        )
+    await engine.dispose()
+    smtp_server.handler.delay = 1.0  # the stop comes in the middle of the first email
+    async with runtime.running():
+        await eventually(lambda: smtp_server.handler.rcpt_attempts, timeout=15, message="the first email being sent")
+    assert len(smtp_server.messages) == 1
+    rows = await ledger(db)
+    assert sorted((row.status, row.claimed_by) for row in rows) == [("pending", None)] * 9 + [("sent", None)]

@@ -282,7 +282,7 @@ class Sender:
                     batch.append(self.queue.get_nowait())
                 self._busy.add(index)
                 try:
-                    await self._send_batch(conn, batch)
+                    left = await self._send_batch(conn, batch)
                 except asyncio.CancelledError:
                     # Stopping: what is still `sending` of the batch is released with `held`.
                     raise
@@ -290,8 +290,11 @@ class Sender:
                     log.exception("notify_batch_crashed", emails=len(batch), error=type(exc).__name__)
                     for email in batch:
                         await self._after_crash(email, exc)
-                self.held.difference_update(email.id for email in batch)
-                self._busy.discard(index)
+                    left = set()
+                finally:
+                    self._busy.discard(index)
+                # Those not started (stopping) stay held: `stop` hands them back at once.
+                self.held.difference_update(email.id for email in batch if email.id not in left)
         finally:
             await conn.close()
 
@@ -303,10 +306,11 @@ class Sender:
         except Exception:  # noqa: BLE001, S110 - the claim lapses and the email is taken up again
             pass
 
-    async def _send_batch(self, conn: SmtpConnection, batch: list[Email]) -> None:
+    async def _send_batch(self, conn: SmtpConnection, batch: list[Email]) -> set[int | None]:
         """Send a batch over one connection. Each email is still marked `delivering` on its own
         before its final "."; what comes before (rendering, the daily places) and after (the
-        outcomes and their events) is done for the whole batch at once."""
+        outcomes and their events) is done for the whole batch at once. Returns the ids of
+        those not started because the sender is stopping."""
         now = utcnow()
         ready = await self._prepare_all(batch, now)
         outcomes: list[_Outcome] = []
@@ -322,9 +326,11 @@ class Sender:
                     log.info("notify_claim_lost", email_id=r.email.id)
             ready = [r for r in ready if r.email.first_attempt_at is not None or r.email.id in allowed]
 
-        for r in ready:
+        left: set[int | None] = set()
+        for index, r in enumerate(ready):
             if self._stopping:
-                break  # the rest stay `sending`, released at once by `stop`
+                left = {later.email.id for later in ready[index:]}
+                break
             email = r.email
             try:
                 # A span of the trace that asked for the email (tracing on); what the attempt
@@ -349,6 +355,7 @@ class Sender:
                 outcomes.append(outcome)
         if outcomes:
             await self._finish_all(outcomes)
+        return left
 
     async def _prepare_all(self, batch: list[Email], now: datetime) -> list[_Ready]:
         ready: list[_Ready] = []
