@@ -136,3 +136,33 @@ async def test_stopping_in_the_middle_of_a_batch_hands_back_the_emails_not_start
     assert len(smtp_server.messages) == 1
     rows = await ledger(db)
     assert sorted((row.status, row.claimed_by) for row in rows) == [("pending", None)] * 9 + [("sent", None)]
+
+
+async def test_a_4xx_to_the_final_dot_sends_the_same_bytes_again(fresh_nats, smtp_server, tmp_path) -> None:
+    """The server refuses the message itself once (451 after its final "."): the retry sends
+    the very same message (Date, Message-ID, body), kept in the ledger for it alone."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'n.db'}"
+    runtime = await start_notify(fresh_nats.url, db, smtp_server.url)
+    handler = smtp_server.handler
+    seen: list[bytes] = []
+    accept = handler.handle_DATA
+
+    async def once_451(server, session, envelope):
+        seen.append(envelope.original_content)
+        if len(seen) == 1:
+            return "451 4.3.0 try again later"
+        return await accept(server, session, envelope)
+
+    handler.handle_DATA = once_451
+    nc = await nats.connect(fresh_nats.url)
+    outcomes = Outcomes()
+    await outcomes.attach(nc)
+    async with runtime.running():
+        await publish(nc.jetstream(), exists("again@example.org"))
+        await eventually(lambda: len(outcomes.delivered) == 1, timeout=20)
+    assert len(smtp_server.messages) == 1
+    assert len(seen) == 2 and seen[0] == seen[1], "the same message, to the byte (its MIME boundary is random)"
+    assert outcomes.delivered[0].attempts == 2
+    [row] = await ledger(db)
+    assert (row.status, row.content) == ("sent", None), "what it carried is gone once sent"
+    await nc.close()
