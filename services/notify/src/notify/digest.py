@@ -242,13 +242,10 @@ class DigestRuns:
         if not rows:
             return 0
         async with self.runtime.db.session() as s:
-            stmt = (
-                insert(s, Email)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["request_id"])
-                .returning(col(Email.id))
-            )
-            return len((await s.execute(stmt)).all())
+            # The rows as parameters of one cached statement (sent in batches by the driver),
+            # not as one VALUES list: compiling that anew for every page took a tenth of the run.
+            stmt = insert(s, Email).on_conflict_do_nothing(index_elements=["request_id"]).returning(col(Email.id))
+            return len((await s.execute(stmt, rows)).all())
 
     # -- the schedule -----------------------------------------------------------------------------
 

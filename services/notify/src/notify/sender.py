@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, func, select, text, true, update
+from sqlalchemy import case, func, select, text, true, update
 from sqlmodel import col
 
 from contracts.addresses import normalise_email
@@ -53,6 +54,43 @@ _ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>@]+")
 def scrub(text: str) -> str:
     """Server replies often quote the address; events and logs carry none."""
     return _ADDRESS.sub("<address>", text)[:300]
+
+
+# Emails a worker takes at once: their daily places are counted, and their outcomes and events
+# recorded, in one transaction per batch rather than per email.
+BATCH = 25
+EMAILS = Email.__table__  # statements on the table itself skip the ORM's bookkeeping
+
+
+@dataclass
+class _Ready:
+    """A rendered email, ready to go."""
+
+    email: Email
+    recipient: str
+    key: str  # the recipient's daily-cap key
+    message_id: str | None
+    content: bytes
+
+
+@dataclass
+class _Outcome:
+    """What became of an email, recorded with the rest of its batch."""
+
+    email: Email
+    status: str
+    reason: str | None = None
+    code: int | None = None
+    detail: str = ""
+    counted: bool = False  # an attempt not yet counted
+    status_from: str = SENDING
+    first: datetime | None = None
+    delivered: bool = False
+    traceparent: str | None = None  # the span of its attempt, which its event continues
+
+
+def _trace(traceparent: str | None) -> dict[str, str] | None:
+    return {tracing.TRACEPARENT: traceparent} if traceparent else None
 
 
 class LostClaim(Exception):
@@ -129,7 +167,9 @@ class Sender:
     async def _dispatch(self) -> None:
         while True:
             try:
-                room = self.settings.notify_smtp_concurrency * 4 - self.queue.qsize()
+                # Two batches a worker: enough to keep each busy, few enough not to keep emails
+                # from another replica with nothing to do.
+                room = self.settings.notify_smtp_concurrency * BATCH * 2 - self.queue.qsize()
                 claimed = await self._claim(room) if room > 0 else []
             except asyncio.CancelledError:
                 raise
@@ -172,11 +212,13 @@ class Sender:
                 .where(col(Email.status) == PENDING, col(Email.next_attempt_at) <= now)
                 .order_by(col(Email.next_attempt_at), col(Email.id))
                 .limit(limit)
-                .scalar_subquery()
             )
+            if dialect_name(s) == "postgresql":
+                # Replicas claiming at once each take other emails rather than wait for each other.
+                due = due.with_for_update(skip_locked=True)
             await s.execute(
                 update(Email)
-                .where(col(Email.id).in_(due), col(Email.status) == PENDING)
+                .where(col(Email.id).in_(due.scalar_subquery()), col(Email.status) == PENDING)
                 .values(status=SENDING, claimed_by=self.token, claim_until=now + self.claim)
                 .execution_options(synchronize_session=False)
             )
@@ -231,31 +273,28 @@ class Sender:
         try:
             while not self._stopping:
                 try:
-                    email = await asyncio.wait_for(self.queue.get(), 10.0)
+                    first = await asyncio.wait_for(self.queue.get(), 10.0)
                 except TimeoutError:
                     await conn.close()  # idle: don't hold a connection open
                     continue
+                batch = [first]
+                while len(batch) < BATCH and not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
                 self._busy.add(index)
                 try:
-                    # A span of the trace that asked for the email (tracing on); what the
-                    # attempt emits (delivered, failed) continues it.
-                    with tracing.span(
-                        "send email",
-                        traceparent=email.traceparent,
-                        kind="CLIENT",
-                        attributes={"email.kind": email.kind, "messaging.message.id": email.request_id},
-                    ):
-                        await self._attempt(conn, email)
-                except LostClaim:
-                    log.info("notify_claim_lost", email_id=email.id)
+                    left = await self._send_batch(conn, batch)
                 except asyncio.CancelledError:
+                    # Stopping: what is still `sending` of the batch is released with `held`.
                     raise
-                except Exception as exc:  # logged, and tried again later with backoff
-                    log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
-                    await self._after_crash(email, exc)
+                except Exception as exc:  # the database away while recording the outcomes
+                    log.exception("notify_batch_crashed", emails=len(batch), error=type(exc).__name__)
+                    for email in batch:
+                        await self._after_crash(email, exc)
+                    left = set()
                 finally:
-                    self.held.discard(email.id)
                     self._busy.discard(index)
+                # Those not started (stopping) stay held: `stop` hands them back at once.
+                self.held.difference_update(email.id for email in batch if email.id not in left)
         finally:
             await conn.close()
 
@@ -266,6 +305,74 @@ class Sender:
             await self._retry(email, TryLater(f"crashed: {type(exc).__name__}"), counted=True)
         except Exception:  # noqa: BLE001, S110 - the claim lapses and the email is taken up again
             pass
+
+    async def _send_batch(self, conn: SmtpConnection, batch: list[Email]) -> set[int | None]:
+        """Send a batch over one connection. Each email is still marked `delivering` on its own
+        before its final "."; what comes before (rendering, the daily places) and after (the
+        outcomes and their events) is done for the whole batch at once. Returns the ids of
+        those not started because the sender is stopping."""
+        now = utcnow()
+        ready = await self._prepare_all(batch, now)
+        outcomes: list[_Outcome] = []
+        # After rendering: an email that can never be sent takes none of the address's places.
+        first = [r for r in ready if r.email.first_attempt_at is None]
+        if first:
+            allowed, over = await self._reserve(first, now)
+            for r in first:
+                if r.email.id in over:
+                    cap = f"over {self.settings.notify_daily_cap} emails a day"
+                    outcomes.append(_Outcome(r.email, FAILED, reason="daily_cap", detail=cap))
+                elif r.email.id not in allowed:
+                    log.info("notify_claim_lost", email_id=r.email.id)
+            ready = [r for r in ready if r.email.first_attempt_at is not None or r.email.id in allowed]
+
+        left: set[int | None] = set()
+        for index, r in enumerate(ready):
+            if self._stopping:
+                left = {later.email.id for later in ready[index:]}
+                break
+            email = r.email
+            try:
+                # A span of the trace that asked for the email (tracing on); what the attempt
+                # emits (delivered, failed) continues it.
+                with tracing.span(
+                    "send email",
+                    traceparent=email.traceparent,
+                    kind="CLIENT",
+                    attributes={"email.kind": email.kind, "messaging.message.id": email.request_id},
+                ):
+                    outcome = await self._attempt(conn, r, now)
+                    if outcome is not None:
+                        outcome.traceparent = tracing.current_traceparent()
+            except LostClaim:
+                log.info("notify_claim_lost", email_id=email.id)
+                continue
+            except Exception as exc:  # logged, and tried again later with backoff
+                log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
+                await self._after_crash(email, exc)
+                continue
+            if outcome is not None:
+                outcomes.append(outcome)
+        if outcomes:
+            await self._finish_all(outcomes)
+        return left
+
+    async def _prepare_all(self, batch: list[Email], now: datetime) -> list[_Ready]:
+        ready: list[_Ready] = []
+        for email in batch:
+            try:
+                prepared = await self._prepare(email, now)
+            except LostClaim:
+                log.info("notify_claim_lost", email_id=email.id)
+                continue
+            except Exception as exc:  # logged, and tried again later with backoff
+                log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
+                await self._after_crash(email, exc)
+                continue
+            if prepared is not None:
+                ready.append(_Ready(email, *prepared))
+            await asyncio.sleep(0)  # rendering is all CPU: let the other workers have the loop
+        return ready
 
     async def _prepare(self, email: Email, now: datetime) -> tuple[str, str, str | None, bytes] | None:
         """(envelope recipient, its daily-cap key, Message-ID, content), or None when the email
@@ -308,44 +415,29 @@ class Sender:
             return None
         return rendered.recipient, key, rendered.message_id, rendered.content
 
-    async def _attempt(self, conn: SmtpConnection, email: Email) -> None:
-        now = utcnow()
-        prepared = await self._prepare(email, now)
-        if prepared is None:
-            return
-        recipient, key, message_id, content = prepared
-
-        # After rendering: an email that can never be sent takes none of the address's places.
-        if email.first_attempt_at is None and not await self._reserve(email, key, now):
-            await self._finish_now(
-                email, FAILED, reason="daily_cap", detail=f"over {self.settings.notify_daily_cap} emails a day"
-            )
-            return
-
+    async def _attempt(self, conn: SmtpConnection, ready: _Ready, now: datetime) -> _Outcome | None:
+        """Send one email; its outcome when it is finished (sent, failed), None when it was put
+        back for a retry."""
+        email = ready.email
         marked = False
 
         async def mark_delivering() -> None:
             nonlocal marked
-            async with self.runtime.db.session() as s:
-                # An UPDATE's result is a CursorResult, which has the rowcount.
-                result = cast(
-                    "CursorResult[Any]",
-                    await s.execute(
-                        update(Email)
-                        .where(
-                            col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == SENDING
-                        )
-                        .values(
-                            status=DELIVERING,
-                            attempts=col(Email.attempts) + 1,
-                            recipient=recipient,
-                            recipient_key=key,
-                            message_id=message_id,
-                            content=content,
-                            first_attempt_at=func.coalesce(col(Email.first_attempt_at), now),
-                            claim_until=utcnow() + self.claim,
-                        )
-                    ),
+            # A connection, not a session: this is the one statement per email, and the ORM's
+            # bookkeeping around it cost as much as the statement.
+            async with self.runtime.db.engine.begin() as conn:
+                result = await conn.execute(
+                    update(EMAILS)
+                    .where(EMAILS.c.id == email.id, EMAILS.c.claimed_by == self.token, EMAILS.c.status == SENDING)
+                    .values(
+                        status=DELIVERING,
+                        attempts=EMAILS.c.attempts + 1,
+                        recipient=ready.recipient,
+                        recipient_key=ready.key,
+                        message_id=ready.message_id,
+                        first_attempt_at=func.coalesce(EMAILS.c.first_attempt_at, now),
+                        claim_until=utcnow() + self.claim,
+                    )
                 )
                 if result.rowcount != 1:
                     raise LostClaim(email.id)
@@ -354,12 +446,12 @@ class Sender:
         try:
             await conn.send(
                 sender=self.settings.mail_from,
-                recipient=recipient,
-                content=content,
+                recipient=ready.recipient,
+                content=ready.content,
                 before_final_dot=mark_delivering,
             )
         except Rejected as exc:
-            await self._finish_now(
+            return _Outcome(
                 email,
                 FAILED,
                 reason="rejected",
@@ -369,66 +461,102 @@ class Sender:
                 status_from=DELIVERING if marked else SENDING,
                 first=now,
             )
-            return
         except TryLater as exc:
             if isinstance(exc, TlsRefused):
                 if self.smtp_problem != exc.detail:
                     log.error("smtp_refused", target=self.target.describe(), detail=exc.detail)
                 self.smtp_problem = exc.detail
             if marked:
-                # A 4xx reply to the final "." itself: the server did not take it.
-                await self._retry(email, exc, counted=False, status_from=DELIVERING)
+                # A 4xx reply to the final "." itself: the server did not take it. The same
+                # bytes go next time (the same Date and Message-ID).
+                await self._retry(email, exc, counted=False, status_from=DELIVERING, content=ready.content)
             else:
                 await self._retry(email, exc, counted=True, first=now)
-            return
+            return None
         except Unconfirmed as exc:
-            await self._finish_now(email, SENT, detail=f"unconfirmed: {exc}", status_from=DELIVERING)
-            return
-        await self._finish_now(email, SENT, status_from=DELIVERING)
-        self.sent_total += 1
+            return _Outcome(email, SENT, detail=f"unconfirmed: {exc}", status_from=DELIVERING)
         self.smtp_problem = None
+        return _Outcome(email, SENT, status_from=DELIVERING, delivered=True)
 
     async def _render_failed(self, email: Email, exc: RenderError) -> None:
         log.error("email_render_failed", email_id=email.id, kind=email.kind, error=str(exc))
         await self._finish_now(email, FAILED, reason="render_failed", detail=str(exc))
 
-    async def _reserve(self, email: Email, key: str, now: datetime) -> bool:
-        """Take one of the recipient's daily places for this email, or say there is none."""
+    async def _reserve(self, ready: list[_Ready], now: datetime) -> tuple[set[int], set[int]]:
+        """Take a daily place of its recipient for each of these emails, in their order, in one
+        transaction: (the ids that have one, the ids over the cap). An id in neither is no
+        longer ours (our claim lapsed)."""
+        cap = self.settings.notify_daily_cap
+        keys = sorted({r.key for r in ready})
+        ids = [r.email.id for r in ready]
         async with self.runtime.db.session() as s:
             if dialect_name(s) == "postgresql":
-                # Replicas sending to one address at once must count one after the other.
-                await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
-            count = (
+                # Replicas sending to one address at once must count one after the other. The
+                # locks are taken in one order (of their numbers), so two batches sharing
+                # addresses wait for each other rather than deadlock.
                 await s.execute(
-                    select(func.count())
-                    .select_from(Email)
-                    .where(
-                        col(Email.recipient_key) == key,
-                        col(Email.first_attempt_at) >= now - timedelta(days=1),
-                        col(Email.id) != email.id,
-                    )
+                    text(
+                        "SELECT pg_advisory_xact_lock(h) FROM "
+                        "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS l"
+                    ),
+                    {"keys": keys},
                 )
-            ).scalar_one()
-            if count >= self.settings.notify_daily_cap:
-                return False
-            result = cast(
-                "CursorResult[Any]",
-                await s.execute(
-                    update(Email)
-                    .where(col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == SENDING)
-                    .values(first_attempt_at=now, recipient_key=key)
-                ),
+            taken: dict[str, int] = dict(
+                (
+                    await s.execute(
+                        select(EMAILS.c.recipient_key, func.count())
+                        .where(
+                            EMAILS.c.recipient_key.in_(keys),
+                            EMAILS.c.first_attempt_at >= now - timedelta(days=1),
+                            EMAILS.c.id.not_in(ids),
+                        )
+                        .group_by(EMAILS.c.recipient_key)
+                    )
+                ).all()
             )
-            if result.rowcount != 1:
-                raise LostClaim(email.id)
-        return True
+            allowed: dict[int, str] = {}
+            over: set[int] = set()
+            for r in ready:
+                assert r.email.id is not None  # read from the ledger
+                if taken.get(r.key, 0) >= cap:
+                    over.add(r.email.id)
+                else:
+                    taken[r.key] = taken.get(r.key, 0) + 1
+                    allowed[r.email.id] = r.key
+            if not allowed:
+                return set(), over
+            ours = set(
+                (
+                    await s.execute(
+                        update(EMAILS)
+                        .where(
+                            EMAILS.c.id.in_(list(allowed)),
+                            EMAILS.c.claimed_by == self.token,
+                            EMAILS.c.status == SENDING,
+                        )
+                        .values(first_attempt_at=now, recipient_key=case(allowed, value=EMAILS.c.id))
+                        .returning(EMAILS.c.id)
+                    )
+                ).scalars()
+            )
+        for r in ready:
+            if r.email.id in ours:
+                r.email.first_attempt_at = now
+        return ours, over
 
     def _delay(self, attempts: int) -> float:
         base = self.settings.notify_retry_base_seconds
         return min(self.settings.notify_retry_max_seconds, base * 2 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
 
     async def _retry(
-        self, email: Email, exc: TryLater, *, counted: bool, status_from: str = SENDING, first: datetime | None = None
+        self,
+        email: Email,
+        exc: TryLater,
+        *,
+        counted: bool,
+        status_from: str = SENDING,
+        first: datetime | None = None,
+        content: bytes | None = None,
     ) -> None:
         now = utcnow()
         attempts = email.attempts + 1
@@ -458,6 +586,8 @@ class Sender:
             values["attempts"] = col(Email.attempts) + 1
         if first is not None:
             values["first_attempt_at"] = func.coalesce(col(Email.first_attempt_at), first)
+        if content is not None:
+            values["content"] = content
         async with self.runtime.db.session() as s:
             await s.execute(
                 update(Email)
@@ -481,21 +611,56 @@ class Sender:
         status_from: str = SENDING,
         first: datetime | None = None,
     ) -> None:
+        """Finish one email on its own (one that cannot be sent, or gave up)."""
+        outcome = _Outcome(
+            email,
+            status,
+            reason=reason,
+            code=code,
+            detail=detail,
+            counted=counted,
+            status_from=status_from,
+            first=first,
+        )
+        if not await self._finish_all([outcome]):
+            raise LostClaim(email.id)
+
+    async def _finish_all(self, outcomes: list[_Outcome]) -> list[_Outcome]:
+        """Record outcomes and their events in one transaction; those whose claim we lost (our
+        claim lapsed, another sender took the email over) are left as they are. Returns the
+        ones recorded."""
+        by_id = {o.email.id: o for o in outcomes}
+        done: list[_Outcome] = []
         async with self.runtime.unit_of_work() as uow:
             current = (
                 await uow.session.execute(
-                    select(Email).where(
-                        col(Email.id) == email.id, col(Email.claimed_by) == self.token, col(Email.status) == status_from
-                    )
+                    select(Email).where(col(Email.id).in_(list(by_id)), col(Email.claimed_by) == self.token)
                 )
-            ).scalar_one_or_none()
-            if current is None:
-                raise LostClaim(email.id)
-            if counted:
-                current.attempts += 1
-            if first is not None and current.first_attempt_at is None:
-                current.first_attempt_at = first
-            await self._finish(uow, current, status, reason=reason, code=code, detail=detail)
+            ).scalars()
+            for email in current:
+                outcome = by_id[email.id]
+                if email.status != outcome.status_from:
+                    continue
+                if outcome.counted:
+                    email.attempts += 1
+                if outcome.first is not None and email.first_attempt_at is None:
+                    email.first_attempt_at = outcome.first
+                await self._finish(
+                    uow,
+                    email,
+                    outcome.status,
+                    reason=outcome.reason,
+                    code=outcome.code,
+                    detail=outcome.detail,
+                    traceparent=outcome.traceparent,
+                )
+                done.append(outcome)
+        recorded = {o.email.id for o in done}
+        for o in outcomes:
+            if o.email.id not in recorded:
+                log.info("notify_claim_lost", email_id=o.email.id)
+        self.sent_total += sum(1 for o in done if o.delivered)
+        return done
 
     async def _finish(
         self,
@@ -506,6 +671,7 @@ class Sender:
         reason: str | None = None,
         code: int | None = None,
         detail: str = "",
+        traceparent: str | None = None,
     ) -> None:
         email.status = status
         email.finished_at = utcnow()
@@ -523,7 +689,7 @@ class Sender:
             delivered = EmailDelivered(
                 request_id=email.request_id, kind=email.kind, reference=email.reference, attempts=email.attempts
             )
-            await uow.emit(EMAIL_DELIVERED, delivered, aggregate=email.request_id)
+            await uow.emit(EMAIL_DELIVERED, delivered, aggregate=email.request_id, headers=_trace(traceparent))
             log.info("email_sent", email_id=email.id, kind=email.kind, attempts=email.attempts)
         else:
             failed = EmailFailed(
@@ -535,5 +701,5 @@ class Sender:
                 smtp_code=email.smtp_code,
                 detail=scrub(detail),
             )
-            await uow.emit(EMAIL_FAILED, failed, aggregate=email.request_id)
+            await uow.emit(EMAIL_FAILED, failed, aggregate=email.request_id, headers=_trace(traceparent))
             log.warning("email_failed", email_id=email.id, kind=email.kind, reason=reason, smtp_code=email.smtp_code)

@@ -1,8 +1,9 @@
 """The notify service's own tables. No other part reads them."""
 
 from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Table, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -15,6 +16,10 @@ _registry = registry()
 
 class Base(SQLModel, registry=_registry):
     """Base of every notify table."""
+
+    if TYPE_CHECKING:
+        # SQLAlchemy sets it on every table model; SQLModel does not declare it.
+        __table__: ClassVar[Table]
 
 
 metadata = _registry.metadata
