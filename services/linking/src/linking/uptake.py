@@ -138,9 +138,24 @@ async def _parents_page(
     rows (schools of a trust, classes of a school) each is in.
 
     One query: each parent with each of its rows, numbered by parent, so that the database
-    stops at the page's end and the page is read once, in order."""
+    stops at the page's end and the page is read once, in order (a first page that holds the
+    whole scope comes in any order)."""
     pairs, _ = _pairs(scope, schools, class_id)
-    if after is not None:
+    if after is None:
+        # The first page, when the scope's pairs are no more than a page's parents: all of
+        # them, in whatever order the database finds them (there is no next page), spares it
+        # the sorting and numbering.
+        unordered = (await (await s.connection()).execute(pairs.limit(limit + 1))).all()
+        if len(unordered) <= limit:
+            at: dict[str, list[str]] = {}
+            for parent, k in unordered:
+                row_keys = at.setdefault(parent, [])
+                if k is not None and k not in row_keys:
+                    row_keys.append(k)
+            whole = _paged(list(at), list(at.values()), limit, more=False, rows=scope != "class")
+            if whole.after is None:
+                return whole
+    else:
         pairs = pairs.where(col(Link.parent_id) > after)
     # A parent of two pupils in a row is in it once: kept here, as PostgreSQL would sort once
     # more for a DISTINCT.
@@ -157,7 +172,13 @@ async def _parents_page(
         # A pupil in no class: their parents count for the school, in none of its rows.
         if k is not None and k not in keys[-1]:
             keys[-1].append(k)
-    more = len(ids) > limit
+    return _paged(ids, keys, limit, more=len(ids) > limit, rows=scope != "class")
+
+
+def _paged(ids: list[str], keys: list[list[str]], limit: int, *, more: bool, rows: bool) -> _Page:
+    """The page of the first `limit` of `ids` (each with its rows' keys), and fewer when they
+    would not fit a message; with the positions of each row's parents unless a class's (one
+    row, the scope itself)."""
     # As many as the message can carry: each id in quotes, and its position in each of its rows.
     size = 0
     for n in range(min(len(ids), limit)):
@@ -166,12 +187,11 @@ async def _parents_page(
             limit, more = n, True
             break
     ids = ids[:limit]
-    rows: dict[str, list[int]] = defaultdict(list)
-    if scope != "class":
-        for n in range(len(ids)):
-            for k in keys[n]:
-                rows[k].append(n)
-    return _Page(ids=ids, rows=rows, after=ids[-1] if more else None)
+    positions: dict[str, list[int]] = defaultdict(list)
+    for n in range(len(ids) if rows else 0):
+        for k in keys[n]:
+            positions[k].append(n)
+    return _Page(ids=ids, rows=positions, after=ids[-1] if more else None)
 
 
 def _pairs(scope: str, schools: list[str], class_id: str | None) -> tuple[Any, Any]:
