@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import join as sa_join
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -210,10 +211,14 @@ def _pairs(scope: str, schools: list[str], class_id: str | None) -> tuple[Any, A
                 and_(col(ClassMember.pupil_id) == col(Link.pupil_id), col(ClassMember.class_id) == class_id),
             )
         else:
-            of_school = select(col(SchoolClass.class_id)).where(col(SchoolClass.school_id).in_(schools))
-            pairs = pairs.outerjoin(
-                ClassMember, and_(col(ClassMember.pupil_id) == col(Link.pupil_id), key.in_(of_school))
+            # The pupil's classes of the school: found from the pupil (class members by pupil,
+            # each class by its id), not by trying each class of the school for each pupil.
+            of_school = sa_join(
+                ClassMember,
+                SchoolClass,
+                and_(col(SchoolClass.class_id) == key, col(SchoolClass.school_id).in_(schools)),
             )
+            pairs = pairs.outerjoin(of_school, col(ClassMember.pupil_id) == col(Link.pupil_id))
     return pairs.join(Pupil, _pupil_of_link()).where(_current(schools), _linked()), key
 
 
