@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from contracts import identity as idc
 from contracts import linking as contract
@@ -180,6 +180,12 @@ async def main(postgres: str | None, identity_postgres: str | None, count: int) 
                 parents = await fill_linking(linking, count)
                 await fill_identity(ident, parents)
                 print(f"filled in {time.perf_counter() - t:.1f} s")
+                # Autovacuum is off on this machine's PostgreSQL: without statistics the planner
+                # takes the tables for empty (a production server's autovacuum analyses them).
+                for db, url in ((linking.linking.ctx.db, postgres), (ident.service.runtime.db, identity_postgres)):
+                    if url is not None:
+                        async with db.session() as s:
+                            await s.execute(text("ANALYZE"))
                 # As each part's process does once started: without it, every full collection
                 # here walks the heap of all three parts at once (200,000 objects), pausing
                 # whichever request is in flight for 100-300 ms.
