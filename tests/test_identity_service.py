@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -173,3 +174,76 @@ async def test_concurrent_session_lookups_each_get_their_own_account(served) -> 
     for token, answer in zip(asks, answers, strict=True):
         assert answer == tokens.get(token, c.E_INVALID_SESSION), "each token is answered with its own account"
     assert runtime.service._sessions.reads - before < len(asks), "lookups that arrived together were read together"
+
+
+async def test_parent_activity_answers_a_state_per_id_in_their_order(
+    fresh_nats, tmp_path: Path, database_url: str
+) -> None:
+    settings = identity_app.Settings(nats_url=fresh_nats.url, data_dir=tmp_path, database_url=database_url, **CHEAP)
+    await asyncio.to_thread(migrate, identity_app, settings)
+    runtime = identity_app.build(settings)
+    now = utcnow()
+    since = now - timedelta(days=30)
+    # id -> (last sign-in, its sessions' last use)
+    accounts: dict[str, tuple[timedelta | None, list[timedelta]]] = {
+        "never": (None, []),
+        "signed-in-lately": (timedelta(days=2), []),
+        "signed-in-long-ago": (timedelta(days=40), []),
+        "long-ago-seen-lately": (timedelta(days=40), [timedelta(days=50), timedelta(days=1)]),
+        "sessions-only-old": (None, [timedelta(days=45)]),
+        "sessions-only-lately": (None, [timedelta(days=45), timedelta(hours=1)]),
+        "just-before-since": (timedelta(days=30, seconds=1), []),
+    }
+    async with runtime.running():
+        async with runtime.db.session() as s:
+            for account_id, (signed, _) in accounts.items():
+                s.add(
+                    Account(
+                        id=account_id,
+                        role="parent",
+                        email=f"{account_id}@example.org",
+                        email_key=f"{account_id}@example.org",
+                        name="A Parent",
+                        created_at=now,
+                        updated_at=now,
+                        last_signed_in_at=None if signed is None else now - signed,
+                    )
+                )
+            await s.flush()
+            for n, (account_id, (_, seen)) in enumerate(accounts.items()):
+                for m, ago in enumerate(seen):
+                    s.add(
+                        Session(
+                            id=f"session-{n}-{m}",
+                            account_id=account_id,
+                            token_hash=f"hash-{n}-{m}",
+                            created_at=now - timedelta(days=60),
+                            last_seen_at=now - ago,
+                            idle_seconds=3600,
+                            absolute_expires_at=now + timedelta(days=1),
+                        )
+                    )
+        nc = await nats.connect(fresh_nats.url)
+        try:
+            # Unknown ids and repeats answer in place: one character per position asked.
+            ids = [*accounts, "no-such-account", "signed-in-lately", "never"]
+            reply = await rpc.call(nc, c.PARENT_ACTIVITY, c.ParentActivityRequest(ids=ids, since=since), timeout=10)
+            assert dict(zip(ids, reply.states, strict=True)) == {
+                "never": c.NEVER_SIGNED_IN,
+                "signed-in-lately": c.ACTIVE,
+                "signed-in-long-ago": c.SIGNED_IN,
+                "long-ago-seen-lately": c.ACTIVE,
+                "sessions-only-old": c.SIGNED_IN,
+                "sessions-only-lately": c.ACTIVE,
+                "just-before-since": c.SIGNED_IN,
+                "no-such-account": c.NEVER_SIGNED_IN,
+            }
+            assert len(reply.states) == len(ids)
+            empty = await rpc.call(nc, c.PARENT_ACTIVITY, c.ParentActivityRequest(ids=[], since=since), timeout=10)
+            assert empty.states == ""
+            # A whole page of linked parents in one request, as the gateway sends it.
+            many = [uuid.uuid4().hex for _ in range(c.MAX_ACTIVITY_IDS - 1)] + ["signed-in-long-ago"]
+            big = await rpc.call(nc, c.PARENT_ACTIVITY, c.ParentActivityRequest(ids=many, since=since), timeout=30)
+            assert big.states == c.NEVER_SIGNED_IN * (len(many) - 1) + c.SIGNED_IN
+        finally:
+            await nc.close()

@@ -549,22 +549,30 @@ EXPORT: Rpc[ExportRequest, AccountExport] = Rpc(
 
 # -- staff at scale ------------------------------------------------------------------------------
 
-MAX_ACTIVITY_IDS = 5000
+# As many as a page of an uptake's linked parents: 20,000 ids of 32 characters are 700 KB of
+# JSON, one NATS message (1 MB) with room.
+MAX_ACTIVITY_IDS = 20_000
+
+# A parent's state in `ParentActivityReply.states`.
+NEVER_SIGNED_IN = "n"
+SIGNED_IN = "s"  # signed in, but neither signed in nor seen since `since`
+ACTIVE = "a"  # signed in or seen since `since`
 
 
 class ParentActivityRequest(Message):
-    """Which of these accounts signed in, and which were seen since `since` (uptake figures)."""
+    """Whether each of these accounts signed in, and whether it was seen since `since` (uptake
+    figures)."""
 
     ids: list[str] = Field(max_length=MAX_ACTIVITY_IDS)
     since: AwareDatetime
 
 
 class ParentActivityReply(Message):
-    """`signed_in`: the ids that ever signed in (kept on the account: sessions are erased some
-    days after they end); `active`: those that signed in or used a session since `since`."""
+    """`states`: one character per requested id, in the request's order: `a` signed in or seen
+    since `since`, `s` signed in before it only, `n` never signed in (or no such account).
+    "Signed in" is kept on the account: sessions are erased some days after they end."""
 
-    signed_in: list[str]
-    active: list[str]
+    states: str
 
 
 PREFERENCES: Rpc[PreferencesRequest, Preferences] = Rpc(
@@ -587,12 +595,12 @@ SET_PREFERENCES: Rpc[SetPreferencesRequest, Preferences] = Rpc(
 )
 
 PARENT_ACTIVITY: Rpc[ParentActivityRequest, ParentActivityReply] = Rpc(
-    "rpc.identity.parent_activity.v1",
+    "rpc.identity.parent_activity.v2",
     ParentActivityRequest,
     ParentActivityReply,
     title="parent activity",
-    description="For uptake figures: which of up to 5,000 accounts have signed in, and which were seen since a time "
-    "(from their last sign-in and their sessions' last use). Ids only.",
+    description="For uptake figures: whether each of up to 20,000 accounts has signed in, and was seen since a "
+    "time (from its last sign-in and its sessions' last use), as one character per id. Ids only.",
 )
 
 

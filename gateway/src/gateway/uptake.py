@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from contracts import linking
+from contracts import identity, linking
 from contracts.base import utcnow
 from gateway.clients import IdentityClient, StaffLinking
 
@@ -27,7 +27,7 @@ COUNTS = (
 
 
 # Linked parents asked of linking at once (it sends fewer when they would not fit one NATS
-# message); identity is asked about each page in requests of 5,000, together.
+# message); identity is asked about each page in one request (it takes as many).
 PAGE = linking.MAX_UPTAKE_PARENTS
 
 
@@ -38,11 +38,13 @@ class _Signs:
         self.active = 0
         self.never = 0
 
-    def add(self, ids: list[str], positions: Iterable[int], signed_in: set[str], active: set[str]) -> None:
-        for i in positions:
-            if 0 <= i < len(ids):
-                self.active += ids[i] in active
-                self.never += ids[i] not in signed_in
+    def add(self, states: str, positions: Iterable[int] | None = None) -> None:
+        """Count the parents at `positions` of a page (all of it when None) by their states."""
+        if positions is not None:
+            n = len(states)
+            states = "".join([states[i] for i in positions if 0 <= i < n])
+        self.active += states.count(identity.ACTIVE)
+        self.never += states.count(identity.NEVER_SIGNED_IN)
 
 
 def _counts(c: linking.UptakeCounts, signs: _Signs) -> dict[str, int]:
@@ -83,15 +85,15 @@ async def uptake(
             else None
         )
         try:
-            signed_in, active = await identity_client.parent_activity(ids, since)
+            states = await identity_client.parent_activity(ids, since)
         except BaseException:
             if following is not None:
                 following.cancel()
             raise
-        total.add(ids, range(len(ids)), signed_in, active)
+        total.add(states)
         for key, positions in rows.items():
             if key in signs:
-                signs[key].add(ids, positions, signed_in, active)
+                signs[key].add(states, positions)
         if following is None:
             break
         page = await following

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from contracts import identity
@@ -110,21 +110,20 @@ class IdentityClient:
         )
         return {c.id: c for reply in replies for c in reply.contacts}
 
-    async def parent_activity(self, account_ids: Iterable[str], since: datetime) -> tuple[set[str], set[str]]:
-        """Of these accounts, those who have signed in and those seen since `since`."""
-        ids = sorted(set(account_ids))
-        if not ids:
-            return set(), set()
+    async def parent_activity(self, account_ids: Sequence[str], since: datetime) -> str:
+        """One character per account, in their order: `identity.ACTIVE` (signed in or seen since
+        `since`), `identity.SIGNED_IN` (before only) or `identity.NEVER_SIGNED_IN`."""
         step = identity.MAX_ACTIVITY_IDS
         replies = await asyncio.gather(
             *(
                 self._t.call(
-                    identity.PARENT_ACTIVITY, identity.ParentActivityRequest(ids=ids[i : i + step], since=since)
+                    identity.PARENT_ACTIVITY,
+                    identity.ParentActivityRequest(ids=list(account_ids[i : i + step]), since=since),
                 )
-                for i in range(0, len(ids), step)
+                for i in range(0, len(account_ids), step)
             )
         )
-        return {a for r in replies for a in r.signed_in}, {a for r in replies for a in r.active}
+        return "".join(r.states for r in replies)
 
     async def staff_list(self, scope: identity.AdminScope) -> list[identity.StaffMember]:
         """The members of staff an admin with `scope` may see, disabled ones included."""

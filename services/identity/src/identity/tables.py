@@ -87,7 +87,8 @@ class Session(Base, table=True):
     __tablename__ = "sessions"
     __table_args__ = (
         UniqueConstraint("token_hash", name="uq_sessions_hash"),
-        Index("ix_sessions_account", "account_id"),
+        # With the last use: whether accounts were seen since a day is read from the index.
+        Index("ix_sessions_account_seen", "account_id", "last_seen_at"),
     )
 
     id: str = Field(primary_key=True, max_length=64)

@@ -1,9 +1,9 @@
 """Uptake figures for staff: how many pupils have a linked parent, invitations waiting or
 bounced, which parents are linked, for a trust's schools, a school's classes or one class.
 
-A handful of queries over the whole scope, counted here: a 20-school trust is a few tens of
-thousands of rows, read once. Its linked parents' ids go out a page at a time (a trust's can
-be more than a NATS message holds), each page read by itself.
+The database counts (a few aggregate queries over the scope, whatever its size); only the
+linked parents' ids are read out, a page at a time (a trust's can be more than a NATS message
+holds), each page read by itself.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import join as sa_join
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -21,23 +23,7 @@ from linking.context import LinkingContext
 from linking.scope import class_in_scope, school_ids, school_in_scope
 from linking.tables import LINKED, ClassMember, Invitation, Link, Pupil, School, SchoolClass
 
-
-class _Tally:
-    def __init__(self) -> None:
-        self.pupils: set[str] = set()
-        self.linked_pupils: set[str] = set()
-        self.parents: set[str] = set()
-        self.pending = 0
-        self.bounced = 0
-
-    def counts(self) -> dict[str, object]:
-        return {
-            "pupils": len(self.pupils),
-            "pupils_with_linked_parent": len(self.linked_pupils),
-            "invitations_pending": self.pending,
-            "invitations_bounced": self.bounced,
-            "parents_linked": len(self.parents),
-        }
+_FIGURES = ("pupils", "pupils_with_linked_parent", "invitations_pending", "invitations_bounced", "parents_linked")
 
 
 class Uptake:
@@ -52,72 +38,46 @@ class Uptake:
         now = self.ctx.now()
         async with self.ctx.db.reader() as s:
             scope, schools, class_id = await _resolve(s, req.scope, req.school_id, req.class_id)
-
-            # Each pupil's row keys: their school (trust scope) or their classes (school scope).
-            keys: dict[str, list[str]] = defaultdict(list)
-            names: dict[str, str] = {}
-            current = _current(schools)
             if scope == "trust":
-                for sid, name in await s.execute(
-                    select(col(School.school_id), col(School.name)).where(col(School.school_id).in_(schools))
-                ):
-                    names[sid] = name
-                for pid, sid in await s.execute(select(col(Pupil.pupil_id), col(Pupil.school_id)).where(current)):
-                    keys[pid].append(sid)
+                classes = select(col(School.school_id), col(School.name)).where(col(School.school_id).in_(schools))
             else:
                 classes = select(col(SchoolClass.class_id), col(SchoolClass.name)).where(
                     col(SchoolClass.school_id).in_(schools)
                 )
                 if class_id is not None:
                     classes = classes.where(col(SchoolClass.class_id) == class_id)
-                for cid, name in await s.execute(classes):
-                    names[cid] = name
-                members = (
-                    select(col(ClassMember.pupil_id), col(ClassMember.class_id))
-                    .join(Pupil, col(Pupil.pupil_id) == col(ClassMember.pupil_id))
-                    .where(current, col(ClassMember.class_id).in_(list(names)))
-                )
-                for pid, cid in await s.execute(members):
-                    keys[pid].append(cid)
-                if scope == "school":
-                    # Pupils in no class still count for the school.
-                    for (pid,) in await s.execute(select(col(Pupil.pupil_id)).where(current)):
-                        keys.setdefault(pid, [])
-
-            links = await s.execute(
-                select(col(Link.pupil_id), col(Link.parent_id)).join(Pupil, _pupil_of_link()).where(current, _linked())
+            names: dict[str, str] = dict((await s.execute(classes)).tuples().all())
+            page = await _parents_page(s, scope, schools, class_id, None, req.parents_limit)
+            rows = (
+                {k: v for k, v in (await _figures(s, scope, schools, class_id, names, now, by_row=True)).items() if k}
+                if scope != "class"
+                else {}
             )
-            link_rows = [(pid, parent) for pid, parent in links if pid in keys]
-            invitations = await s.execute(
-                select(col(Invitation.pupil_id), col(Invitation.status), col(Invitation.expires_at))
-                .join(
-                    Pupil,
-                    and_(
-                        col(Pupil.pupil_id) == col(Invitation.pupil_id),
-                        col(Pupil.school_id) == col(Invitation.school_id),
-                    ),
+            if scope == "trust":
+                # A pupil is at one school: the trust's figures are its schools' added up (but for
+                # the parents, who may have children at two).
+                total = {f: sum(r[f] for r in rows.values()) for f in _FIGURES}
+            else:
+                total = (await _figures(s, scope, schools, class_id, names, now, by_row=False)).get(
+                    None, dict.fromkeys(_FIGURES, 0)
                 )
-                .where(current, col(Invitation.status).in_(["invited", "bounced"]))
-            )
-            invitation_rows = [(pid, st, exp) for pid, st, exp in invitations if pid in keys]
-            total, rows = _count(keys, names, link_rows, invitation_rows, now)
-            # Every parent in this one reply when they fit (in any order: there is no next page);
-            # otherwise pages in the database's order, which its cursor follows.
-            page = _Page(ids=sorted(total.parents), rows={k: rows[k].parents for k in names}, after=None)
-            if len(page.ids) > req.parents_limit or page.size() > PAGE_BYTES:
-                page = await _parents_page(s, scope, schools, class_id, None, req.parents_limit)
+            # Parents counted from their ids when the page holds them all (it usually does).
+            if page.after is None:
+                total["parents_linked"] = len(page.ids)
+                for k, r in rows.items():
+                    r["parents_linked"] = len(page.positions(k))
+            else:
+                total["parents_linked"] = (await _parents_linked(s, scope, schools, class_id, by_row=False))[None]
+                each = await _parents_linked(s, scope, schools, class_id, by_row=True)
+                for k, r in rows.items():
+                    r["parents_linked"] = each.get(k, 0)
 
-        out_rows = (
-            []
-            if scope == "class"
-            else [
-                contract.UptakeRow(id=k, name=names[k], parents=page.positions(k), **rows[k].counts())
-                for k in sorted(names, key=lambda k: (names[k].lower(), k))
-            ]
-        )
-        return contract.UptakeReply(
-            scope=scope, parent_ids=page.ids, rows=out_rows, parents_after=page.after, **total.counts()
-        )
+        out_rows = [
+            contract.UptakeRow(id=k, name=names[k], parents=page.positions(k), **rows.get(k, {}))
+            for k in sorted(names, key=lambda k: (names[k].lower(), k))
+            if scope != "class"
+        ]
+        return contract.UptakeReply(scope=scope, parent_ids=page.ids, rows=out_rows, parents_after=page.after, **total)
 
     async def parents(self, req: contract.UptakeParentsRequest) -> contract.UptakeParentsReply:
         """The page of the scope's linked parents after `req.after`, with the rows each is in."""
@@ -164,18 +124,11 @@ PAGE_BYTES = 750_000
 @dataclass
 class _Page:
     ids: list[str]
-    rows: dict[str, set[str]]  # row key -> its parents in the page
+    rows: dict[str, list[int]]  # row key -> the positions in `ids` of its parents, in order
     after: str | None  # the next page's cursor
 
-    def __post_init__(self) -> None:
-        self._at = {p: i for i, p in enumerate(self.ids)}
-
-    def size(self) -> int:
-        """About what the page takes of a message: each id in quotes, its position in each row."""
-        return sum(len(p) + 3 for p in self.ids) + 7 * sum(len(v) for v in self.rows.values())
-
     def positions(self, key: str) -> list[int]:
-        return sorted(self._at[p] for p in self.rows.get(key, ()))
+        return self.rows.get(key, [])
 
 
 async def _parents_page(
@@ -183,73 +136,180 @@ async def _parents_page(
 ) -> _Page:
     """Up to `limit` of the scope's linked parents after `after`, in the database's order of their
     ids (the order its comparisons follow, so the cursor pages without gap or repeat), and which
-    rows (schools of a trust, classes of a school) each is in."""
-    linked = select(col(Link.parent_id)).join(Pupil, _pupil_of_link()).where(_current(schools), _linked())
-    if scope == "class":
-        linked = linked.join(
-            ClassMember,
-            and_(col(ClassMember.pupil_id) == col(Link.pupil_id), col(ClassMember.class_id) == class_id),
-        )
-    if after is not None:
-        linked = linked.where(col(Link.parent_id) > after)
-    ids = list((await s.execute(linked.distinct().order_by(col(Link.parent_id)).limit(limit + 1))).scalars())
-    more = len(ids) > limit
-    ids = ids[:limit]
-    rows: dict[str, set[str]] = defaultdict(set)
-    keys: dict[str, list[str]] = defaultdict(list)
-    if ids and scope != "class":
-        if scope == "trust":
-            pairs = select(col(Link.parent_id), col(Link.school_id))
-        else:
-            pairs = (
-                select(col(Link.parent_id), col(ClassMember.class_id))
-                .join(ClassMember, col(ClassMember.pupil_id) == col(Link.pupil_id))
-                .where(
-                    col(ClassMember.class_id).in_(
-                        select(col(SchoolClass.class_id)).where(col(SchoolClass.school_id).in_(schools))
-                    )
-                )
-            )
-        pairs = pairs.join(Pupil, _pupil_of_link()).where(_current(schools), _linked(), col(Link.parent_id) <= ids[-1])
-        if after is not None:
-            pairs = pairs.where(col(Link.parent_id) > after)
-        for parent, key in await s.execute(pairs):
-            keys[parent].append(key)
+    rows (schools of a trust, classes of a school) each is in.
+
+    One query: each parent with each of its rows, numbered by parent, so that the database
+    stops at the page's end and the page is read once, in order (a first page that holds the
+    whole scope comes in any order)."""
+    pairs, _ = _pairs(scope, schools, class_id)
+    if after is None:
+        # The first page, when the scope's pairs are no more than a page's parents: all of
+        # them, in whatever order the database finds them (there is no next page), spares it
+        # the sorting and numbering.
+        unordered = (await (await s.connection()).execute(pairs.limit(limit + 1))).all()
+        if len(unordered) <= limit:
+            at: dict[str, list[str]] = {}
+            for parent, k in unordered:
+                row_keys = at.setdefault(parent, [])
+                if k is not None and k not in row_keys:
+                    row_keys.append(k)
+            whole = _paged(list(at), list(at.values()), limit, more=False, rows=scope != "class")
+            if whole.after is None:
+                return whole
+    else:
+        pairs = pairs.where(col(Link.parent_id) > after)
+    # A parent of two pupils in a row is in it once: kept here, as PostgreSQL would sort once
+    # more for a DISTINCT.
+    numbered = pairs.add_columns(func.dense_rank().over(order_by=col(Link.parent_id)).label("n")).subquery()
+    found = await (await s.connection()).execute(
+        select(numbered.c.parent_id, numbered.c.row).where(numbered.c.n <= limit + 1).order_by(numbered.c.parent_id)
+    )
+    ids: list[str] = []
+    keys: list[list[str]] = []
+    for parent, k in found:
+        if not ids or ids[-1] != parent:
+            ids.append(parent)
+            keys.append([])
+        # A pupil in no class: their parents count for the school, in none of its rows.
+        if k is not None and k not in keys[-1]:
+            keys[-1].append(k)
+    return _paged(ids, keys, limit, more=len(ids) > limit, rows=scope != "class")
+
+
+def _paged(ids: list[str], keys: list[list[str]], limit: int, *, more: bool, rows: bool) -> _Page:
+    """The page of the first `limit` of `ids` (each with its rows' keys), and fewer when they
+    would not fit a message; with the positions of each row's parents unless a class's (one
+    row, the scope itself)."""
     # As many as the message can carry: each id in quotes, and its position in each of its rows.
     size = 0
-    for n, parent in enumerate(ids):
-        size += len(parent) + 3 + 7 * len(keys[parent])
+    for n in range(min(len(ids), limit)):
+        size += len(ids[n]) + 3 + 7 * len(keys[n])
         if size > PAGE_BYTES:
-            ids, more = ids[:n], True
+            limit, more = n, True
             break
-    for parent in ids:
-        for key in keys[parent]:
-            rows[key].add(parent)
-    return _Page(ids=ids, rows=rows, after=ids[-1] if more else None)
+    ids = ids[:limit]
+    positions: dict[str, list[int]] = defaultdict(list)
+    for n in range(len(ids) if rows else 0):
+        for k in keys[n]:
+            positions[k].append(n)
+    return _Page(ids=ids, rows=positions, after=ids[-1] if more else None)
 
 
-def _count(
-    keys: dict[str, list[str]],
+def _pairs(scope: str, schools: list[str], class_id: str | None) -> tuple[Any, Any]:
+    """The scope's linked parents, each with a row it is in (labelled `row`: a school of a
+    trust, a class of a school, the class; null for a school's pupil in no class), and that
+    row's column."""
+    if scope == "trust":
+        key: Any = col(Link.school_id)
+        pairs = select(col(Link.parent_id), key.label("row"))
+    else:
+        key = col(ClassMember.class_id)
+        pairs = select(col(Link.parent_id), key.label("row"))
+        if scope == "class":
+            pairs = pairs.join(
+                ClassMember,
+                and_(col(ClassMember.pupil_id) == col(Link.pupil_id), col(ClassMember.class_id) == class_id),
+            )
+        else:
+            # The pupil's classes of the school: found from the pupil (class members by pupil,
+            # each class by its id), not by trying each class of the school for each pupil.
+            of_school = sa_join(
+                ClassMember,
+                SchoolClass,
+                and_(col(SchoolClass.class_id) == key, col(SchoolClass.school_id).in_(schools)),
+            )
+            pairs = pairs.outerjoin(of_school, col(ClassMember.pupil_id) == col(Link.pupil_id))
+    return pairs.join(Pupil, _pupil_of_link()).where(_current(schools), _linked()), key
+
+
+async def _parents_linked(
+    s: AsyncSession, scope: str, schools: list[str], class_id: str | None, *, by_row: bool
+) -> dict[str | None, int]:
+    """How many parents are linked to the scope's pupils (under the key None), or to each row's:
+    for a scope with more parents than a page holds."""
+    pairs, _ = _pairs(scope, schools, class_id)
+    if by_row:
+        each = pairs.distinct().subquery()
+        counted = select(each.c.row, func.count()).where(each.c.row.is_not(None)).group_by(each.c.row)
+        return dict((await s.execute(counted)).tuples().all())
+    parents = pairs.with_only_columns(col(Link.parent_id)).distinct().subquery()
+    return {None: int((await s.execute(select(func.count()).select_from(parents))).scalar_one())}
+
+
+async def _figures(
+    s: AsyncSession,
+    scope: str,
+    schools: list[str],
+    class_id: str | None,
     names: dict[str, str],
-    link_rows: list[tuple[str, str]],
-    invitation_rows: list[tuple[str, str, datetime]],
     now: datetime,
-) -> tuple[_Tally, dict[str, _Tally]]:
-    """The scope's tally and each row's."""
-    total = _Tally()
-    rows: dict[str, _Tally] = {k: _Tally() for k in names}
-    for pid, row_keys in keys.items():
-        total.pupils.add(pid)
-        for k in row_keys:
-            rows[k].pupils.add(pid)
-    for pid, parent in link_rows:
-        for t in (total, *(rows[k] for k in keys[pid])):
-            t.linked_pupils.add(pid)
-            t.parents.add(parent)
-    for pid, status, expires_at in invitation_rows:
-        pending = status == "invited" and expires_at > now
-        bounced = status == "bounced"
-        for t in (total, *(rows[k] for k in keys[pid])):
-            t.pending += pending
-            t.bounced += bounced
-    return total, rows
+    *,
+    by_row: bool,
+) -> dict[str | None, dict[str, int]]:
+    """Pupils, pupils with a linked parent, pending and bounced invitations of the scope (under
+    the key None) or of each of its rows (schools of a trust, classes of a school), counted by
+    the database in three aggregate queries whatever the scope's size (reading its pupils,
+    links and invitations into Python took most of the uptake's time). A pupil in two classes
+    counts in both."""
+    # Each current pupil of the scope, with the row it counts in.
+    if scope == "trust":
+        key: Any = col(Pupil.school_id)
+        joined: Any = None
+    else:
+        key = col(ClassMember.class_id)
+        rows_of = [class_id] if scope == "class" else list(names)
+        joined = and_(col(ClassMember.pupil_id) == col(Pupil.pupil_id), col(ClassMember.class_id).in_(rows_of))
+        if not by_row and scope == "school":
+            # Pupils in no class still count for the school.
+            joined = None
+    grouped = [key] if by_row else []
+
+    def of_pupils(q: Any, *, group: bool = True) -> Any:
+        if joined is not None:
+            q = q.join(ClassMember, joined)
+        q = q.where(_current(schools))
+        return q.group_by(*grouped) if grouped and group else q
+
+    out: dict[str | None, dict[str, int]] = {}
+
+    def put(k: str | None, **figures: int | None) -> None:
+        if k is None or k in names:
+            out.setdefault(k, dict.fromkeys(_FIGURES, 0)).update({f: int(v or 0) for f, v in figures.items()})
+
+    for row in await s.execute(of_pupils(select(*grouped, func.count()).select_from(Pupil))):
+        put(row[0] if by_row else None, pupils=row[-1])
+    # Each (row, pupil) with a linked parent once, counted: a DISTINCT of its own, which
+    # PostgreSQL hashes, where a count(DISTINCT) sorts each group.
+    linked = (
+        of_pupils(
+            select(*(k.label("row") for k in grouped), col(Link.pupil_id))
+            .select_from(Pupil)
+            .join(Link, and_(_pupil_of_link(), _linked())),
+            group=False,
+        )
+        .distinct()
+        .subquery()
+    )
+    by = [linked.c.row] if by_row else []
+    for row in await s.execute(select(*by, func.count()).select_from(linked).group_by(*by)):
+        put(row[0] if by_row else None, pupils_with_linked_parent=row[-1])
+    pending = and_(col(Invitation.status) == "invited", col(Invitation.expires_at) > now)
+    invitations = of_pupils(
+        select(
+            *grouped,
+            func.sum(case((pending, 1), else_=0)),
+            func.sum(case((col(Invitation.status) == "bounced", 1), else_=0)),
+        )
+        .select_from(Invitation)
+        .join(
+            Pupil,
+            and_(
+                col(Pupil.pupil_id) == col(Invitation.pupil_id),
+                col(Pupil.school_id) == col(Invitation.school_id),
+            ),
+        )
+        .where(col(Invitation.status).in_(["invited", "bounced"]))
+    )
+    for row in await s.execute(invitations):
+        put(row[0] if by_row else None, invitations_pending=row[-2], invitations_bounced=row[-1])
+    return out
