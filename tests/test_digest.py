@@ -38,7 +38,7 @@ from linking import app as linking_app
 from linking.codes import new_key
 from notify import app as notify_app
 from notify.digest import due_day
-from notify.tables import Email
+from notify.tables import BULK, Email
 from overview import app as overview_app
 from portal.natsserver import free_port
 
@@ -90,11 +90,14 @@ class World:
     async def ledger(self, parent_id: str) -> list[tuple[str, str]]:
         async with self.notify[0].db.reader() as s:
             rows = await s.execute(
-                select(col(Email.request_id), col(Email.status)).where(
+                select(col(Email.request_id), col(Email.status), col(Email.priority)).where(
                     col(Email.request_id).like(f"digest:{parent_id}:%")
                 )
             )
-            return sorted((r, st) for r, st in rows.tuples())
+            found = list(rows.tuples())
+        # Every digest is bulk: the emails a person waits for go before it.
+        assert all(priority == BULK for _, _, priority in found), found
+        return sorted((r, st) for r, st, _ in found)
 
 
 async def roster(nc: nats.NATS, name: str, timezone: str, first_names: list[str]) -> School:

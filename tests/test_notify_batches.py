@@ -15,7 +15,7 @@ from test_notify import Outcomes, publish, start_notify
 
 from contracts import notify as contract
 from contracts.base import utcnow
-from notify.tables import Email
+from notify.tables import BULK, Email
 
 
 async def ledger(db_url: str) -> list[Email]:
@@ -165,4 +165,49 @@ async def test_a_4xx_to_the_final_dot_sends_the_same_bytes_again(fresh_nats, smt
     assert outcomes.delivered[0].attempts == 2
     [row] = await ledger(db)
     assert (row.status, row.content) == ("sent", None), "what it carried is gone once sent"
+    await nc.close()
+
+
+async def test_an_email_a_person_waits_for_goes_before_a_digest_runs_thousands(
+    database_url: str, fresh_nats, smtp_server
+) -> None:
+    """Bulk emails (a Friday's digests, recorded so by the digest run) go after any other that is
+    due: a password reset asked for while hundreds of them wait is sent within the next batches,
+    not after the last of them."""
+    notify = await start_notify(fresh_nats.url, database_url, smtp_server.url)
+    smtp_server.handler.delay = 0.01
+    now = utcnow()
+    waiting = [exists(f"digest{i}@example.org") for i in range(300)]
+    engine = create_async_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(Email),
+            [
+                {
+                    "request_id": r.event_id,
+                    "kind": r.kind,
+                    "reference": "digest:2026-12-04",
+                    "request": r.model_dump_json(),
+                    "recipient": r.to,
+                    "recipient_key": r.to,
+                    "status": "pending",
+                    "priority": BULK,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for r in waiting
+            ],
+        )
+    await engine.dispose()
+    nc = await nats.connect(fresh_nats.url)
+    async with notify.running():
+        await eventually(lambda: len(smtp_server.messages) >= 20, timeout=30)
+        reset = contract.PasswordResetEmail(to="waiting@example.org", reset_url="http://r/1", expires_at=utcnow())
+        await publish(nc.jetstream(), reset)
+        await eventually(lambda: len(smtp_server.messages) == 301, timeout=90)
+    order = [m.envelope_to[0] for m in smtp_server.messages]
+    at = order.index("waiting@example.org")
+    # Emails already claimed when it came go first; nothing waits for the other digests.
+    assert at < 20 + 4 * 2 * 25, f"the reset was email {at + 1} of 301"
     await nc.close()

@@ -35,7 +35,7 @@ from contracts.kit import rpc
 from contracts.kit.db import insert
 from contracts.kit.logs import get_logger
 from contracts.kit.runtime import ServiceRuntime
-from notify.tables import PENDING, Email
+from notify.tables import BULK, PENDING, Email
 
 if TYPE_CHECKING:
     from notify.sender import Sender
@@ -193,6 +193,7 @@ class DigestRuns:
                     "recipient": address.email,
                     "recipient_key": normalise_email(address.email),
                     "status": PENDING,
+                    "priority": BULK,
                     "attempts": 0,
                     "next_attempt_at": now,
                     "created_at": now,

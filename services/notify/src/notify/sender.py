@@ -11,6 +11,7 @@ head of the queue for two days). Every outcome is published through the outbox.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 from dataclasses import dataclass
@@ -107,7 +108,10 @@ class Sender:
         self.target = target
         self.token = runtime.instance
         self.claim = timedelta(seconds=settings.notify_claim_seconds)
-        self.queue: asyncio.Queue[Email] = asyncio.Queue()
+        # Claimed emails waiting for a worker, urgent ones first (then in the order claimed): an
+        # email a person waits for overtakes the bulk emails claimed before it.
+        self.queue: asyncio.PriorityQueue[tuple[int, int, Email]] = asyncio.PriorityQueue()
+        self._claimed_count = itertools.count()
         self.held: set[int] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -180,7 +184,7 @@ class Sender:
             for email in claimed:
                 assert email.id is not None  # read from the ledger
                 self.held.add(email.id)
-                self.queue.put_nowait(email)
+                self.queue.put_nowait((email.priority, next(self._claimed_count), email))
             if claimed and len(claimed) == room:
                 continue
             try:
@@ -210,7 +214,7 @@ class Sender:
             due = (
                 select(col(Email.id))
                 .where(col(Email.status) == PENDING, col(Email.next_attempt_at) <= now)
-                .order_by(col(Email.next_attempt_at), col(Email.id))
+                .order_by(col(Email.priority), col(Email.next_attempt_at), col(Email.id))
                 .limit(limit)
             )
             if dialect_name(s) == "postgresql":
@@ -228,7 +232,7 @@ class Sender:
                         select(Email)
                         .where(col(Email.status) == SENDING, col(Email.claimed_by) == self.token)
                         .where(col(Email.id).not_in(self.held) if self.held else true())
-                        .order_by(col(Email.next_attempt_at), col(Email.id))
+                        .order_by(col(Email.priority), col(Email.next_attempt_at), col(Email.id))
                     )
                 ).scalars()
             )
@@ -273,13 +277,13 @@ class Sender:
         try:
             while not self._stopping:
                 try:
-                    first = await asyncio.wait_for(self.queue.get(), 10.0)
+                    *_, first = await asyncio.wait_for(self.queue.get(), 10.0)
                 except TimeoutError:
                     await conn.close()  # idle: don't hold a connection open
                     continue
                 batch = [first]
                 while len(batch) < BATCH and not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
+                    batch.append(self.queue.get_nowait()[-1])
                 self._busy.add(index)
                 try:
                     left = await self._send_batch(conn, batch)

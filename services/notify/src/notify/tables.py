@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import Column, Index, LargeBinary, Table, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, SmallInteger, Table, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -28,6 +28,9 @@ PENDING = "pending"  # waiting for its (next) attempt
 SENDING = "sending"  # claimed by a sender; the server has not seen its final "." yet
 DELIVERING = "delivering"  # its final "." may have been sent: never sent again
 SENT = "sent"
+# Which of the emails due goes first.
+URGENT = 0  # a person asked for it, or something happened to their account: every email but...
+BULK = 1  # ... the digest, which goes out to thousands at once and can wait its turn
 FAILED = "failed"
 
 
@@ -37,7 +40,7 @@ class Email(Base, table=True):
     __tablename__ = "emails"
     __table_args__ = (
         UniqueConstraint("request_id", name="uq_emails_request"),
-        Index("ix_emails_due", "status", "next_attempt_at"),
+        Index("ix_emails_due", "status", "priority", "next_attempt_at"),
         Index("ix_emails_recipient_day", "recipient_key", "first_attempt_at"),
     )
 
@@ -52,6 +55,9 @@ class Email(Base, table=True):
     message_id: str | None = Field(default=None, max_length=200)
     content: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     status: str = Field(default=PENDING, max_length=16)
+    # URGENT (0) goes before BULK (1) whenever both are due: a parent waiting for a password
+    # reset is not kept behind a Friday's 15,000 digests.
+    priority: int = Field(default=0, sa_column=Column(SmallInteger, nullable=False, server_default="0"))
     attempts: int = 0
     next_attempt_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     first_attempt_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
