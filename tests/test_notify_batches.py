@@ -9,22 +9,14 @@ from collections import Counter
 import nats
 import pytest
 from helpers import eventually
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_notify import Outcomes, publish, start_notify
+from test_security_notify import ledger
 
 from contracts import notify as contract
 from contracts.base import utcnow
 from notify.tables import BULK, Email
-
-
-async def ledger(db_url: str) -> list[Email]:
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            return list((await conn.execute(select(Email).order_by(Email.id))).all())
-    finally:
-        await engine.dispose()
 
 
 def exists(to: str) -> contract.AccountExistsEmail:
