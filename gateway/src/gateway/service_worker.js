@@ -12,8 +12,8 @@ const CACHE = "portal-shell-__VERSION__";
 const OFFLINE_PAGES = __OFFLINE_PAGES__;
 const DEFAULT_LANGUAGE = __DEFAULT_LANGUAGE__;
 const OFFLINE = OFFLINE_PAGES[DEFAULT_LANGUAGE];
-// Where the language of the last page is kept (nothing while it is the default): in the cache, because a worker's variables go
-// when the browser stops it, which it does after a minute or so of nothing to do.
+// Where the language of the last page is kept (nothing while it is the default): in the cache,
+// because a worker's variables go when the browser stops it, after a minute or so of nothing to do.
 const LAST_LANGUAGE = "/offline/last-language";
 const SHELL = [...Object.values(OFFLINE_PAGES), __SHELL_ASSETS__];
 
