@@ -14,9 +14,10 @@ import asyncio
 import itertools
 import random
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import case, func, select, text, true, update
@@ -45,6 +46,8 @@ from notify.tables import DELIVERING, FAILED, PENDING, SENDING, SENT, Email
 
 if TYPE_CHECKING:
     from notify.app import Settings
+
+T = TypeVar("T")
 
 log = get_logger("notify.sender")
 
@@ -335,44 +338,44 @@ class Sender:
             if self._stopping:
                 left = {later.email.id for later in ready[index:]}
                 break
-            email = r.email
-            try:
-                # A span of the trace that asked for the email (tracing on); what the attempt
-                # emits (delivered, failed) continues it.
-                with tracing.span(
-                    "send email",
-                    traceparent=email.traceparent,
-                    kind="CLIENT",
-                    attributes={"email.kind": email.kind, "messaging.message.id": email.request_id},
-                ):
-                    outcome = await self._attempt(conn, r, now)
-                    if outcome is not None:
-                        outcome.traceparent = tracing.current_traceparent()
-            except LostClaim:
-                log.info("notify_claim_lost", email_id=email.id)
-                continue
-            except Exception as exc:  # logged, and tried again later with backoff
-                log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
-                await self._after_crash(email, exc)
-                continue
+            outcome = await self._guarded(r.email, self._traced_attempt(conn, r, now))
             if outcome is not None:
                 outcomes.append(outcome)
         if outcomes:
             await self._finish_all(outcomes)
         return left
 
+    async def _guarded(self, email: Email, step: Awaitable[T]) -> T | None:
+        """`step` of one email's sending, or None when its claim was lost or the step crashed
+        (logged, and the email put back with the usual backoff): the batch goes on without it."""
+        try:
+            return await step
+        except LostClaim:
+            log.info("notify_claim_lost", email_id=email.id)
+        except Exception as exc:  # logged, and tried again later with backoff
+            log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
+            await self._after_crash(email, exc)
+        return None
+
+    async def _traced_attempt(self, conn: SmtpConnection, r: _Ready, now: datetime) -> _Outcome | None:
+        # A span of the trace that asked for the email (tracing on); what the attempt emits
+        # (delivered, failed) continues it.
+        email = r.email
+        with tracing.span(
+            "send email",
+            traceparent=email.traceparent,
+            kind="CLIENT",
+            attributes={"email.kind": email.kind, "messaging.message.id": email.request_id},
+        ):
+            outcome = await self._attempt(conn, r, now)
+            if outcome is not None:
+                outcome.traceparent = tracing.current_traceparent()
+        return outcome
+
     async def _prepare_all(self, batch: list[Email], now: datetime) -> list[_Ready]:
         ready: list[_Ready] = []
         for email in batch:
-            try:
-                prepared = await self._prepare(email, now)
-            except LostClaim:
-                log.info("notify_claim_lost", email_id=email.id)
-                continue
-            except Exception as exc:  # logged, and tried again later with backoff
-                log.exception("notify_attempt_crashed", email_id=email.id, error=type(exc).__name__)
-                await self._after_crash(email, exc)
-                continue
+            prepared = await self._guarded(email, self._prepare(email, now))
             if prepared is not None:
                 ready.append(_Ready(email, *prepared))
             await asyncio.sleep(0)  # rendering is all CPU: let the other workers have the loop
