@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar, get_args
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
@@ -60,8 +60,15 @@ async def account_page(
     return await _account_page(request, clients, principal)
 
 
-DIGEST_CHOICES: dict[str, Digest] = {"weekly": "weekly", "daily": "daily", "off": "off"}
-LANGUAGE_CHOICES: dict[str, Language] = {"en": "en", "cy": "cy"}
+T = TypeVar("T")
+
+# What the form may send, as the values the contract takes.
+DIGEST_CHOICES: dict[str, Digest] = {d: d for d in get_args(Digest)}
+LANGUAGE_CHOICES: dict[str, Language] = {lang: lang for lang in get_args(Language)}
+
+
+def _chosen(choices: dict[str, T], given: object) -> T | None:
+    return choices.get(given) if isinstance(given, str) else None
 
 
 @post(
@@ -76,26 +83,24 @@ async def account_preferences(
 ) -> Response[Any]:
     """Save how often the digest comes and the language; back to the account page in that language."""
     form = await request.form()
-    digest, language = form.get("digest"), form.get("language")
-    errors = FieldErrors()
-    if not isinstance(digest, str) or digest not in DIGEST_CHOICES:
-        errors["digest"] = N_("Choose how often the summary email comes")
-    if not isinstance(language, str) or language not in LANGUAGE_CHOICES:
-        errors["language"] = N_("Choose a language")
-    if errors:
-        chosen = {"digest": digest} if isinstance(digest, str) and digest in DIGEST_CHOICES else {}
-        if isinstance(language, str) and language in LANGUAGE_CHOICES:
-            chosen["language"] = language
+    digest = _chosen(DIGEST_CHOICES, form.get("digest"))
+    language = _chosen(LANGUAGE_CHOICES, form.get("language"))
+    if digest is None or language is None:
+        errors = FieldErrors()
+        if digest is None:
+            errors["digest"] = N_("Choose how often the summary email comes")
+        if language is None:
+            errors["language"] = N_("Choose a language")
+        chosen = {k: v for k, v in (("digest", digest), ("language", language)) if v is not None}
         return await _account_page(request, clients, principal, errors=errors, status=400, chosen=chosen)
-    assert isinstance(digest, str) and isinstance(language, str)
     creds = credentials(request)
     await flows.set_preferences(
         clients,
         get_auth(state),
         principal,
         creds.token if creds is not None else None,
-        digest=DIGEST_CHOICES[digest],
-        language=LANGUAGE_CHOICES[language],
+        digest=digest,
+        language=language,
     )
     return redirect("/account", cookies=[flash(request, "preferences_saved")])
 
