@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -25,10 +24,11 @@ from natsauth import CREDS_DIR, authed_nats
 from smtp_server import Received, SmtpServer
 from sqlalchemy import select
 from sqlmodel import col
+from test_journeys import staff_token, uid
 
-from contracts import identity, platform
 from contracts import linking as lc
 from contracts import notify as nc_contract
+from contracts import platform
 from contracts.base import Event
 from contracts.kit import rpc
 from contracts.kit.service import migrate
@@ -44,7 +44,6 @@ from portal.natsserver import free_port
 
 PUBLIC_URL = "http://portal.test"
 PASSWORD = "correct horse battery staple"
-STAFF_PASSWORD = "a long staff passphrase"
 VERIFY_SUBJECT = "Confirm your email address for Parent Portal"
 WEEKLY = "Your weekly Parent Portal summary"
 DAILY = "Your daily Parent Portal summary"
@@ -54,10 +53,6 @@ PORTAL = str(Path(sys.executable).with_name("portal"))
 # Friday 27 November 2026; London is on UTC in winter, Auckland on UTC+13.
 FRIDAY_1600_LONDON = datetime(2026, 11, 27, 16, 0, tzinfo=UTC)
 FRIDAY_1600_AUCKLAND = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -142,19 +137,6 @@ async def publish(nc: nats.NATS, events: list[tuple[str, Event]]) -> None:
         await js.publish(subject, ev.model_dump_json().encode(), headers={"Nats-Msg-Id": ev.event_id})
 
 
-async def staff_token(gw: Gateway, nc: nats.NATS, school_id: str) -> str:
-    email = f"{uid('teacher')}@school.example"
-    await rpc.call(
-        nc,
-        identity.CREATE_STAFF,
-        identity.CreateStaffRequest(email=email, name="Teacher Person", role="teacher", school_id=school_id, password=STAFF_PASSWORD),
-        timeout=10,
-    )  # fmt: skip
-    login = await gw.http.post("/api/v1/auth/login", json={"email": email, "password": STAFF_PASSWORD})
-    assert login.status_code == 200, login.text
-    return login.json()["access_token"]
-
-
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("digest")
@@ -199,7 +181,7 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             )
             auckland = await roster(nc, "Kauri School", "Pacific/Auckland", ["Huia"])
             for school in (london, auckland):
-                school.teacher_token = await staff_token(gw, nc, school.school_id)
+                school.teacher_token = await staff_token(gw, nc, school.school_id, "teacher")
                 await printed_codes(gw, school)
             yield World(gw, smtp, nc, server.url, [runtimes[notify_app], second], london, auckland)
     finally:
