@@ -214,18 +214,21 @@ def parent() -> str:
     return f"parent-{uuid.uuid4().hex[:8]}"
 
 
-async def redeem(env: Env, code: str, parent_id: str, **kw) -> contract.RedeemReply:
+async def redeem(env: Env, code: str, parent_id: str, *, timeout: float = 5.0, **kw) -> contract.RedeemReply:
     kw.setdefault("relationship", "mother")
     kw.setdefault("accept_aup", True)
     return await env.ask(
-        contract.REDEEM, contract.RedeemRequest(code=code, parent_id=parent_id, **kw), contract.RedeemReply
+        contract.REDEEM,
+        contract.RedeemRequest(code=code, parent_id=parent_id, **kw),
+        contract.RedeemReply,
+        timeout=timeout,
     )
 
 
-async def refused(env: Env, code: str, parent_id: str, **kw) -> str:
+async def refused(env: Env, code: str, parent_id: str, *, timeout: float = 5.0, **kw) -> str:
     """The error code of a redemption that must fail."""
     with pytest.raises(RpcError) as info:
-        await redeem(env, code, parent_id, **kw)
+        await redeem(env, code, parent_id, timeout=timeout, **kw)
     return info.value.code
 
 

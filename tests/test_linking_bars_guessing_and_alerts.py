@@ -336,7 +336,11 @@ async def test_guesses_spread_over_50_accounts_trip_the_trust_alert(env: Env) ->
     accounts = [parent() for _ in range(50)]
     await asyncio.gather(*(redeem(env, good[i % 3], p) for i, p in enumerate(accounts)))
     guesses = [(p, f"198.51.100.{i}") for i, p in enumerate(accounts)] * 2
-    results = await asyncio.gather(*(refused(env, bad_code(), p, client_ip=address) for p, address in guesses))
+    # A hundred at once: on a busy machine the last are answered after the usual 5 s, which is
+    # the test's patience, not what it checks.
+    results = await asyncio.gather(
+        *(refused(env, bad_code(), p, client_ip=address, timeout=30) for p, address in guesses)
+    )
     assert set(results) == {contract.E_INVALID_CODE}, "no account and no address reached its own limit"
 
     reply = await env.ask(contract.ALERTS, contract.AlertsRequest(hours=1), contract.AlertsReply)
