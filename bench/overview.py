@@ -642,7 +642,7 @@ def _profile(
         name = _name(pid)
         if name in parts:
             cmd = [opts.py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds or opts.duration)), "--rate", "200",
-                   "--format", "raw", "--nonblocking", "-o", str(out / f"{prefix}-{name}.txt")]  # fmt: skip
+                   "--format", "raw", "--gil", "--nonblocking", "-o", str(out / f"{prefix}-{name}.txt")]  # fmt: skip
             spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return spies
 
@@ -814,7 +814,9 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 )
             ),
         ]
-        if not opts.only_overview:
+        if opts.only_first_visits:
+            targets = [(OVERVIEW, f"{base}/api/v1/me/overview", lua, [str(token_file)], {})]
+        elif not opts.only_overview:
             targets += [
                 (HELLO, f"{base}/bench/hello", None, [], {}),
                 (
@@ -844,15 +846,22 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             label = label.format(parents=len(tokens), warm=min(opts.warm_parents, len(tokens)))
             if script is lua and args[0] == str(token_file):
                 say(f"[{backend}] first visit of each of {len(tokens):,} parents")
+                # About 1,000 visits a second: py-spy stops on its own, a little after the pass.
+                seconds = max(2, len(tokens) // 1000)
+                spies = _profile(opts, up.pid, f"{backend}-first", seconds=seconds) if opts.profile else []
                 before, client = cpu_seconds([up.pid, bare.pid]), _own_cpu()
                 run.wrk[FIRST_VISITS.format(parents=len(tokens))] = first = asyncio.run(
                     first_visits(port, tokens, opts.connections)
                 )
                 after = cpu_seconds([up.pid, bare.pid])
+                for spy in spies:
+                    spy.wait()
                 first["cpu"] = {
                     **{n: after[n] - before.get(n, 0.0) for n in after},
                     "bench client": _own_cpu() - client,
                 }
+                if opts.only_first_visits:
+                    continue
             say(f"[{backend}] wrk {label}: {opts.warmup:g}s warm-up, {opts.duration:g}s measured")
             common = {
                 "connections": opts.connections, "threads": opts.threads, "script": script, "args": args,
@@ -1020,7 +1029,11 @@ def main() -> None:
         help="do not stand in for autovacuum (ANALYZE every 10 s) when the server has it off",
     )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep each run's data directory and logs")
-    parser.add_argument("--profile", metavar="DIR", help="record py-spy stacks of each part during every measured run")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record py-spy stacks of each part (the thread holding the interpreter) during every measured run",
+    )
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="the py-spy binary for --profile")
     parser.add_argument(
         "--only-events", action="store_true",
@@ -1029,6 +1042,10 @@ def main() -> None:
     parser.add_argument(
         "--only-overview", action="store_true",
         help="after the events, only the bare app and the overview of three children (no other route, no first visits)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--only-first-visits", action="store_true",
+        help="after the events, only every parent's first visit (no wrk): a quick loop while tuning cold reads",
     )  # fmt: skip
     parser.add_argument(
         "--pairs", type=int, default=1, help="how many times to measure the bare app, then the overview"

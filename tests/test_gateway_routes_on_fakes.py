@@ -4,6 +4,7 @@ codes and headers a service's errors turn into, and what the gateway asked of ea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -322,3 +323,38 @@ async def test_adding_a_bar_names_the_parents_holding_the_address_and_checks_lat
         404,
         "not_found",
     )
+
+
+async def test_first_visits_arriving_together_are_asked_together_and_never_mixed(tmp_path: Path) -> None:
+    # Thirty parents' first overviews at once, while the services are slow to answer: what each
+    # replica asks arrives in a few requests for many, and each parent sees only their own.
+    parents = {f"tok-{i}": f"par-{i}" for i in range(30)}
+    answering = asyncio.Event()
+
+    async def session(req: identity.SessionRequest) -> Principal:
+        await answering.wait()
+        return PARENT.model_copy(update={"account_id": parents[req.token], "session_id": f"s-{req.token}"})
+
+    async def active(req: linking.ParentRequest) -> linking.ActivePupilsReply:
+        await answering.wait()
+        return linking.ActivePupilsReply(pupil_ids=[f"{req.parent_id}-a", f"{req.parent_id}-b"])
+
+    async def overviews(req: overview.OverviewRequest) -> RawReply:
+        await answering.wait()
+        children = [{"pupil_id": pid, "outstanding_homework": len(pid)} for pid in req.pupil_ids]
+        return RawReply(json.dumps({"children": children}).encode())
+
+    fake = FakeTransport({identity.SESSION: session, linking.ACTIVE_PUPILS: active, overview.GET: overviews})
+    settings = GatewaySettings(data_dir=tmp_path, revocation_wait_seconds=0)
+    app = create_app(settings, clients=Clients.over(fake))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://portal.test") as http:
+        visits = [asyncio.create_task(http.get("/api/v1/me/overview", headers=bearer(t))) for t in parents]
+        await asyncio.sleep(0.2)  # every visit is waiting for identity by now
+        answering.set()
+        answers = await asyncio.gather(*visits)
+    for token, answer in zip(parents, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        pid = parents[token]
+        assert [c["pupil_id"] for c in answer.json()["children"]] == [f"{pid}-a", f"{pid}-b"], "their own children"
+    for rpc in (identity.SESSIONS, linking.ACTIVE_PUPILS_MANY, overview.GET):
+        assert len(fake.asked(rpc)) < 10, f"{rpc.subject}: asked in a few requests for many, not once a parent"

@@ -6,6 +6,7 @@ rendered with pdftoppm first)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -14,7 +15,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway_portal import PUBLIC_URL, Portal, assert_error, auth, cards
+from gateway_portal import PUBLIC_URL, Portal, assert_error, auth, cards, login
 from helpers import eventually
 
 from contracts import identity
@@ -336,3 +337,32 @@ async def test_the_routes_are_documented(portal: Portal) -> None:
             assert operation["security"] and "404" in operation["responses"], (method, path)
     assert "404" in doc["paths"]["/api/v1/link-codes/{code}"]["get"]["responses"]
     assert "/api/v1/aup" in doc["paths"]
+
+
+async def test_many_first_requests_at_once_each_get_their_own_account(portal: Portal) -> None:
+    # Sessions this gateway has never seen, arriving together (a school morning): identity is
+    # asked about many tokens per request, and each caller must still be answered as themselves.
+    staff = ["teacher_a", "admin_a", "trust1", "trust2"]
+    tokens = {
+        token: f"{who}@school.example"
+        for who in staff
+        for token in await asyncio.gather(*(login(portal.http, f"{who}@school.example") for _ in range(6)))
+    }
+    ended = await login(portal.http, "admin_a@school.example")
+    assert (await portal.http.post("/api/v1/auth/logout", headers=auth(ended))).status_code == 204
+    asked: list[int] = []
+
+    async def count(msg) -> None:
+        asked.append(len(json.loads(msg.data)["tokens"]))
+
+    sub = await portal.nc.subscribe(identity.SESSIONS.subject, cb=count)
+    await portal.nc.flush()
+    callers = [*tokens, ended, "not-a-session-token", *tokens]
+    answers = await asyncio.gather(*(portal.http.get("/api/v1/me", headers=auth(t)) for t in callers))
+    await sub.unsubscribe()
+    for token, answer in zip(callers, answers, strict=True):
+        if token in tokens:
+            assert answer.status_code == 200 and answer.json()["email"] == tokens[token], "each caller as themselves"
+        else:
+            assert_error(answer, 401, "unauthorized")
+    assert sum(asked) >= len(tokens), "every new token was asked about, in requests for many"

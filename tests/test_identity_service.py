@@ -247,3 +247,34 @@ async def test_parent_activity_answers_a_state_per_id_in_their_order(
             assert big.states == c.NEVER_SIGNED_IN * (len(many) - 1) + c.SIGNED_IN
         finally:
             await nc.close()
+
+
+async def test_many_sessions_in_one_request_each_answered_in_place(served) -> None:
+    runtime, nc = served
+    password = "a long staff passphrase"
+    tokens: dict[str, str] = {}
+    for i in range(3):
+        email = f"m{i}@school.example"
+        reply = await rpc.call(
+            nc,
+            c.CREATE_STAFF,
+            c.CreateStaffRequest(email=email, name=f"M{i}", role="teacher", school_id=f"school-{i}", password=password),
+            timeout=10,
+        )
+        login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), timeout=10)
+        tokens[login.access_token] = reply.account_id
+    first, second, third = tokens
+    await rpc.call(nc, c.LOGOUT, c.LogoutRequest(token=second), timeout=10)
+    asks = [third, "not-a-session-token", first, second, third, ""]
+    reply = await rpc.call(nc, c.SESSIONS, c.SessionsRequest(tokens=asks), timeout=10)
+    answered = [p.account_id if p else None for p in reply.sessions]
+    assert answered == [tokens[third], None, tokens[first], None, tokens[third], None], (
+        "each token's holder in its place; ended and unknown sessions are null"
+    )
+    assert reply.sessions[0] is not None and reply.sessions[0].school_id == "school-2"
+
+    # More tokens than one request may carry, or a token no session can have: refused whole.
+    for bad in (["t"] * (c.MAX_SESSIONS + 1), [], ["x" * (c.MAX_TOKEN_LENGTH + 1)]):
+        with pytest.raises(rpc.RpcError) as refused:
+            await rpc.call(nc, c.SESSIONS, c.SessionsRequest.model_construct(tokens=bad), timeout=10)
+        assert refused.value.code == rpc.INVALID_REQUEST

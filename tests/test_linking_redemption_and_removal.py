@@ -227,3 +227,33 @@ async def test_concurrent_access_checks_each_get_their_own_parents_children(watc
     answers = await asyncio.gather(*(active(p) for p in asks))
     for p, answer in zip(asks, answers, strict=True):
         assert answer == parents.get(p, set()), "each parent sees their own children only"
+
+
+async def test_many_parents_pupils_in_one_request_each_only_their_own(watched: Env) -> None:
+    env = watched
+    school, class_id, pupils = await make_school(env, pupils=3)
+    codes = await printed_codes(env, school, class_id)
+    a, b, nobody = parent(), parent(), parent()
+    for code in codes[:2]:
+        await redeem(env, code, a)
+    await redeem(env, codes[2], b)
+    await redeem(env, codes[0], b, relationship="carer")
+    await env.ask(contract.UNLINK, contract.UnlinkRequest(parent_id=b, pupil_id=pupils[0]), contract.Done)
+
+    many = await env.ask(
+        contract.ACTIVE_PUPILS_MANY,
+        contract.ParentsRequest(parent_ids=[nobody, b, a, b]),
+        contract.ActivePupilsManyReply,
+    )
+    assert many.pupil_ids == {a: pupils[:2], b: [pupils[2]]}, "each parent's linked pupils only; none, no entry"
+    for p in (a, b):
+        one = await env.ask(contract.ACTIVE_PUPILS, contract.ParentRequest(parent_id=p), contract.ActivePupilsReply)
+        assert one.pupil_ids == many.pupil_ids[p], "the same answer as asking for that parent alone"
+
+    with pytest.raises(RpcError) as refused_whole:
+        await env.ask(
+            contract.ACTIVE_PUPILS_MANY,
+            contract.ParentsRequest.model_construct(parent_ids=[parent() for _ in range(contract.MAX_PARENTS + 1)]),
+            contract.ActivePupilsManyReply,
+        )
+    assert refused_whole.value.code == "invalid_request"

@@ -6,7 +6,7 @@ one reply that needs them (`contacts`, `session` for the caller's own `/me`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -113,10 +113,24 @@ class LoginReply(Message):
     session_id: str
 
 
+MAX_TOKEN_LENGTH = 256  # of any token a request carries
+
+
 class SessionRequest(Message):
     """Who holds this session token?"""
 
-    token: str = Field(max_length=256)
+    token: str = Field(max_length=MAX_TOKEN_LENGTH)
+
+
+# As many tokens as one gateway's first visits of a busy moment: the gateway gathers the tokens
+# it does not know yet into one request, and identity reads them in one query.
+MAX_SESSIONS = 200
+
+
+class SessionsRequest(Message):
+    """Who holds each of these session tokens?"""
+
+    tokens: list[Annotated[str, Field(max_length=MAX_TOKEN_LENGTH)]] = Field(min_length=1, max_length=MAX_SESSIONS)
 
 
 class Principal(Message):
@@ -131,6 +145,12 @@ class Principal(Message):
     trust_id: str | None = None
     expires_in: int
     language: Language = DEFAULT_LANGUAGE
+
+
+class SessionsReply(Message):
+    """Each token's holder, in the order asked; null where the token is no live session."""
+
+    sessions: list[Principal | None]
 
 
 class LogoutRequest(Message):
@@ -455,6 +475,14 @@ SESSION: Rpc[SessionRequest, Principal] = Rpc(
     title="session",
     description="Who holds a session token (the gateway caches the answer).",
     errors=(E_INVALID_SESSION,),
+)
+
+SESSIONS: Rpc[SessionsRequest, SessionsReply] = Rpc(
+    "rpc.identity.sessions.v1",
+    SessionsRequest,
+    SessionsReply,
+    title="sessions",
+    description="Who holds each of many session tokens: the gateway's cache misses of one moment, asked together.",
 )
 
 PASSWORD_RESET: Rpc[EmailRequest, Accepted] = Rpc(

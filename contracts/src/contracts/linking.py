@@ -12,7 +12,7 @@ listed below as `E_*`.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
@@ -392,6 +392,16 @@ class ParentRequest(Message):
     """Something about one parent, asked by the gateway for that signed-in parent."""
 
     parent_id: str = Field(min_length=1, max_length=128)
+
+
+# As many parents as one gateway's first visits of a busy moment (see `ACTIVE_PUPILS_MANY`).
+MAX_PARENTS = 200
+
+
+class ParentsRequest(Message):
+    """Something about each of these parents, asked by the gateway for signed-in parents."""
+
+    parent_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(min_length=1, max_length=MAX_PARENTS)
 
 
 class ChildrenReply(Message):
@@ -805,6 +815,21 @@ ACTIVE_PUPILS: Rpc[ParentRequest, ActivePupilsReply] = Rpc(
     ActivePupilsReply,
     title="active pupils",
     description="The pupils a parent may see now: the overview's access check.",
+)
+
+
+class ActivePupilsManyReply(Message):
+    """Each parent's pupils they may see now, by parent id; a parent with none is left out."""
+
+    pupil_ids: dict[str, list[str]]
+
+
+ACTIVE_PUPILS_MANY: Rpc[ParentsRequest, ActivePupilsManyReply] = Rpc(
+    "rpc.linking.active_pupils_many.v1",
+    ParentsRequest,
+    ActivePupilsManyReply,
+    title="active pupils of many parents",
+    description="The pupils each of many parents may see now: the gateway's cache misses of one moment, asked together.",
 )
 
 UNLINK: Rpc[UnlinkRequest, Done] = Rpc(

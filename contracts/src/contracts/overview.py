@@ -13,10 +13,14 @@ from contracts.base import Message, Rpc
 CHANGED_NOTICE = "notice.overview.changed.v1"
 
 
-class OverviewRequest(Message):
-    """The pupils to describe: one round trip for a parent with several children."""
+MAX_PUPILS = 100  # of one `OverviewRequest`
 
-    pupil_ids: list[str] = Field(max_length=100)
+
+class OverviewRequest(Message):
+    """The pupils to describe: one round trip for a parent with several children, or for the
+    children of the parents a gateway serves at one moment."""
+
+    pupil_ids: list[str] = Field(max_length=MAX_PUPILS)
 
 
 class DueItem(Message):

@@ -10,6 +10,7 @@ once and a busy one, on a school morning, reads many keys per query.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -23,9 +24,12 @@ class ReadGatherer(Generic[V]):
     """`read(keys) -> {key: value}` shared by concurrent callers; a key the read does not
     return is None."""
 
-    def __init__(self, read: Callable[[list[str]], Awaitable[dict[str, V]]], *, parallel: int = 2) -> None:
+    def __init__(
+        self, read: Callable[[list[str]], Awaitable[dict[str, V]]], *, parallel: int = 2, max_keys: int = MAX_KEYS
+    ) -> None:
         self.read = read
         self.parallel = parallel
+        self.max_keys = max_keys
         self._waiting: dict[str, list[asyncio.Future[V | None]]] = {}
         self._running = 0
         self.reads = 0
@@ -55,7 +59,7 @@ class ReadGatherer(Generic[V]):
 
     def _start(self) -> None:
         while self._waiting and self._running < self.parallel:
-            batch = dict(list(self._waiting.items())[:MAX_KEYS])
+            batch = dict(itertools.islice(self._waiting.items(), self.max_keys))
             for pid in batch:
                 del self._waiting[pid]
             self._running += 1

@@ -31,9 +31,11 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from contracts.base import utcnow
+from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
-from contracts.overview import CHANGED_NOTICE, ChangedNotice, next_week_turn
+from contracts.overview import CHANGED_NOTICE, MAX_PUPILS, ChangedNotice, next_week_turn
+from gateway.clients.transport import GATHER_PARALLEL
 
 log = get_logger("gateway.caches.overview")
 
@@ -163,7 +165,7 @@ class Refresher:
         cache: OverviewCache,
         fetch: Callable[[list[str]], Awaitable[bytes]],
         *,
-        max_batch: int = 100,
+        max_batch: int = MAX_PUPILS,
         delay: float = 0.02,
     ) -> None:
         self.cache = cache
@@ -235,6 +237,17 @@ class OverviewReader:
         # Overview's raw answer within the overview deadline (`OverviewClient.get_raw`).
         self._fetch = fetch
         self.refresher = Refresher(cache, fetch)
+        # Misses of parents arriving together go to overview in one request (see
+        # `contracts.kit.gather`): a school morning's first visits, a few requests in flight.
+        self._misses: ReadGatherer[bytes] = ReadGatherer(
+            self._read_missing, parallel=GATHER_PARALLEL, max_keys=MAX_PUPILS
+        )
+
+    async def _read_missing(self, pupil_ids: list[str]) -> dict[str, bytes]:
+        mark = self.cache.mark()
+        fetched = split_children(await self._fetch(pupil_ids))
+        self.cache.put(fetched, mark)
+        return fetched
 
     async def read(self, parent_id: str, pupil_ids: tuple[str, ...]) -> bytes:
         """`{"children": [...]}` for these pupils: from memory, else asked of overview for the
@@ -255,15 +268,14 @@ class OverviewReader:
             # Asked for again without keeping the parent waiting.
             self.refresher.add(aged)
         if missing:
-            mark = cache.mark()
             try:
-                data = await self._fetch(missing)
+                fetched = await self._misses.get(missing)
             except RpcError as exc:
                 log.warning("overview_partial", parent_id=parent_id, error=exc.code)
                 return self._partial(pupil_ids, parts)
-            fetched = split_children(data)
-            cache.put(fetched, mark)
-            parts.update(fetched)
+            for pid, data in fetched.items():
+                if data is not None:
+                    parts[pid] = data
             if any(pid not in parts for pid in pupil_ids):
                 return self._partial(pupil_ids, parts)
         return _PREFIX + b",".join(parts[pid] for pid in pupil_ids) + b"]}"

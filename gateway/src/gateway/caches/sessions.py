@@ -30,7 +30,6 @@ from gateway.settings import GatewaySettings
 log = get_logger("gateway.caches.sessions")
 
 STATE_KEY = "auth"
-MAX_TOKEN_LENGTH = 256  # identity's SessionRequest refuses longer ones
 
 
 def token_key(token: str) -> str:
@@ -260,7 +259,7 @@ class SessionAuth:
 
     async def resolve(self, token: str) -> tuple[Principal | None, bool]:
         """The principal of `token` or None, and whether identity was asked for it."""
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        if not token or len(token) > identity.MAX_TOKEN_LENGTH:
             return None, False
         key = token_key(token)
         cached = self.cache.get(key)

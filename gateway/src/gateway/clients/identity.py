@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from contracts import identity
-from contracts.kit.rpc import INVALID_REQUEST, RpcError
-from gateway.clients.transport import Transport
+from contracts.kit.gather import ReadGatherer
+from gateway.clients.transport import GATHER_PARALLEL, Transport
 
 CONTACTS_BATCH = 1000  # identity's ContactsRequest takes at most this many ids
 
@@ -18,6 +18,10 @@ class IdentityClient:
 
     def __init__(self, transport: Transport) -> None:
         self._t = transport
+        # Tokens this replica does not know yet, asked for together.
+        self._sessions: ReadGatherer[identity.Principal | None] = ReadGatherer(
+            self._read_sessions, parallel=GATHER_PARALLEL, max_keys=identity.MAX_SESSIONS
+        )
 
     async def register(
         self,
@@ -72,13 +76,16 @@ class IdentityClient:
         await self._t.call(identity.LOGOUT, identity.LogoutRequest(token=token))
 
     async def session(self, token: str) -> identity.Principal | None:
-        """Who holds `token`; None when it is no live session (or cannot be one)."""
-        try:
-            return await self._t.call(identity.SESSION, identity.SessionRequest(token=token))
-        except RpcError as exc:
-            if exc.code in (identity.E_INVALID_SESSION, INVALID_REQUEST):
-                return None
-            raise
+        """Who holds `token`; None when it is no live session (or cannot be one). Asked together
+        with the other tokens this replica does not know yet (one request, one query)."""
+        if not token or len(token) > identity.MAX_TOKEN_LENGTH:
+            # Never sent: one token identity refuses would refuse the whole request.
+            return None
+        return await self._sessions.one(token)
+
+    async def _read_sessions(self, tokens: list[str]) -> dict[str, identity.Principal | None]:
+        reply = await self._t.call(identity.SESSIONS, identity.SessionsRequest(tokens=tokens))
+        return dict(zip(tokens, reply.sessions, strict=True))
 
     async def password_reset(self, email: str) -> None:
         """A reset link, if that address has an account."""

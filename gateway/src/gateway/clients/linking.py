@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from contracts import linking
 from contracts.identity import Principal
-from gateway.clients.transport import Transport
+from contracts.kit.gather import ReadGatherer
+from gateway.clients.transport import GATHER_PARALLEL, Transport
 
 
 def staff_scope(principal: Principal) -> linking.StaffScope:
@@ -29,6 +30,10 @@ class LinkingClient:
 
     def __init__(self, transport: Transport) -> None:
         self._t = transport
+        # Parents this replica does not know yet, asked for together.
+        self._active: ReadGatherer[list[str]] = ReadGatherer(
+            self._read_active, parallel=GATHER_PARALLEL, max_keys=linking.MAX_PARENTS
+        )
 
     def staff(self, principal: Principal) -> StaffLinking:
         """Linking's staff requests, within what `principal` may see."""
@@ -53,8 +58,12 @@ class LinkingClient:
         return (await self._t.call(linking.PARENT_CHILDREN, linking.ParentRequest(parent_id=parent_id))).children
 
     async def active_pupils(self, parent_id: str) -> list[str]:
-        """The pupils a parent may see right now."""
-        return (await self._t.call(linking.ACTIVE_PUPILS, linking.ParentRequest(parent_id=parent_id))).pupil_ids
+        """The pupils a parent may see right now, asked with the other parents asked meanwhile."""
+        return await self._active.one(parent_id) or []
+
+    async def _read_active(self, parent_ids: list[str]) -> dict[str, list[str]]:
+        reply = await self._t.call(linking.ACTIVE_PUPILS_MANY, linking.ParentsRequest(parent_ids=parent_ids))
+        return reply.pupil_ids
 
     async def unlink(self, parent_id: str, pupil_id: str) -> None:
         """A parent unlinks a child."""

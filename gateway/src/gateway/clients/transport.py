@@ -10,6 +10,11 @@ from typing import Any, Protocol
 
 from contracts.base import Rep, Req, Rpc
 
+# Requests in flight at once for each read the gateway gathers across callers (sessions,
+# parents' pupils, overviews; see `contracts.kit.gather`): keys asked meanwhile wait for the
+# next one, so a quiet gateway asks at once and a busy one asks for many keys per request.
+GATHER_PARALLEL = 4
+
 
 class Transport(Protocol):
     """Asks the services; raises `RpcError` (`RpcUnavailable`, `RpcTimeout` when none answers)."""

@@ -114,6 +114,7 @@ def serve_requests(runtime: ServiceRuntime, svc: IdentityService) -> None:
     runtime.serve(c.LOGOUT, svc.logout)
     # Every page view of every gateway replica whose session cache misses asks it.
     runtime.serve(c.SESSION, svc.session, concurrency=1024)
+    runtime.serve(c.SESSIONS, svc.sessions, concurrency=1024)
     runtime.serve(c.PASSWORD_RESET, svc.password_reset)
     runtime.serve(c.PASSWORD_RESET_CONFIRM, svc.password_reset_confirm)
     runtime.serve(c.CHECK_PASSWORD, svc.check_password)

@@ -7,11 +7,11 @@ import contextlib
 import hashlib
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from sqlalchemy import CursorResult, Result, Row, delete, or_, select, text, update
+from sqlalchemy import CursorResult, delete, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -21,7 +21,7 @@ from contracts import identity as c
 from contracts import names, notify
 from contracts.addresses import looks_like_email, normalise_email
 from contracts.base import Event, utcnow
-from contracts.kit.db import dialect_name
+from contracts.kit.db import dialect_name, utc
 from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.outbox import UnitOfWork
@@ -35,9 +35,52 @@ from identity.tables import Account, LoginFailure, RateEvent, Session, Token
 if TYPE_CHECKING:
     from identity.app import Settings
 
+
 # A session's columns with its account's, read by name. They are more than the typed overloads
 # of SQLAlchemy's select() take, so the row's values are not typed one by one.
-SessionRow: TypeAlias = "Row[*tuple[Any, ...]]"
+class SessionRow(NamedTuple):
+    """A session by its token's hash, with what its principal needs of the account."""
+
+    token_hash: str
+    id: str
+    last_seen_at: datetime
+    idle_seconds: int
+    revoked_at: datetime | None
+    absolute_expires_at: datetime
+    account_id: str
+    role: c.Role
+    email: str
+    name: str
+    school_id: str | None
+    trust_id: str | None
+    disabled_at: datetime | None
+    language: c.Language
+
+
+def _session_row(r: Sequence[Any]) -> SessionRow:
+    return SessionRow(
+        token_hash=r[0],
+        id=r[1],
+        last_seen_at=cast(datetime, utc(r[2])),
+        idle_seconds=r[3],
+        revoked_at=utc(r[4]),
+        absolute_expires_at=cast(datetime, utc(r[5])),
+        account_id=r[6],
+        role=r[7],
+        email=r[8],
+        name=r[9],
+        school_id=r[10],
+        trust_id=r[11],
+        disabled_at=utc(r[12]),
+        language=r[13],
+    )
+
+
+_SESSIONS_SQL = (
+    "SELECT s.token_hash, s.id, s.last_seen_at, s.idle_seconds, s.revoked_at, s.absolute_expires_at,"
+    " a.id, a.role, a.email, a.name, a.school_id, a.trust_id, a.disabled_at, a.language"
+    " FROM sessions s JOIN accounts a ON a.id = s.account_id WHERE s.token_hash IN {keys}"
+)
 
 log = get_logger("identity.service")
 
@@ -571,10 +614,27 @@ class IdentityService:
 
     async def session(self, req: c.SessionRequest) -> c.Principal:
         """Who holds this token, if the session is live; each use extends its idle lifetime."""
-        now = utcnow()
         row = await self._sessions.one(digest(req.token))
         if row is None:
             raise RpcFailure(c.E_INVALID_SESSION, "Not signed in.")
+        principal = self._principal(row, utcnow())
+        if principal is None:
+            raise RpcFailure(c.E_INVALID_SESSION, "The session has ended: sign in again.")
+        return principal
+
+    async def sessions(self, req: c.SessionsRequest) -> c.SessionsReply:
+        """Who holds each token (None where it is no live session), read with whatever else is
+        asked meanwhile; each use extends its session's idle lifetime."""
+        keys = [digest(token) for token in req.tokens]
+        rows = await self._sessions.get(keys)
+        now = utcnow()
+        return c.SessionsReply(
+            sessions=[None if (row := rows[key]) is None else self._principal(row, now) for key in keys]
+        )
+
+    def _principal(self, row: SessionRow, now: datetime) -> c.Principal | None:
+        """The principal of a session row, or None when the session has ended; a use worth
+        recording is noted for the next touch."""
         idle_end = row.last_seen_at + timedelta(seconds=row.idle_seconds)
         if (
             row.revoked_at is not None
@@ -582,7 +642,7 @@ class IdentityService:
             or now >= row.absolute_expires_at
             or now >= idle_end
         ):
-            raise RpcFailure(c.E_INVALID_SESSION, "The session has ended: sign in again.")
+            return None
         if (now - row.last_seen_at).total_seconds() >= self.s.identity_touch_seconds:
             self._used.add(row.id)
             idle_end = now + timedelta(seconds=row.idle_seconds)
@@ -601,29 +661,9 @@ class IdentityService:
 
     async def _read_sessions(self, token_hashes: list[str]) -> dict[str, SessionRow]:
         """The live-or-not session rows of these token hashes, with their accounts."""
-        async with self.runtime.db.reader() as s:
-            # Columns, not entities: every cache miss of every gateway comes here.
-            rows: Result[*tuple[Any, ...]] = await s.execute(
-                select(
-                    col(Session.token_hash),
-                    col(Session.id),
-                    col(Session.last_seen_at),
-                    col(Session.idle_seconds),
-                    col(Session.revoked_at),
-                    col(Session.absolute_expires_at),
-                    col(Account.id).label("account_id"),
-                    col(Account.role),
-                    col(Account.email),
-                    col(Account.name),
-                    col(Account.school_id),
-                    col(Account.trust_id),
-                    col(Account.disabled_at),
-                    col(Account.language),
-                )
-                .join(Account, col(Account.id) == col(Session.account_id))
-                .where(col(Session.token_hash).in_(token_hashes))
-            )
-            return {row.token_hash: row for row in rows}
+        # Every cache miss of every gateway comes here: one driver call (`read_keys`).
+        rows = await self.runtime.db.read_keys(_SESSIONS_SQL, token_hashes)
+        return {r[0]: _session_row(r) for r in rows}
 
     async def record_use(self) -> None:
         """Write when the sessions used lately were last seen (every second or so, and at shutdown)."""

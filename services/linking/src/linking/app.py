@@ -141,6 +141,7 @@ def serve_requests(runtime: ServiceRuntime, h: Handlers) -> None:
     runtime.serve(contract.PARENT_CHILDREN, h.links.parent_children)
     # Asked on every overview whose links-cache entry is missing.
     runtime.serve(contract.ACTIVE_PUPILS, h.links.active_pupils, concurrency=1024)
+    runtime.serve(contract.ACTIVE_PUPILS_MANY, h.links.active_pupils_many, concurrency=1024)
     runtime.serve(contract.DIGEST_CHILDREN, h.links.digest_children, concurrency=8)
     runtime.serve(contract.UNLINK, h.links.unlink)
     runtime.serve(contract.INVITE, h.links.invite)
