@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from contracts import linking, platform
 from contracts.base import utcnow
 from contracts.kit import rpc
+from contracts.kit.db import Database
 from contracts.kit.migrations import upgrade
 from contracts.kit.service import migrate
 from contracts.overview import GET, TARGET, ChildRequest, OverviewRequest
@@ -260,9 +261,12 @@ async def test_stars_this_week_across_the_spring_dst_change(database_url: str) -
             )
     async with sessions() as s, s.begin():
         await batch.write(s)
-    async with sessions() as s:
-        got = await read_overviews(s, ["amy", "utc-kid"], now=monday_bst + timedelta(days=3), defaults=DEFAULTS)
     await engine.dispose()
+    db = Database(database_url)
+    try:
+        got = await read_overviews(db, ["amy", "utc-kid"], now=monday_bst + timedelta(days=3), defaults=DEFAULTS)
+    finally:
+        await db.dispose()
     assert got["amy"].stars_this_week == 6
     # Counted in UTC (the school's zone is unknown), Monday 00:30 BST is still Sunday.
     assert got["utc-kid"].stars_this_week == 4

@@ -86,7 +86,7 @@ class Database:
         async with self._read() as session, session.begin():
             yield session
 
-    async def read_keys(self, sql: str, keys: Sequence[str]) -> list[Sequence[Any]]:
+    async def read_keys(self, sql: str, keys: Sequence[str], *params: Any) -> list[Sequence[Any]]:
         """The rows of one read-only statement over a list of keys, in one call of the driver.
 
         For the reads every first request of a busy morning makes (sessions by token, parents'
@@ -94,17 +94,22 @@ class Database:
         transaction of several driver calls, and on SQLite each call a round trip to the
         driver's thread, about four times the CPU of the query itself. `sql` is plain SQL that
         both databases understand, with `{keys}` where the list of keys goes as a subquery
-        (`... WHERE t.key IN {keys}`); its values come back as the driver gives them: read
-        timestamps with `utc`. One statement reads a consistent snapshot on its own.
+        (`... WHERE t.key IN {keys}`) and `{p1}`, `{p2}`, ... where `params` go (timestamps
+        as aware datetimes). Values come back as the driver gives them: read timestamps with
+        `utc`. One statement reads a consistent snapshot on its own.
         """
         async with self.read_engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
             if self.sqlite:
                 # A JSON array, whatever the number of keys: one statement text, prepared once.
-                query = sql.format(keys="(SELECT value FROM json_each(?))")
-                return list(await driver.execute_fetchall(query, (json.dumps(list(keys)),)))
-            return list(await driver.fetch(sql.format(keys="(SELECT unnest($1::text[]))"), list(keys)))
+                places = {f"p{i}": f"?{i + 1}" for i in range(1, len(params) + 1)}
+                query = sql.format(keys="(SELECT value FROM json_each(?1))", **places)
+                values = (json.dumps(list(keys)), *(_sqlite_value(v) for v in params))
+                return list(await driver.execute_fetchall(query, values))
+            places = {f"p{i}": f"${i + 1}" for i in range(1, len(params) + 1)}
+            query = sql.format(keys="(SELECT unnest($1::text[]))", **places)
+            return list(await driver.fetch(query, list(keys), *params))
 
     async def checkpoint(self) -> bool:
         """SQLite: copy the write-ahead log into the database file and empty it, so that the
@@ -175,6 +180,14 @@ class UtcDateTime(TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _sqlite_value(value: Any) -> Any:
+    # Timestamps as SQLAlchemy stores them on SQLite (naive UTC text, always with microseconds),
+    # so that they compare as the stored ones do.
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
 
 
 def utc(value: datetime | str | None) -> datetime | None:

@@ -82,8 +82,7 @@ class Overviews:
 
     async def _read(self, pupil_ids: list[str]) -> dict[str, bytes]:
         versions = {pid: self.cache.version(pid) for pid in pupil_ids}
-        async with self.runtime.db.reader() as s:
-            fresh = await read_overviews(s, pupil_ids, now=utcnow(), defaults=self.defaults, go=self.go)
+        fresh = await read_overviews(self.runtime.db, pupil_ids, now=utcnow(), defaults=self.defaults, go=self.go)
         return {pid: self.cache.put(ov, versions[pid]) for pid, ov in fresh.items()}
 
     async def get(self, req: OverviewRequest) -> RawReply:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
+from typing import NamedTuple, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -24,7 +25,7 @@ from sqlmodel import col
 
 from contracts import linking, platform
 from contracts.base import Event
-from contracts.kit.db import dialect_name
+from contracts.kit.db import Database, dialect_name, utc
 from contracts.overview import ChildOverview, DueItem, Links
 from overview.tables import Homework, HomeworkPupil, Pupil, PupilMessage, School, StarAward
 
@@ -310,8 +311,37 @@ class Batch:
         return self.touched
 
 
+# The overview's reads (`read_overviews`), one driver call each (`Database.read_keys`): every
+# first visit of a busy morning that the gateways do not know yet comes here.
+_SCHOOLS_SQL = (
+    "SELECT p.pupil_id, s.timezone, s.homework_url, s.files_url, s.messages_url"
+    " FROM pupils p LEFT JOIN schools s ON s.school_id = p.school_id WHERE p.pupil_id IN {keys}"
+)
+_OUTSTANDING_SQL = (
+    "SELECT hp.pupil_id, h.title, h.due_at FROM homework_pupils hp JOIN homework h ON h.homework_id = hp.homework_id"
+    " WHERE hp.pupil_id IN {keys} AND hp.assigned AND NOT hp.completed AND NOT h.withdrawn AND h.title IS NOT NULL"
+    " ORDER BY h.due_at, h.homework_id"
+)
+_UNREAD_SQL = (
+    "SELECT m.pupil_id, COUNT(*) FROM messages m WHERE m.pupil_id IN {keys} AND m.delivered AND NOT m.read"
+    " GROUP BY m.pupil_id"
+)
+# Each award since the earliest of the pupils' week starts: each pupil's own week is summed here.
+_AWARDS_SQL = (
+    "SELECT a.pupil_id, a.stars, a.awarded_at FROM star_awards a"
+    " WHERE a.pupil_id IN {keys} AND a.awarded_at >= {p1} AND a.awarded_at <= {p2}"
+)
+
+
+class _SchoolRow(NamedTuple):
+    timezone: str | None
+    homework_url: str | None
+    files_url: str | None
+    messages_url: str | None
+
+
 async def read_overviews(
-    session: AsyncSession, pupil_ids: list[str], *, now: datetime, defaults: dict[str, str], go: str | None = None
+    db: Database, pupil_ids: list[str], *, now: datetime, defaults: dict[str, str], go: str | None = None
 ) -> dict[str, ChildOverview]:
     """The overview of each pupil, computed from the projections. With `go` (the portal's public
     URL) the links lead through the portal's signed handoff (`<go>/go/<pupil_id>/<area>`), which
@@ -319,74 +349,20 @@ async def read_overviews(
     if not pupil_ids:
         return {}
     ids = list(dict.fromkeys(pupil_ids))
-    schools = {
-        row.pupil_id: row
-        for row in await session.execute(
-            select(
-                col(Pupil.pupil_id),
-                col(School.timezone),
-                col(School.homework_url),
-                col(School.files_url),
-                col(School.messages_url),
-            )
-            .select_from(Pupil)
-            .join(School, col(School.school_id) == col(Pupil.school_id), isouter=True)
-            .where(col(Pupil.pupil_id).in_(ids))
-        )
-    }
+    schools = {r[0]: _SchoolRow(*r[1:]) for r in await db.read_keys(_SCHOOLS_SQL, ids)}
     outstanding: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
-    for due in await session.execute(
-        select(col(HomeworkPupil.pupil_id), col(Homework.title), col(Homework.due_at))
-        .join(Homework, col(Homework.homework_id) == col(HomeworkPupil.homework_id))
-        .where(
-            col(HomeworkPupil.pupil_id).in_(ids),
-            col(HomeworkPupil.assigned).is_(True),
-            col(HomeworkPupil.completed).is_(False),
-            col(Homework.withdrawn).is_(False),
-            col(Homework.title).is_not(None),
-        )
-        .order_by(col(Homework.due_at), col(Homework.homework_id))
-    ):
-        outstanding[due.pupil_id].append((due.title, due.due_at))
-    unread = dict(
-        (
-            await session.execute(
-                select(col(PupilMessage.pupil_id), func.count())
-                .where(
-                    col(PupilMessage.pupil_id).in_(ids),
-                    col(PupilMessage.delivered).is_(True),
-                    col(PupilMessage.read).is_(False),
-                )
-                .group_by(col(PupilMessage.pupil_id))
-            )
-        )
-        .tuples()
-        .all()
-    )
-    # "This week" is each school's own week: one sum per distinct week start.
-    starts: dict[datetime, list[str]] = defaultdict(list)
+    for pid, title, due_at in await db.read_keys(_OUTSTANDING_SQL, ids):
+        outstanding[pid].append((title, cast(datetime, utc(due_at))))
+    unread: dict[str, int] = {pid: count for pid, count in await db.read_keys(_UNREAD_SQL, ids)}  # noqa: C416 - rows, not pairs
+    # "This week" is each school's own week.
+    starts: dict[str, datetime] = {}
     for pid in ids:
         row = schools.get(pid)
-        starts[week_start(now, row.timezone if row else None)].append(pid)
-    stars: dict[str, int] = {}
-    for start, group in starts.items():
-        stars.update(
-            (
-                await session.execute(
-                    select(col(StarAward.pupil_id), func.sum(col(StarAward.stars)))
-                    .where(
-                        and_(
-                            col(StarAward.pupil_id).in_(group),
-                            col(StarAward.awarded_at) >= start,
-                            col(StarAward.awarded_at) <= now,
-                        )
-                    )
-                    .group_by(col(StarAward.pupil_id))
-                )
-            )
-            .tuples()
-            .all()
-        )
+        starts[pid] = week_start(now, row.timezone if row else None)
+    stars: dict[str, int] = defaultdict(int)
+    for pid, count, at in await db.read_keys(_AWARDS_SQL, ids, min(starts.values()), now):
+        if cast(datetime, utc(at)) >= starts[pid]:
+            stars[pid] += count
     out: dict[str, ChildOverview] = {}
     for pid in ids:
         row = schools.get(pid)
