@@ -87,29 +87,17 @@ class Database:
             yield session
 
     async def read_keys(self, sql: str, keys: Sequence[str], *params: Any) -> list[Sequence[Any]]:
-        """The rows of one read-only statement over a list of keys, in one call of the driver.
+        """The rows of one read-only statement over a list of keys, in one call of the driver
+        (see `KeyedReads`)."""
+        async with self.keyed_reads() as reads:
+            return await reads.rows(sql, keys, *params)
 
-        For the reads every first request of a busy morning makes (sessions by token, parents'
-        pupils, pupils' overviews), gathered across requests: through the ORM each read is a
-        transaction of several driver calls, and on SQLite each call a round trip to the
-        driver's thread, about four times the CPU of the query itself. `sql` is plain SQL that
-        both databases understand, with `{keys}` where the list of keys goes as a subquery
-        (`... WHERE t.key IN {keys}`) and `{p1}`, `{p2}`, ... where `params` go (timestamps
-        as aware datetimes). Values come back as the driver gives them: read timestamps with
-        `utc`. One statement reads a consistent snapshot on its own.
-        """
+    @asynccontextmanager
+    async def keyed_reads(self) -> AsyncIterator[KeyedReads]:
+        """Several `KeyedReads.rows` on one pooled connection."""
         async with self.read_engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            if self.sqlite:
-                # A JSON array, whatever the number of keys: one statement text, prepared once.
-                places = {f"p{i}": f"?{i + 1}" for i in range(1, len(params) + 1)}
-                query = sql.format(keys="(SELECT value FROM json_each(?1))", **places)
-                values = (json.dumps(list(keys)), *(_sqlite_value(v) for v in params))
-                return list(await driver.execute_fetchall(query, values))
-            places = {f"p{i}": f"${i + 1}" for i in range(1, len(params) + 1)}
-            query = sql.format(keys="(SELECT unnest($1::text[]))", **places)
-            return list(await driver.fetch(query, list(keys), *params))
+            yield KeyedReads(raw.driver_connection, sqlite=self.sqlite)
 
     async def checkpoint(self) -> bool:
         """SQLite: copy the write-ahead log into the database file and empty it, so that the
@@ -180,6 +168,36 @@ class UtcDateTime(TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class KeyedReads:
+    """Read-only statements over lists of keys, each in one call of the driver.
+
+    For the reads every first request of a busy morning makes (sessions by token, parents'
+    pupils, pupils' overviews), gathered across requests: through the ORM each read is a
+    transaction of several driver calls, and on SQLite each call a round trip to the driver's
+    thread, about four times the CPU of the query itself.
+    """
+
+    def __init__(self, driver: Any, *, sqlite: bool) -> None:
+        self._driver = driver
+        self._sqlite = sqlite
+
+    async def rows(self, sql: str, keys: Sequence[str], *params: Any) -> list[Sequence[Any]]:
+        """The rows of `sql`: plain SQL both databases understand, with `{keys}` where the list
+        of keys goes as a subquery (`... WHERE t.key IN {keys}`) and `{p1}`, `{p2}`, ... where
+        `params` go (timestamps as aware datetimes). Values come back as the driver gives them:
+        read timestamps with `utc`. Each statement reads a consistent snapshot of its own.
+        """
+        if self._sqlite:
+            # A JSON array, whatever the number of keys: one statement text, prepared once.
+            places = {f"p{i}": f"?{i + 1}" for i in range(1, len(params) + 1)}
+            query = sql.format(keys="(SELECT value FROM json_each(?1))", **places)
+            values = (json.dumps(list(keys)), *(_sqlite_value(v) for v in params))
+            return list(await self._driver.execute_fetchall(query, values))
+        places = {f"p{i}": f"${i + 1}" for i in range(1, len(params) + 1)}
+        query = sql.format(keys="(SELECT unnest($1::text[]))", **places)
+        return list(await self._driver.fetch(query, list(keys), *params))
 
 
 def _sqlite_value(value: Any) -> Any:

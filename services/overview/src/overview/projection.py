@@ -349,20 +349,18 @@ async def read_overviews(
     if not pupil_ids:
         return {}
     ids = list(dict.fromkeys(pupil_ids))
-    schools = {r[0]: _SchoolRow(*r[1:]) for r in await db.read_keys(_SCHOOLS_SQL, ids)}
-    outstanding: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
-    for pid, title, due_at in await db.read_keys(_OUTSTANDING_SQL, ids):
-        outstanding[pid].append((title, cast(datetime, utc(due_at))))
-    unread: dict[str, int] = {pid: count for pid, count in await db.read_keys(_UNREAD_SQL, ids)}  # noqa: C416 - rows, not pairs
-    # "This week" is each school's own week.
-    starts: dict[str, datetime] = {}
-    for pid in ids:
-        row = schools.get(pid)
-        starts[pid] = week_start(now, row.timezone if row else None)
     stars: dict[str, int] = defaultdict(int)
-    for pid, count, at in await db.read_keys(_AWARDS_SQL, ids, min(starts.values()), now):
-        if cast(datetime, utc(at)) >= starts[pid]:
-            stars[pid] += count
+    async with db.keyed_reads() as reads:
+        schools = {r[0]: _SchoolRow(*r[1:]) for r in await reads.rows(_SCHOOLS_SQL, ids)}
+        outstanding: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+        for pid, title, due_at in await reads.rows(_OUTSTANDING_SQL, ids):
+            outstanding[pid].append((title, cast(datetime, utc(due_at))))
+        unread: dict[str, int] = {pid: count for pid, count in await reads.rows(_UNREAD_SQL, ids)}  # noqa: C416 - rows, not pairs
+        # "This week" is each school's own week.
+        starts = {pid: week_start(now, row.timezone if (row := schools.get(pid)) else None) for pid in ids}
+        for pid, count, at in await reads.rows(_AWARDS_SQL, ids, min(starts.values()), now):
+            if cast(datetime, utc(at)) >= starts[pid]:
+                stars[pid] += count
     out: dict[str, ChildOverview] = {}
     for pid in ids:
         row = schools.get(pid)
