@@ -9,6 +9,10 @@ older event than the one that wrote them changes nothing.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import datetime
+from typing import cast
+
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -21,6 +25,9 @@ from linking.addresses import AddressVault
 from linking.tables import Pupil, PupilContact
 
 log = get_logger("linking.contacts")
+
+# Keys per IN list.
+_CHUNK = 500
 
 
 def bound_to(pupil_id: str, position: int) -> str:
@@ -44,35 +51,21 @@ async def apply(uow: UnitOfWork, items: list[tuple[str, Event]], vault: AddressV
             left.add(ev.pupil_id)
     if not (upserted or left):
         return
-    pupils = {
-        p.pupil_id: p
-        for p in (await s.execute(select(Pupil).where(col(Pupil.pupil_id).in_(sorted(upserted | left))))).scalars()
-    }
-    gone = [pid for pid, p in pupils.items() if p.left_at is not None]
-    if gone:
-        await s.execute(delete(PupilContact).where(col(PupilContact.pupil_id).in_(gone)))
-    for pid in sorted(upserted - set(gone)):
-        pupil = pupils.get(pid)
-        if pupil is None:
-            continue
-        # Contacts the school the pupil left gave are not the new school's to see.
+    wanted = sorted(upserted | left)
+    pupils: dict[str, Pupil] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        found = await s.execute(select(Pupil).where(col(Pupil.pupil_id).in_(wanted[start : start + _CHUNK])))
+        pupils.update((p.pupil_id, p) for p in found.scalars())
+    gone = {pid for pid, p in pupils.items() if p.left_at is not None}
+    doomed, rewrite = _plan(pupils, await _held(s, sorted(pupils)), gone, upserted, latest)
+    for start in range(0, len(doomed), _CHUNK):
+        # No contact row is loaded in this session: nothing for the ORM to synchronise.
         await s.execute(
-            delete(PupilContact).where(
-                col(PupilContact.pupil_id) == pid, col(PupilContact.school_id) != pupil.school_id
-            )
+            delete(PupilContact)
+            .where(col(PupilContact.id).in_(doomed[start : start + _CHUNK]))
+            .execution_options(synchronize_session=False)
         )
-        up = latest.get(pid)
-        if up is None or up.school_id != pupil.school_id:
-            continue
-        newest = (
-            (await s.execute(select(col(PupilContact.version_at)).where(col(PupilContact.pupil_id) == pid)))
-            .scalars()
-            .all()
-        )
-        if any(v > up.occurred_at for v in newest):
-            continue  # written by a newer event than this one
-        await s.execute(delete(PupilContact).where(col(PupilContact.pupil_id) == pid))
-        await s.flush()
+    for pid, pupil, up in rewrite:
         seen: set[str] = set()
         for position, contact in enumerate(up.contacts or [], start=1):
             key = contact.email.strip().lower()
@@ -93,6 +86,55 @@ async def apply(uow: UnitOfWork, items: list[tuple[str, Event]], vault: AddressV
             )
     if gone:
         log.info("contacts_erased", pupils=len(gone))
+
+
+async def _held(s: AsyncSession, pupil_ids: list[str]) -> dict[str, list[tuple[int, str, datetime]]]:
+    """(row id, school, version) of every contact held of these pupils, read at once: a full
+    roster import upserts every pupil, and a statement or two per pupil made linking spend four
+    times as long on contacts as on the roster itself."""
+    held: dict[str, list[tuple[int, str, datetime]]] = defaultdict(list)
+    for start in range(0, len(pupil_ids), _CHUNK):
+        rows = await s.execute(
+            select(
+                col(PupilContact.id),
+                col(PupilContact.pupil_id),
+                col(PupilContact.school_id),
+                col(PupilContact.version_at),
+            ).where(col(PupilContact.pupil_id).in_(pupil_ids[start : start + _CHUNK]))
+        )
+        for row_id, pid, school_id, version_at in rows:
+            held[pid].append((cast(int, row_id), school_id, version_at))
+    return held
+
+
+def _plan(
+    pupils: dict[str, Pupil],
+    held: dict[str, list[tuple[int, str, datetime]]],
+    gone: set[str],
+    upserted: set[str],
+    latest: dict[str, platform.PupilUpserted],
+) -> tuple[list[int], list[tuple[str, Pupil, platform.PupilUpserted]]]:
+    """The contact rows to delete, and the pupils whose contacts the batch writes anew."""
+    doomed: list[int] = []
+    rewrite: list[tuple[str, Pupil, platform.PupilUpserted]] = []
+    for pid, pupil in sorted(pupils.items()):
+        rows = held.get(pid, [])
+        if pid in gone:
+            doomed.extend(row_id for row_id, _, _ in rows)
+            continue
+        if pid not in upserted:
+            continue
+        # Contacts the school the pupil left gave are not the new school's to see.
+        doomed.extend(row_id for row_id, school_id, _ in rows if school_id != pupil.school_id)
+        up = latest.get(pid)
+        if up is None or up.school_id != pupil.school_id:
+            continue
+        mine = [(row_id, version_at) for row_id, school_id, version_at in rows if school_id == pupil.school_id]
+        if any(version_at > up.occurred_at for _, version_at in mine):
+            continue  # written by a newer event than this one
+        doomed.extend(row_id for row_id, _ in mine)
+        rewrite.append((pid, pupil, up))
+    return doomed, rewrite
 
 
 async def of_pupils(
