@@ -56,8 +56,7 @@ class Overviews:
     async def apply(self, uow: UnitOfWork, items: list[tuple[str, Event]]) -> None:
         """A batch of platform or settings events, in one transaction."""
         batch = Batch()
-        for subject, event in items:
-            batch.add(subject, event)
+        batch.add_all(items)
         touched = await batch.write(uow.session)
         if touched:
             uow.after_commit(lambda: self._changed(touched))
