@@ -56,7 +56,6 @@ from contracts.kit.deadletters import (
 from contracts.kit.failing import FailureClock
 from contracts.kit.logs import describe_error, get_logger
 from contracts.kit.outbox import UnitOfWork
-from contracts.kit.tables import processed_events
 from contracts.streams import StreamDef
 
 log = get_logger("contracts.kit.consumer")
@@ -96,16 +95,28 @@ def backoff_delay(deliveries: int, *, base: float = 1.0, cap: float = 60.0) -> f
 
 
 _CLAIM_SQL = {
-    # One statement whatever the batch size: an array (PostgreSQL) or a JSON list (SQLite)
-    # rather than a bind parameter per event, so there is nothing to compile or plan per batch.
-    "postgresql": "SELECT :consumer, unnest(CAST(:ids AS VARCHAR[])), :at",
+    # One statement and one parameter whatever the batch size: a JSON list rather than a bind
+    # parameter per event (nothing to compile or plan per batch) or an array (encoded element
+    # by element by the driver). PostgreSQL answers with the ids that were there already, as a
+    # rule none: sending back every id just claimed, thousands a second, cost more than the
+    # insert. `ins` is run whether or not the outer query reads all of it.
+    "postgresql": (
+        "WITH ids AS (SELECT json_array_elements_text(CAST(:ids AS JSON)) AS id),"
+        " ins AS (INSERT INTO processed_events (consumer, event_id, processed_at)"
+        " SELECT :consumer, id, :at FROM ids ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id)"
+        " SELECT id FROM ids EXCEPT ALL SELECT event_id FROM ins"
+    ),
     # `WHERE true`: without it SQLite reads ON CONFLICT as part of the SELECT's join.
-    "sqlite": "SELECT :consumer, value, :at FROM json_each(:ids) WHERE true",
+    "sqlite": (
+        "INSERT INTO processed_events (consumer, event_id, processed_at)"
+        " SELECT :consumer, value, :at FROM json_each(:ids) WHERE true"
+        " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+    ),
 }
 
 
 async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
-    """Record `event_ids` as processed by `consumer`; the ones not recorded before.
+    """Record `event_ids` (no id twice) as processed by `consumer`; the ones not recorded before.
 
     An insert that skips what is already there, rather than a look-up then an insert: the
     primary key answers per event whatever the table's statistics say (a planner that
@@ -116,15 +127,16 @@ async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str
     if not event_ids:
         return set()
     dialect = dialect_name(session)
-    stmt = text(
-        f"INSERT INTO {processed_events.name} (consumer, event_id, processed_at) {_CLAIM_SQL[dialect]} "
-        "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
-    ).bindparams(
+    stmt = text(_CLAIM_SQL[dialect]).bindparams(
         bindparam("consumer", consumer, type_=String()),
-        bindparam("ids", event_ids if dialect == "postgresql" else json.dumps(event_ids)),
+        bindparam("ids", json.dumps(event_ids), type_=String()),
         bindparam("at", utcnow(), type_=UtcDateTime()),
     )
-    return set((await session.execute(stmt)).scalars())
+    rows = (await session.execute(stmt)).scalars()
+    if dialect == "postgresql":
+        # The ids already claimed (by an earlier batch, or another replica meanwhile).
+        return set(event_ids).difference(rows)
+    return set(rows)
 
 
 class Puller:
