@@ -104,7 +104,7 @@ _CLAIM_SQL = {
         "WITH ids AS (SELECT json_array_elements_text(CAST(:ids AS JSON)) AS id),"
         " ins AS (INSERT INTO processed_events (consumer, event_id, processed_at)"
         " SELECT :consumer, id, :at FROM ids ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id)"
-        " SELECT id FROM ids EXCEPT ALL SELECT event_id FROM ins"
+        " SELECT id FROM ids EXCEPT SELECT event_id FROM ins"
     ),
     # `WHERE true`: without it SQLite reads ON CONFLICT as part of the SELECT's join.
     "sqlite": (
@@ -116,7 +116,7 @@ _CLAIM_SQL = {
 
 
 async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
-    """Record `event_ids` (no id twice) as processed by `consumer`; the ones not recorded before.
+    """Record `event_ids` as processed by `consumer`; the ones not recorded before.
 
     An insert that skips what is already there, rather than a look-up then an insert: the
     primary key answers per event whatever the table's statistics say (a planner that
