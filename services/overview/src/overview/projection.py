@@ -14,7 +14,8 @@ from typing import Any, NamedTuple, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Table, TypeDecorator, and_, bindparam, case, func, select
+from sqlalchemy import ColumnElement, Table, TypeDecorator, and_, bindparam, case, func, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,7 +23,7 @@ from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import TypeEngine, UserDefinedType
 from sqlmodel import col
 
 from contracts import linking, platform
@@ -61,26 +62,31 @@ async def _upsert(
     # the statement once per row on the server and binds every row's values in SQLAlchemy,
     # and both took more CPU than the rows' actual writing.
     cols = list(rows[0])
-    source = select(*(func.unnest(bindparam(c, [r[c] for r in rows], type_=_array_of(table.c[c].type))) for c in cols))
+    source = select(*(func.unnest(_array(c, [r[c] for r in rows], table.c[c].type)) for c in cols))
     await session.execute(on_conflict(pg_insert(table).from_select(cols, source)))
 
 
-class _PlainArray(ARRAY):
-    """An array handed to the driver as it is: no copy of the list, nothing done per element."""
+class _AsIs(UserDefinedType):
+    """A parameter handed to the driver as it is (the statement casts it to its type)."""
 
     cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return ""
 
     def bind_processor(self, dialect: Dialect) -> None:
         return None
 
 
-def _array_of(column_type: TypeEngine) -> ARRAY:
-    # A timestamp column's values come from events, whose timestamps are validated as aware
-    # (`AwareDatetime`), and asyncpg brings each to UTC itself: `UtcDateTime`'s own check and
-    # conversion of every element of every array, thousands a second, did the work twice.
+def _array(name: str, values: list, column_type: TypeEngine) -> ColumnElement:
+    # An array handed to asyncpg as it is, cast to its type in the statement: bound as an ARRAY
+    # of the column's type, SQLAlchemy copies the list and calls the element type's processor
+    # on each element (booleans checked, `UtcDateTime`'s timestamps checked and converted),
+    # which asyncpg's encoding does again. The timestamps come from events, validated as aware
+    # (`AwareDatetime`), and asyncpg brings each to UTC itself.
     if isinstance(column_type, TypeDecorator):
         column_type = column_type.impl_instance
-    return _PlainArray(column_type)
+    return sql_cast(bindparam(name, values, type_=_AsIs()), ARRAY(column_type))
 
 
 class Batch:
