@@ -303,6 +303,7 @@ async def absorb(
     analyze: str | None = None,
     paused: int | None = None,
     resumed: Callable[[], None] = lambda: None,
+    pg_url: str | None = None,
 ) -> dict:
     """Publish every event (as the platform) while following overview's consumer (as an
     operator); the rates (`applied` short of `events` when `timeout` ran out first).
@@ -331,7 +332,11 @@ async def absorb(
         info = await watch.consumer_info(*CONSUMER)
         return info.num_pending + info.num_ack_pending
 
+    # overview's connections to PostgreSQL (opened before the events come: not the ANALYZE one).
+    backends = await _pg_backends(pg_url) if pg_url else []
     start = time.monotonic()
+    cpu_at_resume = None
+    pg_at_resume = None
     if paused is not None:
         os.kill(paused, signal.SIGSTOP)
     workers = [asyncio.create_task(publisher()) for _ in range(256)]
@@ -347,12 +352,17 @@ async def absorb(
                     w.result()
                 done_publishing = (now, left)
                 if paused is not None:
+                    cpu_at_resume = _pid_cpu(paused)
+                    pg_at_resume = sum(_pid_cpu(pid) for pid in backends)
                     os.kill(paused, signal.SIGCONT)
                 resumed()
             if (done_publishing is not None and left == 0) or now > timeout:
                 break
             await asyncio.sleep(0.2)
     finally:
+        # What overview spent on the backlog: less sensitive than its rate to a busy machine.
+        cpu_absorbing = _pid_cpu(paused) - cpu_at_resume if paused is not None and cpu_at_resume is not None else None
+        pg_absorbing = sum(_pid_cpu(pid) for pid in backends) - pg_at_resume if pg_at_resume is not None else None
         if paused is not None:
             os.kill(paused, signal.SIGCONT)
         for task in (*workers, *background):
@@ -374,7 +384,31 @@ async def absorb(
         "backlog_per_s": (backlog - left) / (now - published_at)
         if backlog > total * 0.05 and now > published_at
         else None,
+        "cpu_us_per_event": cpu_absorbing / (backlog - left) * 1e6
+        if cpu_absorbing is not None and backlog > left
+        else None,
+        "pg_cpu_us_per_event": pg_absorbing / (backlog - left) * 1e6
+        if pg_absorbing is not None and backlog > left
+        else None,
     }
+
+
+async def _pg_backends(url: str) -> list[int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
+def _pid_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _analyze_every(url: str, seconds: float) -> None:
@@ -780,6 +814,7 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 events,
                 timeout=opts.absorb_timeout,
                 analyze=analyze,
+                pg_url=overview_url,
                 paused=overview_pid,
                 resumed=resumed,
             )
@@ -934,6 +969,12 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
     row("absorbed from the backlog (overview paused while publishing)", lambda r: (
         f"{r.absorb['backlog_per_s']:,.0f} events/s ({r.absorb['backlog_at_publish_end']:,} left)"
         if r.absorb["backlog_per_s"] else "kept up with the publisher"
+    ))  # fmt: skip
+    row("overview's CPU per event absorbed from the backlog", lambda r: (
+        f"{r.absorb['cpu_us_per_event']:,.1f} µs" if r.absorb.get("cpu_us_per_event") else "-"
+    ))  # fmt: skip
+    row("its PostgreSQL connections' CPU per event", lambda r: (
+        f"{r.absorb['pg_cpu_us_per_event']:,.1f} µs" if r.absorb.get("pg_cpu_us_per_event") else "-"
     ))  # fmt: skip
     if any(r.notes for r in runs):
         row("note", lambda r: "; ".join(r.notes))

@@ -56,7 +56,6 @@ from contracts.kit.deadletters import (
 from contracts.kit.failing import FailureClock
 from contracts.kit.logs import describe_error, get_logger
 from contracts.kit.outbox import UnitOfWork
-from contracts.kit.tables import processed_events
 from contracts.streams import StreamDef
 
 log = get_logger("contracts.kit.consumer")
@@ -96,11 +95,23 @@ def backoff_delay(deliveries: int, *, base: float = 1.0, cap: float = 60.0) -> f
 
 
 _CLAIM_SQL = {
-    # One statement whatever the batch size: an array (PostgreSQL) or a JSON list (SQLite)
-    # rather than a bind parameter per event, so there is nothing to compile or plan per batch.
-    "postgresql": "SELECT :consumer, unnest(CAST(:ids AS VARCHAR[])), :at",
+    # One statement and one parameter whatever the batch size: a JSON list rather than a bind
+    # parameter per event (nothing to compile or plan per batch) or an array (encoded element
+    # by element by the driver). PostgreSQL answers with the ids that were there already, as a
+    # rule none: sending back every id just claimed, thousands a second, cost more than the
+    # insert. `ins` is run whether or not the outer query reads all of it.
+    "postgresql": (
+        "WITH ids AS (SELECT json_array_elements_text(CAST(:ids AS JSON)) AS id),"
+        " ins AS (INSERT INTO processed_events (consumer, event_id, processed_at)"
+        " SELECT :consumer, id, :at FROM ids ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id)"
+        " SELECT id FROM ids EXCEPT SELECT event_id FROM ins"
+    ),
     # `WHERE true`: without it SQLite reads ON CONFLICT as part of the SELECT's join.
-    "sqlite": "SELECT :consumer, value, :at FROM json_each(:ids) WHERE true",
+    "sqlite": (
+        "INSERT INTO processed_events (consumer, event_id, processed_at)"
+        " SELECT :consumer, value, :at FROM json_each(:ids) WHERE true"
+        " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+    ),
 }
 
 
@@ -116,15 +127,16 @@ async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str
     if not event_ids:
         return set()
     dialect = dialect_name(session)
-    stmt = text(
-        f"INSERT INTO {processed_events.name} (consumer, event_id, processed_at) {_CLAIM_SQL[dialect]} "
-        "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
-    ).bindparams(
+    stmt = text(_CLAIM_SQL[dialect]).bindparams(
         bindparam("consumer", consumer, type_=String()),
-        bindparam("ids", event_ids if dialect == "postgresql" else json.dumps(event_ids)),
+        bindparam("ids", json.dumps(event_ids), type_=String()),
         bindparam("at", utcnow(), type_=UtcDateTime()),
     )
-    return set((await session.execute(stmt)).scalars())
+    rows = (await session.execute(stmt)).scalars()
+    if dialect == "postgresql":
+        # The ids already claimed (by an earlier batch, or another replica meanwhile).
+        return set(event_ids).difference(rows)
+    return set(rows)
 
 
 class Puller:
@@ -243,6 +255,18 @@ class Puller:
         return out
 
 
+class Parsed:
+    """A fetched batch, decoded: its events, and the messages that are not (an unknown subject,
+    or not valid for its schema)."""
+
+    __slots__ = ("items", "raws", "rejects")
+
+    def __init__(self, raws: Sequence[Msg]) -> None:
+        self.raws = raws
+        self.items: list[tuple[Msg, Event]] = []
+        self.rejects: list[tuple[Msg, ValidationError | None]] = []
+
+
 class _Traced:
     """A handler run inside its event's span, so that what it emits continues the event's trace."""
 
@@ -280,7 +304,7 @@ class EventConsumer:
     _running: bool = field(default=False, init=False, repr=False)
     # For a stop that hands back what was pulled and not applied (see `stop`).
     _fetcher: asyncio.Task | None = field(default=None, init=False, repr=False)
-    _ready: asyncio.Queue[list[Msg]] | None = field(default=None, init=False, repr=False)
+    _ready: asyncio.Queue[Parsed] | None = field(default=None, init=False, repr=False)
     _current: Sequence[Msg] = field(default=(), init=False, repr=False)
     _unstarted: list[Msg] = field(default_factory=list, init=False, repr=False)
     failing: FailureClock = field(default_factory=FailureClock, init=False, repr=False)
@@ -292,19 +316,35 @@ class EventConsumer:
         """Where this consumer's poison messages go."""
         return f"{DL_PREFIX}.{self.runtime.name}.{self.durable}"
 
-    async def on_batch(self, raws: Sequence[Msg]) -> None:
-        """Apply a batch: parse, apply in one transaction, fall back to one at a time."""
-        items: list[tuple[Msg, Event]] = []
+    def parse(self, raws: Sequence[Msg]) -> Parsed:
+        """Decode and validate a batch; nothing is acknowledged yet (`apply_parsed` does)."""
+        parsed = Parsed(raws)
+        schemas = self.schemas
+        items = parsed.items
         for raw in raws:
-            schema = self.schemas.get(raw.subject)
+            schema = schemas.get(raw.subject)
             if schema is None:
-                # A subject this version does not know (a newer version's event): not ours.
-                await raw.ack()
+                parsed.rejects.append((raw, None))
                 continue
             try:
                 items.append((raw, schema.model_validate_json(raw.data)))
             except ValidationError as exc:
+                parsed.rejects.append((raw, exc))
+        return parsed
+
+    async def on_batch(self, raws: Sequence[Msg]) -> None:
+        """Apply a batch: parse, apply in one transaction, fall back to one at a time."""
+        await self.apply_parsed(self.parse(raws))
+
+    async def apply_parsed(self, parsed: Parsed) -> None:
+        """Apply a parsed batch (`parse`)."""
+        for raw, exc in parsed.rejects:
+            if exc is None:
+                # A subject this version does not know (a newer version's event): not ours.
+                await raw.ack()
+            else:
                 await self._dead_letter(raw, exc)
+        items = parsed.items
         if not items:
             return
         # Each event's trace goes on here (tracing on, and the event carries one).
@@ -499,7 +539,7 @@ class EventConsumer:
         self._unstarted.clear()
         if self._ready is not None:
             while not self._ready.empty():
-                msgs.extend(self._ready.get_nowait())
+                msgs.extend(self._ready.get_nowait().raws)
         if self._sub is not None:
             msgs.extend(self._sub.take())
         if not msgs:
@@ -534,11 +574,11 @@ class EventConsumer:
                     continue
                 batch = get.result()
                 if not self._running:
-                    self._unstarted.extend(batch)  # stopping: handed back, not started
+                    self._unstarted.extend(batch.raws)  # stopping: handed back, not started
                     break
-                self._current = batch
+                self._current = batch.raws
                 try:
-                    await self.on_batch(batch)
+                    await self.apply_parsed(batch)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - unacked messages come back after ack_wait
@@ -549,7 +589,7 @@ class EventConsumer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await fetcher
 
-    async def _fetch_loop(self, ready: asyncio.Queue[list[Msg]]) -> None:
+    async def _fetch_loop(self, ready: asyncio.Queue[Parsed]) -> None:
         failures = 0
         while self._running:
             try:
@@ -573,8 +613,15 @@ class EventConsumer:
             failures = 0
             self.failing.ok()
             if msgs:
+                # Parsed here, while the batch before is applied (mostly waiting for the
+                # database), rather than after it by the applying task.
                 try:
-                    await ready.put(msgs)
+                    parsed = self.parse(msgs)
+                except Exception as exc:  # noqa: BLE001 - unacked messages come back after ack_wait
+                    log.warning("consumer_batch_failed", consumer=self.durable, error=describe_error(exc))
+                    continue
+                try:
+                    await ready.put(parsed)
                 except asyncio.CancelledError:
                     self._unstarted.extend(msgs)  # stopping: `stop` hands them back
                     raise

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from contracts.kit import tracing
-from contracts.kit.heap import freeze_startup_heap
+from contracts.kit.heap import collect_less_often, freeze_startup_heap
 from contracts.kit.logs import configure_logging, describe_error, flush_logs, get_logger
 from contracts.kit.migrations import upgrade
 from contracts.kit.ops import OpsPortUnavailable
@@ -107,6 +107,7 @@ def serve(service: ServiceDefinition, settings: ServiceSettings | None = None, *
     # Before the first span: on only with OTEL_EXPORTER_OTLP_ENDPOINT.
     tracing.setup(service.NAME, instance=runtime.instance, version=runtime.version)
     freeze_startup_heap()
+    collect_less_often()
     try:
         try:
             import uvloop

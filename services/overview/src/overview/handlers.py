@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from urllib.parse import quote
 
 from nats.aio.msg import Msg
@@ -33,6 +34,10 @@ from overview import detail
 from overview.cache import OverviewCache
 from overview.projection import Batch, read_overviews
 
+# Who sent a change notice: a replica hears its own notices too (NATS echoes them), and has
+# already forgotten what they name when it sends them.
+_SENDER = "Overview-Sender"
+
 
 class Overviews:
     """The projections' writer and reader, with this replica's cache of answers."""
@@ -52,12 +57,13 @@ class Overviews:
         self.star_reads: ReadGatherer[StarsWeek] = ReadGatherer(self._read_stars)
         self.target_reads: ReadGatherer[HandoffTarget] = ReadGatherer(self._read_targets)
         self._background: set[asyncio.Task[None]] = set()
+        # This process's own, rather than its instance id, which settings may give two replicas.
+        self._sender = uuid.uuid4().hex
 
     async def apply(self, uow: UnitOfWork, items: list[tuple[str, Event]]) -> None:
         """A batch of platform or settings events, in one transaction."""
         batch = Batch()
-        for subject, event in items:
-            batch.add(subject, event)
+        batch.add_all(items)
         touched = await batch.write(uow.session)
         if touched:
             uow.after_commit(lambda: self._changed(touched))
@@ -66,7 +72,8 @@ class Overviews:
         self.cache.forget(pupil_ids)
         # Other replicas drop theirs too; best effort, since their entries expire anyway.
         notice = ChangedNotice(pupil_ids=sorted(pupil_ids)).model_dump_json().encode()
-        task = asyncio.get_running_loop().create_task(self.runtime.broker.connection.publish(CHANGED_NOTICE, notice))
+        publish = self.runtime.broker.connection.publish(CHANGED_NOTICE, notice, headers={_SENDER: self._sender})
+        task = asyncio.get_running_loop().create_task(publish)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -75,6 +82,11 @@ class Overviews:
         await self.runtime.broker.connection.subscribe(CHANGED_NOTICE, cb=self._on_notice)
 
     async def _on_notice(self, msg: Msg) -> None:
+        if msg.headers is not None and msg.headers.get(_SENDER) == self._sender:
+            # Our own: forgotten at commit (`_changed`). Hearing it again, the size of a batch's
+            # pupils, took as long as acknowledging the batch's messages, and dropped answers
+            # read since, which were fresh.
+            return
         try:
             self.cache.forget(ChangedNotice.model_validate_json(msg.data).pupil_ids)
         except ValueError:
