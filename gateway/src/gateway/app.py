@@ -134,7 +134,7 @@ def create_app(
         ),
         lifespan=lifespan,
         # Before any guard, body or service: a page of another site gets nothing done.
-        middleware=[BrowserChecks(settings.public_url, API_PREFIX)],
+        middleware=[BrowserChecks.define(settings.public_url, API_PREFIX)],
         dependencies=auth.dependencies(),
         exception_handlers=exception_handlers(),
         before_send=[auth.cookie_refresher(settings)],
