@@ -26,8 +26,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.handlers import BaseRouteHandler
-from litestar.types import Message as AsgiMessage
-from litestar.types import Scope
+from litestar.types import HTTPResponseStartEvent, Scope
 
 from contracts import identity
 from contracts.identity import Principal
@@ -45,7 +44,7 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 log = get_logger("gateway.auth")
 
-# Per-request memo in the scope's state, shared by guards, dependencies and `before_send`.
+# Per-request memo in the scope's state, shared by guards, dependencies and the cookie renewal.
 _PRINCIPAL = "portal_principal"
 _COOKIE_REFRESH = "portal_cookie_refresh"
 
@@ -322,16 +321,16 @@ def client_ip(connection: ASGIConnection) -> str:
 # -- the cookie refresh -----------------------------------------------------------------------
 
 
-def cookie_refresher(settings: GatewaySettings) -> Callable[[AsgiMessage, Scope], Coroutine[Any, Any, None]]:
-    """A `before_send` hook renewing the session cookie when identity extended the session."""
+def cookie_refresher(settings: GatewaySettings) -> Callable[[HTTPResponseStartEvent, Scope], None]:
+    """Renews the session cookie when identity extended the session: called by `gateway.edge.Edge`
+    with every response's start, after the portal's own headers."""
     # Each use extends a session's idle lifetime; the cookie must not expire before it. A
     # response that sets the cookie itself (login, logout) is left alone.
     name = cookie_name(settings).encode()
 
-    async def refresh(message: AsgiMessage, scope: Scope) -> None:
-        if message["type"] != "http.response.start":
-            return
-        pending = scope.get("state", {}).get(_COOKIE_REFRESH)
+    def refresh(message: HTTPResponseStartEvent, scope: Scope) -> None:
+        state = scope.get("state")
+        pending = state.get(_COOKIE_REFRESH) if state else None
         if pending is None or message["status"] >= 400:
             return
         raw = message.get("headers") or []

@@ -23,6 +23,8 @@ from contracts.kit.logs import get_logger
 from gateway.errors import ApiError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from litestar import Litestar
     from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
@@ -184,20 +186,41 @@ class Edge:
     its own cost a fifth of the overview's rate.
     """
 
-    def __init__(self, app: ASGIApp, *, https: bool, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        https: bool,
+        metrics: GatewayMetrics | None = None,
+        on_start: Callable[[HTTPResponseStartEvent, Scope], None] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        # Called with every response's start once its headers are in (the session cookie's
+        # renewal): one `send` wrapper rather than a `before_send` hook's own.
+        self.on_start = on_start
         extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
         if https:
             extra.append((b"strict-transport-security", HSTS.encode()))
         self._extra = extra
         # A response's own value of these is kept; HSTS is always the portal's.
         self._kept = frozenset(k for k, _ in extra if k != b"strict-transport-security")
+        # What nearly every response gets, encoded once: appended as they are unless the
+        # response names one of these headers itself.
+        self._tail = tuple(extra)
+        self._tail_no_store = (*extra, (b"cache-control", b"no-store"))
+        self._ours = frozenset(k for k, _ in self._tail_no_store)
 
     def _headers(self, message: HTTPResponseStartEvent, path: str, request_id: str) -> None:
         raw = message.get("headers") or ()
         headers: list[tuple[bytes, bytes]] = raw if isinstance(raw, list) else list(raw)
         no_store = any(_under(path, prefix) for prefix in NO_STORE_PREFIXES)
+        ours = self._ours
+        if not any(k.lower() in ours for k, _ in headers):
+            headers.extend(self._tail_no_store if no_store else self._tail)
+            headers.append((b"x-request-id", request_id.encode()))
+            message["headers"] = headers
+            return
         present = {k.lower() for k, _ in headers}
         if no_store and b"cache-control" in present:
             headers = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
@@ -227,11 +250,15 @@ class Edge:
         if head:
             scope = {**scope, "method": "GET"}
 
+        on_start = self.on_start
+
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 self._headers(message, raw_path, request_id)
+                if on_start is not None:
+                    on_start(message, scope)
             elif head and message["type"] == "http.response.body" and message.get("body"):
                 message = {**message, "body": b""}
             await send(message)
@@ -256,7 +283,13 @@ class Edge:
             structlog.contextvars.reset_contextvars(**tokens)
 
 
-def wrap_edge(app: Litestar, *, https: bool, metrics: GatewayMetrics | None = None) -> Litestar:
+def wrap_edge(
+    app: Litestar,
+    *,
+    https: bool,
+    metrics: GatewayMetrics | None = None,
+    on_start: Callable[[HTTPResponseStartEvent, Scope], None] | None = None,
+) -> Litestar:
     """Put `Edge` around the app's ASGI handler, outside routing and error handling."""
-    app.asgi_handler = Edge(app.asgi_handler, https=https, metrics=metrics)
+    app.asgi_handler = Edge(app.asgi_handler, https=https, metrics=metrics, on_start=on_start)
     return app
