@@ -47,6 +47,7 @@ SECURITY_HEADERS = {
 
 # Personal data and one-time links: no browser or proxy may keep a copy.
 NO_STORE_PREFIXES = ("/api/v1", "/dev/mail")
+_NO_STORE_STARTS = tuple(f"{prefix}{sep}" for prefix in NO_STORE_PREFIXES for sep in "/.")
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -214,9 +215,13 @@ class Edge:
     def _headers(self, message: HTTPResponseStartEvent, path: str, request_id: str) -> None:
         raw = message.get("headers") or ()
         headers: list[tuple[bytes, bytes]] = raw if isinstance(raw, list) else list(raw)
-        no_store = any(_under(path, prefix) for prefix in NO_STORE_PREFIXES)
+        # `_under(path, prefix)` for any of NO_STORE_PREFIXES, in one call each.
+        no_store = path in NO_STORE_PREFIXES or path.startswith(_NO_STORE_STARTS)
         ours = self._ours
-        if not any(k.lower() in ours for k, _ in headers):
+        for name, _ in headers:
+            if name.lower() in ours:
+                break
+        else:
             headers.extend(self._tail_no_store if no_store else self._tail)
             headers.append((b"x-request-id", request_id.encode()))
             message["headers"] = headers
