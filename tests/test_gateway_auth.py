@@ -31,7 +31,7 @@ from contracts.base import utcnow
 from contracts.kit import rpc
 from contracts.kit.service import migrate
 from gateway.auth import client_ip, cookie_name, csrf_token_for, require_role, session_cookie
-from gateway.caches.sessions import SessionCache, token_key
+from gateway.caches.sessions import SessionAuth, SessionCache, token_key
 from gateway.settings import GatewaySettings
 from identity import app as identity_app
 from identity.service import digest
@@ -616,6 +616,59 @@ def test_session_cache_bounds_and_revocations() -> None:
     short.live = True
     short.put("k", principal(expires_in=1), short.generation)
     assert short._entries["k"][0] - time.monotonic() <= 1.0
+
+
+async def test_a_reused_principal_is_refused_at_once_when_revoked_or_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Identity:
+        asked = 0
+
+        async def session(self, token: str) -> contract.Principal:
+            Identity.asked += 1
+            return principal("s1", account_id="a1")
+
+    auth = SessionAuth(GatewaySettings(session_cache_seconds=60), Identity())  # type: ignore[arg-type]
+    auth.cache.live = True
+    _, fresh = await auth.resolve("tok-1")
+    first, cached = await auth.resolve("tok-1")
+    again, _ = await auth.resolve("tok-1")
+    assert fresh and not cached and again is first and Identity.asked == 1, "a repeated session reuses its principal"
+
+    # Each way a session ends is seen on the very next request, reused principal or not.
+    async def revoked(**fields: object) -> None:
+        event = contract.SessionRevoked(event_id=str(uuid.uuid4()), account_id="a1", **fields)  # type: ignore[arg-type]
+        await auth._on_revoked(SimpleNamespace(data=event.model_dump_json().encode()))  # type: ignore[arg-type]
+
+    for end in (
+        lambda: revoked(session_ids=["s1"]),
+        lambda: revoked(all_sessions=True),
+        lambda: auth._on_account_changed(
+            SimpleNamespace(
+                data=contract.AccountChanged(event_id=str(uuid.uuid4()), account_id="a1").model_dump_json().encode()
+            )  # type: ignore[arg-type]
+        ),
+    ):
+        assert (await auth.resolve("tok-1"))[0] is not None
+        assert auth.cache.get(token_key("tok-1")) is not None
+        await end()
+        assert auth.cache.get(token_key("tok-1")) is None, "revoked: refused at once"
+    auth.cache.drop_token(token_key("tok-1"))
+    assert auth.cache.get(token_key("tok-1")) is None
+
+    # Expired: refused at once too, though the principal was reused a moment before.
+    await auth.resolve("tok-2")
+    key = token_key("tok-2")
+    assert auth.cache.get(key) is auth.cache.get(key)
+    expires = auth.cache._entries[key][0]
+    monkeypatch.setattr(time, "monotonic", lambda: expires)
+    assert auth.cache.get(key) is None
+
+    # A new answer for a token is built again, not the one before it.
+    cache = SessionCache(ttl=60, max_entries=10)
+    cache.live = True
+    cache.put("k", principal("s1"), cache.generation)
+    old = cache.get("k")
+    cache.put("k", principal("s1", expires_in=30), cache.generation)
+    assert cache.get("k") is not old and cache.get("k").expires_in == 30
 
 
 def test_cookie_names_and_attributes() -> None:

@@ -8,9 +8,11 @@ import asyncio
 import json
 import mailbox
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,6 +29,7 @@ from litestar import get, post
 from litestar.params import JSONBody
 from pydantic import BaseModel, Field
 
+from contracts.kit.logs import _Timestamps
 from contracts.kit.service import migrate
 from contracts.rpc import SERVICES
 from gateway import __version__
@@ -417,8 +420,23 @@ async def test_serve_runs_uvicorn_with_json_access_logs(nats_server, tmp_path: P
         ("GET", "/missing", 404),
     ]
     assert all(isinstance(a["duration_ms"], float | int) and a["request_id"] for a in access)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", line["timestamp"]) for line in lines)
     assert "SECRET-TOKEN" not in stderr
     assert any(line["event"] == "nats_connected" for line in lines)
+
+
+def test_log_timestamps_are_utc_to_the_microsecond_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    stamp = _Timestamps()
+    clock = iter(
+        [1_796_387_415_999_999_400, 1_796_387_415_999_999_600, 1_796_387_416_000_000_000, 1_796_387_416_123_456_000]
+    )
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
+    assert [stamp(None, "info", {})["timestamp"] for _ in range(4)] == [
+        "2026-12-04T12:30:15.999999Z",
+        "2026-12-04T12:30:16Z",  # rounded up into the next second; no fraction, as isoformat writes it
+        "2026-12-04T12:30:16Z",
+        "2026-12-04T12:30:16.123456Z",
+    ]
 
 
 async def test_access_logs_never_hold_up_a_request_when_nobody_reads_them(nats_server, tmp_path: Path) -> None:

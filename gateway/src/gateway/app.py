@@ -134,10 +134,9 @@ def create_app(
         ),
         lifespan=lifespan,
         # Before any guard, body or service: a page of another site gets nothing done.
-        middleware=[BrowserChecks(settings.public_url, API_PREFIX)],
+        middleware=[BrowserChecks.define(settings.public_url, API_PREFIX)],
         dependencies=auth.dependencies(),
         exception_handlers=exception_handlers(),
-        before_send=[auth.cookie_refresher(settings)],
         openapi_config=openapi_config(__version__, session_cookie=auth.cookie_name(settings)),
         template_config=TemplateConfig(
             directory=TEMPLATES_DIR,
@@ -150,4 +149,6 @@ def create_app(
         debug=False,
     )
     app.state[METRICS_KEY] = metrics
-    return wrap_tracing(wrap_edge(app, https=settings.secure_cookies, metrics=metrics))
+    return wrap_tracing(
+        wrap_edge(app, https=settings.secure_cookies, metrics=metrics, on_start=auth.cookie_refresher(settings))
+    )

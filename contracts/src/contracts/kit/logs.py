@@ -30,6 +30,26 @@ def _add_trace_id(_logger: Any, _method: str, event_dict: MutableMapping[str, An
     return event_dict
 
 
+class _Timestamps:
+    """`timestamp`, UTC ISO 8601 to the microsecond as structlog's `TimeStamper(fmt="iso",
+    utc=True)` writes it (`2026-12-04T12:30:16.510646Z`), the date and time of day formatted
+    once a second rather than once a line (a twentieth of an access log line's cost)."""
+
+    def __init__(self) -> None:
+        # (second, its text): one attribute, so a thread never pairs one second with another's text.
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        # To the nearest microsecond, as `datetime.now` rounds the clock.
+        second, micro = divmod((time.time_ns() + 500) // 1000, 1_000_000)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        # `isoformat` leaves out a fraction of nought.
+        event_dict["timestamp"] = f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
+        return event_dict
+
+
 # Lines waiting for the writer thread; beyond this the newest are dropped (and counted).
 QUEUE_SIZE = 10_000
 # How long the writer thread lets lines gather before it writes them in one go: it wakes (and
@@ -183,7 +203,7 @@ def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Timestamps(),
         _add_trace_id,
         structlog.processors.format_exc_info,
     ]

@@ -17,9 +17,9 @@ from gateway import children
 from gateway.api.parents import parent_caller
 from gateway.auth import SECURITY
 from gateway.openapi import error_responses
+from gateway.responses import JsonBytes
 
 TAGS = ["parents"]
-JSON = "application/json"
 
 
 class HomeworkItem(Struct):
@@ -78,7 +78,7 @@ async def child_homework(request: Request, pupil_id: str) -> Response[bytes]:
     """The child's homework, each with its status."""
     principal = await parent_caller(request)
     data = await children.homework(request.app.state, principal.account_id, pupil_id)
-    return Response(data, media_type=JSON)
+    return JsonBytes(data)
 
 
 @get(
@@ -96,7 +96,7 @@ async def child_messages(request: Request, pupil_id: str) -> Response[bytes]:
     """The child's unread messages."""
     principal = await parent_caller(request)
     data = await children.messages(request.app.state, principal.account_id, pupil_id)
-    return Response(data, media_type=JSON)
+    return JsonBytes(data)
 
 
 @get(
@@ -121,7 +121,7 @@ async def child_stars(
     principal = await parent_caller(request)
     day = children.parse_week(week)
     data = await children.stars(request.app.state, principal.account_id, pupil_id, day)
-    return Response(data, media_type=JSON)
+    return JsonBytes(data)
 
 
 ROUTES = [child_homework, child_messages, child_stars]

@@ -27,10 +27,10 @@ from gateway.clients import Clients
 from gateway.errors import not_found
 from gateway.models import Child, ChildOverview, Overview
 from gateway.openapi import error_responses
+from gateway.responses import JsonBytes
 
 TAGS = ["parents"]
 PARENTS_ONLY = [parents_only]
-JSON = "application/json"
 
 
 class AddChildBody(BaseModel):
@@ -139,7 +139,7 @@ async def my_overview(request: Request) -> Response[bytes]:
     principal = await parent_caller(request)
     state = request.app.state
     data = await flows.parent_overview(get_links_cache(state), get_overview_reader(state), principal.account_id)
-    return Response(data, media_type=JSON)
+    return JsonBytes(data)
 
 
 @get(
@@ -162,7 +162,7 @@ async def child_overview(request: Request, pupil_id: str) -> Response[bytes]:
     )
     if data is None:
         raise not_found("No such child.")
-    return Response(data, media_type=JSON)
+    return JsonBytes(data)
 
 
 ROUTES = [my_children, add_child, unlink_child, my_overview, child_overview]

@@ -46,6 +46,11 @@ def token_key(token: str) -> str:
 _FIELDS = tuple(Principal.model_fields)
 _ACCOUNT = _FIELDS.index("account_id")
 _SESSION = _FIELDS.index("session_id")
+# Principals built from cached entries, reused while their entry is the one cached: a session
+# that keeps calling (a page's requests, an app polling) gets the same frozen principal rather
+# than a new one a request. Bounded (few sessions call many times a minute), and kept apart
+# from the entries so that those stay untracked by the garbage collector.
+REUSED_PRINCIPALS = 1024
 
 
 class SessionCache:
@@ -63,6 +68,9 @@ class SessionCache:
         self._entries: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._by_session: dict[str, str] = {}
         self._by_account: dict[str, tuple[str, ...]] = {}
+        # token hash -> (the entry it was built from, its principal): valid while that very
+        # entry is cached, so a revocation, expiry or new answer is seen as before.
+        self._built: dict[str, tuple[tuple[float, tuple[Any, ...]], Principal]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,7 +83,14 @@ class SessionCache:
         if entry[0] <= time.monotonic():
             self._remove(key)
             return None
-        return Principal.model_construct(**dict(zip(_FIELDS, entry[1], strict=True)))
+        built = self._built.get(key)
+        if built is not None and built[0] is entry:
+            return built[1]
+        principal = Principal.model_construct(**dict(zip(_FIELDS, entry[1], strict=True)))
+        if len(self._built) >= REUSED_PRINCIPALS:
+            self._built.pop(next(iter(self._built)))  # the oldest: dicts keep insertion order
+        self._built[key] = (entry, principal)
+        return principal
 
     def put(self, key: str, principal: Principal, generation: int) -> bool:
         """Cache an answer asked for at `generation`; False when it may be stale or is not kept."""
@@ -94,6 +109,7 @@ class SessionCache:
         return True
 
     def _remove(self, key: str) -> None:
+        self._built.pop(key, None)
         entry = self._entries.pop(key, None)
         if entry is None:
             return
@@ -129,6 +145,7 @@ class SessionCache:
         """Forget everything (after a reconnect: revocations may have been missed)."""
         self.generation += 1
         self._entries.clear()
+        self._built.clear()
         self._by_session.clear()
         self._by_account.clear()
 
