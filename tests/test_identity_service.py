@@ -145,21 +145,25 @@ async def test_using_a_session_keeps_it_alive_written_in_batches(served) -> None
     assert again.expires_in > 29 * 60
 
 
-async def test_concurrent_session_lookups_each_get_their_own_account(served) -> None:
-    runtime, nc = served
+async def staff_sessions(nc, prefix: str, *, staff: int, each: int) -> dict[str, str]:
+    """`staff` teachers (the i-th at school-i), each signed in `each` times: token -> account id."""
     password = "a long staff passphrase"
     tokens: dict[str, str] = {}
-    for i in range(4):
-        email = f"s{i}@school.example"
-        reply = await rpc.call(
-            nc,
-            c.CREATE_STAFF,
-            c.CreateStaffRequest(email=email, name=f"S{i}", role="teacher", school_id=f"school-{i}", password=password),
-            timeout=10,
+    for i in range(staff):
+        email = f"{prefix}{i}@school.example"
+        request = c.CreateStaffRequest(
+            email=email, name=f"{prefix.upper()}{i}", role="teacher", school_id=f"school-{i}", password=password
         )
-        for _ in range(3):
+        reply = await rpc.call(nc, c.CREATE_STAFF, request, timeout=10)
+        for _ in range(each):
             login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), timeout=10)
             tokens[login.access_token] = reply.account_id
+    return tokens
+
+
+async def test_concurrent_session_lookups_each_get_their_own_account(served) -> None:
+    runtime, nc = served
+    tokens = await staff_sessions(nc, "s", staff=4, each=3)
     asks = [*tokens, *tokens, *tokens, "not-a-session-token"]
     random.Random(7).shuffle(asks)
     before = runtime.service._sessions.reads
@@ -251,18 +255,7 @@ async def test_parent_activity_answers_a_state_per_id_in_their_order(
 
 async def test_many_sessions_in_one_request_each_answered_in_place(served) -> None:
     runtime, nc = served
-    password = "a long staff passphrase"
-    tokens: dict[str, str] = {}
-    for i in range(3):
-        email = f"m{i}@school.example"
-        reply = await rpc.call(
-            nc,
-            c.CREATE_STAFF,
-            c.CreateStaffRequest(email=email, name=f"M{i}", role="teacher", school_id=f"school-{i}", password=password),
-            timeout=10,
-        )
-        login = await rpc.call(nc, c.LOGIN, c.LoginRequest(email=email, password=password), timeout=10)
-        tokens[login.access_token] = reply.account_id
+    tokens = await staff_sessions(nc, "m", staff=3, each=1)
     first, second, third = tokens
     await rpc.call(nc, c.LOGOUT, c.LogoutRequest(token=second), timeout=10)
     asks = [third, "not-a-session-token", first, second, third, ""]
