@@ -4,8 +4,9 @@ request id and one access log line.
 The headers and the access log work on every response, unknown paths and errors included.
 Litestar's own `middleware` runs only for requests that matched a route, so they wrap the
 application's ASGI handler instead (`Edge`, with the metrics of every request). The browser
-checks (`BrowserChecks`) are that middleware: they run once the route is known, so that a page's refusal is a page and the API's is JSON, and before any body
-is read, any guard runs or any service is asked.
+checks (`BrowserChecks`) are that middleware: they run once the route is known, so that a
+page's refusal is a page and the API's is JSON, and before any body is read, any guard runs or
+any service is asked.
 """
 
 from __future__ import annotations
@@ -106,20 +107,18 @@ class BrowserChecks:
     Litestar's `ASGIMiddleware` and `Headers` cost the overview a tenth of its time a request.
     """
 
-    def __init__(self, app: ASGIApp, public_url: str, api_prefix: str) -> None:
-        own = origin_of(public_url)
-        if own is None:
-            raise ValueError(f"the public URL has no origin: {public_url!r}")
+    def __init__(self, app: ASGIApp, origin: str, api_prefix: str) -> None:
         self.app = app
-        self.origin = own
+        self.origin = origin
         self.api_prefix = api_prefix
 
     @staticmethod
     def define(public_url: str, api_prefix: str) -> DefineMiddleware:
         """The layer as Litestar's `middleware` takes it (checking the public URL now)."""
-        if origin_of(public_url) is None:
+        own = origin_of(public_url)
+        if own is None:
             raise ValueError(f"the public URL has no origin: {public_url!r}")
-        return DefineMiddleware(BrowserChecks, public_url=public_url, api_prefix=api_prefix)
+        return DefineMiddleware(BrowserChecks, origin=own, api_prefix=api_prefix)
 
     def cross_origin(self, sites: list[str], origins: list[str]) -> bool:
         """Whether a browser says another site's page made this request (from the values of its
@@ -206,9 +205,8 @@ class Edge:
         self._extra = extra
         # A response's own value of these is kept; HSTS is always the portal's.
         self._kept = frozenset(k for k, _ in extra if k != b"strict-transport-security")
-        # What nearly every response gets, encoded once: appended as they are unless the
-        # response names one of these headers itself.
-        self._tail = tuple(extra)
+        # What nearly every response gets (`_extra`, or this), encoded once: appended as they
+        # are unless the response names one of these headers itself.
         self._tail_no_store = (*extra, (b"cache-control", b"no-store"))
         self._ours = frozenset(k for k, _ in self._tail_no_store)
 
@@ -222,7 +220,7 @@ class Edge:
             if name.lower() in ours:
                 break
         else:
-            headers.extend(self._tail_no_store if no_store else self._tail)
+            headers.extend(self._tail_no_store if no_store else self._extra)
             headers.append((b"x-request-id", request_id.encode()))
             message["headers"] = headers
             return

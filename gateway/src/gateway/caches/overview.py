@@ -35,7 +35,6 @@ from contracts.kit.gather import ReadGatherer
 from contracts.kit.logs import get_logger
 from contracts.kit.rpc import RpcError
 from contracts.overview import CHANGED_NOTICE, MAX_PUPILS, ChangedNotice, next_week_turn
-from gateway.clients.transport import GATHER_PARALLEL
 
 log = get_logger("gateway.caches.overview")
 
@@ -239,9 +238,7 @@ class OverviewReader:
         self.refresher = Refresher(cache, fetch)
         # Misses of parents arriving together go to overview in one request (see
         # `contracts.kit.gather`): a school morning's first visits, a few requests in flight.
-        self._misses: ReadGatherer[bytes] = ReadGatherer(
-            self._read_missing, parallel=GATHER_PARALLEL, max_keys=MAX_PUPILS
-        )
+        self._misses: ReadGatherer[bytes] = ReadGatherer(self._read_missing, max_keys=MAX_PUPILS)
 
     async def _read_missing(self, pupil_ids: list[str]) -> dict[str, bytes]:
         mark = self.cache.mark()

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from contracts import identity
 from contracts.kit.gather import ReadGatherer
-from gateway.clients.transport import GATHER_PARALLEL, Transport
+from gateway.clients.transport import Transport
 
 CONTACTS_BATCH = 1000  # identity's ContactsRequest takes at most this many ids
 
@@ -20,7 +20,7 @@ class IdentityClient:
         self._t = transport
         # Tokens this replica does not know yet, asked for together.
         self._sessions: ReadGatherer[identity.Principal | None] = ReadGatherer(
-            self._read_sessions, parallel=GATHER_PARALLEL, max_keys=identity.MAX_SESSIONS
+            self._read_sessions, max_keys=identity.MAX_SESSIONS
         )
 
     async def register(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from contracts import linking
 from contracts.identity import Principal
 from contracts.kit.gather import ReadGatherer
-from gateway.clients.transport import GATHER_PARALLEL, Transport
+from gateway.clients.transport import Transport
 
 
 def staff_scope(principal: Principal) -> linking.StaffScope:
@@ -31,9 +31,7 @@ class LinkingClient:
     def __init__(self, transport: Transport) -> None:
         self._t = transport
         # Parents this replica does not know yet, asked for together.
-        self._active: ReadGatherer[list[str]] = ReadGatherer(
-            self._read_active, parallel=GATHER_PARALLEL, max_keys=linking.MAX_PARENTS
-        )
+        self._active: ReadGatherer[list[str]] = ReadGatherer(self._read_active, max_keys=linking.MAX_PARENTS)
 
     def staff(self, principal: Principal) -> StaffLinking:
         """Linking's staff requests, within what `principal` may see."""

@@ -10,14 +10,6 @@ from typing import Any, Protocol
 
 from contracts.base import Rep, Req, Rpc
 
-# Requests in flight at once for each read the gateway gathers across callers (sessions,
-# parents' pupils, overviews; see `contracts.kit.gather`): keys asked meanwhile wait for the
-# next one, so a quiet gateway asks at once and a busy one asks for many keys per request.
-# Two, not more: 4,500 first visits at 64 connections ran at 1,790-2,264/s with two against
-# 1,770-2,046/s with four (bench/overview.py --only-first-visits, paired), each process spending
-# less CPU on fewer, larger reads; one read at a time left the services idle between reads.
-GATHER_PARALLEL = 2
-
 
 class Transport(Protocol):
     """Asks the services; raises `RpcError` (`RpcUnavailable`, `RpcTimeout` when none answers)."""

@@ -63,7 +63,8 @@ class Overviews:
     async def apply(self, uow: UnitOfWork, items: list[tuple[str, Event]]) -> None:
         """A batch of platform or settings events, in one transaction."""
         batch = Batch()
-        batch.add_all(items)
+        for subject, event in items:
+            batch.add(subject, event)
         touched = await batch.write(uow.session)
         if touched:
             uow.after_commit(lambda: self._changed(touched))

@@ -181,14 +181,6 @@ class Batch:
         if fold is not None:
             fold(self, ev)
 
-    def add_all(self, items: list[tuple[str, Event]]) -> None:
-        """Fold in a batch of (subject, event), as `add` does each."""
-        folds = _FOLDS
-        for subject, ev in items:
-            fold = folds.get(subject)
-            if fold is not None:
-                fold(self, ev)
-
     async def write(self, session: AsyncSession) -> set[str]:
         """Upsert everything folded in; returns the pupils whose overview may have changed."""
         if self.schools:
