@@ -884,11 +884,20 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 # About 1,000 visits a second: py-spy stops on its own, a little after the pass.
                 seconds = max(2, len(tokens) // 1000)
                 spies = _profile(opts, up.pid, f"{backend}-first", seconds=seconds) if opts.profile else []
+                # overview's PostgreSQL connections count too: their CPU is a visit's as much as
+                # overview's own, on the same two cores.
+                pg_before = (
+                    {pid: _pid_cpu(pid) for pid in asyncio.run(_pg_backends(overview_url))} if overview_url else {}
+                )
                 before, client = cpu_seconds([up.pid, bare.pid]), _own_cpu()
                 run.wrk[FIRST_VISITS.format(parents=len(tokens))] = first = asyncio.run(
                     first_visits(port, tokens, opts.connections)
                 )
                 after = cpu_seconds([up.pid, bare.pid])
+                if overview_url:
+                    # Connections opened during the pass count from nothing.
+                    pg_after = asyncio.run(_pg_backends(overview_url))
+                    after["postgres"] = sum(_pid_cpu(pid) - pg_before.get(pid, 0.0) for pid in pg_after)
                 for spy in spies:
                     spy.wait()
                 first["cpu"] = {
@@ -980,7 +989,7 @@ def report(runs: list[Run], scale: Scale, opts: argparse.Namespace) -> str:
         row("note", lambda r: "; ".join(r.notes))
     short = {
         "gateway": "gw", "identity": "id", "linking": "li", "overview": "ov", "nats-server": "nats", "bare Litestar": "bare", "portal up (supervisor)": "sup",
-        "bench client": "client",
+        "bench client": "client", "postgres": "pg",
     }  # fmt: skip
     labels = list(dict.fromkeys(label for r in runs for label in r.wrk))
     for label in labels:
