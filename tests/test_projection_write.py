@@ -97,6 +97,53 @@ async def test_batches_in_any_order_give_the_same_rows(database_url: str) -> Non
         await db.dispose()
 
 
+def _assigned(title: str, at, *, description: str | None = None) -> tuple[str, platform.HomeworkAssigned]:
+    return (
+        platform.HOMEWORK_ASSIGNED,
+        platform.HomeworkAssigned(
+            homework_id="h1",
+            school_id="oak",
+            pupil_ids=["amy"],
+            title=title,
+            due_at=at + timedelta(days=7),
+            description=description,
+            occurred_at=at,
+        ),
+    )
+
+
+async def test_the_latest_assignment_says_what_the_homework_is_whatever_the_order(database_url: str) -> None:
+    # overview keeps no processed-event record: an assignment redelivered after a newer one
+    # (a crash before its acknowledgement) must not bring the old title back.
+    await asyncio.to_thread(upgrade, "overview:migrations", database_url)
+    db = Database(database_url)
+    now = utcnow()
+    first, second, third = now - timedelta(hours=2), now - timedelta(hours=1), now
+
+    async def homework() -> tuple:
+        async with db.reader() as s:
+            hw = (await s.execute(select(Homework))).scalar_one()
+            return hw.title, hw.description, hw.due_at, hw.withdrawn
+
+    try:
+        # In one batch, newest first.
+        await _write(db, _assigned("Fractions, corrected", second, description="p. 12"), _assigned("Fractions", first))
+        assert await homework() == ("Fractions, corrected", "p. 12", second + timedelta(days=7), False)
+        # The older one again, alone, later.
+        await _write(db, _assigned("Fractions", first))
+        assert await homework() == ("Fractions, corrected", "p. 12", second + timedelta(days=7), False)
+        # A withdrawal says nothing about what it is.
+        await _write(db, (platform.HOMEWORK_WITHDRAWN, platform.HomeworkWithdrawn(homework_id="h1")))
+        assert await homework() == ("Fractions, corrected", "p. 12", second + timedelta(days=7), True)
+        # A newer assignment says all of it, a description it no longer has included.
+        await _write(db, _assigned("Decimals", third))
+        assert await homework() == ("Decimals", None, third + timedelta(days=7), True)
+        await _write(db, _assigned("Fractions, corrected", second, description="p. 12"))
+        assert await homework() == ("Decimals", None, third + timedelta(days=7), True)
+    finally:
+        await db.dispose()
+
+
 def _settings(school_id: str, url: str, at) -> linking.SchoolSettingsChanged:
     return linking.SchoolSettingsChanged(
         school_id=school_id,

@@ -210,8 +210,11 @@ class ServiceRuntime:
         batch_handler: BatchHandler | None = None,
         max_deliveries: int = 5,
         batch_size: int = 200,
+        claims: bool = True,
     ) -> EventConsumer:
-        """Register a durable idempotent consumer (see `contracts.kit.consumer`)."""
+        """Register a durable idempotent consumer (see `contracts.kit.consumer`). `claims=False`
+        only for a handler whose writes give the same rows whatever the order or repetition of
+        its events: no processed-event record is kept."""
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
         consumer = EventConsumer(
@@ -225,6 +228,7 @@ class ServiceRuntime:
             max_deliveries=max_deliveries,
             batch_size=batch_size,
             title=title,
+            claims=claims,
         )
         consumer.document(self._spec_broker, description=description)
         self.metrics.consumer_declared(durable)

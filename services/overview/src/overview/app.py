@@ -84,6 +84,9 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
         schemas=PLATFORM_SCHEMAS,
         batch_handler=overviews.apply,
         batch_size=settings.overview_batch_size,
+        # Every projection row is keyed by its fact and guarded by time or by flags that only
+        # turn on (`overview.projection`): an event applied again changes nothing.
+        claims=False,
         title="platform events",
         description="Projects roster, homework, messages and stars per pupil, idempotent and order-independent.",
     )
@@ -93,6 +96,7 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
         durable="overview-school-settings",
         schemas={linking.SCHOOL_SETTINGS_CHANGED: linking.SchoolSettingsChanged},
         batch_handler=overviews.apply,
+        claims=False,
         title="school settings",
         description="Keeps each school's link templates for the overview's buttons.",
     )

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, Table, TypeDecorator, and_, bindparam, case, func, select
+from sqlalchemy import ColumnElement, Table, TypeDecorator, and_, bindparam, case, func, or_, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
@@ -89,6 +89,11 @@ def _array(name: str, values: list, column_type: TypeEngine) -> ColumnElement:
     return sql_cast(bindparam(name, values, type_=_AsIs()), ARRAY(column_type))
 
 
+def _newer_assignment(t: Any, stmt: Upsert) -> ColumnElement[bool]:
+    incoming = stmt.excluded.assigned_at
+    return and_(incoming.is_not(None), or_(t.assigned_at.is_(None), incoming >= t.assigned_at))
+
+
 class Batch:
     """Events folded per natural key, ready to be written."""
 
@@ -137,10 +142,16 @@ class Batch:
         self.touched_schools.add(ev.school_id)
 
     def _homework_assigned(self, ev: platform.HomeworkAssigned) -> None:
-        self.homework.setdefault(ev.homework_id, {"withdrawn": False})
-        self.homework[ev.homework_id].update(
-            school_id=ev.school_id, title=ev.title, due_at=ev.due_at, description=ev.description
-        )
+        homework = self.homework.setdefault(ev.homework_id, {"withdrawn": False})
+        # The latest assignment says what the homework is, whatever the order they arrive in.
+        if homework.get("assigned_at") is None or ev.occurred_at >= homework["assigned_at"]:
+            homework.update(
+                school_id=ev.school_id,
+                title=ev.title,
+                due_at=ev.due_at,
+                description=ev.description,
+                assigned_at=ev.occurred_at,
+            )
         for pupil_id in ev.pupil_ids:
             self.homework_pupils[(ev.homework_id, pupil_id)]["assigned"] = True
             self.touched.add(pupil_id)
@@ -255,17 +266,20 @@ class Batch:
                         "due_at": v.get("due_at"),
                         "withdrawn": v["withdrawn"],
                         "description": v.get("description"),
+                        "assigned_at": v.get("assigned_at"),
                     }
                     for k, v in self.homework.items()
                 ],
                 lambda stmt: stmt.on_conflict_do_update(
                     index_elements=["homework_id"],
                     set_={
-                        "school_id": func.coalesce(stmt.excluded.school_id, t.school_id),
-                        "title": func.coalesce(stmt.excluded.title, t.title),
-                        "due_at": func.coalesce(stmt.excluded.due_at, t.due_at),
+                        **{
+                            # An assignment at least as new as the one held replaces what it
+                            # says; a withdrawal alone (no assignment) leaves it.
+                            c: case((_newer_assignment(t, stmt), getattr(stmt.excluded, c)), else_=t[c])
+                            for c in ("school_id", "title", "due_at", "description", "assigned_at")
+                        },
                         "withdrawn": t.withdrawn | stmt.excluded.withdrawn,
-                        "description": func.coalesce(stmt.excluded.description, t.description),
                     },
                 ),
             )

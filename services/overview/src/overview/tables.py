@@ -70,6 +70,9 @@ class Homework(Base, table=True):
     due_at: datetime | None = Field(default=None, sa_column=_ts())
     withdrawn: bool = False
     description: str | None = Field(default=None, max_length=10_000)
+    # When the assignment that said what it is (title, due date, description) happened: an older
+    # one arriving later (a redelivery) leaves it as it is.
+    assigned_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class HomeworkPupil(Base, table=True):
