@@ -26,7 +26,7 @@ from nats.js.client import JetStreamContext
 
 from contracts.base import Event, Rep, Req, Rpc
 from contracts.kit.asyncapi import add_replies, document_rpc
-from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler
+from contracts.kit.consumer import BatchHandler, EventConsumer, EventHandler, Prepare
 from contracts.kit.db import Database
 from contracts.kit.logs import get_logger
 from contracts.kit.metrics import ServiceMetrics
@@ -211,12 +211,18 @@ class ServiceRuntime:
         max_deliveries: int = 5,
         batch_size: int = 200,
         claims: bool = True,
+        prepare: Prepare | None = None,
     ) -> EventConsumer:
         """Register a durable idempotent consumer (see `contracts.kit.consumer`). `claims=False`
         only for a handler whose writes give the same rows whatever the order or repetition of
-        its events: no processed-event record is kept."""
+        its events: no processed-event record is kept. `prepare`, with `claims=False` and a
+        batch handler: the work on a batch that needs no database, done while the batch before
+        is written (the handler receives its result)."""
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
+        if prepare is not None and (claims or batch_handler is None):
+            # With claims, which events are new is only known inside the transaction.
+            raise ValueError("prepare goes with claims=False and a batch_handler")
         consumer = EventConsumer(
             runtime=self,
             stream=stream,
@@ -229,6 +235,7 @@ class ServiceRuntime:
             batch_size=batch_size,
             title=title,
             claims=claims,
+            prepare=prepare,
         )
         consumer.document(self._spec_broker, description=description)
         self.metrics.consumer_declared(durable)

@@ -82,7 +82,8 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
         subject="platform.>",
         durable="overview-platform",
         schemas=PLATFORM_SCHEMAS,
-        batch_handler=overviews.apply,
+        batch_handler=overviews.write,
+        prepare=overviews.fold,
         batch_size=settings.overview_batch_size,
         # Every projection row is keyed by its fact and guarded by time or by flags that only
         # turn on (`overview.projection`): an event applied again changes nothing.
@@ -95,7 +96,8 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
         subject=linking.SCHOOL_SETTINGS_CHANGED,
         durable="overview-school-settings",
         schemas={linking.SCHOOL_SETTINGS_CHANGED: linking.SchoolSettingsChanged},
-        batch_handler=overviews.apply,
+        batch_handler=overviews.write,
+        prepare=overviews.fold,
         claims=False,
         title="school settings",
         description="Keeps each school's link templates for the overview's buttons.",

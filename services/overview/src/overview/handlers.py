@@ -60,11 +60,17 @@ class Overviews:
         # This process's own, rather than its instance id, which settings may give two replicas.
         self._sender = uuid.uuid4().hex
 
-    async def apply(self, uow: UnitOfWork, items: list[tuple[str, Event]]) -> None:
-        """A batch of platform or settings events, in one transaction."""
+    @staticmethod
+    def fold(items: list[tuple[str, Event]]) -> Batch:
+        """A batch of platform or settings events folded per row (no database: done while the
+        batch before is written)."""
         batch = Batch()
         for subject, event in items:
             batch.add(subject, event)
+        return batch
+
+    async def write(self, uow: UnitOfWork, batch: Batch) -> None:
+        """A folded batch (`fold`), in one transaction."""
         touched = await batch.write(uow.session)
         if touched:
             uow.after_commit(lambda: self._changed(touched))

@@ -14,9 +14,10 @@ from typing import Any, NamedTuple, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, Table, TypeDecorator, and_, bindparam, case, func, or_, select
+import msgspec
+from sqlalchemy import ColumnElement, Table, TypeDecorator, and_, bindparam, case, column, func, or_, select
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -58,12 +59,23 @@ async def _upsert(
     if dialect_name(session) != "postgresql":
         await session.execute(on_conflict(sqlite_insert(table)), rows)
         return
-    # On PostgreSQL, one array a column and one statement for all rows: an executemany runs
-    # the statement once per row on the server and binds every row's values in SQLAlchemy,
-    # and both took more CPU than the rows' actual writing.
+    # On PostgreSQL, one statement for all rows, which arrive as one JSON document: an
+    # executemany runs the statement once per row on the server and binds every row's values in
+    # SQLAlchemy; one array a column (the way before) had asyncpg encode every value, 3 µs of
+    # this process's CPU a row against 0.7 µs to encode the JSON (the database reads either in
+    # the same time). This process is what limits the rate, the database is not.
     cols = list(rows[0])
-    source = select(*(func.unnest(_array(c, [r[c] for r in rows], table.c[c].type)) for c in cols))
+    records = (
+        func.json_to_recordset(sql_cast(bindparam("rows", _json(rows).decode(), type_=_AsIs()), JSON))
+        .table_valued(*(column(c, _plain(table.c[c].type)) for c in cols))
+        .render_derived(name="r", with_types=True)
+    )
+    source = select(*(records.c[c] for c in cols))
     await session.execute(on_conflict(pg_insert(table).from_select(cols, source)))
+
+
+# Events' timestamps are aware (`AwareDatetime`): encoded with their offset, read as such.
+_json = msgspec.json.Encoder().encode
 
 
 class _AsIs(UserDefinedType):
@@ -78,15 +90,9 @@ class _AsIs(UserDefinedType):
         return None
 
 
-def _array(name: str, values: list, column_type: TypeEngine) -> ColumnElement:
-    # An array handed to asyncpg as it is, cast to its type in the statement: bound as an ARRAY
-    # of the column's type, SQLAlchemy copies the list and calls the element type's processor
-    # on each element (booleans checked, `UtcDateTime`'s timestamps checked and converted),
-    # which asyncpg's encoding does again. The timestamps come from events, validated as aware
-    # (`AwareDatetime`), and asyncpg brings each to UTC itself.
-    if isinstance(column_type, TypeDecorator):
-        column_type = column_type.impl_instance
-    return sql_cast(bindparam(name, values, type_=_AsIs()), ARRAY(column_type))
+def _plain(column_type: TypeEngine) -> TypeEngine:
+    # The database's own type of a column, for the record's definition.
+    return column_type.impl_instance if isinstance(column_type, TypeDecorator) else column_type
 
 
 def _newer_assignment(t: Any, stmt: Upsert) -> ColumnElement[bool]:
