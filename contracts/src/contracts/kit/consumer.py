@@ -263,7 +263,7 @@ class Parsed:
     """A fetched batch, decoded: its events, and the messages that are not (an unknown subject,
     or not valid for its schema)."""
 
-    __slots__ = ("items", "prepared", "raws", "rejects")
+    __slots__ = ("items", "prepared", "raws", "rejects", "unique")
 
     def __init__(self, raws: Sequence[Msg]) -> None:
         self.raws = raws
@@ -271,6 +271,7 @@ class Parsed:
         self.rejects: list[tuple[Msg, ValidationError | None]] = []
         # What the consumer's `prepare` made of the events, when it has one (see `EventConsumer`).
         self.prepared: Any = None
+        self.unique: list[tuple[str, Event]] | None = None  # the events once each, when prepared
 
 
 class _Traced:
@@ -347,8 +348,9 @@ class EventConsumer:
             except ValidationError as exc:
                 parsed.rejects.append((raw, exc))
         if self.prepare is not None and items:
+            parsed.unique = self._unique(items)
             try:
-                parsed.prepared = self.prepare(self._unique(items))
+                parsed.prepared = self.prepare(parsed.unique)
             except Exception:  # noqa: BLE001 - prepared again when applied, where a failure is handled
                 parsed.prepared = None
         return parsed
@@ -379,17 +381,17 @@ class EventConsumer:
         # Each event's trace goes on here (tracing on, and the event carries one).
         spans = self._spans = tracing.consuming(self.durable, ((r.subject, r.headers, e.event_id) for r, e in items))
         try:
-            await self._apply_batch(items, spans, parsed.prepared)
+            await self._apply_batch(items, spans, parsed)
         finally:
             self._spans = None
             if spans is not None:
                 spans.end()
 
     async def _apply_batch(
-        self, items: list[tuple[Msg, Event]], spans: tracing.Consuming | None, prepared: Any = None
+        self, items: list[tuple[Msg, Event]], spans: tracing.Consuming | None, parsed: Parsed | None = None
     ) -> None:
         try:
-            await self._apply(items, prepared)
+            await self._apply(items, parsed)
         except Exception as exc:  # noqa: BLE001 - sorted out message by message below
             if len(items) == 1:
                 if spans is not None:
@@ -418,8 +420,10 @@ class EventConsumer:
         except Exception as exc:  # noqa: BLE001 - unacknowledged, they come back and change nothing
             log.warning("consumer_ack_failed", consumer=self.durable, error=describe_error(exc))
 
-    async def _apply(self, items: list[tuple[Msg, Event]], prepared: Any = None) -> None:
-        fresh = self._unique(items)
+    async def _apply(self, items: list[tuple[Msg, Event]], parsed: Parsed | None = None) -> None:
+        # The fetching task's work (`parse`) is not done again, but for a message retried alone.
+        prepared = parsed.prepared if parsed is not None else None
+        fresh = parsed.unique if parsed is not None and parsed.unique is not None else self._unique(items)
         async with self.runtime.unit_of_work() as uow:
             if self.claims:
                 claimed = await claim_events(uow.session, self.durable, [ev.event_id for _, ev in fresh])
