@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contracts import linking, platform
 from contracts.base import utcnow
+from contracts.kit import consumer as consumer_module
 from contracts.kit import rpc
 from contracts.kit.db import Database
 from contracts.kit.migrations import upgrade
@@ -164,6 +165,40 @@ async def test_numbers_are_the_same_whatever_the_order_or_repetition(overview) -
     assert (ben.outstanding_homework, ben.unread_messages, ben.stars_this_week) == (1, 0, 0)
     # The buttons lead through the portal's signed handoff.
     assert amy.links.homework == "https://portal.example/go/amy/homework"
+
+
+async def test_an_event_the_database_refuses_holds_back_none_of_its_batch(
+    overview, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A title longer than the projection keeps: PostgreSQL refuses the row (SQLite keeps it).
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite does not enforce a column's length")
+    runtime, nc, js = overview
+    # A message given back comes again only after a minute: what is applied below was applied
+    # at its first delivery.
+    monkeypatch.setattr(consumer_module, "backoff_delay", lambda deliveries: 60.0)
+    due = utcnow() + timedelta(days=2)
+    events = [
+        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h1", school_id="oak",
+                                        pupil_ids=["zoe"], title="Fractions", due_at=due)),
+        (platform.HOMEWORK_ASSIGNED, ev(platform.HomeworkAssigned, homework_id="h2", school_id="oak",
+                                        pupil_ids=["zoe"], title="x" * 600, due_at=due)),
+        (platform.MESSAGE_DELIVERED, ev(platform.MessageDelivered, message_id="m1", pupil_id="zoe")),
+    ]  # fmt: skip
+    # Published while the consumer is stopped, so that they come in one batch.
+    consumer = next(c for c in runtime.consumers if c.durable == "overview-platform")
+    await consumer.stop()
+    for subject, event in events:
+        await publish(js, subject, event)
+    await consumer.start()
+
+    async def applied() -> bool:
+        zoe = (await ask(nc, "zoe"))["zoe"]
+        return (zoe.outstanding_homework, zoe.unread_messages) == (1, 1)
+
+    # Retried one by one at once, each folded again on its own: not after the batch's redelivery.
+    await eventually(applied, timeout=10, message="the batch's other events applied")
+    assert [d.title for d in (await ask(nc, "zoe"))["zoe"].next_due] == ["Fractions"]
 
 
 async def _asked_if(nc, predicate, *pupils):
