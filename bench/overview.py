@@ -425,6 +425,16 @@ async def _analyze_every(url: str, seconds: float) -> None:
         await conn.close()
 
 
+async def _analyze_once(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 # -- wrk ------------------------------------------------------------------------------------
 
 LUA = """
@@ -805,7 +815,11 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 spies.extend(_profile(opts, up.pid, f"{backend}-absorb", parts=("overview",), seconds=10))
 
         analyze = overview_url if backend == "postgres" and opts.pg_analyze and not _autovacuum() else None
-        run.notes += ["ANALYZE every 10 s during absorption (autovacuum is off on this server)"] if analyze else []
+        run.notes += (
+            ["ANALYZE every 10 s during absorption and once after (autovacuum is off on this server)"]
+            if analyze
+            else []
+        )
         overview_pid = next((pid for pid in _children(up.pid) if _name(pid) == "overview"), None)
         run.absorb = asyncio.run(
             absorb(
@@ -819,6 +833,10 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 resumed=resumed,
             )
         )
+        if analyze:
+            # What autovacuum does after a bulk load: the reads below are planned on the tables
+            # as they now are, not as they were at the last ANALYZE during absorption.
+            asyncio.run(_analyze_once(analyze))
         if run.absorb["applied"] < run.absorb["events"]:
             run.errors.append(
                 f"overview applied {run.absorb['applied']:,} of {run.absorb['events']:,} events in {opts.absorb_timeout:g} s"
@@ -930,10 +948,10 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             bare.wait()
         if up is not None:
             _stop(up)
-        if pg_db:
+        if pg_db and not opts.keep:
             _pg_admin(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
         if opts.keep:
-            say(f"[{backend}] kept {tmp}")
+            say(f"[{backend}] kept {tmp}" + (f" and the database {pg_db}" if pg_db else ""))
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return run
@@ -1078,7 +1096,9 @@ def main() -> None:
         "--no-pg-analyze", dest="pg_analyze", action="store_false",
         help="do not stand in for autovacuum (ANALYZE every 10 s) when the server has it off",
     )  # fmt: skip
-    parser.add_argument("--keep", action="store_true", help="keep each run's data directory and logs")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep each run's data directory and logs (and its PostgreSQL database)"
+    )
     parser.add_argument(
         "--profile",
         metavar="DIR",
