@@ -152,7 +152,7 @@ def applied_by_replica(c: Cluster, consumer: str, part: str) -> list[float]:
     return [metric(r.metrics(), "portal_events_applied_total", consumer=consumer) for r in c.replicas[part]]
 
 
-async def test_every_platform_event_is_applied_once_whichever_replica_takes_it(run: Run) -> None:
+async def test_every_platform_event_lands_once_whichever_replica_takes_it(run: Run) -> None:
     c = run.cluster
     school = await school_of(run)
     before = applied_by_replica(c, "overview-platform", "overview")
@@ -174,29 +174,31 @@ async def test_every_platform_event_is_applied_once_whichever_replica_takes_it(r
     # the stream cannot recognise (another Nats-Msg-Id); the consumers must.
     for subject, ev in events[::2]:
         await c.publish(subject, ev, msg_id=f"again-{ev.event_id}")
-    ids = [ev.event_id for _, ev in events]
+    awards = [ev.award_id for _, ev in events if isinstance(ev, platform.StarsAwarded)]
+    messages = [ev.message_id for _, ev in events if isinstance(ev, platform.MessageDelivered)]
+    homework = [ev.homework_id for _, ev in events if isinstance(ev, platform.HomeworkAssigned)]
+
+    async def rows() -> tuple:
+        stars = await c.sql(
+            "overview", "SELECT count(*), coalesce(sum(stars), 0) FROM star_awards WHERE award_id = ANY($1)", awards
+        )
+        delivered = await c.sql("overview", "SELECT count(*) FROM messages WHERE message_id = ANY($1)", messages)
+        assigned = await c.sql("overview", "SELECT count(*) FROM homework_pupils WHERE homework_id = ANY($1)", homework)
+        return (*stars[0], delivered[0][0], assigned[0][0])
 
     async def all_applied() -> bool:
-        rows = await c.sql(
-            "overview",
-            "SELECT count(*) FROM processed_events WHERE consumer = 'overview-platform' AND event_id = ANY($1)",
-            ids,
-        )
-        return rows[0][0] == len(ids)
+        return await rows() == (100, 200, 100, 100)
 
     await eventually(all_applied, timeout=90, interval=0.5, message="every event applied")
-    # Both replicas' counters settle (one may still be acknowledging the repeats).
+    # Both replicas' counters settle (one may still be applying the repeats).
     await asyncio.sleep(2)
     after = applied_by_replica(c, "overview-platform", "overview")
     by_replica = [int(a - b) for a, b in zip(after, before, strict=True)]
     print(f"\n300 events (150 of them published twice) applied by the two overview replicas: {by_replica}")
-    assert sum(by_replica) == len(events), by_replica
-    stars = await c.sql(
-        "overview",
-        "SELECT count(*), coalesce(sum(stars), 0) FROM star_awards WHERE award_id = ANY($1)",
-        [ev.award_id for _, ev in events if isinstance(ev, platform.StarsAwarded)],
-    )
-    assert tuple(stars[0]) == (100, 200)
+    # overview keeps no processed-event record: a repeat may be applied again, onto the same
+    # row with the same values (each award counted once, each message and homework one row).
+    assert len(events) <= sum(by_replica) <= len(events) + len(events[::2]), by_replica
+    assert await rows() == (100, 200, 100, 100)
 
 
 # -- 4. faults under load -------------------------------------------------------------------------------
@@ -394,12 +396,8 @@ async def check_nothing_lost_nothing_twice(c: Cluster, load: Load, mail_before: 
         "overview", "SELECT homework_id FROM homework_pupils WHERE homework_id = ANY($1)", list(load.homework)
     )
     assert sorted(r["homework_id"] for r in homework) == sorted(load.homework)
-    claimed = await c.sql(
-        "overview",
-        "SELECT count(*) FROM processed_events WHERE consumer = 'overview-platform' AND event_id = ANY($1)",
-        [e.event_id for e in [*load.acked.values(), *load.homework.values()]],
-    )
-    assert claimed[0][0] == len(load.acked) + len(load.homework)
+    # overview keeps no processed-event record: its rows, one per fact with the fact's values,
+    # are what "applied once" means there (a redelivery lands on the same row).
     print(
         f"  after the faults: {len(load.outcomes)} parents each linked once and removed once, "
         f"{len(messages) - mail_before} emails each sent once, {len(load.acked)} star awards and "
