@@ -414,15 +414,9 @@ def _pid_cpu(pid: int) -> float:
 async def _analyze_every(url: str, seconds: float) -> None:
     # Autovacuum is off on this machine's PostgreSQL: without fresh statistics the planner keeps
     # treating the growing tables as empty. A production server's autovacuum analyses them.
-    import asyncpg
-
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        while True:
-            await asyncio.sleep(seconds)
-            await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
+    while True:
+        await asyncio.sleep(seconds)
+        await _analyze_once(url)
 
 
 async def _analyze_once(url: str) -> None:
