@@ -3,6 +3,8 @@ real nats-server and real databases."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -15,10 +17,14 @@ import pytest
 from helpers import eventually
 from kitapp import emit_things, outbox_count, spawn
 from pydantic import ConfigDict
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from contracts.base import Message, Rpc
+from contracts.base import Event, Message, Rpc
+from contracts.kit import consumer as consumer_module
 from contracts.kit import rpc
 from contracts.kit.deadletters import DeadLetterNotFound, list_dead_letters, replay_dead_letter
+from contracts.kit.runtime import ServiceRuntime
 from contracts.kit.streams import ensure_streams
 
 
@@ -110,6 +116,89 @@ async def test_same_event_under_two_message_ids_is_applied_once(database_url: st
         await eventually(lambda: _consumer_caught_up(nc, 4), timeout=10)
         assert await kitapp.read_totals(consumer) == (12, 2)
     await nc.close()
+
+
+class Locks(Event):
+    """Takes the given rows' locks, in this order."""
+
+    rows: list[str]
+
+
+LOCKS = "kittest.locks.taken.v1"
+
+
+async def test_batches_written_at_once_that_deadlock_are_each_applied_whole(
+    database_url: str, nats_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite lets one transaction write at a time: nothing to deadlock")
+    await kitapp.create_schema(database_url)
+    runtime = ServiceRuntime(
+        kitapp.KitSettings(nats_url=nats_server.url, database_url=database_url),
+        version="0",
+        description="kit test service",
+        streams=[kitapp.STREAM],
+    )
+    # Two transactions at the same point: each holds its first row and wants the other's.
+    arrived: set[str] = set()
+    both = asyncio.Event()
+
+    async def take(uow, batch) -> None:
+        for _, event in batch:
+            for i, row in enumerate(event.rows):
+                await uow.session.execute(
+                    update(kitapp.totals).where(kitapp.totals.c.name == row).values(applied=kitapp.totals.c.applied + 1)
+                )
+                if i == 0 and event.event_id not in arrived:
+                    arrived.add(event.event_id)
+                    if len(arrived) == 2:
+                        both.set()
+                    await asyncio.wait_for(both.wait(), 10)
+
+    consumer = runtime.consume(
+        stream=kitapp.STREAM, subject=LOCKS, durable="kittest-locks", schemas={LOCKS: Locks},
+        batch_handler=take, claims=False, writers=2, batch_size=1, title="locks", description="Takes row locks.",
+    )  # fmt: skip
+    logged: list[str] = []
+    real_log = consumer_module.log
+
+    class Spy:
+        def __getattr__(self, level):
+            def record(event, **kw):
+                logged.append(event)
+                return getattr(real_log, level)(event, **kw)
+
+            return record
+
+    monkeypatch.setattr(consumer_module, "log", Spy())
+    engine = create_async_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.execute(delete(kitapp.totals))
+        await conn.execute(insert(kitapp.totals), [{"name": n, "amount": 0, "applied": 0} for n in ("a", "b")])
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await ensure_streams(js, [kitapp.STREAM])
+    await js.purge_stream(kitapp.STREAM.name)
+    with contextlib.suppress(Exception):  # first run
+        await js.delete_consumer(kitapp.STREAM.name, consumer.durable)
+    await js.publish(LOCKS, Locks(rows=["a", "b"]).model_dump_json().encode())
+    await js.publish(LOCKS, Locks(rows=["b", "a"]).model_dump_json().encode())
+
+    async def applied() -> tuple[int, ...] | None:
+        async with engine.connect() as conn:
+            got = tuple((await conn.execute(select(kitapp.totals.c.applied).order_by(kitapp.totals.c.name))).scalars())
+        return got if got == (2, 2) else None
+
+    try:
+        async with runtime.running():
+            # PostgreSQL ends the deadlock after a second by failing one transaction: that
+            # batch goes again at once, whole, rather than waiting for its redelivery.
+            await eventually(applied, timeout=8, message="both events applied once")
+        assert logged.count("batch_retried_after_conflict") == 1
+        assert "event_retry" not in logged and "batch_failed_retrying_singly" not in logged
+    finally:
+        await nc.close()
+        await engine.dispose()
 
 
 async def test_poison_messages_go_to_dead_letters_and_can_be_replayed(tmp_path: Path, fresh_nats) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -199,6 +200,86 @@ async def test_an_event_the_database_refuses_holds_back_none_of_its_batch(
     # Retried one by one at once, each folded again on its own: not after the batch's redelivery.
     await eventually(applied, timeout=10, message="the batch's other events applied")
     assert [d.title for d in (await ask(nc, "zoe"))["zoe"].next_due] == ["Fractions"]
+
+
+async def test_batches_written_at_once_land_every_event_once_without_holding_each_other_back(
+    overview, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, nc, js = overview
+    consumer = next(c for c in runtime.consumers if c.durable == "overview-platform")
+    assert consumer.writers == 2
+    pupils = [f"p{i}" for i in range(20)]
+    due = utcnow() + timedelta(days=2)
+    events = [
+        (
+            platform.HOMEWORK_ASSIGNED,
+            ev(
+                platform.HomeworkAssigned,
+                homework_id=f"h{h}",
+                school_id="oak",
+                pupil_ids=pupils,
+                title=f"Task {h}",
+                due_at=due,
+            ),
+        )
+        for h in range(20)
+    ]
+    for p in pupils:
+        events += [
+            (platform.HOMEWORK_COMPLETED, ev(platform.HomeworkCompleted, homework_id=f"h{h}", pupil_id=p))
+            for h in range(10)
+        ]
+        events += [
+            (platform.MESSAGE_DELIVERED, ev(platform.MessageDelivered, message_id=f"m{m}", pupil_id=p))
+            for m in range(40)
+        ]
+        events += [(platform.MESSAGE_READ, ev(platform.MessageRead, message_id=f"m{m}", pupil_id=p)) for m in range(20)]
+        events += [
+            (platform.STARS_AWARDED, ev(platform.StarsAwarded, award_id=f"{p}-a{a}", pupil_id=p, stars=1))
+            for a in range(10)
+        ]
+    events = events * 2  # each again under another message id
+    random.Random(7).shuffle(events)  # every batch shares rows with the others, in no order
+    # Published while the consumer is stopped, then taken 200 at a time: 20 batches, two
+    # written at once.
+    await consumer.stop()
+    consumer.batch_size = 200
+    writing, most = 0, 0
+    apply = consumer._apply
+
+    async def counted(items, parsed=None):
+        nonlocal writing, most
+        writing += 1
+        most = max(most, writing)
+        try:
+            await apply(items, parsed)
+        finally:
+            writing -= 1
+
+    monkeypatch.setattr(consumer, "_apply", counted)
+    logged: list[str] = []
+    real_log = consumer_module.log
+
+    class Spy:
+        def __getattr__(self, level):
+            def record(event, **kw):
+                logged.append(event)
+                return getattr(real_log, level)(event, **kw)
+
+            return record
+
+    monkeypatch.setattr(consumer_module, "log", Spy())
+    for subject, event in events:
+        await publish(js, subject, event)
+    await consumer.start()
+
+    def right(got: dict) -> bool:
+        return all((c.outstanding_homework, c.unread_messages, c.stars_this_week) == (10, 20, 10) for c in got.values())
+
+    await eventually(lambda: _asked_if(nc, right, *pupils), timeout=30, message="every pupil's numbers")
+    assert most == 2
+    # No batch failed (a deadlock would have had one retried, or its events one by one).
+    assert "batch_failed_retrying_singly" not in logged and "batch_retried_after_conflict" not in logged
 
 
 async def _asked_if(nc, predicate, *pupils):

@@ -21,6 +21,7 @@
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import random
@@ -83,6 +84,15 @@ TRANSIENT = (
     OSError,
     nats.errors.Error,
 )
+
+
+# PostgreSQL's deadlock_detected and serialization_failure: a transaction chosen to fail so
+# that others can go on, which succeeds when run again.
+_RACES = frozenset({"40P01", "40001"})
+
+
+def _lost_a_race(exc: sa_exc.DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RACES
 
 
 class ConsumerMissing(nats.errors.Error):
@@ -274,15 +284,19 @@ class Parsed:
         self.unique: list[tuple[str, Event]] | None = None  # the events once each, when prepared
 
 
+# The spans of the batch being applied (tracing on): one per writing task, each in its own
+# context, so that batches written at once (`EventConsumer.writers`) keep theirs apart.
+_SPANS: contextvars.ContextVar[tracing.Consuming | None] = contextvars.ContextVar("consumer_spans", default=None)
+
+
 class _Traced:
     """A handler run inside its event's span, so that what it emits continues the event's trace."""
 
-    def __init__(self, handler: EventHandler, consumer: "EventConsumer") -> None:
+    def __init__(self, handler: EventHandler) -> None:
         self.handler = handler
-        self.consumer = consumer
 
     async def __call__(self, uow: UnitOfWork, event: Event, subject: str) -> None:
-        with tracing.using(self.consumer._spans, event.event_id):  # noqa: SLF001 - the consumer's own batch
+        with tracing.using(_SPANS.get(), event.event_id):
             await self.handler(uow, event, subject)
 
 
@@ -315,18 +329,23 @@ class EventConsumer:
     # while the process would otherwise wait for the database. `batch_handler` then receives its
     # result rather than the events.
     prepare: Prepare | None = None
+    # With `claims=False`: how many batches are written at once, each in its own transaction,
+    # so that one batch's round trips to the database overlap the next one's rather than the
+    # process waiting on each in turn. The handler then takes its rows' locks in one order
+    # (overview sorts each statement's rows by key): two transactions taking the same rows in
+    # opposite orders would deadlock, and the database would fail one of them.
+    writers: int = 1
     _sub: Any = field(default=None, init=False, repr=False)
     _task: asyncio.Task | None = field(default=None, init=False, repr=False)
     _running: bool = field(default=False, init=False, repr=False)
     # For a stop that hands back what was pulled and not applied (see `stop`).
     _fetcher: asyncio.Task | None = field(default=None, init=False, repr=False)
     _ready: asyncio.Queue[Parsed] | None = field(default=None, init=False, repr=False)
-    _current: Sequence[Msg] = field(default=(), init=False, repr=False)
-    _acking: asyncio.Task | None = field(default=None, init=False, repr=False)
+    # The batches being written, by their task: handed back when `stop` cannot wait for them.
+    _writing: dict[asyncio.Task[None], Sequence[Msg]] = field(default_factory=dict, init=False, repr=False)
+    _acking: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
     _unstarted: list[Msg] = field(default_factory=list, init=False, repr=False)
     failing: FailureClock = field(default_factory=FailureClock, init=False, repr=False)
-    # The spans of the batch being applied (tracing on).
-    _spans: tracing.Consuming | None = field(default=None, init=False, repr=False)
 
     @property
     def dead_letter_subject(self) -> str:
@@ -379,11 +398,12 @@ class EventConsumer:
         if not items:
             return
         # Each event's trace goes on here (tracing on, and the event carries one).
-        spans = self._spans = tracing.consuming(self.durable, ((r.subject, r.headers, e.event_id) for r, e in items))
+        spans = tracing.consuming(self.durable, ((r.subject, r.headers, e.event_id) for r, e in items))
+        token = _SPANS.set(spans)
         try:
             await self._apply_batch(items, spans, parsed)
         finally:
-            self._spans = None
+            _SPANS.reset(token)
             if spans is not None:
                 spans.end()
 
@@ -391,7 +411,15 @@ class EventConsumer:
         self, items: list[tuple[Msg, Event]], spans: tracing.Consuming | None, parsed: Parsed | None = None
     ) -> None:
         try:
-            await self._apply(items, parsed)
+            try:
+                await self._apply(items, parsed)
+            except sa_exc.DBAPIError as exc:
+                if not _lost_a_race(exc):
+                    raise
+                # The database failed this transaction to end a deadlock, or to keep a snapshot
+                # consistent: nothing in the batch is at fault, so the whole of it goes again.
+                log.info("batch_retried_after_conflict", consumer=self.durable, error=describe_error(exc))
+                await self._apply(items, parsed)
         except Exception as exc:  # noqa: BLE001 - sorted out message by message below
             if len(items) == 1:
                 if spans is not None:
@@ -407,11 +435,14 @@ class EventConsumer:
                         spans.failed(item[1].event_id, one_exc)
                     await self._failed(item[0], one_exc)
             return
-        if self._acking is not None:
-            await self._acking  # one batch's acknowledgements in flight at most
+        while len(self._acking) >= self.writers:
+            # One batch's acknowledgements in flight at most, for each batch written at once.
+            await asyncio.wait(self._acking, return_when=asyncio.FIRST_COMPLETED)
         # Sent while the next batch is written, rather than before it starts: the database's
         # time and this process's no longer one after the other.
-        self._acking = asyncio.create_task(self._ack([raw for raw, _ in items]))
+        acking = asyncio.create_task(self._ack([raw for raw, _ in items]))
+        self._acking.add(acking)
+        acking.add_done_callback(self._acking.discard)
 
     async def _ack(self, raws: list[Msg]) -> None:
         try:
@@ -523,7 +554,9 @@ class EventConsumer:
                 ack_wait=self.ack_wait,
                 max_deliver=-1,
                 deliver_policy=DeliverPolicy.ALL,
-                max_ack_pending=10_000,
+                # Room for every batch in the pipeline (fetched, waiting, written, being
+                # acknowledged): at the limit, NATS refuses pull requests until acks come in.
+                max_ack_pending=max(10_000, self.batch_size * (2 * self.writers + 3)),
                 description=f"{self.runtime.name}: {self.title}",
             ),
         )
@@ -546,7 +579,7 @@ class EventConsumer:
     async def start(self) -> None:
         """Create (or update) the durable consumer and start pulling from it."""
         if tracing.ENABLED and self.handler is not None and not isinstance(self.handler, _Traced):
-            self.handler = _Traced(self.handler, self)
+            self.handler = _Traced(self.handler)
         await self._declare_patiently()
         self._sub = Puller(self.runtime.broker.connection, self.stream.name, self.durable)
         await self._sub.start()
@@ -568,20 +601,29 @@ class EventConsumer:
             # Once NATS has our unsubscription, an open pull request brings nothing more; what
             # it sent before then is in the buffer when this returns.
             await self._sub.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self._task is not None:
+            # With its fetcher gone, the loop ends at once, handing back a batch it had just
+            # taken rather than starting it.
             done, _ = await asyncio.wait({self._task}, timeout=grace)
             if not done:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._task
+            self._task = None
+        writing = dict(self._writing)
+        if writing:
+            _, late = await asyncio.wait(writing, timeout=grace)
+            for task in late:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
                 # Its transaction rolled back, or committed without every ack sent: either way
                 # the batch goes back, and what was committed is recognised when it comes again.
-                self._unstarted.extend(self._current)
-            self._task = None
-        if self._acking is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._acking, grace)
-            self._acking = None
+                self._unstarted.extend(writing[task])
+        if self._acking:
+            await asyncio.wait(self._acking, timeout=max(0.1, deadline - loop.time()))
         await self._hand_back()
         self._sub = None
 
@@ -611,13 +653,18 @@ class EventConsumer:
         # The next batch is fetched while this one is applied: fetching is mostly waiting for
         # nats-server, applying mostly waiting for the database, and one after the other left
         # each idle half the time. One batch waits at most (a bounded queue), so a fetched
-        # message is acknowledged within two batches' time, far inside ack_wait.
+        # message is acknowledged within a few batches' time, far inside ack_wait. Each batch
+        # is written by a task of its own, `writers` of them at once.
         ready = self._ready = asyncio.Queue(maxsize=1)
         fetcher = self._fetcher = asyncio.create_task(self._fetch_loop(ready), name=f"consumer-fetch-{self.durable}")
         try:
             while self._running:
                 if fetcher.done():
                     fetcher.result()  # it only ends by raising: let that surface
+                if len(self._writing) >= self.writers:
+                    # A batch is taken once it can be written: until then it waits in `ready`.
+                    await asyncio.wait((*self._writing, fetcher), return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 get = asyncio.ensure_future(ready.get())
                 await asyncio.wait((get, fetcher), return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
@@ -627,18 +674,21 @@ class EventConsumer:
                 if not self._running:
                     self._unstarted.extend(batch.raws)  # stopping: handed back, not started
                     break
-                self._current = batch.raws
-                try:
-                    await self.apply_parsed(batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - unacked messages come back after ack_wait
-                    log.warning("consumer_batch_failed", consumer=self.durable, error=describe_error(exc))
-                self._current = []
+                writing = asyncio.create_task(self._write(batch), name=f"consumer-write-{self.durable}")
+                self._writing[writing] = batch.raws
+                writing.add_done_callback(self._writing.pop)
         finally:
             fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await fetcher
+
+    async def _write(self, batch: Parsed) -> None:
+        try:
+            await self.apply_parsed(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unacked messages come back after ack_wait
+            log.warning("consumer_batch_failed", consumer=self.durable, error=describe_error(exc))
 
     async def _fetch_loop(self, ready: asyncio.Queue[Parsed]) -> None:
         failures = 0

@@ -212,17 +212,22 @@ class ServiceRuntime:
         batch_size: int = 200,
         claims: bool = True,
         prepare: Prepare | None = None,
+        writers: int = 1,
     ) -> EventConsumer:
         """Register a durable idempotent consumer (see `contracts.kit.consumer`). `claims=False`
         only for a handler whose writes give the same rows whatever the order or repetition of
         its events: no processed-event record is kept. `prepare`, with `claims=False` and a
         batch handler: the work on a batch that needs no database, done while the batch before
-        is written (the handler receives its result)."""
+        is written (the handler receives its result). `writers`, with `claims=False` and a batch
+        handler that takes its rows' locks in one order: batches written at once."""
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
         if prepare is not None and (claims or batch_handler is None):
             # With claims, which events are new is only known inside the transaction.
             raise ValueError("prepare goes with claims=False and a batch_handler")
+        if writers < 1 or (writers > 1 and (claims or batch_handler is None)):
+            # Claims taken by two transactions at once would wait on each other's rows.
+            raise ValueError("writers is at least 1, and more only with claims=False and a batch_handler")
         consumer = EventConsumer(
             runtime=self,
             stream=stream,
@@ -236,6 +241,7 @@ class ServiceRuntime:
             title=title,
             claims=claims,
             prepare=prepare,
+            writers=writers,
         )
         consumer.document(self._spec_broker, description=description)
         self.metrics.consumer_declared(durable)

@@ -85,6 +85,9 @@ def build(settings: Settings | None = None) -> OverviewRuntime:
         batch_handler=overviews.write,
         prepare=overviews.fold,
         batch_size=settings.overview_batch_size,
+        # Two batches written at once: one's round trips to the database overlap the other's
+        # (28,058 -> 32,542 events a second on PostgreSQL, 20,570 -> 21,839 on SQLite).
+        writers=2,
         # Every projection row is keyed by its fact and guarded by time or by flags that only
         # turn on (`overview.projection`): an event applied again changes nothing.
         claims=False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
+from operator import itemgetter
 from typing import Any, NamedTuple, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -65,6 +66,9 @@ async def _upsert(
     # this process's CPU a row against 0.7 µs to encode the JSON (the database reads either in
     # the same time). This process is what limits the rate, the database is not.
     cols = list(rows[0])
+    # In the order of the table's key: batches written at once (the consumer's `writers`) then
+    # lock the rows they share in the same order, and never wait on each other in a circle.
+    rows = sorted(rows, key=itemgetter(*(c.name for c in table.primary_key.columns)))
     records = (
         func.json_to_recordset(sql_cast(bindparam("rows", _json(rows).decode(), type_=_AsIs()), JSON))
         .table_valued(*(column(c, _plain(table.c[c].type)) for c in cols))
