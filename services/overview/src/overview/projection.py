@@ -369,25 +369,29 @@ _FOLDS: dict[str, Callable[[Batch, Any], None]] = {
 }
 
 
-# The overview's reads (`read_overviews`), one driver call each (`Database.read_keys`): every
-# first visit of a busy morning that the gateways do not know yet comes here.
-_SCHOOLS_SQL = (
-    "SELECT p.pupil_id, s.timezone, s.homework_url, s.files_url, s.messages_url"
+# The overview's read (`read_overviews`): every first visit of a busy morning that the gateways
+# do not know yet comes here. One statement for the four things it needs, one row shape for all
+# (what a row is, then its pupil), so that each read is one call of the driver: on SQLite each
+# call is a trip to the driver's thread and back, on PostgreSQL a round trip, and four of them
+# took longer than the queries. Unused places are NULL, typed in the first branch, from which
+# PostgreSQL takes each column's type.
+_SCHOOL, _DUE, _UNREAD, _AWARD = 0, 1, 2, 3
+_OVERVIEW_SQL = (
+    "SELECT 0, p.pupil_id, s.timezone, s.homework_url, s.files_url, s.messages_url,"
+    " CAST(NULL AS BIGINT), CAST(NULL AS TIMESTAMPTZ)"
     " FROM pupils p LEFT JOIN schools s ON s.school_id = p.school_id WHERE p.pupil_id IN {keys}"
-)
-_OUTSTANDING_SQL = (
-    "SELECT hp.pupil_id, h.title, h.due_at FROM homework_pupils hp JOIN homework h ON h.homework_id = hp.homework_id"
+    " UNION ALL"
+    " SELECT 1, hp.pupil_id, h.title, h.homework_id, NULL, NULL, NULL, h.due_at"
+    " FROM homework_pupils hp JOIN homework h ON h.homework_id = hp.homework_id"
     " WHERE hp.pupil_id IN {keys} AND hp.assigned AND NOT hp.completed AND NOT h.withdrawn AND h.title IS NOT NULL"
-    " ORDER BY h.due_at, h.homework_id"
-)
-_UNREAD_SQL = (
-    "SELECT m.pupil_id, COUNT(*) FROM messages m WHERE m.pupil_id IN {keys} AND m.delivered AND NOT m.read"
-    " GROUP BY m.pupil_id"
-)
-# Each award since the earliest of the pupils' week starts: each pupil's own week is summed here.
-_AWARDS_SQL = (
-    "SELECT a.pupil_id, a.stars, a.awarded_at FROM star_awards a"
-    " WHERE a.pupil_id IN {keys} AND a.awarded_at >= {p1} AND a.awarded_at <= {p2}"
+    " UNION ALL"
+    " SELECT 2, m.pupil_id, NULL, NULL, NULL, NULL, COUNT(*), NULL"
+    " FROM messages m WHERE m.pupil_id IN {keys} AND m.delivered AND NOT m.read GROUP BY m.pupil_id"
+    " UNION ALL"
+    # Each award of the last seven days, which hold every school's week so far (a week starts at
+    # most seven days ago, whatever the zone): each pupil's own week is summed from them.
+    " SELECT 3, a.pupil_id, NULL, NULL, NULL, NULL, a.stars, a.awarded_at"
+    " FROM star_awards a WHERE a.pupil_id IN {keys} AND a.awarded_at >= {p1} AND a.awarded_at <= {p2}"
 )
 
 
@@ -407,18 +411,27 @@ async def read_overviews(
     if not pupil_ids:
         return {}
     ids = list(dict.fromkeys(pupil_ids))
-    stars: dict[str, int] = defaultdict(int)
+    schools: dict[str, _SchoolRow] = {}
+    outstanding: dict[str, list[tuple[datetime, str, str]]] = defaultdict(list)
+    unread: dict[str, int] = {}
+    awards: list[tuple[str, int, datetime]] = []
     async with db.keyed_reads() as reads:
-        schools = {r[0]: _SchoolRow(*r[1:]) for r in await reads.rows(_SCHOOLS_SQL, ids)}
-        outstanding: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
-        for pid, title, due_at in await reads.rows(_OUTSTANDING_SQL, ids):
-            outstanding[pid].append((title, cast(datetime, utc(due_at))))
-        unread: dict[str, int] = {pid: count for pid, count in await reads.rows(_UNREAD_SQL, ids)}  # noqa: C416 - rows, not pairs
-        # "This week" is each school's own week.
-        starts = {pid: week_start(now, row.timezone if (row := schools.get(pid)) else None) for pid in ids}
-        for pid, count, at in await reads.rows(_AWARDS_SQL, ids, min(starts.values()), now):
-            if cast(datetime, utc(at)) >= starts[pid]:
-                stars[pid] += count
+        rows = await reads.rows(_OVERVIEW_SQL, ids, now - timedelta(days=7), now)
+    for kind, pid, t1, t2, t3, t4, n, at in rows:
+        if kind == _DUE:
+            outstanding[pid].append((cast(datetime, utc(at)), t2, t1))
+        elif kind == _AWARD:
+            awards.append((pid, n, cast(datetime, utc(at))))
+        elif kind == _UNREAD:
+            unread[pid] = n
+        else:
+            schools[pid] = _SchoolRow(t1, t2, t3, t4)
+    # "This week" is each school's own week.
+    starts = {pid: week_start(now, row.timezone if (row := schools.get(pid)) else None) for pid in ids}
+    stars: dict[str, int] = defaultdict(int)
+    for pid, count, awarded_at in awards:
+        if awarded_at >= starts[pid]:
+            stars[pid] += count
     out: dict[str, ChildOverview] = {}
     for pid in ids:
         row = schools.get(pid)
@@ -429,13 +442,13 @@ async def read_overviews(
             template = (getattr(row, name, None) if row else None) or defaults[name]  # noqa: B023 - called within the iteration
             return template.replace(linking.PUPIL_PLACEHOLDER, pid)  # noqa: B023 - called within the iteration
 
-        items = outstanding.get(pid, [])
+        items = sorted(outstanding.get(pid, ()))  # soonest due first; then by homework_id
         out[pid] = ChildOverview(
             pupil_id=pid,
             outstanding_homework=len(items),
             unread_messages=int(unread.get(pid, 0)),
             stars_this_week=int(stars.get(pid) or 0),
-            next_due=[DueItem(title=t, due_at=d) for t, d in items[:NEXT_DUE]],
+            next_due=[DueItem(title=t, due_at=d) for d, _, t in items[:NEXT_DUE]],
             links=Links(homework=link("homework_url"), files=link("files_url"), messages=link("messages_url")),
             as_of=now,
         )
