@@ -129,3 +129,37 @@ async def test_a_part_never_holds_more_connections_than_its_pool_size(pg, fresh_
             proc.kill()
         await admin.close()
         await nc.close()
+
+
+@pytest.mark.postgres
+async def test_a_connection_the_database_cut_is_never_handed_out(pg) -> None:
+    # A failover or a restart cuts every connection a replica holds: the pool's check before
+    # each checkout (one round trip) finds them gone and opens new ones, so no read or
+    # transaction after it fails.
+    from sqlalchemy import text
+
+    from contracts.kit.db import Database
+
+    url = pg.create("ping")
+    db = Database(url, pool_size=POOL)
+    try:
+        # Every pooled connection made and returned.
+        async def read() -> int:
+            async with db.reader() as s:
+                return (await s.execute(text("SELECT 1"))).scalar_one()
+
+        assert await asyncio.gather(*(read() for _ in range(POOL))) == [1] * POOL
+        admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+        try:
+            cut = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+                url.rsplit("/", 1)[1],
+            )
+        finally:
+            await admin.close()
+        assert cut == POOL
+        for _ in range(POOL + 1):
+            assert await read() == 1
+            assert await db.read_keys("SELECT 1 WHERE 'a' IN {keys}", ["a"]) == [(1,)]
+    finally:
+        await db.dispose()

@@ -55,6 +55,20 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     return engine
 
 
+def _ping_once(dbapi_connection: Any) -> bool:
+    """The pool's check of a connection before handing it out, in one round trip: SQLAlchemy's
+    own for asyncpg wraps its query in BEGIN and ROLLBACK, three round trips before every read
+    and every transaction (a keyed read alone: 674 -> 382 µs). A query without arguments goes
+    as a simple query, which prepares nothing, so it holds behind PgBouncer's transaction
+    pooling as the wrapped one does. False, for any failure, has the pool drop its connections
+    made before now and open a new one, as for a lost connection."""
+    try:
+        dbapi_connection.run_async(lambda conn: conn.execute("SELECT 1"))
+    except Exception:  # noqa: BLE001 - whatever the failure, this connection is not handed out
+        return False
+    return True
+
+
 class Database:
     """A service's database: sessions for writing (one transaction each) and for reading."""
 
@@ -69,6 +83,7 @@ class Database:
             # PostgreSQL's max_connections by parts × replicas × PORTAL_DB_POOL_SIZE, and work
             # beyond it waits for a connection rather than opening one more.
             self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
+            self.engine.sync_engine.dialect.do_ping = _ping_once  # type: ignore[method-assign]
             self.read_engine = self.engine
         self._scrubs: set[asyncio.Task[None]] = set()
         self._write = async_sessionmaker(self.engine, expire_on_commit=False)
