@@ -23,3 +23,20 @@ async def eventually(check, *, timeout: float = 10.0, interval: float = 0.05, me
                 raise last_exc
             raise AssertionError(f"{message} not reached within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def log_events(monkeypatch, module) -> list[str]:
+    """The name of every event `module.log` logs from now on (each still logged as before)."""
+    logged: list[str] = []
+    real = module.log
+
+    class Recording:
+        def __getattr__(self, level):
+            def record(event, **kw):
+                logged.append(event)
+                return getattr(real, level)(event, **kw)
+
+            return record
+
+    monkeypatch.setattr(module, "log", Recording())
+    return logged

@@ -14,7 +14,7 @@ from pathlib import Path
 import kitapp
 import nats
 import pytest
-from helpers import eventually
+from helpers import eventually, log_events
 from kitapp import emit_things, outbox_count, spawn
 from pydantic import ConfigDict
 from sqlalchemy import delete, insert, select, update
@@ -159,18 +159,7 @@ async def test_batches_written_at_once_that_deadlock_are_each_applied_whole(
         stream=kitapp.STREAM, subject=LOCKS, durable="kittest-locks", schemas={LOCKS: Locks},
         batch_handler=take, claims=False, writers=2, batch_size=1, title="locks", description="Takes row locks.",
     )  # fmt: skip
-    logged: list[str] = []
-    real_log = consumer_module.log
-
-    class Spy:
-        def __getattr__(self, level):
-            def record(event, **kw):
-                logged.append(event)
-                return getattr(real_log, level)(event, **kw)
-
-            return record
-
-    monkeypatch.setattr(consumer_module, "log", Spy())
+    logged = log_events(monkeypatch, consumer_module)
     engine = create_async_engine(database_url)
     async with engine.begin() as conn:
         await conn.execute(delete(kitapp.totals))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from helpers import eventually
+from helpers import eventually, log_events
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contracts import linking, platform
@@ -257,18 +257,7 @@ async def test_batches_written_at_once_land_every_event_once_without_holding_eac
             writing -= 1
 
     monkeypatch.setattr(consumer, "_apply", counted)
-    logged: list[str] = []
-    real_log = consumer_module.log
-
-    class Spy:
-        def __getattr__(self, level):
-            def record(event, **kw):
-                logged.append(event)
-                return getattr(real_log, level)(event, **kw)
-
-            return record
-
-    monkeypatch.setattr(consumer_module, "log", Spy())
+    logged = log_events(monkeypatch, consumer_module)
     for subject, event in events:
         await publish(js, subject, event)
     await consumer.start()
