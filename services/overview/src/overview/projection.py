@@ -373,7 +373,8 @@ _FOLDS: dict[str, Callable[[Batch, Any], None]] = {
 # do not know yet comes here. One statement for the four things it needs, one row shape for all
 # (what a row is, then its pupil), so that each read is one call of the driver: on SQLite each
 # call is a trip to the driver's thread and back, on PostgreSQL a round trip, and four of them
-# took longer than the queries. Unused places are NULL, typed in the first branch, from which
+# took longer than the queries. The first column says which (`_SCHOOL` ... `_AWARD`, written as
+# numbers in the statement). Unused places are NULL, typed in the first branch, from which
 # PostgreSQL takes each column's type.
 _SCHOOL, _DUE, _UNREAD, _AWARD = 0, 1, 2, 3
 _OVERVIEW_SQL = (
@@ -424,7 +425,7 @@ async def read_overviews(
             awards.append((pid, n, cast(datetime, utc(at))))
         elif kind == _UNREAD:
             unread[pid] = n
-        else:
+        elif kind == _SCHOOL:
             schools[pid] = _SchoolRow(t1, t2, t3, t4)
     # "This week" is each school's own week.
     starts = {pid: week_start(now, row.timezone if (row := schools.get(pid)) else None) for pid in ids}
