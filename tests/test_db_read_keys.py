@@ -4,7 +4,10 @@ as the ORM reads them."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, insert
@@ -58,4 +61,87 @@ async def test_rows_of_the_keys_asked_and_no_others(database_url: str) -> None:
                 seconds=1
             )
     finally:
+        await db.dispose()
+
+
+# -- SQLite: keyed reads on the event loop -------------------------------------------------------
+
+
+class DriverCalls:
+    """Counts the reads that went through the driver's thread."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import aiosqlite
+
+        self.count = 0
+        real = aiosqlite.Connection.execute_fetchall
+
+        async def counted(conn: aiosqlite.Connection, *args: object, **kwargs: object) -> object:
+            self.count += 1
+            return await real(conn, *args, **kwargs)
+
+        monkeypatch.setattr(aiosqlite.Connection, "execute_fetchall", counted)
+
+
+async def _sqlite_things(tmp_path: Path, n: int = 3) -> Database:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'things.sqlite'}")
+    async with db.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    async with db.session() as s:
+        await s.execute(insert(things), [{"key": f"k{i}", "label": f"L{i}", "at": AT} for i in range(n)])
+    return db
+
+
+async def test_sqlite_keyed_reads_answer_while_a_writer_holds_its_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = await _sqlite_things(tmp_path)
+    driver = DriverCalls(monkeypatch)
+    try:
+        async with db.session() as s:
+            await s.execute(insert(things), [{"key": "k9", "label": "uncommitted", "at": AT}])
+            # The same task holds the write lock: a read that waited for it would never end.
+            got = await asyncio.wait_for(db.read_keys(SQL, ["k0", "k2", "k9"]), 5)
+            assert [r[0] for r in got] == ["k0", "k2"], "committed rows only, at once"
+        assert [r[1] for r in await db.read_keys(SQL, ["k9"])] == ["uncommitted"], "then the new row"
+        assert driver.count == 0, "read on the event loop's own connection, not through the driver's thread"
+    finally:
+        await db.dispose()
+
+
+async def test_sqlite_keyed_read_the_database_is_locked_for_waits_without_holding_up_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = await _sqlite_things(tmp_path)
+    # Nothing of this process has the file open, so another process's connection can take it whole.
+    await db.dispose()
+    other = sqlite3.connect(tmp_path / "things.sqlite", isolation_level=None, timeout=0)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT INTO things (key, label, at) VALUES ('k7', 'under the lock', '2026-12-04 07:30:15.123456')")
+    other.execute("COMMIT")
+    driver = DriverCalls(monkeypatch)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def release() -> None:
+        await asyncio.sleep(0.5)
+        other.close()
+
+    ticker, releaser = asyncio.create_task(tick()), asyncio.create_task(release())
+    try:
+        got = await asyncio.wait_for(db.read_keys(SQL, ["k1", "k7"]), 20)
+        assert [(r[0], r[1]) for r in got] == [("k1", "L1"), ("k7", "under the lock")], "waited, then read"
+        assert driver.count == 1, "the busy read went through the driver, which waits"
+        assert ticks >= 20, f"the event loop went on meanwhile ({ticks} ticks of 10 ms in 0.5 s)"
+        await db.read_keys(SQL, ["k1"])
+        assert driver.count == 1, "once free, reads are on the loop again"
+    finally:
+        ticker.cancel()
+        await releaser
         await db.dispose()
