@@ -5,7 +5,8 @@
     .venv/bin/python bench/overview.py --env PORTAL_SESSION_CACHE_SECONDS=60   # other settings
 
 For each database (overview on SQLite, then on PostgreSQL at 127.0.0.1:5432 as `postgres`, a
-database of its own, dropped afterwards) it runs a real `portal up` on a fresh data directory:
+database of its own, dropped afterwards; with `--backends postgres-all`, identity and linking on
+PostgreSQL too, as a trust runs it) it runs a real `portal up` on a fresh data directory:
 
 1. `portal migrate`, then seeds 20 schools, 10,000 pupils and 15,000 parents straight into the
    services' databases (identity's accounts with one precomputed argon2 hash and a session each,
@@ -145,7 +146,7 @@ def trust(scale: Scale, rng: random.Random) -> tuple[dict[str, list[str]], dict[
 
 
 async def seed(
-    data_dir: Path, overview_url: str | None, scale: Scale, rng: random.Random
+    data_dir: Path, urls: dict[str, str], scale: Scale, rng: random.Random
 ) -> tuple[list[str], dict, list[list[str]]]:
     """Write the trust into identity, linking and overview; the parents' bearer tokens."""
     from argon2 import PasswordHasher
@@ -204,8 +205,11 @@ async def seed(
         finally:
             await engine.dispose()
 
-    await write(sqlite_url(data_dir, "identity"), [(it.Account.__table__, accounts), (it.Session.__table__, sessions)])
-    await write(sqlite_url(data_dir, "linking"), [
+    def url(part: str) -> str:
+        return urls.get(part) or sqlite_url(data_dir, part)
+
+    await write(url("identity"), [(it.Account.__table__, accounts), (it.Session.__table__, sessions)])
+    await write(url("linking"), [
         (lt.Trust.__table__, [{"trust_id": "bench-trust", "name": "Bench Trust", "version_at": now}]),
         (lt.School.__table__, [
             {"school_id": s, "trust_id": "bench-trust", "name": f"School {s}", "timezone": "Europe/London", "version_at": now}
@@ -222,7 +226,7 @@ async def seed(
     ])  # fmt: skip
     # Overview's own copy of the roster (which school, so which week): what it would have
     # projected from the platform's roster events.
-    await write(overview_url or sqlite_url(data_dir, "overview"), [
+    await write(url("overview"), [
         (ot.School.__table__, [{"school_id": s, "timezone": "Europe/London", "roster_at": now} for s in schools]),
         (ot.Pupil.__table__, [{"pupil_id": p, "school_id": s, "roster_at": now} for p, s in school_of.items()]),
     ])  # fmt: skip
@@ -746,13 +750,20 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
     # `portal up`'s defaults otherwise: the access log on at INFO, JSON lines.
     env.update(PORTAL_DATA_DIR=str(data_dir), PORTAL_HTTP_PORT=str(port), PORTAL_BENCH_ROUTES="1")
     env.update(dict(item.split("=", 1) for item in opts.env))
-    pg_db = None
-    overview_url = None
-    if backend == "postgres":
-        pg_db = f"portal_bench_overview_{uuid.uuid4().hex[:8]}"
-        _pg_admin(f'CREATE DATABASE "{pg_db}"')
-        overview_url = f"postgresql+asyncpg://{PG['user']}@{PG['host']}:{PG['port']}/{pg_db}"
-        env["PORTAL_OVERVIEW_DATABASE_URL"] = overview_url
+    # The parts on PostgreSQL, each with a database of its own; the others on SQLite files.
+    pg_parts = {"postgres": ("overview",), "postgres-all": ("overview", "identity", "linking")}.get(backend, ())
+    suffix = uuid.uuid4().hex[:8]
+    pg_dbs = {part: f"portal_bench_{part}_{suffix}" for part in pg_parts}
+    urls = {part: f"postgresql+asyncpg://{PG['user']}@{PG['host']}:{PG['port']}/{db}" for part, db in pg_dbs.items()}
+    for part, db in pg_dbs.items():
+        _pg_admin(f'CREATE DATABASE "{db}"')
+        env[f"PORTAL_{part.upper()}_DATABASE_URL"] = urls[part]
+    overview_url = urls.get("overview")
+    if "linking" in urls:
+        # Required once linking's database is not the data directory's own (one key for every replica).
+        from linking.codes import new_key
+
+        env["PORTAL_LINKING_CODE_KEY"] = new_key()
     up = bare = None
     base = f"http://127.0.0.1:{port}"
     run.load.append(_loadavg())
@@ -762,7 +773,7 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
         )
         started = time.monotonic()
         subprocess.run([PORTAL, "migrate"], env=env, check=True, capture_output=True, text=True)
-        tokens, classes, families = asyncio.run(seed(data_dir, overview_url, scale, rng))
+        tokens, classes, families = asyncio.run(seed(data_dir, urls, scale, rng))
         run.seed_s = time.monotonic() - started
         token_file = tmp / "tokens.txt"
         token_file.write_text("\n".join(tokens) + "\n")
@@ -808,7 +819,7 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             if opts.profile:
                 spies.extend(_profile(opts, up.pid, f"{backend}-absorb", parts=("overview",), seconds=10))
 
-        analyze = overview_url if backend == "postgres" and opts.pg_analyze and not _autovacuum() else None
+        analyze = overview_url if overview_url and opts.pg_analyze and not _autovacuum() else None
         run.notes += (
             ["ANALYZE every 10 s during absorption and once after (autovacuum is off on this server)"]
             if analyze
@@ -830,7 +841,8 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
         if analyze:
             # What autovacuum does after a bulk load: the reads below are planned on the tables
             # as they now are, not as they were at the last ANALYZE during absorption.
-            asyncio.run(_analyze_once(analyze))
+            for part_url in urls.values():
+                asyncio.run(_analyze_once(part_url))
         if run.absorb["applied"] < run.absorb["events"]:
             run.errors.append(
                 f"overview applied {run.absorb['applied']:,} of {run.absorb['events']:,} events in {opts.absorb_timeout:g} s"
@@ -898,17 +910,17 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
                 spies = _profile(opts, up.pid, f"{backend}-first", seconds=seconds) if opts.profile else []
                 # overview's PostgreSQL connections count too: their CPU is a visit's as much as
                 # overview's own, on the same two cores.
-                pg_before = (
-                    {pid: _pid_cpu(pid) for pid in asyncio.run(_pg_backends(overview_url))} if overview_url else {}
-                )
+                pg_before = {
+                    pid: _pid_cpu(pid) for part_url in urls.values() for pid in asyncio.run(_pg_backends(part_url))
+                }
                 before, client = cpu_seconds([up.pid, bare.pid]), _own_cpu()
                 run.wrk[FIRST_VISITS.format(parents=len(tokens))] = first = asyncio.run(
                     first_visits(port, tokens, opts.connections)
                 )
                 after = cpu_seconds([up.pid, bare.pid])
-                if overview_url:
+                if urls:
                     # Connections opened during the pass count from nothing.
-                    pg_after = asyncio.run(_pg_backends(overview_url))
+                    pg_after = [pid for part_url in urls.values() for pid in asyncio.run(_pg_backends(part_url))]
                     after["postgres"] = sum(_pid_cpu(pid) - pg_before.get(pid, 0.0) for pid in pg_after)
                 for spy in spies:
                     spy.wait()
@@ -942,10 +954,11 @@ def run_backend(backend: str, scale: Scale, opts: argparse.Namespace) -> Run:
             bare.wait()
         if up is not None:
             _stop(up)
-        if pg_db and not opts.keep:
-            _pg_admin(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
+        if not opts.keep:
+            for db in pg_dbs.values():
+                _pg_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         if opts.keep:
-            say(f"[{backend}] kept {tmp}" + (f" and the database {pg_db}" if pg_db else ""))
+            say(f"[{backend}] kept {tmp}" + (f" and the databases {', '.join(pg_dbs.values())}" if pg_dbs else ""))
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return run
@@ -1071,7 +1084,11 @@ def serve_bare(port: int) -> None:
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument(
+        "--backends",
+        default="sqlite,postgres",
+        help="comma-separated: sqlite, postgres (overview on PostgreSQL), postgres-all (identity and linking too)",
+    )
     parser.add_argument("--duration", type=float, default=15, help="seconds of each measured wrk run")
     parser.add_argument("--warmup", type=float, default=10, help="seconds of wrk before each measured run")
     parser.add_argument("--connections", type=int, default=64)
