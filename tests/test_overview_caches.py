@@ -4,6 +4,7 @@ school's week, and an answer asked for before a change notice is never kept as f
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import time
@@ -178,3 +179,37 @@ async def test_cold_reads_asked_for_meanwhile_are_read_together() -> None:
 
     assert await ReadGatherer(sparse).get(["here", "gone"]) == {"here": b"here", "gone": None}
     assert await ReadGatherer(sparse).one("gone") is None
+
+
+async def test_a_caller_that_gives_up_leaves_no_error_for_nobody_to_retrieve() -> None:
+    from contracts.kit.gather import ReadGatherer
+
+    gate = asyncio.Event()
+
+    async def read(keys: list[str]) -> dict[str, bytes]:
+        await gate.wait()
+        if "bad" in keys:
+            raise RuntimeError("database away")
+        return {k: k.encode() for k in keys}
+
+    loop = asyncio.get_running_loop()
+    stray: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: stray.append(context["message"]))
+    try:
+        gatherer = ReadGatherer(read, parallel=1)
+        blocker = asyncio.create_task(gatherer.get(["x"]))
+        await asyncio.sleep(0)
+        # Waits for the read in flight, then gives up before its own read fails.
+        quitter = asyncio.create_task(gatherer.get(["a", "bad"]))
+        await asyncio.sleep(0)
+        quitter.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        assert await blocker == {"x": b"x"}
+        assert quitter.cancelled()
+        assert await gatherer.get(["a", "c"]) == {"a": b"a", "c": b"c"}, "the next read answers"
+        del quitter
+        gc.collect()
+        assert stray == [], "no error left behind for nobody to retrieve"
+    finally:
+        loop.set_exception_handler(None)

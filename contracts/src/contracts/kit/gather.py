@@ -58,13 +58,25 @@ class ReadGatherer(Generic[V]):
             fut = futures[pid] = loop.create_future()
             self._waiting.setdefault(pid, []).append(fut)
         self._start()
-        if futures:
-            await asyncio.wait(futures.values())
-        # Every future's error is looked at, so that none is reported as never retrieved.
-        errors = [exc for fut in futures.values() if (exc := fut.exception()) is not None]
-        if errors:
-            raise errors[0]
-        return {pid: fut.result() for pid, fut in futures.items()}
+        # Each future awaited in turn rather than through `asyncio.wait`, whose waiter, callbacks
+        # and sets cost 5 µs a call against 1.5 (every cache miss of every request comes here).
+        # Every future is awaited, so that no error is reported as never retrieved.
+        found: dict[str, V | None] = {}
+        error: Exception | None = None
+        try:
+            for pid, fut in futures.items():
+                try:
+                    found[pid] = await fut
+                except Exception as exc:  # noqa: BLE001 - the first is raised once all are in
+                    error = error or exc
+        except asyncio.CancelledError:
+            # The caller gave up: its other keys' answers (or errors) are nobody's to retrieve.
+            for fut in futures.values():
+                fut.cancel()
+            raise
+        if error is not None:
+            raise error
+        return found
 
     def _start(self) -> None:
         while self._waiting and self._running < self.parallel:
