@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -90,7 +90,7 @@ class Database:
         self._scrubs: set[asyncio.Task[None]] = set()
         # SQLite: the keyed reads' own connection, used on the event loop (see `_LoopReads`).
         path = _LoopReads.path_of(url) if self.sqlite else None
-        self._loop_reads = _LoopReads(path, self._driver_rows) if path else None
+        self._loop_reads = _LoopReads(path) if path else None
         self._write = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -107,27 +107,44 @@ class Database:
             yield session
 
     async def read_keys(self, sql: str, keys: Sequence[str], *params: Any) -> list[Sequence[Any]]:
-        """The rows of one read-only statement over a list of keys, in one call of the driver
-        (see `KeyedReads`)."""
-        async with self.keyed_reads() as reads:
-            return await reads.rows(sql, keys, *params)
+        """The rows of one read-only statement over a list of keys, in one call of the driver.
+
+        For the reads every first request of a busy morning makes (sessions by token, parents'
+        pupils, pupils' overviews), gathered across requests: through the ORM each read is a
+        transaction of several driver calls, and on SQLite each call a round trip to the driver's
+        thread, about four times the CPU of the query itself. On SQLite the read is not made
+        through the driver at all unless the database is busy, but on the event loop
+        (`_LoopReads`).
+
+        `sql` is plain SQL both databases understand, with `IN {keys}` where the list of keys
+        goes (`... WHERE t.key IN {keys}`) and `{p1}`, `{p2}`, ... where `params` go (timestamps
+        as aware datetimes). Values come back as the driver gives them: read timestamps with
+        `utc`. The statement reads a consistent snapshot of its own.
+        """
+        if self.sqlite:
+            # A JSON array, whatever the number of keys: one statement text, prepared once.
+            places = {f"p{i}": f"?{i + 1}" for i in range(1, len(params) + 1)}
+            query = sql.format(keys="(SELECT value FROM json_each(?1))", **places)
+            values = (json.dumps(list(keys)), *(_sqlite_value(v) for v in params))
+            if self._loop_reads is not None and (rows := self._loop_reads.rows(query, values)) is not None:
+                return rows
+            async with self._driver() as driver:
+                return list(await driver.execute_fetchall(query, values))
+        places = {f"p{i}": f"${i + 1}" for i in range(1, len(params) + 1)}
+        # `= ANY` rather than `IN` a subquery of the array's elements: PostgreSQL then looks each
+        # key up in the column's index. As a subquery it planned a hash join over the whole
+        # table (the outstanding homework of 30 pupils: 1.24 ms, 0.80 with `= ANY`; the four
+        # reads of an overview: 2.8 ms, 1.7).
+        query = sql.replace("IN {keys}", "= ANY($1::text[])").format(**places)
+        async with self._driver() as driver:
+            return list(await driver.fetch(query, list(keys), *params))
 
     @asynccontextmanager
-    async def keyed_reads(self) -> AsyncIterator[KeyedReads]:
-        """Several `KeyedReads.rows` on one pooled connection (SQLite: on the event loop's own)."""
-        if self._loop_reads is not None:
-            yield KeyedReads(None, sqlite=True, loop_reads=self._loop_reads)
-            return
+    async def _driver(self) -> AsyncIterator[Any]:
+        # The driver's own connection (aiosqlite or asyncpg), from the read pool.
         async with self.read_engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            yield KeyedReads(raw.driver_connection, sqlite=self.sqlite)
-
-    async def _driver_rows(self, query: str, values: Sequence[Any]) -> list[Sequence[Any]]:
-        # SQLite, when its keyed reads' own connection found the database busy.
-        async with self.read_engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            return list(await driver.execute_fetchall(query, values))
+            yield raw.driver_connection
 
     async def checkpoint(self) -> bool:
         """SQLite: copy the write-ahead log into the database file and empty it, so that the
@@ -202,50 +219,6 @@ class UtcDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class KeyedReads:
-    """Read-only statements over lists of keys, each in one call of the driver.
-
-    For the reads every first request of a busy morning makes (sessions by token, parents'
-    pupils, pupils' overviews), gathered across requests: through the ORM each read is a
-    transaction of several driver calls, and on SQLite each call a round trip to the driver's
-    thread, about four times the CPU of the query itself. On SQLite they are not made through the
-    driver at all but on the event loop (`_LoopReads`).
-    """
-
-    def __init__(
-        self,
-        driver: Any,
-        *,
-        sqlite: bool,
-        loop_reads: _LoopReads | None = None,
-    ) -> None:
-        self._driver = driver
-        self._sqlite = sqlite
-        self._loop_reads = loop_reads
-
-    async def rows(self, sql: str, keys: Sequence[str], *params: Any) -> list[Sequence[Any]]:
-        """The rows of `sql`: plain SQL both databases understand, with `IN {keys}` where the list
-        of keys goes (`... WHERE t.key IN {keys}`) and `{p1}`, `{p2}`, ... where
-        `params` go (timestamps as aware datetimes). Values come back as the driver gives them:
-        read timestamps with `utc`. Each statement reads a consistent snapshot of its own.
-        """
-        if self._sqlite:
-            # A JSON array, whatever the number of keys: one statement text, prepared once.
-            places = {f"p{i}": f"?{i + 1}" for i in range(1, len(params) + 1)}
-            query = sql.format(keys="(SELECT value FROM json_each(?1))", **places)
-            values = (json.dumps(list(keys)), *(_sqlite_value(v) for v in params))
-            if self._loop_reads is not None:
-                return await self._loop_reads.rows(query, values)
-            return list(await self._driver.execute_fetchall(query, values))
-        places = {f"p{i}": f"${i + 1}" for i in range(1, len(params) + 1)}
-        # `= ANY` rather than `IN` a subquery of the array's elements: PostgreSQL then looks each
-        # key up in the column's index. As a subquery it planned a hash join over the whole
-        # table (the outstanding homework of 30 pupils: 1.24 ms, 0.80 with `= ANY`; the four
-        # reads of an overview: 2.8 ms, 1.7).
-        query = sql.replace("IN {keys}", "= ANY($1::text[])").format(**places)
-        return list(await self._driver.fetch(query, list(keys), *params))
-
-
 class _LoopReads:
     """SQLite: keyed reads made on the event loop's thread, on a connection of their own.
 
@@ -262,11 +235,8 @@ class _LoopReads:
     goes through the driver's thread, which waits as every other connection does.
     """
 
-    def __init__(
-        self, path: str, through_driver: Callable[[str, Sequence[Any]], Awaitable[list[Sequence[Any]]]]
-    ) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._through_driver = through_driver
         self._conn: sqlite3.Connection | None = None
 
     @staticmethod
@@ -285,15 +255,16 @@ class _LoopReads:
         conn.execute("PRAGMA query_only=ON")
         return conn
 
-    async def rows(self, query: str, values: Sequence[Any]) -> list[Sequence[Any]]:
+    def rows(self, query: str, values: Sequence[Any]) -> list[Sequence[Any]] | None:
+        """The rows; None when SQLite is busy (then the driver reads them, and waits)."""
         if self._conn is None:
             self._conn = self._connect()
         try:
             return self._conn.execute(query, values).fetchall()
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
-        return await self._through_driver(query, values)
+        return None
 
     def close(self) -> None:
         if self._conn is not None:

@@ -416,8 +416,7 @@ async def read_overviews(
     outstanding: dict[str, list[tuple[datetime, str, str]]] = defaultdict(list)
     unread: dict[str, int] = {}
     awards: list[tuple[str, int, datetime]] = []
-    async with db.keyed_reads() as reads:
-        rows = await reads.rows(_OVERVIEW_SQL, ids, now - timedelta(days=7), now)
+    rows = await db.read_keys(_OVERVIEW_SQL, ids, now - timedelta(days=7), now)
     for kind, pid, t1, t2, t3, t4, n, at in rows:
         if kind == _DUE:
             outstanding[pid].append((cast(datetime, utc(at)), t2, t1))
